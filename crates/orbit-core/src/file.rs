@@ -1,0 +1,417 @@
+//! Pipeline files: YAML in, a validated [`Pipeline`] or every problem with its line out.
+//!
+//! The file is first read into located values (each key and value keeps its line and column),
+//! then checked here, so that a semantic problem (an unknown `needs`, a cycle, a missing
+//! parameter) points at the line that causes it just like a syntax error does.
+
+use crate::dag::Dag;
+use crate::params::Params;
+use crate::pipeline::{is_valid_name, Pipeline, TaskDef, TaskType, DEFAULT_HEARTBEAT_INTERVAL};
+use crate::retry::RetryPolicy;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// One problem in a pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based; 0 when the problem has no place in the file.
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+/// Every problem found in one file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FileError {
+    pub path: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if d.line > 0 {
+                write!(f, "{}:{}:{}: {}", self.path, d.line, d.column, d.message)?;
+            } else {
+                write!(f, "{}: {}", self.path, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates the pipeline in `text`; `path` names the file in messages and gives the
+/// pipeline its name when the file has no `name:`.
+pub fn parse_pipeline(path: &str, text: &str) -> Result<Pipeline, FileError> {
+    let fail = |diagnostics| FileError { path: path.to_owned(), diagnostics };
+    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
+    let mut checker = Checker::default();
+    let pipeline = checker.pipeline(raw, path);
+    match pipeline {
+        Some(p) if checker.diagnostics.is_empty() => Ok(p),
+        _ => {
+            checker.diagnostics.sort_by_key(|d| (d.line, d.column));
+            Err(fail(checker.diagnostics))
+        }
+    }
+}
+
+fn syntax_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    // The library's text repeats the location and adds a source snippet; keep the first line.
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("invalid YAML").trim();
+    let message = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim_start_matches(&format!("line {line} column {column}: "))
+        .to_owned();
+    Diagnostic { line, column, message }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Option<Spanned<Value>>,
+    description: Option<Spanned<Value>>,
+    schedule: Option<Spanned<Value>>,
+    defaults: Option<Spanned<Fields>>,
+    tasks: Option<Spanned<Vec<Spanned<Fields>>>>,
+}
+
+type Located = Spanned<Value>;
+
+/// A mapping whose keys and values keep their location, in file order.
+struct Fields(Vec<(Spanned<String>, Located)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of keys to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<Spanned<String>, Located>()? {
+                    out.push(entry);
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Settings that `defaults:` gives every task.
+#[derive(Clone)]
+struct Defaults {
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    heartbeat_interval: Duration,
+    priority: i32,
+}
+
+const TASK_KEYS: [&str; 7] = ["name", "type", "needs", "retry", "timeout", "priority", "heartbeat_interval"];
+
+impl Checker {
+    fn at<T>(&mut self, span: &Spanned<T>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            line: span.referenced.line(),
+            column: span.referenced.column(),
+            message: message.into(),
+        });
+    }
+
+    fn pipeline(&mut self, raw: RawFile, path: &str) -> Option<Pipeline> {
+        let name = match &raw.name {
+            Some(n) => self.name(n, "pipeline"),
+            None => {
+                let stem = std::path::Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                let stem = stem.strip_suffix(".pipeline").unwrap_or(stem);
+                if is_valid_name(stem) {
+                    Some(stem.to_owned())
+                } else {
+                    self.diagnostics.push(Diagnostic { line: 0, column: 0, message: "missing `name`".into() });
+                    None
+                }
+            }
+        };
+        let description = raw.description.as_ref().and_then(|d| self.string(d, "description"));
+        let schedule = raw.schedule.as_ref().and_then(|s| self.string(s, "schedule"));
+        let defaults = self.defaults(raw.defaults.as_ref());
+        let Some(tasks) = raw.tasks else {
+            self.diagnostics.push(Diagnostic { line: 0, column: 0, message: "missing `tasks`: a pipeline needs at least one task".into() });
+            return None;
+        };
+        if tasks.value.is_empty() {
+            self.at(&tasks, "`tasks` is empty: a pipeline needs at least one task");
+        }
+        let mut defs = Vec::new();
+        let mut lines = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        for raw_task in &tasks.value {
+            if let Some((def, needs_spans)) = self.task(raw_task, &defaults) {
+                if let Some(first) = seen.get(&def.name) {
+                    let msg = format!("task `{}` is defined twice (first on line {first})", def.name);
+                    self.at(raw_task, msg);
+                    continue;
+                }
+                seen.insert(def.name.clone(), raw_task.referenced.line());
+                lines.push((raw_task.referenced, needs_spans));
+                defs.push(def);
+            }
+        }
+        for (def, (_, needs_spans)) in defs.iter().zip(&lines) {
+            for (need, span) in def.needs.iter().zip(needs_spans) {
+                if !seen.contains_key(need) {
+                    let msg = if need == &def.name {
+                        format!("task `{need}` needs itself")
+                    } else {
+                        format!("task `{}` needs `{need}`, which is not a task in this pipeline", def.name)
+                    };
+                    self.at(span, msg);
+                }
+            }
+        }
+        let pipeline = Pipeline { name: name?, description, schedule, tasks: defs };
+        if let Err(cycles) = Dag::new(&pipeline) {
+            for cycle in cycles.0 {
+                let first = pipeline.tasks.iter().position(|t| t.name == cycle[0]).unwrap_or(0);
+                let loc = lines[first].0;
+                self.diagnostics.push(Diagnostic {
+                    line: loc.line(),
+                    column: loc.column(),
+                    message: format!("tasks form a cycle: {}", cycle.join(" -> ")),
+                });
+            }
+        }
+        Some(pipeline)
+    }
+
+    fn defaults(&mut self, raw: Option<&Spanned<Fields>>) -> Defaults {
+        let mut d = Defaults {
+            retry: RetryPolicy::default(),
+            timeout: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            priority: 0,
+        };
+        for (key, value) in raw.map(|r| r.value.0.as_slice()).unwrap_or_default() {
+            match key.value.as_str() {
+                "retry" => d.retry = self.retry(value, &d.retry),
+                "timeout" => d.timeout = self.duration(value, "timeout"),
+                "heartbeat_interval" => {
+                    d.heartbeat_interval = self.positive_duration(value, "heartbeat_interval").unwrap_or(d.heartbeat_interval)
+                }
+                "priority" => d.priority = self.priority(value).unwrap_or(0),
+                other => self.at(key, format!("unknown key `{other}` in `defaults` (expected retry, timeout, heartbeat_interval or priority)")),
+            }
+        }
+        d
+    }
+
+    /// A task and the location of each of its `needs`.
+    fn task(&mut self, raw: &Spanned<Fields>, defaults: &Defaults) -> Option<(TaskDef, Vec<Located>)> {
+        let field = |k: &str| raw.value.0.iter().find(|(key, _)| key.value == k).map(|(_, v)| v);
+        let Some(name) = field("name") else {
+            self.at(raw, "task without a `name`");
+            return None;
+        };
+        let name = self.name(name, "task")?;
+        let task_type = match field("type") {
+            None => {
+                self.at(raw, format!("task `{name}` has no `type` (one of: shell, http, sleep, script)"));
+                None
+            }
+            Some(t) => match t.value.as_str().and_then(TaskType::parse) {
+                Some(tt) => Some(tt),
+                None => {
+                    self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script)", short(&t.value)));
+                    None
+                }
+            },
+        };
+        let (needs, needs_spans) = match field("needs") {
+            None => (Vec::new(), Vec::new()),
+            Some(n) => self.needs(n, &name),
+        };
+        let retry = field("retry").map_or_else(|| defaults.retry.clone(), |r| self.retry(r, &defaults.retry));
+        let timeout = field("timeout").map_or(defaults.timeout, |t| self.duration(t, "timeout"));
+        let heartbeat_interval = field("heartbeat_interval")
+            .and_then(|h| self.positive_duration(h, "heartbeat_interval"))
+            .unwrap_or(defaults.heartbeat_interval);
+        let priority = field("priority").map_or(Some(defaults.priority), |p| self.priority(p)).unwrap_or(0);
+        let mut params = Map::new();
+        for (key, value) in &raw.value.0 {
+            if !TASK_KEYS.contains(&key.value.as_str()) {
+                params.insert(key.value.clone(), value.value.clone());
+            }
+        }
+        let task_type = task_type?;
+        if let Err(e) = Params::from_json(task_type, &params, false) {
+            // Point at the key the message names first (`unknown parameter `comand`, expected `command``).
+            let loc = raw
+                .value
+                .0
+                .iter()
+                .filter_map(|(k, _)| e.find(&format!("`{}`", k.value)).map(|pos| (pos, k.referenced)))
+                .min_by_key(|(pos, _)| *pos)
+                .map(|(_, loc)| loc);
+            let msg = format!("task `{name}` ({task_type}): {e}");
+            match loc {
+                Some(loc) => self.diagnostics.push(Diagnostic { line: loc.line(), column: loc.column(), message: msg }),
+                None => self.at(raw, msg),
+            }
+        }
+        Some((TaskDef { name, task_type, params, needs, retry, timeout, priority, heartbeat_interval }, needs_spans))
+    }
+
+    fn name(&mut self, v: &Located, what: &str) -> Option<String> {
+        match v.value.as_str() {
+            Some(s) if is_valid_name(s) => Some(s.to_owned()),
+            Some(s) => {
+                self.at(v, format!("{what} name `{s}` may only use letters, digits, `-`, `_` and `.` (at most 128)"));
+                None
+            }
+            None => {
+                self.at(v, format!("{what} name must be a string, not {}", short(&v.value)));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Located, key: &str) -> Option<String> {
+        match &v.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => {
+                self.at(v, format!("`{key}` must be a string, not {}", short(other)));
+                None
+            }
+        }
+    }
+
+    fn needs(&mut self, v: &Located, task: &str) -> (Vec<String>, Vec<Located>) {
+        let items: Vec<Value> = match &v.value {
+            Value::String(s) => vec![Value::String(s.clone())],
+            Value::Array(a) => a.clone(),
+            Value::Null => Vec::new(),
+            other => {
+                self.at(v, format!("task `{task}`: `needs` must be a task name or a list of them, not {}", short(other)));
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let mut names = Vec::new();
+        let mut spans = Vec::new();
+        for item in items {
+            match item {
+                Value::String(s) if !names.contains(&s) => {
+                    names.push(s);
+                    spans.push(v.clone());
+                }
+                Value::String(_) => {}
+                other => self.at(v, format!("task `{task}`: `needs` holds {}, not a task name", short(&other))),
+            }
+        }
+        (names, spans)
+    }
+
+    fn retry(&mut self, v: &Located, base: &RetryPolicy) -> RetryPolicy {
+        let mut p = base.clone();
+        let Value::Object(map) = &v.value else {
+            self.at(v, format!("`retry` must be a mapping (max_attempts, initial, factor, max_delay, jitter), not {}", short(&v.value)));
+            return p;
+        };
+        for (key, value) in map {
+            let here = Spanned { value: value.clone(), referenced: v.referenced, defined: v.defined };
+            match key.as_str() {
+                "max_attempts" => match value.as_u64() {
+                    Some(n @ 1..=10_000) => p.max_attempts = n as u32,
+                    _ => self.at(v, format!("`retry.max_attempts` must be a whole number from 1 to 10000, not {}", short(value))),
+                },
+                "initial" => p.initial = self.duration(&here, "retry.initial").unwrap_or(p.initial),
+                "max_delay" => p.max_delay = self.duration(&here, "retry.max_delay").unwrap_or(p.max_delay),
+                "factor" => match value.as_f64() {
+                    Some(f) if (1.0..=100.0).contains(&f) => p.factor = f,
+                    _ => self.at(v, format!("`retry.factor` must be a number from 1 to 100, not {}", short(value))),
+                },
+                "jitter" => match value.as_bool() {
+                    Some(b) => p.jitter = b,
+                    None => self.at(v, format!("`retry.jitter` must be true or false, not {}", short(value))),
+                },
+                other => self.at(v, format!("unknown key `{other}` in `retry` (expected max_attempts, initial, factor, max_delay, jitter)")),
+            }
+        }
+        p
+    }
+
+    fn duration(&mut self, v: &Located, key: &str) -> Option<Duration> {
+        let parsed = match &v.value {
+            Value::String(s) => crate::duration::parse(s),
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(crate::duration::seconds)
+                .ok_or_else(|| format!("{n} is not a valid number of seconds")),
+            other => Err(format!("expected a duration such as `30s`, not {}", short(other))),
+        };
+        match parsed {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(v, format!("`{key}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, v: &Located, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d < Duration::from_millis(10) {
+            self.at(v, format!("`{key}` must be at least 10ms"));
+            return None;
+        }
+        Some(d)
+    }
+
+    fn priority(&mut self, v: &Located) -> Option<i32> {
+        match v.value.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(p) => Some(p),
+            None => {
+                self.at(v, format!("`priority` must be a whole number, not {}", short(&v.value)));
+                None
+            }
+        }
+    }
+}
+
+/// A value as a person would recognise it in a message, kept short.
+fn short(v: &Value) -> String {
+    let s = match v {
+        Value::Null => return "nothing".into(),
+        Value::String(s) => format!("`{s}`"),
+        Value::Array(_) => return "a list".into(),
+        Value::Object(_) => return "a mapping".into(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;

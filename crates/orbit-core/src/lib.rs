@@ -1,0 +1,25 @@
+//! Orbit's pure domain.
+//!
+//! Everything here is plain data and plain functions: no I/O, no async runtime, no database.
+//!
+//! - [`pipeline`] is the validated model of a pipeline (tasks, parameters, policies), and
+//!   [`file`] turns a YAML document into it, reporting every problem with its line.
+//! - [`dag`] orders the tasks (execution layers, cycle detection, downstream reachability).
+//! - [`state`] names the run and task states; [`transition`] decides what a finished attempt
+//!   does to its task and its run, returning the effects for a store to apply in one transaction.
+//! - [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
+//!
+//! The engine drives, the store persists, this crate decides.
+
+pub mod dag;
+pub mod duration;
+pub mod file;
+pub mod params;
+pub mod pipeline;
+pub mod retry;
+pub mod state;
+pub mod template;
+pub mod transition;
+
+pub use pipeline::{Pipeline, TaskDef, TaskType};
+pub use state::{RunState, TaskState};

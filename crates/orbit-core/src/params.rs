@@ -1,0 +1,225 @@
+//! Typed parameters of each task type, read from a task's (rendered) JSON parameters.
+
+use crate::pipeline::TaskType;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `type: shell`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellParams {
+    /// An argv list, or a string: split into words (no shell) unless `shell: true`.
+    pub command: Command,
+    #[serde(default)]
+    pub shell: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// `command:` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// An environment value: YAML lets people write `PORT: 8080` or `DEBUG: true`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+impl Scalar {
+    pub fn to_text(&self) -> String {
+        match self {
+            Scalar::Text(s) => s.clone(),
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// `type: http`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpParams {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Scalar>,
+    /// Sent as JSON when present.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// One status or a list; any 2xx when absent.
+    #[serde(default)]
+    pub expect_status: Option<StatusSet>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSet {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        match self {
+            StatusSet::One(s) => *s == status,
+            StatusSet::Many(v) => v.contains(&status),
+        }
+    }
+}
+
+/// `type: sleep`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepParams {
+    pub duration: DurationText,
+}
+
+/// A duration written as text (`1.5s`) or a number of seconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationText {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationText {
+    pub fn to_duration(&self) -> Result<Duration, String> {
+        match self {
+            DurationText::Seconds(s) => crate::duration::seconds(*s)
+                .ok_or_else(|| format!("{s} is not a valid number of seconds")),
+            DurationText::Text(t) => crate::duration::parse(t),
+        }
+    }
+}
+
+/// `type: script`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptParams {
+    #[serde(default = "default_interpreter")]
+    pub interpreter: String,
+    /// Inline program text.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A program file, relative to the working directory.
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+fn default_interpreter() -> String {
+    "python3".into()
+}
+
+/// A task's parameters in their typed shape.
+#[derive(Clone, Debug)]
+pub enum Params {
+    Shell(ShellParams),
+    Http(HttpParams),
+    Sleep(SleepParams),
+    Script(ScriptParams),
+}
+
+impl Params {
+    /// Reads the parameters of `task_type`. With `rendered == false` the values may still hold
+    /// templates, so checks that need the final value (a duration, a method) are skipped for
+    /// templated values.
+    pub fn from_json(task_type: TaskType, params: &Map<String, Value>, rendered: bool) -> Result<Params, String> {
+        let value = Value::Object(params.clone());
+        let typed = match task_type {
+            TaskType::Shell => Params::Shell(from_value(value)?),
+            TaskType::Http => Params::Http(from_value(value)?),
+            TaskType::Sleep => Params::Sleep(from_value(value)?),
+            TaskType::Script => Params::Script(from_value(value)?),
+        };
+        typed.check(rendered)?;
+        Ok(typed)
+    }
+
+    fn check(&self, rendered: bool) -> Result<(), String> {
+        let settled = |s: &str| rendered || !crate::template::is_template(s);
+        match self {
+            Params::Shell(p) => match &p.command {
+                Command::Line(l) if l.trim().is_empty() => Err("`command` is empty".into()),
+                Command::Argv(v) if v.is_empty() => Err("`command` is an empty list".into()),
+                Command::Line(l) if !p.shell && settled(l) && shlex::split(l).is_none() => Err(format!(
+                    "`command` has unbalanced quotes: {l}"
+                )),
+                Command::Argv(_) if p.shell => Err(
+                    "`shell: true` needs `command` as one string (it is run by `sh -c`)".into(),
+                ),
+                _ => Ok(()),
+            },
+            Params::Http(p) => {
+                if settled(&p.method) && reqwest_like_method(&p.method).is_none() {
+                    return Err(format!("`method` `{}` is not an HTTP method", p.method));
+                }
+                if settled(&p.url) && !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                    return Err(format!("`url` `{}` must start with http:// or https://", p.url));
+                }
+                Ok(())
+            }
+            Params::Sleep(p) => match &p.duration {
+                DurationText::Text(t) if !settled(t) => Ok(()),
+                d => d.to_duration().map(|_| ()).map_err(|e| format!("`duration`: {e}")),
+            },
+            Params::Script(p) => match (&p.source, &p.file) {
+                (Some(_), Some(_)) => Err("give either `source` or `file`, not both".into()),
+                (None, None) => Err("missing required parameter `source` (inline program) or `file`".into()),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The uppercase method if it is one we send.
+pub fn reqwest_like_method(m: &str) -> Option<String> {
+    let up = m.to_ascii_uppercase();
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+        .contains(&up.as_str())
+        .then_some(up)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| {
+        let msg = e.to_string();
+        // serde's wording is for programmers; say it the way a pipeline author thinks of it.
+        if let Some(rest) = msg.strip_prefix("missing field ") {
+            format!("missing required parameter {rest}")
+        } else if let Some(rest) = msg.strip_prefix("unknown field ") {
+            format!("unknown parameter {rest}")
+        } else if msg.starts_with("data did not match any variant of untagged enum Command") {
+            "`command` must be a string or a list of strings".into()
+        } else if msg.contains("untagged enum DurationText") {
+            "`duration` must be a duration such as `5s` or a number of seconds".into()
+        } else if msg.contains("untagged enum StatusSet") {
+            "`expect_status` must be a status code or a list of them".into()
+        } else if msg.contains("untagged enum Scalar") {
+            "environment and header values must be strings, numbers or booleans".into()
+        } else {
+            msg
+        }
+    })
+}

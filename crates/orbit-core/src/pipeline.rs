@@ -1,0 +1,119 @@
+//! The validated pipeline model: what a YAML file, the API or the SDK turns into.
+//!
+//! Type parameters stay as JSON with their `{{ }}` templates unrendered; [`crate::params`]
+//! gives them their typed shape once rendered for one attempt.
+
+use crate::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::time::Duration;
+
+/// Default interval between two lease renewals of a running task; the lease is twice this.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A named DAG of tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Cron expression; when set, `orbit server` creates runs on that schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Tasks in the order the file lists them.
+    pub tasks: Vec<TaskDef>,
+}
+
+/// One node of the DAG.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// The type's parameters, templates unrendered.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    pub retry: RetryPolicy,
+    #[serde(default, with = "crate::duration::millis::option")]
+    pub timeout: Option<Duration>,
+    /// Higher is claimed first.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(with = "crate::duration::millis")]
+    pub heartbeat_interval: Duration,
+}
+
+impl TaskDef {
+    /// How long a claim holds the task without a heartbeat.
+    pub fn lease(&self) -> Duration {
+        self.heartbeat_interval * 2
+    }
+}
+
+/// The built-in kinds of task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    /// A program run with an argv list, or a string run by `sh -c` when `shell: true`.
+    Shell,
+    /// An HTTP request.
+    Http,
+    /// Waits for a duration.
+    Sleep,
+    /// A program for an interpreter (`python3` by default), context on stdin, JSON on stdout.
+    Script,
+}
+
+impl TaskType {
+    pub const ALL: [TaskType; 4] = [TaskType::Shell, TaskType::Http, TaskType::Sleep, TaskType::Script];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Shell => "shell",
+            TaskType::Http => "http",
+            TaskType::Sleep => "sleep",
+            TaskType::Script => "script",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskType> {
+        TaskType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Pipeline {
+    pub fn task(&self, name: &str) -> Option<&TaskDef> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// SHA-256 of the canonical JSON form: a changed definition gets a new pipeline version.
+    pub fn content_hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex(&Sha256::digest(&canonical))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Whether `name` is usable as a pipeline or task name: it appears in URLs, file names and
+/// templates, so keep it to letters, digits, `-`, `_` and `.`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

@@ -1,0 +1,186 @@
+//! What a finished attempt does to its task and run. Pure: the engine computes a [`Transition`]
+//! and the store applies it, fenced by the attempt's lease, in one transaction.
+
+use crate::dag::Dag;
+use crate::retry::RetryPolicy;
+use crate::state::RunState;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    Failed(Failure),
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The task asked to be retried no sooner than this.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::duration::millis::option")]
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// May succeed if tried again.
+    Error,
+    /// Will not succeed if tried again (bad parameters, a 4xx, a task that said so).
+    Fatal,
+    /// Ran past its timeout and was killed.
+    Timeout,
+    /// Its worker stopped heartbeating; the lease expired.
+    WorkerLost,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Error => "error",
+            FailureKind::Fatal => "fatal",
+            FailureKind::Timeout => "timeout",
+            FailureKind::WorkerLost => "worker_lost",
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, FailureKind::Fatal)
+    }
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure { kind, message: message.into(), retry_after: None }
+    }
+
+    pub fn error(message: impl Into<String>) -> Failure {
+        Failure::new(FailureKind::Error, message)
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Failure {
+        Failure::new(FailureKind::Fatal, message)
+    }
+}
+
+/// The effects of one finished attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// `running -> succeeded`, storing the output; each named downstream task has one fewer
+    /// upstream to wait for and becomes `ready` when none is left.
+    Succeed { output: Value, promote: Vec<String> },
+    /// `running -> ready` again, claimable from `ready_at`.
+    Retry { ready_at: DateTime<Utc>, failure: Failure },
+    /// `running -> dead` (dead-letter queue); every task downstream that has not started is
+    /// `cancelled`, since it can no longer get its input.
+    Dead { failure: Failure, cancel: Vec<String> },
+}
+
+impl Transition {
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Transition::Succeed { .. } => None,
+            Transition::Retry { failure, .. } | Transition::Dead { failure, .. } => Some(failure),
+        }
+    }
+}
+
+/// Decides what attempt number `attempt` (1-based) of task `task` (its index in `dag`) does.
+/// `random` in [0, 1) spreads the retry delay.
+pub fn on_attempt_finished(
+    dag: &Dag,
+    task: usize,
+    policy: &RetryPolicy,
+    attempt: u32,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+    random: f64,
+) -> Transition {
+    match outcome {
+        Outcome::Succeeded(output) => Transition::Succeed {
+            output,
+            promote: dag.downstream(task).iter().map(|&d| dag.name(d).to_owned()).collect(),
+        },
+        Outcome::Failed(failure) if failure.kind.is_retryable() && policy.allows_another(attempt) => {
+            let delay = policy.delay_after(attempt, random).max(failure.retry_after.unwrap_or_default());
+            let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            Transition::Retry {
+                ready_at: now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC),
+                failure,
+            }
+        }
+        Outcome::Failed(failure) => Transition::Dead {
+            failure,
+            cancel: dag.descendants(task).into_iter().map(|d| dag.name(d).to_owned()).collect(),
+        },
+    }
+}
+
+/// The final state of a run whose tasks have all settled.
+pub fn settled_run_state(dead_tasks: u64) -> RunState {
+    if dead_tasks == 0 {
+        RunState::Succeeded
+    } else {
+        RunState::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain() -> Dag {
+        let names = ["a", "b", "c"].map(String::from).to_vec();
+        Dag::from_edges(names, vec![vec![], vec![0], vec![1]]).unwrap()
+    }
+
+    #[test]
+    fn success_promotes_direct_downstream() {
+        let t = on_attempt_finished(&chain(), 0, &RetryPolicy::default(), 1, Outcome::Succeeded(json!(1)), Utc::now(), 0.5);
+        assert_eq!(t, Transition::Succeed { output: json!(1), promote: vec!["b".into()] });
+    }
+
+    #[test]
+    fn retryable_failure_with_attempts_left_retries_after_backoff() {
+        let now = Utc::now();
+        let policy = RetryPolicy { jitter: false, ..RetryPolicy::default() };
+        let t = on_attempt_finished(&chain(), 1, &policy, 2, Outcome::Failed(Failure::error("boom")), now, 0.0);
+        match t {
+            Transition::Retry { ready_at, failure } => {
+                assert_eq!(ready_at - now, chrono::Duration::seconds(2));
+                assert_eq!(failure.message, "boom");
+            }
+            other => panic!("expected retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spent_attempts_or_fatal_errors_go_dead_and_cancel_everything_downstream() {
+        let policy = RetryPolicy::default();
+        let spent = on_attempt_finished(&chain(), 0, &policy, 3, Outcome::Failed(Failure::error("x")), Utc::now(), 0.0);
+        assert!(matches!(&spent, Transition::Dead { cancel, .. } if cancel == &["b", "c"]));
+        let fatal = on_attempt_finished(&chain(), 1, &policy, 1, Outcome::Failed(Failure::fatal("x")), Utc::now(), 0.0);
+        assert!(matches!(&fatal, Transition::Dead { cancel, .. } if cancel == &["c"]));
+    }
+
+    #[test]
+    fn retry_after_is_respected() {
+        let now = Utc::now();
+        let mut f = Failure::error("slow down");
+        f.retry_after = Some(Duration::from_secs(60));
+        let t = on_attempt_finished(&chain(), 0, &RetryPolicy::default(), 1, Outcome::Failed(f), now, 0.0);
+        assert!(matches!(t, Transition::Retry { ready_at, .. } if ready_at - now >= chrono::Duration::seconds(60)));
+    }
+
+    #[test]
+    fn run_outcome() {
+        assert_eq!(settled_run_state(0), RunState::Succeeded);
+        assert_eq!(settled_run_state(2), RunState::Failed);
+    }
+}
