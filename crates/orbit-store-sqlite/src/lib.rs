@@ -1,1 +1,347 @@
+//! The embedded SQLite store, Orbit's zero-set-up default (`.orbit/orbit.db`).
+//!
+//! WAL mode with `synchronous=FULL` by default: a commit is on disk before anything is said to
+//! have happened. SQLite has one writer at a time, so all writes go through a single-connection
+//! pool and take the write lock up front (`BEGIN IMMEDIATE`) instead of upgrading mid-transaction;
+//! reads use their own small pool and never wait for the writer. Throughput comes from the
+//! engine handing many state changes to one [`Store::finish_and_claim`] commit.
 
+mod rows;
+mod write;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orbit_core::Pipeline;
+use orbit_store::{
+    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, NewRun, Result, RunFilter, RunRecord,
+    Store, StoreError, StoredPipeline, TaskRunRecord,
+};
+use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How hard a commit presses to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives a power cut. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process crash but the last ones may be lost
+    /// on power failure. Opt-in.
+    Normal,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!("unknown SQLite durability `{other}` (expected full or normal)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+pub(crate) fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db` or a plain
+    /// path) and applies pending migrations.
+    pub async fn open(url: &str, durability: Durability) -> Result<SqliteStore> {
+        let path_part = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let (file, _query) = path_part.split_once('?').unwrap_or((path_part, ""));
+        if file.is_empty() || file == ":memory:" {
+            return Err(StoreError::Unavailable(format!(
+                "`{url}` names no database file; Orbit keeps its state on disk (e.g. sqlite://.orbit/orbit.db)"
+            )));
+        }
+        let path = PathBuf::from(file);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let open_err = |e: sqlx::Error| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(open_err)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display())))?;
+        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
+        Ok(SqliteStore { writer, reader, path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when the file is sound.
+    pub async fn integrity_check(&self) -> Result<()> {
+        let result: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        if result == "ok" { Ok(()) } else { Err(StoreError::Corrupt(result)) }
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+     tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn save_pipeline(&self, pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline> {
+        write::save_pipeline(&self.writer, pipeline, source, now).await
+    }
+
+    async fn pipeline(&self, name: &str) -> Result<StoredPipeline> {
+        sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version DESC LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .map(|r| pipeline_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("pipeline `{name}`")))
+    }
+
+    async fn pipeline_version(&self, id: Uuid) -> Result<StoredPipeline> {
+        sqlx::query("SELECT * FROM pipelines WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .map(|r| pipeline_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("pipeline version {id}")))
+    }
+
+    async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
+        sqlx::query(
+            "SELECT p.* FROM pipelines p \
+             WHERE p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(pipeline_from_row)
+        .collect()
+    }
+
+    async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun> {
+        let id = write::create_run(&self.writer, &new).await?;
+        match id {
+            Ok(id) => Ok(CreatedRun { run: self.run_on(&self.writer, id).await?, created: true }),
+            Err(existing) => Ok(CreatedRun { run: self.run_on(&self.writer, existing).await?, created: false }),
+        }
+    }
+
+    async fn finish_and_claim(
+        &self,
+        finished: &[FinishedAttempt],
+        claim: Option<&ClaimRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome> {
+        write::finish_and_claim(&self.writer, finished, claim, now).await
+    }
+
+    async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+        write::extend_leases(&self.writer, leases, now).await
+    }
+
+    async fn run(&self, id: Uuid) -> Result<RunRecord> {
+        self.run_on(&self.reader, id).await
+    }
+
+    async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        let prefix = id_or_prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::NotFound(format!("run `{id_or_prefix}`")));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2"
+        )))
+        .bind(&prefix)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        match rows.as_slice() {
+            [one] => run_from_row(one),
+            [] => Err(StoreError::NotFound(format!("run `{id_or_prefix}`"))),
+            _ => Err(StoreError::Conflict(format!(
+                "`{id_or_prefix}` matches more than one run; give more of the id"
+            ))),
+        }
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1=1"));
+        if let Some(state) = filter.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(p) = &filter.pipeline {
+            q.push(" AND pipeline_name = ").push_bind(p.clone());
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit.max(1)))
+            .push(" OFFSET ")
+            .push_bind(i64::from(filter.offset));
+        q.build().fetch_all(&self.reader).await.map_err(unavailable)?.iter().map(run_from_row).collect()
+    }
+
+    async fn task_runs(&self, run: Uuid) -> Result<Vec<TaskRunRecord>> {
+        sqlx::query("SELECT * FROM task_runs WHERE run_id = ?1 ORDER BY seq")
+            .bind(run.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(task_run_from_row)
+            .collect()
+    }
+
+    async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>> {
+        let rows = match task {
+            Some(t) => sqlx::query(
+                "SELECT * FROM attempts WHERE run_id = ?1 AND task_name = ?2 ORDER BY attempt",
+            )
+            .bind(run.to_string())
+            .bind(t)
+            .fetch_all(&self.reader)
+            .await,
+            None => sqlx::query("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY started_at, attempt")
+                .bind(run.to_string())
+                .fetch_all(&self.reader)
+                .await,
+        }
+        .map_err(unavailable)?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn outputs(&self, run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT task_name, output FROM task_runs WHERE state = 'succeeded' AND run_id = ");
+        q.push_bind(run.to_string()).push(" AND task_name IN (");
+        let mut list = q.separated(", ");
+        for t in tasks {
+            list.push_bind(t.clone());
+        }
+        q.push(")");
+        q.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| {
+                let name: String = r.try_get(0).map_err(unavailable)?;
+                let out: Option<String> = r.try_get(1).map_err(unavailable)?;
+                let value = match out {
+                    Some(s) => serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("output of {name}: {e}")))?,
+                    None => Value::Null,
+                };
+                Ok((name, value))
+            })
+            .collect()
+    }
+
+    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
+        let min: Option<i64> = match run {
+            Some(r) => sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND run_id = ?1")
+                .bind(r.to_string())
+                .fetch_one(&self.reader)
+                .await,
+            None => sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready'")
+                .fetch_one(&self.reader)
+                .await,
+        }
+        .map_err(unavailable)?;
+        Ok(min.and_then(DateTime::from_timestamp_micros))
+    }
+}
+
+impl SqliteStore {
+    async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1")))
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| run_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("t.db").to_str().expect("utf8 path"), Durability::Full)
+            .await
+            .expect("open");
+        (store, dir)
+    }
+
+    orbit_store::conformance_tests!(store);
+
+    #[tokio::test]
+    async fn memory_databases_are_refused() {
+        let err = SqliteStore::open("sqlite::memory:", Durability::Full).await.unwrap_err();
+        assert!(err.to_string().contains("names no database file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn file_passes_integrity_check() {
+        let (s, _dir) = store().await;
+        s.integrity_check().await.unwrap();
+    }
+}

@@ -1,1 +1,114 @@
+//! The store: where every pipeline, run, task run, attempt and event is kept.
+//!
+//! [`Store`] speaks in domain verbs. Each verb is one short transaction; every write that
+//! follows a claim is fenced by the task run's `lease_epoch`, so a worker that lost its lease can
+//! change nothing. Decisions (what a finished attempt does) are made by `orbit-core`'s state
+//! machine; a store only applies them, atomically:
+//!
+//! - [`Store::create_run`] inserts a run and all its task runs; tasks that need nothing are
+//!   `ready` at once.
+//! - [`Store::finish_and_claim`] is the engine's one write per round: it records a batch of
+//!   finished attempts (their outputs, the downstream tasks they promote, the runs they settle)
+//!   and claims the next ready tasks, all in one commit. Grouping many state changes into one
+//!   durable commit is where throughput comes from.
+//! - [`Store::extend_leases`] is the heartbeat.
+//!
+//! Backends: `orbit-store-sqlite` (embedded default). The `testkit` feature holds the
+//! conformance suite every backend must pass.
 
+mod model;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orbit_core::Pipeline;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What can go wrong in a store, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request does not fit the current state (an ambiguous id prefix, a lost lease).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database could not be reached or refused the operation; retrying may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back (a bad state string, invalid JSON).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A stable code for APIs and exit statuses.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Saves a pipeline definition. The same content as the latest version returns that version;
+    /// a changed one becomes version + 1.
+    async fn save_pipeline(&self, pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline>;
+
+    /// The latest version of the pipeline called `name`.
+    async fn pipeline(&self, name: &str) -> Result<StoredPipeline>;
+
+    /// One stored version, by its id.
+    async fn pipeline_version(&self, id: Uuid) -> Result<StoredPipeline>;
+
+    /// The latest version of every pipeline, by name.
+    async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>>;
+
+    /// Creates a run with its task runs. With an idempotency key that an earlier run holds,
+    /// returns that run instead (`created == false`).
+    async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun>;
+
+    /// Records `finished` attempts, each only if its lease is still held, then claims up to
+    /// `claim.limit` ready tasks: one transaction.
+    async fn finish_and_claim(
+        &self,
+        finished: &[FinishedAttempt],
+        claim: Option<&ClaimRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome>;
+
+    /// Extends the leases of running task runs whose `(id, lease_epoch)` still match; returns
+    /// the ids whose lease was lost.
+    async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>>;
+
+    async fn run(&self, id: Uuid) -> Result<RunRecord>;
+
+    /// A run by its full id or a unique prefix of it.
+    async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord>;
+
+    /// Newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+
+    /// The task runs of a run, in creation (pipeline file) order.
+    async fn task_runs(&self, run: Uuid) -> Result<Vec<TaskRunRecord>>;
+
+    /// Attempts of a run (of one task when given), oldest first.
+    async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
+
+    /// Outputs of succeeded task runs of `run` among `tasks`.
+    async fn outputs(&self, run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
+
+    /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
+    /// retry becomes claimable.
+    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
+}

@@ -1,0 +1,114 @@
+//! Reading rows back into records.
+
+use crate::unavailable;
+use chrono::{DateTime, Utc};
+use orbit_store::{AttemptRecord, Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord};
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+    row.try_get(col).map_err(unavailable)
+}
+
+fn uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
+    let s: String = get(row, col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} `{s}`: {e}")))
+}
+
+fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
+    let t: i64 = get(row, col)?;
+    DateTime::from_timestamp_micros(t).ok_or_else(|| StoreError::Corrupt(format!("{col} {t} out of range")))
+}
+
+fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    let t: Option<i64> = get(row, col)?;
+    Ok(t.and_then(DateTime::from_timestamp_micros))
+}
+
+fn json(row: &SqliteRow, col: &str) -> Result<Option<Value>> {
+    let s: Option<String> = get(row, col)?;
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))).transpose()
+}
+
+fn parsed<T: std::str::FromStr>(row: &SqliteRow, col: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = get(row, col)?;
+    s.parse().map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn count(row: &SqliteRow, col: &str) -> Result<u32> {
+    let n: i64 = get(row, col)?;
+    u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} out of range")))
+}
+
+pub fn pipeline_from_row(row: &SqliteRow) -> Result<StoredPipeline> {
+    let definition: String = get(row, "definition")?;
+    Ok(StoredPipeline {
+        id: uuid(row, "id")?,
+        name: get(row, "name")?,
+        version: get(row, "version")?,
+        hash: get(row, "hash")?,
+        pipeline: serde_json::from_str(&definition).map_err(|e| StoreError::Corrupt(format!("pipeline definition: {e}")))?,
+        source: get(row, "source")?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
+pub fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
+    Ok(RunRecord {
+        id: uuid(row, "id")?,
+        pipeline_id: uuid(row, "pipeline_id")?,
+        pipeline_name: get(row, "pipeline_name")?,
+        pipeline_version: get(row, "pipeline_version")?,
+        state: parsed(row, "state")?,
+        input: json(row, "input")?.unwrap_or(Value::Null),
+        priority: get(row, "priority")?,
+        idempotency_key: get(row, "idempotency_key")?,
+        tasks_total: get(row, "tasks_total")?,
+        tasks_pending: get(row, "tasks_pending")?,
+        tasks_dead: get(row, "tasks_dead")?,
+        created_at: time(row, "created_at")?,
+        started_at: opt_time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        updated_at: time(row, "updated_at")?,
+    })
+}
+
+pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
+    Ok(TaskRunRecord {
+        id: uuid(row, "id")?,
+        run_id: uuid(row, "run_id")?,
+        task_name: get(row, "task_name")?,
+        state: parsed(row, "state")?,
+        attempt: count(row, "attempt")?,
+        max_attempts: count(row, "max_attempts")?,
+        priority: get(row, "priority")?,
+        lease_epoch: get(row, "lease_epoch")?,
+        lease_owner: get(row, "lease_owner")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        ready_at: opt_time(row, "ready_at")?,
+        started_at: opt_time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        output: json(row, "output")?,
+        error: get(row, "error")?,
+    })
+}
+
+pub fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        task_run_id: uuid(row, "task_run_id")?,
+        run_id: uuid(row, "run_id")?,
+        task_name: get(row, "task_name")?,
+        attempt: count(row, "attempt")?,
+        worker: get(row, "worker")?,
+        started_at: time(row, "started_at")?,
+        finished_at: time(row, "finished_at")?,
+        outcome: get(row, "outcome")?,
+        error: get(row, "error")?,
+        log: get(row, "log")?,
+    })
+}

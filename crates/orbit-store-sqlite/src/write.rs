@@ -1,0 +1,411 @@
+//! The write transactions. Each public function here is one `BEGIN IMMEDIATE … COMMIT`.
+
+use crate::{unavailable, us};
+use chrono::{DateTime, Utc};
+use orbit_core::transition::{settled_run_state, Transition};
+use orbit_core::{Pipeline, RunState};
+use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Result, StoreError, StoredPipeline};
+use serde_json::json;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Row, SqlitePool};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)
+}
+
+async fn event(
+    conn: &mut SqliteConnection,
+    run: Option<Uuid>,
+    task: Option<&str>,
+    kind: &str,
+    data: Option<serde_json::Value>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (run_id, task_name, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(run.map(|r| r.to_string()))
+        .bind(task)
+        .bind(kind)
+        .bind(data.map(|d| d.to_string()))
+        .bind(at)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn save_pipeline(
+    pool: &SqlitePool,
+    pipeline: &Pipeline,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<StoredPipeline> {
+    let hash = pipeline.content_hash();
+    let definition = serde_json::to_string(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut tx = begin(pool).await?;
+    let latest = sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version DESC LIMIT 1")
+        .bind(&pipeline.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    if let Some(row) = &latest {
+        let stored = crate::rows::pipeline_from_row(row)?;
+        if stored.hash == hash {
+            return Ok(stored);
+        }
+    }
+    let version = latest.map_or(Ok(0), |r| r.try_get::<i64, _>("version").map_err(unavailable))? + 1;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(id.to_string())
+    .bind(&pipeline.name)
+    .bind(version)
+    .bind(&hash)
+    .bind(&definition)
+    .bind(source)
+    .bind(us(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    event(&mut tx, None, None, "pipeline_saved", Some(json!({"pipeline": pipeline.name, "version": version})), us(now)).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(StoredPipeline {
+        id,
+        name: pipeline.name.clone(),
+        version,
+        hash,
+        pipeline: pipeline.clone(),
+        source: source.map(str::to_owned),
+        created_at: now,
+    })
+}
+
+/// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
+pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
+    let now = us(new.now);
+    let id = Uuid::now_v7();
+    let p = &new.pipeline.pipeline;
+    let mut tx = begin(pool).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+         tasks_total, tasks_pending, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id.to_string())
+    .bind(new.pipeline.id.to_string())
+    .bind(&p.name)
+    .bind(new.pipeline.version)
+    .bind(new.input.to_string())
+    .bind(new.priority)
+    .bind(new.idempotency_key.as_deref())
+    .bind(p.tasks.len() as i64)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    if inserted.rows_affected() == 0 {
+        let existing: String = sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = ?1")
+            .bind(new.idempotency_key.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let existing = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        return Ok(Err(existing));
+    }
+    let pipeline_id = new.pipeline.id.to_string();
+    let run_id = id.to_string();
+    for (seq, task) in p.tasks.iter().enumerate() {
+        let ready = task.needs.is_empty();
+        sqlx::query(
+            "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
+             max_attempts, lease_ms, ready_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&run_id)
+        .bind(&pipeline_id)
+        .bind(&task.name)
+        .bind(seq as i64)
+        .bind(if ready { "ready" } else { "waiting" })
+        .bind(task.priority.saturating_add(new.priority))
+        .bind(task.needs.len() as i64)
+        .bind(i64::from(task.retry.max_attempts))
+        .bind(task.lease().as_millis() as i64)
+        .bind(ready.then_some(now))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    }
+    event(&mut tx, Some(id), None, "run_created", Some(json!({"pipeline": p.name, "version": new.pipeline.version})), now)
+        .await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(id))
+}
+
+pub async fn finish_and_claim(
+    pool: &SqlitePool,
+    finished: &[FinishedAttempt],
+    claim: Option<&ClaimRequest>,
+    now: DateTime<Utc>,
+) -> Result<BatchOutcome> {
+    let now = us(now);
+    let mut out = BatchOutcome::default();
+    let mut tx = begin(pool).await?;
+    // per run: (task runs that reached a terminal state, of which dead)
+    let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    for f in finished {
+        if !record_finished(&mut tx, f, now, &mut settled).await? {
+            out.lease_lost.push(f.task.id);
+        }
+    }
+    for (run, (done, dead)) in settled {
+        let row = sqlx::query(
+            "UPDATE runs SET tasks_pending = tasks_pending - ?1, tasks_dead = tasks_dead + ?2, updated_at = ?3 \
+             WHERE id = ?4 RETURNING tasks_pending, tasks_dead, state",
+        )
+        .bind(done)
+        .bind(dead)
+        .bind(now)
+        .bind(run.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let pending: i64 = row.try_get(0).map_err(unavailable)?;
+        let dead_total: i64 = row.try_get(1).map_err(unavailable)?;
+        let state: String = row.try_get(2).map_err(unavailable)?;
+        let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+        if pending <= 0 && !state.is_terminal() {
+            let final_state = settled_run_state(dead_total.max(0) as u64);
+            sqlx::query("UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3")
+                .bind(final_state.as_str())
+                .bind(now)
+                .bind(run.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            event(&mut tx, Some(run), None, &format!("run_{final_state}"), None, now).await?;
+            out.settled_runs.push((run, final_state));
+        }
+    }
+    if let Some(c) = claim.filter(|c| c.limit > 0) {
+        out.claimed = claim_ready(&mut tx, c, now).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(out)
+}
+
+/// Applies one finished attempt if its lease still holds; false when it was refused.
+async fn record_finished(
+    conn: &mut SqliteConnection,
+    f: &FinishedAttempt,
+    now: i64,
+    settled: &mut HashMap<Uuid, (i64, i64)>,
+) -> Result<bool> {
+    let t = &f.task;
+    let id = t.id.to_string();
+    let fenced = match &f.transition {
+        Transition::Succeed { output, .. } => sqlx::query(
+            "UPDATE task_runs SET state = 'succeeded', output = ?1, error = NULL, finished_at = ?2, updated_at = ?2, \
+             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
+        )
+        .bind(output.to_string()),
+        Transition::Retry { failure, .. } => sqlx::query(
+            "UPDATE task_runs SET state = 'ready', error = ?1, ready_at = ?5, updated_at = ?2, \
+             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
+        )
+        .bind(failure.message.clone()),
+        Transition::Dead { failure, .. } => sqlx::query(
+            "UPDATE task_runs SET state = 'dead', error = ?1, finished_at = ?2, updated_at = ?2, \
+             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
+        )
+        .bind(failure.message.clone()),
+    };
+    let ready_at = match &f.transition {
+        Transition::Retry { ready_at, .. } => Some(us(*ready_at)),
+        _ => None,
+    };
+    let mut fenced = fenced.bind(now).bind(&id).bind(t.lease_epoch);
+    if let Some(r) = ready_at {
+        fenced = fenced.bind(r);
+    }
+    if fenced.execute(&mut *conn).await.map_err(unavailable)?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let failure = f.transition.failure();
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(&id)
+    .bind(i64::from(t.attempt))
+    .bind(t.run_id.to_string())
+    .bind(&t.task_name)
+    .bind(&f.worker)
+    .bind(us(f.started_at))
+    .bind(us(f.finished_at))
+    .bind(failure.map_or("succeeded", |fl| fl.kind.as_str()))
+    .bind(failure.map(|fl| fl.message.as_str()))
+    .bind(&f.log)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let (kind, data) = match &f.transition {
+        Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
+        Transition::Retry { ready_at, failure } => (
+            "task_retrying",
+            json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
+        ),
+        Transition::Dead { failure, .. } => (
+            "task_dead",
+            json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
+        ),
+    };
+    event(conn, Some(t.run_id), Some(&t.task_name), kind, Some(data), now).await?;
+    let run = t.run_id.to_string();
+    match &f.transition {
+        Transition::Succeed { promote, .. } => {
+            for name in promote {
+                sqlx::query(
+                    "UPDATE task_runs SET pending_needs = pending_needs - 1, \
+                     state = CASE WHEN pending_needs <= 1 THEN 'ready' ELSE state END, \
+                     ready_at = CASE WHEN pending_needs <= 1 THEN ?1 ELSE ready_at END, updated_at = ?1 \
+                     WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting'",
+                )
+                .bind(now)
+                .bind(&run)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            }
+            settled.entry(t.run_id).or_default().0 += 1;
+        }
+        Transition::Dead { cancel, .. } => {
+            let reason = format!("not started: upstream task `{}` is dead", t.task_name);
+            let mut cancelled = 0;
+            for name in cancel {
+                cancelled += sqlx::query(
+                    "UPDATE task_runs SET state = 'cancelled', error = ?1, finished_at = ?2, updated_at = ?2 \
+                     WHERE run_id = ?3 AND task_name = ?4 AND state = 'waiting'",
+                )
+                .bind(&reason)
+                .bind(now)
+                .bind(&run)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected() as i64;
+            }
+            let entry = settled.entry(t.run_id).or_default();
+            entry.0 += 1 + cancelled;
+            entry.1 += 1;
+        }
+        Transition::Retry { .. } => {}
+    }
+    Ok(true)
+}
+
+async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64) -> Result<Vec<ClaimedTask>> {
+    const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
+         lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), updated_at = ?2 \
+         WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2";
+    const RETURNING: &str = " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
+         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at";
+    let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
+    let rows = match c.run {
+        Some(run) => sqlx::query(sqlx::AssertSqlSafe(format!("{SET} AND run_id = ?4{RETURNING}")))
+            .bind(&c.owner)
+            .bind(now)
+            .bind(limit)
+            .bind(run.to_string())
+            .fetch_all(&mut *conn)
+            .await,
+        None => sqlx::query(sqlx::AssertSqlSafe(format!("{SET}{RETURNING}")))
+            .bind(&c.owner)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await,
+    }
+    .map_err(unavailable)?;
+    let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut order = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let parse = |col: usize| -> Result<Uuid> {
+            let s: String = row.try_get(col).map_err(unavailable)?;
+            Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let expires: i64 = row.try_get(6).map_err(unavailable)?;
+        let priority: i64 = row.try_get(7).map_err(unavailable)?;
+        let ready_at: i64 = row.try_get(8).map_err(unavailable)?;
+        order.push((-priority, ready_at));
+        claimed.push(ClaimedTask {
+            id: parse(0)?,
+            run_id: parse(1)?,
+            pipeline_id: parse(2)?,
+            task_name: row.try_get(3).map_err(unavailable)?,
+            attempt: u32::try_from(row.try_get::<i64, _>(4).map_err(unavailable)?).unwrap_or(u32::MAX),
+            lease_epoch: row.try_get(5).map_err(unavailable)?,
+            lease_expires_at: DateTime::from_timestamp_micros(expires).unwrap_or_default(),
+            claimed_at,
+        });
+    }
+    // RETURNING gives no order; hand tasks out highest priority, oldest first.
+    let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();
+    indexed.sort_by_key(|(k, t)| (*k, t.id));
+    let claimed: Vec<ClaimedTask> = indexed.into_iter().map(|(_, t)| t).collect();
+    let mut started_runs: Vec<Uuid> = Vec::new();
+    for t in &claimed {
+        event(conn, Some(t.run_id), Some(&t.task_name), "task_started", Some(json!({"attempt": t.attempt, "worker": c.owner})), now)
+            .await?;
+        if !started_runs.contains(&t.run_id) {
+            started_runs.push(t.run_id);
+        }
+    }
+    for run in started_runs {
+        let changed = sqlx::query(
+            "UPDATE runs SET state = 'running', started_at = ?1, updated_at = ?1 WHERE id = ?2 AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(run.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        if changed.rows_affected() > 0 {
+            event(conn, Some(run), None, "run_started", None, now).await?;
+        }
+    }
+    Ok(claimed)
+}
+
+pub async fn extend_leases(pool: &SqlitePool, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = us(now);
+    let mut lost = Vec::new();
+    let mut tx = begin(pool).await?;
+    for (id, epoch) in leases {
+        let changed = sqlx::query(
+            "UPDATE task_runs SET lease_expires_at = ?1 + lease_ms * 1000, updated_at = ?1 \
+             WHERE id = ?2 AND state = 'running' AND lease_epoch = ?3",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if changed.rows_affected() == 0 {
+            lost.push(*id);
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(lost)
+}
