@@ -1,0 +1,395 @@
+//! The engine loop: claim, execute, group-commit, heartbeat.
+
+use crate::executor::{self, Invocation};
+use crate::log::LogBuffer;
+use chrono::{DateTime, Utc};
+use orbit_core::dag::Dag;
+use orbit_core::params::Params;
+use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
+use orbit_core::transition::{on_attempt_finished, Failure, FailureKind, Outcome, Transition};
+use orbit_core::RunState;
+use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError, StoredPipeline};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Names this process in leases and attempts.
+    pub owner: String,
+    /// Most attempts running at once.
+    pub concurrency: usize,
+    /// How often to look for work nobody told this process about.
+    pub poll_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { owner: "orbit".into(), concurrency: 10, poll_interval: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// What the engine did, for progress displays. Sent after the commit that made it true.
+#[derive(Clone, Debug)]
+pub enum EngineEvent {
+    TaskStarted { run: Uuid, task: String, attempt: u32 },
+    TaskSucceeded { run: Uuid, task: String, attempt: u32, took: Duration },
+    TaskRetrying { run: Uuid, task: String, attempt: u32, error: String, at: DateTime<Utc> },
+    TaskDead { run: Uuid, task: String, attempt: u32, error: String, cancelled: Vec<String> },
+    /// The attempt's lease was taken over; its result was not kept.
+    LeaseLost { run: Uuid, task: String, attempt: u32 },
+    RunSettled { run: Uuid, state: RunState },
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    events: broadcast::Sender<EngineEvent>,
+    http: reqwest::Client,
+}
+
+/// A pipeline version as the loop needs it.
+struct Loaded {
+    stored: StoredPipeline,
+    dag: Dag,
+}
+
+struct InFlight {
+    run: Uuid,
+    task: String,
+    attempt: u32,
+    epoch: i64,
+    interval: Duration,
+    lease: Duration,
+    next_beat: Instant,
+    last_renewed: Instant,
+    abort: AbortHandle,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, EngineError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("orbit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| EngineError::Http(e.to_string()))?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Engine { store, config, events, http })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Executes the tasks of one run until it settles; returns its final state, or `None` when
+    /// `shutdown` stopped the loop first (running attempts are let finish; the run stays
+    /// resumable).
+    pub async fn drive_run(&self, run: Uuid, shutdown: CancellationToken) -> Result<Option<RunState>, EngineError> {
+        let record = self.store.run(run).await?;
+        if record.state.is_terminal() {
+            return Ok(Some(record.state));
+        }
+        self.drive(Some(run), shutdown).await
+    }
+
+    /// Executes tasks of any run until `shutdown`.
+    pub async fn drive_all(&self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        self.drive(None, shutdown).await.map(|_| ())
+    }
+
+    async fn drive(&self, scope: Option<Uuid>, shutdown: CancellationToken) -> Result<Option<RunState>, EngineError> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
+        let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
+        let mut inputs: HashMap<Uuid, Arc<Value>> = HashMap::new();
+        let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
+        let mut finished: Vec<FinishedAttempt> = Vec::new();
+        let mut received: Vec<FinishedAttempt> = Vec::with_capacity(256);
+        let mut claim_due = true;
+        let mut retry_wake: Option<Instant> = None;
+        let mut stopping = false;
+        loop {
+            let free = self.config.concurrency.saturating_sub(inflight.len());
+            let claim = (claim_due && !stopping && free > 0).then(|| ClaimRequest {
+                owner: self.config.owner.clone(),
+                limit: free,
+                run: scope,
+            });
+            if !finished.is_empty() || claim.is_some() {
+                let outcome = self.store.finish_and_claim(&finished, claim.as_ref(), Utc::now()).await?;
+                for f in &finished {
+                    if let Transition::Retry { ready_at, .. } = &f.transition {
+                        let at = instant_of(*ready_at);
+                        retry_wake = Some(retry_wake.map_or(at, |w| w.min(at)));
+                    }
+                }
+                self.report(&finished, &outcome);
+                finished.clear();
+                // A full claim means more may be waiting; finishing tasks will free slots for them.
+                claim_due = claim.as_ref().is_some_and(|c| outcome.claimed.len() >= c.limit);
+                for task in outcome.claimed {
+                    let loaded = self.loaded(&mut pipelines, task.pipeline_id).await?;
+                    let input = self.input(&mut inputs, task.run_id).await?;
+                    let def = loaded.stored.pipeline.task(&task.task_name);
+                    let interval = def.map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |d| d.heartbeat_interval);
+                    let now = Instant::now();
+                    let flight = InFlight {
+                        run: task.run_id,
+                        task: task.task_name.clone(),
+                        attempt: task.attempt,
+                        epoch: task.lease_epoch,
+                        interval,
+                        lease: interval * 2,
+                        next_beat: now + interval,
+                        last_renewed: now,
+                        abort: self.spawn(task.clone(), loaded, input, done_tx.clone()),
+                    };
+                    inflight.insert(task.id, flight);
+                }
+                for (run, state) in outcome.settled_runs {
+                    inputs.remove(&run);
+                    if scope == Some(run) {
+                        return Ok(Some(state));
+                    }
+                }
+            }
+            if stopping && inflight.is_empty() {
+                return Ok(None);
+            }
+            let poll_at = Instant::now() + self.config.poll_interval;
+            let beat_at = inflight.values().map(|f| f.next_beat).min();
+            let deadline = [Some(poll_at), beat_at, retry_wake].into_iter().flatten().min().unwrap_or(poll_at);
+            tokio::select! {
+                biased;
+                _ = done_rx.recv_many(&mut received, 1024) => {
+                    for f in received.drain(..) {
+                        // Attempts dropped for a lost lease may still report; nothing of them is kept.
+                        if inflight.remove(&f.task.id).is_some() {
+                            finished.push(f);
+                        }
+                    }
+                    claim_due = true;
+                }
+                _ = shutdown.cancelled(), if !stopping => stopping = true,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if retry_wake.is_some_and(|w| w <= now) {
+                        retry_wake = None;
+                        claim_due = true;
+                    }
+                    if poll_at <= now {
+                        claim_due = true;
+                    }
+                    self.heartbeat(&mut inflight, now).await;
+                }
+            }
+        }
+    }
+
+    /// Renews the leases that are due; stops attempts whose lease is lost, or could not be
+    /// renewed for half the lease (another worker may take them over soon).
+    async fn heartbeat(&self, inflight: &mut HashMap<Uuid, InFlight>, now: Instant) {
+        let due: Vec<(Uuid, i64)> = inflight.iter().filter(|(_, f)| f.next_beat <= now).map(|(id, f)| (*id, f.epoch)).collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut stop = Vec::new();
+        match self.store.extend_leases(&due, Utc::now()).await {
+            Ok(lost) => {
+                for (id, _) in &due {
+                    if let Some(f) = inflight.get_mut(id) {
+                        f.last_renewed = now;
+                        f.next_beat = now + f.interval;
+                    }
+                }
+                stop.extend(lost);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew leases");
+                for (id, f) in inflight.iter_mut() {
+                    if now.duration_since(f.last_renewed) >= f.lease / 2 {
+                        stop.push(*id);
+                    } else {
+                        f.next_beat = now + Duration::from_millis(200).min(f.interval);
+                    }
+                }
+            }
+        }
+        for id in stop {
+            if let Some(f) = inflight.remove(&id) {
+                f.abort.abort();
+                tracing::warn!(run = %f.run, task = %f.task, attempt = f.attempt, "lease lost; attempt stopped");
+                let _ = self.events.send(EngineEvent::LeaseLost { run: f.run, task: f.task, attempt: f.attempt });
+            }
+        }
+    }
+
+    fn report(&self, finished: &[FinishedAttempt], outcome: &BatchOutcome) {
+        for f in finished {
+            let t = &f.task;
+            if outcome.lease_lost.contains(&t.id) {
+                tracing::warn!(run = %t.run_id, task = %t.task_name, "result refused: lease was taken over");
+                let _ = self.events.send(EngineEvent::LeaseLost { run: t.run_id, task: t.task_name.clone(), attempt: t.attempt });
+                continue;
+            }
+            let event = match &f.transition {
+                Transition::Succeed { .. } => EngineEvent::TaskSucceeded {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    attempt: t.attempt,
+                    took: (f.finished_at - f.started_at).to_std().unwrap_or_default(),
+                },
+                Transition::Retry { ready_at, failure } => EngineEvent::TaskRetrying {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    attempt: t.attempt,
+                    error: failure.message.clone(),
+                    at: *ready_at,
+                },
+                Transition::Dead { failure, cancel } => EngineEvent::TaskDead {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    attempt: t.attempt,
+                    error: failure.message.clone(),
+                    cancelled: cancel.clone(),
+                },
+            };
+            let _ = self.events.send(event);
+        }
+        for t in &outcome.claimed {
+            let _ = self.events.send(EngineEvent::TaskStarted { run: t.run_id, task: t.task_name.clone(), attempt: t.attempt });
+        }
+        for (run, state) in &outcome.settled_runs {
+            let _ = self.events.send(EngineEvent::RunSettled { run: *run, state: *state });
+        }
+    }
+
+    async fn loaded(&self, cache: &mut HashMap<Uuid, Arc<Loaded>>, id: Uuid) -> Result<Arc<Loaded>, EngineError> {
+        if let Some(l) = cache.get(&id) {
+            return Ok(l.clone());
+        }
+        let stored = self.store.pipeline_version(id).await?;
+        let dag = Dag::new(&stored.pipeline)
+            .map_err(|e| StoreError::Corrupt(format!("stored pipeline `{}` is not a DAG: {e}", stored.name)))?;
+        let l = Arc::new(Loaded { stored, dag });
+        cache.insert(id, l.clone());
+        Ok(l)
+    }
+
+    async fn input(&self, cache: &mut HashMap<Uuid, Arc<Value>>, run: Uuid) -> Result<Arc<Value>, EngineError> {
+        if let Some(i) = cache.get(&run) {
+            return Ok(i.clone());
+        }
+        let input = Arc::new(self.store.run(run).await?.input);
+        cache.insert(run, input.clone());
+        Ok(input)
+    }
+
+    fn spawn(
+        &self,
+        task: ClaimedTask,
+        loaded: Arc<Loaded>,
+        input: Arc<Value>,
+        done: mpsc::UnboundedSender<FinishedAttempt>,
+    ) -> AbortHandle {
+        let store = self.store.clone();
+        let http = self.http.clone();
+        let worker = self.config.owner.clone();
+        tokio::spawn(async move {
+            let started_at = Utc::now();
+            let log = LogBuffer::new();
+            let outcome = match attempt(store.as_ref(), &loaded, &task, &input, &log, &http).await {
+                Ok(v) => Outcome::Succeeded(v),
+                Err(f) => Outcome::Failed(f),
+            };
+            let finished_at = Utc::now();
+            let transition = match loaded.dag.index_of(&task.task_name) {
+                Some(i) => {
+                    let policy = &loaded.stored.pipeline.tasks[i].retry;
+                    on_attempt_finished(&loaded.dag, i, policy, task.attempt, outcome, finished_at, fastrand::f64())
+                }
+                None => Transition::Dead {
+                    failure: Failure::fatal(format!("task `{}` is not in pipeline version {}", task.task_name, loaded.stored.version)),
+                    cancel: Vec::new(),
+                },
+            };
+            let _ = done.send(FinishedAttempt { task, worker, started_at, finished_at, log: log.take(), transition });
+        })
+        .abort_handle()
+    }
+}
+
+/// One attempt of one task: gather its context, render its parameters, execute it in time.
+async fn attempt(
+    store: &dyn Store,
+    loaded: &Loaded,
+    task: &ClaimedTask,
+    input: &Value,
+    log: &LogBuffer,
+    http: &reqwest::Client,
+) -> Result<Value, Failure> {
+    let def = loaded
+        .stored
+        .pipeline
+        .task(&task.task_name)
+        .ok_or_else(|| Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name)))?;
+    let outputs = store
+        .outputs(task.run_id, &def.needs)
+        .await
+        .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?;
+    let run_id = task.run_id.to_string();
+    let effect_key = task.id.to_string();
+    let ctx = Context {
+        input,
+        tasks: outputs.iter().map(|(name, output)| (name.as_str(), TaskOutput { output })).collect::<BTreeMap<_, _>>(),
+        run: RunInfo { id: &run_id, pipeline: &loaded.stored.name },
+        task: TaskInfo { name: &def.name, attempt: task.attempt },
+        effect_key: &effect_key,
+    };
+    let rendered = template::render_params(&def.params, &ctx).map_err(Failure::fatal)?;
+    let params = Params::from_json(def.task_type, &rendered, true)
+        .map_err(|e| Failure::fatal(format!("parameters after rendering: {e}")))?;
+    let context = serde_json::to_value(&ctx).map_err(|e| Failure::fatal(e.to_string()))?;
+    let inv = Invocation {
+        context: &context,
+        run_id: &run_id,
+        task_name: &def.name,
+        attempt: task.attempt,
+        effect_key: &effect_key,
+        timeout: def.timeout,
+        log,
+        http,
+    };
+    let run = executor::execute(params, &inv);
+    let result = match def.timeout {
+        Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+            Err(Failure::new(FailureKind::Timeout, format!("timed out after {}", orbit_core::duration::display(limit))))
+        }),
+        None => run.await,
+    };
+    if let Err(f) = &result {
+        log.line(&format!("[orbit] attempt {} failed: {}", task.attempt, f.message));
+    }
+    result
+}
+
+fn instant_of(at: DateTime<Utc>) -> Instant {
+    Instant::now() + (at - Utc::now()).to_std().unwrap_or_default()
+}

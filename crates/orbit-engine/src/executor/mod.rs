@@ -1,0 +1,39 @@
+//! The built-in task types. Each takes its rendered parameters and the task context and returns
+//! the task's JSON output or a typed failure; what it prints goes to the attempt's log.
+
+mod http;
+mod process;
+mod script;
+mod shell;
+
+use crate::log::LogBuffer;
+use orbit_core::params::Params;
+use orbit_core::transition::Failure;
+use serde_json::Value;
+use std::time::Duration;
+
+/// What an executor gets besides its parameters.
+pub struct Invocation<'a> {
+    /// The task context as JSON (input, upstream outputs, run, task, effect key).
+    pub context: &'a Value,
+    pub run_id: &'a str,
+    pub task_name: &'a str,
+    pub attempt: u32,
+    pub effect_key: &'a str,
+    pub timeout: Option<Duration>,
+    pub log: &'a LogBuffer,
+    pub http: &'a reqwest::Client,
+}
+
+pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Failure> {
+    match params {
+        Params::Shell(p) => shell::run(p, inv).await,
+        Params::Script(p) => script::run(p, inv).await,
+        Params::Http(p) => http::run(p, inv).await,
+        Params::Sleep(p) => {
+            let d = p.duration.to_duration().map_err(Failure::fatal)?;
+            tokio::time::sleep(d).await;
+            Ok(Value::Null)
+        }
+    }
+}
