@@ -1,1 +1,56 @@
-fn main() {}
+//! `orbit`: loads configuration, parses arguments, runs one command, and turns its result into
+//! an exit status (0 ok, 1 the run failed, 2 bad usage or bad input).
+
+mod bench;
+mod cli;
+mod commands;
+mod output;
+mod progress;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// An error in what the user gave us (a file, an id, an input): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error ({info}); please report it");
+    }));
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORBIT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use orbit_store::StoreError;
+    for cause in e.chain() {
+        if cause.is::<BadInput>() || cause.is::<orbit_core::file::FileError>() {
+            return 2;
+        }
+        if let Some(StoreError::NotFound(_) | StoreError::Conflict(_)) = cause.downcast_ref::<StoreError>() {
+            return 2;
+        }
+    }
+    1
+}

@@ -1,0 +1,152 @@
+//! `orbit bench`: drains synthetic pipelines through a real store and reports throughput,
+//! latency percentiles and peak memory. Each scenario gets a fresh database in a temporary
+//! directory, with the durability the store would have in production (`synchronous=FULL`).
+
+use crate::cli::{BenchArgs, Scenario};
+use crate::BadInput;
+use chrono::Utc;
+use orbit_core::retry::RetryPolicy;
+use orbit_core::{Pipeline, RunState, TaskDef, TaskType};
+use orbit_engine::{Engine, EngineConfig};
+use orbit_store::{NewRun, Store};
+use orbit_store_sqlite::{Durability, SqliteStore};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
+    let durability: Durability = args.durability.parse().map_err(BadInput)?;
+    if args.concurrency == 0 {
+        return Err(BadInput("--concurrency must be at least 1".into()).into());
+    }
+    let scenarios = match args.scenario {
+        Some(s) => vec![s],
+        None => vec![Scenario::Throughput { tasks: 10_000 }, Scenario::Chain { length: 500 }, Scenario::Fanout { width: 200 }],
+    };
+    for scenario in scenarios {
+        let result = run_scenario(&scenario, args.concurrency, durability).await?;
+        if json {
+            println!("{}", result);
+        } else {
+            println!(
+                "{:<10} {:>6} tasks  {:>8.0} tasks/s  {} p50 {:.3} ms  p99 {:.3} ms  total {:.1} ms  peak RSS {:.1} MB  [{}]",
+                result["scenario"].as_str().unwrap_or_default(),
+                result["tasks"],
+                result["tasks_per_sec"].as_f64().unwrap_or_default(),
+                result["latency"].as_str().unwrap_or_default(),
+                result["p50_ms"].as_f64().unwrap_or_default(),
+                result["p99_ms"].as_f64().unwrap_or_default(),
+                result["elapsed_ms"].as_f64().unwrap_or_default(),
+                result["peak_rss_bytes"].as_f64().unwrap_or_default() / 1_048_576.0,
+                result["durability"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn noop(name: String, needs: Vec<String>) -> TaskDef {
+    TaskDef {
+        name,
+        task_type: TaskType::Sleep,
+        params: json!({"duration": 0}).as_object().cloned().unwrap_or_default(),
+        needs,
+        retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+        timeout: None,
+        priority: 0,
+        heartbeat_interval: orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
+    }
+}
+
+fn pipeline(scenario: &Scenario) -> Pipeline {
+    let tasks = match *scenario {
+        Scenario::Throughput { tasks } => (0..tasks).map(|i| noop(format!("t{i:06}"), vec![])).collect(),
+        Scenario::Chain { length } => (0..length)
+            .map(|i| noop(format!("t{i:06}"), if i == 0 { vec![] } else { vec![format!("t{:06}", i - 1)] }))
+            .collect(),
+        Scenario::Fanout { width } => {
+            let mut v = vec![noop("root".into(), vec![])];
+            v.extend((0..width).map(|i| noop(format!("t{i:06}"), vec!["root".into()])));
+            v.push(noop("join".into(), (0..width).map(|i| format!("t{i:06}")).collect()));
+            v
+        }
+    };
+    Pipeline { name: "bench".into(), description: None, schedule: None, tasks }
+}
+
+async fn run_scenario(scenario: &Scenario, concurrency: usize, durability: Durability) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    let store = Arc::new(SqliteStore::open(&path.display().to_string(), durability).await?);
+    let pipeline = pipeline(scenario);
+    let tasks = pipeline.tasks.len();
+    let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
+    let enqueue_started = Instant::now();
+    let run = store
+        .create_run(NewRun { pipeline: &stored, input: json!({}), priority: 0, idempotency_key: None, now: Utc::now() })
+        .await?
+        .run;
+    let enqueue = enqueue_started.elapsed();
+    let engine = Engine::new(store.clone(), EngineConfig { owner: "bench".into(), concurrency, poll_interval: Duration::from_secs(1) })?;
+    let started = Instant::now();
+    let state = engine.drive_run(run.id, CancellationToken::new()).await?;
+    let elapsed = started.elapsed();
+    if state != Some(RunState::Succeeded) {
+        anyhow::bail!("benchmark run ended {state:?}");
+    }
+    let attempts = store.attempts(run.id, None).await?;
+    let task_runs = store.task_runs(run.id).await?;
+    let (latency, mut samples): (&str, Vec<f64>) = match scenario {
+        Scenario::Chain { .. } => {
+            let mut by_name = attempts.clone();
+            by_name.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+            let steps = by_name
+                .windows(2)
+                .map(|w| (w[1].started_at - w[0].finished_at).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+                .collect();
+            ("step (completion -> next start)", steps)
+        }
+        _ => {
+            let starts: std::collections::HashMap<_, _> = attempts.iter().map(|a| (a.task_run_id, a.started_at)).collect();
+            let waits = task_runs
+                .iter()
+                .filter_map(|t| Some((*starts.get(&t.id)? - t.ready_at?).num_microseconds().unwrap_or(0) as f64 / 1000.0))
+                .collect();
+            ("queue (ready -> start)", waits)
+        }
+    };
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let name = match scenario {
+        Scenario::Throughput { .. } => "throughput",
+        Scenario::Chain { .. } => "chain",
+        Scenario::Fanout { .. } => "fanout",
+    };
+    store.close().await;
+    Ok(json!({
+        "scenario": name,
+        "tasks": tasks,
+        "concurrency": concurrency,
+        "durability": match durability { Durability::Full => "sqlite wal synchronous=FULL", Durability::Normal => "sqlite wal synchronous=NORMAL" },
+        "enqueue_ms": enqueue.as_secs_f64() * 1000.0,
+        "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+        "tasks_per_sec": tasks as f64 / elapsed.as_secs_f64(),
+        "latency": latency,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }))
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

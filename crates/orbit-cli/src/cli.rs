@@ -1,0 +1,109 @@
+//! The command line, as clap sees it.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "orbit", version, about = "Durable workflow orchestrator: DAG pipelines with retries, crash-safe state and resumable runs.")]
+pub struct Cli {
+    /// Where Orbit keeps its state [default: sqlite://.orbit/orbit.db; also DATABASE_URL]
+    #[arg(long, global = true, env = "ORBIT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline (a file, or the name of a saved pipeline) here, in this process
+    Run(RunArgs),
+    /// Check a pipeline file and show its execution layers
+    Validate {
+        /// The pipeline file (YAML)
+        file: PathBuf,
+    },
+    /// List saved pipelines
+    List,
+    /// List runs, newest first
+    Runs(RunsArgs),
+    /// Show a run and the state of each of its tasks
+    Status {
+        /// Run id, or a unique prefix of it
+        run: String,
+    },
+    /// Show the logs of a run's attempts
+    Logs {
+        /// Run id, or a unique prefix of it
+        run: String,
+        /// Only this task
+        task: Option<String>,
+    },
+    /// Draw a pipeline's DAG
+    Graph {
+        /// A pipeline file, or the name of a saved pipeline
+        pipeline: String,
+    },
+    /// Measure throughput and latency on this machine
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A pipeline file (YAML), or the name of a saved pipeline
+    pub pipeline: String,
+    /// The run's input: JSON text, or @path to a JSON file
+    #[arg(short, long, value_name = "JSON|@FILE")]
+    pub input: Option<String>,
+    /// Most tasks running at once
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 10)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs in this state (pending, running, succeeded, failed, cancelled)
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only runs of this pipeline
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// How many
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+    /// Concurrency of the engine
+    #[arg(long, global = true, default_value_t = 64)]
+    pub concurrency: usize,
+    /// SQLite durability: full (default, survives power loss) or normal
+    #[arg(long, global = true, default_value = "full")]
+    pub durability: String,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N independent no-op tasks enqueued, then drained
+    Throughput {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
+    /// N dependent no-op tasks: latency from one task's completion to the next one's start
+    Chain {
+        #[arg(long, default_value_t = 500)]
+        length: usize,
+    },
+    /// 1 -> N -> 1
+    Fanout {
+        #[arg(long, default_value_t = 200)]
+        width: usize,
+    },
+}

@@ -1,0 +1,129 @@
+//! Read commands: `orbit list`, `orbit runs`, `orbit status`, `orbit logs`.
+
+use crate::cli::RunsArgs;
+use crate::output::{self, brief, opt_time, span, table, time};
+use crate::BadInput;
+use orbit_core::RunState;
+use orbit_store::{RunFilter, Store};
+use serde_json::json;
+
+pub async fn list(store: &dyn Store, json: bool) -> anyhow::Result<u8> {
+    let pipelines = store.list_pipelines().await?;
+    if json {
+        let items: Vec<_> = pipelines
+            .iter()
+            .map(|p| json!({"name": p.name, "version": p.version, "tasks": p.pipeline.tasks.len(),
+                "description": p.pipeline.description, "schedule": p.pipeline.schedule, "updated_at": p.created_at}))
+            .collect();
+        output::json(&items)?;
+    } else if pipelines.is_empty() {
+        println!("no pipelines yet: `orbit run path/to/pipeline.yaml` saves and runs one");
+    } else {
+        let rows: Vec<Vec<String>> = pipelines
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    format!("v{}", p.version),
+                    p.pipeline.tasks.len().to_string(),
+                    p.pipeline.schedule.clone().unwrap_or_else(|| "-".into()),
+                    time(p.created_at),
+                    p.pipeline.description.as_deref().map(|d| brief(d, 60)).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "VERSION", "TASKS", "SCHEDULE", "UPDATED", "DESCRIPTION"], &rows);
+    }
+    Ok(0)
+}
+
+pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Result<u8> {
+    let state = args
+        .status
+        .as_deref()
+        .map(|s| s.parse::<RunState>().map_err(|e| BadInput(format!("--status: {e}"))))
+        .transpose()?;
+    let runs = store
+        .list_runs(&RunFilter { state, pipeline: args.pipeline, limit: args.limit.clamp(1, 10_000), offset: 0 })
+        .await?;
+    if json {
+        return output::json(&runs).map(|()| 0);
+    }
+    if runs.is_empty() {
+        println!("no runs");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.state.to_string(),
+                format!("{} v{}", r.pipeline_name, r.pipeline_version),
+                format!("{}/{}", r.tasks_total - r.tasks_pending, r.tasks_total),
+                time(r.created_at),
+                span(r.started_at, r.finished_at),
+            ]
+        })
+        .collect();
+    table(&["RUN", "STATE", "PIPELINE", "TASKS", "CREATED", "DURATION"], &rows);
+    Ok(0)
+}
+
+pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    let tasks = store.task_runs(run.id).await?;
+    if json {
+        output::json(&json!({"run": run, "tasks": tasks}))?;
+        return Ok(0);
+    }
+    println!("Run       {}", run.id);
+    println!("Pipeline  {} v{}", run.pipeline_name, run.pipeline_version);
+    println!("State     {}", run.state);
+    println!("Created   {}", time(run.created_at));
+    println!("Started   {}", opt_time(run.started_at));
+    println!("Finished  {}", opt_time(run.finished_at));
+    println!("Duration  {}", span(run.started_at, run.finished_at));
+    println!("Input     {}", brief(&run.input.to_string(), 100));
+    println!();
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.task_name.clone(),
+                t.state.to_string(),
+                format!("{}/{}", t.attempt, t.max_attempts),
+                span(t.started_at, t.finished_at.or(if t.state.is_terminal() { t.started_at } else { None })),
+                t.error.as_deref().map(|e| brief(e, 80)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"], &rows);
+    Ok(0)
+}
+
+pub async fn logs(store: &dyn Store, id: &str, task: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    if let Some(t) = task
+        && !store.task_runs(run.id).await?.iter().any(|tr| tr.task_name == t)
+    {
+        return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
+    }
+    let attempts = store.attempts(run.id, task).await?;
+    if json {
+        return output::json(&attempts).map(|()| 0);
+    }
+    if attempts.is_empty() {
+        println!("no finished attempts yet");
+    }
+    for a in &attempts {
+        let took = span(Some(a.started_at), Some(a.finished_at));
+        let error = a.error.as_deref().map(|e| format!(": {}", brief(e, 120))).unwrap_or_default();
+        println!("── {} · attempt {} · {}{} · {} · {} ──", a.task_name, a.attempt, a.outcome, error, took, a.worker);
+        print!("{}", a.log);
+        if !a.log.is_empty() && !a.log.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(0)
+}
