@@ -7,8 +7,8 @@ use orbit_core::{Pipeline, RunState};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Result, StoreError, StoredPipeline};
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Row, SqlitePool};
-use std::collections::HashMap;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -118,32 +118,54 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     }
     let pipeline_id = new.pipeline.id.to_string();
     let run_id = id.to_string();
-    for (seq, task) in p.tasks.iter().enumerate() {
-        let ready = task.needs.is_empty();
-        sqlx::query(
+    let tasks: Vec<(usize, &orbit_core::TaskDef)> = p.tasks.iter().enumerate().collect();
+    for chunk in tasks.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
-             max_attempts, lease_ms, ready_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(&run_id)
-        .bind(&pipeline_id)
-        .bind(&task.name)
-        .bind(seq as i64)
-        .bind(if ready { "ready" } else { "waiting" })
-        .bind(task.priority.saturating_add(new.priority))
-        .bind(task.needs.len() as i64)
-        .bind(i64::from(task.retry.max_attempts))
-        .bind(task.lease().as_millis() as i64)
-        .bind(ready.then_some(now))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+             max_attempts, lease_ms, ready_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, (seq, task)| {
+            let ready = task.needs.is_empty();
+            b.push_bind(Uuid::now_v7().to_string())
+                .push_bind(&run_id)
+                .push_bind(&pipeline_id)
+                .push_bind(&task.name)
+                .push_bind(*seq as i64)
+                .push_bind(if ready { "ready" } else { "waiting" })
+                .push_bind(task.priority.saturating_add(new.priority))
+                .push_bind(task.needs.len() as i64)
+                .push_bind(i64::from(task.retry.max_attempts))
+                .push_bind(task.lease().as_millis() as i64)
+                .push_bind(ready.then_some(now))
+                .push_bind(now);
+        });
+        q.build().persistent(chunk.len() <= 16).execute(&mut *tx).await.map_err(unavailable)?;
     }
     event(&mut tx, Some(id), None, "run_created", Some(json!({"pipeline": p.name, "version": new.pipeline.version})), now)
         .await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(Ok(id))
+}
+
+/// Events of one transaction, written together by [`flush_events`].
+type Events = Vec<(Option<Uuid>, Option<String>, &'static str, Option<String>)>;
+
+/// Most rows in one multi-row statement (SQLite allows 32766 bound values).
+const CHUNK: usize = 200;
+
+async fn flush_events(conn: &mut SqliteConnection, events: &Events, at: i64) -> Result<()> {
+    for chunk in events.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO events (run_id, task_name, kind, data, at) ");
+        q.push_values(chunk, |mut b, (run, task, kind, data)| {
+            b.push_bind(run.map(|r| r.to_string()))
+                .push_bind(task.clone())
+                .push_bind(*kind)
+                .push_bind(data.clone())
+                .push_bind(at);
+        });
+        q.build().persistent(chunk.len() <= 16).execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 pub async fn finish_and_claim(
@@ -154,13 +176,16 @@ pub async fn finish_and_claim(
 ) -> Result<BatchOutcome> {
     let now = us(now);
     let mut out = BatchOutcome::default();
+    let mut events: Events = Vec::new();
     let mut tx = begin(pool).await?;
+    let accepted = apply_fenced(&mut tx, finished, now).await?;
+    let kept: Vec<&FinishedAttempt> = finished.iter().filter(|f| accepted.contains(&f.task.id)).collect();
+    out.lease_lost = finished.iter().filter(|f| !accepted.contains(&f.task.id)).map(|f| f.task.id).collect();
+    insert_attempts(&mut tx, &kept).await?;
     // per run: (task runs that reached a terminal state, of which dead)
     let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
-    for f in finished {
-        if !record_finished(&mut tx, f, now, &mut settled).await? {
-            out.lease_lost.push(f.task.id);
-        }
+    for f in &kept {
+        apply_effects(&mut tx, f, now, &mut settled, &mut events).await?;
     }
     for (run, (done, dead)) in settled {
         let row = sqlx::query(
@@ -187,72 +212,100 @@ pub async fn finish_and_claim(
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            event(&mut tx, Some(run), None, &format!("run_{final_state}"), None, now).await?;
+            events.push((Some(run), None, run_event(final_state), None));
             out.settled_runs.push((run, final_state));
         }
     }
     if let Some(c) = claim.filter(|c| c.limit > 0) {
-        out.claimed = claim_ready(&mut tx, c, now).await?;
+        out.claimed = claim_ready(&mut tx, c, now, &mut events).await?;
     }
+    flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(out)
 }
 
-/// Applies one finished attempt if its lease still holds; false when it was refused.
-async fn record_finished(
+fn run_event(state: RunState) -> &'static str {
+    match state {
+        RunState::Pending => "run_pending",
+        RunState::Running => "run_started",
+        RunState::Succeeded => "run_succeeded",
+        RunState::Failed => "run_failed",
+        RunState::Cancelled => "run_cancelled",
+    }
+}
+
+/// Moves every finished task run out of `running`, each only if its `lease_epoch` still
+/// matches: one statement for the whole batch. Returns the ids it changed.
+async fn apply_fenced(conn: &mut SqliteConnection, finished: &[FinishedAttempt], now: i64) -> Result<HashSet<Uuid>> {
+    let mut accepted = HashSet::with_capacity(finished.len());
+    for chunk in finished.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH v (id, epoch, state, output, error, ready_at) AS (");
+        q.push_values(chunk, |mut b, f| {
+            let (state, output, error, ready_at) = match &f.transition {
+                Transition::Succeed { output, .. } => ("succeeded", Some(output.to_string()), None, None),
+                Transition::Retry { ready_at, failure } => ("ready", None, Some(failure.message.clone()), Some(us(*ready_at))),
+                Transition::Dead { failure, .. } => ("dead", None, Some(failure.message.clone()), None),
+            };
+            b.push_bind(f.task.id.to_string())
+                .push_bind(f.task.lease_epoch)
+                .push_bind(state)
+                .push_bind(output)
+                .push_bind(error)
+                .push_bind(ready_at);
+        });
+        q.push(
+            ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
+             ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
+             finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ",
+        )
+        .push_bind(now)
+        .push(" END, updated_at = ")
+        .push_bind(now)
+        .push(
+            ", lease_owner = NULL, lease_expires_at = NULL FROM v \
+             WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
+             RETURNING task_runs.id",
+        );
+        for row in q.build().persistent(chunk.len() <= 16).fetch_all(&mut *conn).await.map_err(unavailable)? {
+            let id: String = row.try_get(0).map_err(unavailable)?;
+            accepted.insert(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+    }
+    Ok(accepted)
+}
+
+async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt]) -> Result<()> {
+    for chunk in kept.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) ",
+        );
+        q.push_values(chunk, |mut b, f| {
+            let failure = f.transition.failure();
+            b.push_bind(f.task.id.to_string())
+                .push_bind(i64::from(f.task.attempt))
+                .push_bind(f.task.run_id.to_string())
+                .push_bind(f.task.task_name.clone())
+                .push_bind(f.worker.clone())
+                .push_bind(us(f.started_at))
+                .push_bind(us(f.finished_at))
+                .push_bind(failure.map_or("succeeded", |fl| fl.kind.as_str()))
+                .push_bind(failure.map(|fl| fl.message.clone()))
+                .push_bind(f.log.clone());
+        });
+        q.build().persistent(chunk.len() <= 16).execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// What a recorded attempt does to other task runs: promotes or cancels downstream tasks.
+async fn apply_effects(
     conn: &mut SqliteConnection,
     f: &FinishedAttempt,
     now: i64,
     settled: &mut HashMap<Uuid, (i64, i64)>,
-) -> Result<bool> {
+    events: &mut Events,
+) -> Result<()> {
     let t = &f.task;
-    let id = t.id.to_string();
-    let fenced = match &f.transition {
-        Transition::Succeed { output, .. } => sqlx::query(
-            "UPDATE task_runs SET state = 'succeeded', output = ?1, error = NULL, finished_at = ?2, updated_at = ?2, \
-             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
-        )
-        .bind(output.to_string()),
-        Transition::Retry { failure, .. } => sqlx::query(
-            "UPDATE task_runs SET state = 'ready', error = ?1, ready_at = ?5, updated_at = ?2, \
-             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
-        )
-        .bind(failure.message.clone()),
-        Transition::Dead { failure, .. } => sqlx::query(
-            "UPDATE task_runs SET state = 'dead', error = ?1, finished_at = ?2, updated_at = ?2, \
-             lease_owner = NULL, lease_expires_at = NULL WHERE id = ?3 AND state = 'running' AND lease_epoch = ?4",
-        )
-        .bind(failure.message.clone()),
-    };
-    let ready_at = match &f.transition {
-        Transition::Retry { ready_at, .. } => Some(us(*ready_at)),
-        _ => None,
-    };
-    let mut fenced = fenced.bind(now).bind(&id).bind(t.lease_epoch);
-    if let Some(r) = ready_at {
-        fenced = fenced.bind(r);
-    }
-    if fenced.execute(&mut *conn).await.map_err(unavailable)?.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let failure = f.transition.failure();
-    sqlx::query(
-        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .bind(&id)
-    .bind(i64::from(t.attempt))
-    .bind(t.run_id.to_string())
-    .bind(&t.task_name)
-    .bind(&f.worker)
-    .bind(us(f.started_at))
-    .bind(us(f.finished_at))
-    .bind(failure.map_or("succeeded", |fl| fl.kind.as_str()))
-    .bind(failure.map(|fl| fl.message.as_str()))
-    .bind(&f.log)
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
     let (kind, data) = match &f.transition {
         Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
         Transition::Retry { ready_at, failure } => (
@@ -264,7 +317,7 @@ async fn record_finished(
             json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
         ),
     };
-    event(conn, Some(t.run_id), Some(&t.task_name), kind, Some(data), now).await?;
+    events.push((Some(t.run_id), Some(t.task_name.clone()), kind, Some(data.to_string())));
     let run = t.run_id.to_string();
     match &f.transition {
         Transition::Succeed { promote, .. } => {
@@ -307,10 +360,10 @@ async fn record_finished(
         }
         Transition::Retry { .. } => {}
     }
-    Ok(true)
+    Ok(())
 }
 
-async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64) -> Result<Vec<ClaimedTask>> {
+async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64, events: &mut Events) -> Result<Vec<ClaimedTask>> {
     const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
          lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), updated_at = ?2 \
          WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2";
@@ -362,8 +415,12 @@ async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64) ->
     let claimed: Vec<ClaimedTask> = indexed.into_iter().map(|(_, t)| t).collect();
     let mut started_runs: Vec<Uuid> = Vec::new();
     for t in &claimed {
-        event(conn, Some(t.run_id), Some(&t.task_name), "task_started", Some(json!({"attempt": t.attempt, "worker": c.owner})), now)
-            .await?;
+        events.push((
+            Some(t.run_id),
+            Some(t.task_name.clone()),
+            "task_started",
+            Some(json!({"attempt": t.attempt, "worker": c.owner}).to_string()),
+        ));
         if !started_runs.contains(&t.run_id) {
             started_runs.push(t.run_id);
         }
@@ -378,7 +435,7 @@ async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64) ->
         .await
         .map_err(unavailable)?;
         if changed.rows_affected() > 0 {
-            event(conn, Some(run), None, "run_started", None, now).await?;
+            events.push((Some(run), None, "run_started", None));
         }
     }
     Ok(claimed)

@@ -32,7 +32,10 @@ pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Fail
         Params::Http(p) => http::run(p, inv).await,
         Params::Sleep(p) => {
             let d = p.duration.to_duration().map_err(Failure::fatal)?;
-            tokio::time::sleep(d).await;
+            // tokio's timer ticks in milliseconds: a zero sleep would still wait for a tick.
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
             Ok(Value::Null)
         }
     }
