@@ -2,8 +2,8 @@
 //! latency percentiles and peak memory. Each scenario gets a fresh database in a temporary
 //! directory, with the durability the store would have in production (`synchronous=FULL`).
 
-use crate::cli::{BenchArgs, Scenario};
 use crate::BadInput;
+use crate::cli::{BenchArgs, Scenario};
 use chrono::Utc;
 use orbit_core::retry::RetryPolicy;
 use orbit_core::{Pipeline, RunState, TaskDef, TaskType};
@@ -22,7 +22,11 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
     }
     let scenarios = match args.scenario {
         Some(s) => vec![s],
-        None => vec![Scenario::Throughput { tasks: 10_000 }, Scenario::Chain { length: 500 }, Scenario::Fanout { width: 200 }],
+        None => vec![
+            Scenario::Throughput { tasks: 10_000 },
+            Scenario::Chain { length: 500 },
+            Scenario::Fanout { width: 200 },
+        ],
     };
     for scenario in scenarios {
         let result = run_scenario(&scenario, args.concurrency, durability).await?;
@@ -50,9 +54,15 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
     TaskDef {
         name,
         task_type: TaskType::Sleep,
-        params: json!({"duration": 0}).as_object().cloned().unwrap_or_default(),
+        params: json!({"duration": 0})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         needs,
-        retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
         timeout: None,
         priority: 0,
         heartbeat_interval: orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
@@ -61,21 +71,44 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
 
 fn pipeline(scenario: &Scenario) -> Pipeline {
     let tasks = match *scenario {
-        Scenario::Throughput { tasks } => (0..tasks).map(|i| noop(format!("t{i:06}"), vec![])).collect(),
+        Scenario::Throughput { tasks } => (0..tasks)
+            .map(|i| noop(format!("t{i:06}"), vec![]))
+            .collect(),
         Scenario::Chain { length } => (0..length)
-            .map(|i| noop(format!("t{i:06}"), if i == 0 { vec![] } else { vec![format!("t{:06}", i - 1)] }))
+            .map(|i| {
+                noop(
+                    format!("t{i:06}"),
+                    if i == 0 {
+                        vec![]
+                    } else {
+                        vec![format!("t{:06}", i - 1)]
+                    },
+                )
+            })
             .collect(),
         Scenario::Fanout { width } => {
             let mut v = vec![noop("root".into(), vec![])];
             v.extend((0..width).map(|i| noop(format!("t{i:06}"), vec!["root".into()])));
-            v.push(noop("join".into(), (0..width).map(|i| format!("t{i:06}")).collect()));
+            v.push(noop(
+                "join".into(),
+                (0..width).map(|i| format!("t{i:06}")).collect(),
+            ));
             v
         }
     };
-    Pipeline { name: "bench".into(), description: None, schedule: None, tasks }
+    Pipeline {
+        name: "bench".into(),
+        description: None,
+        schedule: None,
+        tasks,
+    }
 }
 
-async fn run_scenario(scenario: &Scenario, concurrency: usize, durability: Durability) -> anyhow::Result<serde_json::Value> {
+async fn run_scenario(
+    scenario: &Scenario,
+    concurrency: usize,
+    durability: Durability,
+) -> anyhow::Result<serde_json::Value> {
     // Each scenario reports its own peak: "5" resets VmHWM (Linux 4.0+); without it the peak
     // is the process's so far.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -87,11 +120,24 @@ async fn run_scenario(scenario: &Scenario, concurrency: usize, durability: Durab
     let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
     let enqueue_started = Instant::now();
     let run = store
-        .create_run(NewRun { pipeline: &stored, input: json!({}), priority: 0, idempotency_key: None, now: Utc::now() })
+        .create_run(NewRun {
+            pipeline: &stored,
+            input: json!({}),
+            priority: 0,
+            idempotency_key: None,
+            now: Utc::now(),
+        })
         .await?
         .run;
     let enqueue = enqueue_started.elapsed();
-    let engine = Engine::new(store.clone(), EngineConfig { owner: "bench".into(), concurrency, poll_interval: Duration::from_secs(1) })?;
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            owner: "bench".into(),
+            concurrency,
+            poll_interval: Duration::from_secs(1),
+        },
+    )?;
     let started = Instant::now();
     let state = engine.drive_run(run.id, CancellationToken::new()).await?;
     let elapsed = started.elapsed();
@@ -108,21 +154,41 @@ async fn run_scenario(scenario: &Scenario, concurrency: usize, durability: Durab
             by_name.sort_by(|a, b| a.task_name.cmp(&b.task_name));
             let steps = by_name
                 .windows(2)
-                .map(|w| (w[1].started_at - w[0].finished_at).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+                .map(|w| {
+                    (w[1].started_at - w[0].finished_at)
+                        .num_microseconds()
+                        .unwrap_or(0) as f64
+                        / 1000.0
+                })
                 .collect();
             ("step (completion -> next start)", steps)
         }
         _ => {
-            let starts: std::collections::HashMap<_, _> = attempts.iter().map(|a| (a.task_run_id, a.started_at)).collect();
+            let starts: std::collections::HashMap<_, _> = attempts
+                .iter()
+                .map(|a| (a.task_run_id, a.started_at))
+                .collect();
             let waits = task_runs
                 .iter()
-                .filter_map(|t| Some((*starts.get(&t.id)? - t.ready_at?).num_microseconds().unwrap_or(0) as f64 / 1000.0))
+                .filter_map(|t| {
+                    Some(
+                        (*starts.get(&t.id)? - t.ready_at?)
+                            .num_microseconds()
+                            .unwrap_or(0) as f64
+                            / 1000.0,
+                    )
+                })
                 .collect();
             ("queue (ready -> start)", waits)
         }
     };
     samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     let name = match scenario {
         Scenario::Throughput { .. } => "throughput",
         Scenario::Chain { .. } => "chain",

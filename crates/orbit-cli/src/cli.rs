@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "orbit", version, about = "Durable workflow orchestrator: DAG pipelines with retries, crash-safe state and resumable runs.")]
+#[command(
+    name = "orbit",
+    version,
+    about = "Durable workflow orchestrator: DAG pipelines with retries, crash-safe state and resumable runs."
+)]
 pub struct Cli {
     /// Where Orbit keeps its state [default: sqlite://.orbit/orbit.db; also DATABASE_URL]
     #[arg(long, global = true, env = "ORBIT_DATABASE_URL", value_name = "URL")]

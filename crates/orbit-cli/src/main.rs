@@ -22,11 +22,15 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ORBIT_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ORBIT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -48,7 +52,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<BadInput>() || cause.is::<orbit_core::file::FileError>() {
             return 2;
         }
-        if let Some(StoreError::NotFound(_) | StoreError::Conflict(_)) = cause.downcast_ref::<StoreError>() {
+        if let Some(StoreError::NotFound(_) | StoreError::Conflict(_)) =
+            cause.downcast_ref::<StoreError>()
+        {
             return 2;
         }
     }

@@ -29,7 +29,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string()
+    t.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }
 
 pub fn opt_time(t: Option<DateTime<Utc>>) -> String {
@@ -55,7 +57,13 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 pub fn brief(text: &str, max: usize) -> String {
     let first = text.lines().next().unwrap_or_default();
     if first.chars().count() > max || text.lines().nth(1).is_some() {
-        format!("{}…", first.chars().take(max.saturating_sub(1)).collect::<String>())
+        format!(
+            "{}…",
+            first
+                .chars()
+                .take(max.saturating_sub(1))
+                .collect::<String>()
+        )
     } else {
         first.to_owned()
     }

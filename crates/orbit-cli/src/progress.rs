@@ -24,33 +24,50 @@ enum Mode {
 }
 
 impl Progress {
-    pub fn start(run: &RunRecord, pipeline: &StoredPipeline, json: bool, mut events: broadcast::Receiver<EngineEvent>) -> Progress {
+    pub fn start(
+        run: &RunRecord,
+        pipeline: &StoredPipeline,
+        json: bool,
+        mut events: broadcast::Receiver<EngineEvent>,
+    ) -> Progress {
         let total = run.tasks_total.max(0) as u64;
         let mode = if json {
             Mode::Json
         } else if std::io::stdout().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} tasks  {elapsed}  {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} tasks  {elapsed}  {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             Mode::Bar(bar)
         } else {
             Mode::Plain
         };
-        let header = format!("run {} of `{}` v{} ({} tasks)", run.id, pipeline.name, pipeline.version, total);
+        let header = format!(
+            "run {} of `{}` v{} ({} tasks)",
+            run.id, pipeline.name, pipeline.version, total
+        );
         match &mode {
             Mode::Bar(bar) => bar.println(header),
             Mode::Plain => println!("{header}"),
-            Mode::Json => println!("{}", json!({"event": "run_created", "run": run.id, "pipeline": pipeline.name, "version": pipeline.version, "tasks": total})),
+            Mode::Json => println!(
+                "{}",
+                json!({"event": "run_created", "run": run.id, "pipeline": pipeline.name, "version": pipeline.version, "tasks": total})
+            ),
         }
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let run_id = run.id;
         let task = tokio::spawn(async move {
-            let mut view = View { mode, run: run_id, running: BTreeSet::new() };
+            let mut view = View {
+                mode,
+                run: run_id,
+                running: BTreeSet::new(),
+            };
             loop {
                 tokio::select! {
                     biased;
@@ -91,29 +108,64 @@ impl View {
         let (line, json, done) = match &ev {
             EngineEvent::TaskStarted { run, task, attempt } if *run == self.run => {
                 self.running.insert(task.clone());
-                let line = if *attempt > 1 { format!("▶ {task} (attempt {attempt})") } else { format!("▶ {task}") };
-                (Some(line), json!({"event": "task_started", "task": task, "attempt": attempt}), 0)
+                let line = if *attempt > 1 {
+                    format!("▶ {task} (attempt {attempt})")
+                } else {
+                    format!("▶ {task}")
+                };
+                (
+                    Some(line),
+                    json!({"event": "task_started", "task": task, "attempt": attempt}),
+                    0,
+                )
             }
-            EngineEvent::TaskSucceeded { run, task, attempt, took } if *run == self.run => {
+            EngineEvent::TaskSucceeded {
+                run,
+                task,
+                attempt,
+                took,
+            } if *run == self.run => {
                 self.running.remove(task);
                 (
-                    Some(format!("✓ {task}  {}", orbit_core::duration::display(*took))),
+                    Some(format!(
+                        "✓ {task}  {}",
+                        orbit_core::duration::display(*took)
+                    )),
                     json!({"event": "task_succeeded", "task": task, "attempt": attempt, "took_ms": took.as_millis() as u64}),
                     1,
                 )
             }
-            EngineEvent::TaskRetrying { run, task, attempt, error, at } if *run == self.run => {
+            EngineEvent::TaskRetrying {
+                run,
+                task,
+                attempt,
+                error,
+                at,
+            } if *run == self.run => {
                 self.running.remove(task);
                 let wait = (*at - chrono::Utc::now()).to_std().unwrap_or_default();
                 (
-                    Some(format!("↻ {task}  attempt {attempt} failed: {}; retrying in {}", crate::output::brief(error, 120), orbit_core::duration::display(wait))),
+                    Some(format!(
+                        "↻ {task}  attempt {attempt} failed: {}; retrying in {}",
+                        crate::output::brief(error, 120),
+                        orbit_core::duration::display(wait)
+                    )),
                     json!({"event": "task_retrying", "task": task, "attempt": attempt, "error": error, "retry_at": at}),
                     0,
                 )
             }
-            EngineEvent::TaskDead { run, task, attempt, error, cancelled } if *run == self.run => {
+            EngineEvent::TaskDead {
+                run,
+                task,
+                attempt,
+                error,
+                cancelled,
+            } if *run == self.run => {
                 self.running.remove(task);
-                let mut line = format!("✗ {task}  dead after attempt {attempt}: {}", crate::output::brief(error, 160));
+                let mut line = format!(
+                    "✗ {task}  dead after attempt {attempt}: {}",
+                    crate::output::brief(error, 160)
+                );
                 if !cancelled.is_empty() {
                     line.push_str(&format!("\n⊘ not started: {}", cancelled.join(", ")));
                 }
@@ -125,7 +177,13 @@ impl View {
             }
             EngineEvent::LeaseLost { run, task, attempt } if *run == self.run => {
                 self.running.remove(task);
-                (Some(format!("! {task}  attempt {attempt}: lease lost, result discarded")), json!({"event": "lease_lost", "task": task, "attempt": attempt}), 0)
+                (
+                    Some(format!(
+                        "! {task}  attempt {attempt}: lease lost, result discarded"
+                    )),
+                    json!({"event": "lease_lost", "task": task, "attempt": attempt}),
+                    0,
+                )
             }
             _ => return,
         };
@@ -142,7 +200,11 @@ impl View {
                 }
                 bar.inc(done);
                 let running: Vec<&str> = self.running.iter().map(String::as_str).collect();
-                bar.set_message(if running.is_empty() { String::new() } else { format!("running: {}", running.join(", ")) });
+                bar.set_message(if running.is_empty() {
+                    String::new()
+                } else {
+                    format!("running: {}", running.join(", "))
+                });
             }
         }
     }

@@ -13,7 +13,11 @@ struct TestEnv {
 fn setup() -> TestEnv {
     let dir = tempfile::tempdir().expect("tempdir");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    std::os::unix::fs::symlink(examples.canonicalize().expect("examples dir"), dir.path().join("examples")).expect("symlink");
+    std::os::unix::fs::symlink(
+        examples.canonicalize().expect("examples dir"),
+        dir.path().join("examples"),
+    )
+    .expect("symlink");
     TestEnv { dir }
 }
 
@@ -22,7 +26,10 @@ impl TestEnv {
         let mut cmd = Command::cargo_bin("orbit").expect("orbit binary");
         cmd.current_dir(self.dir.path())
             .env_remove("DATABASE_URL")
-            .env("ORBIT_DATABASE_URL", format!("sqlite://{}", self.dir.path().join("orbit.db").display()));
+            .env(
+                "ORBIT_DATABASE_URL",
+                format!("sqlite://{}", self.dir.path().join("orbit.db").display()),
+            );
         cmd
     }
 
@@ -33,8 +40,17 @@ impl TestEnv {
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let out = self.orbit().args(args).arg("--json").output().expect("run orbit");
-        assert!(out.status.success(), "orbit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .orbit()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run orbit");
+        assert!(
+            out.status.success(),
+            "orbit {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json output")
     }
 
@@ -54,8 +70,18 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn etl_example_runs_its_parallel_branches_and_loads_a_report() {
     let env = setup();
-    let out = env.orbit().args(["run", "examples/etl.yaml", "-i", r#"{"users": 9}"#]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let out = env
+        .orbit()
+        .args(["run", "examples/etl.yaml", "-i", r#"{"users": 9}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("succeeded"), "{}", stdout(&out));
     let run = env.last_run();
     let id = run["id"].as_str().unwrap();
@@ -65,51 +91,129 @@ fn etl_example_runs_its_parallel_branches_and_loads_a_report() {
     assert_eq!(tasks.len(), 5);
     assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{tasks:?}");
     let join = tasks.iter().find(|t| t["task_name"] == "join").unwrap();
-    assert_eq!(join["output"]["total_revenue"], 1251, "9 users, 18 orders of 10 + 7i");
-    let report = env.dir.path().join(format!(".orbit/warehouse/etl-{id}.json"));
+    assert_eq!(
+        join["output"]["total_revenue"], 1251,
+        "9 users, 18 orders of 10 + 7i"
+    );
+    let report = env
+        .dir
+        .path()
+        .join(format!(".orbit/warehouse/etl-{id}.json"));
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
     assert_eq!(saved, join["output"]);
     // the two transforms ran side by side
     let attempts = env.json(&["logs", id]);
     let span = |name: &str| {
-        let a = attempts.as_array().unwrap().iter().find(|a| a["task_name"] == name).unwrap();
-        (a["started_at"].as_str().unwrap().to_owned(), a["finished_at"].as_str().unwrap().to_owned())
+        let a = attempts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["task_name"] == name)
+            .unwrap();
+        (
+            a["started_at"].as_str().unwrap().to_owned(),
+            a["finished_at"].as_str().unwrap().to_owned(),
+        )
     };
     let (a_start, a_end) = span("users-by-country");
     let (b_start, b_end) = span("revenue-by-country");
-    assert!(a_start < b_end && b_start < a_end, "transforms overlap in time");
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "transforms overlap in time"
+    );
 }
 
 #[test]
 fn retry_example_fails_twice_then_succeeds() {
     let env = setup();
-    let out = env.orbit().args(["run", "examples/retry.yaml"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-    assert_eq!(stdout(&out).matches("↻ flaky-call").count(), 2, "{}", stdout(&out));
+    let out = env
+        .orbit()
+        .args(["run", "examples/retry.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out).matches("↻ flaky-call").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
     let id = env.last_run()["id"].as_str().unwrap().to_owned();
     let attempts = env.json(&["logs", &id, "flaky-call"]);
-    let outcomes: Vec<&str> = attempts.as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
     assert_eq!(outcomes, vec!["error", "error", "succeeded"]);
-    assert!(attempts[0]["log"].as_str().unwrap().contains("attempt 1: upstream not ready yet"));
-    assert!(attempts[0]["error"].as_str().unwrap().contains("exited with status 1"));
+    assert!(
+        attempts[0]["log"]
+            .as_str()
+            .unwrap()
+            .contains("attempt 1: upstream not ready yet")
+    );
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 1")
+    );
     let report = env.json(&["status", &id])["tasks"][1]["output"].clone();
     assert_eq!(report, "flaky-call succeeded on attempt 3");
-    let text = env.orbit().args(["logs", &id[..8], "flaky-call"]).output().unwrap();
-    assert!(stdout(&text).contains("flaky-call · attempt 2 · error"), "{}", stdout(&text));
+    let text = env
+        .orbit()
+        .args(["logs", &id[..8], "flaky-call"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&text).contains("flaky-call · attempt 2 · error"),
+        "{}",
+        stdout(&text)
+    );
 }
 
 #[test]
 fn http_example_talks_to_its_own_server() {
     let env = setup();
-    let out = env.orbit().args(["run", "examples/http.yaml", "-i", r#"{"name": "Ada"}"#]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let out = env
+        .orbit()
+        .args(["run", "examples/http.yaml", "-i", r#"{"name": "Ada"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let id = env.last_run()["id"].as_str().unwrap().to_owned();
     let tasks = env.json(&["status", &id])["tasks"].clone();
-    let output = |n: &str| tasks.as_array().unwrap().iter().find(|t| t["task_name"] == n).unwrap()["output"].clone();
+    let output = |n: &str| {
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task_name"] == n)
+            .unwrap()["output"]
+            .clone()
+    };
     assert_eq!(output("greet")["message"], "hello, Ada");
     assert_eq!(output("place-order")["quantity"], 3);
     assert_eq!(output("place-order")["greeting"], "hello, Ada");
-    assert!(output("report").as_str().unwrap().starts_with("hello, Ada; order "));
+    assert!(
+        output("report")
+            .as_str()
+            .unwrap()
+            .starts_with("hello, Ada; order ")
+    );
 }
 
 #[test]
@@ -120,8 +224,18 @@ fn a_dead_task_fails_the_run_and_cancels_what_needs_it() {
         "name: broken\ntasks:\n  - name: ok\n    type: shell\n    command: [echo, fine]\n  - name: bad\n    type: shell\n    command: [sh, -c, 'echo nope >&2; exit 3']\n    retry: {max_attempts: 2, initial: 10ms}\n  - name: after\n    type: shell\n    command: [echo, never]\n    needs: [bad, ok]\n",
     );
     let out = env.orbit().arg("run").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("✗ bad  dead after attempt 2"), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("✗ bad  dead after attempt 2"),
+        "{}",
+        stdout(&out)
+    );
     let id = env.last_run()["id"].as_str().unwrap().to_owned();
     let status = env.json(&["status", &id]);
     assert_eq!(status["run"]["state"], "failed");
@@ -129,13 +243,30 @@ fn a_dead_task_fails_the_run_and_cancels_what_needs_it() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["task_name"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .map(|t| {
+            (
+                t["task_name"].as_str().unwrap(),
+                t["state"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(states, vec![("ok", "succeeded"), ("bad", "dead"), ("after", "cancelled")]);
+    assert_eq!(
+        states,
+        vec![("ok", "succeeded"), ("bad", "dead"), ("after", "cancelled")]
+    );
     let attempts = env.json(&["logs", &id, "bad"]);
-    assert_eq!(attempts.as_array().unwrap().len(), 2, "every attempt is recorded");
+    assert_eq!(
+        attempts.as_array().unwrap().len(),
+        2,
+        "every attempt is recorded"
+    );
     assert!(attempts[1]["log"].as_str().unwrap().contains("nope"));
-    assert!(attempts[1]["error"].as_str().unwrap().contains("exited with status 3: nope"));
+    assert!(
+        attempts[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 3: nope")
+    );
 }
 
 #[test]
@@ -151,15 +282,33 @@ fn a_timeout_kills_the_whole_process_group() {
     );
     let started = Instant::now();
     let out = env.orbit().arg("run").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(stdout(&out).contains("timed out after 500ms"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("timed out after 500ms"),
+        "{}",
+        stdout(&out)
+    );
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
     let deadline = Instant::now() + Duration::from_secs(5);
     // A killed child that nobody reaped yet is a zombie; either way it no longer runs.
-    while proc_dir.exists() && !std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default().contains(") Z ") {
-        assert!(Instant::now() < deadline, "background child {} survived the timeout", pid.trim());
+    while proc_dir.exists()
+        && !std::fs::read_to_string(proc_dir.join("stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "background child {} survived the timeout",
+            pid.trim()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let id = env.last_run()["id"].as_str().unwrap().to_owned();
@@ -173,7 +322,13 @@ fn concurrency_limit_is_respected() {
         .map(|i| format!("  - name: t{i}\n    type: sleep\n    duration: 200ms\n"))
         .collect();
     let file = env.file("wide.yaml", &format!("name: wide\ntasks:\n{tasks}"));
-    let out = env.orbit().arg("run").arg(&file).args(["--concurrency", "2"]).output().unwrap();
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["--concurrency", "2"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let id = env.last_run()["id"].as_str().unwrap().to_owned();
     let attempts = env.json(&["logs", &id]);
@@ -181,7 +336,12 @@ fn concurrency_limit_is_respected() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["started_at"].as_str().unwrap().into(), a["finished_at"].as_str().unwrap().into()))
+        .map(|a| {
+            (
+                a["started_at"].as_str().unwrap().into(),
+                a["finished_at"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     for (s, _) in &spans {
         let running = spans.iter().filter(|(s2, e2)| s2 <= s && s < e2).count();
@@ -206,7 +366,12 @@ fn invalid_files_exit_2_with_file_line_and_message() {
         assert!(err.contains("unknown type `nope`"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let json = env.orbit().args(["validate", "--json"]).arg(&file).output().unwrap();
+    let json = env
+        .orbit()
+        .args(["validate", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["errors"][0]["line"], 3);
@@ -215,28 +380,50 @@ fn invalid_files_exit_2_with_file_line_and_message() {
 #[test]
 fn validate_prints_task_count_and_layers() {
     let env = setup();
-    let out = env.orbit().args(["validate", "examples/etl.yaml"]).output().unwrap();
+    let out = env
+        .orbit()
+        .args(["validate", "examples/etl.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
-    assert!(text.starts_with("ok: pipeline `etl`: 5 tasks in 4 layers"), "{text}");
-    assert!(text.contains("2: users-by-country, revenue-by-country"), "{text}");
+    assert!(
+        text.starts_with("ok: pipeline `etl`: 5 tasks in 4 layers"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2: users-by-country, revenue-by-country"),
+        "{text}"
+    );
 }
 
 #[test]
 fn bad_arguments_are_one_clear_line_and_exit_2() {
     let env = setup();
     let cases: [(&[&str], &str); 5] = [
-        (&["run", "examples/retry.yaml", "-i", "{not json"], "--input is not valid JSON"),
-        (&["run", "no-such-pipeline"], "no pipeline named `no-such-pipeline`"),
+        (
+            &["run", "examples/retry.yaml", "-i", "{not json"],
+            "--input is not valid JSON",
+        ),
+        (
+            &["run", "no-such-pipeline"],
+            "no pipeline named `no-such-pipeline`",
+        ),
         (&["status", "0123abcd"], "run `0123abcd` not found"),
         (&["runs", "--status", "done"], "unknown state `done`"),
-        (&["run", "missing/file.yaml"], "cannot read missing/file.yaml"),
+        (
+            &["run", "missing/file.yaml"],
+            "cannot read missing/file.yaml",
+        ),
     ];
     for (args, expected) in cases {
         let out = env.orbit().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.starts_with("error: ") && err.contains(expected), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(expected),
+            "{args:?}: {err}"
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     }
 }
@@ -244,15 +431,32 @@ fn bad_arguments_are_one_clear_line_and_exit_2() {
 #[test]
 fn saved_pipelines_are_listed_graphed_and_run_by_name() {
     let env = setup();
-    assert_eq!(env.orbit().args(["run", "examples/retry.yaml"]).output().unwrap().status.code(), Some(0));
+    assert_eq!(
+        env.orbit()
+            .args(["run", "examples/retry.yaml"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
     let list = env.json(&["list"]);
     assert_eq!(list[0]["name"], "retry");
     assert_eq!(list[0]["version"], 1);
     let by_name = env.orbit().args(["run", "retry"]).output().unwrap();
     assert_eq!(by_name.status.code(), Some(0), "{}", stderr(&by_name));
     assert_eq!(env.json(&["runs"]).as_array().unwrap().len(), 2);
-    assert_eq!(env.json(&["runs", "--status", "failed"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        env.json(&["runs", "--status", "failed"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let graph = env.orbit().args(["graph", "retry"]).output().unwrap();
     let text = stdout(&graph);
-    assert!(text.contains("flaky-call [shell]") && text.contains("report [shell]  ◀ flaky-call"), "{text}");
+    assert!(
+        text.contains("flaky-call [shell]") && text.contains("report [shell]  ◀ flaky-call"),
+        "{text}"
+    );
 }

@@ -35,12 +35,20 @@ impl Dag {
     /// unknown names are ignored here.
     pub fn new(pipeline: &Pipeline) -> Result<Dag, CycleError> {
         let names: Vec<String> = pipeline.tasks.iter().map(|t| t.name.clone()).collect();
-        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         let upstream: Vec<Vec<usize>> = pipeline
             .tasks
             .iter()
             .map(|t| {
-                let mut ups: Vec<usize> = t.needs.iter().filter_map(|n| index.get(n.as_str()).copied()).collect();
+                let mut ups: Vec<usize> = t
+                    .needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .collect();
                 ups.sort_unstable();
                 ups.dedup();
                 ups
@@ -106,7 +114,11 @@ impl Dag {
     pub fn layers(&self) -> Vec<Vec<usize>> {
         let mut depth = vec![0usize; self.len()];
         for &i in &self.order {
-            depth[i] = self.upstream[i].iter().map(|&u| depth[u] + 1).max().unwrap_or(0);
+            depth[i] = self.upstream[i]
+                .iter()
+                .map(|&u| depth[u] + 1)
+                .max()
+                .unwrap_or(0);
         }
         let mut layers: Vec<Vec<usize>> = vec![Vec::new(); depth.iter().max().map_or(0, |d| d + 1)];
         for (i, d) in depth.into_iter().enumerate() {
@@ -133,7 +145,11 @@ impl Dag {
 
 /// Names each cycle: one per strongly connected component that loops, walked from its first
 /// task in file order along a shortest way back to it.
-fn find_cycles(names: &[String], downstream: &[Vec<usize>], graph: &DiGraph<usize, ()>) -> Vec<Vec<String>> {
+fn find_cycles(
+    names: &[String],
+    downstream: &[Vec<usize>],
+    graph: &DiGraph<usize, ()>,
+) -> Vec<Vec<String>> {
     let mut cycles = Vec::new();
     let mut components: Vec<Vec<usize>> = tarjan_scc(graph)
         .into_iter()
@@ -225,7 +241,8 @@ mod tests {
     }
 
     fn graph(max: usize) -> impl Strategy<Value = Vec<Vec<usize>>> {
-        (1..max).prop_flat_map(|n| proptest::collection::vec(proptest::collection::vec(0..n, 0..4), n))
+        (1..max)
+            .prop_flat_map(|n| proptest::collection::vec(proptest::collection::vec(0..n, 0..4), n))
     }
 
     proptest! {

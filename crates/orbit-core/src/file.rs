@@ -6,10 +6,10 @@
 
 use crate::dag::Dag;
 use crate::params::Params;
-use crate::pipeline::{is_valid_name, Pipeline, TaskDef, TaskType, DEFAULT_HEARTBEAT_INTERVAL};
+use crate::pipeline::{DEFAULT_HEARTBEAT_INTERVAL, Pipeline, TaskDef, TaskType, is_valid_name};
 use crate::retry::RetryPolicy;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
@@ -51,8 +51,12 @@ impl fmt::Display for FileError {
 /// Parses and validates the pipeline in `text`; `path` names the file in messages and gives the
 /// pipeline its name when the file has no `name:`.
 pub fn parse_pipeline(path: &str, text: &str) -> Result<Pipeline, FileError> {
-    let fail = |diagnostics| FileError { path: path.to_owned(), diagnostics };
-    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
+    let fail = |diagnostics| FileError {
+        path: path.to_owned(),
+        diagnostics,
+    };
+    let raw: RawFile =
+        serde_saphyr::from_str(text).map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
     let mut checker = Checker::default();
     let pipeline = checker.pipeline(raw, path);
     match pipeline {
@@ -74,7 +78,11 @@ fn syntax_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
         .unwrap_or(first)
         .trim_start_matches(&format!("line {line} column {column}: "))
         .to_owned();
-    Diagnostic { line, column, message }
+    Diagnostic {
+        line,
+        column,
+        message,
+    }
 }
 
 #[derive(Deserialize)]
@@ -126,7 +134,15 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 7] = ["name", "type", "needs", "retry", "timeout", "priority", "heartbeat_interval"];
+const TASK_KEYS: [&str; 7] = [
+    "name",
+    "type",
+    "needs",
+    "retry",
+    "timeout",
+    "priority",
+    "heartbeat_interval",
+];
 
 impl Checker {
     fn at<T>(&mut self, span: &Spanned<T>, message: impl Into<String>) {
@@ -141,25 +157,45 @@ impl Checker {
         let name = match &raw.name {
             Some(n) => self.name(n, "pipeline"),
             None => {
-                let stem = std::path::Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                let stem = std::path::Path::new(path)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("");
                 let stem = stem.strip_suffix(".pipeline").unwrap_or(stem);
                 if is_valid_name(stem) {
                     Some(stem.to_owned())
                 } else {
-                    self.diagnostics.push(Diagnostic { line: 0, column: 0, message: "missing `name`".into() });
+                    self.diagnostics.push(Diagnostic {
+                        line: 0,
+                        column: 0,
+                        message: "missing `name`".into(),
+                    });
                     None
                 }
             }
         };
-        let description = raw.description.as_ref().and_then(|d| self.string(d, "description"));
-        let schedule = raw.schedule.as_ref().and_then(|s| self.string(s, "schedule"));
+        let description = raw
+            .description
+            .as_ref()
+            .and_then(|d| self.string(d, "description"));
+        let schedule = raw
+            .schedule
+            .as_ref()
+            .and_then(|s| self.string(s, "schedule"));
         let defaults = self.defaults(raw.defaults.as_ref());
         let Some(tasks) = raw.tasks else {
-            self.diagnostics.push(Diagnostic { line: 0, column: 0, message: "missing `tasks`: a pipeline needs at least one task".into() });
+            self.diagnostics.push(Diagnostic {
+                line: 0,
+                column: 0,
+                message: "missing `tasks`: a pipeline needs at least one task".into(),
+            });
             return None;
         };
         if tasks.value.is_empty() {
-            self.at(&tasks, "`tasks` is empty: a pipeline needs at least one task");
+            self.at(
+                &tasks,
+                "`tasks` is empty: a pipeline needs at least one task",
+            );
         }
         let mut defs = Vec::new();
         let mut lines = Vec::new();
@@ -167,7 +203,10 @@ impl Checker {
         for raw_task in &tasks.value {
             if let Some((def, needs_spans)) = self.task(raw_task, &defaults) {
                 if let Some(first) = seen.get(&def.name) {
-                    let msg = format!("task `{}` is defined twice (first on line {first})", def.name);
+                    let msg = format!(
+                        "task `{}` is defined twice (first on line {first})",
+                        def.name
+                    );
                     self.at(raw_task, msg);
                     continue;
                 }
@@ -182,16 +221,28 @@ impl Checker {
                     let msg = if need == &def.name {
                         format!("task `{need}` needs itself")
                     } else {
-                        format!("task `{}` needs `{need}`, which is not a task in this pipeline", def.name)
+                        format!(
+                            "task `{}` needs `{need}`, which is not a task in this pipeline",
+                            def.name
+                        )
                     };
                     self.at(span, msg);
                 }
             }
         }
-        let pipeline = Pipeline { name: name?, description, schedule, tasks: defs };
+        let pipeline = Pipeline {
+            name: name?,
+            description,
+            schedule,
+            tasks: defs,
+        };
         if let Err(cycles) = Dag::new(&pipeline) {
             for cycle in cycles.0 {
-                let first = pipeline.tasks.iter().position(|t| t.name == cycle[0]).unwrap_or(0);
+                let first = pipeline
+                    .tasks
+                    .iter()
+                    .position(|t| t.name == cycle[0])
+                    .unwrap_or(0);
                 let loc = lines[first].0;
                 self.diagnostics.push(Diagnostic {
                     line: loc.line(),
@@ -225,8 +276,18 @@ impl Checker {
     }
 
     /// A task and the location of each of its `needs`.
-    fn task(&mut self, raw: &Spanned<Fields>, defaults: &Defaults) -> Option<(TaskDef, Vec<Located>)> {
-        let field = |k: &str| raw.value.0.iter().find(|(key, _)| key.value == k).map(|(_, v)| v);
+    fn task(
+        &mut self,
+        raw: &Spanned<Fields>,
+        defaults: &Defaults,
+    ) -> Option<(TaskDef, Vec<Located>)> {
+        let field = |k: &str| {
+            raw.value
+                .0
+                .iter()
+                .find(|(key, _)| key.value == k)
+                .map(|(_, v)| v)
+        };
         let Some(name) = field("name") else {
             self.at(raw, "task without a `name`");
             return None;
@@ -234,7 +295,10 @@ impl Checker {
         let name = self.name(name, "task")?;
         let task_type = match field("type") {
             None => {
-                self.at(raw, format!("task `{name}` has no `type` (one of: shell, http, sleep, script)"));
+                self.at(
+                    raw,
+                    format!("task `{name}` has no `type` (one of: shell, http, sleep, script)"),
+                );
                 None
             }
             Some(t) => match t.value.as_str().and_then(TaskType::parse) {
@@ -249,12 +313,17 @@ impl Checker {
             None => (Vec::new(), Vec::new()),
             Some(n) => self.needs(n, &name),
         };
-        let retry = field("retry").map_or_else(|| defaults.retry.clone(), |r| self.retry(r, &defaults.retry));
+        let retry = field("retry").map_or_else(
+            || defaults.retry.clone(),
+            |r| self.retry(r, &defaults.retry),
+        );
         let timeout = field("timeout").map_or(defaults.timeout, |t| self.duration(t, "timeout"));
         let heartbeat_interval = field("heartbeat_interval")
             .and_then(|h| self.positive_duration(h, "heartbeat_interval"))
             .unwrap_or(defaults.heartbeat_interval);
-        let priority = field("priority").map_or(Some(defaults.priority), |p| self.priority(p)).unwrap_or(0);
+        let priority = field("priority")
+            .map_or(Some(defaults.priority), |p| self.priority(p))
+            .unwrap_or(0);
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -268,16 +337,35 @@ impl Checker {
                 .value
                 .0
                 .iter()
-                .filter_map(|(k, _)| e.find(&format!("`{}`", k.value)).map(|pos| (pos, k.referenced)))
+                .filter_map(|(k, _)| {
+                    e.find(&format!("`{}`", k.value))
+                        .map(|pos| (pos, k.referenced))
+                })
                 .min_by_key(|(pos, _)| *pos)
                 .map(|(_, loc)| loc);
             let msg = format!("task `{name}` ({task_type}): {e}");
             match loc {
-                Some(loc) => self.diagnostics.push(Diagnostic { line: loc.line(), column: loc.column(), message: msg }),
+                Some(loc) => self.diagnostics.push(Diagnostic {
+                    line: loc.line(),
+                    column: loc.column(),
+                    message: msg,
+                }),
                 None => self.at(raw, msg),
             }
         }
-        Some((TaskDef { name, task_type, params, needs, retry, timeout, priority, heartbeat_interval }, needs_spans))
+        Some((
+            TaskDef {
+                name,
+                task_type,
+                params,
+                needs,
+                retry,
+                timeout,
+                priority,
+                heartbeat_interval,
+            },
+            needs_spans,
+        ))
     }
 
     fn name(&mut self, v: &Located, what: &str) -> Option<String> {
@@ -288,7 +376,10 @@ impl Checker {
                 None
             }
             None => {
-                self.at(v, format!("{what} name must be a string, not {}", short(&v.value)));
+                self.at(
+                    v,
+                    format!("{what} name must be a string, not {}", short(&v.value)),
+                );
                 None
             }
         }
@@ -311,7 +402,13 @@ impl Checker {
             Value::Array(a) => a.clone(),
             Value::Null => Vec::new(),
             other => {
-                self.at(v, format!("task `{task}`: `needs` must be a task name or a list of them, not {}", short(other)));
+                self.at(
+                    v,
+                    format!(
+                        "task `{task}`: `needs` must be a task name or a list of them, not {}",
+                        short(other)
+                    ),
+                );
                 return (Vec::new(), Vec::new());
             }
         };
@@ -324,7 +421,13 @@ impl Checker {
                     spans.push(v.clone());
                 }
                 Value::String(_) => {}
-                other => self.at(v, format!("task `{task}`: `needs` holds {}, not a task name", short(&other))),
+                other => self.at(
+                    v,
+                    format!(
+                        "task `{task}`: `needs` holds {}, not a task name",
+                        short(&other)
+                    ),
+                ),
             }
         }
         (names, spans)
@@ -337,7 +440,11 @@ impl Checker {
             return p;
         };
         for (key, value) in map {
-            let here = Spanned { value: value.clone(), referenced: v.referenced, defined: v.defined };
+            let here = Spanned {
+                value: value.clone(),
+                referenced: v.referenced,
+                defined: v.defined,
+            };
             match key.as_str() {
                 "max_attempts" => match value.as_u64() {
                     Some(n @ 1..=10_000) => p.max_attempts = n as u32,
@@ -366,7 +473,10 @@ impl Checker {
                 .as_f64()
                 .and_then(crate::duration::seconds)
                 .ok_or_else(|| format!("{n} is not a valid number of seconds")),
-            other => Err(format!("expected a duration such as `30s`, not {}", short(other))),
+            other => Err(format!(
+                "expected a duration such as `30s`, not {}",
+                short(other)
+            )),
         };
         match parsed {
             Ok(d) => Some(d),
@@ -390,7 +500,10 @@ impl Checker {
         match v.value.as_i64().and_then(|n| i32::try_from(n).ok()) {
             Some(p) => Some(p),
             None => {
-                self.at(v, format!("`priority` must be a whole number, not {}", short(&v.value)));
+                self.at(
+                    v,
+                    format!("`priority` must be a whole number, not {}", short(&v.value)),
+                );
                 None
             }
         }

@@ -146,7 +146,11 @@ impl Params {
     /// Reads the parameters of `task_type`. With `rendered == false` the values may still hold
     /// templates, so checks that need the final value (a duration, a method) are skipped for
     /// templated values.
-    pub fn from_json(task_type: TaskType, params: &Map<String, Value>, rendered: bool) -> Result<Params, String> {
+    pub fn from_json(
+        task_type: TaskType,
+        params: &Map<String, Value>,
+        rendered: bool,
+    ) -> Result<Params, String> {
         let value = Value::Object(params.clone());
         let typed = match task_type {
             TaskType::Shell => Params::Shell(from_value(value)?),
@@ -164,30 +168,40 @@ impl Params {
             Params::Shell(p) => match &p.command {
                 Command::Line(l) if l.trim().is_empty() => Err("`command` is empty".into()),
                 Command::Argv(v) if v.is_empty() => Err("`command` is an empty list".into()),
-                Command::Line(l) if !p.shell && settled(l) && shlex::split(l).is_none() => Err(format!(
-                    "`command` has unbalanced quotes: {l}"
-                )),
-                Command::Argv(_) if p.shell => Err(
-                    "`shell: true` needs `command` as one string (it is run by `sh -c`)".into(),
-                ),
+                Command::Line(l) if !p.shell && settled(l) && shlex::split(l).is_none() => {
+                    Err(format!("`command` has unbalanced quotes: {l}"))
+                }
+                Command::Argv(_) if p.shell => {
+                    Err("`shell: true` needs `command` as one string (it is run by `sh -c`)".into())
+                }
                 _ => Ok(()),
             },
             Params::Http(p) => {
                 if settled(&p.method) && reqwest_like_method(&p.method).is_none() {
                     return Err(format!("`method` `{}` is not an HTTP method", p.method));
                 }
-                if settled(&p.url) && !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-                    return Err(format!("`url` `{}` must start with http:// or https://", p.url));
+                if settled(&p.url)
+                    && !(p.url.starts_with("http://") || p.url.starts_with("https://"))
+                {
+                    return Err(format!(
+                        "`url` `{}` must start with http:// or https://",
+                        p.url
+                    ));
                 }
                 Ok(())
             }
             Params::Sleep(p) => match &p.duration {
                 DurationText::Text(t) if !settled(t) => Ok(()),
-                d => d.to_duration().map(|_| ()).map_err(|e| format!("`duration`: {e}")),
+                d => d
+                    .to_duration()
+                    .map(|_| ())
+                    .map_err(|e| format!("`duration`: {e}")),
             },
             Params::Script(p) => match (&p.source, &p.file) {
                 (Some(_), Some(_)) => Err("give either `source` or `file`, not both".into()),
-                (None, None) => Err("missing required parameter `source` (inline program) or `file`".into()),
+                (None, None) => {
+                    Err("missing required parameter `source` (inline program) or `file`".into())
+                }
                 _ => Ok(()),
             },
         }

@@ -68,7 +68,12 @@ pub enum TaskType {
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 4] = [TaskType::Shell, TaskType::Http, TaskType::Sleep, TaskType::Script];
+    pub const ALL: [TaskType; 4] = [
+        TaskType::Shell,
+        TaskType::Http,
+        TaskType::Sleep,
+        TaskType::Script,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -104,10 +109,12 @@ impl Pipeline {
 
 fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Whether `name` is usable as a pipeline or task name: it appears in URLs, file names and
@@ -115,5 +122,7 @@ fn hex(bytes: &[u8]) -> String {
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

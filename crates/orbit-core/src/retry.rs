@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn doubles_without_jitter() {
-        let p = RetryPolicy { jitter: false, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
         assert_eq!(p.delay_after(1, 0.0), Duration::from_secs(1));
         assert_eq!(p.delay_after(2, 0.0), Duration::from_secs(2));
         assert_eq!(p.delay_after(3, 0.0), Duration::from_secs(4));

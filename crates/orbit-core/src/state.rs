@@ -65,7 +65,10 @@ impl RunState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
     }
 }
 
@@ -118,12 +121,15 @@ impl FromStr for RunState {
 impl FromStr for TaskState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
-            UnknownState(
-                s.into(),
-                "waiting, ready, running, succeeded, dead, skipped, cancelled",
-            )
-        })
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                UnknownState(
+                    s.into(),
+                    "waiting, ready, running, succeeded, dead, skipped, cancelled",
+                )
+            })
     }
 }
 

@@ -53,18 +53,23 @@ fn env() -> &'static Environment<'static> {
 
 /// Renders one template string.
 pub fn render_str<S: Serialize>(template: &str, ctx: &S) -> Result<String, String> {
-    env().render_str(template, minijinja::value::Serde(ctx)).map_err(|e| {
-        let mut msg = e.to_string();
-        if let Some(detail) = e.detail() {
-            msg = format!("{msg}: {detail}");
-        }
-        format!("template `{template}`: {msg}")
-    })
+    env()
+        .render_str(template, minijinja::value::Serde(ctx))
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            if let Some(detail) = e.detail() {
+                msg = format!("{msg}: {detail}");
+            }
+            format!("template `{template}`: {msg}")
+        })
 }
 
 /// Renders every string inside `params`. A string that is exactly one `{{ expr }}` whose result
 /// is JSON-like keeps its type, so `body: "{{ tasks.fetch.output }}"` passes an object on.
-pub fn render_params<S: Serialize>(params: &Map<String, Value>, ctx: &S) -> Result<Map<String, Value>, String> {
+pub fn render_params<S: Serialize>(
+    params: &Map<String, Value>,
+    ctx: &S,
+) -> Result<Map<String, Value>, String> {
     params
         .iter()
         .map(|(k, v)| Ok((k.clone(), render_value(v, ctx)?)))
@@ -83,12 +88,18 @@ fn render_value<S: Serialize>(v: &Value, ctx: &S) -> Result<Value, String> {
                     return Err(format!("template `{s}`: undefined value"));
                 }
                 if !matches!(value.kind(), minijinja::value::ValueKind::String) {
-                    return serde_json::to_value(&value).map_err(|e| format!("template `{s}`: {e}"));
+                    return serde_json::to_value(&value)
+                        .map_err(|e| format!("template `{s}`: {e}"));
                 }
             }
             Value::String(render_str(s, ctx)?)
         }
-        Value::Array(items) => Value::Array(items.iter().map(|i| render_value(i, ctx)).collect::<Result<_, _>>()?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_value(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(render_params(map, ctx)?),
         other => other.clone(),
     })
@@ -109,8 +120,14 @@ mod tests {
         Context {
             input,
             tasks: BTreeMap::from([("fetch-users", TaskOutput { output: out })]),
-            run: RunInfo { id: "r1", pipeline: "p" },
-            task: TaskInfo { name: "t", attempt: 2 },
+            run: RunInfo {
+                id: "r1",
+                pipeline: "p",
+            },
+            task: TaskInfo {
+                name: "t",
+                attempt: 2,
+            },
             effect_key: "k1",
         }
     }

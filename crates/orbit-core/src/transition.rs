@@ -22,7 +22,11 @@ pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
     /// The task asked to be retried no sooner than this.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::duration::millis::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::millis::option"
+    )]
     pub retry_after: Option<Duration>,
 }
 
@@ -56,7 +60,11 @@ impl FailureKind {
 
 impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
-        Failure { kind, message: message.into(), retry_after: None }
+        Failure {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn error(message: impl Into<String>) -> Failure {
@@ -75,10 +83,16 @@ pub enum Transition {
     /// upstream to wait for and becomes `ready` when none is left.
     Succeed { output: Value, promote: Vec<String> },
     /// `running -> ready` again, claimable from `ready_at`.
-    Retry { ready_at: DateTime<Utc>, failure: Failure },
+    Retry {
+        ready_at: DateTime<Utc>,
+        failure: Failure,
+    },
     /// `running -> dead` (dead-letter queue); every task downstream that has not started is
     /// `cancelled`, since it can no longer get its input.
-    Dead { failure: Failure, cancel: Vec<String> },
+    Dead {
+        failure: Failure,
+        cancel: Vec<String>,
+    },
 }
 
 impl Transition {
@@ -104,19 +118,33 @@ pub fn on_attempt_finished(
     match outcome {
         Outcome::Succeeded(output) => Transition::Succeed {
             output,
-            promote: dag.downstream(task).iter().map(|&d| dag.name(d).to_owned()).collect(),
+            promote: dag
+                .downstream(task)
+                .iter()
+                .map(|&d| dag.name(d).to_owned())
+                .collect(),
         },
-        Outcome::Failed(failure) if failure.kind.is_retryable() && policy.allows_another(attempt) => {
-            let delay = policy.delay_after(attempt, random).max(failure.retry_after.unwrap_or_default());
+        Outcome::Failed(failure)
+            if failure.kind.is_retryable() && policy.allows_another(attempt) =>
+        {
+            let delay = policy
+                .delay_after(attempt, random)
+                .max(failure.retry_after.unwrap_or_default());
             let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
             Transition::Retry {
-                ready_at: now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC),
+                ready_at: now
+                    .checked_add_signed(delay)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
                 failure,
             }
         }
         Outcome::Failed(failure) => Transition::Dead {
             failure,
-            cancel: dag.descendants(task).into_iter().map(|d| dag.name(d).to_owned()).collect(),
+            cancel: dag
+                .descendants(task)
+                .into_iter()
+                .map(|d| dag.name(d).to_owned())
+                .collect(),
         },
     }
 }
@@ -142,15 +170,40 @@ mod tests {
 
     #[test]
     fn success_promotes_direct_downstream() {
-        let t = on_attempt_finished(&chain(), 0, &RetryPolicy::default(), 1, Outcome::Succeeded(json!(1)), Utc::now(), 0.5);
-        assert_eq!(t, Transition::Succeed { output: json!(1), promote: vec!["b".into()] });
+        let t = on_attempt_finished(
+            &chain(),
+            0,
+            &RetryPolicy::default(),
+            1,
+            Outcome::Succeeded(json!(1)),
+            Utc::now(),
+            0.5,
+        );
+        assert_eq!(
+            t,
+            Transition::Succeed {
+                output: json!(1),
+                promote: vec!["b".into()]
+            }
+        );
     }
 
     #[test]
     fn retryable_failure_with_attempts_left_retries_after_backoff() {
         let now = Utc::now();
-        let policy = RetryPolicy { jitter: false, ..RetryPolicy::default() };
-        let t = on_attempt_finished(&chain(), 1, &policy, 2, Outcome::Failed(Failure::error("boom")), now, 0.0);
+        let policy = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let t = on_attempt_finished(
+            &chain(),
+            1,
+            &policy,
+            2,
+            Outcome::Failed(Failure::error("boom")),
+            now,
+            0.0,
+        );
         match t {
             Transition::Retry { ready_at, failure } => {
                 assert_eq!(ready_at - now, chrono::Duration::seconds(2));
@@ -163,9 +216,25 @@ mod tests {
     #[test]
     fn spent_attempts_or_fatal_errors_go_dead_and_cancel_everything_downstream() {
         let policy = RetryPolicy::default();
-        let spent = on_attempt_finished(&chain(), 0, &policy, 3, Outcome::Failed(Failure::error("x")), Utc::now(), 0.0);
+        let spent = on_attempt_finished(
+            &chain(),
+            0,
+            &policy,
+            3,
+            Outcome::Failed(Failure::error("x")),
+            Utc::now(),
+            0.0,
+        );
         assert!(matches!(&spent, Transition::Dead { cancel, .. } if cancel == &["b", "c"]));
-        let fatal = on_attempt_finished(&chain(), 1, &policy, 1, Outcome::Failed(Failure::fatal("x")), Utc::now(), 0.0);
+        let fatal = on_attempt_finished(
+            &chain(),
+            1,
+            &policy,
+            1,
+            Outcome::Failed(Failure::fatal("x")),
+            Utc::now(),
+            0.0,
+        );
         assert!(matches!(&fatal, Transition::Dead { cancel, .. } if cancel == &["c"]));
     }
 
@@ -174,8 +243,18 @@ mod tests {
         let now = Utc::now();
         let mut f = Failure::error("slow down");
         f.retry_after = Some(Duration::from_secs(60));
-        let t = on_attempt_finished(&chain(), 0, &RetryPolicy::default(), 1, Outcome::Failed(f), now, 0.0);
-        assert!(matches!(t, Transition::Retry { ready_at, .. } if ready_at - now >= chrono::Duration::seconds(60)));
+        let t = on_attempt_finished(
+            &chain(),
+            0,
+            &RetryPolicy::default(),
+            1,
+            Outcome::Failed(f),
+            now,
+            0.0,
+        );
+        assert!(
+            matches!(t, Transition::Retry { ready_at, .. } if ready_at - now >= chrono::Duration::seconds(60))
+        );
     }
 
     #[test]

@@ -3,12 +3,14 @@
 use crate::executor::{self, Invocation};
 use crate::log::LogBuffer;
 use chrono::{DateTime, Utc};
+use orbit_core::RunState;
 use orbit_core::dag::Dag;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
-use orbit_core::transition::{on_attempt_finished, Failure, FailureKind, Outcome, Transition};
-use orbit_core::RunState;
-use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError, StoredPipeline};
+use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
+use orbit_store::{
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError, StoredPipeline,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,7 +33,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { owner: "orbit".into(), concurrency: 10, poll_interval: Duration::from_secs(1) }
+        EngineConfig {
+            owner: "orbit".into(),
+            concurrency: 10,
+            poll_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -46,13 +52,41 @@ pub enum EngineError {
 /// What the engine did, for progress displays. Sent after the commit that made it true.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
-    TaskStarted { run: Uuid, task: String, attempt: u32 },
-    TaskSucceeded { run: Uuid, task: String, attempt: u32, took: Duration },
-    TaskRetrying { run: Uuid, task: String, attempt: u32, error: String, at: DateTime<Utc> },
-    TaskDead { run: Uuid, task: String, attempt: u32, error: String, cancelled: Vec<String> },
+    TaskStarted {
+        run: Uuid,
+        task: String,
+        attempt: u32,
+    },
+    TaskSucceeded {
+        run: Uuid,
+        task: String,
+        attempt: u32,
+        took: Duration,
+    },
+    TaskRetrying {
+        run: Uuid,
+        task: String,
+        attempt: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    TaskDead {
+        run: Uuid,
+        task: String,
+        attempt: u32,
+        error: String,
+        cancelled: Vec<String>,
+    },
     /// The attempt's lease was taken over; its result was not kept.
-    LeaseLost { run: Uuid, task: String, attempt: u32 },
-    RunSettled { run: Uuid, state: RunState },
+    LeaseLost {
+        run: Uuid,
+        task: String,
+        attempt: u32,
+    },
+    RunSettled {
+        run: Uuid,
+        state: RunState,
+    },
 }
 
 pub struct Engine {
@@ -88,7 +122,12 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Http(e.to_string()))?;
         let (events, _) = broadcast::channel(4096);
-        Ok(Engine { store, config, events, http })
+        Ok(Engine {
+            store,
+            config,
+            events,
+            http,
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
@@ -102,7 +141,11 @@ impl Engine {
     /// Executes the tasks of one run until it settles; returns its final state, or `None` when
     /// `shutdown` stopped the loop first (running attempts are let finish; the run stays
     /// resumable).
-    pub async fn drive_run(&self, run: Uuid, shutdown: CancellationToken) -> Result<Option<RunState>, EngineError> {
+    pub async fn drive_run(
+        &self,
+        run: Uuid,
+        shutdown: CancellationToken,
+    ) -> Result<Option<RunState>, EngineError> {
         let record = self.store.run(run).await?;
         if record.state.is_terminal() {
             return Ok(Some(record.state));
@@ -115,7 +158,11 @@ impl Engine {
         self.drive(None, shutdown).await.map(|_| ())
     }
 
-    async fn drive(&self, scope: Option<Uuid>, shutdown: CancellationToken) -> Result<Option<RunState>, EngineError> {
+    async fn drive(
+        &self,
+        scope: Option<Uuid>,
+        shutdown: CancellationToken,
+    ) -> Result<Option<RunState>, EngineError> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
         let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
         let mut inputs: HashMap<Uuid, Arc<Value>> = HashMap::new();
@@ -133,7 +180,10 @@ impl Engine {
                 run: scope,
             });
             if !finished.is_empty() || claim.is_some() {
-                let outcome = self.store.finish_and_claim(&finished, claim.as_ref(), Utc::now()).await?;
+                let outcome = self
+                    .store
+                    .finish_and_claim(&finished, claim.as_ref(), Utc::now())
+                    .await?;
                 for f in &finished {
                     if let Transition::Retry { ready_at, .. } = &f.transition {
                         let at = instant_of(*ready_at);
@@ -143,12 +193,17 @@ impl Engine {
                 self.report(&finished, &outcome);
                 finished.clear();
                 // A full claim means more may be waiting; finishing tasks will free slots for them.
-                claim_due = claim.as_ref().is_some_and(|c| outcome.claimed.len() >= c.limit);
+                claim_due = claim
+                    .as_ref()
+                    .is_some_and(|c| outcome.claimed.len() >= c.limit);
                 for task in outcome.claimed {
                     let loaded = self.loaded(&mut pipelines, task.pipeline_id).await?;
                     let input = self.input(&mut inputs, task.run_id).await?;
                     let def = loaded.stored.pipeline.task(&task.task_name);
-                    let interval = def.map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |d| d.heartbeat_interval);
+                    let interval = def
+                        .map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |d| {
+                            d.heartbeat_interval
+                        });
                     let now = Instant::now();
                     let flight = InFlight {
                         run: task.run_id,
@@ -175,7 +230,11 @@ impl Engine {
             }
             let poll_at = Instant::now() + self.config.poll_interval;
             let beat_at = inflight.values().map(|f| f.next_beat).min();
-            let deadline = [Some(poll_at), beat_at, retry_wake].into_iter().flatten().min().unwrap_or(poll_at);
+            let deadline = [Some(poll_at), beat_at, retry_wake]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(poll_at);
             tokio::select! {
                 biased;
                 _ = done_rx.recv_many(&mut received, 1024) => {
@@ -206,7 +265,11 @@ impl Engine {
     /// Renews the leases that are due; stops attempts whose lease is lost, or could not be
     /// renewed for half the lease (another worker may take them over soon).
     async fn heartbeat(&self, inflight: &mut HashMap<Uuid, InFlight>, now: Instant) {
-        let due: Vec<(Uuid, i64)> = inflight.iter().filter(|(_, f)| f.next_beat <= now).map(|(id, f)| (*id, f.epoch)).collect();
+        let due: Vec<(Uuid, i64)> = inflight
+            .iter()
+            .filter(|(_, f)| f.next_beat <= now)
+            .map(|(id, f)| (*id, f.epoch))
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -236,7 +299,11 @@ impl Engine {
             if let Some(f) = inflight.remove(&id) {
                 f.abort.abort();
                 tracing::warn!(run = %f.run, task = %f.task, attempt = f.attempt, "lease lost; attempt stopped");
-                let _ = self.events.send(EngineEvent::LeaseLost { run: f.run, task: f.task, attempt: f.attempt });
+                let _ = self.events.send(EngineEvent::LeaseLost {
+                    run: f.run,
+                    task: f.task,
+                    attempt: f.attempt,
+                });
             }
         }
     }
@@ -246,7 +313,11 @@ impl Engine {
             let t = &f.task;
             if outcome.lease_lost.contains(&t.id) {
                 tracing::warn!(run = %t.run_id, task = %t.task_name, "result refused: lease was taken over");
-                let _ = self.events.send(EngineEvent::LeaseLost { run: t.run_id, task: t.task_name.clone(), attempt: t.attempt });
+                let _ = self.events.send(EngineEvent::LeaseLost {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    attempt: t.attempt,
+                });
                 continue;
             }
             let event = match &f.transition {
@@ -274,26 +345,45 @@ impl Engine {
             let _ = self.events.send(event);
         }
         for t in &outcome.claimed {
-            let _ = self.events.send(EngineEvent::TaskStarted { run: t.run_id, task: t.task_name.clone(), attempt: t.attempt });
+            let _ = self.events.send(EngineEvent::TaskStarted {
+                run: t.run_id,
+                task: t.task_name.clone(),
+                attempt: t.attempt,
+            });
         }
         for (run, state) in &outcome.settled_runs {
-            let _ = self.events.send(EngineEvent::RunSettled { run: *run, state: *state });
+            let _ = self.events.send(EngineEvent::RunSettled {
+                run: *run,
+                state: *state,
+            });
         }
     }
 
-    async fn loaded(&self, cache: &mut HashMap<Uuid, Arc<Loaded>>, id: Uuid) -> Result<Arc<Loaded>, EngineError> {
+    async fn loaded(
+        &self,
+        cache: &mut HashMap<Uuid, Arc<Loaded>>,
+        id: Uuid,
+    ) -> Result<Arc<Loaded>, EngineError> {
         if let Some(l) = cache.get(&id) {
             return Ok(l.clone());
         }
         let stored = self.store.pipeline_version(id).await?;
-        let dag = Dag::new(&stored.pipeline)
-            .map_err(|e| StoreError::Corrupt(format!("stored pipeline `{}` is not a DAG: {e}", stored.name)))?;
+        let dag = Dag::new(&stored.pipeline).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "stored pipeline `{}` is not a DAG: {e}",
+                stored.name
+            ))
+        })?;
         let l = Arc::new(Loaded { stored, dag });
         cache.insert(id, l.clone());
         Ok(l)
     }
 
-    async fn input(&self, cache: &mut HashMap<Uuid, Arc<Value>>, run: Uuid) -> Result<Arc<Value>, EngineError> {
+    async fn input(
+        &self,
+        cache: &mut HashMap<Uuid, Arc<Value>>,
+        run: Uuid,
+    ) -> Result<Arc<Value>, EngineError> {
         if let Some(i) = cache.get(&run) {
             return Ok(i.clone());
         }
@@ -323,14 +413,32 @@ impl Engine {
             let transition = match loaded.dag.index_of(&task.task_name) {
                 Some(i) => {
                     let policy = &loaded.stored.pipeline.tasks[i].retry;
-                    on_attempt_finished(&loaded.dag, i, policy, task.attempt, outcome, finished_at, fastrand::f64())
+                    on_attempt_finished(
+                        &loaded.dag,
+                        i,
+                        policy,
+                        task.attempt,
+                        outcome,
+                        finished_at,
+                        fastrand::f64(),
+                    )
                 }
                 None => Transition::Dead {
-                    failure: Failure::fatal(format!("task `{}` is not in pipeline version {}", task.task_name, loaded.stored.version)),
+                    failure: Failure::fatal(format!(
+                        "task `{}` is not in pipeline version {}",
+                        task.task_name, loaded.stored.version
+                    )),
                     cancel: Vec::new(),
                 },
             };
-            let _ = done.send(FinishedAttempt { task, worker, started_at, finished_at, log: log.take(), transition });
+            let _ = done.send(FinishedAttempt {
+                task,
+                worker,
+                started_at,
+                finished_at,
+                log: log.take(),
+                transition,
+            });
         })
         .abort_handle()
     }
@@ -349,7 +457,9 @@ async fn attempt(
         .stored
         .pipeline
         .task(&task.task_name)
-        .ok_or_else(|| Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name)))?;
+        .ok_or_else(|| {
+            Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name))
+        })?;
     let outputs = store
         .outputs(task.run_id, &def.needs)
         .await
@@ -358,9 +468,18 @@ async fn attempt(
     let effect_key = task.id.to_string();
     let ctx = Context {
         input,
-        tasks: outputs.iter().map(|(name, output)| (name.as_str(), TaskOutput { output })).collect::<BTreeMap<_, _>>(),
-        run: RunInfo { id: &run_id, pipeline: &loaded.stored.name },
-        task: TaskInfo { name: &def.name, attempt: task.attempt },
+        tasks: outputs
+            .iter()
+            .map(|(name, output)| (name.as_str(), TaskOutput { output }))
+            .collect::<BTreeMap<_, _>>(),
+        run: RunInfo {
+            id: &run_id,
+            pipeline: &loaded.stored.name,
+        },
+        task: TaskInfo {
+            name: &def.name,
+            attempt: task.attempt,
+        },
         effect_key: &effect_key,
     };
     let rendered = template::render_params(&def.params, &ctx).map_err(Failure::fatal)?;
@@ -380,12 +499,18 @@ async fn attempt(
     let run = executor::execute(params, &inv);
     let result = match def.timeout {
         Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-            Err(Failure::new(FailureKind::Timeout, format!("timed out after {}", orbit_core::duration::display(limit))))
+            Err(Failure::new(
+                FailureKind::Timeout,
+                format!("timed out after {}", orbit_core::duration::display(limit)),
+            ))
         }),
         None => run.await,
     };
     if let Err(f) = &result {
-        log.line(&format!("[orbit] attempt {} failed: {}", task.attempt, f.message));
+        log.line(&format!(
+            "[orbit] attempt {} failed: {}",
+            task.attempt, f.message
+        ));
     }
     result
 }

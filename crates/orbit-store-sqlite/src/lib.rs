@@ -13,12 +13,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, NewRun, Result, RunFilter, RunRecord,
-    Store, StoreError, StoredPipeline, TaskRunRecord,
+    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, NewRun, Result,
+    RunFilter, RunRecord, Store, StoreError, StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -44,7 +46,9 @@ impl FromStr for Durability {
         match s.to_ascii_lowercase().as_str() {
             "full" => Ok(Durability::Full),
             "normal" => Ok(Durability::Normal),
-            other => Err(format!("unknown SQLite durability `{other}` (expected full or normal)")),
+            other => Err(format!(
+                "unknown SQLite durability `{other}` (expected full or normal)"
+            )),
         }
     }
 }
@@ -59,7 +63,9 @@ pub struct SqliteStore {
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(e.to_string())
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -72,7 +78,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db` or a plain
     /// path) and applies pending migrations.
     pub async fn open(url: &str, durability: Durability) -> Result<SqliteStore> {
-        let path_part = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path_part = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         let (file, _query) = path_part.split_once('?').unwrap_or((path_part, ""));
         if file.is_empty() || file == ":memory:" {
             return Err(StoreError::Unavailable(format!(
@@ -81,8 +90,9 @@ impl SqliteStore {
         }
         let path = PathBuf::from(file);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(&path)
@@ -95,19 +105,28 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
-        let open_err = |e: sqlx::Error| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
+        let open_err = |e: sqlx::Error| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        MIGRATOR
-            .run(&writer)
+        MIGRATOR.run(&writer).await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display()))
+        })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display())))?;
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
-        Ok(SqliteStore { writer, reader, path })
+            .map_err(open_err)?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            path,
+        })
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -120,7 +139,11 @@ impl SqliteStore {
             .fetch_one(&self.reader)
             .await
             .map_err(unavailable)?;
-        if result == "ok" { Ok(()) } else { Err(StoreError::Corrupt(result)) }
+        if result == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(result))
+        }
     }
 
     pub async fn close(&self) {
@@ -134,7 +157,12 @@ const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, sta
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn save_pipeline(&self, pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline> {
+    async fn save_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        source: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredPipeline> {
         write::save_pipeline(&self.writer, pipeline, source, now).await
     }
 
@@ -176,8 +204,14 @@ impl Store for SqliteStore {
     async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun> {
         let id = write::create_run(&self.writer, &new).await?;
         match id {
-            Ok(id) => Ok(CreatedRun { run: self.run_on(&self.writer, id).await?, created: true }),
-            Err(existing) => Ok(CreatedRun { run: self.run_on(&self.writer, existing).await?, created: false }),
+            Ok(id) => Ok(CreatedRun {
+                run: self.run_on(&self.writer, id).await?,
+                created: true,
+            }),
+            Err(existing) => Ok(CreatedRun {
+                run: self.run_on(&self.writer, existing).await?,
+                created: false,
+            }),
         }
     }
 
@@ -220,7 +254,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1=1"));
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1=1"));
         if let Some(state) = filter.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -231,7 +266,13 @@ impl Store for SqliteStore {
             .push_bind(i64::from(filter.limit.max(1)))
             .push(" OFFSET ")
             .push_bind(i64::from(filter.offset));
-        q.build().fetch_all(&self.reader).await.map_err(unavailable)?.iter().map(run_from_row).collect()
+        q.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(run_from_row)
+            .collect()
     }
 
     async fn task_runs(&self, run: Uuid) -> Result<Vec<TaskRunRecord>> {
@@ -247,17 +288,21 @@ impl Store for SqliteStore {
 
     async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>> {
         let rows = match task {
-            Some(t) => sqlx::query(
-                "SELECT * FROM attempts WHERE run_id = ?1 AND task_name = ?2 ORDER BY attempt",
-            )
-            .bind(run.to_string())
-            .bind(t)
-            .fetch_all(&self.reader)
-            .await,
-            None => sqlx::query("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY started_at, attempt")
+            Some(t) => {
+                sqlx::query(
+                    "SELECT * FROM attempts WHERE run_id = ?1 AND task_name = ?2 ORDER BY attempt",
+                )
                 .bind(run.to_string())
+                .bind(t)
                 .fetch_all(&self.reader)
-                .await,
+                .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM attempts WHERE run_id = ?1 ORDER BY started_at, attempt")
+                    .bind(run.to_string())
+                    .fetch_all(&self.reader)
+                    .await
+            }
         }
         .map_err(unavailable)?;
         rows.iter().map(attempt_from_row).collect()
@@ -267,7 +312,9 @@ impl Store for SqliteStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT task_name, output FROM task_runs WHERE state = 'succeeded' AND run_id = ");
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT task_name, output FROM task_runs WHERE state = 'succeeded' AND run_id = ",
+        );
         q.push_bind(run.to_string()).push(" AND task_name IN (");
         let mut list = q.separated(", ");
         for t in tasks {
@@ -283,7 +330,8 @@ impl Store for SqliteStore {
                 let name: String = r.try_get(0).map_err(unavailable)?;
                 let out: Option<String> = r.try_get(1).map_err(unavailable)?;
                 let value = match out {
-                    Some(s) => serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("output of {name}: {e}")))?,
+                    Some(s) => serde_json::from_str(&s)
+                        .map_err(|e| StoreError::Corrupt(format!("output of {name}: {e}")))?,
                     None => Value::Null,
                 };
                 Ok((name, value))
@@ -293,13 +341,19 @@ impl Store for SqliteStore {
 
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
         let min: Option<i64> = match run {
-            Some(r) => sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND run_id = ?1")
+            Some(r) => {
+                sqlx::query_scalar(
+                    "SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND run_id = ?1",
+                )
                 .bind(r.to_string())
                 .fetch_one(&self.reader)
-                .await,
-            None => sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready'")
-                .fetch_one(&self.reader)
-                .await,
+                .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready'")
+                    .fetch_one(&self.reader)
+                    .await
+            }
         }
         .map_err(unavailable)?;
         Ok(min.and_then(DateTime::from_timestamp_micros))
@@ -308,14 +362,16 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1")))
-            .bind(id.to_string())
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)?
-            .map(|r| run_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?
+        .map(|r| run_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
     }
 }
 
@@ -325,9 +381,12 @@ mod tests {
 
     async fn store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path().join("t.db").to_str().expect("utf8 path"), Durability::Full)
-            .await
-            .expect("open");
+        let store = SqliteStore::open(
+            dir.path().join("t.db").to_str().expect("utf8 path"),
+            Durability::Full,
+        )
+        .await
+        .expect("open");
         (store, dir)
     }
 
@@ -335,7 +394,9 @@ mod tests {
 
     #[tokio::test]
     async fn memory_databases_are_refused() {
-        let err = SqliteStore::open("sqlite::memory:", Durability::Full).await.unwrap_err();
+        let err = SqliteStore::open("sqlite::memory:", Durability::Full)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("names no database file"), "{err}");
     }
 

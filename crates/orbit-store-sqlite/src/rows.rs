@@ -4,11 +4,14 @@ use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{AttemptRecord, Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord};
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
+    row: &'r SqliteRow,
+    col: &str,
+) -> Result<T> {
     row.try_get(col).map_err(unavailable)
 }
 
@@ -19,7 +22,8 @@ fn uuid(row: &SqliteRow, col: &str) -> Result<Uuid> {
 
 fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
     let t: i64 = get(row, col)?;
-    DateTime::from_timestamp_micros(t).ok_or_else(|| StoreError::Corrupt(format!("{col} {t} out of range")))
+    DateTime::from_timestamp_micros(t)
+        .ok_or_else(|| StoreError::Corrupt(format!("{col} {t} out of range")))
 }
 
 fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
@@ -29,7 +33,8 @@ fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
 
 fn json(row: &SqliteRow, col: &str) -> Result<Option<Value>> {
     let s: Option<String> = get(row, col)?;
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))).transpose()
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
 }
 
 fn parsed<T: std::str::FromStr>(row: &SqliteRow, col: &str) -> Result<T>
@@ -37,7 +42,8 @@ where
     T::Err: std::fmt::Display,
 {
     let s: String = get(row, col)?;
-    s.parse().map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 fn count(row: &SqliteRow, col: &str) -> Result<u32> {
@@ -52,7 +58,8 @@ pub fn pipeline_from_row(row: &SqliteRow) -> Result<StoredPipeline> {
         name: get(row, "name")?,
         version: get(row, "version")?,
         hash: get(row, "hash")?,
-        pipeline: serde_json::from_str(&definition).map_err(|e| StoreError::Corrupt(format!("pipeline definition: {e}")))?,
+        pipeline: serde_json::from_str(&definition)
+            .map_err(|e| StoreError::Corrupt(format!("pipeline definition: {e}")))?,
         source: get(row, "source")?,
         created_at: time(row, "created_at")?,
     })

@@ -2,9 +2,12 @@
 
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
-use orbit_core::transition::{settled_run_state, Transition};
+use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
-use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Result, StoreError, StoredPipeline};
+use orbit_store::{
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Result, StoreError,
+    StoredPipeline,
+};
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -12,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-    pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unavailable)
 }
 
 async fn event(
@@ -23,15 +28,17 @@ async fn event(
     data: Option<serde_json::Value>,
     at: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (run_id, task_name, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(run.map(|r| r.to_string()))
-        .bind(task)
-        .bind(kind)
-        .bind(data.map(|d| d.to_string()))
-        .bind(at)
-        .execute(conn)
-        .await
-        .map_err(unavailable)?;
+    sqlx::query(
+        "INSERT INTO events (run_id, task_name, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(run.map(|r| r.to_string()))
+    .bind(task)
+    .bind(kind)
+    .bind(data.map(|d| d.to_string()))
+    .bind(at)
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
     Ok(())
 }
 
@@ -42,20 +49,24 @@ pub async fn save_pipeline(
     now: DateTime<Utc>,
 ) -> Result<StoredPipeline> {
     let hash = pipeline.content_hash();
-    let definition = serde_json::to_string(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let definition =
+        serde_json::to_string(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut tx = begin(pool).await?;
-    let latest = sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version DESC LIMIT 1")
-        .bind(&pipeline.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+    let latest =
+        sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version DESC LIMIT 1")
+            .bind(&pipeline.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
     if let Some(row) = &latest {
         let stored = crate::rows::pipeline_from_row(row)?;
         if stored.hash == hash {
             return Ok(stored);
         }
     }
-    let version = latest.map_or(Ok(0), |r| r.try_get::<i64, _>("version").map_err(unavailable))? + 1;
+    let version = latest.map_or(Ok(0), |r| {
+        r.try_get::<i64, _>("version").map_err(unavailable)
+    })? + 1;
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -70,7 +81,15 @@ pub async fn save_pipeline(
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    event(&mut tx, None, None, "pipeline_saved", Some(json!({"pipeline": pipeline.name, "version": version})), us(now)).await?;
+    event(
+        &mut tx,
+        None,
+        None,
+        "pipeline_saved",
+        Some(json!({"pipeline": pipeline.name, "version": version})),
+        us(now),
+    )
+    .await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(StoredPipeline {
         id,
@@ -113,7 +132,8 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
             .fetch_one(&mut *tx)
             .await
             .map_err(unavailable)?;
-        let existing = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let existing =
+            Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         return Ok(Err(existing));
     }
     let pipeline_id = new.pipeline.id.to_string();
@@ -139,10 +159,21 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
                 .push_bind(ready.then_some(now))
                 .push_bind(now);
         });
-        q.build().persistent(chunk.len() <= 16).execute(&mut *tx).await.map_err(unavailable)?;
+        q.build()
+            .persistent(chunk.len() <= 16)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
     }
-    event(&mut tx, Some(id), None, "run_created", Some(json!({"pipeline": p.name, "version": new.pipeline.version})), now)
-        .await?;
+    event(
+        &mut tx,
+        Some(id),
+        None,
+        "run_created",
+        Some(json!({"pipeline": p.name, "version": new.pipeline.version})),
+        now,
+    )
+    .await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(Ok(id))
 }
@@ -155,7 +186,8 @@ const CHUNK: usize = 200;
 
 async fn flush_events(conn: &mut SqliteConnection, events: &Events, at: i64) -> Result<()> {
     for chunk in events.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO events (run_id, task_name, kind, data, at) ");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO events (run_id, task_name, kind, data, at) ");
         q.push_values(chunk, |mut b, (run, task, kind, data)| {
             b.push_bind(run.map(|r| r.to_string()))
                 .push_bind(task.clone())
@@ -163,7 +195,11 @@ async fn flush_events(conn: &mut SqliteConnection, events: &Events, at: i64) -> 
                 .push_bind(data.clone())
                 .push_bind(at);
         });
-        q.build().persistent(chunk.len() <= 16).execute(&mut *conn).await.map_err(unavailable)?;
+        q.build()
+            .persistent(chunk.len() <= 16)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
     }
     Ok(())
 }
@@ -179,8 +215,15 @@ pub async fn finish_and_claim(
     let mut events: Events = Vec::new();
     let mut tx = begin(pool).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
-    let kept: Vec<&FinishedAttempt> = finished.iter().filter(|f| accepted.contains(&f.task.id)).collect();
-    out.lease_lost = finished.iter().filter(|f| !accepted.contains(&f.task.id)).map(|f| f.task.id).collect();
+    let kept: Vec<&FinishedAttempt> = finished
+        .iter()
+        .filter(|f| accepted.contains(&f.task.id))
+        .collect();
+    out.lease_lost = finished
+        .iter()
+        .filter(|f| !accepted.contains(&f.task.id))
+        .map(|f| f.task.id)
+        .collect();
     insert_attempts(&mut tx, &kept).await?;
     // per run: (task runs that reached a terminal state, of which dead)
     let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
@@ -202,16 +245,20 @@ pub async fn finish_and_claim(
         let pending: i64 = row.try_get(0).map_err(unavailable)?;
         let dead_total: i64 = row.try_get(1).map_err(unavailable)?;
         let state: String = row.try_get(2).map_err(unavailable)?;
-        let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+        let state: RunState = state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
         if pending <= 0 && !state.is_terminal() {
             let final_state = settled_run_state(dead_total.max(0) as u64);
-            sqlx::query("UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3")
-                .bind(final_state.as_str())
-                .bind(now)
-                .bind(run.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            sqlx::query(
+                "UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3",
+            )
+            .bind(final_state.as_str())
+            .bind(now)
+            .bind(run.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
             events.push((Some(run), None, run_event(final_state), None));
             out.settled_runs.push((run, final_state));
         }
@@ -236,15 +283,29 @@ fn run_event(state: RunState) -> &'static str {
 
 /// Moves every finished task run out of `running`, each only if its `lease_epoch` still
 /// matches: one statement for the whole batch. Returns the ids it changed.
-async fn apply_fenced(conn: &mut SqliteConnection, finished: &[FinishedAttempt], now: i64) -> Result<HashSet<Uuid>> {
+async fn apply_fenced(
+    conn: &mut SqliteConnection,
+    finished: &[FinishedAttempt],
+    now: i64,
+) -> Result<HashSet<Uuid>> {
     let mut accepted = HashSet::with_capacity(finished.len());
     for chunk in finished.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("WITH v (id, epoch, state, output, error, ready_at) AS (");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("WITH v (id, epoch, state, output, error, ready_at) AS (");
         q.push_values(chunk, |mut b, f| {
             let (state, output, error, ready_at) = match &f.transition {
-                Transition::Succeed { output, .. } => ("succeeded", Some(output.to_string()), None, None),
-                Transition::Retry { ready_at, failure } => ("ready", None, Some(failure.message.clone()), Some(us(*ready_at))),
-                Transition::Dead { failure, .. } => ("dead", None, Some(failure.message.clone()), None),
+                Transition::Succeed { output, .. } => {
+                    ("succeeded", Some(output.to_string()), None, None)
+                }
+                Transition::Retry { ready_at, failure } => (
+                    "ready",
+                    None,
+                    Some(failure.message.clone()),
+                    Some(us(*ready_at)),
+                ),
+                Transition::Dead { failure, .. } => {
+                    ("dead", None, Some(failure.message.clone()), None)
+                }
             };
             b.push_bind(f.task.id.to_string())
                 .push_bind(f.task.lease_epoch)
@@ -266,7 +327,13 @@ async fn apply_fenced(conn: &mut SqliteConnection, finished: &[FinishedAttempt],
              WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
              RETURNING task_runs.id",
         );
-        for row in q.build().persistent(chunk.len() <= 16).fetch_all(&mut *conn).await.map_err(unavailable)? {
+        for row in q
+            .build()
+            .persistent(chunk.len() <= 16)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?
+        {
             let id: String = row.try_get(0).map_err(unavailable)?;
             accepted.insert(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
         }
@@ -292,7 +359,11 @@ async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt])
                 .push_bind(failure.map(|fl| fl.message.clone()))
                 .push_bind(f.log.clone());
         });
-        q.build().persistent(chunk.len() <= 16).execute(&mut *conn).await.map_err(unavailable)?;
+        q.build()
+            .persistent(chunk.len() <= 16)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
     }
     Ok(())
 }
@@ -317,7 +388,12 @@ async fn apply_effects(
             json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
         ),
     };
-    events.push((Some(t.run_id), Some(t.task_name.clone()), kind, Some(data.to_string())));
+    events.push((
+        Some(t.run_id),
+        Some(t.task_name.clone()),
+        kind,
+        Some(data.to_string()),
+    ));
     let run = t.run_id.to_string();
     match &f.transition {
         Transition::Succeed { promote, .. } => {
@@ -363,7 +439,12 @@ async fn apply_effects(
     Ok(())
 }
 
-async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64, events: &mut Events) -> Result<Vec<ClaimedTask>> {
+async fn claim_ready(
+    conn: &mut SqliteConnection,
+    c: &ClaimRequest,
+    now: i64,
+    events: &mut Events,
+) -> Result<Vec<ClaimedTask>> {
     const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
          lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), updated_at = ?2 \
          WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2";
@@ -371,19 +452,25 @@ async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64, ev
          RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at";
     let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
     let rows = match c.run {
-        Some(run) => sqlx::query(sqlx::AssertSqlSafe(format!("{SET} AND run_id = ?4{RETURNING}")))
+        Some(run) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{SET} AND run_id = ?4{RETURNING}"
+            )))
             .bind(&c.owner)
             .bind(now)
             .bind(limit)
             .bind(run.to_string())
             .fetch_all(&mut *conn)
-            .await,
-        None => sqlx::query(sqlx::AssertSqlSafe(format!("{SET}{RETURNING}")))
-            .bind(&c.owner)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *conn)
-            .await,
+            .await
+        }
+        None => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("{SET}{RETURNING}")))
+                .bind(&c.owner)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+        }
     }
     .map_err(unavailable)?;
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
@@ -403,7 +490,8 @@ async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64, ev
             run_id: parse(1)?,
             pipeline_id: parse(2)?,
             task_name: row.try_get(3).map_err(unavailable)?,
-            attempt: u32::try_from(row.try_get::<i64, _>(4).map_err(unavailable)?).unwrap_or(u32::MAX),
+            attempt: u32::try_from(row.try_get::<i64, _>(4).map_err(unavailable)?)
+                .unwrap_or(u32::MAX),
             lease_epoch: row.try_get(5).map_err(unavailable)?,
             lease_expires_at: DateTime::from_timestamp_micros(expires).unwrap_or_default(),
             claimed_at,
@@ -441,7 +529,11 @@ async fn claim_ready(conn: &mut SqliteConnection, c: &ClaimRequest, now: i64, ev
     Ok(claimed)
 }
 
-pub async fn extend_leases(pool: &SqlitePool, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+pub async fn extend_leases(
+    pool: &SqlitePool,
+    leases: &[(Uuid, i64)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
     if leases.is_empty() {
         return Ok(Vec::new());
     }

@@ -63,7 +63,12 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Saves a pipeline definition. The same content as the latest version returns that version;
     /// a changed one becomes version + 1.
-    async fn save_pipeline(&self, pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline>;
+    async fn save_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        source: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredPipeline>;
 
     /// The latest version of the pipeline called `name`.
     async fn pipeline(&self, name: &str) -> Result<StoredPipeline>;

@@ -1,13 +1,18 @@
 //! The conformance suite: behaviour every [`Store`] backend must show. A backend's tests call
 //! [`conformance_tests!`](crate::conformance_tests) with a function that makes a fresh store.
 
-use crate::{ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError, StoredPipeline};
+#![allow(clippy::unwrap_used, reason = "the conformance suite is test code: a failed step should fail the test loudly")]
+
+use crate::{
+    ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError,
+    StoredPipeline,
+};
 use chrono::{DateTime, Duration, Utc};
 use orbit_core::dag::Dag;
 use orbit_core::retry::RetryPolicy;
-use orbit_core::transition::{on_attempt_finished, Failure, Outcome};
+use orbit_core::transition::{Failure, Outcome, on_attempt_finished};
 use orbit_core::{Pipeline, RunState, TaskDef, TaskState, TaskType};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh store from `$setup`,
@@ -59,9 +64,16 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
             .map(|(n, needs, prio)| TaskDef {
                 name: (*n).into(),
                 task_type: TaskType::Sleep,
-                params: json!({"duration": "0s"}).as_object().cloned().unwrap_or_default(),
+                params: json!({"duration": "0s"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
                 needs: needs.iter().map(|s| (*s).into()).collect(),
-                retry: RetryPolicy { max_attempts: 2, jitter: false, ..RetryPolicy::default() },
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    jitter: false,
+                    ..RetryPolicy::default()
+                },
                 timeout: None,
                 priority: *prio,
                 heartbeat_interval: std::time::Duration::from_secs(10),
@@ -71,20 +83,47 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
 }
 
 async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPipeline, Uuid) {
-    let stored = store.save_pipeline(p, None, at).await.expect("save pipeline");
+    let stored = store
+        .save_pipeline(p, None, at)
+        .await
+        .expect("save pipeline");
     let run = store
-        .create_run(NewRun { pipeline: &stored, input: json!({"n": 1}), priority: 0, idempotency_key: None, now: at })
+        .create_run(NewRun {
+            pipeline: &stored,
+            input: json!({"n": 1}),
+            priority: 0,
+            idempotency_key: None,
+            now: at,
+        })
         .await
         .expect("create run");
     (stored, run.run.id)
 }
 
-async fn claim(store: &dyn Store, run: Option<Uuid>, limit: usize, at: DateTime<Utc>) -> Vec<ClaimedTask> {
-    let req = ClaimRequest { owner: "test-worker".into(), limit, run };
-    store.finish_and_claim(&[], Some(&req), at).await.expect("claim").claimed
+async fn claim(
+    store: &dyn Store,
+    run: Option<Uuid>,
+    limit: usize,
+    at: DateTime<Utc>,
+) -> Vec<ClaimedTask> {
+    let req = ClaimRequest {
+        owner: "test-worker".into(),
+        limit,
+        run,
+    };
+    store
+        .finish_and_claim(&[], Some(&req), at)
+        .await
+        .expect("claim")
+        .claimed
 }
 
-fn finish(p: &Pipeline, task: &ClaimedTask, outcome: Outcome, at: DateTime<Utc>) -> FinishedAttempt {
+fn finish(
+    p: &Pipeline,
+    task: &ClaimedTask,
+    outcome: Outcome,
+    at: DateTime<Utc>,
+) -> FinishedAttempt {
     let dag = Dag::new(p).expect("dag");
     let idx = dag.index_of(&task.task_name).expect("task in dag");
     let policy = &p.tasks[idx].retry;
@@ -99,7 +138,13 @@ fn finish(p: &Pipeline, task: &ClaimedTask, outcome: Outcome, at: DateTime<Utc>)
 }
 
 async fn states(store: &dyn Store, run: Uuid) -> Vec<(String, TaskState)> {
-    store.task_runs(run).await.expect("task runs").into_iter().map(|t| (t.task_name, t.state)).collect()
+    store
+        .task_runs(run)
+        .await
+        .expect("task runs")
+        .into_iter()
+        .map(|t| (t.task_name, t.state))
+        .collect()
 }
 
 fn names(tasks: &[ClaimedTask]) -> Vec<&str> {
@@ -110,22 +155,54 @@ pub async fn saves_pipeline_versions_by_content(store: &dyn Store) {
     let p1 = pipeline("p", &[("a", &[], 0)]);
     let v1 = store.save_pipeline(&p1, Some("src"), t0()).await.unwrap();
     let again = store.save_pipeline(&p1, None, t0()).await.unwrap();
-    assert_eq!((v1.version, again.id), (1, v1.id), "same content keeps its version");
+    assert_eq!(
+        (v1.version, again.id),
+        (1, v1.id),
+        "same content keeps its version"
+    );
     let p2 = pipeline("p", &[("a", &[], 0), ("b", &["a"], 0)]);
     let v2 = store.save_pipeline(&p2, None, t0()).await.unwrap();
     assert_eq!(v2.version, 2);
     assert_eq!(store.pipeline("p").await.unwrap().pipeline, p2);
-    assert_eq!(store.pipeline_version(v1.id).await.unwrap().source.as_deref(), Some("src"));
+    assert_eq!(
+        store
+            .pipeline_version(v1.id)
+            .await
+            .unwrap()
+            .source
+            .as_deref(),
+        Some("src")
+    );
     let listed = store.list_pipelines().await.unwrap();
-    assert_eq!(listed.iter().map(|p| (p.name.as_str(), p.version)).collect::<Vec<_>>(), vec![("p", 2)]);
-    assert!(matches!(store.pipeline("nope").await, Err(StoreError::NotFound(_))));
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.name.as_str(), p.version))
+            .collect::<Vec<_>>(),
+        vec![("p", 2)]
+    );
+    assert!(matches!(
+        store.pipeline("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn creates_runs_with_roots_ready(store: &dyn Store) {
-    let p = pipeline("diamond", &[("a", &[], 0), ("b", &["a"], 0), ("c", &["a"], 0), ("d", &["b", "c"], 0)]);
+    let p = pipeline(
+        "diamond",
+        &[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["a"], 0),
+            ("d", &["b", "c"], 0),
+        ],
+    );
     let (_, run) = start(store, &p, t0()).await;
     let r = store.run(run).await.unwrap();
-    assert_eq!((r.state, r.tasks_total, r.tasks_pending), (RunState::Pending, 4, 4));
+    assert_eq!(
+        (r.state, r.tasks_total, r.tasks_pending),
+        (RunState::Pending, 4, 4)
+    );
     assert_eq!(r.input, json!({"n": 1}));
     assert_eq!(
         states(store, run).await,
@@ -139,17 +216,36 @@ pub async fn creates_runs_with_roots_ready(store: &dyn Store) {
 }
 
 pub async fn claims_by_priority_then_age(store: &dyn Store) {
-    let p = pipeline("prio", &[("low", &[], 1), ("high", &[], 9), ("mid", &[], 5)]);
+    let p = pipeline(
+        "prio",
+        &[("low", &[], 1), ("high", &[], 9), ("mid", &[], 5)],
+    );
     let (_, older) = start(store, &p, t0()).await;
     let (_, newer) = start(store, &p, t0() + Duration::seconds(1)).await;
     let got = claim(store, None, 4, t0() + Duration::seconds(2)).await;
-    let order: Vec<(&str, Uuid)> = got.iter().map(|t| (t.task_name.as_str(), t.run_id)).collect();
-    assert_eq!(order, vec![("high", older), ("high", newer), ("mid", older), ("mid", newer)]);
+    let order: Vec<(&str, Uuid)> = got
+        .iter()
+        .map(|t| (t.task_name.as_str(), t.run_id))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("high", older),
+            ("high", newer),
+            ("mid", older),
+            ("mid", newer)
+        ]
+    );
     assert!(got.iter().all(|t| t.attempt == 1 && t.lease_epoch == 1));
     assert_eq!(store.run(older).await.unwrap().state, RunState::Running);
     let rest = claim(store, None, 10, t0() + Duration::seconds(2)).await;
     assert_eq!(names(&rest), vec!["low", "low"]);
-    assert!(claim(store, None, 10, t0() + Duration::seconds(2)).await.is_empty(), "nothing is claimed twice");
+    assert!(
+        claim(store, None, 10, t0() + Duration::seconds(2))
+            .await
+            .is_empty(),
+        "nothing is claimed twice"
+    );
 }
 
 pub async fn claims_only_the_requested_run(store: &dyn Store) {
@@ -162,25 +258,86 @@ pub async fn claims_only_the_requested_run(store: &dyn Store) {
 }
 
 pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
-    let p = pipeline("diamond", &[("a", &[], 0), ("b", &["a"], 0), ("c", &["a"], 0), ("d", &["b", "c"], 0)]);
+    let p = pipeline(
+        "diamond",
+        &[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["a"], 0),
+            ("d", &["b", "c"], 0),
+        ],
+    );
     let (_, run) = start(store, &p, t0()).await;
     let a = claim(store, Some(run), 10, t0()).await;
     let out = store
-        .finish_and_claim(&[finish(&p, &a[0], Outcome::Succeeded(json!({"v": 1})), t0())], Some(&ClaimRequest { owner: "w".into(), limit: 10, run: Some(run) }), t0())
+        .finish_and_claim(
+            &[finish(&p, &a[0], Outcome::Succeeded(json!({"v": 1})), t0())],
+            Some(&ClaimRequest {
+                owner: "w".into(),
+                limit: 10,
+                run: Some(run),
+            }),
+            t0(),
+        )
         .await
         .unwrap();
-    assert_eq!(names(&out.claimed), vec!["b", "c"], "finish and claim in one commit");
+    assert_eq!(
+        names(&out.claimed),
+        vec!["b", "c"],
+        "finish and claim in one commit"
+    );
     let b = &out.claimed[0];
     let c = &out.claimed[1];
-    store.finish_and_claim(&[finish(&p, b, Outcome::Succeeded(json!(2)), t0())], None, t0()).await.unwrap();
-    assert_eq!(states(store, run).await[3].1, TaskState::Waiting, "d still waits for c");
-    let out = store.finish_and_claim(&[finish(&p, c, Outcome::Succeeded(json!(3)), t0())], Some(&ClaimRequest { owner: "w".into(), limit: 10, run: Some(run) }), t0()).await.unwrap();
+    store
+        .finish_and_claim(
+            &[finish(&p, b, Outcome::Succeeded(json!(2)), t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        states(store, run).await[3].1,
+        TaskState::Waiting,
+        "d still waits for c"
+    );
+    let out = store
+        .finish_and_claim(
+            &[finish(&p, c, Outcome::Succeeded(json!(3)), t0())],
+            Some(&ClaimRequest {
+                owner: "w".into(),
+                limit: 10,
+                run: Some(run),
+            }),
+            t0(),
+        )
+        .await
+        .unwrap();
     assert_eq!(names(&out.claimed), vec!["d"]);
-    let outputs = store.outputs(run, &["a".into(), "b".into(), "d".into()]).await.unwrap();
+    let outputs = store
+        .outputs(run, &["a".into(), "b".into(), "d".into()])
+        .await
+        .unwrap();
     let mut outputs: Vec<(String, Value)> = outputs;
     outputs.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(outputs, vec![("a".into(), json!({"v": 1})), ("b".into(), json!(2))], "only succeeded tasks have outputs");
-    let out = store.finish_and_claim(&[finish(&p, &out.claimed[0], Outcome::Succeeded(Value::Null), t0())], None, t0()).await.unwrap();
+    assert_eq!(
+        outputs,
+        vec![("a".into(), json!({"v": 1})), ("b".into(), json!(2))],
+        "only succeeded tasks have outputs"
+    );
+    let out = store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &out.claimed[0],
+                Outcome::Succeeded(Value::Null),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.settled_runs, vec![(run, RunState::Succeeded)]);
     let r = store.run(run).await.unwrap();
     assert_eq!((r.state, r.tasks_pending), (RunState::Succeeded, 0));
@@ -193,39 +350,121 @@ pub async fn fences_writes_by_lease_epoch(store: &dyn Store) {
     let got = claim(store, Some(run), 1, t0()).await;
     let mut stale = got[0].clone();
     stale.lease_epoch += 7;
-    let out = store.finish_and_claim(&[finish(&p, &stale, Outcome::Succeeded(json!("zombie")), t0())], None, t0()).await.unwrap();
+    let out = store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &stale,
+                Outcome::Succeeded(json!("zombie")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.lease_lost, vec![stale.id]);
     let tr = &store.task_runs(run).await.unwrap()[0];
-    assert_eq!((tr.state, tr.output.clone()), (TaskState::Running, None), "a refused write changes nothing");
+    assert_eq!(
+        (tr.state, tr.output.clone()),
+        (TaskState::Running, None),
+        "a refused write changes nothing"
+    );
     assert!(store.attempts(run, None).await.unwrap().is_empty());
-    let out = store.finish_and_claim(&[finish(&p, &got[0], Outcome::Succeeded(json!("real")), t0())], None, t0()).await.unwrap();
+    let out = store
+        .finish_and_claim(
+            &[finish(&p, &got[0], Outcome::Succeeded(json!("real")), t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     assert!(out.lease_lost.is_empty());
-    let again = store.finish_and_claim(&[finish(&p, &got[0], Outcome::Succeeded(json!("twice")), t0())], None, t0()).await.unwrap();
-    assert_eq!(again.lease_lost.len(), 1, "a finished task cannot finish twice");
-    assert_eq!(store.task_runs(run).await.unwrap()[0].output, Some(json!("real")));
+    let again = store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &got[0],
+                Outcome::Succeeded(json!("twice")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.lease_lost.len(),
+        1,
+        "a finished task cannot finish twice"
+    );
+    assert_eq!(
+        store.task_runs(run).await.unwrap()[0].output,
+        Some(json!("real"))
+    );
 }
 
 pub async fn retries_become_claimable_after_backoff(store: &dyn Store) {
     let p = pipeline("retry", &[("a", &[], 0)]);
     let (_, run) = start(store, &p, t0()).await;
     let got = claim(store, Some(run), 1, t0()).await;
-    store.finish_and_claim(&[finish(&p, &got[0], Outcome::Failed(Failure::error("flaky")), t0())], None, t0()).await.unwrap();
+    store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &got[0],
+                Outcome::Failed(Failure::error("flaky")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     let tr = &store.task_runs(run).await.unwrap()[0];
-    assert_eq!((tr.state, tr.error.as_deref()), (TaskState::Ready, Some("flaky")));
-    assert_eq!(store.next_ready_at(Some(run)).await.unwrap(), Some(t0() + Duration::seconds(1)));
-    assert!(claim(store, Some(run), 1, t0() + Duration::milliseconds(999)).await.is_empty(), "not before the backoff");
+    assert_eq!(
+        (tr.state, tr.error.as_deref()),
+        (TaskState::Ready, Some("flaky"))
+    );
+    assert_eq!(
+        store.next_ready_at(Some(run)).await.unwrap(),
+        Some(t0() + Duration::seconds(1))
+    );
+    assert!(
+        claim(store, Some(run), 1, t0() + Duration::milliseconds(999))
+            .await
+            .is_empty(),
+        "not before the backoff"
+    );
     let second = claim(store, Some(run), 1, t0() + Duration::seconds(1)).await;
     assert_eq!((second[0].attempt, second[0].lease_epoch), (2, 2));
     assert_eq!(second[0].id, got[0].id, "same task run, new attempt");
 }
 
 pub async fn dead_task_cancels_downstream_and_fails_run(store: &dyn Store) {
-    let p = pipeline("dead", &[("a", &[], 0), ("b", &["a"], 0), ("c", &["b"], 0), ("side", &[], 0)]);
+    let p = pipeline(
+        "dead",
+        &[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["b"], 0),
+            ("side", &[], 0),
+        ],
+    );
     let (_, run) = start(store, &p, t0()).await;
     let got = claim(store, Some(run), 10, t0()).await;
     assert_eq!(names(&got), vec!["a", "side"]);
     let out = store
-        .finish_and_claim(&[finish(&p, &got[0], Outcome::Failed(Failure::fatal("bad input")), t0())], None, t0())
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &got[0],
+                Outcome::Failed(Failure::fatal("bad input")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
         .await
         .unwrap();
     assert!(out.settled_runs.is_empty(), "side is still running");
@@ -238,22 +477,51 @@ pub async fn dead_task_cancels_downstream_and_fails_run(store: &dyn Store) {
             ("side".into(), TaskState::Running)
         ]
     );
-    let out = store.finish_and_claim(&[finish(&p, &got[1], Outcome::Succeeded(json!(1)), t0())], None, t0()).await.unwrap();
+    let out = store
+        .finish_and_claim(
+            &[finish(&p, &got[1], Outcome::Succeeded(json!(1)), t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.settled_runs, vec![(run, RunState::Failed)]);
     let r = store.run(run).await.unwrap();
-    assert_eq!((r.state, r.tasks_dead, r.tasks_pending), (RunState::Failed, 1, 0));
+    assert_eq!(
+        (r.state, r.tasks_dead, r.tasks_pending),
+        (RunState::Failed, 1, 0)
+    );
 }
 
 pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
-    let p = store.save_pipeline(&pipeline("idem", &[("a", &[], 0)]), None, t0()).await.unwrap();
-    let new = |key: &str| NewRun { pipeline: &p, input: json!({}), priority: 0, idempotency_key: Some(key.into()), now: t0() };
+    let p = store
+        .save_pipeline(&pipeline("idem", &[("a", &[], 0)]), None, t0())
+        .await
+        .unwrap();
+    let new = |key: &str| NewRun {
+        pipeline: &p,
+        input: json!({}),
+        priority: 0,
+        idempotency_key: Some(key.into()),
+        now: t0(),
+    };
     let first = store.create_run(new("order-1")).await.unwrap();
     let second = store.create_run(new("order-1")).await.unwrap();
     let other = store.create_run(new("order-2")).await.unwrap();
     assert!(first.created && !second.created && other.created);
     assert_eq!(first.run.id, second.run.id);
     assert_ne!(first.run.id, other.run.id);
-    assert_eq!(store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() }).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
@@ -264,16 +532,53 @@ pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {
     let full = r1.to_string();
     assert_eq!(store.find_run(&full).await.unwrap().id, r1);
     assert_eq!(store.find_run(&full[..30]).await.unwrap().id, r1);
-    assert!(matches!(store.find_run("ffffffff").await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.find_run("'; drop table runs; --").await, Err(StoreError::NotFound(_))));
-    let all = store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2, r1], "newest first");
-    let only = store.list_runs(&RunFilter { pipeline: Some("find".into()), limit: 10, ..RunFilter::default() }).await.unwrap();
+    assert!(matches!(
+        store.find_run("ffffffff").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.find_run("'; drop table runs; --").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let all = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![r2, r1],
+        "newest first"
+    );
+    let only = store
+        .list_runs(&RunFilter {
+            pipeline: Some("find".into()),
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(only.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r1]);
-    let paged = store.list_runs(&RunFilter { limit: 1, offset: 1, ..RunFilter::default() }).await.unwrap();
+    let paged = store
+        .list_runs(&RunFilter {
+            limit: 1,
+            offset: 1,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(paged.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r1]);
     claim(store, Some(r2), 1, t0() + Duration::seconds(2)).await;
-    let running = store.list_runs(&RunFilter { state: Some(RunState::Running), limit: 10, ..RunFilter::default() }).await.unwrap();
+    let running = store
+        .list_runs(&RunFilter {
+            state: Some(RunState::Running),
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(running.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2]);
 }
 
@@ -282,10 +587,23 @@ pub async fn extends_only_held_leases(store: &dyn Store) {
     let (_, run) = start(store, &p, t0()).await;
     let got = claim(store, Some(run), 2, t0()).await;
     let later = t0() + Duration::seconds(5);
-    let lost = store.extend_leases(&[(got[0].id, got[0].lease_epoch), (got[1].id, got[1].lease_epoch + 1)], later).await.unwrap();
+    let lost = store
+        .extend_leases(
+            &[
+                (got[0].id, got[0].lease_epoch),
+                (got[1].id, got[1].lease_epoch + 1),
+            ],
+            later,
+        )
+        .await
+        .unwrap();
     assert_eq!(lost, vec![got[1].id]);
     let trs = store.task_runs(run).await.unwrap();
-    assert_eq!(trs[0].lease_expires_at, Some(later + Duration::seconds(20)), "lease is twice the heartbeat interval");
+    assert_eq!(
+        trs[0].lease_expires_at,
+        Some(later + Duration::seconds(20)),
+        "lease is twice the heartbeat interval"
+    );
     assert_eq!(trs[1].lease_expires_at, Some(t0() + Duration::seconds(20)));
 }
 
@@ -293,11 +611,41 @@ pub async fn records_attempts_with_logs(store: &dyn Store) {
     let p = pipeline("att", &[("a", &[], 0)]);
     let (_, run) = start(store, &p, t0()).await;
     let first = claim(store, Some(run), 1, t0()).await;
-    store.finish_and_claim(&[finish(&p, &first[0], Outcome::Failed(Failure::error("boom")), t0())], None, t0()).await.unwrap();
+    store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &first[0],
+                Outcome::Failed(Failure::error("boom")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     let second = claim(store, Some(run), 1, t0() + Duration::seconds(2)).await;
-    store.finish_and_claim(&[finish(&p, &second[0], Outcome::Succeeded(json!("ok")), t0())], None, t0()).await.unwrap();
+    store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &second[0],
+                Outcome::Succeeded(json!("ok")),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     let attempts = store.attempts(run, Some("a")).await.unwrap();
-    let summary: Vec<(u32, &str, Option<&str>)> = attempts.iter().map(|a| (a.attempt, a.outcome.as_str(), a.error.as_deref())).collect();
-    assert_eq!(summary, vec![(1, "error", Some("boom")), (2, "succeeded", None)]);
+    let summary: Vec<(u32, &str, Option<&str>)> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_str(), a.error.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(1, "error", Some("boom")), (2, "succeeded", None)]
+    );
     assert_eq!(attempts[1].log, "log of a");
 }

@@ -1,8 +1,8 @@
 //! Read commands: `orbit list`, `orbit runs`, `orbit status`, `orbit logs`.
 
+use crate::BadInput;
 use crate::cli::RunsArgs;
 use crate::output::{self, brief, opt_time, span, table, time};
-use crate::BadInput;
 use orbit_core::RunState;
 use orbit_store::{RunFilter, Store};
 use serde_json::json;
@@ -28,11 +28,25 @@ pub async fn list(store: &dyn Store, json: bool) -> anyhow::Result<u8> {
                     p.pipeline.tasks.len().to_string(),
                     p.pipeline.schedule.clone().unwrap_or_else(|| "-".into()),
                     time(p.created_at),
-                    p.pipeline.description.as_deref().map(|d| brief(d, 60)).unwrap_or_default(),
+                    p.pipeline
+                        .description
+                        .as_deref()
+                        .map(|d| brief(d, 60))
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
-        table(&["NAME", "VERSION", "TASKS", "SCHEDULE", "UPDATED", "DESCRIPTION"], &rows);
+        table(
+            &[
+                "NAME",
+                "VERSION",
+                "TASKS",
+                "SCHEDULE",
+                "UPDATED",
+                "DESCRIPTION",
+            ],
+            &rows,
+        );
     }
     Ok(0)
 }
@@ -41,10 +55,18 @@ pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Resu
     let state = args
         .status
         .as_deref()
-        .map(|s| s.parse::<RunState>().map_err(|e| BadInput(format!("--status: {e}"))))
+        .map(|s| {
+            s.parse::<RunState>()
+                .map_err(|e| BadInput(format!("--status: {e}")))
+        })
         .transpose()?;
     let runs = store
-        .list_runs(&RunFilter { state, pipeline: args.pipeline, limit: args.limit.clamp(1, 10_000), offset: 0 })
+        .list_runs(&RunFilter {
+            state,
+            pipeline: args.pipeline,
+            limit: args.limit.clamp(1, 10_000),
+            offset: 0,
+        })
         .await?;
     if json {
         return output::json(&runs).map(|()| 0);
@@ -66,7 +88,10 @@ pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Resu
             ]
         })
         .collect();
-    table(&["RUN", "STATE", "PIPELINE", "TASKS", "CREATED", "DURATION"], &rows);
+    table(
+        &["RUN", "STATE", "PIPELINE", "TASKS", "CREATED", "DURATION"],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -93,7 +118,14 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
                 t.task_name.clone(),
                 t.state.to_string(),
                 format!("{}/{}", t.attempt, t.max_attempts),
-                span(t.started_at, t.finished_at.or(if t.state.is_terminal() { t.started_at } else { None })),
+                span(
+                    t.started_at,
+                    t.finished_at.or(if t.state.is_terminal() {
+                        t.started_at
+                    } else {
+                        None
+                    }),
+                ),
                 t.error.as_deref().map(|e| brief(e, 80)).unwrap_or_default(),
             ]
         })
@@ -102,10 +134,19 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     Ok(0)
 }
 
-pub async fn logs(store: &dyn Store, id: &str, task: Option<&str>, json: bool) -> anyhow::Result<u8> {
+pub async fn logs(
+    store: &dyn Store,
+    id: &str,
+    task: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     if let Some(t) = task
-        && !store.task_runs(run.id).await?.iter().any(|tr| tr.task_name == t)
+        && !store
+            .task_runs(run.id)
+            .await?
+            .iter()
+            .any(|tr| tr.task_name == t)
     {
         return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
     }
@@ -118,8 +159,15 @@ pub async fn logs(store: &dyn Store, id: &str, task: Option<&str>, json: bool) -
     }
     for a in &attempts {
         let took = span(Some(a.started_at), Some(a.finished_at));
-        let error = a.error.as_deref().map(|e| format!(": {}", brief(e, 120))).unwrap_or_default();
-        println!("── {} · attempt {} · {}{} · {} · {} ──", a.task_name, a.attempt, a.outcome, error, took, a.worker);
+        let error = a
+            .error
+            .as_deref()
+            .map(|e| format!(": {}", brief(e, 120)))
+            .unwrap_or_default();
+        println!(
+            "── {} · attempt {} · {}{} · {} · {} ──",
+            a.task_name, a.attempt, a.outcome, error, took, a.worker
+        );
         print!("{}", a.log);
         if !a.log.is_empty() && !a.log.ends_with('\n') {
             println!();

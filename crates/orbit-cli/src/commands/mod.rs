@@ -5,11 +5,11 @@ mod inspect;
 mod run;
 mod validate;
 
-use crate::cli::{Cli, Command};
 use crate::BadInput;
+use crate::cli::{Cli, Command};
 use anyhow::Context as _;
-use orbit_core::file::parse_pipeline;
 use orbit_core::Pipeline;
+use orbit_core::file::parse_pipeline;
 use orbit_store::Store;
 use orbit_store_sqlite::{Durability, SqliteStore};
 use std::path::Path;
@@ -25,8 +25,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(&open_store(&url).await?, args, json).await,
         Command::List => inspect::list(open_store(&url).await?.as_ref(), json).await,
         Command::Runs(args) => inspect::runs(open_store(&url).await?.as_ref(), args, json).await,
-        Command::Status { run } => inspect::status(open_store(&url).await?.as_ref(), &run, json).await,
-        Command::Logs { run, task } => inspect::logs(open_store(&url).await?.as_ref(), &run, task.as_deref(), json).await,
+        Command::Status { run } => {
+            inspect::status(open_store(&url).await?.as_ref(), &run, json).await
+        }
+        Command::Logs { run, task } => {
+            inspect::logs(
+                open_store(&url).await?.as_ref(),
+                &run,
+                task.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::Graph { pipeline } => graph::graph(&url, &pipeline, json).await,
         Command::Bench(args) => crate::bench::bench(args, json).await,
     }
@@ -41,7 +51,9 @@ fn database_url(flag: Option<String>) -> String {
 /// SQLite durability: `ORBIT_SQLITE_SYNCHRONOUS=normal` opts out of `FULL`.
 pub fn durability() -> anyhow::Result<Durability> {
     match std::env::var("ORBIT_SQLITE_SYNCHRONOUS") {
-        Ok(v) => v.parse().map_err(|e: String| BadInput(format!("ORBIT_SQLITE_SYNCHRONOUS: {e}")).into()),
+        Ok(v) => v
+            .parse()
+            .map_err(|e: String| BadInput(format!("ORBIT_SQLITE_SYNCHRONOUS: {e}")).into()),
         Err(_) => Ok(Durability::Full),
     }
 }
@@ -55,13 +67,16 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<SqliteStore>> {
         )
         .into());
     }
-    let store = SqliteStore::open(url, durability()?).await.with_context(|| format!("opening {url}"))?;
+    let store = SqliteStore::open(url, durability()?)
+        .await
+        .with_context(|| format!("opening {url}"))?;
     Ok(Arc::new(store))
 }
 
 /// Reads and validates a pipeline file; every problem becomes one line of the error.
 pub fn load_file(path: &Path) -> anyhow::Result<(Pipeline, String)> {
-    let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
     let pipeline = parse_pipeline(&path.display().to_string(), &text)?;
     Ok((pipeline, text))
 }
@@ -72,7 +87,10 @@ pub fn is_file_argument(arg: &str) -> bool {
     p.is_file() || arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.contains('/')
 }
 
-pub async fn saved_pipeline(store: &dyn Store, name: &str) -> anyhow::Result<orbit_store::StoredPipeline> {
+pub async fn saved_pipeline(
+    store: &dyn Store,
+    name: &str,
+) -> anyhow::Result<orbit_store::StoredPipeline> {
     store.pipeline(name).await.map_err(|e| match e {
         orbit_store::StoreError::NotFound(_) => BadInput(format!(
             "no pipeline named `{name}` (see `orbit list`, or give the path of a pipeline file)"

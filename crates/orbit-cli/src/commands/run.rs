@@ -1,9 +1,9 @@
 //! `orbit run PIPELINE_OR_FILE [-i JSON | -i @file.json]`
 
 use super::{is_file_argument, load_file, saved_pipeline};
+use crate::BadInput;
 use crate::cli::RunArgs;
 use crate::progress::Progress;
-use crate::BadInput;
 use chrono::Utc;
 use orbit_core::RunState;
 use orbit_engine::{Engine, EngineConfig};
@@ -22,17 +22,29 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
     }
     let stored = if is_file_argument(&args.pipeline) {
         let (pipeline, source) = load_file(Path::new(&args.pipeline))?;
-        store.save_pipeline(&pipeline, Some(&source), Utc::now()).await?
+        store
+            .save_pipeline(&pipeline, Some(&source), Utc::now())
+            .await?
     } else {
         saved_pipeline(store.as_ref(), &args.pipeline).await?
     };
     let created = store
-        .create_run(NewRun { pipeline: &stored, input, priority: 0, idempotency_key: None, now: Utc::now() })
+        .create_run(NewRun {
+            pipeline: &stored,
+            input,
+            priority: 0,
+            idempotency_key: None,
+            now: Utc::now(),
+        })
         .await?;
     let run = created.run;
     let engine = Engine::new(
         store.clone(),
-        EngineConfig { owner: owner(), concurrency: args.concurrency, poll_interval: Duration::from_secs(1) },
+        EngineConfig {
+            owner: owner(),
+            concurrency: args.concurrency,
+            poll_interval: Duration::from_secs(1),
+        },
     )?;
     let progress = Progress::start(&run, &stored, json, engine.subscribe());
     let shutdown = CancellationToken::new();
@@ -48,11 +60,19 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
     let record = store.run(run.id).await?;
     let short = &run.id.to_string()[..8];
     if json {
-        crate::output::json(&serde_json::json!({"event": "run_finished", "run": run.id, "state": record.state}))?;
+        crate::output::json(
+            &serde_json::json!({"event": "run_finished", "run": run.id, "state": record.state}),
+        )?;
     } else {
-        let took = crate::output::span(record.started_at.or(Some(record.created_at)), record.finished_at);
+        let took = crate::output::span(
+            record.started_at.or(Some(record.created_at)),
+            record.finished_at,
+        );
         match state {
-            Some(RunState::Succeeded) => println!("run {} succeeded in {took} ({} tasks)", run.id, record.tasks_total),
+            Some(RunState::Succeeded) => println!(
+                "run {} succeeded in {took} ({} tasks)",
+                run.id, record.tasks_total
+            ),
             Some(s) => {
                 let dead: Vec<String> = store
                     .task_runs(run.id)
@@ -66,7 +86,10 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
                     println!("see `orbit logs {short} {first}`");
                 }
             }
-            None => println!("run {} interrupted; it stays `{}` and can be resumed", run.id, record.state),
+            None => println!(
+                "run {} interrupted; it stays `{}` and can be resumed",
+                run.id, record.state
+            ),
         }
     }
     Ok(match state {
@@ -76,15 +99,19 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
 }
 
 fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {
-    let Some(arg) = arg else { return Ok(Value::Object(Default::default())) };
+    let Some(arg) = arg else {
+        return Ok(Value::Object(Default::default()));
+    };
     let (text, origin) = match arg.strip_prefix('@') {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read input file {path}: {e}")))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("cannot read input file {path}: {e}")))?,
             path.to_owned(),
         ),
         None => (arg.to_owned(), "--input".to_owned()),
     };
-    serde_json::from_str(&text).map_err(|e| BadInput(format!("{origin} is not valid JSON: {e}")).into())
+    serde_json::from_str(&text)
+        .map_err(|e| BadInput(format!("{origin} is not valid JSON: {e}")).into())
 }
 
 /// `host:pid`, naming this process in leases and attempts.

@@ -4,7 +4,11 @@ use proptest::prelude::*;
 fn errors(yaml: &str) -> Vec<(u64, String)> {
     match parse_pipeline("p.yaml", yaml) {
         Ok(p) => panic!("expected errors, parsed {p:?}"),
-        Err(e) => e.diagnostics.into_iter().map(|d| (d.line, d.message)).collect(),
+        Err(e) => e
+            .diagnostics
+            .into_iter()
+            .map(|d| (d.line, d.message))
+            .collect(),
     }
 }
 
@@ -45,7 +49,11 @@ tasks:
     assert_eq!(p.tasks[1].needs, vec!["extract"]);
     assert_eq!(p.tasks[1].priority, 5);
     assert_eq!(p.tasks[2].retry.max_attempts, 1);
-    assert_eq!(p.tasks[2].retry.initial, Duration::from_millis(200), "task retry merges over defaults");
+    assert_eq!(
+        p.tasks[2].retry.initial,
+        Duration::from_millis(200),
+        "task retry merges over defaults"
+    );
     assert_eq!(p.tasks[2].timeout, Some(Duration::from_secs(5)));
     assert_eq!(p.tasks[2].params["method"], "post");
 }
@@ -55,19 +63,35 @@ fn a_cycle_names_its_tasks() {
     let e = errors(
         "name: c\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n    needs: [c]\n  - name: b\n    type: sleep\n    duration: 1s\n    needs: [a]\n  - name: c\n    type: sleep\n    duration: 1s\n    needs: [b]\n",
     );
-    assert_eq!(e, vec![(3, "tasks form a cycle: a -> b -> c -> a".to_string())]);
+    assert_eq!(
+        e,
+        vec![(3, "tasks form a cycle: a -> b -> c -> a".to_string())]
+    );
 }
 
 #[test]
 fn unknown_needs_points_at_the_line() {
-    let e = errors("name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n    needs: [nope]\n");
-    assert_eq!(e, vec![(6, "task `a` needs `nope`, which is not a task in this pipeline".to_string())]);
+    let e = errors(
+        "name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n    needs: [nope]\n",
+    );
+    assert_eq!(
+        e,
+        vec![(
+            6,
+            "task `a` needs `nope`, which is not a task in this pipeline".to_string()
+        )]
+    );
 }
 
 #[test]
 fn duplicate_names_are_reported_with_both_lines() {
-    let e = errors("name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n  - name: a\n    type: sleep\n    duration: 2s\n");
-    assert_eq!(e, vec![(6, "task `a` is defined twice (first on line 3)".to_string())]);
+    let e = errors(
+        "name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n  - name: a\n    type: sleep\n    duration: 2s\n",
+    );
+    assert_eq!(
+        e,
+        vec![(6, "task `a` is defined twice (first on line 3)".to_string())]
+    );
 }
 
 #[test]
@@ -81,14 +105,22 @@ fn unknown_type() {
 #[test]
 fn missing_required_parameter() {
     let e = errors("name: x\ntasks:\n  - name: a\n    type: shell\n    env: {A: 1}\n");
-    assert_eq!(e, vec![(3, "task `a` (shell): missing required parameter `command`".to_string())]);
+    assert_eq!(
+        e,
+        vec![(
+            3,
+            "task `a` (shell): missing required parameter `command`".to_string()
+        )]
+    );
     let e = errors("name: x\ntasks:\n  - name: a\n    type: http\n    method: GET\n");
     assert!(e[0].1.contains("missing required parameter `url`"), "{e:?}");
 }
 
 #[test]
 fn unknown_parameter_points_at_its_key() {
-    let e = errors("name: x\ntasks:\n  - name: a\n    type: shell\n    command: [ls]\n    comand: [ls]\n");
+    let e = errors(
+        "name: x\ntasks:\n  - name: a\n    type: shell\n    command: [ls]\n    comand: [ls]\n",
+    );
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].0, 6);
     assert!(e[0].1.contains("unknown parameter `comand`"), "{e:?}");
@@ -96,43 +128,93 @@ fn unknown_parameter_points_at_its_key() {
 
 #[test]
 fn unparsable_duration() {
-    let e = errors("name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n    timeout: soonish\n");
+    let e = errors(
+        "name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: 1s\n    timeout: soonish\n",
+    );
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].0, 6);
-    assert!(e[0].1.starts_with("`timeout`: `soonish` is not a duration"), "{e:?}");
+    assert!(
+        e[0].1.starts_with("`timeout`: `soonish` is not a duration"),
+        "{e:?}"
+    );
     let e = errors("name: x\ntasks:\n  - name: a\n    type: sleep\n    duration: forever\n");
     assert!(e[0].1.contains("`duration`"), "{e:?}");
 }
 
 #[test]
 fn syntax_errors_carry_a_line() {
-    let e = parse_pipeline("bad.yaml", "name: x\ntasks:\n  - name: a\n   type: [unclosed\n").unwrap_err();
+    let e = parse_pipeline(
+        "bad.yaml",
+        "name: x\ntasks:\n  - name: a\n   type: [unclosed\n",
+    )
+    .unwrap_err();
     assert!(e.diagnostics[0].line >= 3, "{e:?}");
     assert!(e.to_string().starts_with("bad.yaml:"), "{e}");
 }
 
 #[test]
 fn several_errors_come_together_in_line_order() {
-    let e = errors("name: x\ntasks:\n  - name: a\n    type: nope\n  - name: b\n    type: sleep\n    duration: 1s\n    needs: [zz]\n");
+    let e = errors(
+        "name: x\ntasks:\n  - name: a\n    type: nope\n  - name: b\n    type: sleep\n    duration: 1s\n    needs: [zz]\n",
+    );
     assert_eq!(e.iter().map(|d| d.0).collect::<Vec<_>>(), vec![4, 8]);
 }
 
 #[test]
 fn templated_values_are_checked_only_when_rendered() {
-    parse_pipeline("t.yaml", "name: t\ntasks:\n  - name: a\n    type: sleep\n    duration: \"{{ input.wait }}\"\n").unwrap();
+    parse_pipeline(
+        "t.yaml",
+        "name: t\ntasks:\n  - name: a\n    type: sleep\n    duration: \"{{ input.wait }}\"\n",
+    )
+    .unwrap();
 }
 
 #[test]
 fn name_defaults_to_file_stem() {
-    let p = parse_pipeline("dir/nightly-report.yaml", "tasks:\n  - name: a\n    type: sleep\n    duration: 1s\n").unwrap();
+    let p = parse_pipeline(
+        "dir/nightly-report.yaml",
+        "tasks:\n  - name: a\n    type: sleep\n    duration: 1s\n",
+    )
+    .unwrap();
     assert_eq!(p.name, "nightly-report");
 }
 
 const FRAGMENTS: &[&str] = &[
-    "name: ", "tasks:\n", "  - ", "name: a\n", "type: shell\n", "type: sleep\n", "needs: [a, b]\n",
-    "command: [ls]\n", "duration: 1s\n", "retry: {max_attempts: 0}\n", "    ", "{", "}", "[", "]",
-    "&x ", "*x", "!!binary ", "'", "\"", ": ", "- ", "\n", "#", "~", "1e999", "-1", "timeout: 1h\n",
-    "<<: *x\n", "? ", "|\n", "defaults:\n", "priority: 99999999999\n", "\t", "\u{feff}",
+    "name: ",
+    "tasks:\n",
+    "  - ",
+    "name: a\n",
+    "type: shell\n",
+    "type: sleep\n",
+    "needs: [a, b]\n",
+    "command: [ls]\n",
+    "duration: 1s\n",
+    "retry: {max_attempts: 0}\n",
+    "    ",
+    "{",
+    "}",
+    "[",
+    "]",
+    "&x ",
+    "*x",
+    "!!binary ",
+    "'",
+    "\"",
+    ": ",
+    "- ",
+    "\n",
+    "#",
+    "~",
+    "1e999",
+    "-1",
+    "timeout: 1h\n",
+    "<<: *x\n",
+    "? ",
+    "|\n",
+    "defaults:\n",
+    "priority: 99999999999\n",
+    "\t",
+    "\u{feff}",
 ];
 
 proptest! {

@@ -1,7 +1,7 @@
 //! `type: http`. The response body is the output (JSON when it parses, text otherwise).
 
 use super::Invocation;
-use orbit_core::params::{reqwest_like_method, HttpParams};
+use orbit_core::params::{HttpParams, reqwest_like_method};
 use orbit_core::transition::Failure;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -27,7 +27,11 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
     let started = Instant::now();
     let resp = req.send().await.map_err(|e| {
         let msg = format!("{method} {}: {}", p.url, describe(&e));
-        if e.is_builder() { Failure::fatal(msg) } else { Failure::error(msg) }
+        if e.is_builder() {
+            Failure::fatal(msg)
+        } else {
+            Failure::error(msg)
+        }
     })?;
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -36,15 +40,29 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let text = resp.text().await.map_err(|e| Failure::error(format!("reading the response body: {}", describe(&e))))?;
-    inv.log.line(&format!("{method} {} -> {status} in {} ms", p.url, started.elapsed().as_millis()));
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| Failure::error(format!("reading the response body: {}", describe(&e))))?;
+    inv.log.line(&format!(
+        "{method} {} -> {status} in {} ms",
+        p.url,
+        started.elapsed().as_millis()
+    ));
     let preview: String = text.chars().take(2000).collect();
     if !preview.is_empty() {
         inv.log.line(&preview);
     }
-    let expected = p.expect_status.as_ref().map_or((200..300).contains(&status), |s| s.contains(status));
+    let expected = p
+        .expect_status
+        .as_ref()
+        .map_or((200..300).contains(&status), |s| s.contains(status));
     if !expected {
-        let msg = format!("{method} {} returned {status}: {}", p.url, preview.chars().take(200).collect::<String>());
+        let msg = format!(
+            "{method} {} returned {status}: {}",
+            p.url,
+            preview.chars().take(200).collect::<String>()
+        );
         // A client error will not go away by asking again, except these two.
         let mut failure = if (400..500).contains(&status) && status != 408 && status != 429 {
             Failure::fatal(msg)

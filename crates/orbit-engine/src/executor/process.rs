@@ -31,7 +31,11 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
     let mut cmd = CommandWrap::with_new(&spec.program, |c| {
         c.args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(dir) = &spec.cwd {
@@ -79,8 +83,14 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
 }
 
 /// Copies lines into the log; returns the captured text (when asked) and the last non-empty line.
-async fn pump<R: AsyncRead + Unpin>(pipe: Option<R>, log: &crate::log::LogBuffer, capture: bool) -> (String, Option<String>) {
-    let Some(pipe) = pipe else { return (String::new(), None) };
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    log: &crate::log::LogBuffer,
+    capture: bool,
+) -> (String, Option<String>) {
+    let Some(pipe) = pipe else {
+        return (String::new(), None);
+    };
     let mut reader = BufReader::new(pipe);
     let mut captured = String::new();
     let mut last = None;

@@ -1,8 +1,8 @@
 //! `type: shell`. The task's JSON output is what it writes to the file `$ORBIT_OUTPUT`; without
 //! that, its trimmed stdout as a string. `$ORBIT_CONTEXT` names a file holding the task context.
 
-use super::process::{self, Spec};
 use super::Invocation;
+use super::process::{self, Spec};
 use orbit_core::params::{Command, ShellParams};
 use orbit_core::transition::Failure;
 use serde_json::Value;
@@ -14,7 +14,11 @@ pub async fn run(p: ShellParams, inv: &Invocation<'_>) -> Result<Value, Failure>
         (Command::Line(line), false) => {
             let mut words = shlex::split(&line)
                 .filter(|w| !w.is_empty())
-                .ok_or_else(|| Failure::fatal(format!("cannot split command `{line}` into words (unbalanced quotes?)")))?;
+                .ok_or_else(|| {
+                    Failure::fatal(format!(
+                        "cannot split command `{line}` into words (unbalanced quotes?)"
+                    ))
+                })?;
             let program = words.remove(0);
             (program, words)
         }
@@ -35,7 +39,17 @@ pub async fn run(p: ShellParams, inv: &Invocation<'_>) -> Result<Value, Failure>
     env.push(("ORBIT_OUTPUT".into(), output_path.display().to_string()));
     env.push(("ORBIT_CONTEXT".into(), context_path.display().to_string()));
     env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.to_text())));
-    let stdout = process::run(Spec { program, args, env, cwd: p.cwd, stdin: None }, inv).await?;
+    let stdout = process::run(
+        Spec {
+            program,
+            args,
+            env,
+            cwd: p.cwd,
+            stdin: None,
+        },
+        inv,
+    )
+    .await?;
     match std::fs::read_to_string(&output_path) {
         Ok(text) if !text.trim().is_empty() => serde_json::from_str(&text)
             .map_err(|e| Failure::fatal(format!("$ORBIT_OUTPUT does not hold JSON: {e}"))),
@@ -44,7 +58,8 @@ pub async fn run(p: ShellParams, inv: &Invocation<'_>) -> Result<Value, Failure>
 }
 
 fn write_file(path: &std::path::Path, value: &Value) -> Result<(), Failure> {
-    let mut f = std::fs::File::create(path).map_err(|e| Failure::error(format!("cannot write {}: {e}", path.display())))?;
+    let mut f = std::fs::File::create(path)
+        .map_err(|e| Failure::error(format!("cannot write {}: {e}", path.display())))?;
     serde_json::to_writer(&mut f, value)
         .map_err(|e| Failure::error(e.to_string()))
         .and_then(|()| f.flush().map_err(|e| Failure::error(e.to_string())))
