@@ -1,7 +1,10 @@
 //! The conformance suite: behaviour every [`Store`] backend must show. A backend's tests call
 //! [`conformance_tests!`](crate::conformance_tests) with a function that makes a fresh store.
 
-#![allow(clippy::unwrap_used, reason = "the conformance suite is test code: a failed step should fail the test loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "the conformance suite is test code: a failed step should fail the test loudly"
+)]
 
 use crate::{
     ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError,
