@@ -20,28 +20,6 @@ async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sql
         .map_err(unavailable)
 }
 
-async fn event(
-    conn: &mut SqliteConnection,
-    run: Option<Uuid>,
-    task: Option<&str>,
-    kind: &str,
-    data: Option<serde_json::Value>,
-    at: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (run_id, task_name, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(run.map(|r| r.to_string()))
-    .bind(task)
-    .bind(kind)
-    .bind(data.map(|d| d.to_string()))
-    .bind(at)
-    .execute(conn)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
-}
-
 pub async fn save_pipeline(
     pool: &SqlitePool,
     pipeline: &Pipeline,
@@ -81,12 +59,14 @@ pub async fn save_pipeline(
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    event(
+    flush_events(
         &mut tx,
-        None,
-        None,
-        "pipeline_saved",
-        Some(json!({"pipeline": pipeline.name, "version": version})),
+        &vec![(
+            None,
+            None,
+            "pipeline_saved",
+            Some(json!({"pipeline": pipeline.name, "version": version}).to_string()),
+        )],
         us(now),
     )
     .await?;
@@ -165,12 +145,14 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
             .await
             .map_err(unavailable)?;
     }
-    event(
+    flush_events(
         &mut tx,
-        Some(id),
-        None,
-        "run_created",
-        Some(json!({"pipeline": p.name, "version": new.pipeline.version})),
+        &vec![(
+            Some(id),
+            None,
+            "run_created",
+            Some(json!({"pipeline": p.name, "version": new.pipeline.version}).to_string()),
+        )],
         now,
     )
     .await?;

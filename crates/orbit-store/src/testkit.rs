@@ -140,6 +140,11 @@ fn finish(
     }
 }
 
+/// Records one finished attempt, claiming nothing.
+async fn record(store: &dyn Store, f: FinishedAttempt) -> crate::BatchOutcome {
+    store.finish_and_claim(&[f], None, t0()).await.unwrap()
+}
+
 async fn states(store: &dyn Store, run: Uuid) -> Vec<(String, TaskState)> {
     store
         .task_runs(run)
@@ -291,14 +296,7 @@ pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
     );
     let b = &out.claimed[0];
     let c = &out.claimed[1];
-    store
-        .finish_and_claim(
-            &[finish(&p, b, Outcome::Succeeded(json!(2)), t0())],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    record(store, finish(&p, b, Outcome::Succeeded(json!(2)), t0())).await;
     assert_eq!(
         states(store, run).await[3].1,
         TaskState::Waiting,
@@ -328,19 +326,11 @@ pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
         vec![("a".into(), json!({"v": 1})), ("b".into(), json!(2))],
         "only succeeded tasks have outputs"
     );
-    let out = store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &out.claimed[0],
-                Outcome::Succeeded(Value::Null),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    let out = record(
+        store,
+        finish(&p, &out.claimed[0], Outcome::Succeeded(Value::Null), t0()),
+    )
+    .await;
     assert_eq!(out.settled_runs, vec![(run, RunState::Succeeded)]);
     let r = store.run(run).await.unwrap();
     assert_eq!((r.state, r.tasks_pending), (RunState::Succeeded, 0));
@@ -353,19 +343,11 @@ pub async fn fences_writes_by_lease_epoch(store: &dyn Store) {
     let got = claim(store, Some(run), 1, t0()).await;
     let mut stale = got[0].clone();
     stale.lease_epoch += 7;
-    let out = store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &stale,
-                Outcome::Succeeded(json!("zombie")),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    let out = record(
+        store,
+        finish(&p, &stale, Outcome::Succeeded(json!("zombie")), t0()),
+    )
+    .await;
     assert_eq!(out.lease_lost, vec![stale.id]);
     let tr = &store.task_runs(run).await.unwrap()[0];
     assert_eq!(
@@ -374,28 +356,17 @@ pub async fn fences_writes_by_lease_epoch(store: &dyn Store) {
         "a refused write changes nothing"
     );
     assert!(store.attempts(run, None).await.unwrap().is_empty());
-    let out = store
-        .finish_and_claim(
-            &[finish(&p, &got[0], Outcome::Succeeded(json!("real")), t0())],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    let out = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!("real")), t0()),
+    )
+    .await;
     assert!(out.lease_lost.is_empty());
-    let again = store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &got[0],
-                Outcome::Succeeded(json!("twice")),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    let again = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!("twice")), t0()),
+    )
+    .await;
     assert_eq!(
         again.lease_lost.len(),
         1,
@@ -411,19 +382,11 @@ pub async fn retries_become_claimable_after_backoff(store: &dyn Store) {
     let p = pipeline("retry", &[("a", &[], 0)]);
     let (_, run) = start(store, &p, t0()).await;
     let got = claim(store, Some(run), 1, t0()).await;
-    store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &got[0],
-                Outcome::Failed(Failure::error("flaky")),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    record(
+        store,
+        finish(&p, &got[0], Outcome::Failed(Failure::error("flaky")), t0()),
+    )
+    .await;
     let tr = &store.task_runs(run).await.unwrap()[0];
     assert_eq!(
         (tr.state, tr.error.as_deref()),
@@ -457,19 +420,16 @@ pub async fn dead_task_cancels_downstream_and_fails_run(store: &dyn Store) {
     let (_, run) = start(store, &p, t0()).await;
     let got = claim(store, Some(run), 10, t0()).await;
     assert_eq!(names(&got), vec!["a", "side"]);
-    let out = store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &got[0],
-                Outcome::Failed(Failure::fatal("bad input")),
-                t0(),
-            )],
-            None,
+    let out = record(
+        store,
+        finish(
+            &p,
+            &got[0],
+            Outcome::Failed(Failure::fatal("bad input")),
             t0(),
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(out.settled_runs.is_empty(), "side is still running");
     assert_eq!(
         states(store, run).await,
@@ -480,14 +440,11 @@ pub async fn dead_task_cancels_downstream_and_fails_run(store: &dyn Store) {
             ("side".into(), TaskState::Running)
         ]
     );
-    let out = store
-        .finish_and_claim(
-            &[finish(&p, &got[1], Outcome::Succeeded(json!(1)), t0())],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    let out = record(
+        store,
+        finish(&p, &got[1], Outcome::Succeeded(json!(1)), t0()),
+    )
+    .await;
     assert_eq!(out.settled_runs, vec![(run, RunState::Failed)]);
     let r = store.run(run).await.unwrap();
     assert_eq!(
@@ -614,33 +571,17 @@ pub async fn records_attempts_with_logs(store: &dyn Store) {
     let p = pipeline("att", &[("a", &[], 0)]);
     let (_, run) = start(store, &p, t0()).await;
     let first = claim(store, Some(run), 1, t0()).await;
-    store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &first[0],
-                Outcome::Failed(Failure::error("boom")),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    record(
+        store,
+        finish(&p, &first[0], Outcome::Failed(Failure::error("boom")), t0()),
+    )
+    .await;
     let second = claim(store, Some(run), 1, t0() + Duration::seconds(2)).await;
-    store
-        .finish_and_claim(
-            &[finish(
-                &p,
-                &second[0],
-                Outcome::Succeeded(json!("ok")),
-                t0(),
-            )],
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    record(
+        store,
+        finish(&p, &second[0], Outcome::Succeeded(json!("ok")), t0()),
+    )
+    .await;
     let attempts = store.attempts(run, Some("a")).await.unwrap();
     let summary: Vec<(u32, &str, Option<&str>)> = attempts
         .iter()
