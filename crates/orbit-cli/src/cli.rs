@@ -18,6 +18,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// First resume every interrupted run, then do the command
+    #[arg(long, global = true)]
+    pub auto_recover: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +55,37 @@ pub enum Command {
     Graph {
         /// A pipeline file, or the name of a saved pipeline
         pipeline: String,
+    },
+    /// Stop a run: running attempts are killed, waiting tasks cancelled
+    Cancel {
+        /// Run id, or a unique prefix of it
+        run: String,
+    },
+    /// Re-queue the dead and cancelled tasks of a failed or cancelled run and run them here
+    Retry {
+        /// Run id, or a unique prefix of it
+        run: String,
+        /// Only re-queue; do not execute here
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List runs that nobody is executing any more
+    CheckInterrupted {
+        /// How long a run without a live worker must be idle to count as interrupted
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        idle: std::time::Duration,
+    },
+    /// Resume an interrupted run from its last successful steps, here
+    Resume {
+        /// Run id, or a unique prefix of it
+        run: String,
+    },
+    /// Detect interrupted runs and, with --auto-resume, resume them all
+    Recover {
+        #[arg(long)]
+        auto_resume: bool,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        idle: std::time::Duration,
     },
     /// Measure throughput and latency on this machine
     Bench(BenchArgs),
@@ -110,4 +145,8 @@ pub enum Scenario {
         #[arg(long, default_value_t = 200)]
         width: usize,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    orbit_core::duration::parse(s)
 }

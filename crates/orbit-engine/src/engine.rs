@@ -9,7 +9,8 @@ use orbit_core::params::Params;
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError, StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, LeaseFilter, LeasedTask, Store,
+    StoreError, StoredPipeline,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -150,6 +151,7 @@ impl Engine {
         if record.state.is_terminal() {
             return Ok(Some(record.state));
         }
+        self.reap_orphans(Some(run)).await?;
         self.drive(Some(run), shutdown).await
     }
 
@@ -255,6 +257,19 @@ impl Engine {
                     }
                     if poll_at <= now {
                         claim_due = true;
+                        if let Err(e) = self.reap(&mut pipelines).await {
+                            tracing::warn!(error = %e, "reaping expired leases failed");
+                        }
+                        if let Some(run) = scope {
+                            let state = self.store.run(run).await?.state;
+                            // Settled elsewhere (cancelled by a user): stop what still runs.
+                            if state.is_terminal() {
+                                for f in inflight.values() {
+                                    f.abort.abort();
+                                }
+                                return Ok(Some(state));
+                            }
+                        }
                     }
                     self.heartbeat(&mut inflight, now).await;
                 }
@@ -306,6 +321,92 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// The reaper: every attempt whose lease expired is recorded as lost (`worker lost`) and
+    /// its task retried or dead-lettered. Fenced like any finish: a holder that finished in the
+    /// meantime wins, and several reapers may run at once.
+    async fn reap(&self, pipelines: &mut HashMap<Uuid, Arc<Loaded>>) -> Result<usize, EngineError> {
+        let filter = LeaseFilter {
+            run: None,
+            expired_before: Some(Utc::now()),
+            limit: 500,
+        };
+        let expired = self.store.leased(&filter).await?;
+        self.lose(expired, pipelines, "its lease expired").await
+    }
+
+    /// Takes back the running tasks (of `run`, or all) whose lease holder was a process on this
+    /// host that no longer exists, without waiting for their leases to expire.
+    pub async fn reap_orphans(&self, run: Option<Uuid>) -> Result<usize, EngineError> {
+        let leased = self
+            .store
+            .leased(&LeaseFilter {
+                run,
+                expired_before: None,
+                limit: 10_000,
+            })
+            .await?;
+        let me = self
+            .config
+            .owner
+            .rsplit_once(':')
+            .map_or("", |(host, _)| host);
+        let orphans = leased
+            .into_iter()
+            .filter(|l| holder_is_gone(&l.owner, me))
+            .collect();
+        self.lose(orphans, &mut HashMap::new(), "its process is gone")
+            .await
+    }
+
+    async fn lose(
+        &self,
+        leased: Vec<LeasedTask>,
+        pipelines: &mut HashMap<Uuid, Arc<Loaded>>,
+        why: &str,
+    ) -> Result<usize, EngineError> {
+        if leased.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let mut finished = Vec::with_capacity(leased.len());
+        for l in leased {
+            let loaded = self.loaded(pipelines, l.task.pipeline_id).await?;
+            let failure = Failure::new(
+                FailureKind::WorkerLost,
+                format!("worker lost: {} held the lease and {why}", l.owner),
+            );
+            let transition = match loaded.dag.index_of(&l.task.task_name) {
+                Some(i) => {
+                    let policy = &loaded.stored.pipeline.tasks[i].retry;
+                    on_attempt_finished(
+                        &loaded.dag,
+                        i,
+                        policy,
+                        l.task.tries,
+                        Outcome::Failed(failure),
+                        now,
+                        fastrand::f64(),
+                    )
+                }
+                None => Transition::Dead {
+                    failure,
+                    cancel: Vec::new(),
+                },
+            };
+            finished.push(FinishedAttempt {
+                started_at: l.task.claimed_at,
+                task: l.task,
+                worker: l.owner,
+                finished_at: now,
+                log: format!("[orbit] attempt abandoned: {why}\n"),
+                transition,
+            });
+        }
+        let outcome = self.store.finish_and_claim(&finished, None, now).await?;
+        self.report(&finished, &outcome);
+        Ok(finished.len() - outcome.lease_lost.len())
     }
 
     fn report(&self, finished: &[FinishedAttempt], outcome: &BatchOutcome) {
@@ -517,4 +618,14 @@ async fn attempt(
 
 fn instant_of(at: DateTime<Utc>) -> Instant {
     Instant::now() + (at - Utc::now()).to_std().unwrap_or_default()
+}
+
+/// Whether a lease holder named `host:pid` was a process on `this_host` that has exited.
+pub(crate) fn holder_is_gone(owner: &str, this_host: &str) -> bool {
+    match owner.rsplit_once(':') {
+        Some((host, pid)) if host == this_host && pid.parse::<u32>().is_ok() => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
 }

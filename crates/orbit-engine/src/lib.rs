@@ -13,6 +13,7 @@
 mod engine;
 pub mod executor;
 mod log;
+pub mod recovery;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent};
 pub use log::LogBuffer;

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, NewRun, Result,
-    RunFilter, RunRecord, Store, StoreError, StoredPipeline, TaskRunRecord,
+    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, LeaseFilter,
+    LeasedTask, NewRun, Requeued, Result, RunFilter, RunRecord, Store, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -337,6 +338,39 @@ impl Store for SqliteStore {
                 Ok((name, value))
             })
             .collect()
+    }
+
+    async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, run_id, pipeline_id, task_name, attempt, attempt_base, lease_epoch, lease_expires_at, \
+             COALESCE(claimed_at, started_at, updated_at) AS claimed_at, lease_owner FROM task_runs WHERE state = 'running'",
+        );
+        if let Some(run) = filter.run {
+            q.push(" AND run_id = ").push_bind(run.to_string());
+        }
+        if let Some(before) = filter.expired_before {
+            q.push(" AND lease_expires_at < ").push_bind(us(before));
+        }
+        q.push(" ORDER BY lease_expires_at LIMIT ")
+            .push_bind(i64::from(filter.limit.max(1)));
+        q.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::leased_from_row)
+            .collect()
+    }
+
+    async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord> {
+        write::cancel_run(&self.writer, run, now).await?;
+        self.run_on(&self.writer, run).await
+    }
+
+    async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued> {
+        Ok(Requeued {
+            tasks: write::requeue(&self.writer, run, tasks, now).await?,
+        })
     }
 
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {

@@ -2,7 +2,10 @@
 
 use crate::unavailable;
 use chrono::{DateTime, Utc};
-use orbit_store::{AttemptRecord, Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord};
+use orbit_store::{
+    AttemptRecord, ClaimedTask, LeasedTask, Result, RunRecord, StoreError, StoredPipeline,
+    TaskRunRecord,
+};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -117,5 +120,24 @@ pub fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
         outcome: get(row, "outcome")?,
         error: get(row, "error")?,
         log: get(row, "log")?,
+    })
+}
+
+pub fn leased_from_row(row: &SqliteRow) -> Result<LeasedTask> {
+    let attempt = count(row, "attempt")?;
+    let base = count(row, "attempt_base")?;
+    Ok(LeasedTask {
+        task: ClaimedTask {
+            id: uuid(row, "id")?,
+            run_id: uuid(row, "run_id")?,
+            pipeline_id: uuid(row, "pipeline_id")?,
+            task_name: get(row, "task_name")?,
+            attempt,
+            tries: attempt.saturating_sub(base),
+            lease_epoch: get(row, "lease_epoch")?,
+            lease_expires_at: opt_time(row, "lease_expires_at")?.unwrap_or_default(),
+            claimed_at: time(row, "claimed_at")?,
+        },
+        owner: get::<Option<String>>(row, "lease_owner")?.unwrap_or_default(),
     })
 }

@@ -428,10 +428,10 @@ async fn claim_ready(
     events: &mut Events,
 ) -> Result<Vec<ClaimedTask>> {
     const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
-         lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), updated_at = ?2 \
+         lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), claimed_at = ?2, updated_at = ?2 \
          WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2";
     const RETURNING: &str = " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
-         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at";
+         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base";
     let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
     let rows = match c.run {
         Some(run) => {
@@ -466,14 +466,16 @@ async fn claim_ready(
         let expires: i64 = row.try_get(6).map_err(unavailable)?;
         let priority: i64 = row.try_get(7).map_err(unavailable)?;
         let ready_at: i64 = row.try_get(8).map_err(unavailable)?;
+        let attempt: i64 = row.try_get(4).map_err(unavailable)?;
+        let base: i64 = row.try_get(9).map_err(unavailable)?;
         order.push((-priority, ready_at));
         claimed.push(ClaimedTask {
             id: parse(0)?,
             run_id: parse(1)?,
             pipeline_id: parse(2)?,
             task_name: row.try_get(3).map_err(unavailable)?,
-            attempt: u32::try_from(row.try_get::<i64, _>(4).map_err(unavailable)?)
-                .unwrap_or(u32::MAX),
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            tries: u32::try_from(attempt - base).unwrap_or(1),
             lease_epoch: row.try_get(5).map_err(unavailable)?,
             lease_expires_at: DateTime::from_timestamp_micros(expires).unwrap_or_default(),
             claimed_at,
@@ -539,4 +541,114 @@ pub async fn extend_leases(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(lost)
+}
+
+pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let now = us(now);
+    let mut tx = begin(pool).await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
+        .bind(run.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let state: RunState = state
+        .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {run} is already {state}"
+        )));
+    }
+    sqlx::query(
+        "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = ?1, updated_at = ?1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN ('waiting', 'ready', 'running')",
+    )
+    .bind(now)
+    .bind(run.to_string())
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("UPDATE runs SET state = 'cancelled', tasks_pending = 0, finished_at = ?1, updated_at = ?1 WHERE id = ?2")
+        .bind(now)
+        .bind(run.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    flush_events(
+        &mut tx,
+        &vec![(Some(run), None, "run_cancelled", None)],
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn requeue(
+    pool: &SqlitePool,
+    run: Uuid,
+    tasks: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let now = us(now);
+    let run_s = run.to_string();
+    let mut tx = begin(pool).await?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
+        .bind(&run_s)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound(format!("run {run}")));
+    }
+    let mut requeued = Vec::new();
+    let mut events: Events = Vec::new();
+    for name in tasks {
+        let changed = sqlx::query(
+            "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
+             ready_at = CASE WHEN pending_needs <= 0 THEN ?1 ELSE NULL END, attempt_base = attempt, \
+             error = NULL, output = NULL, finished_at = NULL, updated_at = ?1 \
+             WHERE run_id = ?2 AND task_name = ?3 AND state IN ('dead', 'cancelled')",
+        )
+        .bind(now)
+        .bind(&run_s)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if changed.rows_affected() > 0 {
+            requeued.push(name.clone());
+            events.push((Some(run), Some(name.clone()), "task_requeued", None));
+        }
+    }
+    if !requeued.is_empty() {
+        let still_dead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM task_runs WHERE run_id = ?1 AND state = 'dead'",
+        )
+        .bind(&run_s)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE runs SET state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END, \
+             tasks_pending = tasks_pending + ?1, tasks_dead = ?2, finished_at = NULL, updated_at = ?3 WHERE id = ?4",
+        )
+        .bind(requeued.len() as i64)
+        .bind(still_dead)
+        .bind(now)
+        .bind(&run_s)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        events.push((
+            Some(run),
+            None,
+            "run_requeued",
+            Some(json!({ "tasks": requeued }).to_string()),
+        ));
+        flush_events(&mut tx, &events, now).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(requeued)
 }

@@ -113,6 +113,18 @@ pub trait Store: Send + Sync + 'static {
     /// Outputs of succeeded task runs of `run` among `tasks`.
     async fn outputs(&self, run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
 
+    /// Running task runs and their lease holders.
+    async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
+
+    /// Cancels a run that has not settled: its run and every unsettled task run become
+    /// `cancelled` (a running attempt learns it at its next heartbeat and is stopped).
+    async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
+
+    /// Puts the named dead or cancelled task runs of `run` back in the queue with a fresh set of
+    /// tries (`ready` when nothing upstream is missing, else `waiting`) and re-opens the run.
+    /// Succeeded task runs are never touched.
+    async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued>;
+
     /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
     /// retry becomes claimable.
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;

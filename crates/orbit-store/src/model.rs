@@ -116,8 +116,11 @@ pub struct ClaimedTask {
     pub run_id: Uuid,
     pub pipeline_id: Uuid,
     pub task_name: String,
-    /// This attempt's number, 1-based.
+    /// This attempt's number, 1-based, counted over the task run's whole life.
     pub attempt: u32,
+    /// This attempt's number since the task run was last re-queued by a retry: what the retry
+    /// policy counts.
+    pub tries: u32,
     pub lease_epoch: i64,
     pub lease_expires_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
@@ -149,4 +152,28 @@ pub struct RunFilter {
     pub pipeline: Option<String>,
     pub limit: u32,
     pub offset: u32,
+}
+
+/// A running task run and who holds it.
+#[derive(Clone, Debug)]
+pub struct LeasedTask {
+    pub task: ClaimedTask,
+    pub owner: String,
+}
+
+/// Which running task runs [`crate::Store::leased`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseFilter {
+    /// Only this run's.
+    pub run: Option<Uuid>,
+    /// Only leases that expired before this instant.
+    pub expired_before: Option<DateTime<Utc>>,
+    pub limit: u32,
+}
+
+/// What re-queuing did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Requeued {
+    /// Task runs put back to `ready` or `waiting`.
+    pub tasks: Vec<String>,
 }

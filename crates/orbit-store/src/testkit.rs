@@ -136,7 +136,7 @@ fn finish(
         started_at: at,
         finished_at: at,
         log: format!("log of {}", task.task_name),
-        transition: on_attempt_finished(&dag, idx, policy, task.attempt, outcome, at, 0.0),
+        transition: on_attempt_finished(&dag, idx, policy, task.tries, outcome, at, 0.0),
     }
 }
 

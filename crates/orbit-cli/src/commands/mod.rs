@@ -1,7 +1,9 @@
 //! One module per command; each parses, calls the store or engine, and renders.
 
+mod control;
 mod graph;
 mod inspect;
+mod recover;
 mod run;
 mod validate;
 
@@ -20,6 +22,18 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://.orbit/orbit.db";
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let url = database_url(cli.database_url);
     let json = cli.json;
+    if cli.auto_recover && !matches!(cli.command, Command::Validate { .. } | Command::Bench(_)) {
+        let code = recover::recover(
+            &open_store(&url).await?,
+            true,
+            std::time::Duration::from_secs(30),
+            json,
+        )
+        .await?;
+        if code != 0 {
+            eprintln!("warning: some interrupted runs could not be recovered; going on");
+        }
+    }
     match cli.command {
         Command::Validate { file } => validate::validate(&file, json),
         Command::Run(args) => run::run(&open_store(&url).await?, args, json).await,
@@ -38,6 +52,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             .await
         }
         Command::Graph { pipeline } => graph::graph(&url, &pipeline, json).await,
+        Command::Cancel { run } => {
+            control::cancel(open_store(&url).await?.as_ref(), &run, json).await
+        }
+        Command::Retry { run, no_wait } => {
+            control::retry(&open_store(&url).await?, &run, no_wait, json).await
+        }
+        Command::CheckInterrupted { idle } => {
+            recover::check_interrupted(open_store(&url).await?.as_ref(), idle, json).await
+        }
+        Command::Resume { run } => recover::resume(&open_store(&url).await?, &run, json).await,
+        Command::Recover { auto_resume, idle } => {
+            recover::recover(&open_store(&url).await?, auto_resume, idle, json).await
+        }
         Command::Bench(args) => crate::bench::bench(args, json).await,
     }
 }

@@ -38,24 +38,7 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
         })
         .await?;
     let run = created.run;
-    let engine = Engine::new(
-        store.clone(),
-        EngineConfig {
-            owner: owner(),
-            concurrency: args.concurrency,
-            poll_interval: Duration::from_secs(1),
-        },
-    )?;
-    let progress = Progress::start(&run, &stored, json, engine.subscribe());
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
-    let result = engine.drive_run(run.id, shutdown).await;
-    progress.finish().await;
+    let result = drive(store, &run, &stored, args.concurrency, json).await;
     let state = result?;
     let record = store.run(run.id).await?;
     let short = &run.id.to_string()[..8];
@@ -96,6 +79,44 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
         Some(RunState::Succeeded) => 0,
         _ => 1,
     })
+}
+
+/// Executes `run` here with live progress until it settles or Ctrl-C.
+pub async fn drive(
+    store: &Arc<SqliteStore>,
+    run: &orbit_store::RunRecord,
+    pipeline: &orbit_store::StoredPipeline,
+    concurrency: usize,
+    json: bool,
+) -> anyhow::Result<Option<RunState>> {
+    let engine = engine(store, concurrency)?;
+    let progress = Progress::start(run, pipeline, json, engine.subscribe());
+    let result = engine.drive_run(run.id, ctrl_c()).await;
+    progress.finish().await;
+    Ok(result?)
+}
+
+pub fn engine(store: &Arc<SqliteStore>, concurrency: usize) -> anyhow::Result<Engine> {
+    Ok(Engine::new(
+        store.clone(),
+        EngineConfig {
+            owner: owner(),
+            concurrency,
+            poll_interval: Duration::from_secs(1),
+        },
+    )?)
+}
+
+/// Cancelled on Ctrl-C: running attempts finish, nothing new starts, the run stays resumable.
+pub fn ctrl_c() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    shutdown
 }
 
 fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {

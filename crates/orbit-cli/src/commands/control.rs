@@ -1,0 +1,83 @@
+//! Steering runs: `orbit cancel RUN`, `orbit retry RUN`.
+
+use crate::BadInput;
+use chrono::Utc;
+use orbit_core::{RunState, TaskState};
+use orbit_store::Store;
+use orbit_store_sqlite::SqliteStore;
+use serde_json::json;
+use std::sync::Arc;
+
+pub async fn cancel(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    let stopped = store
+        .task_runs(run.id)
+        .await?
+        .iter()
+        .filter(|t| !t.state.is_terminal())
+        .count();
+    let run = store.cancel_run(run.id, Utc::now()).await?;
+    if json {
+        crate::output::json(
+            &json!({"run": run.id, "state": run.state, "tasks_cancelled": stopped}),
+        )?;
+    } else {
+        println!(
+            "cancelled run {} ({stopped} task(s) stopped or never started)",
+            run.id
+        );
+    }
+    Ok(0)
+}
+
+pub async fn retry(
+    store: &Arc<SqliteStore>,
+    id: &str,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    if !matches!(run.state, RunState::Failed | RunState::Cancelled) {
+        return Err(BadInput(format!(
+            "run {} is {}; only failed or cancelled runs can be retried",
+            run.id, run.state
+        ))
+        .into());
+    }
+    let again: Vec<String> = store
+        .task_runs(run.id)
+        .await?
+        .into_iter()
+        .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
+        .map(|t| t.task_name)
+        .collect();
+    let requeued = store.requeue(run.id, &again, Utc::now()).await?;
+    if !json {
+        println!(
+            "re-queued {} task(s) of run {}: {}",
+            requeued.tasks.len(),
+            run.id,
+            requeued.tasks.join(", ")
+        );
+    }
+    if no_wait {
+        if json {
+            crate::output::json(&json!({"run": run.id, "requeued": requeued.tasks}))?;
+        }
+        return Ok(0);
+    }
+    let run = store.run(run.id).await?;
+    let pipeline = store.pipeline_version(run.pipeline_id).await?;
+    let state = super::run::drive(store, &run, &pipeline, 10, json).await?;
+    if !json {
+        match state {
+            Some(s) => println!("run {} {s}", run.id),
+            None => println!("run {} interrupted; it can be resumed", run.id),
+        }
+    }
+    Ok(if state == Some(RunState::Succeeded) {
+        0
+    } else {
+        1
+    })
+}

@@ -1,0 +1,211 @@
+//! Recovering interrupted runs, by hand or by a program: the seed's `detectInterruptedRuns`,
+//! `analyzeStepCompletion`, `reconstructStepContext` and `resumeRun`, in Rust.
+//!
+//! A run is *interrupted* when it is `pending` or `running`, no live process holds a lease on
+//! any of its tasks, and nothing has happened to it for a while. Resuming it takes back the
+//! tasks its dead process held (they count as a lost attempt and are retried), then executes
+//! what is left. Succeeded tasks are never executed again; their stored outputs are the
+//! context of the tasks that need them.
+
+use crate::{Engine, EngineError};
+use chrono::{DateTime, Duration, Utc};
+use orbit_core::{RunState, TaskState};
+use orbit_store::{LeaseFilter, RunFilter, RunRecord, Store, StoreError, TaskRunRecord};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Which steps of a run are where.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepAnalysis {
+    pub completed: Vec<String>,
+    /// Dead: attempts spent or a non-retryable error.
+    pub failed: Vec<String>,
+    pub running: Vec<String>,
+    /// Ready or waiting, in pipeline order.
+    pub pending: Vec<String>,
+    /// Skipped or cancelled.
+    pub not_run: Vec<String>,
+}
+
+impl StepAnalysis {
+    pub fn of(tasks: &[TaskRunRecord]) -> StepAnalysis {
+        let mut a = StepAnalysis::default();
+        for t in tasks {
+            let bucket = match t.state {
+                TaskState::Succeeded => &mut a.completed,
+                TaskState::Dead => &mut a.failed,
+                TaskState::Running => &mut a.running,
+                TaskState::Ready | TaskState::Waiting => &mut a.pending,
+                TaskState::Skipped | TaskState::Cancelled => &mut a.not_run,
+            };
+            bucket.push(t.task_name.clone());
+        }
+        a
+    }
+
+    /// The step that would run next: a running one, else the first pending one.
+    pub fn next_step(&self) -> Option<&str> {
+        self.running
+            .first()
+            .or(self.pending.first())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InterruptedRun {
+    pub run: RunRecord,
+    pub last_activity: DateTime<Utc>,
+    pub steps: StepAnalysis,
+}
+
+/// The result of resuming one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Resumed {
+    pub run: Uuid,
+    pub state: Option<RunState>,
+    /// Tasks that succeeded during the resume.
+    pub steps_executed: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("Run has {0} failed step(s), cannot auto-resume (use `orbit retry` to re-queue them)")]
+    FailedSteps(usize),
+    #[error("run {0} is already {1}; nothing to resume")]
+    Settled(Uuid, RunState),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<StoreError> for RecoveryError {
+    fn from(e: StoreError) -> Self {
+        RecoveryError::Engine(EngineError::Store(e))
+    }
+}
+
+/// Which steps of `run` completed, failed or remain.
+pub async fn analyze_step_completion(
+    store: &dyn Store,
+    run: Uuid,
+) -> Result<StepAnalysis, StoreError> {
+    Ok(StepAnalysis::of(&store.task_runs(run).await?))
+}
+
+/// Runs that nobody is executing: `pending` or `running`, no lease held by a live process, and
+/// idle for at least `idle`. `this_host` is this machine's name: a lease held by a process of
+/// this host that has exited does not count as live.
+pub async fn detect_interrupted_runs(
+    store: &dyn Store,
+    this_host: &str,
+    idle: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<InterruptedRun>, StoreError> {
+    let idle = Duration::from_std(idle).unwrap_or(Duration::MAX);
+    let mut found = Vec::new();
+    for state in [RunState::Running, RunState::Pending] {
+        let runs = store
+            .list_runs(&RunFilter {
+                state: Some(state),
+                limit: 10_000,
+                ..RunFilter::default()
+            })
+            .await?;
+        for run in runs {
+            let leases = store
+                .leased(&LeaseFilter {
+                    run: Some(run.id),
+                    expired_before: None,
+                    limit: 10_000,
+                })
+                .await?;
+            let held = leases.iter().any(|l| {
+                l.task.lease_expires_at > now && !crate::engine::holder_is_gone(&l.owner, this_host)
+            });
+            let orphaned = !leases.is_empty() && !held;
+            if held || (!orphaned && now - run.updated_at < idle) {
+                continue;
+            }
+            let tasks = store.task_runs(run.id).await?;
+            let last_activity = tasks
+                .iter()
+                .filter_map(|t| t.finished_at.or(t.started_at))
+                .max()
+                .unwrap_or(run.updated_at);
+            found.push(InterruptedRun {
+                last_activity,
+                steps: StepAnalysis::of(&tasks),
+                run,
+            });
+        }
+    }
+    found.sort_by_key(|r| r.run.created_at);
+    Ok(found)
+}
+
+/// The context `task` of `run` gets: the run input and the stored outputs of the tasks it needs,
+/// exactly as the engine builds it.
+pub async fn reconstruct_context(
+    store: &dyn Store,
+    run: Uuid,
+    task: &str,
+) -> Result<Value, StoreError> {
+    let record = store.run(run).await?;
+    let pipeline = store.pipeline_version(record.pipeline_id).await?;
+    let def = pipeline
+        .pipeline
+        .task(task)
+        .ok_or_else(|| StoreError::NotFound(format!("task `{task}` in run {run}")))?;
+    let task_run = store
+        .task_runs(run)
+        .await?
+        .into_iter()
+        .find(|t| t.task_name == task)
+        .ok_or_else(|| StoreError::NotFound(format!("task `{task}` in run {run}")))?;
+    let outputs: Map<String, Value> = store
+        .outputs(run, &def.needs)
+        .await?
+        .into_iter()
+        .map(|(name, output)| (name, json!({ "output": output })))
+        .collect();
+    Ok(json!({
+        "input": record.input,
+        "tasks": outputs,
+        "run": {"id": run.to_string(), "pipeline": pipeline.name},
+        "task": {"name": task, "attempt": task_run.attempt + 1},
+        "effect_key": task_run.id.to_string(),
+    }))
+}
+
+/// Whether `run` can be resumed: not settled, no failed steps. Returns where its steps are.
+pub async fn check_resumable(store: &dyn Store, run: Uuid) -> Result<StepAnalysis, RecoveryError> {
+    let record = store.run(run).await?;
+    if record.state.is_terminal() {
+        return Err(RecoveryError::Settled(run, record.state));
+    }
+    let steps = StepAnalysis::of(&store.task_runs(run).await?);
+    if !steps.failed.is_empty() {
+        return Err(RecoveryError::FailedSteps(steps.failed.len()));
+    }
+    Ok(steps)
+}
+
+/// Resumes an interrupted run in this process and drives it until it settles (or `shutdown`).
+/// Refuses a run with failed steps, as the seed does.
+pub async fn resume_run(
+    engine: &Engine,
+    run: Uuid,
+    shutdown: CancellationToken,
+) -> Result<Resumed, RecoveryError> {
+    let store = engine.store();
+    let before = check_resumable(store.as_ref(), run).await?;
+    let state = engine.drive_run(run, shutdown).await?;
+    let after = StepAnalysis::of(&store.task_runs(run).await?);
+    Ok(Resumed {
+        run,
+        state,
+        steps_executed: after.completed.len().saturating_sub(before.completed.len()),
+    })
+}
