@@ -36,6 +36,9 @@ macro_rules! conformance_tests {
             finds_runs_by_prefix_and_filters,
             extends_only_held_leases,
             records_attempts_with_logs,
+            lists_expired_leases,
+            cancel_stops_every_unsettled_task,
+            requeue_gives_fresh_tries_and_reopens_the_run,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -592,4 +595,132 @@ pub async fn records_attempts_with_logs(store: &dyn Store) {
         vec![(1, "error", Some("boom")), (2, "succeeded", None)]
     );
     assert_eq!(attempts[1].log, "log of a");
+}
+
+pub async fn lists_expired_leases(store: &dyn Store) {
+    let p = pipeline("leases", &[("a", &[], 0), ("b", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 2, t0()).await;
+    let all = store
+        .leased(&crate::LeaseFilter {
+            run: Some(run),
+            expired_before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|l| l.owner == "test-worker" && l.task.claimed_at == t0())
+    );
+    store
+        .extend_leases(
+            &[(got[0].id, got[0].lease_epoch)],
+            t0() + Duration::seconds(15),
+        )
+        .await
+        .unwrap();
+    let expired = store
+        .leased(&crate::LeaseFilter {
+            run: None,
+            expired_before: Some(t0() + Duration::seconds(21)),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|l| l.task.id).collect::<Vec<_>>(),
+        vec![got[1].id],
+        "only b's lease expired"
+    );
+    assert_eq!(expired[0].task.lease_epoch, got[1].lease_epoch);
+}
+
+pub async fn cancel_stops_every_unsettled_task(store: &dyn Store) {
+    let p = pipeline("cancel", &[("a", &[], 0), ("b", &["a"], 0), ("c", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    let cancelled = store.cancel_run(run, t0()).await.unwrap();
+    assert_eq!(
+        (cancelled.state, cancelled.tasks_pending),
+        (RunState::Cancelled, 0)
+    );
+    assert!(
+        states(store, run)
+            .await
+            .iter()
+            .all(|(_, s)| *s == TaskState::Cancelled)
+    );
+    let late = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!(1)), t0()),
+    )
+    .await;
+    assert_eq!(
+        late.lease_lost,
+        vec![got[0].id],
+        "a cancelled attempt cannot finish"
+    );
+    assert!(claim(store, None, 10, t0()).await.is_empty());
+    assert!(matches!(
+        store.cancel_run(run, t0()).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
+    let p = pipeline("requeue", &[("a", &[], 0), ("b", &["a"], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    for i in 0..2 {
+        let got = claim(store, Some(run), 1, t0() + Duration::seconds(10 * i)).await;
+        record(
+            store,
+            finish(&p, &got[0], Outcome::Failed(Failure::error("down")), t0()),
+        )
+        .await;
+    }
+    assert_eq!(store.run(run).await.unwrap().state, RunState::Failed);
+    let done = store
+        .requeue(run, &["a".into(), "b".into()], t0())
+        .await
+        .unwrap();
+    assert_eq!(done.tasks, vec!["a", "b"]);
+    let r = store.run(run).await.unwrap();
+    assert_eq!(
+        (r.state, r.tasks_pending, r.tasks_dead),
+        (RunState::Running, 2, 0)
+    );
+    assert_eq!(
+        states(store, run).await,
+        vec![
+            ("a".into(), TaskState::Ready),
+            ("b".into(), TaskState::Waiting)
+        ]
+    );
+    let got = claim(store, Some(run), 1, t0()).await;
+    assert_eq!(
+        (got[0].attempt, got[0].tries),
+        (3, 1),
+        "attempts keep counting; tries start again"
+    );
+    let out = record(
+        store,
+        finish(
+            &p,
+            &got[0],
+            Outcome::Failed(Failure::error("still down")),
+            t0(),
+        ),
+    )
+    .await;
+    assert!(
+        out.settled_runs.is_empty(),
+        "one failure after a requeue is retried, not dead"
+    );
+    let none = store.requeue(run, &["a".into()], t0()).await.unwrap();
+    assert!(
+        none.tasks.is_empty(),
+        "only dead or cancelled tasks are re-queued"
+    );
 }
