@@ -1,0 +1,233 @@
+//! Crash safety: `orbit run` is killed with SIGKILL at random instants and resumed until its run
+//! succeeds, over at least 50 kill points. Every step appends a line to a side-effect log when it
+//! starts, so the log shows each execution.
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const STEPS: usize = 24;
+const LANES: usize = 3;
+const KILL_POINTS: usize = 50;
+
+/// xorshift64*: reproducible from the printed seed.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn pipeline() -> String {
+    let mut yaml = String::from(
+        "name: crash\ndefaults:\n  retry: {max_attempts: 1000, initial: 10ms, max_delay: 50ms}\ntasks:\n",
+    );
+    for i in 0..STEPS {
+        let needs = if i >= LANES {
+            format!("    needs: s{:02}\n", i - LANES)
+        } else {
+            String::new()
+        };
+        yaml.push_str(&format!(
+            "  - name: s{i:02}\n    type: shell\n    shell: true\n{needs}    command: 'echo \"$ORBIT_TASK $ORBIT_ATTEMPT\" >> side.log; sleep 0.0{}; echo \"{{\\\"step\\\": {i}}}\" > \"$ORBIT_OUTPUT\"'\n",
+            1 + i % 5
+        ));
+    }
+    yaml
+}
+
+fn orbit(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("orbit").expect("orbit binary");
+    cmd.current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env("ORBIT_DATABASE_URL", "sqlite://orbit.db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = orbit(dir)
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .output()
+        .expect("orbit");
+    assert!(out.status.success(), "orbit {args:?} failed");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn task_states(dir: &Path, run: &str) -> HashMap<String, String> {
+    json(dir, &["status", run])["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| {
+            (
+                t["task_name"].as_str().unwrap_or_default().to_owned(),
+                t["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn side_effects(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("side.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
+    let seed = std::env::var("ORBIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("crash test seed: {seed} (set ORBIT_CRASH_SEED to replay)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("crash.yaml"), pipeline()).expect("write pipeline");
+
+    let (mut kills, mut resumes, mut runs_done) = (0usize, 0usize, 0usize);
+    let mut reexecuted_total = 0usize;
+    while kills < KILL_POINTS {
+        // One run, killed and resumed until it succeeds.
+        let _ = std::fs::remove_file(dir.path().join("side.log"));
+        let before_runs = json(
+            dir.path(),
+            &["runs", "--pipeline", "crash", "--limit", "1000"],
+        )
+        .as_array()
+        .map_or(0, Vec::len);
+        let mut run: Option<String> = None;
+        let mut succeeded_before: HashSet<String> = HashSet::new();
+        let mut running_at_kills: HashSet<String> = HashSet::new();
+        let mut seen_lines = 0;
+        loop {
+            let mut cmd = orbit(dir.path());
+            match &run {
+                None => cmd.args(["run", "crash.yaml"]),
+                Some(id) => {
+                    resumes += 1;
+                    cmd.args(["resume", id])
+                }
+            };
+            let mut child = cmd.spawn().expect("spawn orbit");
+            let delay = 20 + rng.below(350);
+            let finished = (0..delay / 5).any(|_| {
+                std::thread::sleep(Duration::from_millis(5));
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !finished {
+                child.kill().expect("SIGKILL");
+                kills += 1;
+            }
+            let status = child.wait().expect("wait");
+            if run.is_none() {
+                let runs = json(
+                    dir.path(),
+                    &["runs", "--pipeline", "crash", "--limit", "1000"],
+                );
+                if runs.as_array().map_or(0, Vec::len) > before_runs {
+                    run = runs[0]["id"].as_str().map(str::to_owned);
+                }
+            }
+            let Some(id) = run.clone() else { continue };
+            // Whatever ran in this round must not be a step that had already succeeded.
+            let lines = side_effects(dir.path());
+            for step in &lines[seen_lines.min(lines.len())..] {
+                assert!(
+                    !succeeded_before.contains(step),
+                    "seed {seed}: {step} ran again after the store recorded it succeeded"
+                );
+            }
+            seen_lines = lines.len();
+            let states = task_states(dir.path(), &id);
+            running_at_kills.extend(
+                states
+                    .iter()
+                    .filter(|(_, s)| *s == "running")
+                    .map(|(n, _)| n.clone()),
+            );
+            succeeded_before = states
+                .iter()
+                .filter(|(_, s)| *s == "succeeded")
+                .map(|(n, _)| n.clone())
+                .collect();
+            let state = json(dir.path(), &["status", &id])["run"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "succeeded" {
+                assert!(
+                    finished && status.success(),
+                    "seed {seed}: run settled only when orbit finished"
+                );
+                break;
+            }
+            assert_ne!(state, "failed", "seed {seed}: run failed");
+        }
+        let id = run.expect("a run");
+        // every step's output is there
+        let status = json(dir.path(), &["status", &id]);
+        for (i, t) in status["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(t["state"], "succeeded");
+            assert_eq!(
+                t["output"]["step"], i,
+                "seed {seed}: output of {}",
+                t["task_name"]
+            );
+        }
+        // only a step that was running at a kill ran more than once
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for step in side_effects(dir.path()) {
+            *counts.entry(step).or_default() += 1;
+        }
+        assert_eq!(counts.len(), STEPS, "seed {seed}: every step ran");
+        for (step, n) in &counts {
+            if *n > 1 {
+                reexecuted_total += 1;
+                assert!(
+                    running_at_kills.contains(step),
+                    "seed {seed}: {step} ran {n} times but was never running at a kill"
+                );
+            }
+        }
+        runs_done += 1;
+    }
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite://{}", dir.path().join("orbit.db").display());
+        let store =
+            orbit_store_sqlite::SqliteStore::open(&url, orbit_store_sqlite::Durability::Full)
+                .await
+                .expect("open");
+        store
+            .integrity_check()
+            .await
+            .expect("PRAGMA integrity_check");
+    });
+    println!(
+        "crash test: seed {seed}, {kills} kills, {resumes} resumes, {runs_done} runs of {STEPS} steps succeeded, \
+         {reexecuted_total} step(s) re-executed (each was running at a kill), integrity_check ok"
+    );
+}
