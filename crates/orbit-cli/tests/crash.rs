@@ -135,7 +135,7 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
                 child.kill().expect("SIGKILL");
                 kills += 1;
             }
-            let status = child.wait().expect("wait");
+            child.wait().expect("wait");
             if run.is_none() {
                 let runs = json(
                     dir.path(),
@@ -171,11 +171,8 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
+            // The store is the truth: the final commit may land just before a kill.
             if state == "succeeded" {
-                assert!(
-                    finished && status.success(),
-                    "seed {seed}: run settled only when orbit finished"
-                );
                 break;
             }
             assert_ne!(state, "failed", "seed {seed}: run failed");
