@@ -127,9 +127,14 @@ pub fn on_attempt_finished(
         Outcome::Failed(failure)
             if failure.kind.is_retryable() && policy.allows_another(attempt) =>
         {
-            let delay = policy
-                .delay_after(attempt, random)
-                .max(failure.retry_after.unwrap_or_default());
+            // A lost worker is not the task's fault: waiting would only delay recovery.
+            let delay = if failure.kind == FailureKind::WorkerLost {
+                Duration::ZERO
+            } else {
+                policy
+                    .delay_after(attempt, random)
+                    .max(failure.retry_after.unwrap_or_default())
+            };
             let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
             Transition::Retry {
                 ready_at: now
@@ -255,6 +260,22 @@ mod tests {
         assert!(
             matches!(t, Transition::Retry { ready_at, .. } if ready_at - now >= chrono::Duration::seconds(60))
         );
+    }
+
+    #[test]
+    fn a_lost_worker_is_retried_at_once() {
+        let now = Utc::now();
+        let lost = Failure::new(FailureKind::WorkerLost, "gone");
+        let t = on_attempt_finished(
+            &chain(),
+            0,
+            &RetryPolicy::default(),
+            1,
+            Outcome::Failed(lost),
+            now,
+            0.9,
+        );
+        assert!(matches!(t, Transition::Retry { ready_at, .. } if ready_at == now));
     }
 
     #[test]
