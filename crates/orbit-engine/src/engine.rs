@@ -264,8 +264,10 @@ impl Engine {
                             let state = self.store.run(run).await?.state;
                             // Settled elsewhere (cancelled by a user): stop what still runs.
                             if state.is_terminal() {
-                                for f in inflight.values() {
+                                for f in inflight.into_values() {
                                     f.abort.abort();
+                                    let lost = EngineEvent::LeaseLost { run: f.run, task: f.task, attempt: f.attempt };
+                                    let _ = self.events.send(lost);
                                 }
                                 return Ok(Some(state));
                             }
