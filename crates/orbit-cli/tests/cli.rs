@@ -460,3 +460,128 @@ fn saved_pipelines_are_listed_graphed_and_run_by_name() {
         "{text}"
     );
 }
+
+#[test]
+fn retry_requeues_dead_tasks_and_keeps_succeeded_ones() {
+    let env = setup();
+    let file = env.file(
+        "fixme.yaml",
+        "name: fixme\ntasks:\n  - name: first\n    type: shell\n    shell: true\n    command: 'echo first >> ran.log'\n  - name: needs-fix\n    type: shell\n    shell: true\n    needs: first\n    retry: {max_attempts: 1}\n    command: 'echo fix >> ran.log; test -f fixed'\n  - name: last\n    type: shell\n    command: [echo, done]\n    needs: needs-fix\n",
+    );
+    assert_eq!(
+        env.orbit()
+            .arg("run")
+            .arg(&file)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let resume = env.orbit().args(["resume", &id]).output().unwrap();
+    assert_eq!(resume.status.code(), Some(1));
+    assert!(
+        stderr(&resume).contains("Run has 1 failed step(s), cannot auto-resume"),
+        "{}",
+        stderr(&resume)
+    );
+    std::fs::write(env.dir.path().join("fixed"), "").unwrap();
+    let out = env.orbit().args(["retry", &id[..13]]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("re-queued 2 task(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let status = env.json(&["status", &id]);
+    assert_eq!(status["run"]["state"], "succeeded");
+    let ran = std::fs::read_to_string(env.dir.path().join("ran.log")).unwrap();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        vec!["first", "fix", "fix"],
+        "the succeeded task did not run again"
+    );
+    let again = env.orbit().args(["retry", &id]).output().unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a succeeded run cannot be retried"
+    );
+}
+
+#[test]
+fn cancel_stops_a_running_run_and_kills_its_processes() {
+    let env = setup();
+    let pid_file = env.dir.path().join("sleeper.pid");
+    let file = env.file(
+        "long.yaml",
+        &format!(
+            "name: long\ntasks:\n  - name: sleeper\n    type: shell\n    shell: true\n    command: 'echo $$ > {}; sleep 60'\n  - name: after\n    type: shell\n    command: [echo, never]\n    needs: sleeper\n",
+            pid_file.display()
+        ),
+    );
+    let child = {
+        use assert_cmd::cargo::CommandCargoExt;
+        let mut cmd = std::process::Command::cargo_bin("orbit").unwrap();
+        cmd.current_dir(env.dir.path())
+            .env_remove("DATABASE_URL")
+            .env(
+                "ORBIT_DATABASE_URL",
+                format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
+            )
+            .arg("run")
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let started = Instant::now();
+    while !pid_file.exists()
+        || std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .is_empty()
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let out = env.orbit().args(["cancel", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = child.wait_with_output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the run stopped well before its task would have"
+    );
+    let status = env.json(&["status", &id]);
+    assert_eq!(status["run"]["state"], "cancelled");
+    assert!(
+        status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "cancelled")
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = PathBuf::from(format!("/proc/{}/stat", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat.exists()
+        && !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled task's process survived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

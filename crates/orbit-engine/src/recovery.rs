@@ -182,12 +182,12 @@ pub async fn reconstruct_context(
 /// Whether `run` can be resumed: not settled, no failed steps. Returns where its steps are.
 pub async fn check_resumable(store: &dyn Store, run: Uuid) -> Result<StepAnalysis, RecoveryError> {
     let record = store.run(run).await?;
-    if record.state.is_terminal() {
-        return Err(RecoveryError::Settled(run, record.state));
-    }
     let steps = StepAnalysis::of(&store.task_runs(run).await?);
     if !steps.failed.is_empty() {
         return Err(RecoveryError::FailedSteps(steps.failed.len()));
+    }
+    if record.state.is_terminal() {
+        return Err(RecoveryError::Settled(run, record.state));
     }
     Ok(steps)
 }
