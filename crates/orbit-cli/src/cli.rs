@@ -87,6 +87,11 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         idle: std::time::Duration,
     },
+    /// The dead-letter queue: tasks whose attempts are spent or that failed for good
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Measure throughput and latency on this machine
     Bench(BenchArgs),
 }
@@ -149,4 +154,30 @@ pub enum Scenario {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     orbit_core::duration::parse(s)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Entries, newest first
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One entry: the task's input, every attempt's error, its code version
+    Show {
+        /// Entry id (the task run's id), or a unique prefix
+        id: String,
+    },
+    /// Re-queue the task with fresh attempts; its run goes on from there, here
+    Retry {
+        id: String,
+        /// Only re-queue; do not execute here
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete entries older than this (the tasks stay dead)
+    Purge {
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        older_than: std::time::Duration,
+    },
 }

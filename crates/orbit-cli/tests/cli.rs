@@ -585,3 +585,77 @@ fn cancel_stops_a_running_run_and_kills_its_processes() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn dead_tasks_land_in_the_dlq_and_a_dlq_retry_lets_the_run_go_on() {
+    let env = setup();
+    let file = env.file(
+        "dlq.yaml",
+        "name: dlq\ntasks:\n  - name: charge\n    type: shell\n    shell: true\n    retry: {max_attempts: 2, initial: 10ms}\n    command: 'test -f fixed || { echo \"card declined for {{ input.order }}\" >&2; exit 1; }'\n  - name: ship\n    type: shell\n    command: [echo, shipped]\n    needs: charge\n",
+    );
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"order": 42}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let entries = env.json(&["dlq", "list"]);
+    assert_eq!(entries.as_array().unwrap().len(), 1);
+    assert_eq!(entries[0]["task_name"], "charge");
+    assert_eq!(entries[0]["attempts"], 2);
+    let id = entries[0]["id"].as_str().unwrap().to_owned();
+    let shown = env.json(&["dlq", "show", &id[..20]]);
+    assert_eq!(shown["input"]["input"]["order"], 42);
+    assert_eq!(shown["code_version"]["pipeline_version"], 1);
+    let errors: Vec<&str> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["error"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors.iter().all(|e| e.contains("card declined for 42")),
+        "{errors:?}"
+    );
+
+    std::fs::write(env.dir.path().join("fixed"), "").unwrap();
+    let retried = env.orbit().args(["dlq", "retry", &id]).output().unwrap();
+    assert_eq!(
+        retried.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&retried),
+        stderr(&retried)
+    );
+    let status = env.json(&["status", shown["entry"]["run_id"].as_str().unwrap()]);
+    assert_eq!(status["run"]["state"], "succeeded");
+    assert_eq!(
+        status["tasks"][1]["output"], "shipped",
+        "the run went on past the retried task"
+    );
+    assert_eq!(env.json(&["dlq", "list"]).as_array().unwrap().len(), 0);
+
+    std::fs::remove_file(env.dir.path().join("fixed")).unwrap();
+    assert_eq!(
+        env.orbit()
+            .arg("run")
+            .arg(&file)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        env.json(&["dlq", "purge", "--older-than", "1h"])["purged"],
+        0
+    );
+    assert_eq!(
+        env.json(&["dlq", "purge", "--older-than", "0s"])["purged"],
+        1
+    );
+    assert_eq!(env.json(&["dlq", "list"]).as_array().unwrap().len(), 0);
+}

@@ -143,6 +143,36 @@ impl Dag {
     }
 }
 
+impl Dag {
+    /// Every task upstream of `i` (not `i` itself).
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.len()];
+        let mut stack = vec![i];
+        while let Some(x) = stack.pop() {
+            for &u in &self.upstream[x] {
+                if !seen[u] {
+                    seen[u] = true;
+                    stack.push(u);
+                }
+            }
+        }
+        (0..self.len()).filter(|&x| seen[x]).collect()
+    }
+
+    /// When dead task `target` is retried, the tasks downstream of it that can run again: those
+    /// with no other dead task upstream (they would wait for it forever).
+    pub fn revived_by(&self, target: usize, is_dead: impl Fn(usize) -> bool) -> Vec<usize> {
+        self.descendants(target)
+            .into_iter()
+            .filter(|&d| {
+                self.ancestors(d)
+                    .into_iter()
+                    .all(|a| a == target || !is_dead(a))
+            })
+            .collect()
+    }
+}
+
 /// Names each cycle: one per strongly connected component that loops, walked from its first
 /// task in file order along a shortest way back to it.
 fn find_cycles(
@@ -208,6 +238,15 @@ mod tests {
         assert_eq!(dag.layers(), vec![vec![0], vec![1, 2], vec![3]]);
         assert_eq!(dag.descendants(1), vec![3]);
         assert_eq!(dag.descendants(0).len(), 3);
+    }
+
+    #[test]
+    fn retrying_one_dead_task_revives_only_what_no_other_dead_task_blocks() {
+        // t0 dead, t1 dead; t2 needs t0; t3 needs t0 and t1; t4 needs t2
+        let dag =
+            Dag::from_edges(names(5), vec![vec![], vec![], vec![0], vec![0, 1], vec![2]]).unwrap();
+        assert_eq!(dag.revived_by(0, |x| x == 0 || x == 1), vec![2, 4]);
+        assert_eq!(dag.ancestors(4), vec![0, 2]);
     }
 
     #[test]

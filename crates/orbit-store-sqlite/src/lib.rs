@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, FinishedAttempt, LeaseFilter,
-    LeasedTask, NewRun, Requeued, Result, RunFilter, RunRecord, Store, StoreError, StoredPipeline,
-    TaskRunRecord,
+    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, FinishedAttempt,
+    LeaseFilter, LeasedTask, NewRun, Requeued, Result, RunFilter, RunRecord, Store, StoreError,
+    StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -371,6 +371,49 @@ impl Store for SqliteStore {
         Ok(Requeued {
             tasks: write::requeue(&self.writer, run, tasks, now).await?,
         })
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        sqlx::query("SELECT * FROM dead_letters ORDER BY created_at DESC LIMIT ?1")
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::dead_letter_from_row)
+            .collect()
+    }
+
+    async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
+        let prefix = id_or_prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::NotFound(format!(
+                "dead-letter entry `{id_or_prefix}`"
+            )));
+        }
+        let rows = sqlx::query("SELECT * FROM dead_letters WHERE task_run_id >= ?1 AND task_run_id < ?1 || '~' LIMIT 2")
+            .bind(&prefix)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        match rows.as_slice() {
+            [one] => rows::dead_letter_from_row(one),
+            [] => Err(StoreError::NotFound(format!(
+                "dead-letter entry `{id_or_prefix}`"
+            ))),
+            _ => Err(StoreError::Conflict(format!(
+                "`{id_or_prefix}` matches more than one entry; give more of the id"
+            ))),
+        }
+    }
+
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM dead_letters WHERE created_at < ?1")
+            .bind(us(before))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {

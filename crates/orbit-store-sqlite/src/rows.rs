@@ -3,8 +3,8 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, ClaimedTask, LeasedTask, Result, RunRecord, StoreError, StoredPipeline,
-    TaskRunRecord,
+    AttemptRecord, ClaimedTask, DeadLetter, LeasedTask, Result, RunRecord, StoreError,
+    StoredPipeline, TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -139,5 +139,17 @@ pub fn leased_from_row(row: &SqliteRow) -> Result<LeasedTask> {
             claimed_at: time(row, "claimed_at")?,
         },
         owner: get::<Option<String>>(row, "lease_owner")?.unwrap_or_default(),
+    })
+}
+
+pub fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: uuid(row, "task_run_id")?,
+        run_id: uuid(row, "run_id")?,
+        pipeline_id: uuid(row, "pipeline_id")?,
+        task_name: get(row, "task_name")?,
+        error: get(row, "error")?,
+        attempts: count(row, "attempts")?,
+        created_at: time(row, "created_at")?,
     })
 }

@@ -412,6 +412,20 @@ async fn apply_effects(
                 .map_err(unavailable)?
                 .rows_affected() as i64;
             }
+            sqlx::query(
+                "INSERT OR REPLACE INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(t.id.to_string())
+            .bind(&run)
+            .bind(t.pipeline_id.to_string())
+            .bind(&t.task_name)
+            .bind(f.transition.failure().map(|fl| fl.message.as_str()))
+            .bind(i64::from(t.attempt))
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
             let entry = settled.entry(t.run_id).or_default();
             entry.0 += 1 + cancelled;
             entry.1 += 1;
@@ -618,6 +632,12 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
         if changed.rows_affected() > 0 {
+            sqlx::query("DELETE FROM dead_letters WHERE run_id = ?1 AND task_name = ?2")
+                .bind(&run_s)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             requeued.push(name.clone());
             events.push((Some(run), Some(name.clone()), "task_requeued", None));
         }

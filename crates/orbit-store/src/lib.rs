@@ -125,6 +125,15 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeded task runs are never touched.
     async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued>;
 
+    /// Dead-letter queue entries, newest first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>>;
+
+    /// One entry, by its task run id or a unique prefix.
+    async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter>;
+
+    /// Deletes entries created before `before` (the task runs stay dead); returns how many.
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64>;
+
     /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
     /// retry becomes claimable.
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;

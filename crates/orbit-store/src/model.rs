@@ -177,3 +177,16 @@ pub struct Requeued {
     /// Task runs put back to `ready` or `waiting`.
     pub tasks: Vec<String>,
 }
+
+/// A dead-letter queue entry: a task run whose attempts are spent or that failed for good.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    /// The task run's id.
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub pipeline_id: Uuid,
+    pub task_name: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}

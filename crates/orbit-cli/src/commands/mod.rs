@@ -1,6 +1,7 @@
 //! One module per command; each parses, calls the store or engine, and renders.
 
 mod control;
+mod dlq;
 mod graph;
 mod inspect;
 mod recover;
@@ -65,6 +66,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Recover { auto_resume, idle } => {
             recover::recover(&open_store(&url).await?, auto_resume, idle, json).await
         }
+        Command::Dlq { action } => dlq::dlq(&open_store(&url).await?, action, json).await,
         Command::Bench(args) => crate::bench::bench(args, json).await,
     }
 }

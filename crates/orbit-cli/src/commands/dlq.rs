@@ -1,0 +1,192 @@
+//! `orbit dlq list | show | retry | purge`. Entries older than `DLQ_RETENTION_DAYS` (default 30)
+//! are purged whenever the queue is looked at.
+
+use crate::BadInput;
+use crate::cli::DlqAction;
+use crate::output::{brief, table, time};
+use chrono::Utc;
+use orbit_core::dag::Dag;
+use orbit_core::{RunState, TaskState};
+use orbit_engine::recovery::reconstruct_context;
+use orbit_store::Store;
+use orbit_store_sqlite::SqliteStore;
+use serde_json::json;
+use std::sync::Arc;
+
+fn retention() -> anyhow::Result<chrono::Duration> {
+    let days = match std::env::var("DLQ_RETENTION_DAYS") {
+        Ok(v) => v.trim().parse::<i64>().map_err(|_| {
+            BadInput(format!(
+                "DLQ_RETENTION_DAYS `{v}` is not a whole number of days"
+            ))
+        })?,
+        Err(_) => 30,
+    };
+    Ok(chrono::Duration::days(days.max(0)))
+}
+
+pub async fn dlq(store: &Arc<SqliteStore>, action: DlqAction, json: bool) -> anyhow::Result<u8> {
+    store.purge_dead_letters(Utc::now() - retention()?).await?;
+    match action {
+        DlqAction::List { limit } => list(store.as_ref(), limit, json).await,
+        DlqAction::Show { id } => show(store.as_ref(), &id, json).await,
+        DlqAction::Retry { id, no_wait } => retry(store, &id, no_wait, json).await,
+        DlqAction::Purge { older_than } => {
+            let cutoff = Utc::now()
+                - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+            let n = store.purge_dead_letters(cutoff).await?;
+            if json {
+                crate::output::json(&json!({"purged": n}))?;
+            } else {
+                println!(
+                    "purged {n} dead-letter entr{}",
+                    if n == 1 { "y" } else { "ies" }
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn list(store: &SqliteStore, limit: u32, json: bool) -> anyhow::Result<u8> {
+    let entries = store.dead_letters(limit).await?;
+    if json {
+        return crate::output::json(&entries).map(|()| 0);
+    }
+    if entries.is_empty() {
+        println!("the dead-letter queue is empty");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                e.task_name.clone(),
+                e.run_id.to_string()[..13].to_owned(),
+                e.attempts.to_string(),
+                time(e.created_at),
+                e.error.as_deref().map(|x| brief(x, 70)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "TASK", "RUN", "ATTEMPTS", "DEAD SINCE", "ERROR"],
+        &rows,
+    );
+    Ok(0)
+}
+
+async fn show(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result<u8> {
+    let entry = store.dead_letter(id).await?;
+    let pipeline = store.pipeline_version(entry.pipeline_id).await?;
+    let context = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
+    let attempts = store.attempts(entry.run_id, Some(&entry.task_name)).await?;
+    if json {
+        let attempts: Vec<_> = attempts
+            .iter()
+            .map(|a| json!({"attempt": a.attempt, "outcome": a.outcome, "error": a.error, "worker": a.worker, "started_at": a.started_at, "finished_at": a.finished_at}))
+            .collect();
+        crate::output::json(&json!({
+            "entry": entry,
+            "pipeline": pipeline.name,
+            "code_version": {"pipeline_version": pipeline.version, "hash": pipeline.hash},
+            "input": context,
+            "attempts": attempts,
+        }))?;
+        return Ok(0);
+    }
+    println!("Entry     {}", entry.id);
+    println!("Task      {} (run {})", entry.task_name, entry.run_id);
+    println!(
+        "Pipeline  {} v{} (code {})",
+        pipeline.name,
+        pipeline.version,
+        &pipeline.hash[..12]
+    );
+    println!(
+        "Dead      {} after {} attempt(s)",
+        time(entry.created_at),
+        entry.attempts
+    );
+    println!("Input     {}", serde_json::to_string_pretty(&context)?);
+    println!("Attempts:");
+    for a in &attempts {
+        println!(
+            "  {} · {} · {}: {}",
+            a.attempt,
+            a.outcome,
+            time(a.finished_at),
+            a.error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+async fn retry(
+    store: &Arc<SqliteStore>,
+    id: &str,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let entry = store.dead_letter(id).await?;
+    let pipeline = store.pipeline_version(entry.pipeline_id).await?;
+    let dag = Dag::new(&pipeline.pipeline)?;
+    let states: Vec<TaskState> = {
+        let trs = store.task_runs(entry.run_id).await?;
+        dag_order_states(&dag, &trs)
+    };
+    let target = dag.index_of(&entry.task_name).ok_or_else(|| {
+        BadInput(format!(
+            "task `{}` is not in its pipeline any more",
+            entry.task_name
+        ))
+    })?;
+    let mut again = vec![entry.task_name.clone()];
+    again.extend(
+        dag.revived_by(target, |i| states[i] == TaskState::Dead)
+            .into_iter()
+            .filter(|&i| states[i] == TaskState::Cancelled)
+            .map(|i| dag.name(i).to_owned()),
+    );
+    let requeued = store.requeue(entry.run_id, &again, Utc::now()).await?;
+    if !json {
+        println!(
+            "re-queued {} of run {}: {}",
+            entry.task_name,
+            entry.run_id,
+            requeued.tasks.join(", ")
+        );
+    }
+    if no_wait {
+        if json {
+            crate::output::json(&json!({"run": entry.run_id, "requeued": requeued.tasks}))?;
+        }
+        return Ok(0);
+    }
+    let run = store.run(entry.run_id).await?;
+    let state = super::run::drive(store, &run, &pipeline, 10, json).await?;
+    if !json {
+        match state {
+            Some(s) => println!("run {} {s}", run.id),
+            None => println!("run {} interrupted; it can be resumed", run.id),
+        }
+    }
+    Ok(if state == Some(RunState::Succeeded) {
+        0
+    } else {
+        1
+    })
+}
+
+/// Task states indexed like the DAG.
+fn dag_order_states(dag: &Dag, task_runs: &[orbit_store::TaskRunRecord]) -> Vec<TaskState> {
+    (0..dag.len())
+        .map(|i| {
+            task_runs
+                .iter()
+                .find(|t| t.task_name == dag.name(i))
+                .map_or(TaskState::Waiting, |t| t.state)
+        })
+        .collect()
+}
