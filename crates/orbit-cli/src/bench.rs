@@ -66,6 +66,7 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
         timeout: None,
         priority: 0,
         heartbeat_interval: orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
+        idempotency_key: None,
     }
 }
 
@@ -125,6 +126,7 @@ async fn run_scenario(
             input: json!({}),
             priority: 0,
             idempotency_key: None,
+            idempotency_ttl: Duration::from_secs(60),
             now: Utc::now(),
         })
         .await?
@@ -135,7 +137,7 @@ async fn run_scenario(
         EngineConfig {
             owner: "bench".into(),
             concurrency,
-            poll_interval: Duration::from_secs(1),
+            ..EngineConfig::default()
         },
     )?;
     let started = Instant::now();

@@ -106,6 +106,9 @@ pub struct RunArgs {
     /// Most tasks running at once
     #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 10)]
     pub concurrency: usize,
+    /// A run with this key made within IDEMPOTENCY_TTL_SECONDS (default 24 h) is returned instead of a new one
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

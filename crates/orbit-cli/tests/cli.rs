@@ -659,3 +659,98 @@ fn dead_tasks_land_in_the_dlq_and_a_dlq_retry_lets_the_run_go_on() {
     );
     assert_eq!(env.json(&["dlq", "list"]).as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn idempotency_keys_reuse_runs_and_task_outputs() {
+    let env = setup();
+    let file = env.file(
+        "pay.yaml",
+        "name: pay\ntasks:\n  - name: charge\n    type: shell\n    shell: true\n    idempotency_key: 'v{{ code_version }}-{{ input.orderId }}'\n    command: 'echo \"charged {{ input.orderId }}\" >> charges.log; echo \"{\\\"charge\\\": \\\"ch-{{ input.orderId }}\\\"}\" > $ORBIT_OUTPUT'\n  - name: receipt\n    type: shell\n    needs: charge\n    command: [echo, \"receipt for {{ tasks.charge.output.charge }}\"]\n",
+    );
+    for _ in 0..2 {
+        let out = env
+            .orbit()
+            .arg("run")
+            .arg(&file)
+            .args(["-i", r#"{"orderId": 7}"#])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let charges = std::fs::read_to_string(env.dir.path().join("charges.log")).unwrap();
+    assert_eq!(
+        charges.lines().count(),
+        1,
+        "the second run reused the charge: {charges}"
+    );
+    let second = env.last_run()["id"].as_str().unwrap().to_owned();
+    let attempts = env.json(&["logs", &second, "charge"]);
+    assert_eq!(attempts[0]["outcome"], "reused");
+    assert!(
+        attempts[0]["log"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency key `v1-7`")
+    );
+    assert_eq!(
+        env.json(&["status", &second])["tasks"][1]["output"],
+        "receipt for ch-7"
+    );
+    let other = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"orderId": 8}"#])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(env.dir.path().join("charges.log"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+
+    // a trigger's idempotency key returns the existing run instead of making a second one
+    let runs_before = env.json(&["runs"]).as_array().unwrap().len();
+    let first = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"orderId": 9}"#, "--idempotency-key", "order-9"])
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    let again = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"orderId": 9}"#, "--idempotency-key", "order-9"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("idempotency key `order-9` already names run"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(
+        env.json(&["runs"]).as_array().unwrap().len(),
+        runs_before + 1
+    );
+    let expired = env
+        .orbit()
+        .env("IDEMPOTENCY_TTL_SECONDS", "0")
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"orderId": 9}"#, "--idempotency-key", "order-9"])
+        .output()
+        .unwrap();
+    assert_eq!(expired.status.code(), Some(0));
+    assert_eq!(
+        env.json(&["runs"]).as_array().unwrap().len(),
+        runs_before + 2,
+        "past the TTL the key makes a new run"
+    );
+}

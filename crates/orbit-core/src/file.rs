@@ -134,7 +134,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 7] = [
+const TASK_KEYS: [&str; 8] = [
     "name",
     "type",
     "needs",
@@ -142,6 +142,7 @@ const TASK_KEYS: [&str; 7] = [
     "timeout",
     "priority",
     "heartbeat_interval",
+    "idempotency_key",
 ];
 
 impl Checker {
@@ -324,6 +325,8 @@ impl Checker {
         let priority = field("priority")
             .map_or(Some(defaults.priority), |p| self.priority(p))
             .unwrap_or(0);
+        let idempotency_key =
+            field("idempotency_key").and_then(|k| self.string(k, "idempotency_key"));
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -363,6 +366,7 @@ impl Checker {
                 timeout,
                 priority,
                 heartbeat_interval,
+                idempotency_key,
             },
             needs_spans,
         ))

@@ -44,6 +44,10 @@ pub struct TaskDef {
     pub priority: i32,
     #[serde(with = "crate::duration::millis")]
     pub heartbeat_interval: Duration,
+    /// A template (`v{{ code_version }}-{{ input.orderId }}`): a task whose rendered key matches
+    /// a succeeded task run's within the idempotency TTL reuses that output instead of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl TaskDef {

@@ -18,6 +18,8 @@ pub struct Context<'a> {
     pub task: TaskInfo<'a>,
     /// Stable across attempts of this task run: pass it on as an idempotency key.
     pub effect_key: &'a str,
+    /// The version of the task's code: for pipeline files, the pipeline version.
+    pub code_version: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,6 +131,7 @@ mod tests {
                 attempt: 2,
             },
             effect_key: "k1",
+            code_version: 3,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// How often to look for work nobody told this process about.
     pub poll_interval: Duration,
+    /// How long a task's idempotency key holds its output (`IDEMPOTENCY_TTL_SECONDS`).
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +40,7 @@ impl Default for EngineConfig {
             owner: "orbit".into(),
             concurrency: 10,
             poll_interval: Duration::from_secs(1),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -404,6 +407,8 @@ impl Engine {
                 finished_at: now,
                 log: format!("[orbit] attempt abandoned: {why}\n"),
                 transition,
+                idempotency_key: None,
+                reused: false,
             });
         }
         let outcome = self.store.finish_and_claim(&finished, None, now).await?;
@@ -505,10 +510,13 @@ impl Engine {
         let store = self.store.clone();
         let http = self.http.clone();
         let worker = self.config.owner.clone();
+        let ttl = self.config.idempotency_ttl;
         tokio::spawn(async move {
             let started_at = Utc::now();
             let log = LogBuffer::new();
-            let outcome = match attempt(store.as_ref(), &loaded, &task, &input, &log, &http).await {
+            let done_attempt =
+                attempt(store.as_ref(), &loaded, &task, &input, &log, &http, ttl).await;
+            let outcome = match done_attempt.result {
                 Ok(v) => Outcome::Succeeded(v),
                 Err(f) => Outcome::Failed(f),
             };
@@ -520,7 +528,7 @@ impl Engine {
                         &loaded.dag,
                         i,
                         policy,
-                        task.attempt,
+                        task.tries,
                         outcome,
                         finished_at,
                         fastrand::f64(),
@@ -541,13 +549,23 @@ impl Engine {
                 finished_at,
                 log: log.take(),
                 transition,
+                idempotency_key: done_attempt.key,
+                reused: done_attempt.reused,
             });
         })
         .abort_handle()
     }
 }
 
-/// One attempt of one task: gather its context, render its parameters, execute it in time.
+/// What one attempt produced.
+struct AttemptResult {
+    result: Result<Value, Failure>,
+    key: Option<String>,
+    reused: bool,
+}
+
+/// One attempt of one task: gather its context, reuse a keyed output or render its parameters
+/// and execute it in time.
 async fn attempt(
     store: &dyn Store,
     loaded: &Loaded,
@@ -555,18 +573,23 @@ async fn attempt(
     input: &Value,
     log: &LogBuffer,
     http: &reqwest::Client,
-) -> Result<Value, Failure> {
-    let def = loaded
-        .stored
-        .pipeline
-        .task(&task.task_name)
-        .ok_or_else(|| {
-            Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name))
-        })?;
-    let outputs = store
-        .outputs(task.run_id, &def.needs)
-        .await
-        .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?;
+    idempotency_ttl: Duration,
+) -> AttemptResult {
+    let fail = |f: Failure| AttemptResult {
+        result: Err(f),
+        key: None,
+        reused: false,
+    };
+    let Some(def) = loaded.stored.pipeline.task(&task.task_name) else {
+        return fail(Failure::fatal(format!(
+            "task `{}` is not in the pipeline",
+            task.task_name
+        )));
+    };
+    let outputs = match store.outputs(task.run_id, &def.needs).await {
+        Ok(o) => o,
+        Err(e) => return fail(Failure::error(format!("cannot read upstream outputs: {e}"))),
+    };
     let run_id = task.run_id.to_string();
     let effect_key = task.id.to_string();
     let ctx = Context {
@@ -584,23 +607,74 @@ async fn attempt(
             attempt: task.attempt,
         },
         effect_key: &effect_key,
+        code_version: loaded.stored.version,
     };
-    let rendered = template::render_params(&def.params, &ctx).map_err(Failure::fatal)?;
+    let key = match &def.idempotency_key {
+        None => None,
+        Some(template) => match template::render_str(template, &ctx) {
+            Ok(k) => Some(k),
+            Err(e) => return fail(Failure::fatal(format!("idempotency_key: {e}"))),
+        },
+    };
+    if let Some(k) = &key {
+        let since = Utc::now()
+            - chrono::Duration::from_std(idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        match store.keyed_output(k, since).await {
+            Ok(Some((from, output))) => {
+                log.line(&format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed"));
+                return AttemptResult {
+                    result: Ok(output),
+                    key,
+                    reused: true,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return fail(Failure::error(format!(
+                    "cannot look up idempotency key `{k}`: {e}"
+                )));
+            }
+        }
+    }
+    let result = execute(def, &ctx, task, &effect_key, &run_id, log, http).await;
+    if let Err(f) = &result {
+        log.line(&format!(
+            "[orbit] attempt {} failed: {}",
+            task.attempt, f.message
+        ));
+    }
+    AttemptResult {
+        result,
+        key,
+        reused: false,
+    }
+}
+
+async fn execute(
+    def: &orbit_core::TaskDef,
+    ctx: &Context<'_>,
+    task: &ClaimedTask,
+    effect_key: &str,
+    run_id: &str,
+    log: &LogBuffer,
+    http: &reqwest::Client,
+) -> Result<Value, Failure> {
+    let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
     let params = Params::from_json(def.task_type, &rendered, true)
         .map_err(|e| Failure::fatal(format!("parameters after rendering: {e}")))?;
-    let context = serde_json::to_value(&ctx).map_err(|e| Failure::fatal(e.to_string()))?;
+    let context = serde_json::to_value(ctx).map_err(|e| Failure::fatal(e.to_string()))?;
     let inv = Invocation {
         context: &context,
-        run_id: &run_id,
+        run_id,
         task_name: &def.name,
         attempt: task.attempt,
-        effect_key: &effect_key,
+        effect_key,
         timeout: def.timeout,
         log,
         http,
     };
     let run = executor::execute(params, &inv);
-    let result = match def.timeout {
+    match def.timeout {
         Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
             Err(Failure::new(
                 FailureKind::Timeout,
@@ -608,14 +682,7 @@ async fn attempt(
             ))
         }),
         None => run.await,
-    };
-    if let Err(f) = &result {
-        log.line(&format!(
-            "[orbit] attempt {} failed: {}",
-            task.attempt, f.message
-        ));
     }
-    result
 }
 
 fn instant_of(at: DateTime<Utc>) -> Instant {

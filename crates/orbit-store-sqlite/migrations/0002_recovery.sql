@@ -16,3 +16,12 @@ CREATE TABLE dead_letters (
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX dead_letters_by_created ON dead_letters (created_at DESC);
+
+-- Outputs of succeeded task runs that had an idempotency key: a later task with the same key
+-- reuses the output instead of running.
+CREATE TABLE task_results (
+    idempotency_key TEXT PRIMARY KEY,
+    task_run_id     TEXT NOT NULL,
+    output          TEXT NOT NULL,
+    created_at      INTEGER NOT NULL
+);

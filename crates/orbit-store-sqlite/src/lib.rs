@@ -416,6 +416,25 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>> {
+        let row = sqlx::query("SELECT task_run_id, output FROM task_results WHERE idempotency_key = ?1 AND created_at >= ?2")
+            .bind(key)
+            .bind(us(since))
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            let id: String = r.try_get(0).map_err(unavailable)?;
+            let out: String = r.try_get(1).map_err(unavailable)?;
+            Ok((
+                Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                serde_json::from_str(&out)
+                    .map_err(|e| StoreError::Corrupt(format!("keyed output: {e}")))?,
+            ))
+        })
+        .transpose()
+    }
+
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
         let min: Option<i64> = match run {
             Some(r) => {

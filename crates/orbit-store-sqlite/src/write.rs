@@ -88,6 +88,18 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     let id = Uuid::now_v7();
     let p = &new.pipeline.pipeline;
     let mut tx = begin(pool).await?;
+    if let Some(key) = &new.idempotency_key {
+        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        let cutoff = new.now.checked_sub_signed(ttl).map_or(i64::MIN, us);
+        sqlx::query(
+            "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = ?1 AND created_at < ?2",
+        )
+        .bind(key)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    }
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
          tasks_total, tasks_pending, created_at, updated_at) \
@@ -337,7 +349,11 @@ async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt])
                 .push_bind(f.worker.clone())
                 .push_bind(us(f.started_at))
                 .push_bind(us(f.finished_at))
-                .push_bind(failure.map_or("succeeded", |fl| fl.kind.as_str()))
+                .push_bind(match failure {
+                    Some(fl) => fl.kind.as_str(),
+                    None if f.reused => "reused",
+                    None => "succeeded",
+                })
                 .push_bind(failure.map(|fl| fl.message.clone()))
                 .push_bind(f.log.clone());
         });
@@ -378,7 +394,21 @@ async fn apply_effects(
     ));
     let run = t.run_id.to_string();
     match &f.transition {
-        Transition::Succeed { promote, .. } => {
+        Transition::Succeed { promote, output } => {
+            if let (Some(key), false) = (&f.idempotency_key, f.reused) {
+                sqlx::query(
+                    "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
+                     output = excluded.output, created_at = excluded.created_at",
+                )
+                .bind(key)
+                .bind(t.id.to_string())
+                .bind(output.to_string())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            }
             for name in promote {
                 sqlx::query(
                     "UPDATE task_runs SET pending_needs = pending_needs - 1, \

@@ -134,6 +134,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes entries created before `before` (the task runs stay dead); returns how many.
     async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64>;
 
+    /// The output stored under a task idempotency key, if a task run with that key succeeded
+    /// at or after `since`.
+    async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>>;
+
     /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
     /// retry becomes claimable.
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;

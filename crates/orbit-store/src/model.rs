@@ -28,6 +28,8 @@ pub struct NewRun<'a> {
     /// Added to every task's own priority.
     pub priority: i32,
     pub idempotency_key: Option<String>,
+    /// An earlier run holds its key only this long.
+    pub idempotency_ttl: std::time::Duration,
     pub now: DateTime<Utc>,
 }
 
@@ -135,6 +137,10 @@ pub struct FinishedAttempt {
     pub finished_at: DateTime<Utc>,
     pub log: String,
     pub transition: Transition,
+    /// The task's rendered idempotency key: a success stores its output under it.
+    pub idempotency_key: Option<String>,
+    /// The output was reused from an earlier task run with the same key; nothing executed.
+    pub reused: bool,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -83,6 +83,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 timeout: None,
                 priority: *prio,
                 heartbeat_interval: std::time::Duration::from_secs(10),
+                idempotency_key: None,
             })
             .collect(),
     }
@@ -99,6 +100,7 @@ async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPip
             input: json!({"n": 1}),
             priority: 0,
             idempotency_key: None,
+            idempotency_ttl: std::time::Duration::from_secs(3600),
             now: at,
         })
         .await
@@ -140,6 +142,8 @@ fn finish(
         finished_at: at,
         log: format!("log of {}", task.task_name),
         transition: on_attempt_finished(&dag, idx, policy, task.tries, outcome, at, 0.0),
+        idempotency_key: None,
+        reused: false,
     }
 }
 
@@ -466,6 +470,7 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         input: json!({}),
         priority: 0,
         idempotency_key: Some(key.into()),
+        idempotency_ttl: std::time::Duration::from_secs(3600),
         now: t0(),
     };
     let first = store.create_run(new("order-1")).await.unwrap();

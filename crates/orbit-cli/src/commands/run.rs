@@ -33,11 +33,20 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
             pipeline: &stored,
             input,
             priority: 0,
-            idempotency_key: None,
+            idempotency_key: args.idempotency_key.clone(),
+            idempotency_ttl: idempotency_ttl()?,
             now: Utc::now(),
         })
         .await?;
     let run = created.run;
+    if !created.created && !json {
+        println!(
+            "idempotency key `{}` already names run {} ({}): returning it",
+            args.idempotency_key.as_deref().unwrap_or_default(),
+            run.id,
+            run.state
+        );
+    }
     let result = drive(store, &run, &stored, args.concurrency, json).await;
     let state = result?;
     let record = store.run(run.id).await?;
@@ -102,7 +111,8 @@ pub fn engine(store: &Arc<SqliteStore>, concurrency: usize) -> anyhow::Result<En
         EngineConfig {
             owner: owner(),
             concurrency,
-            poll_interval: Duration::from_secs(1),
+            idempotency_ttl: idempotency_ttl()?,
+            ..EngineConfig::default()
         },
     )?)
 }
@@ -117,6 +127,23 @@ pub fn ctrl_c() -> CancellationToken {
         }
     });
     shutdown
+}
+
+/// `IDEMPOTENCY_TTL_SECONDS`, default 24 h.
+pub fn idempotency_ttl() -> anyhow::Result<Duration> {
+    match std::env::var("IDEMPOTENCY_TTL_SECONDS") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| {
+                BadInput(format!(
+                    "IDEMPOTENCY_TTL_SECONDS `{v}` is not a whole number of seconds"
+                ))
+                .into()
+            }),
+        Err(_) => Ok(Duration::from_secs(24 * 3600)),
+    }
 }
 
 fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {
