@@ -51,22 +51,32 @@ pub async fn retry(
         .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
         .map(|t| t.task_name)
         .collect();
-    let requeued = store.requeue(run.id, &again, Utc::now()).await?;
+    requeue_and_drive(store, run.id, &again, no_wait, json).await
+}
+
+/// Re-queues `tasks` of `run` and, unless `no_wait`, executes the run here until it settles.
+pub async fn requeue_and_drive(
+    store: &Arc<SqliteStore>,
+    run: uuid::Uuid,
+    tasks: &[String],
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let requeued = store.requeue(run, tasks, Utc::now()).await?;
     if !json {
         println!(
-            "re-queued {} task(s) of run {}: {}",
+            "re-queued {} task(s) of run {run}: {}",
             requeued.tasks.len(),
-            run.id,
             requeued.tasks.join(", ")
         );
     }
     if no_wait {
         if json {
-            crate::output::json(&json!({"run": run.id, "requeued": requeued.tasks}))?;
+            crate::output::json(&json!({"run": run, "requeued": requeued.tasks}))?;
         }
         return Ok(0);
     }
-    let run = store.run(run.id).await?;
+    let run = store.run(run).await?;
     let pipeline = store.pipeline_version(run.pipeline_id).await?;
     let state = super::run::drive(store, &run, &pipeline, 10, json).await?;
     if !json {

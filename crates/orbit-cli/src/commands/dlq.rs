@@ -149,34 +149,7 @@ async fn retry(
             .filter(|&i| states[i] == TaskState::Cancelled)
             .map(|i| dag.name(i).to_owned()),
     );
-    let requeued = store.requeue(entry.run_id, &again, Utc::now()).await?;
-    if !json {
-        println!(
-            "re-queued {} of run {}: {}",
-            entry.task_name,
-            entry.run_id,
-            requeued.tasks.join(", ")
-        );
-    }
-    if no_wait {
-        if json {
-            crate::output::json(&json!({"run": entry.run_id, "requeued": requeued.tasks}))?;
-        }
-        return Ok(0);
-    }
-    let run = store.run(entry.run_id).await?;
-    let state = super::run::drive(store, &run, &pipeline, 10, json).await?;
-    if !json {
-        match state {
-            Some(s) => println!("run {} {s}", run.id),
-            None => println!("run {} interrupted; it can be resumed", run.id),
-        }
-    }
-    Ok(if state == Some(RunState::Succeeded) {
-        0
-    } else {
-        1
-    })
+    super::control::requeue_and_drive(store, entry.run_id, &again, no_wait, json).await
 }
 
 /// Task states indexed like the DAG.
