@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 #[derive(Clone, Debug)]
 pub struct Dag {
     names: Vec<String>,
+    /// Name to index: looked up for every finished attempt, so not a scan.
+    index: HashMap<String, usize>,
     /// `upstream[i]`: the tasks task `i` needs.
     upstream: Vec<Vec<usize>>,
     /// `downstream[i]`: the tasks that need task `i`.
@@ -71,6 +73,11 @@ impl Dag {
         }
         match toposort(&graph, None) {
             Ok(order) => Ok(Dag {
+                index: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.clone(), i))
+                    .collect(),
                 names,
                 upstream,
                 downstream,
@@ -93,7 +100,7 @@ impl Dag {
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+        self.index.get(name).copied()
     }
 
     pub fn upstream(&self, i: usize) -> &[usize] {

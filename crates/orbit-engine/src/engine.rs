@@ -204,7 +204,10 @@ impl Engine {
                 for task in outcome.claimed {
                     let loaded = self.loaded(&mut pipelines, task.pipeline_id).await?;
                     let input = self.input(&mut inputs, task.run_id).await?;
-                    let def = loaded.stored.pipeline.task(&task.task_name);
+                    let def = loaded
+                        .dag
+                        .index_of(&task.task_name)
+                        .map(|i| &loaded.stored.pipeline.tasks[i]);
                     let interval = def
                         .map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |d| {
                             d.heartbeat_interval
@@ -580,7 +583,11 @@ async fn attempt(
         key: None,
         reused: false,
     };
-    let Some(def) = loaded.stored.pipeline.task(&task.task_name) else {
+    let Some(def) = loaded
+        .dag
+        .index_of(&task.task_name)
+        .map(|i| &loaded.stored.pipeline.tasks[i])
+    else {
         return fail(Failure::fatal(format!(
             "task `{}` is not in the pipeline",
             task.task_name
