@@ -754,3 +754,39 @@ fn idempotency_keys_reuse_runs_and_task_outputs() {
         "past the TTL the key makes a new run"
     );
 }
+
+#[test]
+fn a_reconstructed_context_is_the_one_the_engine_gave_the_task() {
+    let env = setup();
+    let file = env.file(
+        "ctx.yaml",
+        "name: ctx\ntasks:\n  - name: up\n    type: shell\n    shell: true\n    command: 'echo \"{\\\"rows\\\": 3}\" > $ORBIT_OUTPUT'\n  - name: down\n    type: shell\n    shell: true\n    needs: up\n    retry: {max_attempts: 1}\n    command: 'cp \"$ORBIT_CONTEXT\" seen.json; exit 1'\n",
+    );
+    assert_eq!(
+        env.orbit()
+            .arg("run")
+            .arg(&file)
+            .args(["-i", r#"{"day": "mon"}"#])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    let seen: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.dir.path().join("seen.json")).unwrap())
+            .unwrap();
+    let id = env.json(&["dlq", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut rebuilt = env.json(&["dlq", "show", &id])["input"].clone();
+    assert_eq!(
+        rebuilt["task"]["attempt"], 2,
+        "the context of the next attempt"
+    );
+    rebuilt["task"]["attempt"] = seen["task"]["attempt"].clone();
+    assert_eq!(rebuilt, seen);
+    assert_eq!(seen["tasks"]["up"]["output"]["rows"], 3);
+    assert_eq!(seen["code_version"], 1);
+}

@@ -9,10 +9,11 @@
 
 use crate::{Engine, EngineError};
 use chrono::{DateTime, Duration, Utc};
+use orbit_core::template::{Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::{RunState, TaskState};
 use orbit_store::{LeaseFilter, RunFilter, RunRecord, Store, StoreError, TaskRunRecord};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -164,19 +165,28 @@ pub async fn reconstruct_context(
         .into_iter()
         .find(|t| t.task_name == task)
         .ok_or_else(|| StoreError::NotFound(format!("task `{task}` in run {run}")))?;
-    let outputs: Map<String, Value> = store
-        .outputs(run, &def.needs)
-        .await?
-        .into_iter()
-        .map(|(name, output)| (name, json!({ "output": output })))
-        .collect();
-    Ok(json!({
-        "input": record.input,
-        "tasks": outputs,
-        "run": {"id": run.to_string(), "pipeline": pipeline.name},
-        "task": {"name": task, "attempt": task_run.attempt + 1},
-        "effect_key": task_run.id.to_string(),
-    }))
+    let outputs = store.outputs(run, &def.needs).await?;
+    let run_id = run.to_string();
+    let effect_key = task_run.id.to_string();
+    // The engine's own context type, so the two cannot drift apart.
+    let ctx = Context {
+        input: &record.input,
+        tasks: outputs
+            .iter()
+            .map(|(name, output)| (name.as_str(), TaskOutput { output }))
+            .collect(),
+        run: RunInfo {
+            id: &run_id,
+            pipeline: &pipeline.name,
+        },
+        task: TaskInfo {
+            name: task,
+            attempt: task_run.attempt + 1,
+        },
+        effect_key: &effect_key,
+        code_version: pipeline.version,
+    };
+    serde_json::to_value(&ctx).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Whether `run` can be resumed: not settled, no failed steps. Returns where its steps are.

@@ -234,24 +234,10 @@ impl Store for SqliteStore {
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
-        let prefix = id_or_prefix.trim().to_ascii_lowercase();
-        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(StoreError::NotFound(format!("run `{id_or_prefix}`")));
-        }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2"
-        )))
-        .bind(&prefix)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(unavailable)?;
-        match rows.as_slice() {
-            [one] => run_from_row(one),
-            [] => Err(StoreError::NotFound(format!("run `{id_or_prefix}`"))),
-            _ => Err(StoreError::Conflict(format!(
-                "`{id_or_prefix}` matches more than one run; give more of the id"
-            ))),
-        }
+        );
+        run_from_row(&self.by_prefix(sql, id_or_prefix, "run").await?)
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
@@ -385,26 +371,12 @@ impl Store for SqliteStore {
     }
 
     async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
-        let prefix = id_or_prefix.trim().to_ascii_lowercase();
-        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(StoreError::NotFound(format!(
-                "dead-letter entry `{id_or_prefix}`"
-            )));
-        }
-        let rows = sqlx::query("SELECT * FROM dead_letters WHERE task_run_id >= ?1 AND task_run_id < ?1 || '~' LIMIT 2")
-            .bind(&prefix)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        match rows.as_slice() {
-            [one] => rows::dead_letter_from_row(one),
-            [] => Err(StoreError::NotFound(format!(
-                "dead-letter entry `{id_or_prefix}`"
-            ))),
-            _ => Err(StoreError::Conflict(format!(
-                "`{id_or_prefix}` matches more than one entry; give more of the id"
-            ))),
-        }
+        let sql = "SELECT * FROM dead_letters WHERE task_run_id >= ?1 AND task_run_id < ?1 || '~' LIMIT 2";
+        rows::dead_letter_from_row(
+            &self
+                .by_prefix(sql.into(), id_or_prefix, "dead-letter entry")
+                .await?,
+        )
     }
 
     async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -457,6 +429,32 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The one row whose UUID key starts with `id_or_prefix`; `sql` selects at most two rows
+    /// with the key in [?1, ?1 || '~'), which the primary key index serves.
+    async fn by_prefix(
+        &self,
+        sql: String,
+        id_or_prefix: &str,
+        what: &str,
+    ) -> Result<sqlx::sqlite::SqliteRow> {
+        let prefix = id_or_prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
+        }
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&prefix)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        match rows.len() {
+            1 => Ok(rows.remove(0)),
+            0 => Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`"))),
+            _ => Err(StoreError::Conflict(format!(
+                "`{id_or_prefix}` matches more than one {what}; give more of the id"
+            ))),
+        }
+    }
+
     async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"

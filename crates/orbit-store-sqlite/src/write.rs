@@ -221,6 +221,8 @@ pub async fn finish_and_claim(
     insert_attempts(&mut tx, &kept).await?;
     // per run: (task runs that reached a terminal state, of which dead)
     let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    // Runs this commit saw `running`: a claim need not try to start them.
+    let mut running: HashSet<Uuid> = HashSet::new();
     for f in &kept {
         apply_effects(&mut tx, f, now, &mut settled, &mut events).await?;
     }
@@ -242,6 +244,9 @@ pub async fn finish_and_claim(
         let state: RunState = state
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+        if state == RunState::Running && pending > 0 {
+            running.insert(run);
+        }
         if pending <= 0 && !state.is_terminal() {
             let final_state = settled_run_state(dead_total.max(0) as u64);
             sqlx::query(
@@ -258,7 +263,7 @@ pub async fn finish_and_claim(
         }
     }
     if let Some(c) = claim.filter(|c| c.limit > 0) {
-        out.claimed = claim_ready(&mut tx, c, now, &mut events).await?;
+        out.claimed = claim_ready(&mut tx, c, now, &running, &mut events).await?;
     }
     flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
@@ -469,6 +474,7 @@ async fn claim_ready(
     conn: &mut SqliteConnection,
     c: &ClaimRequest,
     now: i64,
+    running: &HashSet<Uuid>,
     events: &mut Events,
 ) -> Result<Vec<ClaimedTask>> {
     const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
@@ -537,7 +543,7 @@ async fn claim_ready(
             "task_started",
             Some(json!({"attempt": t.attempt, "worker": c.owner}).to_string()),
         ));
-        if !started_runs.contains(&t.run_id) {
+        if !running.contains(&t.run_id) && !started_runs.contains(&t.run_id) {
             started_runs.push(t.run_id);
         }
     }
