@@ -67,6 +67,7 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
         priority: 0,
         heartbeat_interval: orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
         idempotency_key: None,
+        queue: None,
     }
 }
 

@@ -134,7 +134,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 8] = [
+const TASK_KEYS: [&str; 9] = [
     "name",
     "type",
     "needs",
@@ -143,6 +143,7 @@ const TASK_KEYS: [&str; 8] = [
     "priority",
     "heartbeat_interval",
     "idempotency_key",
+    "queue",
 ];
 
 impl Checker {
@@ -327,6 +328,7 @@ impl Checker {
             .unwrap_or(0);
         let idempotency_key =
             field("idempotency_key").and_then(|k| self.string(k, "idempotency_key"));
+        let queue = field("queue").and_then(|q| self.name(q, "queue"));
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -367,6 +369,7 @@ impl Checker {
                 priority,
                 heartbeat_interval,
                 idempotency_key,
+                queue,
             },
             needs_spans,
         ))

@@ -48,9 +48,19 @@ pub struct TaskDef {
     /// a succeeded task run's within the idempotency TTL reuses that output instead of running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Which workers may claim it (`orbit worker --queue`); `None` is the `default` queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
+/// The queue of tasks that name none.
+pub const DEFAULT_QUEUE: &str = "default";
+
 impl TaskDef {
+    pub fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or(DEFAULT_QUEUE)
+    }
+
     /// How long a claim holds the task without a heartbeat.
     pub fn lease(&self) -> Duration {
         self.heartbeat_interval * 2

@@ -13,9 +13,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, FinishedAttempt,
-    LeaseFilter, LeasedTask, NewRun, Requeued, Result, RunFilter, RunRecord, Store, StoreError,
-    StoredPipeline, TaskRunRecord,
+    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter,
+    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
+    QueueStats, Requeued, Result, RunFilter, RunRecord, Store, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -24,6 +25,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -59,6 +62,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// One process owns the file's writes, so an in-process signal reaches every claimer that
+    /// shares this store.
+    work: Arc<watch::Sender<u64>>,
 }
 
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
@@ -127,6 +133,7 @@ impl SqliteStore {
             writer,
             reader,
             path,
+            work: Arc::new(watch::channel(0).0),
         })
     }
 
@@ -168,7 +175,7 @@ impl Store for SqliteStore {
     }
 
     async fn pipeline(&self, name: &str) -> Result<StoredPipeline> {
-        sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version DESC LIMIT 1")
+        sqlx::query("SELECT * FROM pipelines WHERE name = ?1 AND deleted_at IS NULL ORDER BY version DESC LIMIT 1")
             .bind(name)
             .fetch_optional(&self.reader)
             .await
@@ -192,7 +199,7 @@ impl Store for SqliteStore {
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
         sqlx::query(
             "SELECT p.* FROM pipelines p \
-             WHERE p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
+             WHERE p.deleted_at IS NULL AND p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
         )
         .fetch_all(&self.reader)
         .await
@@ -206,7 +213,10 @@ impl Store for SqliteStore {
         let id = write::create_run(&self.writer, &new).await?;
         match id {
             Ok(id) => Ok(CreatedRun {
-                run: self.run_on(&self.writer, id).await?,
+                run: {
+                    self.signal();
+                    self.run_on(&self.writer, id).await?
+                },
                 created: true,
             }),
             Err(existing) => Ok(CreatedRun {
@@ -222,7 +232,11 @@ impl Store for SqliteStore {
         claim: Option<&ClaimRequest>,
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome> {
-        write::finish_and_claim(&self.writer, finished, claim, now).await
+        let out = write::finish_and_claim(&self.writer, finished, claim, now).await?;
+        if out.left_work {
+            self.signal();
+        }
+        Ok(out)
     }
 
     async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
@@ -354,9 +368,11 @@ impl Store for SqliteStore {
     }
 
     async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued> {
-        Ok(Requeued {
-            tasks: write::requeue(&self.writer, run, tasks, now).await?,
-        })
+        let tasks = write::requeue(&self.writer, run, tasks, now).await?;
+        if !tasks.is_empty() {
+            self.signal();
+        }
+        Ok(Requeued { tasks })
     }
 
     async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
@@ -426,7 +442,112 @@ impl Store for SqliteStore {
         .map_err(unavailable)?;
         Ok(min.and_then(DateTime::from_timestamp_micros))
     }
+    async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
+        write::delete_pipeline(&self.writer, name, now).await
+    }
+
+    async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord> {
+        let sql = "SELECT * FROM task_runs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2";
+        task_run_from_row(&self.by_prefix(sql.into(), id_or_prefix, "task run").await?)
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT COUNT(*) FROM task_runs WHERE state = 'ready'), \
+             (SELECT COUNT(*) FROM task_runs WHERE state = 'running'), \
+             (SELECT COUNT(*) FROM task_runs WHERE state = 'waiting'), \
+             (SELECT COUNT(*) FROM task_runs WHERE state = 'succeeded'), \
+             (SELECT COUNT(*) FROM task_runs WHERE state = 'dead'), \
+             (SELECT COUNT(*) FROM dead_letters), \
+             (SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready')",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let n = |i: usize| row.try_get::<i64, _>(i).map_err(unavailable);
+        Ok(QueueStats {
+            pending: n(0)?,
+            running: n(1)?,
+            waiting: n(2)?,
+            completed: n(3)?,
+            failed: n(4)?,
+            dlq: n(5)?,
+            oldest_pending: row
+                .try_get::<Option<i64>, _>(6)
+                .map_err(unavailable)?
+                .and_then(DateTime::from_timestamp_micros),
+        })
+    }
+
+    async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM task_runs WHERE ");
+        match filter.state {
+            Some(state) => q.push("state = ").push_bind(state.as_str()),
+            None => q.push("state IN ('waiting', 'ready', 'running')"),
+        };
+        if let Some(queue) = &filter.queue {
+            q.push(" AND queue = ").push_bind(queue.clone());
+        }
+        q.push(" ORDER BY priority DESC, COALESCE(ready_at, updated_at), id LIMIT ")
+            .push_bind(i64::from(filter.limit.max(1)))
+            .push(" OFFSET ")
+            .push_bind(i64::from(filter.offset));
+        q.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(task_run_from_row)
+            .collect()
+    }
+
+    async fn recent_attempts(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptSummary>> {
+        sqlx::query(
+            "SELECT outcome, started_at, finished_at FROM attempts WHERE finished_at >= ?1 \
+             ORDER BY finished_at DESC LIMIT ?2",
+        )
+        .bind(us(since))
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::attempt_summary_from_row)
+        .collect()
+    }
+
+    async fn node_heartbeat(&self, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
+        write::node_heartbeat(&self.writer, node, now).await
+    }
+
+    async fn node_stopped(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        write::node_stopped(&self.writer, id, now).await
+    }
+
+    async fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>> {
+        sqlx::query(
+            "SELECT n.*, (SELECT COUNT(*) FROM task_runs t WHERE t.state = 'running' AND t.lease_owner = n.id) AS running \
+             FROM nodes n ORDER BY last_seen_at DESC LIMIT ?1",
+        )
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::node_from_row)
+        .collect()
+    }
+
+    fn work_signal(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
+    }
 }
+
 
 impl SqliteStore {
     /// The one row whose UUID key starts with `id_or_prefix`; `sql` selects at most two rows
@@ -453,6 +574,10 @@ impl SqliteStore {
                 "`{id_or_prefix}` matches more than one {what}; give more of the id"
             ))),
         }
+    }
+
+    fn signal(&self) {
+        self.work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {

@@ -3,8 +3,8 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, ClaimedTask, DeadLetter, LeasedTask, Result, RunRecord, StoreError,
-    StoredPipeline, TaskRunRecord,
+    AttemptRecord, AttemptSummary, ClaimedTask, DeadLetter, LeasedTask, NodeInfo, NodeRecord,
+    Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -93,6 +93,8 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         id: uuid(row, "id")?,
         run_id: uuid(row, "run_id")?,
         task_name: get(row, "task_name")?,
+        task_type: get(row, "task_type")?,
+        queue: get(row, "queue")?,
         state: parsed(row, "state")?,
         attempt: count(row, "attempt")?,
         max_attempts: count(row, "max_attempts")?,
@@ -151,5 +153,34 @@ pub fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
         error: get(row, "error")?,
         attempts: count(row, "attempts")?,
         created_at: time(row, "created_at")?,
+    })
+}
+
+pub fn attempt_summary_from_row(row: &SqliteRow) -> Result<AttemptSummary> {
+    Ok(AttemptSummary {
+        outcome: get(row, "outcome")?,
+        started_at: time(row, "started_at")?,
+        finished_at: time(row, "finished_at")?,
+    })
+}
+
+pub fn node_from_row(row: &SqliteRow) -> Result<NodeRecord> {
+    let queues: String = get(row, "queues")?;
+    Ok(NodeRecord {
+        info: NodeInfo {
+            id: get(row, "id")?,
+            kind: get(row, "kind")?,
+            host: get(row, "host")?,
+            pid: count(row, "pid")?,
+            version: get(row, "version")?,
+            queues: serde_json::from_str(&queues)
+                .map_err(|e| StoreError::Corrupt(format!("node queues: {e}")))?,
+            concurrency: count(row, "concurrency")?,
+            heartbeat_ms: get::<i64>(row, "heartbeat_ms")?.max(0) as u64,
+        },
+        started_at: time(row, "started_at")?,
+        last_seen_at: time(row, "last_seen_at")?,
+        stopped_at: opt_time(row, "stopped_at")?,
+        running: get(row, "running")?,
     })
 }

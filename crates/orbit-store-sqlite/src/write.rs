@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Result, StoreError,
-    StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
+    StoreError, StoredPipeline,
 };
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
@@ -38,7 +38,8 @@ pub async fn save_pipeline(
             .map_err(unavailable)?;
     if let Some(row) = &latest {
         let stored = crate::rows::pipeline_from_row(row)?;
-        if stored.hash == hash {
+        let deleted: Option<i64> = row.try_get("deleted_at").map_err(unavailable)?;
+        if stored.hash == hash && deleted.is_none() {
             return Ok(stored);
         }
     }
@@ -134,7 +135,7 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     for chunk in tasks.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
-             max_attempts, lease_ms, ready_at, updated_at) ",
+             max_attempts, lease_ms, ready_at, updated_at, task_type, queue) ",
         );
         q.push_values(chunk, |mut b, (seq, task)| {
             let ready = task.needs.is_empty();
@@ -149,7 +150,9 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
                 .push_bind(i64::from(task.retry.max_attempts))
                 .push_bind(task.lease().as_millis() as i64)
                 .push_bind(ready.then_some(now))
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(task.task_type.as_str())
+                .push_bind(task.queue());
         });
         q.build()
             .persistent(chunk.len() <= 16)
@@ -223,8 +226,9 @@ pub async fn finish_and_claim(
     let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
     // Runs this commit saw `running`: a claim need not try to start them.
     let mut running: HashSet<Uuid> = HashSet::new();
+    let mut new_ready = 0;
     for f in &kept {
-        apply_effects(&mut tx, f, now, &mut settled, &mut events).await?;
+        apply_effects(&mut tx, f, now, &mut settled, &mut events, &mut new_ready).await?;
     }
     for (run, (done, dead)) in settled {
         let row = sqlx::query(
@@ -267,6 +271,8 @@ pub async fn finish_and_claim(
     }
     flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
+    // Work this claimer may leave for others: tell them.
+    out.left_work = new_ready > 0 && claim.is_none_or(|c| out.claimed.len() >= c.limit);
     Ok(out)
 }
 
@@ -378,6 +384,7 @@ async fn apply_effects(
     now: i64,
     settled: &mut HashMap<Uuid, (i64, i64)>,
     events: &mut Events,
+    new_ready: &mut usize,
 ) -> Result<()> {
     let t = &f.task;
     let (kind, data) = match &f.transition {
@@ -415,18 +422,21 @@ async fn apply_effects(
                 .map_err(unavailable)?;
             }
             for name in promote {
-                sqlx::query(
+                let state: Option<String> = sqlx::query_scalar(
                     "UPDATE task_runs SET pending_needs = pending_needs - 1, \
                      state = CASE WHEN pending_needs <= 1 THEN 'ready' ELSE state END, \
                      ready_at = CASE WHEN pending_needs <= 1 THEN ?1 ELSE ready_at END, updated_at = ?1 \
-                     WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting'",
+                     WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting' RETURNING state",
                 )
                 .bind(now)
                 .bind(&run)
                 .bind(name)
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?;
+                if state.as_deref() == Some("ready") {
+                    *new_ready += 1;
+                }
             }
             settled.entry(t.run_id).or_default().0 += 1;
         }
@@ -465,7 +475,7 @@ async fn apply_effects(
             entry.0 += 1 + cancelled;
             entry.1 += 1;
         }
-        Transition::Retry { .. } => {}
+        Transition::Retry { .. } => *new_ready += 1,
     }
     Ok(())
 }
@@ -477,34 +487,43 @@ async fn claim_ready(
     running: &HashSet<Uuid>,
     events: &mut Events,
 ) -> Result<Vec<ClaimedTask>> {
-    const SET: &str = "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
-         lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), claimed_at = ?2, updated_at = ?2 \
-         WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2";
-    const RETURNING: &str = " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
-         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base";
-    let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
-    let rows = match c.run {
-        Some(run) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{SET} AND run_id = ?4{RETURNING}"
-            )))
-            .bind(&c.owner)
-            .bind(now)
-            .bind(limit)
-            .bind(run.to_string())
-            .fetch_all(&mut *conn)
-            .await
-        }
-        None => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{SET}{RETURNING}")))
-                .bind(&c.owner)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, lease_owner = ",
+    );
+    q.push_bind(&c.owner)
+        .push(", lease_expires_at = ")
+        .push_bind(now)
+        .push(" + lease_ms * 1000, started_at = COALESCE(started_at, ")
+        .push_bind(now)
+        .push("), claimed_at = ")
+        .push_bind(now)
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ")
+        .push_bind(now);
+    if let Some(run) = c.run {
+        q.push(" AND run_id = ").push_bind(run.to_string());
+    }
+    for (column, values) in [("queue", &c.queues), ("task_type", &c.types)] {
+        if !values.is_empty() {
+            q.push(format_args!(" AND {column} IN ("));
+            let mut list = q.separated(", ");
+            for v in values {
+                list.push_bind(v.clone());
+            }
+            q.push(")");
         }
     }
-    .map_err(unavailable)?;
+    q.push(" ORDER BY priority DESC, ready_at, id LIMIT ")
+        .push_bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
+        .push(
+            ") RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
+        );
+    let rows = q
+        .build()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
     let mut claimed = Vec::with_capacity(rows.len());
     let mut order = Vec::with_capacity(rows.len());
@@ -707,4 +726,57 @@ pub async fn requeue(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)
+}
+
+pub async fn delete_pipeline(pool: &SqlitePool, name: &str, now: DateTime<Utc>) -> Result<u64> {
+    let mut tx = begin(pool).await?;
+    let hidden = sqlx::query("UPDATE pipelines SET deleted_at = ?1 WHERE name = ?2 AND deleted_at IS NULL")
+        .bind(us(now))
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+    if hidden > 0 {
+        flush_events(
+            &mut tx,
+            &vec![(None, None, "pipeline_deleted", Some(json!({"pipeline": name}).to_string()))],
+            us(now),
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(hidden)
+}
+
+pub async fn node_heartbeat(pool: &SqlitePool, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
+    let queues = serde_json::to_string(&node.queues).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, stopped_at = NULL",
+    )
+    .bind(&node.id)
+    .bind(&node.kind)
+    .bind(&node.host)
+    .bind(i64::from(node.pid))
+    .bind(&node.version)
+    .bind(queues)
+    .bind(i64::from(node.concurrency))
+    .bind(i64::try_from(node.heartbeat_ms).unwrap_or(i64::MAX))
+    .bind(us(now))
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn node_stopped(pool: &SqlitePool, id: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE nodes SET stopped_at = ?1, last_seen_at = ?1 WHERE id = ?2")
+        .bind(us(now))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }

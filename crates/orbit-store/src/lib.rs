@@ -141,4 +141,34 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
     /// retry becomes claimable.
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
+
+    /// Hides every version of the pipeline `name` from lists and triggers; its runs stay.
+    /// Saving it again brings it back with the next version number. Returns the versions hidden.
+    async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64>;
+
+    /// One task run, by its full id or a unique prefix.
+    async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord>;
+
+    async fn queue_stats(&self) -> Result<QueueStats>;
+
+    /// Task runs in the queue, highest priority and oldest first.
+    async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
+
+    /// Attempts that finished at or after `since`, newest first, at most `limit`.
+    async fn recent_attempts(&self, since: DateTime<Utc>, limit: u32)
+    -> Result<Vec<AttemptSummary>>;
+
+    /// Records that `node` is alive (first call: that it started).
+    async fn node_heartbeat(&self, node: &NodeInfo, now: DateTime<Utc>) -> Result<()>;
+
+    /// Records that the node `id` shut down cleanly.
+    async fn node_stopped(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// Known nodes, most recently seen first.
+    async fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>>;
+
+    /// Changes whenever work may have become claimable (a run created, a task re-queued or
+    /// promoted) here or, with a shared database, on another node. Waiting on it replaces
+    /// polling; a missed signal only delays work until the next poll.
+    fn work_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 }

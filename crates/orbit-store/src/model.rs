@@ -3,12 +3,12 @@
 use chrono::{DateTime, Utc};
 use orbit_core::transition::Transition;
 use orbit_core::{Pipeline, RunState, TaskState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 /// One saved version of a pipeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredPipeline {
     pub id: Uuid,
     pub name: String,
@@ -16,7 +16,7 @@ pub struct StoredPipeline {
     pub hash: String,
     pub pipeline: Pipeline,
     /// The file it came from, as written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -40,7 +40,7 @@ pub struct CreatedRun {
     pub created: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: Uuid,
     pub pipeline_id: Uuid,
@@ -49,7 +49,7 @@ pub struct RunRecord {
     pub state: RunState,
     pub input: Value,
     pub priority: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub tasks_total: i64,
     /// Task runs not yet in a terminal state.
@@ -61,31 +61,33 @@ pub struct RunRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRunRecord {
     pub id: Uuid,
     pub run_id: Uuid,
     pub task_name: String,
+    pub task_type: String,
+    pub queue: String,
     pub state: TaskState,
     /// Attempts started so far.
     pub attempt: u32,
     pub max_attempts: u32,
     pub priority: i32,
     pub lease_epoch: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_owner: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub ready_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub task_run_id: Uuid,
     pub run_id: Uuid,
@@ -96,7 +98,7 @@ pub struct AttemptRecord {
     pub finished_at: DateTime<Utc>,
     /// `succeeded`, or the failure kind (`error`, `fatal`, `timeout`, `worker_lost`).
     pub outcome: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub log: String,
 }
@@ -109,6 +111,23 @@ pub struct ClaimRequest {
     pub limit: usize,
     /// Only tasks of this run (`orbit run`); any run when `None`.
     pub run: Option<Uuid>,
+    /// Only tasks in these queues; any queue when empty.
+    pub queues: Vec<String>,
+    /// Only tasks of these types (`shell`, `http`, ...); any type when empty.
+    pub types: Vec<String>,
+}
+
+impl ClaimRequest {
+    /// Any ready task of any run, up to `limit`.
+    pub fn any(owner: impl Into<String>, limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            owner: owner.into(),
+            limit,
+            run: None,
+            queues: Vec::new(),
+            types: Vec::new(),
+        }
+    }
 }
 
 /// A task run this claimer now holds. Only this value can finish it.
@@ -150,6 +169,9 @@ pub struct BatchOutcome {
     pub lease_lost: Vec<Uuid>,
     /// Runs that reached a terminal state in this commit.
     pub settled_runs: Vec<(Uuid, RunState)>,
+    /// The commit made tasks claimable that its own claim did not take; the store has
+    /// signalled other claimers.
+    pub left_work: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -178,14 +200,14 @@ pub struct LeaseFilter {
 }
 
 /// What re-queuing did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Requeued {
     /// Task runs put back to `ready` or `waiting`.
     pub tasks: Vec<String>,
 }
 
 /// A dead-letter queue entry: a task run whose attempts are spent or that failed for good.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The task run's id.
     pub id: Uuid,
@@ -195,4 +217,68 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
+}
+
+/// Task runs by state, in the seed's `GET /api/queue/status` shape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    /// Ready to be claimed.
+    pub pending: i64,
+    pub running: i64,
+    /// Waiting for upstream tasks.
+    pub waiting: i64,
+    pub completed: i64,
+    /// Dead: attempts spent or a non-retryable failure.
+    pub failed: i64,
+    /// Entries in the dead-letter queue.
+    pub dlq: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// Which task runs [`crate::Store::queue_items`] lists.
+#[derive(Clone, Debug, Default)]
+pub struct QueueFilter {
+    /// Only task runs in this state; the unsettled ones (waiting, ready, running) when `None`.
+    pub state: Option<TaskState>,
+    pub queue: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// One finished attempt, for throughput and duration figures.
+#[derive(Clone, Debug)]
+pub struct AttemptSummary {
+    pub outcome: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// A running `orbit server` or `orbit worker` process, as it announces itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The owner name it puts on leases (`host:pid`).
+    pub id: String,
+    /// `server` or `worker`.
+    pub kind: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    /// The queues it claims from; empty means all.
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// How often it says it is alive.
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    pub started_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Set when it shut down cleanly.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Task runs it holds right now.
+    pub running: i64,
 }

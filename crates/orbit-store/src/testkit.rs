@@ -7,7 +7,7 @@
 )]
 
 use crate::{
-    ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError,
+    NodeInfo, QueueFilter, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError,
     StoredPipeline,
 };
 use chrono::{DateTime, Duration, Utc};
@@ -39,6 +39,12 @@ macro_rules! conformance_tests {
             lists_expired_leases,
             cancel_stops_every_unsettled_task,
             requeue_gives_fresh_tries_and_reopens_the_run,
+            joins_promote_once_when_upstreams_finish_together,
+            claims_filter_by_queue_and_type,
+            queue_stats_count_task_runs_by_state,
+            deleted_pipelines_are_hidden_until_saved_again,
+            nodes_are_listed_with_what_they_hold,
+            task_runs_are_found_by_prefix,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -84,6 +90,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 priority: *prio,
                 heartbeat_interval: std::time::Duration::from_secs(10),
                 idempotency_key: None,
+                queue: None,
             })
             .collect(),
     }
@@ -118,6 +125,8 @@ async fn claim(
         owner: "test-worker".into(),
         limit,
         run,
+        queues: Vec::new(),
+        types: Vec::new(),
     };
     store
         .finish_and_claim(&[], Some(&req), at)
@@ -291,6 +300,8 @@ pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
                 owner: "w".into(),
                 limit: 10,
                 run: Some(run),
+                queues: Vec::new(),
+                types: Vec::new(),
             }),
             t0(),
         )
@@ -316,6 +327,8 @@ pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
                 owner: "w".into(),
                 limit: 10,
                 run: Some(run),
+                queues: Vec::new(),
+                types: Vec::new(),
             }),
             t0(),
         )
@@ -728,4 +741,156 @@ pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
         none.tasks.is_empty(),
         "only dead or cancelled tasks are re-queued"
     );
+}
+
+pub async fn joins_promote_once_when_upstreams_finish_together(store: &dyn Store) {
+    let p = pipeline("join", &[("a", &[], 0), ("b", &[], 0), ("c", &["a", "b"], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let ab = claim(store, Some(run), 10, t0()).await;
+    assert_eq!(ab.len(), 2);
+    let finished: Vec<FinishedAttempt> = ab
+        .iter()
+        .map(|t| finish(&p, t, Outcome::Succeeded(json!(1)), t0()))
+        .collect();
+    let out = store
+        .finish_and_claim(&finished, Some(&ClaimRequest::any("w", 10)), t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&out.claimed),
+        vec!["c"],
+        "both needs met in one batch make the join ready once"
+    );
+    let c = &out.claimed[0];
+    let out = record(store, finish(&p, c, Outcome::Succeeded(json!(3)), t0())).await;
+    assert_eq!(out.settled_runs, vec![(run, RunState::Succeeded)]);
+}
+
+pub async fn claims_filter_by_queue_and_type(store: &dyn Store) {
+    let mut p = pipeline("queues", &[("cpu", &[], 0), ("gpu", &[], 0)]);
+    p.tasks[1].queue = Some("gpu".into());
+    let (_, run) = start(store, &p, t0()).await;
+    let mut req = ClaimRequest::any("w", 10);
+    req.types = vec!["shell".into()];
+    let none = store.finish_and_claim(&[], Some(&req), t0()).await.unwrap();
+    assert!(none.claimed.is_empty(), "no shell tasks here");
+    req.types = vec!["sleep".into()];
+    req.queues = vec!["gpu".into()];
+    let gpu = store.finish_and_claim(&[], Some(&req), t0()).await.unwrap();
+    assert_eq!(names(&gpu.claimed), vec!["gpu"]);
+    let rest = claim(store, Some(run), 10, t0()).await;
+    assert_eq!(names(&rest), vec!["cpu"]);
+    let tr = store.task_runs(run).await.unwrap();
+    assert_eq!(tr[0].queue, "default");
+    assert_eq!(tr[1].queue, "gpu");
+    assert_eq!(tr[1].task_type, "sleep");
+}
+
+pub async fn queue_stats_count_task_runs_by_state(store: &dyn Store) {
+    let p = pipeline("stats", &[("a", &[], 0), ("b", &[], 0), ("c", &["a"], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.running, stats.waiting), (2, 0, 1));
+    assert_eq!(stats.oldest_pending, Some(t0()));
+    let a = claim(store, Some(run), 1, t0()).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.running, stats.waiting), (1, 1, 1));
+    let fatal = Outcome::Failed(Failure::fatal("boom"));
+    record(store, finish(&p, &a[0], fatal, t0())).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.running, stats.failed, stats.dlq),
+        (1, 0, 1, 1)
+    );
+    let items = store
+        .queue_items(&QueueFilter {
+            limit: 10,
+            ..QueueFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1, "only b is still in the queue: {items:?}");
+    assert_eq!(items[0].task_name, "b");
+    let dead = store
+        .queue_items(&QueueFilter {
+            state: Some(TaskState::Dead),
+            limit: 10,
+            ..QueueFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_name, "a");
+    let recent = store
+        .recent_attempts(t0() - Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].outcome, "fatal");
+}
+
+pub async fn deleted_pipelines_are_hidden_until_saved_again(store: &dyn Store) {
+    let p = pipeline("gone", &[("a", &[], 0)]);
+    let (stored, run) = start(store, &p, t0()).await;
+    assert_eq!(store.delete_pipeline("gone", t0()).await.unwrap(), 1);
+    assert!(matches!(
+        store.pipeline("gone").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.list_pipelines().await.unwrap().is_empty());
+    assert_eq!(store.run(run).await.unwrap().pipeline_id, stored.id, "runs stay");
+    assert_eq!(store.delete_pipeline("gone", t0()).await.unwrap(), 0);
+    let again = store.save_pipeline(&p, None, t0()).await.unwrap();
+    assert_eq!(again.version, 2, "saving it again brings it back as a new version");
+    assert_eq!(store.pipeline("gone").await.unwrap().id, again.id);
+}
+
+pub async fn nodes_are_listed_with_what_they_hold(store: &dyn Store) {
+    let node = NodeInfo {
+        id: "test-worker".into(),
+        kind: "worker".into(),
+        host: "h".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        queues: vec!["gpu".into()],
+        concurrency: 8,
+        heartbeat_ms: 5000,
+    };
+    store.node_heartbeat(&node, t0()).await.unwrap();
+    let p = pipeline("nodes", &[("a", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    claim(store, Some(run), 1, t0()).await;
+    store
+        .node_heartbeat(&node, t0() + Duration::seconds(5))
+        .await
+        .unwrap();
+    let nodes = store.nodes(10).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    let n = &nodes[0];
+    assert_eq!(n.info.queues, vec!["gpu".to_string()]);
+    assert_eq!(n.started_at, t0());
+    assert_eq!(n.last_seen_at, t0() + Duration::seconds(5));
+    assert_eq!(n.running, 1, "it holds the task it claimed");
+    store
+        .node_stopped("test-worker", t0() + Duration::seconds(6))
+        .await
+        .unwrap();
+    assert!(store.nodes(10).await.unwrap()[0].stopped_at.is_some());
+}
+
+pub async fn task_runs_are_found_by_prefix(store: &dyn Store) {
+    let p = pipeline("prefix", &[("a", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let id = store.task_runs(run).await.unwrap()[0].id;
+    let full = id.to_string();
+    assert_eq!(store.task_run(&full).await.unwrap().id, id);
+    assert_eq!(store.task_run(&full[..13]).await.unwrap().id, id);
+    assert!(matches!(
+        store.task_run("zz").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.task_run(&Uuid::now_v7().to_string()).await,
+        Err(StoreError::NotFound(_))
+    ));
 }

@@ -1,0 +1,799 @@
+//! The write transactions. Batches travel as arrays (`UNNEST`), so every statement has one
+//! shape whatever the batch size and stays prepared.
+//!
+//! Lock order, to keep concurrent writers from deadlocking: the `runs` rows a transaction will
+//! change are locked first, in id order; task runs after.
+
+use crate::rows::{claimed_from_row, pipeline_from_row};
+use crate::{CHANNEL, unavailable};
+use chrono::{DateTime, Utc};
+use orbit_core::transition::{Transition, settled_run_state};
+use orbit_core::{Pipeline, RunState};
+use orbit_store::{
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
+    StoreError, StoredPipeline,
+};
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use uuid::Uuid;
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn begin(pool: &PgPool) -> Result<Tx> {
+    pool.begin().await.map_err(unavailable)
+}
+
+/// Events of one transaction, written together by [`flush_events`].
+#[derive(Default)]
+struct Events {
+    run: Vec<Option<Uuid>>,
+    task: Vec<Option<String>>,
+    kind: Vec<&'static str>,
+    data: Vec<Option<Value>>,
+}
+
+impl Events {
+    fn push(&mut self, run: Option<Uuid>, task: Option<&str>, kind: &'static str, data: Option<Value>) {
+        self.run.push(run);
+        self.task.push(task.map(str::to_owned));
+        self.kind.push(kind);
+        self.data.push(data);
+    }
+}
+
+async fn flush_events(conn: &mut PgConnection, events: &Events, at: DateTime<Utc>) -> Result<()> {
+    if events.kind.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (run_id, task_name, kind, data, at) \
+         SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)",
+    )
+    .bind(&events.run)
+    .bind(&events.task)
+    .bind(&events.kind)
+    .bind(&events.data)
+    .bind(at)
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn notify(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn save_pipeline(
+    pool: &PgPool,
+    pipeline: &Pipeline,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<StoredPipeline> {
+    let hash = pipeline.content_hash();
+    let definition = serde_json::to_value(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut tx = begin(pool).await?;
+    // Two servers saving the same name at once take turns instead of racing for a version.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(&pipeline.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let latest = sqlx::query("SELECT * FROM pipelines WHERE name = $1 ORDER BY version DESC LIMIT 1")
+        .bind(&pipeline.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    if let Some(row) = &latest {
+        let stored = pipeline_from_row(row)?;
+        let deleted: Option<DateTime<Utc>> = row.try_get("deleted_at").map_err(unavailable)?;
+        if stored.hash == hash && deleted.is_none() {
+            return Ok(stored);
+        }
+    }
+    let version = latest.map_or(Ok(0), |r| r.try_get::<i64, _>("version").map_err(unavailable))? + 1;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(&pipeline.name)
+    .bind(version)
+    .bind(&hash)
+    .bind(&definition)
+    .bind(source)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut events = Events::default();
+    events.push(None, None, "pipeline_saved", Some(json!({"pipeline": pipeline.name, "version": version})));
+    flush_events(&mut tx, &events, now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(StoredPipeline {
+        id,
+        name: pipeline.name.clone(),
+        version,
+        hash,
+        pipeline: pipeline.clone(),
+        source: source.map(str::to_owned),
+        created_at: now,
+    })
+}
+
+/// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
+pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
+    let now = new.now;
+    let id = Uuid::now_v7();
+    let p = &new.pipeline.pipeline;
+    let mut tx = begin(pool).await?;
+    if let Some(key) = &new.idempotency_key {
+        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        if let Some(cutoff) = now.checked_sub_signed(ttl) {
+            sqlx::query("UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = $1 AND created_at < $2")
+                .bind(key)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+         tasks_total, tasks_pending, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(new.pipeline.id)
+    .bind(&p.name)
+    .bind(new.pipeline.version)
+    .bind(&new.input)
+    .bind(new.priority)
+    .bind(new.idempotency_key.as_deref())
+    .bind(p.tasks.len() as i64)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    if inserted.rows_affected() == 0 {
+        let existing: Uuid = sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
+            .bind(new.idempotency_key.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        return Ok(Err(existing));
+    }
+    let n = p.tasks.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut prios = Vec::with_capacity(n);
+    let mut needs = Vec::with_capacity(n);
+    let mut maxes = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    let mut ready_ats = Vec::with_capacity(n);
+    for (seq, task) in p.tasks.iter().enumerate() {
+        let ready = task.needs.is_empty();
+        ids.push(Uuid::now_v7());
+        names.push(task.name.as_str());
+        types.push(task.task_type.as_str());
+        queues.push(task.queue());
+        seqs.push(seq as i32);
+        states.push(if ready { "ready" } else { "waiting" });
+        prios.push(task.priority.saturating_add(new.priority));
+        needs.push(task.needs.len() as i32);
+        maxes.push(i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX));
+        leases.push(task.lease().as_millis() as i64);
+        ready_ats.push(ready.then_some(now));
+    }
+    sqlx::query(
+        "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
+         max_attempts, lease_ms, ready_at, updated_at) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3 FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
+         $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[]) \
+         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra)",
+    )
+    .bind(id)
+    .bind(new.pipeline.id)
+    .bind(now)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&types)
+    .bind(&queues)
+    .bind(&seqs)
+    .bind(&states)
+    .bind(&prios)
+    .bind(&needs)
+    .bind(&maxes)
+    .bind(&leases)
+    .bind(&ready_ats)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut events = Events::default();
+    events.push(Some(id), None, "run_created", Some(json!({"pipeline": p.name, "version": new.pipeline.version})));
+    flush_events(&mut tx, &events, now).await?;
+    if states.contains(&"ready") {
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(id))
+}
+
+/// Locks the runs rows first, in id order (see the module's lock order).
+async fn lock_runs(conn: &mut PgConnection, runs: &BTreeSet<Uuid>) -> Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = runs.iter().copied().collect();
+    sqlx::query("SELECT id FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .fetch_all(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn finish_and_claim(
+    pool: &PgPool,
+    finished: &[FinishedAttempt],
+    claim: Option<&ClaimRequest>,
+    now: DateTime<Utc>,
+) -> Result<BatchOutcome> {
+    let mut out = BatchOutcome::default();
+    let mut events = Events::default();
+    let mut tx = begin(pool).await?;
+    let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
+    lock_runs(&mut tx, &runs).await?;
+    let accepted = apply_fenced(&mut tx, finished, now).await?;
+    let kept: Vec<&FinishedAttempt> = finished.iter().filter(|f| accepted.contains(&f.task.id)).collect();
+    out.lease_lost = finished.iter().filter(|f| !accepted.contains(&f.task.id)).map(|f| f.task.id).collect();
+    insert_attempts(&mut tx, &kept).await?;
+    let effects = apply_effects(&mut tx, &kept, now, &mut events).await?;
+    let mut running: HashSet<Uuid> = HashSet::new();
+    if !effects.settled.is_empty() {
+        let ids: Vec<Uuid> = effects.settled.keys().copied().collect();
+        let done: Vec<i64> = effects.settled.values().map(|v| v.0).collect();
+        let dead: Vec<i64> = effects.settled.values().map(|v| v.1).collect();
+        let rows = sqlx::query(
+            "UPDATE runs r SET tasks_pending = r.tasks_pending - v.done, tasks_dead = r.tasks_dead + v.dead, updated_at = $4 \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, done, dead) WHERE r.id = v.id \
+             RETURNING r.id, r.tasks_pending, r.tasks_dead, r.state",
+        )
+        .bind(&ids)
+        .bind(&done)
+        .bind(&dead)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut settle_ids = Vec::new();
+        let mut settle_states = Vec::new();
+        for row in rows {
+            let run: Uuid = row.try_get(0).map_err(unavailable)?;
+            let pending: i64 = row.try_get(1).map_err(unavailable)?;
+            let dead_total: i64 = row.try_get(2).map_err(unavailable)?;
+            let state: String = row.try_get(3).map_err(unavailable)?;
+            let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+            if state == RunState::Running && pending > 0 {
+                running.insert(run);
+            }
+            if pending <= 0 && !state.is_terminal() {
+                let final_state = settled_run_state(dead_total.max(0) as u64);
+                settle_ids.push(run);
+                settle_states.push(final_state.as_str());
+                events.push(Some(run), None, run_event(final_state), None);
+                out.settled_runs.push((run, final_state));
+            }
+        }
+        if !settle_ids.is_empty() {
+            sqlx::query(
+                "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
+                 FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
+            )
+            .bind(&settle_ids)
+            .bind(&settle_states)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+    }
+    if let Some(c) = claim.filter(|c| c.limit > 0) {
+        out.claimed = claim_ready(&mut tx, c, now, &running, &mut events).await?;
+    }
+    flush_events(&mut tx, &events, now).await?;
+    out.left_work = effects.new_ready > 0 && claim.is_none_or(|c| out.claimed.len() >= c.limit);
+    if out.left_work {
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(out)
+}
+
+pub fn run_event(state: RunState) -> &'static str {
+    match state {
+        RunState::Pending => "run_pending",
+        RunState::Running => "run_started",
+        RunState::Succeeded => "run_succeeded",
+        RunState::Failed => "run_failed",
+        RunState::Cancelled => "run_cancelled",
+    }
+}
+
+/// Moves every finished task run out of `running`, each only if its `lease_epoch` still
+/// matches: one statement for the whole batch. Returns the ids it changed.
+async fn apply_fenced(conn: &mut PgConnection, finished: &[FinishedAttempt], now: DateTime<Utc>) -> Result<HashSet<Uuid>> {
+    if finished.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let n = finished.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut epochs = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut ready_ats = Vec::with_capacity(n);
+    for f in finished {
+        let (state, output, error, ready_at) = match &f.transition {
+            Transition::Succeed { output, .. } => ("succeeded", Some(output), None, None),
+            Transition::Retry { ready_at, failure } => ("ready", None, Some(failure.message.as_str()), Some(*ready_at)),
+            Transition::Dead { failure, .. } => ("dead", None, Some(failure.message.as_str()), None),
+        };
+        ids.push(f.task.id);
+        epochs.push(f.task.lease_epoch);
+        states.push(state);
+        outputs.push(output);
+        errors.push(error);
+        ready_ats.push(ready_at);
+    }
+    let rows = sqlx::query(
+        "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
+         ready_at = COALESCE(v.ready_at, t.ready_at), \
+         finished_at = CASE WHEN v.state = 'ready' THEN t.finished_at ELSE $7 END, updated_at = $7, \
+         lease_owner = NULL, lease_expires_at = NULL \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[]) \
+         AS v(id, epoch, state, output, error, ready_at) \
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(&states)
+    .bind(&outputs)
+    .bind(&errors)
+    .bind(&ready_ats)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(|r| r.try_get::<Uuid, _>(0).map_err(unavailable)).collect()
+}
+
+async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> Result<()> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = kept.iter().map(|f| f.task.id).collect();
+    let attempts: Vec<i32> = kept.iter().map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX)).collect();
+    let runs: Vec<Uuid> = kept.iter().map(|f| f.task.run_id).collect();
+    let names: Vec<&str> = kept.iter().map(|f| f.task.task_name.as_str()).collect();
+    let workers: Vec<&str> = kept.iter().map(|f| f.worker.as_str()).collect();
+    let started: Vec<DateTime<Utc>> = kept.iter().map(|f| f.started_at).collect();
+    let ended: Vec<DateTime<Utc>> = kept.iter().map(|f| f.finished_at).collect();
+    let outcomes: Vec<&str> = kept
+        .iter()
+        .map(|f| match f.transition.failure() {
+            Some(fl) => fl.kind.as_str(),
+            None if f.reused => "reused",
+            None => "succeeded",
+        })
+        .collect();
+    let errors: Vec<Option<&str>> = kept.iter().map(|f| f.transition.failure().map(|fl| fl.message.as_str())).collect();
+    let logs: Vec<&str> = kept.iter().map(|f| f.log.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
+         $7::timestamptz[], $8::text[], $9::text[], $10::text[])",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&runs)
+    .bind(&names)
+    .bind(&workers)
+    .bind(&started)
+    .bind(&ended)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&logs)
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Effects {
+    /// Per run: task runs that reached a terminal state, of which dead.
+    settled: BTreeMap<Uuid, (i64, i64)>,
+    /// Task runs made claimable (promoted or retried).
+    new_ready: usize,
+}
+
+/// What the recorded attempts do to other task runs: promote or cancel downstream tasks, keep
+/// keyed outputs, fill the dead-letter queue. One statement per kind of effect.
+async fn apply_effects(
+    conn: &mut PgConnection,
+    kept: &[&FinishedAttempt],
+    now: DateTime<Utc>,
+    events: &mut Events,
+) -> Result<Effects> {
+    let mut fx = Effects::default();
+    let mut promote: (Vec<Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
+    let mut cancel: (Vec<Uuid>, Vec<&str>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut keyed: HashMap<&str, (Uuid, &Value)> = HashMap::new();
+    let mut dead = Vec::new();
+    for f in kept {
+        let t = &f.task;
+        let (kind, data) = match &f.transition {
+            Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
+            Transition::Retry { ready_at, failure } => (
+                "task_retrying",
+                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
+            ),
+            Transition::Dead { failure, .. } => (
+                "task_dead",
+                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
+            ),
+        };
+        events.push(Some(t.run_id), Some(&t.task_name), kind, Some(data));
+        match &f.transition {
+            Transition::Succeed { promote: names, output } => {
+                if let (Some(key), false) = (&f.idempotency_key, f.reused) {
+                    keyed.insert(key.as_str(), (t.id, output));
+                }
+                for name in names {
+                    promote.0.push(t.run_id);
+                    promote.1.push(name.as_str());
+                }
+                fx.settled.entry(t.run_id).or_default().0 += 1;
+            }
+            Transition::Dead { cancel: names, .. } => {
+                let reason = format!("not started: upstream task `{}` is dead", t.task_name);
+                for name in names {
+                    cancel.0.push(t.run_id);
+                    cancel.1.push(name.as_str());
+                    cancel.2.push(reason.clone());
+                }
+                dead.push(*f);
+                let entry = fx.settled.entry(t.run_id).or_default();
+                entry.0 += 1;
+                entry.1 += 1;
+            }
+            Transition::Retry { .. } => fx.new_ready += 1,
+        }
+    }
+    if !promote.0.is_empty() {
+        // Two upstreams of one task may finish in the same batch: count them before updating,
+        // since an UPDATE changes each row once.
+        let became_ready: Vec<bool> = sqlx::query_scalar(
+            "UPDATE task_runs t SET pending_needs = t.pending_needs - v.n, \
+             state = CASE WHEN t.pending_needs <= v.n THEN 'ready' ELSE t.state END, \
+             ready_at = CASE WHEN t.pending_needs <= v.n THEN $3 ELSE t.ready_at END, updated_at = $3 \
+             FROM (SELECT r, name, COUNT(*)::int AS n FROM UNNEST($1::uuid[], $2::text[]) AS u(r, name) GROUP BY r, name) v \
+             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.state = 'ready'",
+        )
+        .bind(&promote.0)
+        .bind(&promote.1)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        fx.new_ready += became_ready.iter().filter(|r| **r).count();
+    }
+    if !cancel.0.is_empty() {
+        let cancelled: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE task_runs t SET state = 'cancelled', error = v.reason, finished_at = $4, updated_at = $4 \
+             FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
+             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
+        )
+        .bind(&cancel.0)
+        .bind(&cancel.1)
+        .bind(&cancel.2)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for run in cancelled {
+            fx.settled.entry(run).or_default().0 += 1;
+        }
+    }
+    if !keyed.is_empty() {
+        let keys: Vec<&str> = keyed.keys().copied().collect();
+        let ids: Vec<Uuid> = keyed.values().map(|v| v.0).collect();
+        let outputs: Vec<&Value> = keyed.values().map(|v| v.1).collect();
+        sqlx::query(
+            "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) \
+             SELECT k, id, o, $4 FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) AS v(k, id, o) \
+             ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
+             output = excluded.output, created_at = excluded.created_at",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&outputs)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    if !dead.is_empty() {
+        let ids: Vec<Uuid> = dead.iter().map(|f| f.task.id).collect();
+        let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
+        let pipes: Vec<Uuid> = dead.iter().map(|f| f.task.pipeline_id).collect();
+        let names: Vec<&str> = dead.iter().map(|f| f.task.task_name.as_str()).collect();
+        let errors: Vec<Option<&str>> = dead.iter().map(|f| f.transition.failure().map(|fl| fl.message.as_str())).collect();
+        let attempts: Vec<i32> = dead.iter().map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX)).collect();
+        sqlx::query(
+            "INSERT INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
+             SELECT id, r, p, n, e, a, $7 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
+             AS v(id, r, p, n, e, a) \
+             ON CONFLICT (task_run_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, created_at = excluded.created_at",
+        )
+        .bind(&ids)
+        .bind(&runs)
+        .bind(&pipes)
+        .bind(&names)
+        .bind(&errors)
+        .bind(&attempts)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(fx)
+}
+
+const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
+     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at";
+
+async fn claim_ready(
+    conn: &mut PgConnection,
+    c: &ClaimRequest,
+    now: DateTime<Utc>,
+    running: &HashSet<Uuid>,
+    events: &mut Events,
+) -> Result<Vec<ClaimedTask>> {
+    // Every filter is always bound (NULL = any), so the statement has one shape and one plan
+    // per claimer.
+    let queues = (!c.queues.is_empty()).then_some(&c.queues);
+    let types = (!c.types.is_empty()).then_some(&c.types);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH picked AS ( \
+           SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 \
+           AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
+           AND ($6::text[] IS NULL OR task_type = ANY($6)) \
+           ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE task_runs t SET state = 'running', attempt = t.attempt + 1, lease_epoch = t.lease_epoch + 1, \
+           lease_owner = $1, lease_expires_at = $2 + t.lease_ms * interval '1 millisecond', \
+           started_at = COALESCE(t.started_at, $2), claimed_at = $2, updated_at = $2 \
+         FROM picked WHERE t.id = picked.id RETURNING {CLAIMED_COLUMNS}"
+    )))
+    .bind(&c.owner)
+    .bind(now)
+    .bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
+    .bind(c.run)
+    .bind(queues)
+    .bind(types)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let priority: i32 = row.try_get("priority").map_err(unavailable)?;
+        let ready_at: Option<DateTime<Utc>> = row.try_get("ready_at").map_err(unavailable)?;
+        claimed.push(((-priority, ready_at), claimed_from_row(row)?));
+    }
+    // RETURNING gives no order; hand tasks out highest priority, oldest first.
+    claimed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+    let claimed: Vec<ClaimedTask> = claimed.into_iter().map(|(_, t)| t).collect();
+    let mut start: BTreeSet<Uuid> = BTreeSet::new();
+    for t in &claimed {
+        events.push(Some(t.run_id), Some(&t.task_name), "task_started", Some(json!({"attempt": t.attempt, "worker": c.owner})));
+        if !running.contains(&t.run_id) {
+            start.insert(t.run_id);
+        }
+    }
+    if !start.is_empty() {
+        let ids: Vec<Uuid> = start.into_iter().collect();
+        // SKIP LOCKED: a run another claimer is starting right now is started by it.
+        let started: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE runs SET state = 'running', started_at = $1, updated_at = $1 WHERE id IN ( \
+             SELECT id FROM runs WHERE id = ANY($2) AND state = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id",
+        )
+        .bind(now)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for run in started {
+            events.push(Some(run), None, "run_started", None);
+        }
+    }
+    Ok(claimed)
+}
+
+pub async fn extend_leases(pool: &PgPool, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+    let epochs: Vec<i64> = leases.iter().map(|l| l.1).collect();
+    let kept: HashSet<Uuid> = sqlx::query_scalar(
+        "UPDATE task_runs t SET lease_expires_at = $3 + t.lease_ms * interval '1 millisecond', updated_at = $3 \
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, epoch) \
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?
+    .into_iter()
+    .collect();
+    Ok(ids.into_iter().filter(|id| !kept.contains(id)).collect())
+}
+
+pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let state: RunState = state
+        .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict(format!("run {run} is already {state}")));
+    }
+    sqlx::query(
+        "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = $1, updated_at = $1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ('waiting', 'ready', 'running')",
+    )
+    .bind(now)
+    .bind(run)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("UPDATE runs SET state = 'cancelled', tasks_pending = 0, finished_at = $1, updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let mut events = Events::default();
+    events.push(Some(run), None, "run_cancelled", None);
+    flush_events(&mut tx, &events, now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Vec<String>> {
+    let mut tx = begin(pool).await?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound(format!("run {run}")));
+    }
+    let requeued: Vec<String> = sqlx::query_scalar(
+        "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
+         ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \
+         error = NULL, output = NULL, finished_at = NULL, updated_at = $1 \
+         WHERE run_id = $2 AND task_name = ANY($3) AND state IN ('dead', 'cancelled') RETURNING task_name",
+    )
+    .bind(now)
+    .bind(run)
+    .bind(tasks)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    // Keep the caller's order.
+    let requeued: Vec<String> = tasks.iter().filter(|t| requeued.contains(t)).cloned().collect();
+    if !requeued.is_empty() {
+        sqlx::query("DELETE FROM dead_letters WHERE run_id = $1 AND task_name = ANY($2)")
+            .bind(run)
+            .bind(&requeued)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let still_dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM task_runs WHERE run_id = $1 AND state = 'dead'")
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE runs SET state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END, \
+             tasks_pending = tasks_pending + $1, tasks_dead = $2, finished_at = NULL, updated_at = $3 WHERE id = $4",
+        )
+        .bind(requeued.len() as i64)
+        .bind(still_dead)
+        .bind(now)
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut events = Events::default();
+        for name in &requeued {
+            events.push(Some(run), Some(name), "task_requeued", None);
+        }
+        events.push(Some(run), None, "run_requeued", Some(json!({ "tasks": requeued })));
+        flush_events(&mut tx, &events, now).await?;
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(requeued)
+}
+
+pub async fn delete_pipeline(pool: &PgPool, name: &str, now: DateTime<Utc>) -> Result<u64> {
+    let mut tx = begin(pool).await?;
+    let hidden = sqlx::query("UPDATE pipelines SET deleted_at = $1 WHERE name = $2 AND deleted_at IS NULL")
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+    if hidden > 0 {
+        let mut events = Events::default();
+        events.push(None, None, "pipeline_deleted", Some(json!({"pipeline": name})));
+        flush_events(&mut tx, &events, now).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(hidden)
+}
+
+pub async fn node_heartbeat(pool: &PgPool, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, stopped_at = NULL",
+    )
+    .bind(&node.id)
+    .bind(&node.kind)
+    .bind(&node.host)
+    .bind(i64::from(node.pid))
+    .bind(&node.version)
+    .bind(json!(node.queues))
+    .bind(i64::from(node.concurrency))
+    .bind(i64::try_from(node.heartbeat_ms).unwrap_or(i64::MAX))
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn node_stopped(pool: &PgPool, id: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE nodes SET stopped_at = $1, last_seen_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
