@@ -43,6 +43,24 @@ pub enum Command {
     Status {
         /// Run id, or a unique prefix of it
         run: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create a run for a server or workers to execute (does not execute it here)
+    Trigger(TriggerArgs),
+    /// List the servers and workers sharing the store, with their last heartbeat
+    Services {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Serve the HTTP API, run embedded workers, the reaper and cron
+    Server(ServerArgs),
+    /// Claim and execute ready tasks from the store, alongside any number of other workers
+    Worker(WorkerArgs),
+    /// Database administration
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
     },
     /// Show the logs of a run's attempts
     Logs {
@@ -111,6 +129,86 @@ pub struct RunArgs {
     pub idempotency_key: Option<String>,
 }
 
+/// Talk to a running `orbit server` instead of the database.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The server's base URL (http://host:3000); the bearer token comes from ORBIT_API_TOKEN
+    #[arg(long, env = "ORBIT_URL", value_name = "URL")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The name of a saved pipeline
+    pub pipeline: String,
+    /// The run's input: JSON text, or @path to a JSON file
+    #[arg(short, long, value_name = "JSON|@FILE")]
+    pub input: Option<String>,
+    /// Returns the existing run when a run with this key was made within the idempotency TTL
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Added to every task's priority; higher is claimed first
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on. Without ORBIT_API_TOKEN only loopback addresses are allowed
+    #[arg(long, env = "ORBIT_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: String,
+    /// Embedded worker slots [default: MAX_CONCURRENCY (10) on SQLite, 0 on PostgreSQL]
+    #[arg(long, env = "ORBIT_WORKERS")]
+    pub workers: Option<usize>,
+    /// standalone (background work) or serverless (work only on POST /api/v1/process)
+    #[arg(long, env = "MODE", default_value = "standalone")]
+    pub mode: String,
+    /// Do not apply database migrations on start
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// With ORBIT_API_TOKEN set, still serve /api/v1/health and /metrics without it
+    #[arg(long)]
+    pub public_health: bool,
+    /// Most tasks one POST /api/v1/process executes
+    #[arg(long, default_value_t = 100)]
+    pub process_batch: usize,
+    #[command(flatten)]
+    pub work: WorkOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Most tasks running at once
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 10)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub work: WorkOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkOptions {
+    /// Only claim tasks of this queue (repeatable; default: every queue)
+    #[arg(long = "queue", value_name = "QUEUE")]
+    pub queues: Vec<String>,
+    /// Only claim tasks of this type: shell, http, sleep, script (repeatable)
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// How often to look for work when no wake-up came, in milliseconds
+    #[arg(long, env = "POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// On SIGTERM/SIGINT, how long running attempts may take before their leases are handed back
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Apply pending migrations to the database
+    Migrate,
+}
+
 #[derive(Debug, Args)]
 pub struct RunsArgs {
     /// Only runs in this state (pending, running, succeeded, failed, cancelled)
@@ -122,6 +220,8 @@ pub struct RunsArgs {
     /// How many
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +234,13 @@ pub struct BenchArgs {
     /// SQLite durability: full (default, survives power loss) or normal
     #[arg(long, global = true, default_value = "full")]
     pub durability: String,
+    /// Benchmark this PostgreSQL database instead of a temporary SQLite file (its tables are
+    /// emptied of the benchmark's own runs only)
+    #[arg(long, global = true, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// Drain with this many `orbit worker` processes instead of an in-process engine
+    #[arg(long, global = true, default_value_t = 0)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]

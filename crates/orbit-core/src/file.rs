@@ -180,10 +180,16 @@ impl Checker {
             .description
             .as_ref()
             .and_then(|d| self.string(d, "description"));
-        let schedule = raw
-            .schedule
-            .as_ref()
-            .and_then(|s| self.string(s, "schedule"));
+        let schedule = raw.schedule.as_ref().and_then(|s| {
+            let expr = self.string(s, "schedule")?;
+            match crate::pipeline::parse_schedule(&expr) {
+                Ok(_) => Some(expr),
+                Err(e) => {
+                    self.at(s, e);
+                    None
+                }
+            }
+        });
         let defaults = self.defaults(raw.defaults.as_ref());
         let Some(tasks) = raw.tasks else {
             self.diagnostics.push(Diagnostic {

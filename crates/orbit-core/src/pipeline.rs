@@ -121,6 +121,13 @@ impl Pipeline {
     }
 }
 
+/// SHA-256 of one task's canonical definition: its code hash for YAML and API tasks.
+pub fn task_hash(task: &TaskDef) -> String {
+    hex(&Sha256::digest(
+        serde_json::to_vec(task).unwrap_or_default(),
+    ))
+}
+
 fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
     bytes
@@ -139,4 +146,10 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A pipeline's `schedule`: standard 5-field cron, or 6 fields with seconds first, in UTC.
+pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
+    expr.parse::<croner::Cron>()
+        .map_err(|e| format!("`schedule` is not a valid cron expression (`{expr}`): {e}"))
 }

@@ -32,6 +32,13 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// How long a task's idempotency key holds its output (`IDEMPOTENCY_TTL_SECONDS`).
     pub idempotency_ttl: Duration,
+    /// Only claim tasks in these queues (all when empty).
+    pub queues: Vec<String>,
+    /// Only claim tasks of these types (all when empty).
+    pub types: Vec<String>,
+    /// On shutdown, how long running attempts may take to finish before their leases are
+    /// handed back.
+    pub grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +48,9 @@ impl Default for EngineConfig {
             concurrency: 10,
             poll_interval: Duration::from_secs(1),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            queues: Vec::new(),
+            types: Vec::new(),
+            grace: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +103,36 @@ pub enum EngineEvent {
     },
 }
 
+/// What [`Engine::process`] did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Processed {
+    /// Expired leases taken back.
+    pub reaped: usize,
+    pub claimed: usize,
+    pub succeeded: usize,
+    pub retrying: usize,
+    pub dead: usize,
+    /// Runs that settled.
+    pub runs_settled: usize,
+}
+
+impl Processed {
+    fn count(&mut self, finished: &[FinishedAttempt], outcome: &BatchOutcome) {
+        self.claimed += outcome.claimed.len();
+        self.runs_settled += outcome.settled_runs.len();
+        for f in finished
+            .iter()
+            .filter(|f| !outcome.lease_lost.contains(&f.task.id))
+        {
+            match f.transition {
+                Transition::Succeed { .. } => self.succeeded += 1,
+                Transition::Retry { .. } => self.retrying += 1,
+                Transition::Dead { .. } => self.dead += 1,
+            }
+        }
+    }
+}
+
 pub struct Engine {
     store: Arc<dyn Store>,
     config: EngineConfig,
@@ -108,8 +148,11 @@ struct Loaded {
 
 struct InFlight {
     run: Uuid,
+    pipeline_id: Uuid,
     task: String,
     attempt: u32,
+    tries: u32,
+    claimed_at: DateTime<Utc>,
     epoch: i64,
     interval: Duration,
     lease: Duration,
@@ -155,18 +198,36 @@ impl Engine {
             return Ok(Some(record.state));
         }
         self.reap_orphans(Some(run)).await?;
-        self.drive(Some(run), shutdown).await
+        self.drive(Some(run), shutdown, None, &mut Processed::default())
+            .await
     }
 
     /// Executes tasks of any run until `shutdown`.
     pub async fn drive_all(&self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        self.drive(None, shutdown).await.map(|_| ())
+        self.drive(None, shutdown, None, &mut Processed::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// Serverless mode's unit of work: reaps expired leases, then claims and executes at most
+    /// `max_tasks` ready tasks (and what they make ready, within that budget) and returns once
+    /// they are recorded.
+    pub async fn process(&self, max_tasks: usize) -> Result<Processed, EngineError> {
+        let mut done = Processed {
+            reaped: self.reap(&mut HashMap::new()).await?,
+            ..Processed::default()
+        };
+        self.drive(None, CancellationToken::new(), Some(max_tasks), &mut done)
+            .await?;
+        Ok(done)
     }
 
     async fn drive(
         &self,
         scope: Option<Uuid>,
         shutdown: CancellationToken,
+        budget: Option<usize>,
+        done: &mut Processed,
     ) -> Result<Option<RunState>, EngineError> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
         let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
@@ -177,18 +238,47 @@ impl Engine {
         let mut claim_due = true;
         let mut retry_wake: Option<Instant> = None;
         let mut stopping = false;
+        let mut grace_ends: Option<Instant> = None;
+        let mut work = self.store.work_signal();
+        let mut store_down: u32 = 0;
         loop {
-            let free = self.config.concurrency.saturating_sub(inflight.len());
+            let mut free = self.config.concurrency.saturating_sub(inflight.len());
+            if let Some(b) = budget {
+                free = free.min(b.saturating_sub(done.claimed));
+                if free == 0 && inflight.is_empty() && finished.is_empty() {
+                    return Ok(None);
+                }
+            }
             let claim = (claim_due && !stopping && free > 0).then(|| ClaimRequest {
                 owner: self.config.owner.clone(),
                 limit: free,
                 run: scope,
+                queues: self.config.queues.clone(),
+                types: self.config.types.clone(),
             });
             if !finished.is_empty() || claim.is_some() {
-                let outcome = self
+                let outcome = match self
                     .store
                     .finish_and_claim(&finished, claim.as_ref(), Utc::now())
-                    .await?;
+                    .await
+                {
+                    Ok(o) => {
+                        store_down = 0;
+                        o
+                    }
+                    // A database restart or a deadlock victim: the commit did not happen, so
+                    // try the same batch again. Leases keep running out meanwhile; a batch
+                    // that comes back too late is refused by its fence, not applied twice.
+                    Err(StoreError::Unavailable(e)) if scope.is_none() && budget.is_none() => {
+                        store_down += 1;
+                        let wait = Duration::from_millis(50 << store_down.min(6));
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store unavailable; retrying the batch");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                done.count(&finished, &outcome);
                 for f in &finished {
                     if let Transition::Retry { ready_at, .. } = &f.transition {
                         let at = instant_of(*ready_at);
@@ -215,8 +305,11 @@ impl Engine {
                     let now = Instant::now();
                     let flight = InFlight {
                         run: task.run_id,
+                        pipeline_id: task.pipeline_id,
                         task: task.task_name.clone(),
                         attempt: task.attempt,
+                        tries: task.tries,
+                        claimed_at: task.claimed_at,
                         epoch: task.lease_epoch,
                         interval,
                         lease: interval * 2,
@@ -236,9 +329,44 @@ impl Engine {
             if stopping && inflight.is_empty() {
                 return Ok(None);
             }
+            if budget.is_some() && inflight.is_empty() && finished.is_empty() && !claim_due {
+                return Ok(None);
+            }
+            if grace_ends.is_some_and(|g| g <= Instant::now()) {
+                // Grace is over: hand the rest back now rather than let their leases run out.
+                let held: Vec<LeasedTask> = inflight
+                    .drain()
+                    .map(|(id, f)| {
+                        f.abort.abort();
+                        LeasedTask {
+                            task: ClaimedTask {
+                                id,
+                                run_id: f.run,
+                                pipeline_id: f.pipeline_id,
+                                task_name: f.task,
+                                attempt: f.attempt,
+                                tries: f.tries,
+                                lease_epoch: f.epoch,
+                                lease_expires_at: Utc::now(),
+                                claimed_at: f.claimed_at,
+                            },
+                            owner: self.config.owner.clone(),
+                        }
+                    })
+                    .collect();
+                let released = self
+                    .lose(
+                        held,
+                        &mut pipelines,
+                        "it shut down before the attempt finished",
+                    )
+                    .await?;
+                tracing::info!(released, "shutdown grace over; leases handed back");
+                return Ok(None);
+            }
             let poll_at = Instant::now() + self.config.poll_interval;
             let beat_at = inflight.values().map(|f| f.next_beat).min();
-            let deadline = [Some(poll_at), beat_at, retry_wake]
+            let deadline = [Some(poll_at), beat_at, retry_wake, grace_ends]
                 .into_iter()
                 .flatten()
                 .min()
@@ -254,7 +382,11 @@ impl Engine {
                     }
                     claim_due = true;
                 }
-                _ = shutdown.cancelled(), if !stopping => stopping = true,
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    grace_ends = Some(Instant::now() + self.config.grace);
+                }
+                Ok(()) = work.changed(), if !stopping && budget.is_none() => claim_due = true,
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
                     if retry_wake.is_some_and(|w| w <= now) {

@@ -15,5 +15,5 @@ pub mod executor;
 mod log;
 pub mod recovery;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineEvent};
+pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};
 pub use log::LogBuffer;

@@ -84,7 +84,9 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}"))
+            })?;
         let work = Arc::new(watch::channel(0).0);
         let listener = tokio::spawn(listen(pool.clone(), work.clone())).abort_handle();
         Ok(PgStore {
@@ -97,19 +99,19 @@ impl PgStore {
     /// Applies pending migrations. Safe when several nodes start at once: sqlx holds an
     /// advisory lock while it migrates.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot migrate the PostgreSQL schema: {e}")))
+        MIGRATOR.run(&self.pool).await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot migrate the PostgreSQL schema: {e}"))
+        })
     }
 
     /// Fails with a clear message when the schema is missing or older than this binary.
     pub async fn check_schema(&self) -> Result<()> {
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(None);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(None);
         match applied {
             Some(v) if v >= latest => Ok(()),
             _ => Err(StoreError::Unavailable(
@@ -131,9 +133,18 @@ impl PgStore {
         self.work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    async fn by_prefix(&self, table: &str, key: &str, id_or_prefix: &str, what: &str) -> Result<PgRow> {
+    async fn by_prefix(
+        &self,
+        table: &str,
+        key: &str,
+        id_or_prefix: &str,
+        what: &str,
+    ) -> Result<PgRow> {
         let prefix = id_or_prefix.trim().to_ascii_lowercase();
-        if prefix.is_empty() || prefix.len() > 36 || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        if prefix.is_empty()
+            || prefix.len() > 36
+            || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
             return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
         }
         // A prefix is the range [prefix padded with 0s, prefix padded with fs] of the uuid
@@ -204,7 +215,12 @@ const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, sta
 
 #[async_trait]
 impl Store for PgStore {
-    async fn save_pipeline(&self, pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline> {
+    async fn save_pipeline(
+        &self,
+        pipeline: &Pipeline,
+        source: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredPipeline> {
         write::save_pipeline(&self.pool, pipeline, source, now).await
     }
 
@@ -230,6 +246,17 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::NotFound(format!("pipeline version {id}")))
     }
 
+    async fn pipeline_versions(&self, name: &str) -> Result<Vec<StoredPipeline>> {
+        sqlx::query("SELECT * FROM pipelines WHERE name = $1 ORDER BY version")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(pipeline_from_row)
+            .collect()
+    }
+
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
         sqlx::query(
             "SELECT DISTINCT ON (name) * FROM pipelines WHERE deleted_at IS NULL ORDER BY name, version DESC",
@@ -250,7 +277,10 @@ impl Store for PgStore {
             }
             Err(existing) => (existing, false),
         };
-        Ok(CreatedRun { run: self.run(id).await?, created })
+        Ok(CreatedRun {
+            run: self.run(id).await?,
+            created,
+        })
     }
 
     async fn finish_and_claim(
@@ -267,14 +297,16 @@ impl Store for PgStore {
     }
 
     async fn run(&self, id: Uuid) -> Result<RunRecord> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .map(|r| run_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .map(|r| run_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("run {id}")))
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
@@ -282,7 +314,8 @@ impl Store for PgStore {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE TRUE"));
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE TRUE"));
         if let Some(state) = filter.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -390,16 +423,27 @@ impl Store for PgStore {
     }
 
     async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
-        rows::dead_letter_from_row(&self.by_prefix("dead_letters", "task_run_id", id_or_prefix, "dead-letter entry").await?)
+        rows::dead_letter_from_row(
+            &self
+                .by_prefix(
+                    "dead_letters",
+                    "task_run_id",
+                    id_or_prefix,
+                    "dead-letter entry",
+                )
+                .await?,
+        )
     }
 
     async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM dead_letters WHERE created_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM dead_letters WHERE created_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected(),
+        )
     }
 
     async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>> {
@@ -409,8 +453,13 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?)))
-            .transpose()
+        row.map(|r| {
+            Ok((
+                r.try_get(0).map_err(unavailable)?,
+                r.try_get(1).map_err(unavailable)?,
+            ))
+        })
+        .transpose()
     }
 
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
@@ -426,7 +475,11 @@ impl Store for PgStore {
     }
 
     async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord> {
-        task_run_from_row(&self.by_prefix("task_runs", "id", id_or_prefix, "task run").await?)
+        task_run_from_row(
+            &self
+                .by_prefix("task_runs", "id", id_or_prefix, "task run")
+                .await?,
+        )
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
@@ -476,7 +529,11 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn recent_attempts(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<AttemptSummary>> {
+    async fn recent_attempts(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptSummary>> {
         sqlx::query(
             "SELECT outcome, started_at, finished_at FROM attempts WHERE finished_at >= $1 ORDER BY finished_at DESC LIMIT $2",
         )

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
-    StoreError, StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result, StoreError,
+    StoredPipeline,
 };
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnection;
@@ -35,7 +35,13 @@ struct Events {
 }
 
 impl Events {
-    fn push(&mut self, run: Option<Uuid>, task: Option<&str>, kind: &'static str, data: Option<Value>) {
+    fn push(
+        &mut self,
+        run: Option<Uuid>,
+        task: Option<&str>,
+        kind: &'static str,
+        data: Option<Value>,
+    ) {
         self.run.push(run);
         self.task.push(task.map(str::to_owned));
         self.kind.push(kind);
@@ -78,7 +84,8 @@ pub async fn save_pipeline(
     now: DateTime<Utc>,
 ) -> Result<StoredPipeline> {
     let hash = pipeline.content_hash();
-    let definition = serde_json::to_value(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let definition =
+        serde_json::to_value(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut tx = begin(pool).await?;
     // Two servers saving the same name at once take turns instead of racing for a version.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -86,11 +93,12 @@ pub async fn save_pipeline(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    let latest = sqlx::query("SELECT * FROM pipelines WHERE name = $1 ORDER BY version DESC LIMIT 1")
-        .bind(&pipeline.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+    let latest =
+        sqlx::query("SELECT * FROM pipelines WHERE name = $1 ORDER BY version DESC LIMIT 1")
+            .bind(&pipeline.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
     if let Some(row) = &latest {
         let stored = pipeline_from_row(row)?;
         let deleted: Option<DateTime<Utc>> = row.try_get("deleted_at").map_err(unavailable)?;
@@ -98,7 +106,9 @@ pub async fn save_pipeline(
             return Ok(stored);
         }
     }
-    let version = latest.map_or(Ok(0), |r| r.try_get::<i64, _>("version").map_err(unavailable))? + 1;
+    let version = latest.map_or(Ok(0), |r| {
+        r.try_get::<i64, _>("version").map_err(unavailable)
+    })? + 1;
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -114,7 +124,12 @@ pub async fn save_pipeline(
     .await
     .map_err(unavailable)?;
     let mut events = Events::default();
-    events.push(None, None, "pipeline_saved", Some(json!({"pipeline": pipeline.name, "version": version})));
+    events.push(
+        None,
+        None,
+        "pipeline_saved",
+        Some(json!({"pipeline": pipeline.name, "version": version})),
+    );
     flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(StoredPipeline {
@@ -222,7 +237,12 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     .await
     .map_err(unavailable)?;
     let mut events = Events::default();
-    events.push(Some(id), None, "run_created", Some(json!({"pipeline": p.name, "version": new.pipeline.version})));
+    events.push(
+        Some(id),
+        None,
+        "run_created",
+        Some(json!({"pipeline": p.name, "version": new.pipeline.version})),
+    );
     flush_events(&mut tx, &events, now).await?;
     if states.contains(&"ready") {
         notify(&mut tx).await?;
@@ -257,8 +277,15 @@ pub async fn finish_and_claim(
     let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
     lock_runs(&mut tx, &runs).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
-    let kept: Vec<&FinishedAttempt> = finished.iter().filter(|f| accepted.contains(&f.task.id)).collect();
-    out.lease_lost = finished.iter().filter(|f| !accepted.contains(&f.task.id)).map(|f| f.task.id).collect();
+    let kept: Vec<&FinishedAttempt> = finished
+        .iter()
+        .filter(|f| accepted.contains(&f.task.id))
+        .collect();
+    out.lease_lost = finished
+        .iter()
+        .filter(|f| !accepted.contains(&f.task.id))
+        .map(|f| f.task.id)
+        .collect();
     insert_attempts(&mut tx, &kept).await?;
     let effects = apply_effects(&mut tx, &kept, now, &mut events).await?;
     let mut running: HashSet<Uuid> = HashSet::new();
@@ -285,7 +312,9 @@ pub async fn finish_and_claim(
             let pending: i64 = row.try_get(1).map_err(unavailable)?;
             let dead_total: i64 = row.try_get(2).map_err(unavailable)?;
             let state: String = row.try_get(3).map_err(unavailable)?;
-            let state: RunState = state.parse().map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+            let state: RunState = state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
             if state == RunState::Running && pending > 0 {
                 running.insert(run);
             }
@@ -334,7 +363,11 @@ pub fn run_event(state: RunState) -> &'static str {
 
 /// Moves every finished task run out of `running`, each only if its `lease_epoch` still
 /// matches: one statement for the whole batch. Returns the ids it changed.
-async fn apply_fenced(conn: &mut PgConnection, finished: &[FinishedAttempt], now: DateTime<Utc>) -> Result<HashSet<Uuid>> {
+async fn apply_fenced(
+    conn: &mut PgConnection,
+    finished: &[FinishedAttempt],
+    now: DateTime<Utc>,
+) -> Result<HashSet<Uuid>> {
     if finished.is_empty() {
         return Ok(HashSet::new());
     }
@@ -348,8 +381,15 @@ async fn apply_fenced(conn: &mut PgConnection, finished: &[FinishedAttempt], now
     for f in finished {
         let (state, output, error, ready_at) = match &f.transition {
             Transition::Succeed { output, .. } => ("succeeded", Some(output), None, None),
-            Transition::Retry { ready_at, failure } => ("ready", None, Some(failure.message.as_str()), Some(*ready_at)),
-            Transition::Dead { failure, .. } => ("dead", None, Some(failure.message.as_str()), None),
+            Transition::Retry { ready_at, failure } => (
+                "ready",
+                None,
+                Some(failure.message.as_str()),
+                Some(*ready_at),
+            ),
+            Transition::Dead { failure, .. } => {
+                ("dead", None, Some(failure.message.as_str()), None)
+            }
         };
         ids.push(f.task.id);
         epochs.push(f.task.lease_epoch);
@@ -377,7 +417,9 @@ async fn apply_fenced(conn: &mut PgConnection, finished: &[FinishedAttempt], now
     .fetch_all(conn)
     .await
     .map_err(unavailable)?;
-    rows.iter().map(|r| r.try_get::<Uuid, _>(0).map_err(unavailable)).collect()
+    rows.iter()
+        .map(|r| r.try_get::<Uuid, _>(0).map_err(unavailable))
+        .collect()
 }
 
 async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> Result<()> {
@@ -385,7 +427,10 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
         return Ok(());
     }
     let ids: Vec<Uuid> = kept.iter().map(|f| f.task.id).collect();
-    let attempts: Vec<i32> = kept.iter().map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX)).collect();
+    let attempts: Vec<i32> = kept
+        .iter()
+        .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
+        .collect();
     let runs: Vec<Uuid> = kept.iter().map(|f| f.task.run_id).collect();
     let names: Vec<&str> = kept.iter().map(|f| f.task.task_name.as_str()).collect();
     let workers: Vec<&str> = kept.iter().map(|f| f.worker.as_str()).collect();
@@ -399,7 +444,10 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
             None => "succeeded",
         })
         .collect();
-    let errors: Vec<Option<&str>> = kept.iter().map(|f| f.transition.failure().map(|fl| fl.message.as_str())).collect();
+    let errors: Vec<Option<&str>> = kept
+        .iter()
+        .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
+        .collect();
     let logs: Vec<&str> = kept.iter().map(|f| f.log.as_str()).collect();
     sqlx::query(
         "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
@@ -458,7 +506,10 @@ async fn apply_effects(
         };
         events.push(Some(t.run_id), Some(&t.task_name), kind, Some(data));
         match &f.transition {
-            Transition::Succeed { promote: names, output } => {
+            Transition::Succeed {
+                promote: names,
+                output,
+            } => {
                 if let (Some(key), false) = (&f.idempotency_key, f.reused) {
                     keyed.insert(key.as_str(), (t.id, output));
                 }
@@ -541,8 +592,14 @@ async fn apply_effects(
         let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
         let pipes: Vec<Uuid> = dead.iter().map(|f| f.task.pipeline_id).collect();
         let names: Vec<&str> = dead.iter().map(|f| f.task.task_name.as_str()).collect();
-        let errors: Vec<Option<&str>> = dead.iter().map(|f| f.transition.failure().map(|fl| fl.message.as_str())).collect();
-        let attempts: Vec<i32> = dead.iter().map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX)).collect();
+        let errors: Vec<Option<&str>> = dead
+            .iter()
+            .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
+            .collect();
+        let attempts: Vec<i32> = dead
+            .iter()
+            .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
+            .collect();
         sqlx::query(
             "INSERT INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
              SELECT id, r, p, n, e, a, $7 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
@@ -608,7 +665,12 @@ async fn claim_ready(
     let claimed: Vec<ClaimedTask> = claimed.into_iter().map(|(_, t)| t).collect();
     let mut start: BTreeSet<Uuid> = BTreeSet::new();
     for t in &claimed {
-        events.push(Some(t.run_id), Some(&t.task_name), "task_started", Some(json!({"attempt": t.attempt, "worker": c.owner})));
+        events.push(
+            Some(t.run_id),
+            Some(&t.task_name),
+            "task_started",
+            Some(json!({"attempt": t.attempt, "worker": c.owner})),
+        );
         if !running.contains(&t.run_id) {
             start.insert(t.run_id);
         }
@@ -632,7 +694,11 @@ async fn claim_ready(
     Ok(claimed)
 }
 
-pub async fn extend_leases(pool: &PgPool, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+pub async fn extend_leases(
+    pool: &PgPool,
+    leases: &[(Uuid, i64)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
     if leases.is_empty() {
         return Ok(Vec::new());
     }
@@ -656,17 +722,20 @@ pub async fn extend_leases(pool: &PgPool, leases: &[(Uuid, i64)], now: DateTime<
 
 pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
     let mut tx = begin(pool).await?;
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
     let state: RunState = state
         .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
     if state.is_terminal() {
-        return Err(StoreError::Conflict(format!("run {run} is already {state}")));
+        return Err(StoreError::Conflict(format!(
+            "run {run} is already {state}"
+        )));
     }
     sqlx::query(
         "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = $1, updated_at = $1, \
@@ -690,13 +759,19 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
     Ok(())
 }
 
-pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Vec<String>> {
+pub async fn requeue(
+    pool: &PgPool,
+    run: Uuid,
+    tasks: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
     let mut tx = begin(pool).await?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
     if exists.is_none() {
         return Err(StoreError::NotFound(format!("run {run}")));
     }
@@ -713,7 +788,11 @@ pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<U
     .await
     .map_err(unavailable)?;
     // Keep the caller's order.
-    let requeued: Vec<String> = tasks.iter().filter(|t| requeued.contains(t)).cloned().collect();
+    let requeued: Vec<String> = tasks
+        .iter()
+        .filter(|t| requeued.contains(t))
+        .cloned()
+        .collect();
     if !requeued.is_empty() {
         sqlx::query("DELETE FROM dead_letters WHERE run_id = $1 AND task_name = ANY($2)")
             .bind(run)
@@ -721,11 +800,13 @@ pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<U
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        let still_dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM task_runs WHERE run_id = $1 AND state = 'dead'")
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let still_dead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM task_runs WHERE run_id = $1 AND state = 'dead'",
+        )
+        .bind(run)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
         sqlx::query(
             "UPDATE runs SET state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END, \
              tasks_pending = tasks_pending + $1, tasks_dead = $2, finished_at = NULL, updated_at = $3 WHERE id = $4",
@@ -741,7 +822,12 @@ pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<U
         for name in &requeued {
             events.push(Some(run), Some(name), "task_requeued", None);
         }
-        events.push(Some(run), None, "run_requeued", Some(json!({ "tasks": requeued })));
+        events.push(
+            Some(run),
+            None,
+            "run_requeued",
+            Some(json!({ "tasks": requeued })),
+        );
         flush_events(&mut tx, &events, now).await?;
         notify(&mut tx).await?;
     }
@@ -751,16 +837,22 @@ pub async fn requeue(pool: &PgPool, run: Uuid, tasks: &[String], now: DateTime<U
 
 pub async fn delete_pipeline(pool: &PgPool, name: &str, now: DateTime<Utc>) -> Result<u64> {
     let mut tx = begin(pool).await?;
-    let hidden = sqlx::query("UPDATE pipelines SET deleted_at = $1 WHERE name = $2 AND deleted_at IS NULL")
-        .bind(now)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
+    let hidden =
+        sqlx::query("UPDATE pipelines SET deleted_at = $1 WHERE name = $2 AND deleted_at IS NULL")
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
     if hidden > 0 {
         let mut events = Events::default();
-        events.push(None, None, "pipeline_deleted", Some(json!({"pipeline": name})));
+        events.push(
+            None,
+            None,
+            "pipeline_deleted",
+            Some(json!({"pipeline": name})),
+        );
         flush_events(&mut tx, &events, now).await?;
     }
     tx.commit().await.map_err(unavailable)?;

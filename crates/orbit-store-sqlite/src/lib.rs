@@ -25,10 +25,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::PathBuf;
-use std::sync::Arc;
-use tokio::sync::watch;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -194,6 +194,17 @@ impl Store for SqliteStore {
             .map(|r| pipeline_from_row(&r))
             .transpose()?
             .ok_or_else(|| StoreError::NotFound(format!("pipeline version {id}")))
+    }
+
+    async fn pipeline_versions(&self, name: &str) -> Result<Vec<StoredPipeline>> {
+        sqlx::query("SELECT * FROM pipelines WHERE name = ?1 ORDER BY version")
+            .bind(name)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(pipeline_from_row)
+            .collect()
     }
 
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
@@ -547,7 +558,6 @@ impl Store for SqliteStore {
         self.work.subscribe()
     }
 }
-
 
 impl SqliteStore {
     /// The one row whose UUID key starts with `id_or_prefix`; `sql` selects at most two rows

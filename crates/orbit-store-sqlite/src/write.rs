@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
-    StoreError, StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result, StoreError,
+    StoredPipeline,
 };
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
@@ -519,11 +519,7 @@ async fn claim_ready(
         .push(
             ") RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
         );
-    let rows = q
-        .build()
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    let rows = q.build().fetch_all(&mut *conn).await.map_err(unavailable)?;
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
     let mut claimed = Vec::with_capacity(rows.len());
     let mut order = Vec::with_capacity(rows.len());
@@ -730,17 +726,23 @@ pub async fn requeue(
 
 pub async fn delete_pipeline(pool: &SqlitePool, name: &str, now: DateTime<Utc>) -> Result<u64> {
     let mut tx = begin(pool).await?;
-    let hidden = sqlx::query("UPDATE pipelines SET deleted_at = ?1 WHERE name = ?2 AND deleted_at IS NULL")
-        .bind(us(now))
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
+    let hidden =
+        sqlx::query("UPDATE pipelines SET deleted_at = ?1 WHERE name = ?2 AND deleted_at IS NULL")
+            .bind(us(now))
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
     if hidden > 0 {
         flush_events(
             &mut tx,
-            &vec![(None, None, "pipeline_deleted", Some(json!({"pipeline": name}).to_string()))],
+            &vec![(
+                None,
+                None,
+                "pipeline_deleted",
+                Some(json!({"pipeline": name}).to_string()),
+            )],
             us(now),
         )
         .await?;
@@ -750,7 +752,8 @@ pub async fn delete_pipeline(pool: &SqlitePool, name: &str, now: DateTime<Utc>) 
 }
 
 pub async fn node_heartbeat(pool: &SqlitePool, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
-    let queues = serde_json::to_string(&node.queues).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let queues =
+        serde_json::to_string(&node.queues).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \

@@ -76,6 +76,9 @@ pub trait Store: Send + Sync + 'static {
     /// One stored version, by its id.
     async fn pipeline_version(&self, id: Uuid) -> Result<StoredPipeline>;
 
+    /// Every stored version of the pipeline `name` (deleted ones too), oldest first.
+    async fn pipeline_versions(&self, name: &str) -> Result<Vec<StoredPipeline>>;
+
     /// The latest version of every pipeline, by name.
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>>;
 
@@ -155,8 +158,11 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
 
     /// Attempts that finished at or after `since`, newest first, at most `limit`.
-    async fn recent_attempts(&self, since: DateTime<Utc>, limit: u32)
-    -> Result<Vec<AttemptSummary>>;
+    async fn recent_attempts(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptSummary>>;
 
     /// Records that `node` is alive (first call: that it started).
     async fn node_heartbeat(&self, node: &NodeInfo, now: DateTime<Utc>) -> Result<()>;

@@ -7,8 +7,8 @@
 )]
 
 use crate::{
-    NodeInfo, QueueFilter, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, RunFilter, Store, StoreError,
-    StoredPipeline,
+    ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, QueueFilter, RunFilter, Store,
+    StoreError, StoredPipeline,
 };
 use chrono::{DateTime, Duration, Utc};
 use orbit_core::dag::Dag;
@@ -187,6 +187,14 @@ pub async fn saves_pipeline_versions_by_content(store: &dyn Store) {
     let p2 = pipeline("p", &[("a", &[], 0), ("b", &["a"], 0)]);
     let v2 = store.save_pipeline(&p2, None, t0()).await.unwrap();
     assert_eq!(v2.version, 2);
+    let versions: Vec<i64> = store
+        .pipeline_versions("p")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
     assert_eq!(store.pipeline("p").await.unwrap().pipeline, p2);
     assert_eq!(
         store
@@ -744,7 +752,10 @@ pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
 }
 
 pub async fn joins_promote_once_when_upstreams_finish_together(store: &dyn Store) {
-    let p = pipeline("join", &[("a", &[], 0), ("b", &[], 0), ("c", &["a", "b"], 0)]);
+    let p = pipeline(
+        "join",
+        &[("a", &[], 0), ("b", &[], 0), ("c", &["a", "b"], 0)],
+    );
     let (_, run) = start(store, &p, t0()).await;
     let ab = claim(store, Some(run), 10, t0()).await;
     assert_eq!(ab.len(), 2);
@@ -838,10 +849,17 @@ pub async fn deleted_pipelines_are_hidden_until_saved_again(store: &dyn Store) {
         Err(StoreError::NotFound(_))
     ));
     assert!(store.list_pipelines().await.unwrap().is_empty());
-    assert_eq!(store.run(run).await.unwrap().pipeline_id, stored.id, "runs stay");
+    assert_eq!(
+        store.run(run).await.unwrap().pipeline_id,
+        stored.id,
+        "runs stay"
+    );
     assert_eq!(store.delete_pipeline("gone", t0()).await.unwrap(), 0);
     let again = store.save_pipeline(&p, None, t0()).await.unwrap();
-    assert_eq!(again.version, 2, "saving it again brings it back as a new version");
+    assert_eq!(
+        again.version, 2,
+        "saving it again brings it back as a new version"
+    );
     assert_eq!(store.pipeline("gone").await.unwrap().id, again.id);
 }
 

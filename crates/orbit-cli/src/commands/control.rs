@@ -4,11 +4,10 @@ use crate::BadInput;
 use chrono::Utc;
 use orbit_core::{RunState, TaskState};
 use orbit_store::Store;
-use orbit_store_sqlite::SqliteStore;
 use serde_json::json;
 use std::sync::Arc;
 
-pub async fn cancel(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result<u8> {
+pub async fn cancel(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     let stopped = store
         .task_runs(run.id)
@@ -31,7 +30,7 @@ pub async fn cancel(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result
 }
 
 pub async fn retry(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     id: &str,
     no_wait: bool,
     json: bool,
@@ -56,7 +55,7 @@ pub async fn retry(
 
 /// Re-queues `tasks` of `run` and, unless `no_wait`, executes the run here until it settles.
 pub async fn requeue_and_drive(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     run: uuid::Uuid,
     tasks: &[String],
     no_wait: bool,

@@ -9,7 +9,6 @@ use orbit_core::TaskState;
 use orbit_core::dag::Dag;
 use orbit_engine::recovery::reconstruct_context;
 use orbit_store::Store;
-use orbit_store_sqlite::SqliteStore;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ fn retention() -> anyhow::Result<chrono::Duration> {
     Ok(chrono::Duration::days(days.max(0)))
 }
 
-pub async fn dlq(store: &Arc<SqliteStore>, action: DlqAction, json: bool) -> anyhow::Result<u8> {
+pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyhow::Result<u8> {
     store.purge_dead_letters(Utc::now() - retention()?).await?;
     match action {
         DlqAction::List { limit } => list(store.as_ref(), limit, json).await,
@@ -48,7 +47,7 @@ pub async fn dlq(store: &Arc<SqliteStore>, action: DlqAction, json: bool) -> any
     }
 }
 
-async fn list(store: &SqliteStore, limit: u32, json: bool) -> anyhow::Result<u8> {
+async fn list(store: &dyn Store, limit: u32, json: bool) -> anyhow::Result<u8> {
     let entries = store.dead_letters(limit).await?;
     if json {
         return crate::output::json(&entries).map(|()| 0);
@@ -77,7 +76,7 @@ async fn list(store: &SqliteStore, limit: u32, json: bool) -> anyhow::Result<u8>
     Ok(0)
 }
 
-async fn show(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result<u8> {
+async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let entry = store.dead_letter(id).await?;
     let pipeline = store.pipeline_version(entry.pipeline_id).await?;
     let context = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
@@ -123,12 +122,7 @@ async fn show(store: &SqliteStore, id: &str, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn retry(
-    store: &Arc<SqliteStore>,
-    id: &str,
-    no_wait: bool,
-    json: bool,
-) -> anyhow::Result<u8> {
+async fn retry(store: &Arc<dyn Store>, id: &str, no_wait: bool, json: bool) -> anyhow::Result<u8> {
     let entry = store.dead_letter(id).await?;
     let pipeline = store.pipeline_version(entry.pipeline_id).await?;
     let dag = Dag::new(&pipeline.pipeline)?;

@@ -51,7 +51,7 @@ pub async fn list(store: &dyn Store, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Result<u8> {
+pub async fn runs(store: &dyn Store, args: &RunsArgs, json: bool) -> anyhow::Result<u8> {
     let state = args
         .status
         .as_deref()
@@ -63,11 +63,15 @@ pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Resu
     let runs = store
         .list_runs(&RunFilter {
             state,
-            pipeline: args.pipeline,
+            pipeline: args.pipeline.clone(),
             limit: args.limit.clamp(1, 10_000),
             offset: 0,
         })
         .await?;
+    render_runs(&runs, json)
+}
+
+pub fn render_runs(runs: &[orbit_store::RunRecord], json: bool) -> anyhow::Result<u8> {
     if json {
         return output::json(&runs).map(|()| 0);
     }
@@ -98,6 +102,14 @@ pub async fn runs(store: &dyn Store, args: RunsArgs, json: bool) -> anyhow::Resu
 pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     let tasks = store.task_runs(run.id).await?;
+    render_status(&run, &tasks, json)
+}
+
+pub fn render_status(
+    run: &orbit_store::RunRecord,
+    tasks: &[orbit_store::TaskRunRecord],
+    json: bool,
+) -> anyhow::Result<u8> {
     if json {
         output::json(&json!({"run": run, "tasks": tasks}))?;
         return Ok(0);

@@ -5,7 +5,9 @@ mod dlq;
 mod graph;
 mod inspect;
 mod recover;
-mod run;
+mod remote;
+pub mod run;
+mod serve;
 mod validate;
 
 use crate::BadInput;
@@ -14,6 +16,7 @@ use anyhow::Context as _;
 use orbit_core::Pipeline;
 use orbit_core::file::parse_pipeline;
 use orbit_store::Store;
+use orbit_store_postgres::{PgStore, is_postgres_url};
 use orbit_store_sqlite::{Durability, SqliteStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,10 +42,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { file } => validate::validate(&file, json),
         Command::Run(args) => run::run(&open_store(&url).await?, args, json).await,
         Command::List => inspect::list(open_store(&url).await?.as_ref(), json).await,
-        Command::Runs(args) => inspect::runs(open_store(&url).await?.as_ref(), args, json).await,
-        Command::Status { run } => {
-            inspect::status(open_store(&url).await?.as_ref(), &run, json).await
-        }
+        Command::Runs(args) => match &args.remote.url {
+            Some(server) => remote::runs(server, &args, json).await,
+            None => inspect::runs(open_store(&url).await?.as_ref(), &args, json).await,
+        },
+        Command::Status { run, remote } => match &remote.url {
+            Some(server) => remote::status(server, &run, json).await,
+            None => inspect::status(open_store(&url).await?.as_ref(), &run, json).await,
+        },
+        Command::Trigger(args) => remote::trigger(&url, args, json).await,
+        Command::Services { remote } => remote::services(&url, remote.url.as_deref(), json).await,
+        Command::Server(args) => serve::server(&url, args).await,
+        Command::Worker(args) => serve::worker(&url, args).await,
+        Command::Db { action } => serve::db(&url, action).await,
         Command::Logs { run, task } => {
             inspect::logs(
                 open_store(&url).await?.as_ref(),
@@ -87,19 +99,46 @@ pub fn durability() -> anyhow::Result<Durability> {
     }
 }
 
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<SqliteStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(BadInput(
-            "this build of orbit stores state in SQLite only; PostgreSQL support comes with `orbit server` \
-             (use a sqlite:// URL or leave --database-url unset)"
-                .into(),
-        )
-        .into());
+/// The store behind `url`, ready for use: SQLite files are created and migrated; PostgreSQL is
+/// only checked (see `orbit db migrate`).
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(connect(url, false).await?.store)
+}
+
+pub struct Connected {
+    pub store: Arc<dyn Store>,
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+}
+
+/// Opens the store behind `url`; with `migrate`, PostgreSQL migrations are applied first
+/// (SQLite always migrates: its file belongs to this process).
+pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<Connected> {
+    if is_postgres_url(url) {
+        let pool: u32 = std::env::var("ORBIT_PG_POOL_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16);
+        let store = PgStore::connect(url, pool)
+            .await
+            .with_context(|| format!("opening {}", serve::redact(url)))?;
+        if migrate {
+            store.migrate().await?;
+        } else {
+            store.check_schema().await?;
+        }
+        return Ok(Connected {
+            store: Arc::new(store),
+            kind: "postgres",
+        });
     }
     let store = SqliteStore::open(url, durability()?)
         .await
         .with_context(|| format!("opening {url}"))?;
-    Ok(Arc::new(store))
+    Ok(Connected {
+        store: Arc::new(store),
+        kind: "sqlite",
+    })
 }
 
 /// Reads and validates a pipeline file; every problem becomes one line of the error.

@@ -9,7 +9,6 @@ use orbit_engine::recovery::{
     InterruptedRun, RecoveryError, check_resumable, detect_interrupted_runs, resume_run,
 };
 use orbit_store::Store;
-use orbit_store_sqlite::SqliteStore;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +20,12 @@ fn this_host() -> String {
         .unwrap_or_default()
 }
 
-async fn detect(store: &SqliteStore, idle: Duration) -> anyhow::Result<Vec<InterruptedRun>> {
+async fn detect(store: &dyn Store, idle: Duration) -> anyhow::Result<Vec<InterruptedRun>> {
     Ok(detect_interrupted_runs(store, &this_host(), idle, Utc::now()).await?)
 }
 
 pub async fn check_interrupted(
-    store: &SqliteStore,
+    store: &dyn Store,
     idle: Duration,
     json: bool,
 ) -> anyhow::Result<u8> {
@@ -58,7 +57,7 @@ pub async fn check_interrupted(
     Ok(0)
 }
 
-pub async fn resume(store: &Arc<SqliteStore>, id: &str, json: bool) -> anyhow::Result<u8> {
+pub async fn resume(store: &Arc<dyn Store>, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     check_resumable(store.as_ref(), run.id).await?;
     if !json {
@@ -88,7 +87,7 @@ pub async fn resume(store: &Arc<SqliteStore>, id: &str, json: bool) -> anyhow::R
 }
 
 pub async fn recover(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     auto_resume: bool,
     idle: Duration,
     json: bool,
@@ -96,7 +95,7 @@ pub async fn recover(
     if !json {
         println!("Run Recovery\n\nScanning for interrupted runs...\n");
     }
-    let runs = detect(store, idle).await?;
+    let runs = detect(store.as_ref(), idle).await?;
     if !auto_resume {
         if json {
             crate::output::json(&runs)?;

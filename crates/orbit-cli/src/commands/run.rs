@@ -8,14 +8,13 @@ use chrono::Utc;
 use orbit_core::RunState;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_store::{NewRun, Store};
-use orbit_store_sqlite::SqliteStore;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow::Result<u8> {
+pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::Result<u8> {
     let input = parse_input(args.input.as_deref())?;
     if args.concurrency == 0 {
         return Err(BadInput("--concurrency must be at least 1".into()).into());
@@ -92,7 +91,7 @@ pub async fn run(store: &Arc<SqliteStore>, args: RunArgs, json: bool) -> anyhow:
 
 /// Executes `run` here with live progress until it settles or Ctrl-C.
 pub async fn drive(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     run: &orbit_store::RunRecord,
     pipeline: &orbit_store::StoredPipeline,
     concurrency: usize,
@@ -105,7 +104,7 @@ pub async fn drive(
     Ok(result?)
 }
 
-pub fn engine(store: &Arc<SqliteStore>, concurrency: usize) -> anyhow::Result<Engine> {
+pub fn engine(store: &Arc<dyn Store>, concurrency: usize) -> anyhow::Result<Engine> {
     Ok(Engine::new(
         store.clone(),
         EngineConfig {
@@ -146,7 +145,7 @@ pub fn idempotency_ttl() -> anyhow::Result<Duration> {
     }
 }
 
-fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {
+pub fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {
     let Some(arg) = arg else {
         return Ok(Value::Object(Default::default()));
     };

@@ -1,0 +1,247 @@
+//! Commands that can talk to a running `orbit server` (`--url` / `ORBIT_URL`): `trigger`,
+//! `status`, `runs`, `services`. They print what the local commands print.
+
+use super::{inspect, open_store, saved_pipeline};
+use crate::BadInput;
+use crate::cli::{RunsArgs, TriggerArgs};
+use crate::commands::run::{idempotency_ttl, parse_input};
+use crate::output::{self, table, time};
+use chrono::{DateTime, Utc};
+use orbit_store::{NewRun, NodeRecord, RunRecord, TaskRunRecord};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(base: &str) -> anyhow::Result<Client> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(BadInput(format!("--url {base}: expected http://host:port")).into());
+        }
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()?,
+            token: std::env::var("ORBIT_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            let e = anyhow::anyhow!("server said {status}: {message}");
+            return Err(if status.is_client_error() {
+                e.context(BadInput(message))
+            } else {
+                e
+            });
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("unexpected answer from {url}: {e}"))
+    }
+}
+
+pub async fn runs(server: &str, args: &RunsArgs, json: bool) -> anyhow::Result<u8> {
+    #[derive(Deserialize)]
+    struct Page {
+        runs: Vec<RunRecord>,
+    }
+    let mut query = vec![format!("limit={}", args.limit.clamp(1, 1000))];
+    if let Some(s) = &args.status {
+        query.push(format!("status={s}"));
+    }
+    if let Some(p) = &args.pipeline {
+        query.push(format!("pipeline={p}"));
+    }
+    let page: Page = Client::new(server)?
+        .call(
+            reqwest::Method::GET,
+            &format!("/runs?{}", query.join("&")),
+            None,
+        )
+        .await?;
+    inspect::render_runs(&page.runs, json)
+}
+
+pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
+    #[derive(Deserialize)]
+    struct Detail {
+        run: RunRecord,
+        tasks: Vec<TaskRunRecord>,
+    }
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(BadInput(format!("`{id}` is not a run id")).into());
+    }
+    let d: Detail = Client::new(server)?
+        .call(reqwest::Method::GET, &format!("/runs/{id}"), None)
+        .await?;
+    inspect::render_status(&d.run, &d.tasks, json)
+}
+
+pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::Result<u8> {
+    let input = parse_input(args.input.as_deref())?;
+    let (run, created) = match &args.remote.url {
+        Some(server) => {
+            #[derive(Deserialize)]
+            struct Triggered {
+                run: RunRecord,
+                created: bool,
+            }
+            let t: Triggered = Client::new(server)?
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/pipelines/{}/trigger", args.pipeline),
+                    Some(json!({"input": input, "idempotencyKey": args.idempotency_key, "priority": args.priority})),
+                )
+                .await?;
+            (t.run, t.created)
+        }
+        None => {
+            let store = open_store(database).await?;
+            let stored = saved_pipeline(store.as_ref(), &args.pipeline).await?;
+            let c = store
+                .create_run(NewRun {
+                    pipeline: &stored,
+                    input,
+                    priority: args.priority,
+                    idempotency_key: args.idempotency_key.clone(),
+                    idempotency_ttl: idempotency_ttl()?,
+                    now: Utc::now(),
+                })
+                .await?;
+            (c.run, c.created)
+        }
+    };
+    if json {
+        output::json(&json!({"run": run, "created": created}))?;
+    } else if created {
+        println!(
+            "run {} of {} v{} queued",
+            run.id, run.pipeline_name, run.pipeline_version
+        );
+    } else {
+        println!(
+            "idempotency key already names run {} ({}): returning it",
+            run.id, run.state
+        );
+    }
+    Ok(0)
+}
+
+pub async fn services(database: &str, server: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    #[derive(Deserialize)]
+    struct Service {
+        #[serde(flatten)]
+        node: NodeRecord,
+        status: String,
+    }
+    let services: Vec<(NodeRecord, String)> = match server {
+        Some(s) => Client::new(s)?
+            .call::<Vec<Service>>(reqwest::Method::GET, "/services", None)
+            .await?
+            .into_iter()
+            .map(|s| (s.node, s.status))
+            .collect(),
+        None => {
+            let now = Utc::now();
+            open_store(database)
+                .await?
+                .nodes(200)
+                .await?
+                .into_iter()
+                .map(|n| {
+                    let status = local_status(&n, now);
+                    (n, status.into())
+                })
+                .collect()
+        }
+    };
+    if json {
+        let items: Vec<Value> = services
+            .iter()
+            .map(|(n, s)| {
+                let mut v = serde_json::to_value(n).unwrap_or_default();
+                v["status"] = json!(s);
+                v
+            })
+            .collect();
+        return output::json(&items).map(|()| 0);
+    }
+    if services.is_empty() {
+        println!("no servers or workers have registered yet");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|(n, s)| {
+            vec![
+                n.info.id.clone(),
+                n.info.kind.clone(),
+                s.clone(),
+                n.running.to_string(),
+                n.info.concurrency.to_string(),
+                if n.info.queues.is_empty() {
+                    "all".into()
+                } else {
+                    n.info.queues.join(",")
+                },
+                time(n.last_seen_at),
+                time(n.started_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "KIND",
+            "STATUS",
+            "RUNNING",
+            "SLOTS",
+            "QUEUES",
+            "LAST SEEN",
+            "STARTED",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn local_status(n: &NodeRecord, now: DateTime<Utc>) -> &'static str {
+    if n.stopped_at.is_some() {
+        "stopped"
+    } else if (now - n.last_seen_at).num_milliseconds() > 3 * n.info.heartbeat_ms.max(1000) as i64 {
+        "unhealthy"
+    } else {
+        "healthy"
+    }
+}

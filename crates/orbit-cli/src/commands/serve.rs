@@ -1,0 +1,204 @@
+//! `orbit server`, `orbit worker`, `orbit db migrate`.
+
+use super::{Connected, connect};
+use crate::BadInput;
+use crate::cli::{DbAction, ServerArgs, WorkOptions, WorkerArgs};
+use crate::commands::run::{idempotency_ttl, owner};
+use chrono::Utc;
+use orbit_engine::{Engine, EngineConfig};
+use orbit_server::{AppState, Mode, ServerConfig};
+use orbit_store::NodeInfo;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Cancelled on SIGTERM or SIGINT: stop claiming, let running attempts finish within the grace
+/// period, hand back the rest.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("shutting down: no new work is claimed; running attempts get the grace period");
+        cancel.cancel();
+    });
+    token
+}
+
+fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<EngineConfig> {
+    for t in &work.types {
+        if orbit_core::TaskType::parse(t).is_none() {
+            return Err(
+                BadInput(format!("--type {t}: expected shell, http, sleep or script")).into(),
+            );
+        }
+    }
+    if work.poll_interval_ms == 0 {
+        return Err(BadInput("POLL_INTERVAL_MS must be at least 1".into()).into());
+    }
+    Ok(EngineConfig {
+        owner: owner(),
+        concurrency,
+        poll_interval: Duration::from_millis(work.poll_interval_ms),
+        idempotency_ttl: idempotency_ttl()?,
+        queues: work.queues.clone(),
+        types: work.types.clone(),
+        grace: work.grace,
+    })
+}
+
+pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
+    let mode = match args.mode.to_ascii_lowercase().as_str() {
+        "standalone" => Mode::Standalone,
+        "serverless" => Mode::Serverless,
+        other => {
+            return Err(
+                BadInput(format!("MODE `{other}`: expected standalone or serverless")).into(),
+            );
+        }
+    };
+    let api_token = std::env::var("ORBIT_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut addr: SocketAddr = args.bind.parse().map_err(|e| {
+        BadInput(format!(
+            "--bind {}: {e} (expected host:port, e.g. 127.0.0.1:3000)",
+            args.bind
+        ))
+    })?;
+    if api_token.is_none() && !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: ORBIT_API_TOKEN is not set, so the API is open to anyone who can reach it: \
+             listening on 127.0.0.1:{} only, not {}",
+            addr.port(),
+            addr.ip()
+        );
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    let Connected { store, kind } = connect(url, !args.no_migrate).await?;
+    let default_workers = if kind == "sqlite" { 10 } else { 0 };
+    let workers = args.workers.unwrap_or(default_workers);
+    let config = ServerConfig {
+        mode,
+        workers,
+        engine: engine_config(workers.max(1), &args.work)?,
+        api_token,
+        public_health: args.public_health,
+        process_batch: args.process_batch.max(1),
+        store_kind: kind,
+        node_heartbeat: Duration::from_secs(5),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| BadInput(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    let auth = if config.api_token.is_some() {
+        "bearer token required"
+    } else {
+        "no token (loopback only)"
+    };
+    // Tests and scripts read this line to learn the port when binding to port 0.
+    println!(
+        "orbit server listening on http://{local} ({kind}, {}, {} embedded worker slots, {auth})",
+        args.mode.to_ascii_lowercase(),
+        if mode == Mode::Serverless { 0 } else { workers }
+    );
+    let state = AppState::new(store, config)?;
+    orbit_server::serve(state, listener, on_signal()).await?;
+    eprintln!("server stopped");
+    Ok(0)
+}
+
+pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
+    if args.concurrency == 0 {
+        return Err(BadInput("--concurrency must be at least 1".into()).into());
+    }
+    let Connected { store, kind } = connect(url, false).await?;
+    let config = engine_config(args.concurrency, &args.work)?;
+    let (host, pid) = config
+        .owner
+        .rsplit_once(':')
+        .unwrap_or((config.owner.as_str(), "0"));
+    let node = NodeInfo {
+        id: config.owner.clone(),
+        kind: "worker".into(),
+        host: host.to_owned(),
+        pid: pid.parse().unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").into(),
+        queues: config.queues.clone(),
+        concurrency: u32::try_from(args.concurrency).unwrap_or(u32::MAX),
+        heartbeat_ms: 5000,
+    };
+    let shutdown = on_signal();
+    let beat = {
+        let (store, node, stop) = (store.clone(), node.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = store.node_heartbeat(&node, Utc::now()).await {
+                    tracing::warn!(error = %e, "cannot record this worker's heartbeat");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(node.heartbeat_ms)) => {}
+                }
+            }
+        })
+    };
+    println!(
+        "orbit worker {} claiming from {kind} (concurrency {}, queues: {}, types: {})",
+        node.id,
+        args.concurrency,
+        if node.queues.is_empty() {
+            "all".to_string()
+        } else {
+            node.queues.join(",")
+        },
+        if config.types.is_empty() {
+            "all".to_string()
+        } else {
+            config.types.join(",")
+        },
+    );
+    let engine = Engine::new(store.clone(), config)?;
+    let result = engine.drive_all(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = beat.await;
+    store.node_stopped(&node.id, Utc::now()).await?;
+    result?;
+    eprintln!("worker stopped");
+    Ok(0)
+}
+
+pub async fn db(url: &str, action: DbAction) -> anyhow::Result<u8> {
+    match action {
+        DbAction::Migrate => {
+            let Connected { kind, .. } = connect(url, true).await?;
+            println!("{kind} database at {} is up to date", redact(url));
+            Ok(0)
+        }
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,41 @@
+//! Bearer-token auth for the API (`ORBIT_API_TOKEN`).
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+/// Refuses a request without `Authorization: Bearer <ORBIT_API_TOKEN>` when a token is set.
+/// The token is compared in constant time and never logged.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.config.api_token.as_deref() else {
+        return Ok(next.run(request).await);
+    };
+    let path = request.uri().path();
+    if state.config.public_health && (path == "/api/v1/health" || path == "/metrics") {
+        return Ok(next.run(request).await);
+    }
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (send `Authorization: Bearer $ORBIT_API_TOKEN`)",
+        ))
+    }
+}

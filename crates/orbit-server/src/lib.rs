@@ -1,0 +1,211 @@
+//! `orbit server`: the HTTP API under `/api/v1`, Prometheus metrics, the OpenAPI document and
+//! the loops a server node runs (embedded workers, reaper, cron, its own heartbeat).
+//!
+//! Handlers are thin: parse, call one store or engine function, render. Every error is JSON
+//! ([`error::ApiError`]).
+
+mod auth;
+mod cron;
+pub mod error;
+mod routes;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use chrono::Utc;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orbit_engine::{Engine, EngineConfig};
+use orbit_store::{NodeInfo, Store};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use cron::{CronPolicy, fire_due};
+
+/// How a server node runs work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Background loops claim and execute work (`--workers`), reap and fire cron.
+    Standalone,
+    /// Nothing runs in the background; `POST /api/v1/process` does a bounded batch per call.
+    Serverless,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub mode: Mode,
+    /// Embedded worker slots (0 = none: separate `orbit worker` processes do the work).
+    pub workers: usize,
+    pub engine: EngineConfig,
+    /// Every API call must carry it as a bearer token.
+    pub api_token: Option<String>,
+    /// Leave `/api/v1/health` and `/metrics` open when a token is set.
+    pub public_health: bool,
+    /// Most tasks one `POST /api/v1/process` claims.
+    pub process_batch: usize,
+    /// The store's kind, for health: `sqlite` or `postgres`.
+    pub store_kind: &'static str,
+    pub node_heartbeat: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
+    pub config: Arc<ServerConfig>,
+    pub started: Instant,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Orbit API",
+        description = "Durable workflow orchestrator. Every error is `{\"error\": {\"code\", \"message\"}}` with a 4xx/5xx status. \
+                       When the server has ORBIT_API_TOKEN set, send `Authorization: Bearer <token>`."
+    ),
+    components(schemas(error::ErrorBody))
+)]
+struct ApiDoc;
+
+/// The process-wide Prometheus recorder (one per process, whatever the number of routers).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+    ) -> Result<AppState, orbit_engine::EngineError> {
+        let engine = Arc::new(Engine::new(store.clone(), config.engine.clone())?);
+        Ok(AppState {
+            store,
+            engine,
+            config: Arc::new(config),
+            started: Instant::now(),
+            metrics: prometheus(),
+        })
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", routes::api())
+        .split_for_parts();
+    let spec_json = Arc::new(spec.clone());
+    Router::new()
+        .merge(api)
+        .route("/metrics", axum::routing::get(routes::workers::prometheus))
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec_json.clone();
+                async move { axum::Json(spec.as_ref().clone()) }
+            }),
+        )
+        .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
+        .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+        .with_state(state)
+}
+
+/// Serves on `addr` until `shutdown`, with the node's background loops; returns once in-flight
+/// attempts have finished or been handed back.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tasks = TaskTracker::new();
+    let config = state.config.clone();
+    let node = node_info(&config);
+    {
+        let (store, shutdown, node) = (state.store.clone(), shutdown.clone(), node.clone());
+        let every = config.node_heartbeat;
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = store.node_heartbeat(&node, Utc::now()).await {
+                    tracing::warn!(error = %e, "cannot record this node's heartbeat");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            let _ = store.node_stopped(&node.id, Utc::now()).await;
+        });
+    }
+    if config.mode == Mode::Standalone {
+        let engine = state.engine.clone();
+        let stop = shutdown.clone();
+        if config.workers > 0 {
+            tasks.spawn(async move {
+                if let Err(e) = engine.drive_all(stop).await {
+                    tracing::error!(error = %e, "embedded workers stopped");
+                }
+            });
+        } else {
+            // No embedded workers: still reap expired leases so no run waits for a dead worker.
+            let poll = config.engine.poll_interval;
+            tasks.spawn(async move {
+                loop {
+                    if let Err(e) = engine.process(0).await {
+                        tracing::warn!(error = %e, "reaping failed");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+            });
+        }
+        let (store, stop) = (state.store.clone(), shutdown.clone());
+        tasks.spawn(async move { cron::run(store, stop).await });
+    }
+    tasks.close();
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "serving");
+    let stop = shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    tasks.wait().await;
+    Ok(())
+}
+
+pub fn node_info(config: &ServerConfig) -> NodeInfo {
+    let (host, pid) = config
+        .engine
+        .owner
+        .rsplit_once(':')
+        .map_or((config.engine.owner.as_str(), "0"), |(h, p)| (h, p));
+    NodeInfo {
+        id: config.engine.owner.clone(),
+        kind: "server".into(),
+        host: host.to_owned(),
+        pid: pid.parse().unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").into(),
+        queues: config.engine.queues.clone(),
+        concurrency: u32::try_from(config.workers).unwrap_or(u32::MAX),
+        heartbeat_ms: config.node_heartbeat.as_millis() as u64,
+    }
+}

@@ -1,0 +1,74 @@
+//! The `/api/v1` routes, one module per resource.
+
+pub mod health;
+pub mod pipelines;
+pub mod queue;
+pub mod runs;
+pub mod workers;
+
+use crate::AppState;
+use crate::error::ApiError;
+use orbit_core::Pipeline;
+use orbit_core::file::parse_pipeline;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::health))
+        .routes(routes!(workers::services))
+        .routes(routes!(pipelines::list, pipelines::create))
+        .routes(routes!(
+            pipelines::get,
+            pipelines::update,
+            pipelines::delete
+        ))
+        .routes(routes!(pipelines::trigger))
+        .routes(routes!(pipelines::dry_run))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::retry))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::task_run))
+        .routes(routes!(queue::queue_task))
+        .routes(routes!(queue::queue_batch))
+        .routes(routes!(queue::status))
+        .routes(routes!(queue::items))
+        .routes(routes!(queue::dlq))
+        .routes(routes!(queue::dlq_retry))
+        .routes(routes!(pipelines::task_history))
+        .routes(routes!(workers::stats))
+        .routes(routes!(workers::health))
+        .routes(routes!(workers::metrics))
+        .routes(routes!(queue::process))
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {uri}; the API is under /api/v1 (see /api/v1/openapi.json or /docs)"
+    ))
+}
+
+/// Validates a pipeline document (the file format, as JSON or YAML text) through the same
+/// checker as `orbit validate`, so the API and the CLI accept and refuse the same things.
+pub fn pipeline_from_document(origin: &str, text: &str) -> Result<Pipeline, ApiError> {
+    parse_pipeline(origin, text).map_err(|e| {
+        let details: Vec<Value> = e
+            .diagnostics
+            .iter()
+            .map(|d| json!({"line": d.line, "column": d.column, "message": d.message}))
+            .collect();
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_pipeline",
+            e.to_string(),
+        )
+        .with_details(Value::Array(details))
+    })
+}
+
+/// A page size from a query, within bounds.
+pub fn limit(given: Option<u32>, default: u32) -> u32 {
+    given.unwrap_or(default).clamp(1, 1000)
+}

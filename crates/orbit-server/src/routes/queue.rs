@@ -1,0 +1,204 @@
+//! The task queue: standalone tasks, queue statistics and items, the dead-letter queue, and
+//! serverless processing.
+
+use super::{limit, pipeline_from_document};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use orbit_core::{Pipeline, TaskState};
+use orbit_store::{
+    DeadLetter, NewRun, QueueFilter, QueueStats, Requeued, RunRecord, TaskRunRecord,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+/// A standalone task: a run of a one-task pipeline named `task.<taskId>`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueueTask {
+    /// The task's name.
+    pub task_id: String,
+    /// The task definition, as in a pipeline file: `type` and its parameters, `retry`,
+    /// `timeout`, `queue`, ...
+    #[schema(value_type = Object)]
+    pub task: Map<String, Value>,
+    #[schema(value_type = Object)]
+    pub input: Option<Value>,
+    pub priority: Option<i32>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Queued {
+    #[schema(value_type = Object)]
+    pub run: RunRecord,
+    pub created: bool,
+}
+
+/// Checks a standalone task through the pipeline file checker.
+fn standalone_pipeline(t: &QueueTask, at: &str) -> Result<Pipeline, ApiError> {
+    if t.task.contains_key("name") || t.task.contains_key("needs") {
+        return Err(ApiError::bad_request(format!(
+            "{at}: `task` takes no `name` or `needs` (the name is `taskId`)"
+        )));
+    }
+    let mut def = t.task.clone();
+    def.insert("name".into(), Value::String(t.task_id.clone()));
+    let doc = json!({"name": format!("task.{}", t.task_id), "tasks": [def]});
+    pipeline_from_document(at, &doc.to_string())
+}
+
+async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Queued> {
+    let stored = s.store.save_pipeline(pipeline, None, Utc::now()).await?;
+    let created = s
+        .store
+        .create_run(NewRun {
+            pipeline: &stored,
+            input: t.input.unwrap_or_else(|| json!({})),
+            priority: t.priority.unwrap_or(0),
+            idempotency_key: t.idempotency_key,
+            idempotency_ttl: s.config.engine.idempotency_ttl,
+            now: Utc::now(),
+        })
+        .await?;
+    Ok(Queued {
+        run: created.run,
+        created: created.created,
+    })
+}
+
+/// Queue a standalone task.
+#[utoipa::path(post, path = "/queue/task", tag = "queue", request_body = QueueTask,
+    responses((status = 201, body = Queued), (status = 200, description = "existing run for the idempotency key", body = Queued),
+              (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn queue_task(
+    State(s): State<AppState>,
+    body: Result<Json<QueueTask>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    let Json(t) = body?;
+    let pipeline = standalone_pipeline(&t, "task")?;
+    let queued = enqueue(&s, t, &pipeline).await?;
+    Ok((
+        if queued.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(queued),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBatch {
+    pub tasks: Vec<QueueTask>,
+}
+
+/// Queue several standalone tasks. All are checked first: one bad task queues none.
+#[utoipa::path(post, path = "/queue/batch", tag = "queue", request_body = QueueBatch,
+    responses((status = 201, body = [Queued]), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn queue_batch(
+    State(s): State<AppState>,
+    body: Result<Json<QueueBatch>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Vec<Queued>>)> {
+    let Json(batch) = body?;
+    if batch.tasks.is_empty() || batch.tasks.len() > 1000 {
+        return Err(ApiError::bad_request("`tasks` must hold 1 to 1000 tasks"));
+    }
+    let checked = batch
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| standalone_pipeline(t, &format!("tasks[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::with_capacity(checked.len());
+    for (t, p) in batch.tasks.into_iter().zip(&checked) {
+        out.push(enqueue(&s, t, p).await?);
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Queue statistics: task runs by state.
+#[utoipa::path(get, path = "/queue/status", tag = "queue", responses((status = 200, body = Object)))]
+pub async fn status(State(s): State<AppState>) -> ApiResult<Json<QueueStats>> {
+    Ok(Json(s.store.queue_stats().await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsQuery {
+    /// waiting, ready, running, succeeded, dead, skipped or cancelled; the unsettled ones when absent
+    pub state: Option<String>,
+    pub queue: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+/// Task runs in the queue, highest priority and oldest first.
+#[utoipa::path(get, path = "/queue/items", tag = "queue", params(ItemsQuery),
+    responses((status = 200, body = [Object]), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn items(
+    State(s): State<AppState>,
+    q: Result<Query<ItemsQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<TaskRunRecord>>> {
+    let Query(q) = q?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|v| {
+            v.parse::<TaskState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
+        })
+        .transpose()?;
+    let filter = QueueFilter {
+        state,
+        queue: q.queue,
+        limit: limit(q.limit, 100),
+        offset: q.offset.unwrap_or(0),
+    };
+    Ok(Json(s.store.queue_items(&filter).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DlqQuery {
+    pub limit: Option<u32>,
+}
+
+/// Dead-letter queue entries, newest first.
+#[utoipa::path(get, path = "/dlq", tag = "dlq", params(DlqQuery), responses((status = 200, body = [Object])))]
+pub async fn dlq(
+    State(s): State<AppState>,
+    q: Result<Query<DlqQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<DeadLetter>>> {
+    let Query(q) = q?;
+    Ok(Json(s.store.dead_letters(limit(q.limit, 100)).await?))
+}
+
+/// Retry a dead-letter entry: its task is re-queued with fresh attempts and its run goes on.
+#[utoipa::path(post, path = "/dlq/{id}/retry", tag = "dlq", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn dlq_retry(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Requeued>> {
+    let Path(id) = id?;
+    let entry = s.store.dead_letter(&id).await?;
+    Ok(Json(
+        s.store
+            .requeue(entry.run_id, &[entry.task_name], Utc::now())
+            .await?,
+    ))
+}
+
+/// Serverless mode: reap expired leases, then claim and execute a bounded batch of ready tasks
+/// and return what was done.
+#[utoipa::path(post, path = "/process", tag = "queue", responses((status = 200, body = Object)))]
+pub async fn process(State(s): State<AppState>) -> ApiResult<Json<orbit_engine::Processed>> {
+    Ok(Json(s.engine.process(s.config.process_batch).await?))
+}

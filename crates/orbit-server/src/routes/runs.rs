@@ -1,0 +1,163 @@
+//! Runs and task runs.
+
+use super::limit;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use chrono::Utc;
+use orbit_core::{RunState, TaskState};
+use orbit_store::{AttemptRecord, RunFilter, RunRecord, TaskRunRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// pending, running, succeeded, failed or cancelled
+    pub status: Option<String>,
+    /// Only runs of this pipeline.
+    pub pipeline: Option<String>,
+    /// Page size (default 50, at most 1000).
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunPage {
+    #[schema(value_type = [Object])]
+    pub runs: Vec<RunRecord>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Runs, newest first.
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, body = RunPage), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    q: Result<Query<RunsQuery>, QueryRejection>,
+) -> ApiResult<Json<RunPage>> {
+    let Query(q) = q?;
+    let state = q
+        .status
+        .as_deref()
+        .map(|v| {
+            v.parse::<RunState>()
+                .map_err(|e| ApiError::bad_request(format!("status: {e}")))
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        state,
+        pipeline: q.pipeline,
+        limit: limit(q.limit, 50),
+        offset: q.offset.unwrap_or(0),
+    };
+    let runs = s.store.list_runs(&filter).await?;
+    Ok(Json(RunPage {
+        runs,
+        limit: filter.limit,
+        offset: filter.offset,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunDetail {
+    #[schema(value_type = Object)]
+    pub run: RunRecord,
+    #[schema(value_type = [Object])]
+    pub tasks: Vec<TaskRunRecord>,
+}
+
+/// One run (by id or a unique prefix) with its task runs.
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunDetail), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<RunDetail>> {
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    let tasks = s.store.task_runs(run.id).await?;
+    Ok(Json(RunDetail { run, tasks }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Retried {
+    #[schema(value_type = Object)]
+    pub run: RunRecord,
+    /// The task runs put back in the queue.
+    pub requeued: Vec<String>,
+}
+
+/// Retry a failed or cancelled run: its dead and cancelled tasks get a fresh set of attempts.
+#[utoipa::path(post, path = "/runs/{id}/retry", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Retried), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn retry(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Retried>> {
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    if !matches!(run.state, RunState::Failed | RunState::Cancelled) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "run {} is {}; only failed or cancelled runs can be retried",
+                run.id, run.state
+            ),
+        ));
+    }
+    let names: Vec<String> = s
+        .store
+        .task_runs(run.id)
+        .await?
+        .into_iter()
+        .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
+        .map(|t| t.task_name)
+        .collect();
+    let requeued = s.store.requeue(run.id, &names, Utc::now()).await?.tasks;
+    Ok(Json(Retried {
+        run: s.store.run(run.id).await?,
+        requeued,
+    }))
+}
+
+/// Cancel a run that has not settled; running attempts are stopped at their next heartbeat.
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn cancel(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<RunRecord>> {
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    Ok(Json(s.store.cancel_run(run.id, Utc::now()).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskRunDetail {
+    #[schema(value_type = Object)]
+    pub task_run: TaskRunRecord,
+    /// Every attempt, oldest first, with its log.
+    #[schema(value_type = [Object])]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One task run (by id or a unique prefix) with its attempts and logs.
+#[utoipa::path(get, path = "/task-runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = TaskRunDetail), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn task_run(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<TaskRunDetail>> {
+    let Path(id) = id?;
+    let task_run = s.store.task_run(&id).await?;
+    let attempts = s
+        .store
+        .attempts(task_run.run_id, Some(&task_run.task_name))
+        .await?;
+    Ok(Json(TaskRunDetail { task_run, attempts }))
+}

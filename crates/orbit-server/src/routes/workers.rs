@@ -1,0 +1,211 @@
+//! Nodes (servers and workers), their health, and execution metrics.
+
+use crate::AppState;
+use crate::error::ApiResult;
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Duration, Utc};
+use orbit_store::{AttemptSummary, NodeRecord, QueueStats};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub node: NodeRecord,
+    /// `healthy`, `unhealthy` (missed three heartbeats) or `stopped`.
+    pub status: &'static str,
+}
+
+fn status_of(n: &NodeRecord, now: DateTime<Utc>) -> &'static str {
+    if n.stopped_at.is_some() {
+        "stopped"
+    } else if now - n.last_seen_at
+        > Duration::milliseconds(3 * n.info.heartbeat_ms.max(1000) as i64)
+    {
+        "unhealthy"
+    } else {
+        "healthy"
+    }
+}
+
+async fn services_now(s: &AppState) -> ApiResult<Vec<Service>> {
+    let now = Utc::now();
+    Ok(s.store
+        .nodes(200)
+        .await?
+        .into_iter()
+        .map(|node| Service {
+            status: status_of(&node, now),
+            node,
+        })
+        .collect())
+}
+
+/// Registered services: the `orbit server` and `orbit worker` processes sharing this store.
+#[utoipa::path(get, path = "/services", tag = "workers", responses((status = 200, body = [Service])))]
+pub async fn services(State(s): State<AppState>) -> ApiResult<Json<Vec<Service>>> {
+    Ok(Json(services_now(&s).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    /// The window the figures cover, in seconds.
+    pub window_seconds: i64,
+    pub attempts: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// succeeded / attempts, 0..1 (1 when nothing ran).
+    pub success_rate: f64,
+    /// Attempts finished per second over the window.
+    pub throughput_per_sec: f64,
+    pub duration_avg_ms: f64,
+    pub duration_p50_ms: f64,
+    pub duration_p95_ms: f64,
+    pub duration_max_ms: f64,
+}
+
+fn figures(attempts: &[AttemptSummary], window: Duration) -> Figures {
+    let mut ms: Vec<f64> = attempts
+        .iter()
+        .map(|a| {
+            (a.finished_at - a.started_at)
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let succeeded = attempts
+        .iter()
+        .filter(|a| a.outcome == "succeeded" || a.outcome == "reused")
+        .count();
+    Figures {
+        window_seconds: window.num_seconds(),
+        attempts: attempts.len(),
+        succeeded,
+        failed: attempts.len() - succeeded,
+        success_rate: if attempts.is_empty() {
+            1.0
+        } else {
+            succeeded as f64 / attempts.len() as f64
+        },
+        throughput_per_sec: attempts.len() as f64 / window.num_seconds().max(1) as f64,
+        duration_avg_ms: if ms.is_empty() {
+            0.0
+        } else {
+            ms.iter().sum::<f64>() / ms.len() as f64
+        },
+        duration_p50_ms: pct(0.5),
+        duration_p95_ms: pct(0.95),
+        duration_max_ms: ms.last().copied().unwrap_or(0.0),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    #[schema(value_type = Object)]
+    pub queue: QueueStats,
+    pub nodes_healthy: usize,
+    pub nodes_unhealthy: usize,
+    /// The last hour.
+    pub last_hour: Figures,
+}
+
+/// Dashboard statistics: the queue, the nodes, and the last hour's attempts.
+#[utoipa::path(get, path = "/workers/stats", tag = "workers", responses((status = 200, body = Stats)))]
+pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
+    let services = services_now(&s).await?;
+    let hour = Duration::hours(1);
+    let attempts = s.store.recent_attempts(Utc::now() - hour, 100_000).await?;
+    Ok(Json(Stats {
+        queue: s.store.queue_stats().await?,
+        nodes_healthy: services.iter().filter(|n| n.status == "healthy").count(),
+        nodes_unhealthy: services.iter().filter(|n| n.status == "unhealthy").count(),
+        last_hour: figures(&attempts, hour),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerHealth {
+    /// `ok` when a healthy node can do work and none is unhealthy; `degraded` when some node
+    /// stopped heartbeating; `down` when no healthy node is left.
+    pub status: &'static str,
+    pub services: Vec<Service>,
+}
+
+/// Worker health: each node and whether it still heartbeats.
+#[utoipa::path(get, path = "/workers/health", tag = "workers", responses((status = 200, body = WorkerHealth)))]
+pub async fn health(State(s): State<AppState>) -> ApiResult<Json<WorkerHealth>> {
+    let services = services_now(&s).await?;
+    let healthy = services.iter().any(|n| n.status == "healthy");
+    let unhealthy = services.iter().any(|n| n.status == "unhealthy");
+    let status = match (healthy, unhealthy) {
+        (true, false) => "ok",
+        (true, true) => "degraded",
+        (false, _) => "down",
+    };
+    Ok(Json(WorkerHealth { status, services }))
+}
+
+/// Real-time performance: the last minute and the last hour.
+#[utoipa::path(get, path = "/workers/metrics", tag = "workers", responses((status = 200, body = Object)))]
+pub async fn metrics(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let now = Utc::now();
+    let hour = s
+        .store
+        .recent_attempts(now - Duration::hours(1), 100_000)
+        .await?;
+    let minute: Vec<AttemptSummary> = hour
+        .iter()
+        .filter(|a| a.finished_at >= now - Duration::minutes(1))
+        .cloned()
+        .collect();
+    Ok(Json(serde_json::json!({
+        "lastMinute": figures(&minute, Duration::minutes(1)),
+        "lastHour": figures(&hour, Duration::hours(1)),
+    })))
+}
+
+/// `/metrics`: Prometheus text format. Gauges are read from the store at scrape time; counters
+/// and histograms come from this process.
+pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
+    if let Ok(q) = s.store.queue_stats().await {
+        for (state, n) in [
+            ("pending", q.pending),
+            ("running", q.running),
+            ("waiting", q.waiting),
+            ("completed", q.completed),
+            ("failed", q.failed),
+        ] {
+            metrics::gauge!("orbit_task_runs", "state" => state).set(n as f64);
+        }
+        metrics::gauge!("orbit_dlq_entries").set(q.dlq as f64);
+        let age = q.oldest_pending.map_or(0.0, |t| {
+            (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        metrics::gauge!("orbit_oldest_pending_seconds").set(age);
+    }
+    if let Ok(nodes) = s.store.nodes(200).await {
+        let now = Utc::now();
+        for status in ["healthy", "unhealthy", "stopped"] {
+            let n = nodes.iter().filter(|n| status_of(n, now) == status).count();
+            metrics::gauge!("orbit_nodes", "status" => status).set(n as f64);
+        }
+    }
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
