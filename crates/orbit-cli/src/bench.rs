@@ -8,7 +8,10 @@ use chrono::Utc;
 use orbit_core::retry::RetryPolicy;
 use orbit_core::{Pipeline, RunState, TaskDef, TaskType};
 use orbit_engine::{Engine, EngineConfig};
-use orbit_store::{NewRun, Store};
+use orbit_store::NewRun;
+use orbit_store::Store;
+use orbit_store_postgres::PgStore;
+use orbit_store_postgres::testing::TestDb;
 use orbit_store_sqlite::{Durability, SqliteStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         return Err(BadInput("--concurrency must be at least 1".into()).into());
     }
-    let scenarios = match args.scenario {
+    let scenarios = match args.scenario.clone() {
         Some(s) => vec![s],
         None => vec![
             Scenario::Throughput { tasks: 10_000 },
@@ -29,12 +32,12 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
         ],
     };
     for scenario in scenarios {
-        let result = run_scenario(&scenario, args.concurrency, durability).await?;
+        let result = run_scenario(&scenario, &args, durability).await?;
         if json {
             println!("{}", result);
         } else {
             println!(
-                "{:<10} {:>6} tasks  {:>8.0} tasks/s  {} p50 {:.3} ms  p99 {:.3} ms  total {:.1} ms  peak RSS {:.1} MB  [{}]",
+                "{:<10} {:>6} tasks  {:>8.0} tasks/s  {} p50 {:.3} ms  p99 {:.3} ms  total {:.1} ms  peak RSS {}  [{}, {}]",
                 result["scenario"].as_str().unwrap_or_default(),
                 result["tasks"],
                 result["tasks_per_sec"].as_f64().unwrap_or_default(),
@@ -42,8 +45,14 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
                 result["p50_ms"].as_f64().unwrap_or_default(),
                 result["p99_ms"].as_f64().unwrap_or_default(),
                 result["elapsed_ms"].as_f64().unwrap_or_default(),
-                result["peak_rss_bytes"].as_f64().unwrap_or_default() / 1_048_576.0,
+                result["peak_rss_bytes"]
+                    .as_f64()
+                    .map_or("n/a (workers)".to_string(), |b| format!(
+                        "{:.1} MB",
+                        b / 1_048_576.0
+                    )),
                 result["durability"].as_str().unwrap_or_default(),
+                result["drained_by"].as_str().unwrap_or_default(),
             );
         }
     }
@@ -108,15 +117,66 @@ fn pipeline(scenario: &Scenario) -> Pipeline {
 
 async fn run_scenario(
     scenario: &Scenario,
-    concurrency: usize,
+    args: &BenchArgs,
     durability: Durability,
 ) -> anyhow::Result<serde_json::Value> {
     // Each scenario reports its own peak: "5" resets VmHWM (Linux 4.0+); without it the peak
     // is the process's so far.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let concurrency = args.concurrency;
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("bench.db");
-    let store = Arc::new(SqliteStore::open(&path.display().to_string(), durability).await?);
+    // A fresh database per scenario: SQLite in a temporary file, or a throw-away database on
+    // the PostgreSQL server named by --postgres.
+    let (store, url, _db, label): (Arc<dyn Store>, String, Option<TestDb>, String) =
+        match &args.postgres {
+            Some(admin) => {
+                let db = TestDb::create_on(admin).await.map_err(BadInput)?;
+                let pg = PgStore::connect(&db.url, 8).await?;
+                pg.migrate().await?;
+                let sync: String = sqlx_free_setting(&pg).await;
+                (
+                    Arc::new(pg),
+                    db.url.clone(),
+                    Some(db),
+                    format!("postgres synchronous_commit={sync}"),
+                )
+            }
+            None => {
+                let path = dir.path().join("bench.db");
+                let store = SqliteStore::open(&path.display().to_string(), durability).await?;
+                let label = match durability {
+                    Durability::Full => "sqlite wal synchronous=FULL",
+                    Durability::Normal => "sqlite wal synchronous=NORMAL",
+                };
+                (
+                    Arc::new(store),
+                    format!("sqlite://{}", path.display()),
+                    None,
+                    label.into(),
+                )
+            }
+        };
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        workers.push(
+            tokio::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "worker",
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--database-url",
+                    &url,
+                ])
+                .env("ORBIT_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    if args.workers > 0 {
+        // Let them connect and start listening before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let pipeline = pipeline(scenario);
     let tasks = pipeline.tasks.len();
     let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
@@ -135,19 +195,29 @@ async fn run_scenario(
     let enqueue = enqueue_started.elapsed();
     // The harness's copies of a 10k-task pipeline are not the engine's memory.
     drop((pipeline, stored));
-    let engine = Engine::new(
-        store.clone(),
-        EngineConfig {
-            owner: "bench".into(),
-            concurrency,
-            ..EngineConfig::default()
-        },
-    )?;
     let started = Instant::now();
-    let state = engine.drive_run(run.id, CancellationToken::new()).await?;
-    let elapsed = started.elapsed();
-    // Before reading the results back, which is the benchmark's cost, not the engine's.
-    let peak_rss = peak_rss_bytes();
+    let (state, elapsed, peak_rss) = if args.workers > 0 {
+        let state = loop {
+            let r = store.run(run.id).await?;
+            if r.state.is_terminal() {
+                break Some(r.state);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        (state, started.elapsed(), None)
+    } else {
+        let (state, elapsed) = drive_here(&store, run.id, concurrency).await?;
+        (state, elapsed, Some(peak_rss_bytes()))
+    };
+    for mut w in workers {
+        let _ = w.start_kill();
+        let _ = w.wait().await;
+    }
+    let drained_by = if args.workers > 0 {
+        format!("{} worker processes x {concurrency}", args.workers)
+    } else {
+        format!("in-process engine x {concurrency}")
+    };
     if state != Some(RunState::Succeeded) {
         anyhow::bail!("benchmark run ended {state:?}");
     }
@@ -199,12 +269,12 @@ async fn run_scenario(
         Scenario::Chain { .. } => "chain",
         Scenario::Fanout { .. } => "fanout",
     };
-    store.close().await;
     Ok(json!({
         "scenario": name,
         "tasks": tasks,
         "concurrency": concurrency,
-        "durability": match durability { Durability::Full => "sqlite wal synchronous=FULL", Durability::Normal => "sqlite wal synchronous=NORMAL" },
+        "durability": label,
+        "drained_by": drained_by,
         "enqueue_ms": enqueue.as_secs_f64() * 1000.0,
         "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
         "tasks_per_sec": tasks as f64 / elapsed.as_secs_f64(),
@@ -213,6 +283,33 @@ async fn run_scenario(
         "p99_ms": pct(0.99),
         "peak_rss_bytes": peak_rss,
     }))
+}
+
+/// Drains the run with an engine in this process; returns its state and how long it took.
+async fn drive_here(
+    store: &Arc<dyn Store>,
+    run: uuid::Uuid,
+    concurrency: usize,
+) -> anyhow::Result<(Option<RunState>, Duration)> {
+    let engine = Engine::new(
+        store.clone(),
+        EngineConfig {
+            owner: "bench".into(),
+            concurrency,
+            ..EngineConfig::default()
+        },
+    )?;
+    let started = Instant::now();
+    let state = engine.drive_run(run, CancellationToken::new()).await?;
+    Ok((state, started.elapsed()))
+}
+
+/// The server's `synchronous_commit`, for the report.
+async fn sqlx_free_setting(store: &PgStore) -> String {
+    store
+        .setting("synchronous_commit")
+        .await
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The process's peak resident set (VmHWM), in bytes.

@@ -120,6 +120,15 @@ impl PgStore {
         }
     }
 
+    /// A server setting (`SHOW name`), e.g. `synchronous_commit`.
+    pub async fn setting(&self, name: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

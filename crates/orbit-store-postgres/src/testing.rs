@@ -1,6 +1,6 @@
-//! Throw-away databases for tests, on the server `ORBIT_TEST_PG_URL` names (default: the local
-//! server at 127.0.0.1:5432). Each test gets its own database, so tests run in parallel; it is
-//! dropped with the guard.
+//! Throw-away databases for tests and benchmarks, on the server `ORBIT_TEST_PG_URL` names
+//! (default: the local server at 127.0.0.1:5432). Each test gets its own database, so tests
+//! run in parallel; it is dropped with the guard.
 
 use sqlx::{Connection, PgConnection};
 
@@ -15,6 +15,7 @@ pub fn server_url() -> String {
 pub struct TestDb {
     pub url: String,
     name: String,
+    admin: String,
 }
 
 impl TestDb {
@@ -22,26 +23,41 @@ impl TestDb {
     /// reached: a test that needs PostgreSQL must not pass without it.
     pub async fn create() -> TestDb {
         let admin = server_url();
+        Self::create_on(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is needed for this test: {e} (set ORBIT_TEST_PG_URL)")
+        })
+    }
+
+    /// A fresh database on the server `admin` (a URL of any database there) connects to.
+    pub async fn create_on(admin: &str) -> Result<TestDb, String> {
         let name = format!("orbit_t_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is needed for this test and {admin} cannot be reached: {e} (set ORBIT_TEST_PG_URL)")
-        });
+        let mut conn = PgConnection::connect(admin)
+            .await
+            .map_err(|e| format!("cannot reach PostgreSQL: {e}"))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+            .map_err(|e| format!("cannot create database {name}: {e}"))?;
         let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        TestDb {
-            url: format!("{base}/{name}"),
+        let (base, query) = admin.split_once('?').map_or((admin, ""), |(b, q)| (b, q));
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        Ok(TestDb {
+            url: format!("{base}/{name}{query}"),
             name,
-        }
+            admin: admin.to_owned(),
+        })
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop may run inside a runtime, which cannot block on another: use a thread of its own.
         let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -49,7 +65,7 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let mut conn = PgConnection::connect(&server_url()).await.ok()?;
+                let mut conn = PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
