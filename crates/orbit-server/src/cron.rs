@@ -15,12 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The missed-fire policy, named for the docs: run the latest missed fire once.
-#[derive(Clone, Copy, Debug)]
-pub enum CronPolicy {
-    LatestOnce,
-}
-
 /// Creates the run of every schedule's latest fire time at or before `now` that has none yet.
 /// Returns `(pipeline, fire time, created)` for each scheduled pipeline that is due.
 pub async fn fire_due(

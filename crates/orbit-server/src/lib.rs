@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use cron::{CronPolicy, fire_due};
+pub use cron::fire_due;
 
 /// How a server node runs work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

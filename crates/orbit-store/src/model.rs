@@ -282,3 +282,17 @@ pub struct NodeRecord {
     /// Task runs it holds right now.
     pub running: i64,
 }
+
+impl NodeRecord {
+    /// `stopped` (shut down cleanly), `unhealthy` (missed three heartbeats) or `healthy`.
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        let silent = (now - self.last_seen_at).num_milliseconds();
+        if self.stopped_at.is_some() {
+            "stopped"
+        } else if silent > 3 * self.info.heartbeat_ms.max(1000) as i64 {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    }
+}

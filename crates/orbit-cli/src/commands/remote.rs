@@ -6,7 +6,7 @@ use crate::BadInput;
 use crate::cli::{RunsArgs, TriggerArgs};
 use crate::commands::run::{idempotency_ttl, parse_input};
 use crate::output::{self, table, time};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use orbit_store::{NewRun, NodeRecord, RunRecord, TaskRunRecord};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -180,8 +180,8 @@ pub async fn services(database: &str, server: Option<&str>, json: bool) -> anyho
                 .await?
                 .into_iter()
                 .map(|n| {
-                    let status = local_status(&n, now);
-                    (n, status.into())
+                    let status = n.status(now).to_owned();
+                    (n, status)
                 })
                 .collect()
         }
@@ -234,14 +234,4 @@ pub async fn services(database: &str, server: Option<&str>, json: bool) -> anyho
         &rows,
     );
     Ok(0)
-}
-
-fn local_status(n: &NodeRecord, now: DateTime<Utc>) -> &'static str {
-    if n.stopped_at.is_some() {
-        "stopped"
-    } else if (now - n.last_seen_at).num_milliseconds() > 3 * n.info.heartbeat_ms.max(1000) as i64 {
-        "unhealthy"
-    } else {
-        "healthy"
-    }
 }

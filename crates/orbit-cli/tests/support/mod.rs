@@ -63,7 +63,9 @@ pub fn server(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Server {
-    let stderr = dir.join(format!("server-{}.log", uuid_like()));
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stderr = dir.join(format!("server-{n}.log"));
     let mut cmd = Command::new(orbit_bin());
     cmd.current_dir(dir)
         .arg("server")
@@ -117,20 +119,6 @@ pub fn worker(dir: &std::path::Path, database: &str, args: &[&str]) -> Proc {
         .spawn()
         .expect("start orbit worker");
     Proc { child }
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ rand_u64()
-    )
-}
-
-fn rand_u64() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
 
 /// Polls `f` until it returns `Some`, or panics after `within`.

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use orbit_store::{AttemptSummary, NodeRecord, QueueStats};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -21,18 +21,6 @@ pub struct Service {
     pub status: &'static str,
 }
 
-fn status_of(n: &NodeRecord, now: DateTime<Utc>) -> &'static str {
-    if n.stopped_at.is_some() {
-        "stopped"
-    } else if now - n.last_seen_at
-        > Duration::milliseconds(3 * n.info.heartbeat_ms.max(1000) as i64)
-    {
-        "unhealthy"
-    } else {
-        "healthy"
-    }
-}
-
 async fn services_now(s: &AppState) -> ApiResult<Vec<Service>> {
     let now = Utc::now();
     Ok(s.store
@@ -40,7 +28,7 @@ async fn services_now(s: &AppState) -> ApiResult<Vec<Service>> {
         .await?
         .into_iter()
         .map(|node| Service {
-            status: status_of(&node, now),
+            status: node.status(now),
             node,
         })
         .collect())
@@ -200,7 +188,7 @@ pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     if let Ok(nodes) = s.store.nodes(200).await {
         let now = Utc::now();
         for status in ["healthy", "unhealthy", "stopped"] {
-            let n = nodes.iter().filter(|n| status_of(n, now) == status).count();
+            let n = nodes.iter().filter(|n| n.status(now) == status).count();
             metrics::gauge!("orbit_nodes", "status" => status).set(n as f64);
         }
     }
