@@ -77,6 +77,7 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
         heartbeat_interval: orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
         idempotency_key: None,
         queue: None,
+        allowed_next: Vec::new(),
     }
 }
 

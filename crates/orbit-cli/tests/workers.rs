@@ -32,6 +32,7 @@ fn sleep_task(name: String, ms: u64, heartbeat: Duration) -> TaskDef {
         heartbeat_interval: heartbeat,
         idempotency_key: None,
         queue: None,
+        allowed_next: Vec::new(),
     }
 }
 

@@ -134,7 +134,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 9] = [
+const TASK_KEYS: [&str; 10] = [
     "name",
     "type",
     "needs",
@@ -144,6 +144,7 @@ const TASK_KEYS: [&str; 9] = [
     "heartbeat_interval",
     "idempotency_key",
     "queue",
+    "allowed_next",
 ];
 
 impl Checker {
@@ -238,6 +239,21 @@ impl Checker {
                 }
             }
         }
+        for (def, (loc, _)) in defs.iter().zip(&lines) {
+            for next in &def.allowed_next {
+                let chosen = defs.iter().find(|d| &d.name == next);
+                if !chosen.is_some_and(|d| d.needs.contains(&def.name)) {
+                    self.diagnostics.push(Diagnostic {
+                        line: loc.line(),
+                        column: loc.column(),
+                        message: format!(
+                            "task `{}`: `allowed_next` names `{next}`, which is not a task that needs `{}`",
+                            def.name, def.name
+                        ),
+                    });
+                }
+            }
+        }
         let pipeline = Pipeline {
             name: name?,
             description,
@@ -305,21 +321,23 @@ impl Checker {
             None => {
                 self.at(
                     raw,
-                    format!("task `{name}` has no `type` (one of: shell, http, sleep, script)"),
+                    format!(
+                        "task `{name}` has no `type` (one of: shell, http, sleep, script, worker)"
+                    ),
                 );
                 None
             }
             Some(t) => match t.value.as_str().and_then(TaskType::parse) {
                 Some(tt) => Some(tt),
                 None => {
-                    self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script)", short(&t.value)));
+                    self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script, worker)", short(&t.value)));
                     None
                 }
             },
         };
         let (needs, needs_spans) = match field("needs") {
             None => (Vec::new(), Vec::new()),
-            Some(n) => self.needs(n, &name),
+            Some(n) => self.names(n, &name, "needs"),
         };
         let retry = field("retry").map_or_else(
             || defaults.retry.clone(),
@@ -335,6 +353,11 @@ impl Checker {
         let idempotency_key =
             field("idempotency_key").and_then(|k| self.string(k, "idempotency_key"));
         let queue = field("queue").and_then(|q| self.name(q, "queue"));
+        if let (Some(q), Some(TaskType::Worker)) = (field("queue"), task_type) {
+            self.at(q, format!("task `{name}`: a worker task has no `queue`; it is queued for the service task it names"));
+        }
+        let allowed_next =
+            field("allowed_next").map_or_else(Vec::new, |a| self.names(a, &name, "allowed_next").0);
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -376,6 +399,7 @@ impl Checker {
                 heartbeat_interval,
                 idempotency_key,
                 queue,
+                allowed_next,
             },
             needs_spans,
         ))
@@ -409,7 +433,8 @@ impl Checker {
         }
     }
 
-    fn needs(&mut self, v: &Located, task: &str) -> (Vec<String>, Vec<Located>) {
+    /// A task name or a list of them (`needs`, `allowed_next`), each with its location.
+    fn names(&mut self, v: &Located, task: &str, key: &str) -> (Vec<String>, Vec<Located>) {
         let items: Vec<Value> = match &v.value {
             Value::String(s) => vec![Value::String(s.clone())],
             Value::Array(a) => a.clone(),
@@ -418,7 +443,7 @@ impl Checker {
                 self.at(
                     v,
                     format!(
-                        "task `{task}`: `needs` must be a task name or a list of them, not {}",
+                        "task `{task}`: `{key}` must be a task name or a list of them, not {}",
                         short(other)
                     ),
                 );
@@ -437,7 +462,7 @@ impl Checker {
                 other => self.at(
                     v,
                     format!(
-                        "task `{task}`: `needs` holds {}, not a task name",
+                        "task `{task}`: `{key}` holds {}, not a task name",
                         short(&other)
                     ),
                 ),

@@ -7,6 +7,7 @@
 //! - [`dag`] orders the tasks (execution layers, cycle detection, downstream reachability).
 //! - [`state`] names the run and task states; [`transition`] decides what a finished attempt
 //!   does to its task and its run, returning the effects for a store to apply in one transaction.
+//! - [`protocol`] holds the worker protocol's messages, shared by the server and the SDK.
 //! - [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
 //!
 //! The engine drives, the store persists, this crate decides.
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod file;
 pub mod params;
 pub mod pipeline;
+pub mod protocol;
 pub mod retry;
 pub mod state;
 pub mod template;

@@ -133,6 +133,18 @@ fn default_interpreter() -> String {
     "python3".into()
 }
 
+/// `type: worker`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerParams {
+    /// The registered service task; the pipeline task's name when absent.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// The handler's input (a template over the context); the run's input when absent.
+    #[serde(default)]
+    pub input: Option<Value>,
+}
+
 /// A task's parameters in their typed shape.
 #[derive(Clone, Debug)]
 pub enum Params {
@@ -140,6 +152,7 @@ pub enum Params {
     Http(HttpParams),
     Sleep(SleepParams),
     Script(ScriptParams),
+    Worker(WorkerParams),
 }
 
 impl Params {
@@ -157,6 +170,7 @@ impl Params {
             TaskType::Http => Params::Http(from_value(value)?),
             TaskType::Sleep => Params::Sleep(from_value(value)?),
             TaskType::Script => Params::Script(from_value(value)?),
+            TaskType::Worker => Params::Worker(from_value(value)?),
         };
         typed.check(rendered)?;
         Ok(typed)
@@ -202,6 +216,12 @@ impl Params {
                 (None, None) => {
                     Err("missing required parameter `source` (inline program) or `file`".into())
                 }
+                _ => Ok(()),
+            },
+            Params::Worker(p) => match &p.task {
+                Some(t) if !crate::pipeline::is_valid_name(t) => Err(format!(
+                    "`task` `{t}` is not a task name (letters, digits, `-`, `_`, `.`; no templates)"
+                )),
                 _ => Ok(()),
             },
         }

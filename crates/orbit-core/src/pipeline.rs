@@ -51,14 +51,31 @@ pub struct TaskDef {
     /// Which workers may claim it (`orbit worker --queue`); `None` is the `default` queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// Dynamic routing: the downstream tasks this task may choose among by returning
+    /// `run_next`; the ones it does not choose, and what only they lead to, are skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_next: Vec<String>,
 }
 
 /// The queue of tasks that name none.
 pub const DEFAULT_QUEUE: &str = "default";
 
 impl TaskDef {
+    /// The queue claimers pick it from. A worker task's queue is the service task it names,
+    /// so that a worker polls exactly the tasks it serves.
     pub fn queue(&self) -> &str {
-        self.queue.as_deref().unwrap_or(DEFAULT_QUEUE)
+        match self.task_type {
+            TaskType::Worker => self.service_task(),
+            _ => self.queue.as_deref().unwrap_or(DEFAULT_QUEUE),
+        }
+    }
+
+    /// For `type: worker`, the registered task that runs it: its `task` parameter, else its name.
+    pub fn service_task(&self) -> &str {
+        self.params
+            .get("task")
+            .and_then(|t| t.as_str())
+            .unwrap_or(&self.name)
     }
 
     /// How long a claim holds the task without a heartbeat.
@@ -79,10 +96,21 @@ pub enum TaskType {
     Sleep,
     /// A program for an interpreter (`python3` by default), context on stdin, JSON on stdout.
     Script,
+    /// A task registered by an SDK worker service, dispatched to it over the worker protocol.
+    Worker,
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 4] = [
+    pub const ALL: [TaskType; 5] = [
+        TaskType::Shell,
+        TaskType::Http,
+        TaskType::Sleep,
+        TaskType::Script,
+        TaskType::Worker,
+    ];
+
+    /// The types `orbit server` and `orbit worker` execute themselves.
+    pub const BUILT_IN: [TaskType; 4] = [
         TaskType::Shell,
         TaskType::Http,
         TaskType::Sleep,
@@ -95,6 +123,7 @@ impl TaskType {
             TaskType::Http => "http",
             TaskType::Sleep => "sleep",
             TaskType::Script => "script",
+            TaskType::Worker => "worker",
         }
     }
 

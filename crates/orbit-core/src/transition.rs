@@ -13,6 +13,12 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Succeeded(Value),
+    /// Succeeded and chose, among `allowed` (its `allowed_next`), which tasks run next.
+    Routed {
+        output: Value,
+        allowed: Vec<String>,
+        run_next: Vec<String>,
+    },
     Failed(Failure),
 }
 
@@ -80,8 +86,13 @@ impl Failure {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
     /// `running -> succeeded`, storing the output; each named downstream task has one fewer
-    /// upstream to wait for and becomes `ready` when none is left.
-    Succeed { output: Value, promote: Vec<String> },
+    /// upstream to wait for (a name listed twice, two fewer) and becomes `ready` when none is
+    /// left. The `skip` tasks, not chosen by routing, become `skipped`.
+    Succeed {
+        output: Value,
+        promote: Vec<String>,
+        skip: Vec<String>,
+    },
     /// `running -> ready` again, claimable from `ready_at`.
     Retry {
         ready_at: DateTime<Utc>,
@@ -115,6 +126,27 @@ pub fn on_attempt_finished(
     now: DateTime<Utc>,
     random: f64,
 ) -> Transition {
+    let outcome = match outcome {
+        Outcome::Routed {
+            allowed, run_next, ..
+        } if run_next.iter().any(|n| !allowed.contains(n)) => {
+            let stray: Vec<&str> = run_next
+                .iter()
+                .filter(|n| !allowed.contains(n))
+                .map(String::as_str)
+                .collect();
+            Outcome::Failed(Failure::fatal(format!(
+                "run_next names {}, not in allowed_next [{}]",
+                stray
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                allowed.join(", ")
+            )))
+        }
+        other => other,
+    };
     match outcome {
         Outcome::Succeeded(output) => Transition::Succeed {
             output,
@@ -123,7 +155,20 @@ pub fn on_attempt_finished(
                 .iter()
                 .map(|&d| dag.name(d).to_owned())
                 .collect(),
+            skip: Vec::new(),
         },
+        Outcome::Routed {
+            output,
+            allowed,
+            run_next,
+        } => {
+            let (promote, skip) = route(dag, task, &allowed, &run_next);
+            Transition::Succeed {
+                output,
+                promote,
+                skip,
+            }
+        }
         Outcome::Failed(failure)
             if failure.kind.is_retryable() && policy.allows_another(attempt) =>
         {
@@ -152,6 +197,45 @@ pub fn on_attempt_finished(
                 .collect(),
         },
     }
+}
+
+/// What task `task` choosing `run_next` among `allowed` does downstream: the tasks to promote
+/// (once per finished or skipped upstream) and the tasks to skip: the branches not chosen and
+/// every task all of whose upstreams are skipped.
+fn route(
+    dag: &Dag,
+    task: usize,
+    allowed: &[String],
+    run_next: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let mut skipped = vec![false; dag.len()];
+    for name in allowed.iter().filter(|n| !run_next.contains(n)) {
+        if let Some(i) = dag.index_of(name) {
+            skipped[i] = true;
+        }
+    }
+    let below = dag.descendants(task);
+    // Topological order: a task's upstreams are decided before it.
+    for &i in dag.order() {
+        if below.contains(&i) && !skipped[i] && dag.upstream(i).iter().all(|&u| skipped[u]) {
+            skipped[i] = true;
+        }
+    }
+    let mut promote = Vec::new();
+    for from in std::iter::once(task).chain(below.iter().copied().filter(|&i| skipped[i])) {
+        for &d in dag.downstream(from) {
+            if !skipped[d] {
+                promote.push(dag.name(d).to_owned());
+            }
+        }
+    }
+    let skip = dag
+        .order()
+        .iter()
+        .filter(|&&i| skipped[i])
+        .map(|&i| dag.name(i).to_owned())
+        .collect();
+    (promote, skip)
 }
 
 /// The final state of a run whose tasks have all settled.
@@ -188,9 +272,90 @@ mod tests {
             t,
             Transition::Succeed {
                 output: json!(1),
-                promote: vec!["b".into()]
+                promote: vec!["b".into()],
+                skip: vec![]
             }
         );
+    }
+
+    /// router -> a -> a2 -> join; router -> b -> join; router -> c (not routable); x -> b.
+    fn routed() -> Dag {
+        let names = ["router", "a", "a2", "b", "join", "c", "x"]
+            .map(String::from)
+            .to_vec();
+        Dag::from_edges(
+            names,
+            vec![
+                vec![],
+                vec![0],
+                vec![1],
+                vec![0, 6],
+                vec![2, 3],
+                vec![0],
+                vec![],
+            ],
+        )
+        .unwrap()
+    }
+
+    fn finish_routed(run_next: &[&str]) -> Transition {
+        on_attempt_finished(
+            &routed(),
+            0,
+            &RetryPolicy::default(),
+            1,
+            Outcome::Routed {
+                output: json!({}),
+                allowed: vec!["a".into(), "b".into()],
+                run_next: run_next.iter().map(|s| s.to_string()).collect(),
+            },
+            Utc::now(),
+            0.0,
+        )
+    }
+
+    #[test]
+    fn routing_skips_the_branches_not_chosen_and_what_only_they_lead_to() {
+        let Transition::Succeed { promote, skip, .. } = finish_routed(&["b"]) else {
+            panic!("expected success");
+        };
+        assert_eq!(skip, ["a", "a2"]);
+        // b and c from the router; join once for its skipped upstream a2.
+        let mut promote = promote;
+        promote.sort();
+        assert_eq!(promote, ["b", "c", "join"]);
+
+        let Transition::Succeed {
+            promote, mut skip, ..
+        } = finish_routed(&[])
+        else {
+            panic!("expected success");
+        };
+        skip.sort();
+        // Nothing chosen: both branches and the join they alone feed are skipped; c still runs.
+        assert_eq!(skip, ["a", "a2", "b", "join"]);
+        assert_eq!(promote, ["c"]);
+
+        let Transition::Succeed { promote, skip, .. } = finish_routed(&["a", "b"]) else {
+            panic!("expected success");
+        };
+        assert!(skip.is_empty());
+        assert_eq!(promote.len(), 3);
+    }
+
+    #[test]
+    fn a_choice_outside_allowed_next_fails_the_task_for_good() {
+        match finish_routed(&["c", "nope"]) {
+            Transition::Dead { failure, .. } => {
+                assert_eq!(failure.kind, FailureKind::Fatal);
+                assert!(
+                    failure.message.contains("`c`, `nope`") && failure.message.contains("[a, b]"),
+                    "{}",
+                    failure.message
+                );
+            }
+            other => panic!("expected dead, got {other:?}"),
+        }
     }
 
     #[test]

@@ -3,11 +3,11 @@
 use crate::executor::{self, Invocation};
 use crate::log::LogBuffer;
 use chrono::{DateTime, Utc};
-use orbit_core::RunState;
 use orbit_core::dag::Dag;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
+use orbit_core::{RunState, TaskType};
 use orbit_store::{
     BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, LeaseFilter, LeasedTask, Store,
     StoreError, StoredPipeline,
@@ -136,6 +136,9 @@ impl Processed {
 pub struct Engine {
     store: Arc<dyn Store>,
     config: EngineConfig,
+    /// The task types it claims: the configured ones, else every built-in type (worker tasks
+    /// go to SDK workers through the worker protocol).
+    types: Vec<String>,
     events: broadcast::Sender<EngineEvent>,
     http: reqwest::Client,
 }
@@ -169,9 +172,18 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Http(e.to_string()))?;
         let (events, _) = broadcast::channel(4096);
+        let types = if config.types.is_empty() {
+            TaskType::BUILT_IN
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect()
+        } else {
+            config.types.clone()
+        };
         Ok(Engine {
             store,
             config,
+            types,
             events,
             http,
         })
@@ -254,7 +266,7 @@ impl Engine {
                 limit: free,
                 run: scope,
                 queues: self.config.queues.clone(),
-                types: self.config.types.clone(),
+                types: self.types.clone(),
             });
             if !finished.is_empty() || claim.is_some() {
                 let outcome = match self
@@ -544,6 +556,7 @@ impl Engine {
                 transition,
                 idempotency_key: None,
                 reused: false,
+                code_version: None,
             });
         }
         let outcome = self.store.finish_and_claim(&finished, None, now).await?;
@@ -651,14 +664,15 @@ impl Engine {
             let log = LogBuffer::new();
             let done_attempt =
                 attempt(store.as_ref(), &loaded, &task, &input, &log, &http, ttl).await;
-            let outcome = match done_attempt.result {
-                Ok(v) => Outcome::Succeeded(v),
-                Err(f) => Outcome::Failed(f),
-            };
             let finished_at = Utc::now();
             let transition = match loaded.dag.index_of(&task.task_name) {
                 Some(i) => {
-                    let policy = &loaded.stored.pipeline.tasks[i].retry;
+                    let def = &loaded.stored.pipeline.tasks[i];
+                    let policy = &def.retry;
+                    let outcome = match done_attempt.result {
+                        Ok(v) => routed(def, v),
+                        Err(f) => Outcome::Failed(f),
+                    };
                     on_attempt_finished(
                         &loaded.dag,
                         i,
@@ -686,9 +700,36 @@ impl Engine {
                 transition,
                 idempotency_key: done_attempt.key,
                 reused: done_attempt.reused,
+                code_version: Some(loaded.stored.version),
             });
         })
         .abort_handle()
+    }
+}
+
+/// A built-in task's success: with `allowed_next`, an output object's `run_next` (a task name
+/// or a list of them) is its routing choice.
+pub fn routed(def: &orbit_core::TaskDef, output: Value) -> Outcome {
+    if def.allowed_next.is_empty() {
+        return Outcome::Succeeded(output);
+    }
+    let run_next = match output.get("run_next") {
+        None => return Outcome::Succeeded(output),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(other) => {
+            return Outcome::Failed(Failure::fatal(format!(
+                "`run_next` must be a task name or a list of them, not {other}"
+            )));
+        }
+    };
+    Outcome::Routed {
+        output,
+        allowed: def.allowed_next.clone(),
+        run_next,
     }
 }
 

@@ -207,5 +207,6 @@ pub fn node_info(config: &ServerConfig) -> NodeInfo {
         queues: config.engine.queues.clone(),
         concurrency: u32::try_from(config.workers).unwrap_or(u32::MAX),
         heartbeat_ms: config.node_heartbeat.as_millis() as u64,
+        service: None,
     }
 }

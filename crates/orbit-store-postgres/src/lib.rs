@@ -16,8 +16,8 @@ use orbit_core::Pipeline;
 use orbit_store::{
     AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter,
     FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
-    QueueStats, Requeued, Result, RunFilter, RunRecord, Store, StoreError, StoredPipeline,
-    TaskRunRecord,
+    QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, Store,
+    StoreError, StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -576,6 +576,73 @@ impl Store for PgStore {
         .iter()
         .map(rows::node_from_row)
         .collect()
+    }
+
+    async fn register_service(
+        &self,
+        registration: &orbit_core::protocol::Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ServiceTask>> {
+        write::register_service(&self.pool, registration, now).await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceRecord>> {
+        sqlx::query("SELECT * FROM services ORDER BY last_seen_at DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::service_from_row)
+            .collect()
+    }
+
+    async fn service_seen(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        write::service_seen(&self.pool, id, now).await
+    }
+
+    async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>> {
+        sqlx::query(
+            "SELECT * FROM service_tasks WHERE $1::text IS NULL OR service_id = $1 ORDER BY service_id, name",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::service_task_from_row)
+        .collect()
+    }
+
+    async fn service_task(&self, name: &str) -> Result<ServiceTask> {
+        let row = sqlx::query("SELECT * FROM service_tasks WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| StoreError::NotFound(format!("registered task `{name}`")))?;
+        rows::service_task_from_row(&row)
+    }
+
+    async fn task_history(&self, name: &str) -> Result<Vec<orbit_store::CodeChange>> {
+        sqlx::query("SELECT * FROM task_code_history WHERE task_name = $1 ORDER BY code_version")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::code_change_from_row)
+            .collect()
+    }
+
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        progress: f64,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        write::set_progress(&self.pool, id, epoch, progress, message, now).await
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {

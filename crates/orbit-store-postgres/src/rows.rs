@@ -3,8 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, DeadLetter, LeasedTask, NodeInfo, NodeRecord,
-    Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord,
+    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, LeasedTask, NodeInfo,
+    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -84,6 +85,8 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         finished_at: get(row, "finished_at")?,
         output: get(row, "output")?,
         error: get(row, "error")?,
+        progress: get(row, "progress")?,
+        progress_message: get(row, "progress_message")?,
     })
 }
 
@@ -99,6 +102,7 @@ pub fn attempt_from_row(row: &PgRow) -> Result<AttemptRecord> {
         outcome: get(row, "outcome")?,
         error: get(row, "error")?,
         log: get(row, "log")?,
+        code_version: get(row, "code_version")?,
     })
 }
 
@@ -164,10 +168,45 @@ pub fn node_from_row(row: &PgRow) -> Result<NodeRecord> {
                 .map_err(|e| StoreError::Corrupt(format!("node queues: {e}")))?,
             concurrency: u32::try_from(int("concurrency")?).unwrap_or(0),
             heartbeat_ms: u64::try_from(int("heartbeat_ms")?).unwrap_or(0),
+            service: get(row, "service")?,
         },
         started_at: get(row, "started_at")?,
         last_seen_at: get(row, "last_seen_at")?,
         stopped_at: get(row, "stopped_at")?,
         running: int("running")?,
+    })
+}
+
+pub fn service_from_row(row: &PgRow) -> Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        id: get(row, "id")?,
+        version: get(row, "version")?,
+        url: get(row, "url")?,
+        registered_at: get(row, "registered_at")?,
+        last_seen_at: get(row, "last_seen_at")?,
+    })
+}
+
+pub fn service_task_from_row(row: &PgRow) -> Result<ServiceTask> {
+    let options: Value = get(row, "options")?;
+    Ok(ServiceTask {
+        name: get(row, "name")?,
+        service_id: get(row, "service_id")?,
+        code_hash: get(row, "code_hash")?,
+        code_version: get(row, "code_version")?,
+        options: serde_json::from_value(options)
+            .map_err(|e| StoreError::Corrupt(format!("service task options: {e}")))?,
+        updated_at: get(row, "updated_at")?,
+        changed: false,
+    })
+}
+
+pub fn code_change_from_row(row: &PgRow) -> Result<CodeChange> {
+    Ok(CodeChange {
+        task_name: get(row, "task_name")?,
+        service_id: get(row, "service_id")?,
+        code_version: get(row, "code_version")?,
+        code_hash: get(row, "code_hash")?,
+        created_at: get(row, "created_at")?,
     })
 }

@@ -7,11 +7,12 @@
 use crate::rows::{claimed_from_row, pipeline_from_row};
 use crate::{CHANNEL, unavailable};
 use chrono::{DateTime, Utc};
+use orbit_core::protocol::Registration;
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result, StoreError,
-    StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
+    ServiceTask, StoreError, StoredPipeline,
 };
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnection;
@@ -449,10 +450,11 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
         .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
         .collect();
     let logs: Vec<&str> = kept.iter().map(|f| f.log.as_str()).collect();
+    let versions: Vec<Option<i64>> = kept.iter().map(|f| f.code_version).collect();
     sqlx::query(
-        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log, code_version) \
          SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
-         $7::timestamptz[], $8::text[], $9::text[], $10::text[])",
+         $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::bigint[])",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -464,6 +466,7 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
     .bind(&outcomes)
     .bind(&errors)
     .bind(&logs)
+    .bind(&versions)
     .execute(conn)
     .await
     .map_err(unavailable)?;
@@ -489,6 +492,7 @@ async fn apply_effects(
     let mut fx = Effects::default();
     let mut promote: (Vec<Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
     let mut cancel: (Vec<Uuid>, Vec<&str>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut skip: (Vec<Uuid>, Vec<&str>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
     let mut keyed: HashMap<&str, (Uuid, &Value)> = HashMap::new();
     let mut dead = Vec::new();
     for f in kept {
@@ -509,7 +513,14 @@ async fn apply_effects(
             Transition::Succeed {
                 promote: names,
                 output,
+                skip: skipped,
             } => {
+                for name in skipped {
+                    skip.0.push(t.run_id);
+                    skip.1.push(name.as_str());
+                    skip.2
+                        .push(format!("skipped: not chosen by `{}`", t.task_name));
+                }
                 if let (Some(key), false) = (&f.idempotency_key, f.reused) {
                     keyed.insert(key.as_str(), (t.id, output));
                 }
@@ -534,6 +545,28 @@ async fn apply_effects(
             Transition::Retry { .. } => fx.new_ready += 1,
         }
     }
+    // Skip first: a skipped task must not be promoted by another upstream.
+    for (set, state) in [(&skip, "skipped"), (&cancel, "cancelled")] {
+        if set.0.is_empty() {
+            continue;
+        }
+        let ended: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE task_runs t SET state = $5, error = v.reason, finished_at = $4, updated_at = $4 \
+             FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
+             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
+        )
+        .bind(&set.0)
+        .bind(&set.1)
+        .bind(&set.2)
+        .bind(now)
+        .bind(state)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for run in ended {
+            fx.settled.entry(run).or_default().0 += 1;
+        }
+    }
     if !promote.0.is_empty() {
         // Two upstreams of one task may finish in the same batch: count them before updating,
         // since an UPDATE changes each row once.
@@ -551,23 +584,6 @@ async fn apply_effects(
         .await
         .map_err(unavailable)?;
         fx.new_ready += became_ready.iter().filter(|r| **r).count();
-    }
-    if !cancel.0.is_empty() {
-        let cancelled: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE task_runs t SET state = 'cancelled', error = v.reason, finished_at = $4, updated_at = $4 \
-             FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
-             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
-        )
-        .bind(&cancel.0)
-        .bind(&cancel.1)
-        .bind(&cancel.2)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        for run in cancelled {
-            fx.settled.entry(run).or_default().0 += 1;
-        }
     }
     if !keyed.is_empty() {
         let keys: Vec<&str> = keyed.keys().copied().collect();
@@ -861,8 +877,8 @@ pub async fn delete_pipeline(pool: &PgPool, name: &str, now: DateTime<Utc>) -> R
 
 pub async fn node_heartbeat(pool: &PgPool, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
-        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at, service) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
          ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, stopped_at = NULL",
     )
     .bind(&node.id)
@@ -874,6 +890,7 @@ pub async fn node_heartbeat(pool: &PgPool, node: &NodeInfo, now: DateTime<Utc>) 
     .bind(i64::from(node.concurrency))
     .bind(i64::try_from(node.heartbeat_ms).unwrap_or(i64::MAX))
     .bind(now)
+    .bind(&node.service)
     .execute(pool)
     .await
     .map_err(unavailable)?;
@@ -888,4 +905,113 @@ pub async fn node_stopped(pool: &PgPool, id: &str, now: DateTime<Utc>) -> Result
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+pub async fn register_service(
+    pool: &PgPool,
+    reg: &Registration,
+    now: DateTime<Utc>,
+) -> Result<Vec<ServiceTask>> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    sqlx::query(
+        "INSERT INTO services (id, version, url, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, url = excluded.url, last_seen_at = excluded.last_seen_at",
+    )
+    .bind(&reg.service_id)
+    .bind(&reg.version)
+    .bind(&reg.url)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut tasks = Vec::with_capacity(reg.tasks.len());
+    for task in &reg.tasks {
+        // Row lock: two workers of one service registering at once bump the version once.
+        let current: Option<(String, i64)> = sqlx::query_as(
+            "SELECT code_hash, code_version FROM service_tasks WHERE name = $1 FOR UPDATE",
+        )
+        .bind(&task.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let (version, changed) = match current {
+            Some((hash, v)) if hash == task.code_hash => (v, false),
+            Some((_, v)) => (v + 1, true),
+            None => (1, true),
+        };
+        let options = serde_json::to_value(task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO service_tasks (name, service_id, code_hash, code_version, options, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET service_id = excluded.service_id, \
+             code_hash = excluded.code_hash, code_version = excluded.code_version, options = excluded.options, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&task.name)
+        .bind(&reg.service_id)
+        .bind(&task.code_hash)
+        .bind(version)
+        .bind(&options)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if changed {
+            sqlx::query(
+                "INSERT INTO task_code_history (task_name, code_version, service_id, code_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&task.name)
+            .bind(version)
+            .bind(&reg.service_id)
+            .bind(&task.code_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tasks.push(ServiceTask {
+            name: task.name.clone(),
+            service_id: reg.service_id.clone(),
+            code_hash: task.code_hash.clone(),
+            code_version: version,
+            options: task.clone(),
+            updated_at: now,
+            changed,
+        });
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(tasks)
+}
+
+pub async fn service_seen(pool: &PgPool, id: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE services SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn set_progress(
+    pool: &PgPool,
+    id: Uuid,
+    epoch: i64,
+    progress: f64,
+    message: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE task_runs SET progress = $1, progress_message = $2, updated_at = $3 \
+         WHERE id = $4 AND state = 'running' AND lease_epoch = $5",
+    )
+    .bind(progress)
+    .bind(message)
+    .bind(now)
+    .bind(id)
+    .bind(epoch)
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(done.rows_affected() == 1)
 }

@@ -3,8 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, DeadLetter, LeasedTask, NodeInfo, NodeRecord,
-    Result, RunRecord, StoreError, StoredPipeline, TaskRunRecord,
+    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, LeasedTask, NodeInfo,
+    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -107,6 +108,8 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         finished_at: opt_time(row, "finished_at")?,
         output: json(row, "output")?,
         error: get(row, "error")?,
+        progress: get(row, "progress")?,
+        progress_message: get(row, "progress_message")?,
     })
 }
 
@@ -122,6 +125,7 @@ pub fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
         outcome: get(row, "outcome")?,
         error: get(row, "error")?,
         log: get(row, "log")?,
+        code_version: get(row, "code_version")?,
     })
 }
 
@@ -177,10 +181,45 @@ pub fn node_from_row(row: &SqliteRow) -> Result<NodeRecord> {
                 .map_err(|e| StoreError::Corrupt(format!("node queues: {e}")))?,
             concurrency: count(row, "concurrency")?,
             heartbeat_ms: get::<i64>(row, "heartbeat_ms")?.max(0) as u64,
+            service: get(row, "service")?,
         },
         started_at: time(row, "started_at")?,
         last_seen_at: time(row, "last_seen_at")?,
         stopped_at: opt_time(row, "stopped_at")?,
         running: get(row, "running")?,
+    })
+}
+
+pub fn service_from_row(row: &SqliteRow) -> Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        id: get(row, "id")?,
+        version: get(row, "version")?,
+        url: get(row, "url")?,
+        registered_at: time(row, "registered_at")?,
+        last_seen_at: time(row, "last_seen_at")?,
+    })
+}
+
+pub fn service_task_from_row(row: &SqliteRow) -> Result<ServiceTask> {
+    let options: String = get(row, "options")?;
+    Ok(ServiceTask {
+        name: get(row, "name")?,
+        service_id: get(row, "service_id")?,
+        code_hash: get(row, "code_hash")?,
+        code_version: get(row, "code_version")?,
+        options: serde_json::from_str(&options)
+            .map_err(|e| StoreError::Corrupt(format!("service task options: {e}")))?,
+        updated_at: time(row, "updated_at")?,
+        changed: false,
+    })
+}
+
+pub fn code_change_from_row(row: &SqliteRow) -> Result<CodeChange> {
+    Ok(CodeChange {
+        task_name: get(row, "task_name")?,
+        service_id: get(row, "service_id")?,
+        code_version: get(row, "code_version")?,
+        code_hash: get(row, "code_hash")?,
+        created_at: time(row, "created_at")?,
     })
 }

@@ -2,11 +2,12 @@
 
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
+use orbit_core::protocol::Registration;
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result, StoreError,
-    StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
+    ServiceTask, StoreError, StoredPipeline,
 };
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
@@ -349,7 +350,7 @@ async fn apply_fenced(
 async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt]) -> Result<()> {
     for chunk in kept.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) ",
+            "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log, code_version) ",
         );
         q.push_values(chunk, |mut b, f| {
             let failure = f.transition.failure();
@@ -366,7 +367,8 @@ async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt])
                     None => "succeeded",
                 })
                 .push_bind(failure.map(|fl| fl.message.clone()))
-                .push_bind(f.log.clone());
+                .push_bind(f.log.clone())
+                .push_bind(f.code_version);
         });
         q.build()
             .persistent(chunk.len() <= 16)
@@ -406,7 +408,28 @@ async fn apply_effects(
     ));
     let run = t.run_id.to_string();
     match &f.transition {
-        Transition::Succeed { promote, output } => {
+        Transition::Succeed {
+            promote,
+            output,
+            skip,
+        } => {
+            // Skip first: a skipped task must not be promoted by another upstream.
+            let mut skipped = 0;
+            for name in skip {
+                skipped += sqlx::query(
+                    "UPDATE task_runs SET state = 'skipped', error = ?1, finished_at = ?2, updated_at = ?2 \
+                     WHERE run_id = ?3 AND task_name = ?4 AND state = 'waiting'",
+                )
+                .bind(format!("skipped: not chosen by `{}`", t.task_name))
+                .bind(now)
+                .bind(&run)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected() as i64;
+            }
+            settled.entry(t.run_id).or_default().0 += skipped;
             if let (Some(key), false) = (&f.idempotency_key, f.reused) {
                 sqlx::query(
                     "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \
@@ -755,8 +778,8 @@ pub async fn node_heartbeat(pool: &SqlitePool, node: &NodeInfo, now: DateTime<Ut
     let queues =
         serde_json::to_string(&node.queues).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+        "INSERT INTO nodes (id, kind, host, pid, version, queues, concurrency, heartbeat_ms, started_at, last_seen_at, service) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) \
          ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, stopped_at = NULL",
     )
     .bind(&node.id)
@@ -768,6 +791,7 @@ pub async fn node_heartbeat(pool: &SqlitePool, node: &NodeInfo, now: DateTime<Ut
     .bind(i64::from(node.concurrency))
     .bind(i64::try_from(node.heartbeat_ms).unwrap_or(i64::MAX))
     .bind(us(now))
+    .bind(&node.service)
     .execute(pool)
     .await
     .map_err(unavailable)?;
@@ -782,4 +806,112 @@ pub async fn node_stopped(pool: &SqlitePool, id: &str, now: DateTime<Utc>) -> Re
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+pub async fn register_service(
+    pool: &SqlitePool,
+    reg: &Registration,
+    now: DateTime<Utc>,
+) -> Result<Vec<ServiceTask>> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    sqlx::query(
+        "INSERT INTO services (id, version, url, registered_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?4) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, url = excluded.url, last_seen_at = excluded.last_seen_at",
+    )
+    .bind(&reg.service_id)
+    .bind(&reg.version)
+    .bind(&reg.url)
+    .bind(us(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut tasks = Vec::with_capacity(reg.tasks.len());
+    for task in &reg.tasks {
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT code_hash, code_version FROM service_tasks WHERE name = ?1")
+                .bind(&task.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let (version, changed) = match current {
+            Some((hash, v)) if hash == task.code_hash => (v, false),
+            Some((_, v)) => (v + 1, true),
+            None => (1, true),
+        };
+        let options =
+            serde_json::to_string(task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO service_tasks (name, service_id, code_hash, code_version, options, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET service_id = excluded.service_id, \
+             code_hash = excluded.code_hash, code_version = excluded.code_version, options = excluded.options, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&task.name)
+        .bind(&reg.service_id)
+        .bind(&task.code_hash)
+        .bind(version)
+        .bind(options)
+        .bind(us(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if changed {
+            sqlx::query(
+                "INSERT INTO task_code_history (task_name, code_version, service_id, code_hash, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&task.name)
+            .bind(version)
+            .bind(&reg.service_id)
+            .bind(&task.code_hash)
+            .bind(us(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tasks.push(ServiceTask {
+            name: task.name.clone(),
+            service_id: reg.service_id.clone(),
+            code_hash: task.code_hash.clone(),
+            code_version: version,
+            options: task.clone(),
+            updated_at: now,
+            changed,
+        });
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(tasks)
+}
+
+pub async fn service_seen(pool: &SqlitePool, id: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE services SET last_seen_at = ?1 WHERE id = ?2")
+        .bind(us(now))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn set_progress(
+    pool: &SqlitePool,
+    id: Uuid,
+    epoch: i64,
+    progress: f64,
+    message: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE task_runs SET progress = ?1, progress_message = ?2, updated_at = ?3 \
+         WHERE id = ?4 AND state = 'running' AND lease_epoch = ?5",
+    )
+    .bind(progress)
+    .bind(message)
+    .bind(us(now))
+    .bind(id.to_string())
+    .bind(epoch)
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(done.rows_affected() == 1)
 }

@@ -173,6 +173,40 @@ pub trait Store: Send + Sync + 'static {
     /// Known nodes, most recently seen first.
     async fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>>;
 
+    /// Records a service's registration: the service (its push URL, if any) and each of its
+    /// tasks; a task whose code hash changed gets the next code version and a history entry.
+    async fn register_service(
+        &self,
+        registration: &orbit_core::protocol::Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ServiceTask>>;
+
+    /// Registered services, most recently seen first.
+    async fn services(&self) -> Result<Vec<ServiceRecord>>;
+
+    /// Marks a service as seen (its workers poll or heartbeat).
+    async fn service_seen(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// The registered tasks of `service`, or of every service, by name.
+    async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>>;
+
+    /// One registered task by name.
+    async fn service_task(&self, name: &str) -> Result<ServiceTask>;
+
+    /// The code history of a registered task, oldest first.
+    async fn task_history(&self, name: &str) -> Result<Vec<CodeChange>>;
+
+    /// Records a running attempt's progress, if `(id, epoch)` still holds its lease; returns
+    /// whether it did.
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        progress: f64,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
     /// Changes whenever work may have become claimable (a run created, a task re-queued or
     /// promoted) here or, with a shared database, on another node. Waiting on it replaces
     /// polling; a missed signal only delays work until the next poll.

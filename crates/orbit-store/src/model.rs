@@ -85,6 +85,11 @@ pub struct TaskRunRecord {
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The running attempt's last reported progress, 0.0 to 1.0, and its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +106,9 @@ pub struct AttemptRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub log: String,
+    /// The version of the task's code it ran (unknown for attempts recorded before versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_version: Option<i64>,
 }
 
 /// What to claim.
@@ -160,6 +168,8 @@ pub struct FinishedAttempt {
     pub idempotency_key: Option<String>,
     /// The output was reused from an earlier task run with the same key; nothing executed.
     pub reused: bool,
+    /// The version of the task's code the attempt ran, when known.
+    pub code_version: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -269,6 +279,9 @@ pub struct NodeInfo {
     pub concurrency: u32,
     /// How often it says it is alive.
     pub heartbeat_ms: u64,
+    /// For an SDK worker (`kind` `service`): the service it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -295,4 +308,42 @@ impl NodeRecord {
             "healthy"
         }
     }
+}
+
+/// A registered SDK worker service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Push mode: where tasks are POSTed. Pull mode when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// A task a service registered, with its current code version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceTask {
+    pub name: String,
+    pub service_id: String,
+    pub code_hash: String,
+    pub code_version: i64,
+    /// Its options as registered (routing, idempotency key, retries, timeout, heartbeat).
+    pub options: orbit_core::protocol::TaskRegistration,
+    pub updated_at: DateTime<Utc>,
+    /// This registration gave it a new version (or its first).
+    #[serde(skip)]
+    pub changed: bool,
+}
+
+/// One entry of a task's code history (`task_code_history`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CodeChange {
+    pub task_name: String,
+    pub service_id: String,
+    pub code_version: i64,
+    pub code_hash: String,
+    pub created_at: DateTime<Utc>,
 }

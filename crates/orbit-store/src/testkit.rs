@@ -45,6 +45,9 @@ macro_rules! conformance_tests {
             deleted_pipelines_are_hidden_until_saved_again,
             nodes_are_listed_with_what_they_hold,
             task_runs_are_found_by_prefix,
+            routing_skips_branches_not_chosen,
+            registration_versions_task_code,
+            progress_is_fenced_by_lease,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -91,6 +94,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 heartbeat_interval: std::time::Duration::from_secs(10),
                 idempotency_key: None,
                 queue: None,
+                allowed_next: Vec::new(),
             })
             .collect(),
     }
@@ -153,6 +157,7 @@ fn finish(
         transition: on_attempt_finished(&dag, idx, policy, task.tries, outcome, at, 0.0),
         idempotency_key: None,
         reused: false,
+        code_version: Some(7),
     }
 }
 
@@ -873,6 +878,7 @@ pub async fn nodes_are_listed_with_what_they_hold(store: &dyn Store) {
         queues: vec!["gpu".into()],
         concurrency: 8,
         heartbeat_ms: 5000,
+        service: None,
     };
     store.node_heartbeat(&node, t0()).await.unwrap();
     let p = pipeline("nodes", &[("a", &[], 0)]);
@@ -911,4 +917,178 @@ pub async fn task_runs_are_found_by_prefix(store: &dyn Store) {
         store.task_run(&Uuid::now_v7().to_string()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+pub async fn routing_skips_branches_not_chosen(store: &dyn Store) {
+    // route -> a -> a2 -> join; route -> b -> join; c after join.
+    let mut p = pipeline(
+        "routing",
+        &[
+            ("route", &[], 0),
+            ("a", &["route"], 0),
+            ("a2", &["a"], 0),
+            ("b", &["route"], 0),
+            ("join", &["a2", "b"], 0),
+            ("c", &["join"], 0),
+        ],
+    );
+    p.tasks[0].allowed_next = vec!["a".into(), "b".into()];
+    let (_, run) = start(store, &p, t0()).await;
+    let route = claim(store, Some(run), 1, t0()).await;
+    let routed = Outcome::Routed {
+        output: json!({"went": "b"}),
+        allowed: p.tasks[0].allowed_next.clone(),
+        run_next: vec!["b".into()],
+    };
+    let out = store
+        .finish_and_claim(
+            &[finish(&p, &route[0], routed, t0())],
+            Some(&ClaimRequest::any("w", 10)),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&out.claimed),
+        vec!["b"],
+        "only the chosen branch runs"
+    );
+    let st = states(store, run).await;
+    assert!(st.contains(&("a".into(), TaskState::Skipped)), "{st:?}");
+    assert!(st.contains(&("a2".into(), TaskState::Skipped)), "{st:?}");
+    let out = store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &out.claimed[0],
+                Outcome::Succeeded(json!(1)),
+                t0(),
+            )],
+            Some(&ClaimRequest::any("w", 10)),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&out.claimed),
+        vec!["join"],
+        "a join runs when its chosen upstream succeeded and the other was skipped"
+    );
+    let out = store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &out.claimed[0],
+                Outcome::Succeeded(json!(2)),
+                t0(),
+            )],
+            Some(&ClaimRequest::any("w", 10)),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let out = record(
+        store,
+        finish(&p, &out.claimed[0], Outcome::Succeeded(json!(3)), t0()),
+    )
+    .await;
+    assert_eq!(out.settled_runs, vec![(run, RunState::Succeeded)]);
+    let r = store.run(run).await.unwrap();
+    assert_eq!((r.tasks_pending, r.tasks_dead), (0, 0));
+    let attempts = store.attempts(run, Some("route")).await.unwrap();
+    assert_eq!(
+        attempts[0].code_version,
+        Some(7),
+        "attempts keep their code version"
+    );
+}
+
+pub async fn registration_versions_task_code(store: &dyn Store) {
+    use orbit_core::protocol::{Registration, TaskRegistration};
+    let reg = |hash: &str| Registration {
+        service_id: "billing".into(),
+        worker_id: "w1".into(),
+        version: Some("1.0".into()),
+        url: None,
+        concurrency: 4,
+        tasks: vec![
+            TaskRegistration {
+                name: "charge".into(),
+                code_hash: hash.into(),
+                retries: Some(3),
+                ..TaskRegistration::default()
+            },
+            TaskRegistration {
+                name: "refund".into(),
+                code_hash: "r1".into(),
+                ..TaskRegistration::default()
+            },
+        ],
+    };
+    let first = store.register_service(&reg("h1"), t0()).await.unwrap();
+    assert!(first.iter().all(|t| t.changed && t.code_version == 1));
+    let same = store
+        .register_service(&reg("h1"), t0() + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(same.iter().all(|t| !t.changed && t.code_version == 1));
+    let bumped = store
+        .register_service(&reg("h2"), t0() + Duration::seconds(2))
+        .await
+        .unwrap();
+    let charge = bumped.iter().find(|t| t.name == "charge").unwrap();
+    assert_eq!((charge.code_version, charge.changed), (2, true));
+    let refund = bumped.iter().find(|t| t.name == "refund").unwrap();
+    assert_eq!((refund.code_version, refund.changed), (1, false));
+
+    let history = store.task_history("charge").await.unwrap();
+    let versions: Vec<(i64, &str)> = history
+        .iter()
+        .map(|c| (c.code_version, c.code_hash.as_str()))
+        .collect();
+    assert_eq!(versions, vec![(1, "h1"), (2, "h2")]);
+    assert_eq!(history[1].created_at, t0() + Duration::seconds(2));
+
+    let task = store.service_task("charge").await.unwrap();
+    assert_eq!(task.options.retries, Some(3));
+    assert_eq!(task.service_id, "billing");
+    assert!(matches!(
+        store.service_task("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.service_tasks(Some("billing")).await.unwrap().len(), 2);
+    assert_eq!(store.service_tasks(Some("other")).await.unwrap().len(), 0);
+    let services = store.services().await.unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].version.as_deref(), Some("1.0"));
+    store
+        .service_seen("billing", t0() + Duration::seconds(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.services().await.unwrap()[0].last_seen_at,
+        t0() + Duration::seconds(9)
+    );
+}
+
+pub async fn progress_is_fenced_by_lease(store: &dyn Store) {
+    let p = pipeline("progress", &[("a", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let a = &claim(store, Some(run), 1, t0()).await[0];
+    assert!(
+        store
+            .set_progress(a.id, a.lease_epoch, 0.5, Some("half"), t0())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_progress(a.id, a.lease_epoch + 1, 0.9, None, t0())
+            .await
+            .unwrap(),
+        "a stale epoch changes nothing"
+    );
+    let tr = store.task_run(&a.id.to_string()).await.unwrap();
+    assert_eq!(tr.progress, Some(0.5));
+    assert_eq!(tr.progress_message.as_deref(), Some("half"));
 }

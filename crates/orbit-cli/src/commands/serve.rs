@@ -138,6 +138,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
         queues: config.queues.clone(),
         concurrency: u32::try_from(args.concurrency).unwrap_or(u32::MAX),
         heartbeat_ms: 5000,
+        service: None,
     };
     let shutdown = on_signal();
     let beat = {

@@ -38,5 +38,9 @@ pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Fail
             }
             Ok(Value::Null)
         }
+        Params::Worker(p) => Err(Failure::fatal(format!(
+            "worker task `{}` runs in an SDK worker service, not here: start `orbit server` with ORBIT_SECRET_KEY and a worker that registers it",
+            p.task.as_deref().unwrap_or(inv.task_name)
+        ))),
     }
 }
