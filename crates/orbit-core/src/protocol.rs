@@ -48,6 +48,9 @@ pub struct TaskClaims {
     /// When the attempt was claimed, in milliseconds since the epoch.
     pub claimed_ms: i64,
     pub code_version: i64,
+    /// The lease holder: the worker it was handed to (`push:<service>` in push mode).
+    #[serde(default)]
+    pub owner: String,
     /// The rendered idempotency key, if the task has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -159,6 +162,13 @@ pub struct PollResponse {
 #[serde(rename_all = "camelCase")]
 pub struct TaskHeartbeat {
     pub task_run_id: Uuid,
+}
+
+/// `POST /api/v1/worker/heartbeat` with a service token: this worker process is alive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerHeartbeat {
+    pub worker_id: String,
 }
 
 /// `POST /api/v1/progress` with a task token; also renews the lease.

@@ -20,6 +20,9 @@ pub async fn require_token(
         return Ok(next.run(request).await);
     };
     let path = request.uri().path();
+    if is_worker_protocol(path) {
+        return Ok(next.run(request).await);
+    }
     if state.config.public_health && (path == "/api/v1/health" || path == "/metrics") {
         return Ok(next.run(request).await);
     }
@@ -38,4 +41,17 @@ pub async fn require_token(
             "missing or wrong bearer token (send `Authorization: Bearer $ORBIT_API_TOKEN`)",
         ))
     }
+}
+
+/// Worker protocol routes carry their own JWT (signed with ORBIT_SECRET_KEY), checked by
+/// their handlers; workers are not given the API token.
+fn is_worker_protocol(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/services/register"
+            | "/api/v1/worker/heartbeat"
+            | "/api/v1/worker/poll"
+            | "/api/v1/heartbeat"
+            | "/api/v1/progress"
+    ) || path.starts_with("/api/v1/callback/")
 }

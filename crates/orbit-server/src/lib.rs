@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use chrono::Utc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orbit_engine::dispatch::{Dispatcher, SecretKey};
 use orbit_engine::{Engine, EngineConfig};
 use orbit_store::{NodeInfo, Store};
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     /// The store's kind, for health: `sqlite` or `postgres`.
     pub store_kind: &'static str,
     pub node_heartbeat: Duration,
+    /// Signs and checks worker-protocol tokens; the worker protocol is off without it.
+    pub secret_key: Option<SecretKey>,
 }
 
 #[derive(Clone)]
@@ -59,6 +62,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub started: Instant,
     pub metrics: PrometheusHandle,
+    /// The worker protocol, when a secret key is set.
+    pub dispatcher: Option<Arc<Dispatcher>>,
 }
 
 #[derive(OpenApi)]
@@ -92,9 +97,17 @@ impl AppState {
         config: ServerConfig,
     ) -> Result<AppState, orbit_engine::EngineError> {
         let engine = Arc::new(Engine::new(store.clone(), config.engine.clone())?);
+        let dispatcher = config.secret_key.clone().map(|key| {
+            Arc::new(Dispatcher::new(
+                store.clone(),
+                key,
+                config.engine.idempotency_ttl,
+            ))
+        });
         Ok(AppState {
             store,
             engine,
+            dispatcher,
             config: Arc::new(config),
             started: Instant::now(),
             metrics: prometheus(),
@@ -180,6 +193,10 @@ pub async fn serve(
         }
         let (store, stop) = (state.store.clone(), shutdown.clone());
         tasks.spawn(async move { cron::run(store, stop).await });
+        if let Some(dispatcher) = state.dispatcher.clone() {
+            let stop = shutdown.clone();
+            tasks.spawn(async move { push_loop(dispatcher, stop).await });
+        }
     }
     tasks.close();
     let addr: SocketAddr = listener.local_addr()?;
@@ -190,6 +207,40 @@ pub async fn serve(
         .await?;
     tasks.wait().await;
     Ok(())
+}
+
+/// Push mode: hands ready worker tasks to push-mode services as work appears.
+async fn push_loop(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "push dispatch is off: cannot build an HTTP client");
+            return;
+        }
+    };
+    let mut work = dispatcher.store().work_signal();
+    loop {
+        work.borrow_and_update();
+        let handed = match dispatcher.push_round(&http).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "push dispatch round failed");
+                0
+            }
+        };
+        if handed > 0 {
+            continue;
+        }
+        // Callbacks free slots and retries come due without a signal: look again each second.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = work.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 pub fn node_info(config: &ServerConfig) -> NodeInfo {

@@ -37,7 +37,7 @@ fn on_signal() -> CancellationToken {
 
 fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<EngineConfig> {
     for t in &work.types {
-        if orbit_core::TaskType::parse(t).is_none() {
+        if !orbit_core::TaskType::BUILT_IN.iter().any(|b| b.as_str() == t) {
             return Err(
                 BadInput(format!("--type {t}: expected shell, http, sleep or script")).into(),
             );
@@ -70,6 +70,10 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
     let api_token = std::env::var("ORBIT_API_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
+    let secret_key = match std::env::var("ORBIT_SECRET_KEY") {
+        Ok(k) if !k.is_empty() => Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?),
+        _ => None,
+    };
     let mut addr: SocketAddr = args.bind.parse().map_err(|e| {
         BadInput(format!(
             "--bind {}: {e} (expected host:port, e.g. 127.0.0.1:3000)",
@@ -97,6 +101,7 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         process_batch: args.process_batch.max(1),
         store_kind: kind,
         node_heartbeat: Duration::from_secs(5),
+        secret_key,
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -107,9 +112,14 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
     } else {
         "no token (loopback only)"
     };
+    let protocol = if config.secret_key.is_some() {
+        "worker protocol on"
+    } else {
+        "worker protocol off: set ORBIT_SECRET_KEY"
+    };
     // Tests and scripts read this line to learn the port when binding to port 0.
     println!(
-        "orbit server listening on http://{local} ({kind}, {}, {} embedded worker slots, {auth})",
+        "orbit server listening on http://{local} ({kind}, {}, {} embedded worker slots, {auth}, {protocol})",
         args.mode.to_ascii_lowercase(),
         if mode == Mode::Serverless { 0 } else { workers }
     );

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod pipelines;
+pub mod protocol;
 pub mod queue;
 pub mod runs;
 pub mod workers;
@@ -42,6 +43,13 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::health))
         .routes(routes!(workers::metrics))
         .routes(routes!(queue::process))
+        .routes(routes!(protocol::register))
+        .routes(routes!(protocol::worker_heartbeat))
+        .routes(routes!(protocol::poll))
+        .routes(routes!(protocol::heartbeat))
+        .routes(routes!(protocol::progress))
+        .routes(routes!(protocol::callback))
+        .routes(routes!(protocol::service_tasks))
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

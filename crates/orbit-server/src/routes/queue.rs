@@ -200,5 +200,13 @@ pub async fn dlq_retry(
 /// and return what was done.
 #[utoipa::path(post, path = "/process", tag = "queue", responses((status = 200, body = Object)))]
 pub async fn process(State(s): State<AppState>) -> ApiResult<Json<orbit_engine::Processed>> {
-    Ok(Json(s.engine.process(s.config.process_batch).await?))
+    let mut done = s.engine.process(s.config.process_batch).await?;
+    if let Some(d) = &s.dispatcher {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| orbit_engine::EngineError::Http(e.to_string()))?;
+        done.claimed += d.push_round(&http).await?;
+    }
+    Ok(Json(done))
 }

@@ -1,0 +1,642 @@
+//! The orchestrator's side of the worker protocol (`docs/worker-protocol.md`): hands `worker`
+//! tasks to SDK worker services, by poll or by push, and records what they report.
+//!
+//! Stateless between calls: an attempt handed out is a lease in the store plus a task token
+//! that names it (run, task run, lease epoch, code version, idempotency key). Heartbeats,
+//! progress and the callback are fenced by that epoch, so they may reach any server sharing the
+//! database, and a worker that lost its lease changes nothing. An attempt whose worker goes
+//! silent is taken back by the reaper when its lease expires, like any other.
+
+use crate::EngineError;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use orbit_core::dag::Dag;
+use orbit_core::protocol::{
+    Assignment, Callback, CallbackStatus, MAX_SERVICE_TOKEN_SECS, SERVICE_AUDIENCE,
+    ServiceClaims, TASK_AUDIENCE, TaskClaims,
+};
+use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
+use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
+use orbit_core::{TaskDef, TaskType};
+use orbit_store::{
+    ClaimRequest, ClaimedTask, FinishedAttempt, ServiceTask, Store, StoreError, StoredPipeline,
+};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Why a worker call was refused before it changed anything.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token (send `Authorization: Bearer <JWT signed with ORBIT_SECRET_KEY>`)")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("the token is for task run {token}, not {asked}")]
+    WrongTask { token: Uuid, asked: Uuid },
+}
+
+/// The signing key shared by the orchestrator and its workers (`ORBIT_SECRET_KEY`).
+#[derive(Clone)]
+pub struct SecretKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl SecretKey {
+    /// At least 16 bytes; `openssl rand -hex 32` makes a good one.
+    pub fn new(secret: &str) -> Result<SecretKey, String> {
+        if secret.len() < 16 {
+            return Err("ORBIT_SECRET_KEY must be at least 16 characters (try `openssl rand -hex 32`)".into());
+        }
+        Ok(SecretKey {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+        })
+    }
+
+    fn validation(audience: &str) -> Validation {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "aud", "sub"]);
+        v.leeway = 5;
+        v
+    }
+
+    /// A worker's own token: it names the service.
+    pub fn verify_service(&self, token: &str) -> Result<ServiceClaims, AuthError> {
+        let claims = jsonwebtoken::decode::<ServiceClaims>(
+            token,
+            &self.decoding,
+            &Self::validation(SERVICE_AUDIENCE),
+        )
+        .map_err(|e| AuthError::Invalid(e.to_string()))?
+        .claims;
+        if claims.exp > now_secs() + MAX_SERVICE_TOKEN_SECS + 5 {
+            return Err(AuthError::Invalid(format!(
+                "a service token may be valid for at most {MAX_SERVICE_TOKEN_SECS} s"
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// A task token, for the task run `asked`.
+    pub fn verify_task(&self, token: &str, asked: Uuid) -> Result<TaskClaims, AuthError> {
+        let claims =
+            jsonwebtoken::decode::<TaskClaims>(token, &self.decoding, &Self::validation(TASK_AUDIENCE))
+                .map_err(|e| AuthError::Invalid(e.to_string()))?
+                .claims;
+        if claims.trid != asked {
+            return Err(AuthError::WrongTask {
+                token: claims.trid,
+                asked,
+            });
+        }
+        Ok(claims)
+    }
+
+    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn now_secs() -> u64 {
+    Utc::now().timestamp().max(0) as u64
+}
+
+/// Hands worker tasks out and takes their results in.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    key: SecretKey,
+    idempotency_ttl: Duration,
+    /// Pipeline versions never change: parse each once.
+    pipelines: Mutex<HashMap<Uuid, Arc<(StoredPipeline, Dag)>>>,
+    /// Push mode, per service: how many attempts its workers take at once (from their
+    /// registrations here) and the attempts pushed and not yet called back, with when to stop
+    /// counting them (a worker that died never calls back; the reaper takes its task back).
+    pushed: Mutex<HashMap<String, PushState>>,
+}
+
+#[derive(Default)]
+struct PushState {
+    limit: usize,
+    inflight: HashMap<Uuid, std::time::Instant>,
+}
+
+/// Attempts a push-mode service gets at once when no registration here said how many.
+const DEFAULT_PUSH_LIMIT: usize = 4;
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+/// What a worker reported, as the store took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Kept,
+    /// The attempt's lease was taken over (it expired, or the run was cancelled): nothing kept.
+    LeaseLost,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, key: SecretKey, idempotency_ttl: Duration) -> Dispatcher {
+        Dispatcher {
+            store,
+            key,
+            idempotency_ttl,
+            pipelines: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers how many attempts a push-mode service's workers take at once.
+    pub fn set_push_limit(&self, service: &str, limit: u32) {
+        if let Ok(mut m) = self.pushed.lock() {
+            let state = m.entry(service.to_owned()).or_default();
+            state.limit = (limit as usize).max(1);
+        }
+    }
+
+    /// One push round: for every push-mode service seen recently, claims what its free slots
+    /// allow and POSTs each attempt to its URL with the task token. A refused or failed POST is
+    /// a failed attempt (retried with backoff). Returns how many attempts were handed out.
+    pub async fn push_round(&self, http: &reqwest::Client) -> Result<usize, EngineError> {
+        let now = Utc::now();
+        let services = self.store.services().await?;
+        let mut handed = 0;
+        for service in services {
+            let Some(url) = service.url.clone() else {
+                continue;
+            };
+            if (now - service.last_seen_at).num_seconds() > 60 {
+                continue;
+            }
+            let free = {
+                let Ok(mut m) = self.pushed.lock() else { continue };
+                let state = m.entry(service.id.clone()).or_default();
+                let at = std::time::Instant::now();
+                state.inflight.retain(|_, until| *until > at);
+                let limit = if state.limit == 0 { DEFAULT_PUSH_LIMIT } else { state.limit };
+                limit.saturating_sub(state.inflight.len())
+            };
+            if free == 0 {
+                continue;
+            }
+            let tasks: Vec<String> = self
+                .store
+                .service_tasks(Some(&service.id))
+                .await?
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            let owner = format!("push:{}", service.id);
+            for assignment in self.claim(&service.id, &owner, &tasks, free).await? {
+                handed += 1;
+                let deadline = std::time::Instant::now()
+                    + assignment
+                        .timeout_ms
+                        .map_or(Duration::from_secs(600), Duration::from_millis);
+                if let Ok(mut m) = self.pushed.lock() {
+                    m.entry(service.id.clone())
+                        .or_default()
+                        .inflight
+                        .insert(assignment.task_run_id, deadline);
+                }
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(&assignment.token)
+                    .json(&assignment)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                let refused = match sent {
+                    Ok(r) if r.status().is_success() => None,
+                    Ok(r) => Some(format!("the worker at {url} answered {}", r.status())),
+                    Err(e) => Some(format!("cannot reach the worker at {url}: {e}")),
+                };
+                if let Some(why) = refused {
+                    tracing::warn!(service = %service.id, task = %assignment.task, "{why}");
+                    let claims = self.key.verify_task(&assignment.token, assignment.task_run_id);
+                    if let Ok(claims) = claims {
+                        let failed = Callback {
+                            task_run_id: assignment.task_run_id,
+                            status: CallbackStatus::Failed,
+                            output: Value::Null,
+                            run_next: None,
+                            error: Some(format!("push failed: {why}")),
+                            retryable: true,
+                            logs: Vec::new(),
+                        };
+                        self.complete(&claims, failed).await?;
+                    }
+                }
+            }
+        }
+        Ok(handed)
+    }
+
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    async fn loaded(&self, id: Uuid) -> Result<Arc<(StoredPipeline, Dag)>, EngineError> {
+        if let Some(l) = self.pipelines.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(l);
+        }
+        let stored = self.store.pipeline_version(id).await?;
+        let dag = Dag::new(&stored.pipeline).map_err(|e| {
+            StoreError::Corrupt(format!("stored pipeline `{}` is not a DAG: {e}", stored.name))
+        })?;
+        let l = Arc::new((stored, dag));
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(id, l.clone());
+        }
+        Ok(l)
+    }
+
+    /// Claims up to `max` ready tasks served by `tasks` (registered task names) for `owner`,
+    /// and returns them as assignments. A task whose idempotency key already holds an output
+    /// is finished with that output here and not handed out.
+    pub async fn claim(
+        &self,
+        service: &str,
+        owner: &str,
+        tasks: &[String],
+        max: usize,
+    ) -> Result<Vec<Assignment>, EngineError> {
+        if max == 0 || tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = ClaimRequest {
+            owner: owner.to_owned(),
+            limit: max,
+            run: None,
+            queues: tasks.to_vec(),
+            types: vec![TaskType::Worker.as_str().to_owned()],
+        };
+        let claimed = self
+            .store
+            .finish_and_claim(&[], Some(&request), Utc::now())
+            .await?
+            .claimed;
+        let mut registered: HashMap<String, Option<ServiceTask>> = HashMap::new();
+        let mut assignments = Vec::with_capacity(claimed.len());
+        let mut reused = Vec::new();
+        for task in claimed {
+            match self.assign(service, owner, &task, &mut registered).await {
+                Ok(Assigned::Hand(a)) => assignments.push(*a),
+                Ok(Assigned::Reused(f)) => reused.push(*f),
+                Err(failure) => reused.push(self.failed(&task, owner, failure).await?),
+            }
+        }
+        if !reused.is_empty() {
+            self.store
+                .finish_and_claim(&reused, None, Utc::now())
+                .await?;
+        }
+        Ok(assignments)
+    }
+
+    async fn assign(
+        &self,
+        service: &str,
+        owner: &str,
+        task: &ClaimedTask,
+        registered: &mut HashMap<String, Option<ServiceTask>>,
+    ) -> Result<Assigned, Failure> {
+        let loaded = self
+            .loaded(task.pipeline_id)
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?;
+        let (stored, dag) = (&loaded.0, &loaded.1);
+        let def = dag
+            .index_of(&task.task_name)
+            .map(|i| &stored.pipeline.tasks[i])
+            .ok_or_else(|| Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name)))?;
+        let name = def.service_task().to_owned();
+        if !registered.contains_key(&name) {
+            let found = match self.store.service_task(&name).await {
+                Ok(t) => Some(t),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(Failure::error(e.to_string())),
+            };
+            registered.insert(name.clone(), found);
+        }
+        let code_version = registered
+            .get(&name)
+            .and_then(|t| t.as_ref())
+            .map_or(0, |t| t.code_version);
+        let options = registered.get(&name).and_then(|t| t.as_ref()).map(|t| &t.options);
+        let input = self
+            .store
+            .run(task.run_id)
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?
+            .input;
+        let outputs = self
+            .store
+            .outputs(task.run_id, &def.needs)
+            .await
+            .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?;
+        let run_id = task.run_id.to_string();
+        let effect_key = task.id.to_string();
+        let ctx = Context {
+            input: &input,
+            tasks: outputs
+                .iter()
+                .map(|(n, output)| (n.as_str(), TaskOutput { output }))
+                .collect::<BTreeMap<_, _>>(),
+            run: RunInfo {
+                id: &run_id,
+                pipeline: &stored.name,
+            },
+            task: TaskInfo {
+                name: &def.name,
+                attempt: task.attempt,
+            },
+            effect_key: &effect_key,
+            code_version,
+        };
+        let handler_input = match def.params.get("input") {
+            None => input.clone(),
+            Some(template_value) => {
+                let mut one = Map::new();
+                one.insert("input".into(), template_value.clone());
+                template::render_params(&one, &ctx)
+                    .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
+                    .remove("input")
+                    .unwrap_or(Value::Null)
+            }
+        };
+        let key_template = def
+            .idempotency_key
+            .as_deref()
+            .or(options.and_then(|o| o.idempotency_key.as_deref()));
+        let key = match key_template {
+            None => None,
+            Some(t) => Some(
+                template::render_str(t, &ctx)
+                    .map_err(|e| Failure::fatal(format!("idempotency_key: {e}")))?,
+            ),
+        };
+        if let Some(k) = &key {
+            let since = Utc::now()
+                - chrono::Duration::from_std(self.idempotency_ttl)
+                    .unwrap_or(chrono::Duration::MAX);
+            if let Some((from, output)) = self
+                .store
+                .keyed_output(k, since)
+                .await
+                .map_err(|e| Failure::error(e.to_string()))?
+            {
+                let now = Utc::now();
+                return Ok(Assigned::Reused(Box::new(FinishedAttempt {
+                    task: task.clone(),
+                    worker: owner.to_owned(),
+                    started_at: task.claimed_at,
+                    finished_at: now,
+                    log: format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed\n"),
+                    transition: self.transition(dag, def, options, task, Outcome::Succeeded(output), now),
+                    idempotency_key: key.clone(),
+                    reused: true,
+                    code_version: Some(code_version),
+                })));
+            }
+        }
+        let timeout = match (def.timeout, options.and_then(|o| o.timeout_ms)) {
+            (Some(a), Some(b)) => Some(a.min(Duration::from_millis(b))),
+            (a, b) => a.or(b.map(Duration::from_millis)),
+        };
+        let exp = now_secs()
+            + timeout.unwrap_or(Duration::from_secs(24 * 3600)).as_secs()
+            + 600;
+        let claims = TaskClaims {
+            sub: service.to_owned(),
+            aud: TASK_AUDIENCE.to_owned(),
+            exp,
+            trid: task.id,
+            run: task.run_id,
+            pid: task.pipeline_id,
+            task: task.task_name.clone(),
+            attempt: task.attempt,
+            tries: task.tries,
+            epoch: task.lease_epoch,
+            claimed_ms: task.claimed_at.timestamp_millis(),
+            code_version,
+            owner: owner.to_owned(),
+            key,
+        };
+        let token = self.key.sign(&claims).map_err(Failure::error)?;
+        Ok(Assigned::Hand(Box::new(Assignment {
+            task_run_id: task.id,
+            run_id: task.run_id,
+            pipeline: stored.name.clone(),
+            task: def.name.clone(),
+            service_task: name,
+            attempt: task.attempt,
+            code_version,
+            input: handler_input,
+            upstream: outputs.into_iter().collect(),
+            effect_key,
+            heartbeat_interval_ms: def.heartbeat_interval.as_millis() as u64,
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            token,
+        })))
+    }
+
+    /// A claimed task that could not be handed out: recorded as a failed attempt.
+    async fn failed(
+        &self,
+        task: &ClaimedTask,
+        owner: &str,
+        failure: Failure,
+    ) -> Result<FinishedAttempt, EngineError> {
+        let loaded = self.loaded(task.pipeline_id).await?;
+        let now = Utc::now();
+        let transition = match loaded.1.index_of(&task.task_name) {
+            Some(i) => {
+                let def = &loaded.0.pipeline.tasks[i];
+                self.transition(&loaded.1, def, None, task, Outcome::Failed(failure.clone()), now)
+            }
+            None => Transition::Dead {
+                failure: failure.clone(),
+                cancel: Vec::new(),
+            },
+        };
+        Ok(FinishedAttempt {
+            task: task.clone(),
+            worker: owner.to_owned(),
+            started_at: task.claimed_at,
+            finished_at: now,
+            log: format!("[orbit] could not hand the task to a worker: {}\n", failure.message),
+            transition,
+            idempotency_key: None,
+            reused: false,
+            code_version: None,
+        })
+    }
+
+    fn transition(
+        &self,
+        dag: &Dag,
+        def: &TaskDef,
+        options: Option<&orbit_core::protocol::TaskRegistration>,
+        task: &ClaimedTask,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> Transition {
+        let Some(i) = dag.index_of(&def.name) else {
+            return Transition::Dead {
+                failure: Failure::fatal(format!("task `{}` is not in the pipeline", def.name)),
+                cancel: Vec::new(),
+            };
+        };
+        // The service's own retry count, when it gives one, wins over the pipeline default.
+        let mut policy = def.retry.clone();
+        if let Some(retries) = options.and_then(|o| o.retries) {
+            policy.max_attempts = retries.saturating_add(1);
+        }
+        on_attempt_finished(dag, i, &policy, task.tries, outcome, now, fastrand::f64())
+    }
+
+    /// Renews the lease of the attempt the token names.
+    pub async fn heartbeat(&self, claims: &TaskClaims) -> Result<Recorded, EngineError> {
+        let lost = self
+            .store
+            .extend_leases(&[(claims.trid, claims.epoch)], Utc::now())
+            .await?;
+        Ok(if lost.is_empty() {
+            Recorded::Kept
+        } else {
+            Recorded::LeaseLost
+        })
+    }
+
+    /// Records progress and renews the lease.
+    pub async fn progress(
+        &self,
+        claims: &TaskClaims,
+        fraction: f64,
+        message: Option<&str>,
+    ) -> Result<Recorded, EngineError> {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let now = Utc::now();
+        if !self
+            .store
+            .set_progress(claims.trid, claims.epoch, fraction, message, now)
+            .await?
+        {
+            return Ok(Recorded::LeaseLost);
+        }
+        self.heartbeat(claims).await
+    }
+
+    /// Records how the attempt ended: its output and routing choice, or its failure.
+    pub async fn complete(
+        &self,
+        claims: &TaskClaims,
+        callback: Callback,
+    ) -> Result<Recorded, EngineError> {
+        let worker = claims.owner.as_str();
+        let loaded = self.loaded(claims.pid).await?;
+        let (stored, dag) = (&loaded.0, &loaded.1);
+        let task = ClaimedTask {
+            id: claims.trid,
+            run_id: claims.run,
+            pipeline_id: claims.pid,
+            task_name: claims.task.clone(),
+            attempt: claims.attempt,
+            tries: claims.tries,
+            lease_epoch: claims.epoch,
+            lease_expires_at: Utc::now(),
+            claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
+        };
+        let Some(def) = stored.pipeline.task(&claims.task) else {
+            return Err(StoreError::Corrupt(format!("task `{}` is not in its pipeline", claims.task)).into());
+        };
+        let options = match self.store.service_task(def.service_task()).await {
+            Ok(t) => Some(t.options),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let outcome = match callback.status {
+            CallbackStatus::Succeeded => match callback.run_next {
+                None => Outcome::Succeeded(callback.output),
+                Some(run_next) => {
+                    let allowed = if def.allowed_next.is_empty() {
+                        options.as_ref().map(|o| o.allowed_next.clone()).unwrap_or_default()
+                    } else {
+                        def.allowed_next.clone()
+                    };
+                    Outcome::Routed {
+                        output: callback.output,
+                        allowed,
+                        run_next,
+                    }
+                }
+            },
+            CallbackStatus::Failed | CallbackStatus::Timeout => {
+                let kind = match (callback.status, callback.retryable) {
+                    (CallbackStatus::Timeout, _) => FailureKind::Timeout,
+                    (_, true) => FailureKind::Error,
+                    (_, false) => FailureKind::Fatal,
+                };
+                Outcome::Failed(Failure::new(
+                    kind,
+                    callback.error.unwrap_or_else(|| "the handler failed".into()),
+                ))
+            }
+        };
+        let now = Utc::now();
+        let mut log = callback.logs.join("\n");
+        if !log.is_empty() {
+            log.push('\n');
+        }
+        let finished = FinishedAttempt {
+            transition: self.transition(dag, def, options.as_ref(), &task, outcome, now),
+            started_at: task.claimed_at,
+            task,
+            worker: worker.to_owned(),
+            finished_at: now,
+            log,
+            idempotency_key: claims.key.clone(),
+            reused: false,
+            code_version: Some(claims.code_version),
+        };
+        let outcome = self.store.finish_and_claim(&[finished], None, now).await?;
+        if let Ok(mut m) = self.pushed.lock()
+            && let Some(state) = m.get_mut(&claims.sub)
+        {
+            state.inflight.remove(&claims.trid);
+        }
+        Ok(if outcome.lease_lost.is_empty() {
+            Recorded::Kept
+        } else {
+            Recorded::LeaseLost
+        })
+    }
+}
+
+enum Assigned {
+    Hand(Box<Assignment>),
+    Reused(Box<FinishedAttempt>),
+}
