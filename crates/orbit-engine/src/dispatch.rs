@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use orbit_core::dag::Dag;
 use orbit_core::protocol::{
-    Assignment, Callback, CallbackStatus, MAX_SERVICE_TOKEN_SECS, SERVICE_AUDIENCE,
-    ServiceClaims, TASK_AUDIENCE, TaskClaims,
+    Assignment, Callback, CallbackStatus, MAX_SERVICE_TOKEN_SECS, SERVICE_AUDIENCE, ServiceClaims,
+    TASK_AUDIENCE, TaskClaims,
 };
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
@@ -30,7 +30,9 @@ use uuid::Uuid;
 /// Why a worker call was refused before it changed anything.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing bearer token (send `Authorization: Bearer <JWT signed with ORBIT_SECRET_KEY>`)")]
+    #[error(
+        "missing bearer token (send `Authorization: Bearer <JWT signed with ORBIT_SECRET_KEY>`)"
+    )]
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -55,7 +57,10 @@ impl SecretKey {
     /// At least 16 bytes; `openssl rand -hex 32` makes a good one.
     pub fn new(secret: &str) -> Result<SecretKey, String> {
         if secret.len() < 16 {
-            return Err("ORBIT_SECRET_KEY must be at least 16 characters (try `openssl rand -hex 32`)".into());
+            return Err(
+                "ORBIT_SECRET_KEY must be at least 16 characters (try `openssl rand -hex 32`)"
+                    .into(),
+            );
         }
         Ok(SecretKey {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -90,10 +95,13 @@ impl SecretKey {
 
     /// A task token, for the task run `asked`.
     pub fn verify_task(&self, token: &str, asked: Uuid) -> Result<TaskClaims, AuthError> {
-        let claims =
-            jsonwebtoken::decode::<TaskClaims>(token, &self.decoding, &Self::validation(TASK_AUDIENCE))
-                .map_err(|e| AuthError::Invalid(e.to_string()))?
-                .claims;
+        let claims = jsonwebtoken::decode::<TaskClaims>(
+            token,
+            &self.decoding,
+            &Self::validation(TASK_AUDIENCE),
+        )
+        .map_err(|e| AuthError::Invalid(e.to_string()))?
+        .claims;
         if claims.trid != asked {
             return Err(AuthError::WrongTask {
                 token: claims.trid,
@@ -183,11 +191,17 @@ impl Dispatcher {
                 continue;
             }
             let free = {
-                let Ok(mut m) = self.pushed.lock() else { continue };
+                let Ok(mut m) = self.pushed.lock() else {
+                    continue;
+                };
                 let state = m.entry(service.id.clone()).or_default();
                 let at = std::time::Instant::now();
                 state.inflight.retain(|_, until| *until > at);
-                let limit = if state.limit == 0 { DEFAULT_PUSH_LIMIT } else { state.limit };
+                let limit = if state.limit == 0 {
+                    DEFAULT_PUSH_LIMIT
+                } else {
+                    state.limit
+                };
                 limit.saturating_sub(state.inflight.len())
             };
             if free == 0 {
@@ -227,7 +241,9 @@ impl Dispatcher {
                 };
                 if let Some(why) = refused {
                     tracing::warn!(service = %service.id, task = %assignment.task, "{why}");
-                    let claims = self.key.verify_task(&assignment.token, assignment.task_run_id);
+                    let claims = self
+                        .key
+                        .verify_task(&assignment.token, assignment.task_run_id);
                     if let Ok(claims) = claims {
                         let failed = Callback {
                             task_run_id: assignment.task_run_id,
@@ -260,7 +276,10 @@ impl Dispatcher {
         }
         let stored = self.store.pipeline_version(id).await?;
         let dag = Dag::new(&stored.pipeline).map_err(|e| {
-            StoreError::Corrupt(format!("stored pipeline `{}` is not a DAG: {e}", stored.name))
+            StoreError::Corrupt(format!(
+                "stored pipeline `{}` is not a DAG: {e}",
+                stored.name
+            ))
         })?;
         let l = Arc::new((stored, dag));
         if let Ok(mut m) = self.pipelines.lock() {
@@ -327,7 +346,9 @@ impl Dispatcher {
         let def = dag
             .index_of(&task.task_name)
             .map(|i| &stored.pipeline.tasks[i])
-            .ok_or_else(|| Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name)))?;
+            .ok_or_else(|| {
+                Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name))
+            })?;
         let name = def.service_task().to_owned();
         if !registered.contains_key(&name) {
             let found = match self.store.service_task(&name).await {
@@ -341,7 +362,10 @@ impl Dispatcher {
             .get(&name)
             .and_then(|t| t.as_ref())
             .map_or(0, |t| t.code_version);
-        let options = registered.get(&name).and_then(|t| t.as_ref()).map(|t| &t.options);
+        let options = registered
+            .get(&name)
+            .and_then(|t| t.as_ref())
+            .map(|t| &t.options);
         let input = self
             .store
             .run(task.run_id)
@@ -396,8 +420,7 @@ impl Dispatcher {
         };
         if let Some(k) = &key {
             let since = Utc::now()
-                - chrono::Duration::from_std(self.idempotency_ttl)
-                    .unwrap_or(chrono::Duration::MAX);
+                - chrono::Duration::from_std(self.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
             if let Some((from, output)) = self
                 .store
                 .keyed_output(k, since)
@@ -410,8 +433,17 @@ impl Dispatcher {
                     worker: owner.to_owned(),
                     started_at: task.claimed_at,
                     finished_at: now,
-                    log: format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed\n"),
-                    transition: self.transition(dag, def, options, task, Outcome::Succeeded(output), now),
+                    log: format!(
+                        "[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed\n"
+                    ),
+                    transition: self.transition(
+                        dag,
+                        def,
+                        options,
+                        task,
+                        Outcome::Succeeded(output),
+                        now,
+                    ),
                     idempotency_key: key.clone(),
                     reused: true,
                     code_version: Some(code_version),
@@ -422,9 +454,7 @@ impl Dispatcher {
             (Some(a), Some(b)) => Some(a.min(Duration::from_millis(b))),
             (a, b) => a.or(b.map(Duration::from_millis)),
         };
-        let exp = now_secs()
-            + timeout.unwrap_or(Duration::from_secs(24 * 3600)).as_secs()
-            + 600;
+        let exp = now_secs() + timeout.unwrap_or(Duration::from_secs(24 * 3600)).as_secs() + 600;
         let claims = TaskClaims {
             sub: service.to_owned(),
             aud: TASK_AUDIENCE.to_owned(),
@@ -471,7 +501,14 @@ impl Dispatcher {
         let transition = match loaded.1.index_of(&task.task_name) {
             Some(i) => {
                 let def = &loaded.0.pipeline.tasks[i];
-                self.transition(&loaded.1, def, None, task, Outcome::Failed(failure.clone()), now)
+                self.transition(
+                    &loaded.1,
+                    def,
+                    None,
+                    task,
+                    Outcome::Failed(failure.clone()),
+                    now,
+                )
             }
             None => Transition::Dead {
                 failure: failure.clone(),
@@ -483,7 +520,10 @@ impl Dispatcher {
             worker: owner.to_owned(),
             started_at: task.claimed_at,
             finished_at: now,
-            log: format!("[orbit] could not hand the task to a worker: {}\n", failure.message),
+            log: format!(
+                "[orbit] could not hand the task to a worker: {}\n",
+                failure.message
+            ),
             transition,
             idempotency_key: None,
             reused: false,
@@ -571,7 +611,11 @@ impl Dispatcher {
             claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         };
         let Some(def) = stored.pipeline.task(&claims.task) else {
-            return Err(StoreError::Corrupt(format!("task `{}` is not in its pipeline", claims.task)).into());
+            return Err(StoreError::Corrupt(format!(
+                "task `{}` is not in its pipeline",
+                claims.task
+            ))
+            .into());
         };
         let options = match self.store.service_task(def.service_task()).await {
             Ok(t) => Some(t.options),
@@ -583,7 +627,10 @@ impl Dispatcher {
                 None => Outcome::Succeeded(callback.output),
                 Some(run_next) => {
                     let allowed = if def.allowed_next.is_empty() {
-                        options.as_ref().map(|o| o.allowed_next.clone()).unwrap_or_default()
+                        options
+                            .as_ref()
+                            .map(|o| o.allowed_next.clone())
+                            .unwrap_or_default()
                     } else {
                         def.allowed_next.clone()
                     };
@@ -602,7 +649,9 @@ impl Dispatcher {
                 };
                 Outcome::Failed(Failure::new(
                     kind,
-                    callback.error.unwrap_or_else(|| "the handler failed".into()),
+                    callback
+                        .error
+                        .unwrap_or_else(|| "the handler failed".into()),
                 ))
             }
         };

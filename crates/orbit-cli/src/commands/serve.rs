@@ -37,7 +37,10 @@ fn on_signal() -> CancellationToken {
 
 fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<EngineConfig> {
     for t in &work.types {
-        if !orbit_core::TaskType::BUILT_IN.iter().any(|b| b.as_str() == t) {
+        if !orbit_core::TaskType::BUILT_IN
+            .iter()
+            .any(|b| b.as_str() == t)
+        {
             return Err(
                 BadInput(format!("--type {t}: expected shell, http, sleep or script")).into(),
             );
@@ -71,7 +74,9 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         .ok()
         .filter(|t| !t.is_empty());
     let secret_key = match std::env::var("ORBIT_SECRET_KEY") {
-        Ok(k) if !k.is_empty() => Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?),
+        Ok(k) if !k.is_empty() => {
+            Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?)
+        }
         _ => None,
     };
     let mut addr: SocketAddr = args.bind.parse().map_err(|e| {

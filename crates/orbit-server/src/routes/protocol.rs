@@ -70,7 +70,13 @@ fn ack(recorded: Recorded) -> ApiResult<Json<Ack>> {
     }
 }
 
-fn worker_node(service: &str, worker: &str, version: Option<&str>, tasks: Vec<String>, concurrency: u32) -> NodeInfo {
+fn worker_node(
+    service: &str,
+    worker: &str,
+    version: Option<&str>,
+    tasks: Vec<String>,
+    concurrency: u32,
+) -> NodeInfo {
     let (host, pid) = worker
         .rsplit_once('@')
         .map_or(worker, |(_, at)| at)
@@ -115,7 +121,9 @@ pub async fn register(
         )));
     }
     if reg.worker_id.is_empty() || reg.worker_id.len() > 200 {
-        return Err(ApiError::bad_request("workerId must be 1 to 200 characters"));
+        return Err(ApiError::bad_request(
+            "workerId must be 1 to 200 characters",
+        ));
     }
     if let Some(t) = reg.tasks.iter().find(|t| !is_valid_name(&t.name)) {
         return Err(ApiError::bad_request(format!(
@@ -124,19 +132,30 @@ pub async fn register(
         )));
     }
     if let Some(t) = reg.tasks.iter().find(|t| t.code_hash.is_empty()) {
-        return Err(ApiError::bad_request(format!("task `{}` has an empty codeHash", t.name)));
+        return Err(ApiError::bad_request(format!(
+            "task `{}` has an empty codeHash",
+            t.name
+        )));
     }
     if let Some(url) = &reg.url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {
-        return Err(ApiError::bad_request(format!("url `{url}` must start with http:// or https://")));
+        return Err(ApiError::bad_request(format!(
+            "url `{url}` must start with http:// or https://"
+        )));
     }
     let now = Utc::now();
     let tasks: Vec<ServiceTask> = s.store.register_service(&reg, now).await?;
     let names = tasks.iter().map(|t| t.name.clone()).collect();
     s.store
         .node_heartbeat(
-            &worker_node(&reg.service_id, &reg.worker_id, reg.version.as_deref(), names, reg.concurrency),
+            &worker_node(
+                &reg.service_id,
+                &reg.worker_id,
+                reg.version.as_deref(),
+                names,
+                reg.concurrency,
+            ),
             now,
         )
         .await?;
@@ -198,7 +217,9 @@ pub async fn poll(
     let claims = service(&s, &headers)?;
     let Json(req) = body?;
     if req.worker_id.is_empty() || req.worker_id.len() > 200 {
-        return Err(ApiError::bad_request("workerId must be 1 to 200 characters"));
+        return Err(ApiError::bad_request(
+            "workerId must be 1 to 200 characters",
+        ));
     }
     let d = dispatcher(&s)?;
     seen(&s, &claims.sub, &req.worker_id).await?;
@@ -306,7 +327,9 @@ pub async fn service_tasks(
     let Path(id) = id?;
     let tasks = s.store.service_tasks(Some(&id)).await?;
     if tasks.is_empty() && !s.store.services().await?.iter().any(|x| x.id == id) {
-        return Err(ApiError::not_found(format!("no service `{id}` has registered")));
+        return Err(ApiError::not_found(format!(
+            "no service `{id}` has registered"
+        )));
     }
     Ok(Json(tasks))
 }
