@@ -53,6 +53,11 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Tasks and the history of their code versions
+    Tasks {
+        #[command(subcommand)]
+        action: TasksAction,
+    },
     /// Serve the HTTP API, run embedded workers, the reaper and cron
     Server(ServerArgs),
     /// Claim and execute ready tasks from the store, alongside any number of other workers
@@ -201,6 +206,20 @@ pub struct WorkOptions {
     /// On SIGTERM/SIGINT, how long running attempts may take before their leases are handed back
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksAction {
+    /// Every code version of a task: an SDK task's handler hashes, a YAML task's definitions
+    History {
+        /// The task's name (a registered task, or a task of a pipeline)
+        task: String,
+        /// Only the task of this pipeline
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use cron::fire_due;
+pub use routes::pipelines::{CodeVersion, code_history};
 
 /// How a server node runs work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

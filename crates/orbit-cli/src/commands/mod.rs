@@ -52,6 +52,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Trigger(args) => remote::trigger(&url, args, json).await,
         Command::Services { remote } => remote::services(&url, remote.url.as_deref(), json).await,
+        Command::Tasks {
+            action:
+                crate::cli::TasksAction::History {
+                    task,
+                    pipeline,
+                    remote,
+                },
+        } => remote::task_history(&url, remote.url.as_deref(), &task, pipeline, json).await,
         Command::Server(args) => serve::server(&url, args).await,
         Command::Worker(args) => serve::worker(&url, args).await,
         Command::Db { action } => serve::db(&url, action).await,

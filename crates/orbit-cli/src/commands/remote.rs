@@ -206,7 +206,10 @@ pub async fn services(database: &str, server: Option<&str>, json: bool) -> anyho
         .map(|(n, s)| {
             vec![
                 n.info.id.clone(),
-                n.info.kind.clone(),
+                n.info
+                    .service
+                    .as_ref()
+                    .map_or_else(|| n.info.kind.clone(), |s| format!("service {s}")),
                 s.clone(),
                 n.running.to_string(),
                 n.info.concurrency.to_string(),
@@ -233,5 +236,58 @@ pub async fn services(database: &str, server: Option<&str>, json: bool) -> anyho
         ],
         &rows,
     );
+    Ok(0)
+}
+
+/// `orbit tasks history TASK`: from the server with `--url`, else from the store.
+pub async fn task_history(
+    database: &str,
+    server: Option<&str>,
+    task: &str,
+    pipeline: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let history: Vec<orbit_server::CodeVersion> = match server {
+        Some(s) => {
+            let mut path = format!("/tasks/{task}/history");
+            if let Some(p) = &pipeline {
+                path.push_str(&format!("?pipeline={p}"));
+            }
+            Client::new(s)?
+                .call(reqwest::Method::GET, &path, None)
+                .await?
+        }
+        None => {
+            let store = open_store(database).await?;
+            orbit_server::code_history(store.as_ref(), task, pipeline).await?
+        }
+    };
+    if json {
+        return output::json(&history).map(|()| 0);
+    }
+    if history.is_empty() {
+        return Err(BadInput(format!(
+            "no task `{task}` in any pipeline or registered by any service"
+        ))
+        .into());
+    }
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            vec![
+                format!("v{}", h.code_version),
+                match (&h.service, &h.pipeline) {
+                    (Some(s), _) => format!("service {s}"),
+                    (None, Some(p)) => {
+                        format!("pipeline {p} v{}", h.pipeline_version.unwrap_or_default())
+                    }
+                    (None, None) => String::new(),
+                },
+                h.code_hash.clone(),
+                time(h.changed_at),
+            ]
+        })
+        .collect();
+    table(&["VERSION", "FROM", "CODE HASH", "CHANGED"], &rows);
     Ok(0)
 }

@@ -296,17 +296,23 @@ pub struct HistoryQuery {
     pub pipeline: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CodeVersion {
-    pub pipeline: String,
+    /// The pipeline of a YAML/API task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// The service of a registered (SDK) task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub task: String,
-    /// Counts the changes of this task's definition: 1, 2, ...
-    pub code_version: u32,
-    /// SHA-256 of the task's canonical definition.
+    /// Counts the changes of this task's code: 1, 2, ...
+    pub code_version: i64,
+    /// SHA-256 of the handler's source (SDK) or of the task's canonical definition.
     pub code_hash: String,
     /// The pipeline version that brought the change.
-    pub pipeline_version: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_version: Option<i64>,
     pub changed_at: chrono::DateTime<Utc>,
 }
 
@@ -320,43 +326,71 @@ pub async fn task_history(
 ) -> ApiResult<Json<Vec<CodeVersion>>> {
     let Path(task) = id?;
     let Query(q) = query?;
-    let names: Vec<String> = match q.pipeline {
+    let history = code_history(s.store.as_ref(), &task, q.pipeline).await?;
+    if history.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no task `{task}` in any pipeline or registered by any service"
+        )));
+    }
+    Ok(Json(history))
+}
+
+/// A task's code history: a registered (SDK) task's versions, and every change of a YAML/API
+/// task's definition in each pipeline (or only in `pipeline`), oldest first per source.
+pub async fn code_history(
+    store: &dyn orbit_store::Store,
+    task: &str,
+    pipeline: Option<String>,
+) -> Result<Vec<CodeVersion>, orbit_store::StoreError> {
+    let mut history: Vec<CodeVersion> = Vec::new();
+    if pipeline.is_none() {
+        history.extend(
+            store
+                .task_history(task)
+                .await?
+                .into_iter()
+                .map(|c| CodeVersion {
+                    pipeline: None,
+                    service: Some(c.service_id),
+                    task: c.task_name,
+                    code_version: c.code_version,
+                    code_hash: c.code_hash,
+                    pipeline_version: None,
+                    changed_at: c.created_at,
+                }),
+        );
+    }
+    let names: Vec<String> = match pipeline {
         Some(p) => vec![p],
-        None => s
-            .store
+        None => store
             .list_pipelines()
             .await?
             .into_iter()
             .map(|p| p.name)
             .collect(),
     };
-    let mut history = Vec::new();
     for name in names {
         let mut last: Option<String> = None;
         let mut n = 0;
-        for version in s.store.pipeline_versions(&name).await? {
-            let Some(def) = version.pipeline.task(&task) else {
+        for version in store.pipeline_versions(&name).await? {
+            let Some(def) = version.pipeline.task(task) else {
                 continue;
             };
             let hash = orbit_core::pipeline::task_hash(def);
             if last.as_deref() != Some(hash.as_str()) {
                 n += 1;
                 history.push(CodeVersion {
-                    pipeline: name.clone(),
-                    task: task.clone(),
+                    pipeline: Some(name.clone()),
+                    service: None,
+                    task: task.to_owned(),
                     code_version: n,
                     code_hash: hash.clone(),
-                    pipeline_version: version.version,
+                    pipeline_version: Some(version.version),
                     changed_at: version.created_at,
                 });
                 last = Some(hash);
             }
         }
     }
-    if history.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no task `{task}` in any pipeline"
-        )));
-    }
-    Ok(Json(history))
+    Ok(history)
 }

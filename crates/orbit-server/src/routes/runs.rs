@@ -68,6 +68,23 @@ pub struct RunDetail {
     pub run: RunRecord,
     #[schema(value_type = [Object])]
     pub tasks: Vec<TaskRunRecord>,
+    /// The code version each task's latest attempt ran.
+    pub code_versions: std::collections::BTreeMap<String, i64>,
+    /// Tasks whose code version differs from the one they ran in the pipeline's previous run.
+    pub changed_since_previous_run: Vec<String>,
+}
+
+/// The code version of each task's latest attempt in `run`.
+async fn code_versions(
+    s: &AppState,
+    run: uuid::Uuid,
+) -> ApiResult<std::collections::BTreeMap<String, i64>> {
+    Ok(s.store
+        .attempts(run, None)
+        .await?
+        .into_iter()
+        .filter_map(|a| a.code_version.map(|v| (a.task_name, v)))
+        .collect())
 }
 
 /// One run (by id or a unique prefix) with its task runs.
@@ -80,7 +97,32 @@ pub async fn get(
     let Path(id) = id?;
     let run = s.store.find_run(&id).await?;
     let tasks = s.store.task_runs(run.id).await?;
-    Ok(Json(RunDetail { run, tasks }))
+    let versions = code_versions(&s, run.id).await?;
+    let filter = RunFilter {
+        pipeline: Some(run.pipeline_name.clone()),
+        limit: 100,
+        ..RunFilter::default()
+    };
+    let previous = s.store.list_runs(&filter).await?.into_iter().find(|r| {
+        r.created_at < run.created_at || (r.created_at == run.created_at && r.id < run.id)
+    });
+    let changed = match previous {
+        None => Vec::new(),
+        Some(p) => {
+            let before = code_versions(&s, p.id).await?;
+            versions
+                .iter()
+                .filter(|(task, v)| before.get(*task).is_some_and(|b| b != *v))
+                .map(|(task, _)| task.clone())
+                .collect()
+        }
+    };
+    Ok(Json(RunDetail {
+        run,
+        tasks,
+        code_versions: versions,
+        changed_since_previous_run: changed,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

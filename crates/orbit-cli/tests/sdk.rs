@@ -1,0 +1,583 @@
+//! SDK workers against a real `orbit server` process: the example service in pull and in push
+//! mode, the worker protocol spoken with plain HTTP (as docs/worker-protocol.md describes it),
+//! dynamic routing, code versions, and refused tokens.
+
+mod support;
+
+use jsonwebtoken::{EncodingKey, Header};
+use orbit_store_postgres::testing::TestDb;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::{Server, server};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "test-secret-key-0123456789abcdef";
+const PIPELINE: &str = include_str!("../../../examples/worker/pipeline.yaml");
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(s: &Server) -> Api {
+        Api {
+            base: s.base.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, None, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn trigger(&self, pipeline: &str, input: Value) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/pipelines/{pipeline}/trigger"),
+                None,
+                Some(input),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "trigger: {status} {body}");
+        body["run"]["id"]
+            .as_str()
+            .or(body["id"].as_str())
+            .expect("run id")
+            .to_owned()
+    }
+
+    /// Waits for the run to settle; its detail.
+    async fn settled(&self, run: &str, within: Duration) -> Value {
+        let end = Instant::now() + within;
+        loop {
+            let detail = self.get(&format!("/api/v1/runs/{run}")).await;
+            let state = detail["run"]["state"].as_str().unwrap_or("").to_owned();
+            if ["succeeded", "failed", "cancelled"].contains(&state.as_str()) {
+                return detail;
+            }
+            assert!(Instant::now() < end, "run {run} did not settle: {detail:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn task<'a>(detail: &'a Value, name: &str) -> &'a Value {
+    detail["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["task_name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in {detail:#}"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn service_token(key: &str, service: &str, exp: u64) -> String {
+    let claims = json!({"sub": service, "aud": "orbit-service", "exp": exp, "iat": now()});
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .expect("sign")
+}
+
+fn start(dir: &std::path::Path, db: &str) -> Server {
+    server(dir, db, &["--workers", "2"], &[("ORBIT_SECRET_KEY", KEY)])
+}
+
+/// The example pipeline through the example service: returns the run detail.
+async fn checkout(api: &Api, order: &str, fast: bool) -> Value {
+    let run = api
+        .trigger(
+            "checkout",
+            json!({"input": {"orderId": order, "amount": 12.5, "fast": fast}}),
+        )
+        .await;
+    api.settled(&run, Duration::from_secs(30)).await
+}
+
+async fn example_runs(api: &Api) {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines",
+            None,
+            Some(json!({"yaml": PIPELINE})),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{body}");
+
+    let fast = checkout(api, "o-1", true).await;
+    assert_eq!(fast["run"]["state"], "succeeded", "{fast:#}");
+    assert_eq!(task(&fast, "express")["state"], "succeeded");
+    assert_eq!(
+        task(&fast, "standard")["state"],
+        "skipped",
+        "the branch not chosen is skipped"
+    );
+    assert_eq!(task(&fast, "route")["output"]["path"], "express");
+    assert_eq!(task(&fast, "payment")["output"]["receipt"], "rcpt-o-1");
+    let report = task(&fast, "report");
+    assert_eq!(
+        report["output"]["receipt"], "rcpt-o-1",
+        "upstream outputs reach the handler"
+    );
+    assert_eq!(report["progress"], 1.0, "the last progress report is kept");
+    assert_eq!(fast["code_versions"]["payment"], 1);
+
+    let slow = checkout(api, "o-2", false).await;
+    assert_eq!(slow["run"]["state"], "succeeded", "{slow:#}");
+    assert_eq!(task(&slow, "standard")["output"]["shipping"], "standard");
+    assert_eq!(task(&slow, "express")["state"], "skipped");
+    assert_eq!(
+        slow["changed_since_previous_run"],
+        json!([]),
+        "same code as the run before"
+    );
+
+    // Same order, same code version: the payment's idempotency key reuses the first charge.
+    let again = checkout(api, "o-1", true).await;
+    let payment = task(&again, "payment")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let attempts = api.get(&format!("/api/v1/task-runs/{payment}")).await;
+    let log = attempts.to_string();
+    assert!(
+        log.contains("reused"),
+        "payment was not reused: {attempts:#}"
+    );
+
+    let tasks = api.get("/api/v1/services/shop/tasks").await;
+    let names: Vec<&str> = tasks
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["payment", "report", "route", "ship"]);
+    let services = api.get("/api/v1/services").await;
+    let worker = services
+        .as_array()
+        .and_then(|s| s.iter().find(|n| n["service"] == "shop"))
+        .unwrap_or_else(|| panic!("no shop worker in {services:#}"));
+    assert_eq!(worker["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_service_in_pull_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), "sqlite://orbit.db");
+    let api = Api::new(&s);
+    let worker = orbit_example_worker::service(&s.base, KEY).expect("worker");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    example_runs(&api).await;
+    stop.cancel();
+    running.await.expect("join").expect("worker ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_service_in_push_mode_on_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), &db.url);
+    let api = Api::new(&s);
+    let worker = orbit_example_worker::service(&s.base, KEY).expect("worker");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.listen(listener, None, stop.clone()));
+    // Registration happens as the listener starts.
+    let end = Instant::now() + Duration::from_secs(10);
+    while api
+        .call("GET", "/api/v1/services/shop/tasks", None, None)
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < end, "the push worker never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    example_runs(&api).await;
+    stop.cancel();
+    running.await.expect("join").expect("worker ran");
+}
+
+/// docs/worker-protocol.md, step by step, with nothing but HTTP and a JWT library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_by_plain_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), "sqlite://orbit.db");
+    let api = Api::new(&s);
+    let token = service_token(KEY, "plain", now() + 60);
+    let register = |hash: &str| {
+        json!({"serviceId": "plain", "workerId": "plain@test:1", "concurrency": 2, "tasks": [
+            {"name": "pick", "codeHash": hash, "allowedNext": ["left", "right"]},
+            {"name": "side", "codeHash": "s1"}
+        ]})
+    };
+    let (status, reg) = api
+        .call(
+            "POST",
+            "/api/v1/services/register",
+            Some(&token),
+            Some(register("h1")),
+        )
+        .await;
+    assert_eq!(status, 200, "{reg}");
+    assert_eq!(
+        reg["tasks"][0],
+        json!({"name": "pick", "codeHash": "h1", "codeVersion": 1, "changed": true})
+    );
+
+    let pipeline = json!({"name": "plain", "tasks": [
+        {"name": "pick", "type": "worker"},
+        {"name": "left", "type": "worker", "task": "side", "needs": "pick"},
+        {"name": "right", "type": "worker", "task": "side", "needs": "pick"},
+        {"name": "after", "type": "worker", "task": "side", "needs": "right"}
+    ]});
+    let (status, body) = api
+        .call("POST", "/api/v1/pipelines", None, Some(pipeline))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // A choice outside allowedNext fails the task for good, with a message that says so.
+    let run = api.trigger("plain", json!({"input": {"n": 1}})).await;
+    let a = poll_one(&api, &token).await;
+    assert_eq!(
+        (a["task"].as_str(), a["serviceTask"].as_str()),
+        (Some("pick"), Some("pick"))
+    );
+    assert_eq!(a["input"], json!({"n": 1}));
+    let t = a["token"].as_str().expect("task token").to_owned();
+    let id = a["taskRunId"].clone();
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/heartbeat",
+            Some(&t),
+            Some(json!({"taskRunId": id})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/progress",
+            Some(&t),
+            Some(json!({"taskRunId": id, "progress": 0.5, "message": "half"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cb = json!({"taskRunId": id, "status": "succeeded", "output": {"x": 1}, "runNext": ["middle"], "logs": ["chose middle"]});
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/callback/{run}"),
+            Some(&t),
+            Some(cb.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = api.settled(&run, Duration::from_secs(10)).await;
+    assert_eq!(failed["run"]["state"], "failed");
+    let error = task(&failed, "pick")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        error.contains("`middle`") && error.contains("allowed_next"),
+        "{error}"
+    );
+    // A second callback for the same attempt is refused: it no longer holds the task.
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/api/v1/callback/{run}"),
+            Some(&t),
+            Some(cb),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    // Choosing `right`: `left` is skipped, `right` and `after` run.
+    let run = api.trigger("plain", json!({"input": {"n": 2}})).await;
+    let a = poll_one(&api, &token).await;
+    complete(
+        &api,
+        &run,
+        &a,
+        json!({"status": "succeeded", "output": {"went": "right"}, "runNext": ["right"]}),
+    )
+    .await;
+    let a = poll_one(&api, &token).await;
+    assert_eq!(a["task"], "right");
+    assert_eq!(a["upstream"]["pick"], json!({"went": "right"}));
+    complete(&api, &run, &a, json!({"status": "succeeded", "output": 2})).await;
+    let a = poll_one(&api, &token).await;
+    assert_eq!(a["task"], "after");
+    complete(
+        &api,
+        &run,
+        &a,
+        json!({"status": "failed", "error": "bad input", "retryable": false}),
+    )
+    .await;
+    let done = api.settled(&run, Duration::from_secs(10)).await;
+    assert_eq!(task(&done, "left")["state"], "skipped");
+    assert_eq!(task(&done, "right")["state"], "succeeded");
+    assert_eq!(
+        task(&done, "after")["state"],
+        "dead",
+        "a non-retryable error is not retried"
+    );
+
+    // A new code hash is a new code version, with history; the next run says what changed.
+    let (_, reg) = api
+        .call(
+            "POST",
+            "/api/v1/services/register",
+            Some(&token),
+            Some(register("h2")),
+        )
+        .await;
+    assert_eq!(reg["tasks"][0]["codeVersion"], 2);
+    assert_eq!(reg["tasks"][1]["changed"], false);
+    let history = api.get("/api/v1/tasks/pick/history").await;
+    let versions: Vec<(i64, &str)> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["service"] == "plain")
+        .map(|h| {
+            (
+                h["codeVersion"].as_i64().unwrap_or(0),
+                h["codeHash"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(1, "h1"), (2, "h2")]);
+    assert!(
+        history
+            .as_array()
+            .expect("history")
+            .iter()
+            .any(|h| h["pipeline"] == "plain"),
+        "the pipeline's own definition of the task is listed too: {history:#}"
+    );
+    let run = api.trigger("plain", json!({"input": {"n": 3}})).await;
+    let a = poll_one(&api, &token).await;
+    assert_eq!(a["codeVersion"], 2);
+    complete(
+        &api,
+        &run,
+        &a,
+        json!({"status": "succeeded", "output": 3, "runNext": []}),
+    )
+    .await;
+    let done = api.settled(&run, Duration::from_secs(10)).await;
+    assert_eq!(
+        done["run"]["state"], "succeeded",
+        "choosing nothing skips both branches"
+    );
+    assert_eq!(done["changed_since_previous_run"], json!(["pick"]));
+
+    let out = std::process::Command::new(support::orbit_bin())
+        .args(["tasks", "history", "pick", "--url", &s.base])
+        .output()
+        .expect("orbit tasks history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("h1") && text.contains("h2") && text.contains("plain"),
+        "{text}"
+    );
+}
+
+async fn poll_one(api: &Api, token: &str) -> Value {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/worker/poll",
+            Some(token),
+            Some(json!({"workerId": "plain@test:1", "max": 1, "waitMs": 5000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["tasks"][0].clone()
+}
+
+async fn complete(api: &Api, run: &str, a: &Value, mut result: Value) {
+    result["taskRunId"] = a["taskRunId"].clone();
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/callback/{run}"),
+            a["token"].as_str(),
+            Some(result),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_expired_tokens_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), "sqlite://orbit.db");
+    let api = Api::new(&s);
+    let good = service_token(KEY, "guarded", now() + 60);
+    let reg = json!({"serviceId": "guarded", "workerId": "g@test:1", "tasks": [{"name": "guarded", "codeHash": "x"}]});
+    let refused = [
+        None,
+        Some(service_token(
+            "another-secret-key-0123456789",
+            "guarded",
+            now() + 60,
+        )),
+        Some(service_token(KEY, "guarded", now() - 120)),
+        Some(service_token(KEY, "guarded", now() + 86_400)),
+        Some(service_token(KEY, "someone-else", now() + 60)),
+    ];
+    for token in &refused {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/api/v1/services/register",
+                token.as_deref(),
+                Some(reg.clone()),
+            )
+            .await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let (status, _) = api
+        .call("GET", "/api/v1/services/guarded/tasks", None, None)
+        .await;
+    assert_eq!(status, 404, "no refused registration was recorded");
+
+    let (status, _) = api
+        .call("POST", "/api/v1/services/register", Some(&good), Some(reg))
+        .await;
+    assert_eq!(status, 200);
+    let pipeline = json!({"name": "guarded", "tasks": [{"name": "guarded", "type": "worker"}, {"name": "other", "type": "worker", "task": "guarded"}]});
+    assert_eq!(
+        api.call("POST", "/api/v1/pipelines", None, Some(pipeline))
+            .await
+            .0,
+        201
+    );
+    let run = api.trigger("guarded", json!({})).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/worker/poll",
+            Some(&good),
+            Some(json!({"workerId": "g@test:1", "max": 2})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let tasks = body["tasks"].as_array().expect("tasks").clone();
+    assert_eq!(tasks.len(), 2);
+    let (mine, theirs) = (&tasks[0], &tasks[1]);
+    let cb = |id: &Value| json!({"taskRunId": id, "status": "succeeded", "output": 1});
+    // The other attempt's token, a token signed with another key, an expired task token.
+    let mut forged = jwt_payload(theirs["token"].as_str().expect("token"));
+    forged["exp"] = json!(now() - 120);
+    let expired = jsonwebtoken::encode(
+        &Header::default(),
+        &forged,
+        &EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("sign");
+    let wrong_key = jsonwebtoken::encode(
+        &Header::default(),
+        &forged,
+        &EncodingKey::from_secret(b"another-secret-key-0123456789"),
+    )
+    .expect("sign");
+    for (token, target) in [
+        (theirs["token"].as_str().expect("token").to_owned(), mine),
+        (expired, theirs),
+        (wrong_key, theirs),
+    ] {
+        for (path, body) in [
+            (format!("/api/v1/callback/{run}"), cb(&target["taskRunId"])),
+            (
+                "/api/v1/heartbeat".to_owned(),
+                json!({"taskRunId": target["taskRunId"]}),
+            ),
+            (
+                "/api/v1/progress".to_owned(),
+                json!({"taskRunId": target["taskRunId"], "progress": 0.9}),
+            ),
+        ] {
+            let (status, resp) = api.call("POST", &path, Some(&token), Some(body)).await;
+            assert_eq!(status, 401, "{path}: {resp}");
+        }
+    }
+    let detail = api.get(&format!("/api/v1/runs/{run}")).await;
+    for t in detail["tasks"].as_array().expect("tasks") {
+        assert_eq!(t["state"], "running", "a refused call changed {t:#}");
+        assert!(
+            t.get("progress").is_none() || t["progress"].is_null(),
+            "{t:#}"
+        );
+    }
+    let guarded = task(&detail, "guarded")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let attempts = api.get(&format!("/api/v1/task-runs/{guarded}")).await;
+    assert_eq!(attempts["attempts"], json!([]), "no attempt was recorded");
+}
+
+/// The claims of a task token (the test knows the key).
+fn jwt_payload(token: &str) -> Value {
+    let mut v = jsonwebtoken::Validation::default();
+    v.set_audience(&["orbit-task"]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes()),
+        &v,
+    )
+    .expect("a valid task token")
+    .claims
+}
