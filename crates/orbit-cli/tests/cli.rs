@@ -790,3 +790,67 @@ fn a_reconstructed_context_is_the_one_the_engine_gave_the_task() {
     assert_eq!(seen["tasks"]["up"]["output"]["rows"], 3);
     assert_eq!(seen["code_version"], 1);
 }
+
+#[test]
+fn a_script_routes_with_run_next_and_a_stray_choice_fails_clearly() {
+    let env = setup();
+    let pipeline = |choice: &str| {
+        format!(
+            "name: routed\ntasks:\n  - name: pick\n    type: script\n    source: |\n      import json\n      print(json.dumps({{\"run_next\": {choice}}}))\n    allowed_next: [left, right]\n  - {{name: left, type: shell, command: [echo, left], needs: pick}}\n  - {{name: right, type: shell, command: [echo, right], needs: pick}}\n  - {{name: after_left, type: shell, command: [echo, after], needs: left}}\n  - {{name: join, type: shell, command: [echo, join], needs: [after_left, right]}}\n"
+        )
+    };
+    let file = env.file("routed.yaml", &pipeline("[\"right\"]"));
+    let out = env.orbit().arg("run").arg(&file).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let status = env.json(&["status", &id]);
+    let states: Vec<(&str, &str)> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["task_name"].as_str().unwrap(),
+                t["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("pick", "succeeded"),
+            ("left", "skipped"),
+            ("right", "succeeded"),
+            ("after_left", "skipped"),
+            ("join", "succeeded"),
+        ]
+    );
+
+    let file = env.file("routed.yaml", &pipeline("[\"middle\"]"));
+    let out = env.orbit().arg("run").arg(&file).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let attempts = env.json(&["logs", &id, "pick"]);
+    let error = attempts[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("run_next names `middle`, not in allowed_next [left, right]"),
+        "{error}"
+    );
+    assert_eq!(
+        attempts.as_array().unwrap().len(),
+        1,
+        "a stray choice is not retried"
+    );
+}

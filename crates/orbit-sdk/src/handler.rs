@@ -97,6 +97,8 @@ impl fmt::Display for TaskError {
     }
 }
 
+impl std::error::Error for TaskError {}
+
 impl From<String> for TaskError {
     fn from(message: String) -> TaskError {
         TaskError::retry(message)

@@ -233,3 +233,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn allowed_next_must_name_tasks_that_need_this_one() {
+    let ok = parse_pipeline(
+        "r.yaml",
+        "name: r\ntasks:\n  - name: pick\n    type: script\n    source: 'print(1)'\n    allowed_next: [a, b]\n  - {name: a, type: sleep, duration: 0s, needs: pick}\n  - {name: b, type: sleep, duration: 0s, needs: pick}\n",
+    )
+    .expect("valid");
+    assert_eq!(ok.tasks[0].allowed_next, ["a", "b"]);
+    let e = errors(
+        "name: r\ntasks:\n  - name: pick\n    type: sleep\n    duration: 0s\n    allowed_next: [a, c]\n  - {name: a, type: sleep, duration: 0s, needs: pick}\n  - {name: c, type: sleep, duration: 0s}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].0, 3);
+    assert!(
+        e[0].1
+            .contains("`c`, which is not a task that needs `pick`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn worker_tasks_name_their_service_task_and_have_no_queue() {
+    let p = parse_pipeline(
+        "w.yaml",
+        "name: w\ntasks:\n  - {name: charge, type: worker, task: payment, input: {id: '{{ input.id }}'}}\n  - {name: payment, type: worker}\n",
+    )
+    .expect("valid");
+    assert_eq!(p.tasks[0].queue(), "payment");
+    assert_eq!(p.tasks[1].queue(), "payment");
+    let e = errors(
+        "name: w\ntasks:\n  - {name: a, type: worker, queue: gpu}\n  - {name: b, type: worker, image: x}\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].1.contains("no `queue`"), "{e:?}");
+    assert!(e[1].1.contains("unknown parameter `image`"), "{e:?}");
+}
