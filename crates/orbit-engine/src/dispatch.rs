@@ -8,6 +8,7 @@
 //! silent is taken back by the reaper when its lease expires, like any other.
 
 use crate::EngineError;
+use crate::engine::{Keyed, keyed};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use orbit_core::dag::Dag;
@@ -407,48 +408,32 @@ impl Dispatcher {
                     .unwrap_or(Value::Null)
             }
         };
-        let key_template = def
+        let template = def
             .idempotency_key
             .as_deref()
             .or(options.and_then(|o| o.idempotency_key.as_deref()));
-        let key = match key_template {
-            None => None,
-            Some(t) => Some(
-                template::render_str(t, &ctx)
-                    .map_err(|e| Failure::fatal(format!("idempotency_key: {e}")))?,
-            ),
-        };
-        if let Some(k) = &key {
-            let since = Utc::now()
-                - chrono::Duration::from_std(self.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
-            if let Some((from, output)) = self
-                .store
-                .keyed_output(k, since)
-                .await
-                .map_err(|e| Failure::error(e.to_string()))?
-            {
-                let now = Utc::now();
-                return Ok(Assigned::Reused(Box::new(FinishedAttempt {
-                    task: task.clone(),
-                    worker: owner.to_owned(),
-                    started_at: task.claimed_at,
-                    finished_at: now,
-                    log: format!(
-                        "[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed\n"
-                    ),
-                    transition: self.transition(
-                        dag,
-                        def,
-                        options,
-                        task,
-                        Outcome::Succeeded(output),
-                        now,
-                    ),
-                    idempotency_key: key.clone(),
-                    reused: true,
-                    code_version: Some(code_version),
-                })));
-            }
+        let Keyed { key, reused } =
+            keyed(self.store.as_ref(), template, &ctx, self.idempotency_ttl).await?;
+        if let Some((line, output)) = reused {
+            let now = Utc::now();
+            return Ok(Assigned::Reused(Box::new(FinishedAttempt {
+                task: task.clone(),
+                worker: owner.to_owned(),
+                started_at: task.claimed_at,
+                finished_at: now,
+                log: format!("{line}\n"),
+                transition: self.transition(
+                    dag,
+                    def,
+                    options,
+                    task,
+                    Outcome::Succeeded(output),
+                    now,
+                ),
+                idempotency_key: key,
+                reused: true,
+                code_version: Some(code_version),
+            })));
         }
         let timeout = match (def.timeout, options.and_then(|o| o.timeout_ms)) {
             (Some(a), Some(b)) => Some(a.min(Duration::from_millis(b))),
@@ -617,10 +602,18 @@ impl Dispatcher {
             ))
             .into());
         };
-        let options = match self.store.service_task(def.service_task()).await {
-            Ok(t) => Some(t.options),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+        // The registration matters only for a failure (its retry count) or a routing choice
+        // the pipeline does not bound: read it only then, not on every success.
+        let needs_options = callback.status != CallbackStatus::Succeeded
+            || (callback.run_next.is_some() && def.allowed_next.is_empty());
+        let options = if needs_options {
+            match self.store.service_task(def.service_task()).await {
+                Ok(t) => Some(t.options),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
         };
         let outcome = match callback.status {
             CallbackStatus::Succeeded => match callback.run_next {

@@ -707,9 +707,45 @@ impl Engine {
     }
 }
 
+/// A task's rendered idempotency key, and the output an earlier task run stored under it within
+/// the TTL (with the log line that says so), if any.
+pub(crate) struct Keyed {
+    pub key: Option<String>,
+    pub reused: Option<(String, Value)>,
+}
+
+pub(crate) async fn keyed(
+    store: &dyn Store,
+    template: Option<&str>,
+    ctx: &Context<'_>,
+    ttl: Duration,
+) -> Result<Keyed, Failure> {
+    let Some(template) = template else {
+        return Ok(Keyed {
+            key: None,
+            reused: None,
+        });
+    };
+    let k = template::render_str(template, ctx)
+        .map_err(|e| Failure::fatal(format!("idempotency_key: {e}")))?;
+    let since = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let reused = store
+        .keyed_output(&k, since)
+        .await
+        .map_err(|e| Failure::error(format!("cannot look up idempotency key `{k}`: {e}")))?
+        .map(|(from, output)| {
+            let line = format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed");
+            (line, output)
+        });
+    Ok(Keyed {
+        key: Some(k),
+        reused,
+    })
+}
+
 /// A built-in task's success: with `allowed_next`, an output object's `run_next` (a task name
 /// or a list of them) is its routing choice.
-pub fn routed(def: &orbit_core::TaskDef, output: Value) -> Outcome {
+fn routed(def: &orbit_core::TaskDef, output: Value) -> Outcome {
     if def.allowed_next.is_empty() {
         return Outcome::Succeeded(output);
     }
@@ -789,33 +825,21 @@ async fn attempt(
         effect_key: &effect_key,
         code_version: loaded.stored.version,
     };
-    let key = match &def.idempotency_key {
-        None => None,
-        Some(template) => match template::render_str(template, &ctx) {
-            Ok(k) => Some(k),
-            Err(e) => return fail(Failure::fatal(format!("idempotency_key: {e}"))),
-        },
-    };
-    if let Some(k) = &key {
-        let since = Utc::now()
-            - chrono::Duration::from_std(idempotency_ttl).unwrap_or(chrono::Duration::MAX);
-        match store.keyed_output(k, since).await {
-            Ok(Some((from, output))) => {
-                log.line(&format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed"));
-                return AttemptResult {
-                    result: Ok(output),
-                    key,
-                    reused: true,
-                };
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return fail(Failure::error(format!(
-                    "cannot look up idempotency key `{k}`: {e}"
-                )));
-            }
+    let key = match keyed(store, def.idempotency_key.as_deref(), &ctx, idempotency_ttl).await {
+        Ok(Keyed { key, reused: None }) => key,
+        Ok(Keyed {
+            key,
+            reused: Some((line, output)),
+        }) => {
+            log.line(&line);
+            return AttemptResult {
+                result: Ok(output),
+                key,
+                reused: true,
+            };
         }
-    }
+        Err(f) => return fail(f),
+    };
     let result = execute(def, &ctx, task, &effect_key, &run_id, log, http).await;
     if let Err(f) = &result {
         log.line(&format!(

@@ -563,17 +563,17 @@ impl Store for SqliteStore {
     }
 
     async fn services(&self) -> Result<Vec<ServiceRecord>> {
-        sqlx::query("SELECT * FROM services ORDER BY last_seen_at DESC")
+        sqlx::query(
+            "SELECT s.id, s.version, s.url, s.registered_at, \
+             COALESCE((SELECT MAX(n.last_seen_at) FROM nodes n WHERE n.service = s.id AND n.last_seen_at > s.last_seen_at), \
+             s.last_seen_at) AS last_seen_at FROM services s ORDER BY last_seen_at DESC",
+        )
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?
             .iter()
             .map(rows::service_from_row)
             .collect()
-    }
-
-    async fn service_seen(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
-        write::service_seen(&self.writer, id, now).await
     }
 
     async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>> {

@@ -883,16 +883,6 @@ pub async fn register_service(
     Ok(tasks)
 }
 
-pub async fn service_seen(pool: &SqlitePool, id: &str, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE services SET last_seen_at = ?1 WHERE id = ?2")
-        .bind(us(now))
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
 pub async fn set_progress(
     pool: &SqlitePool,
     id: Uuid,

@@ -181,11 +181,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<ServiceTask>>;
 
-    /// Registered services, most recently seen first.
+    /// Registered services, most recently seen first: a service is seen when it registers and
+    /// whenever one of its workers (nodes naming it) heartbeats.
     async fn services(&self) -> Result<Vec<ServiceRecord>>;
-
-    /// Marks a service as seen (its workers poll or heartbeat).
-    async fn service_seen(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
 
     /// The registered tasks of `service`, or of every service, by name.
     async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>>;

@@ -320,6 +320,7 @@ pub struct ServiceRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub registered_at: DateTime<Utc>,
+    /// Its last registration or the last heartbeat of any of its workers.
     pub last_seen_at: DateTime<Utc>,
 }
 

@@ -1061,8 +1061,19 @@ pub async fn registration_versions_task_code(store: &dyn Store) {
     let services = store.services().await.unwrap();
     assert_eq!(services.len(), 1);
     assert_eq!(services[0].version.as_deref(), Some("1.0"));
+    let worker = NodeInfo {
+        id: "billing@h:1".into(),
+        kind: "service".into(),
+        host: "h".into(),
+        pid: 1,
+        version: "1.0".into(),
+        queues: vec!["charge".into()],
+        concurrency: 4,
+        heartbeat_ms: 5000,
+        service: Some("billing".into()),
+    };
     store
-        .service_seen("billing", t0() + Duration::seconds(9))
+        .node_heartbeat(&worker, t0() + Duration::seconds(9))
         .await
         .unwrap();
     assert_eq!(

@@ -194,12 +194,14 @@ pub async fn worker_heartbeat(
     Ok(Json(Ack { ok: true }))
 }
 
+/// One write: the worker's node row. The service's `last_seen_at` is derived from its workers'.
 async fn seen(s: &AppState, service: &str, worker: &str) -> ApiResult<()> {
-    let now = Utc::now();
-    s.store.service_seen(service, now).await?;
     // An existing node row keeps what its registration said; only `last_seen_at` moves.
     s.store
-        .node_heartbeat(&worker_node(service, worker, None, Vec::new(), 0), now)
+        .node_heartbeat(
+            &worker_node(service, worker, None, Vec::new(), 0),
+            Utc::now(),
+        )
         .await?;
     Ok(())
 }
