@@ -1,7 +1,7 @@
 //! The engine loop: claim, execute, group-commit, heartbeat.
 
 use crate::executor::{self, Invocation};
-use crate::log::LogBuffer;
+use crate::log::{LiveLogs, LogBuffer};
 use chrono::{DateTime, Utc};
 use orbit_core::dag::Dag;
 use orbit_core::params::Params;
@@ -141,6 +141,7 @@ pub struct Engine {
     types: Vec<String>,
     events: broadcast::Sender<EngineEvent>,
     http: reqwest::Client,
+    live: LiveLogs,
 }
 
 /// A pipeline version as the loop needs it.
@@ -186,11 +187,17 @@ impl Engine {
             types,
             events,
             http,
+            live: LiveLogs::default(),
         })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
         self.events.subscribe()
+    }
+
+    /// The logs of attempts running in this process.
+    pub fn live_logs(&self) -> &LiveLogs {
+        &self.live
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -659,9 +666,12 @@ impl Engine {
         let http = self.http.clone();
         let worker = self.config.owner.clone();
         let ttl = self.config.idempotency_ttl;
+        let live = self.live.clone();
         tokio::spawn(async move {
             let started_at = Utc::now();
-            let log = LogBuffer::new();
+            let log = live.start(task.run_id, task.id, &task.task_name);
+            // Forgets the live log however the attempt ends, aborted included.
+            let _forget = Forget(&live, task.id);
             let done_attempt =
                 attempt(store.as_ref(), &loaded, &task, &input, &log, &http, ttl).await;
             let finished_at = Utc::now();
@@ -704,6 +714,14 @@ impl Engine {
             });
         })
         .abort_handle()
+    }
+}
+
+struct Forget<'a>(&'a LiveLogs, Uuid);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
     }
 }
 

@@ -17,4 +17,4 @@ mod log;
 pub mod recovery;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};
-pub use log::LogBuffer;
+pub use log::{LiveLine, LiveLogs, LogBuffer};

@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
@@ -20,25 +20,38 @@ pub async fn require_token(
         return Ok(next.run(request).await);
     };
     let path = request.uri().path();
-    if is_worker_protocol(path) {
+    // The dashboard's pages and files hold no data; the API calls they make carry the token.
+    if is_worker_protocol(path)
+        || !(path.starts_with("/api/") || path.starts_with("/docs") || path == "/metrics")
+    {
         return Ok(next.run(request).await);
     }
     if state.config.public_health && (path == "/api/v1/health" || path == "/metrics") {
         return Ok(next.run(request).await);
     }
-    let given = request
+    let bearer = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // The dashboard keeps the token in a SameSite=Strict cookie: EventSource cannot send headers.
+    let cookie = || {
+        request
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("orbit_token="))
+    };
+    let given = bearer.or_else(cookie).unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(next.run(request).await)
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong bearer token (send `Authorization: Bearer $ORBIT_API_TOKEN`)",
+            "missing or wrong bearer token (send `Authorization: Bearer $ORBIT_API_TOKEN`, or sign in on the dashboard)",
         ))
     }
 }

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cron;
+mod dashboard;
 pub mod error;
 mod routes;
 
@@ -133,6 +134,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
+        .merge(dashboard::routes())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter,
+    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, EventRecord,
     FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
     QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, Store,
     StoreError, StoredPipeline, TaskRunRecord,
@@ -33,6 +33,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The channel of work wake-ups.
 pub(crate) const CHANNEL: &str = "orbit_work";
+/// Notified by every transaction that appends events (see `write::flush_events`).
+pub(crate) const CHANGES: &str = "orbit_changes";
 
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     match e {
@@ -48,6 +50,7 @@ pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
 pub struct PgStore {
     pool: PgPool,
     work: Arc<watch::Sender<u64>>,
+    changes: Arc<watch::Sender<u64>>,
     listener: Arc<tokio::task::AbortHandle>,
 }
 
@@ -88,10 +91,13 @@ impl PgStore {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}"))
             })?;
         let work = Arc::new(watch::channel(0).0);
-        let listener = tokio::spawn(listen(pool.clone(), work.clone())).abort_handle();
+        let changes = Arc::new(watch::channel(0).0);
+        let listener =
+            tokio::spawn(listen(pool.clone(), work.clone(), changes.clone())).abort_handle();
         Ok(PgStore {
             pool,
             work,
+            changes,
             listener: Arc::new(listener),
         })
     }
@@ -186,9 +192,14 @@ impl PgStore {
     }
 }
 
-/// Turns `NOTIFY orbit_work` into work signals, for as long as the store lives.
-async fn listen(pool: PgPool, work: Arc<watch::Sender<u64>>) {
-    let signal = || work.send_modify(|n| *n = n.wrapping_add(1));
+/// Turns `NOTIFY orbit_work` into work signals and `NOTIFY orbit_changes` into change signals,
+/// for as long as the store lives.
+async fn listen(pool: PgPool, work: Arc<watch::Sender<u64>>, changes: Arc<watch::Sender<u64>>) {
+    let tick = |w: &watch::Sender<u64>| w.send_modify(|n| *n = n.wrapping_add(1));
+    let signal = || {
+        tick(&work);
+        tick(&changes);
+    };
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -198,14 +209,15 @@ async fn listen(pool: PgPool, work: Arc<watch::Sender<u64>>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
+        if let Err(e) = listener.listen_all([CHANNEL, CHANGES]).await {
             tracing::warn!(error = %e, "cannot LISTEN for work; polling only until it can");
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => signal(),
+                Ok(Some(n)) if n.channel() == CHANGES => tick(&changes),
+                Ok(Some(_)) => tick(&work),
                 // The connection dropped: notifications may have been missed meanwhile.
                 Ok(None) => signal(),
                 Err(e) => {
@@ -642,11 +654,47 @@ impl Store for PgStore {
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        write::set_progress(&self.pool, id, epoch, progress, message, now).await
+        let kept = write::set_progress(&self.pool, id, epoch, progress, message, now).await?;
+        if kept {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(kept)
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {
         self.work.subscribe()
+    }
+
+    async fn events(&self, after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>> {
+        let limit = i64::from(limit.max(1));
+        let query = match run {
+            Some(run) => sqlx::query(
+                "SELECT * FROM events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind(run),
+            None => sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2"),
+        };
+        query
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::event_from_row)
+            .collect()
+    }
+
+    async fn latest_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(id.unwrap_or(0))
+    }
+
+    fn change_signal(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

@@ -3,9 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, LeasedTask, NodeInfo,
-    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
-    TaskRunRecord,
+    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask,
+    NodeInfo, NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError,
+    StoredPipeline, TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -208,5 +208,16 @@ pub fn code_change_from_row(row: &PgRow) -> Result<CodeChange> {
         code_version: get(row, "code_version")?,
         code_hash: get(row, "code_hash")?,
         created_at: get(row, "created_at")?,
+    })
+}
+
+pub fn event_from_row(row: &PgRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: get(row, "id")?,
+        run_id: get(row, "run_id")?,
+        task: get(row, "task_name")?,
+        kind: get(row, "kind")?,
+        data: get(row, "data")?,
+        at: get(row, "at")?,
     })
 }

@@ -5,7 +5,7 @@
 //! change are locked first, in id order; task runs after.
 
 use crate::rows::{claimed_from_row, pipeline_from_row};
-use crate::{CHANNEL, unavailable};
+use crate::{CHANGES, CHANNEL, unavailable};
 use chrono::{DateTime, Utc};
 use orbit_core::protocol::Registration;
 use orbit_core::transition::{Transition, settled_run_state};
@@ -54,15 +54,18 @@ async fn flush_events(conn: &mut PgConnection, events: &Events, at: DateTime<Utc
     if events.kind.is_empty() {
         return Ok(());
     }
+    // Live pages wait on the notification; one statement, so it costs no extra round trip.
     sqlx::query(
-        "INSERT INTO events (run_id, task_name, kind, data, at) \
-         SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)",
+        "WITH added AS (INSERT INTO events (run_id, task_name, kind, data, at) \
+         SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)) \
+         SELECT pg_notify($6, '')",
     )
     .bind(&events.run)
     .bind(&events.task)
     .bind(&events.kind)
     .bind(&events.data)
     .bind(at)
+    .bind(CHANGES)
     .execute(conn)
     .await
     .map_err(unavailable)?;

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter,
+    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, EventRecord,
     FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
     QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, Store,
     StoreError, StoredPipeline, TaskRunRecord,
@@ -65,6 +65,8 @@ pub struct SqliteStore {
     /// One process owns the file's writes, so an in-process signal reaches every claimer that
     /// shares this store.
     work: Arc<watch::Sender<u64>>,
+    /// Ticks after each commit that appended events (live pages and event streams wait on it).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
@@ -134,6 +136,7 @@ impl SqliteStore {
             reader,
             path,
             work: Arc::new(watch::channel(0).0),
+            changes: Arc::new(watch::channel(0).0),
         })
     }
 
@@ -226,6 +229,7 @@ impl Store for SqliteStore {
             Ok(id) => Ok(CreatedRun {
                 run: {
                     self.signal();
+                    self.changed();
                     self.run_on(&self.writer, id).await?
                 },
                 created: true,
@@ -246,6 +250,9 @@ impl Store for SqliteStore {
         let out = write::finish_and_claim(&self.writer, finished, claim, now).await?;
         if out.left_work {
             self.signal();
+        }
+        if !finished.is_empty() || !out.claimed.is_empty() {
+            self.changed();
         }
         Ok(out)
     }
@@ -375,6 +382,7 @@ impl Store for SqliteStore {
 
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord> {
         write::cancel_run(&self.writer, run, now).await?;
+        self.changed();
         self.run_on(&self.writer, run).await
     }
 
@@ -382,6 +390,7 @@ impl Store for SqliteStore {
         let tasks = write::requeue(&self.writer, run, tasks, now).await?;
         if !tasks.is_empty() {
             self.signal();
+            self.changed();
         }
         Ok(Requeued { tasks })
     }
@@ -618,11 +627,47 @@ impl Store for SqliteStore {
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        write::set_progress(&self.writer, id, epoch, progress, message, now).await
+        let kept = write::set_progress(&self.writer, id, epoch, progress, message, now).await?;
+        if kept {
+            self.changed();
+        }
+        Ok(kept)
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {
         self.work.subscribe()
+    }
+
+    async fn events(&self, after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>> {
+        let limit = i64::from(limit.max(1));
+        let query = match run {
+            Some(run) => sqlx::query(
+                "SELECT * FROM events WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .bind(run.to_string()),
+            None => sqlx::query("SELECT * FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"),
+        };
+        query
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::event_from_row)
+            .collect()
+    }
+
+    async fn latest_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(id.unwrap_or(0))
+    }
+
+    fn change_signal(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -655,6 +700,10 @@ impl SqliteStore {
 
     fn signal(&self) {
         self.work.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {

@@ -3,9 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, LeasedTask, NodeInfo,
-    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
-    TaskRunRecord,
+    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask,
+    NodeInfo, NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError,
+    StoredPipeline, TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -221,5 +221,21 @@ pub fn code_change_from_row(row: &SqliteRow) -> Result<CodeChange> {
         code_version: get(row, "code_version")?,
         code_hash: get(row, "code_hash")?,
         created_at: time(row, "created_at")?,
+    })
+}
+
+pub fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
+    let run: Option<String> = get(row, "run_id")?;
+    Ok(EventRecord {
+        id: get(row, "id")?,
+        run_id: run
+            .map(|r| {
+                Uuid::parse_str(&r).map_err(|e| StoreError::Corrupt(format!("run_id `{r}`: {e}")))
+            })
+            .transpose()?,
+        task: get(row, "task_name")?,
+        kind: get(row, "kind")?,
+        data: json(row, "data")?,
+        at: time(row, "at")?,
     })
 }

@@ -209,4 +209,15 @@ pub trait Store: Send + Sync + 'static {
     /// promoted) here or, with a shared database, on another node. Waiting on it replaces
     /// polling; a missed signal only delays work until the next poll.
     fn work_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Events with an id above `after`, oldest first, of one run or of all.
+    async fn events(&self, after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>>;
+
+    /// The newest event's id (0 when there is none): where a live stream that wants only what
+    /// happens from now on starts.
+    async fn latest_event_id(&self) -> Result<i64>;
+
+    /// Ticks after a commit that appended events: every such commit of this process, and on
+    /// PostgreSQL those of every process sharing the database.
+    fn change_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 }

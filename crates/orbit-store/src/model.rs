@@ -348,3 +348,17 @@ pub struct CodeChange {
     pub code_hash: String,
     pub created_at: DateTime<Utc>,
 }
+
+/// One entry of the event log: a state change of a run or a task, in commit order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Increases with every event; a reader resumes after the last id it saw.
+    pub id: i64,
+    pub run_id: Option<Uuid>,
+    pub task: Option<String>,
+    /// `run_created`, `run_started`, `task_started`, `task_succeeded`, `task_retrying`, …
+    pub kind: String,
+    pub data: Option<Value>,
+    pub at: DateTime<Utc>,
+}

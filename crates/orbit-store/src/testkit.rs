@@ -7,8 +7,8 @@
 )]
 
 use crate::{
-    ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, QueueFilter, RunFilter, Store,
-    StoreError, StoredPipeline,
+    ClaimRequest, ClaimedTask, EventRecord, FinishedAttempt, NewRun, NodeInfo, QueueFilter,
+    RunFilter, Store, StoreError, StoredPipeline,
 };
 use chrono::{DateTime, Duration, Utc};
 use orbit_core::dag::Dag;
@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             routing_skips_branches_not_chosen,
             registration_versions_task_code,
             progress_is_fenced_by_lease,
+            events_are_read_in_commit_order,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1102,4 +1103,70 @@ pub async fn progress_is_fenced_by_lease(store: &dyn Store) {
     let tr = store.task_run(&a.id.to_string()).await.unwrap();
     assert_eq!(tr.progress, Some(0.5));
     assert_eq!(tr.progress_message.as_deref(), Some("half"));
+}
+
+pub async fn events_are_read_in_commit_order(store: &dyn Store) {
+    let before = store.latest_event_id().await.unwrap();
+    let mut changes = store.change_signal();
+    changes.borrow_and_update();
+    let p = pipeline("evented", &[("a", &[], 0), ("b", &["a"], 0)]);
+    // On PostgreSQL the signal comes back through LISTEN, so it is awaited, not assumed.
+    let wait = std::time::Duration::from_secs(5);
+    let (_, run) = start(store, &p, t0()).await;
+    tokio::time::timeout(wait, changes.changed())
+        .await
+        .expect("creating a run signals a change")
+        .unwrap();
+    let a = claim(store, Some(run), 10, t0()).await;
+    tokio::time::timeout(wait, changes.changed())
+        .await
+        .expect("claiming signals a change")
+        .unwrap();
+    record(store, finish(&p, &a[0], Outcome::Succeeded(json!(1)), t0())).await;
+    tokio::time::timeout(wait, changes.changed())
+        .await
+        .expect("finishing an attempt signals a change")
+        .unwrap();
+
+    let kinds = |events: &[EventRecord]| -> Vec<(String, Option<String>)> {
+        events
+            .iter()
+            .map(|e| (e.kind.clone(), e.task.clone()))
+            .collect()
+    };
+    let events = store.events(0, Some(run), 100).await.unwrap();
+    let mut seen = kinds(&events);
+    // The claim's two events share one commit, in no promised order.
+    seen[1..3].sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("run_created".to_owned(), None),
+            ("run_started".to_owned(), None),
+            ("task_started".to_owned(), Some("a".to_owned())),
+            ("task_succeeded".to_owned(), Some("a".to_owned())),
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.run_id == Some(run) && e.id > before)
+    );
+    assert!(store.latest_event_id().await.unwrap() >= events[3].id);
+
+    // Resuming after an id gives only what came later; the limit caps a page.
+    let rest = store.events(events[1].id, Some(run), 100).await.unwrap();
+    assert_eq!(rest, events[2..].to_vec());
+    let page = store.events(events[0].id, Some(run), 1).await.unwrap();
+    assert_eq!(page, vec![events[1].clone()]);
+    // Unfiltered, this run's events come in the same order among any others.
+    let all: Vec<EventRecord> = store
+        .events(before, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.run_id == Some(run))
+        .collect();
+    assert_eq!(all, events);
 }

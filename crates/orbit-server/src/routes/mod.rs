@@ -1,6 +1,7 @@
 //! The `/api/v1` routes, one module per resource.
 
 pub mod health;
+pub mod live;
 pub mod pipelines;
 pub mod protocol;
 pub mod queue;
@@ -42,6 +43,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::stats))
         .routes(routes!(workers::health))
         .routes(routes!(workers::metrics))
+        .routes(routes!(workers::series))
         .routes(routes!(queue::process))
         .routes(routes!(protocol::register))
         .routes(routes!(protocol::worker_heartbeat))
@@ -50,6 +52,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(protocol::progress))
         .routes(routes!(protocol::callback))
         .routes(routes!(protocol::service_tasks))
+        .routes(routes!(live::events))
+        .routes(routes!(live::ws))
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

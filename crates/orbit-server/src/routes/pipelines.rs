@@ -26,6 +26,8 @@ pub struct PipelineView {
     /// The validated definition.
     #[schema(value_type = Object)]
     pub definition: Value,
+    /// The file it was saved from (YAML or JSON), when it came as a document.
+    pub source: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
 }
 
@@ -39,6 +41,7 @@ impl From<&StoredPipeline> for PipelineView {
             description: p.pipeline.description.clone(),
             schedule: p.pipeline.schedule.clone(),
             definition: serde_json::to_value(&p.pipeline).unwrap_or(Value::Null),
+            source: p.source.clone(),
             created_at: p.created_at,
         }
     }

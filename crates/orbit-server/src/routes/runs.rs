@@ -72,6 +72,8 @@ pub struct RunDetail {
     pub code_versions: std::collections::BTreeMap<String, i64>,
     /// Tasks whose code version differs from the one they ran in the pipeline's previous run.
     pub changed_since_previous_run: Vec<String>,
+    /// The pipeline version the run follows (its graph).
+    pub pipeline: super::pipelines::PipelineView,
 }
 
 /// The code version of each task's latest attempt in `run`.
@@ -117,11 +119,13 @@ pub async fn get(
                 .collect()
         }
     };
+    let pipeline = (&s.store.pipeline_version(run.pipeline_id).await?).into();
     Ok(Json(RunDetail {
         run,
         tasks,
         code_versions: versions,
         changed_since_previous_run: changed,
+        pipeline,
     }))
 }
 
@@ -186,6 +190,14 @@ pub struct TaskRunDetail {
     /// Every attempt, oldest first, with its log.
     #[schema(value_type = [Object])]
     pub attempts: Vec<AttemptRecord>,
+    /// The task as its pipeline version defines it (type, params, retry policy, …).
+    #[schema(value_type = Object)]
+    pub definition: Option<orbit_core::TaskDef>,
+    /// What it was given: the outputs of the tasks it needs, by name.
+    #[schema(value_type = Object)]
+    pub upstream: serde_json::Map<String, serde_json::Value>,
+    /// What the running attempt has printed so far, when it runs in this server.
+    pub live_log: Option<String>,
 }
 
 /// One task run (by id or a unique prefix) with its attempts and logs.
@@ -201,5 +213,28 @@ pub async fn task_run(
         .store
         .attempts(task_run.run_id, Some(&task_run.task_name))
         .await?;
-    Ok(Json(TaskRunDetail { task_run, attempts }))
+    let run = s.store.run(task_run.run_id).await?;
+    let definition = s
+        .store
+        .pipeline_version(run.pipeline_id)
+        .await?
+        .pipeline
+        .tasks
+        .into_iter()
+        .find(|t| t.name == task_run.task_name);
+    let needs = definition.as_ref().map_or(Vec::new(), |d| d.needs.clone());
+    let upstream = s
+        .store
+        .outputs(task_run.run_id, &needs)
+        .await?
+        .into_iter()
+        .collect();
+    let live_log = s.engine.live_logs().so_far(task_run.id);
+    Ok(Json(TaskRunDetail {
+        task_run,
+        attempts,
+        definition,
+        upstream,
+        live_log,
+    }))
 }

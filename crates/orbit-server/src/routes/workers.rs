@@ -3,13 +3,16 @@
 use crate::AppState;
 use crate::error::ApiResult;
 use axum::Json;
+use axum::extract::Query;
 use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use chrono::DurationRound;
 use chrono::{Duration, Utc};
 use orbit_store::{AttemptSummary, NodeRecord, QueueStats};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -164,6 +167,64 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Json<serde_json::Va
         "lastMinute": figures(&minute, Duration::minutes(1)),
         "lastHour": figures(&hour, Duration::hours(1)),
     })))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    /// How far back, in minutes (default 60, at most 1440).
+    pub minutes: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    /// The start of the minute.
+    pub at: chrono::DateTime<Utc>,
+    pub attempts: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub duration_p50_ms: f64,
+    pub duration_p95_ms: f64,
+}
+
+/// Attempts finished per minute, with their durations: the dashboard's charts.
+#[utoipa::path(get, path = "/workers/series", tag = "workers", params(SeriesQuery),
+    responses((status = 200, body = [Bucket]), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn series(
+    State(s): State<AppState>,
+    q: Result<Query<SeriesQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<Bucket>>> {
+    let Query(q) = q?;
+    let minutes = i64::from(q.minutes.unwrap_or(60).clamp(1, 1440));
+    let now = Utc::now();
+    let end = now.duration_trunc(Duration::minutes(1)).unwrap_or(now) + Duration::minutes(1);
+    let start = end - Duration::minutes(minutes);
+    let attempts = s.store.recent_attempts(start, 100_000).await?;
+    let mut by_minute: Vec<Vec<AttemptSummary>> = (0..minutes).map(|_| Vec::new()).collect();
+    for a in attempts {
+        let i = (a.finished_at - start).num_minutes();
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| by_minute.get_mut(i)) {
+            slot.push(a);
+        }
+    }
+    Ok(Json(
+        by_minute
+            .iter()
+            .enumerate()
+            .map(|(i, attempts)| {
+                let f = figures(attempts, Duration::minutes(1));
+                Bucket {
+                    at: start + Duration::minutes(i as i64),
+                    attempts: f.attempts,
+                    succeeded: f.succeeded,
+                    failed: f.failed,
+                    duration_p50_ms: f.duration_p50_ms,
+                    duration_p95_ms: f.duration_p95_ms,
+                }
+            })
+            .collect(),
+    ))
 }
 
 /// `/metrics`: Prometheus text format. Gauges are read from the store at scrape time; counters

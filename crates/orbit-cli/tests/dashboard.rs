@@ -1,0 +1,653 @@
+//! The dashboard in a real browser (Debian's headless chromium through chromedriver) against a
+//! real `orbit server` with real runs, and the live event stream over SSE and WebSocket.
+//!
+//! Screenshots of every page go to `$CARGO_TARGET_TMPDIR/dashboard/` (target/tmp/dashboard).
+//! Any console error or failed request in the browser fails the test.
+
+mod support;
+
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Server, server};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn pipelines(dir: &Path) -> [Value; 2] {
+    let ok = dir.join("ok");
+    [
+        json!({"yaml": r#"
+name: live
+description: Two steps, the first prints while it runs.
+tasks:
+  - name: first
+    type: shell
+    shell: true
+    command: "echo start; sleep 2; echo end"
+  - name: second
+    type: shell
+    needs: first
+    command: "echo done"
+"#}),
+        json!({"yaml": format!(r#"
+name: flaky
+description: Fails until the file ok exists.
+defaults:
+  retry: {{ max_attempts: 1 }}
+tasks:
+  - name: prepare
+    type: shell
+    command: "echo ready"
+  - name: flaky
+    type: shell
+    needs: prepare
+    shell: true
+    command: "test -f {} || {{ echo 'the ok file is missing' >&2; exit 3; }}"
+"#, ok.display())}),
+    ]
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json body");
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn run_state(&self, run: &str) -> String {
+        self.get(&format!("/api/v1/runs/{run}")).await["run"]["state"]
+            .as_str()
+            .expect("state")
+            .to_owned()
+    }
+
+    async fn wait_state(&self, run: &str, want: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.run_state(run).await;
+            if state == want {
+                return;
+            }
+            assert!(Instant::now() < end, "run {run} is {state}, not {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// chromedriver on a free port, or `None` (with a message) when it is not installed outside CI.
+fn chromedriver() -> Option<Driver> {
+    if !Path::new(CHROMEDRIVER).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{CHROMEDRIVER} is missing: .ci/run installs chromium and chromium-driver"
+        );
+        eprintln!(
+            "skipped: {CHROMEDRIVER} not installed (apt-get install chromium chromium-driver)"
+        );
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver { child, url })
+}
+
+async fn browser(driver: &Driver, profile: &Path, extra: &[&str]) -> Client {
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--disable-dev-shm-usage".into(),
+        "--window-size=1280,900".into(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"binary": "/usr/bin/chromium", "args": args}),
+    );
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
+    ClientBuilder::rustls()
+        .expect("tls")
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a chromium session")
+}
+
+/// chromedriver's browser log (console messages and failed loads) since the last call.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
+    }
+}
+
+/// Fails on any console error or failed request the page produced.
+async fn no_errors(c: &Client, page: &str) {
+    let log = c.issue_cmd(BrowserLog).await.expect("browser log");
+    let severe: Vec<&Value> = log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(severe.is_empty(), "{page}: console errors {severe:#?}");
+}
+
+struct Shots {
+    dir: PathBuf,
+    taken: Vec<PathBuf>,
+}
+
+impl Shots {
+    async fn take(&mut self, c: &Client, name: &str) {
+        let png = c.screenshot().await.expect("screenshot");
+        let path = self.dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write screenshot");
+        self.taken.push(path);
+    }
+}
+
+async fn wait_js(c: &Client, what: &str, script: &str) -> Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = c.execute(script, vec![]).await.expect(what);
+        if !v.is_null() && v != json!(false) {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn title(c: &Client) -> String {
+    c.title().await.expect("title")
+}
+
+async fn open(c: &Client, base: &str, path: &str, ready_css: &str) {
+    c.goto(&format!("{base}{path}")).await.expect("goto");
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(ready_css))
+        .await
+        .unwrap_or_else(|e| panic!("{path}: no {ready_css}: {e}"));
+}
+
+async fn confirm(c: &Client) {
+    wait_js(
+        c,
+        "the confirm dialog",
+        "return document.getElementById('confirm').open",
+    )
+    .await;
+    click(c, "#confirm-ok").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let Some(driver) = chromedriver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s: Server = server(dir.path(), &db, &[], &[]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    for p in pipelines(dir.path()) {
+        api.post("/api/v1/pipelines", p).await;
+    }
+    // Two runs of `flaky` fail (no ok file yet): one is retried from its page, one from the DLQ.
+    let mut failed = Vec::new();
+    for _ in 0..2 {
+        let r = api.post("/api/v1/pipelines/flaky/trigger", json!({})).await;
+        failed.push(r["run"]["id"].as_str().expect("id").to_owned());
+    }
+    for run in &failed {
+        api.wait_state(run, "failed").await;
+    }
+    std::fs::write(dir.path().join("ok"), "").expect("ok file");
+
+    let mut shots = Shots {
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard"),
+        taken: Vec::new(),
+    };
+    std::fs::create_dir_all(&shots.dir).expect("screenshot dir");
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+
+    // Overview.
+    open(&c, &base, "/", "#q-pending").await;
+    assert_eq!(title(&c).await, "Overview · Orbit");
+    wait_js(
+        &c,
+        "live stream connected",
+        "return document.getElementById('live').classList.contains('on')",
+    )
+    .await;
+    let dlq = c
+        .find(Locator::Css("#q-dlq .n"))
+        .await
+        .expect("dlq card")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(dlq, "2", "two dead letters on the overview");
+    shots.take(&c, "overview").await;
+    no_errors(&c, "overview").await;
+
+    // Pipelines, then the trigger form: bad JSON is refused before sending.
+    click(&c, "nav a[data-nav=pipelines]").await;
+    wait_js(
+        &c,
+        "pipelines list",
+        "return document.title === 'Pipelines · Orbit'",
+    )
+    .await;
+    shots.take(&c, "pipelines").await;
+    click(&c, "a[href='/pipelines/live']").await;
+    let input = c
+        .wait()
+        .for_element(Locator::Css("#input"))
+        .await
+        .expect("input");
+    assert_eq!(title(&c).await, "Pipeline live · Orbit");
+    input.clear().await.expect("clear");
+    input.send_keys("{\"n\": ").await.expect("type");
+    wait_js(&c, "the form refuses bad JSON", "return document.getElementById('trigger-button').disabled && document.getElementById('input-error').textContent.includes('Not valid JSON')").await;
+    shots.take(&c, "pipeline-invalid-input").await;
+    input.send_keys("1}").await.expect("type");
+    wait_js(
+        &c,
+        "the form accepts good JSON",
+        "return !document.getElementById('trigger-button').disabled",
+    )
+    .await;
+    c.execute("window.stillSamePage = true; return true", vec![])
+        .await
+        .expect("mark page");
+    click(&c, "#trigger-button").await;
+
+    // The run page: the graph goes green live, with no reload and no polling.
+    wait_js(&c, "the run page", "return location.pathname.startsWith('/runs/') && document.querySelector('#dag [data-task=first]')").await;
+    let run = c
+        .current_url()
+        .await
+        .expect("url")
+        .path()
+        .trim_start_matches("/runs/")
+        .to_owned();
+    assert!(title(&c).await.starts_with("Run "), "title names the run");
+    c.execute(
+        "window.greenAt = null; const n = document.querySelector('#dag [data-task=second]');
+         new MutationObserver(() => { if (n.dataset.state === 'succeeded' && !window.greenAt) window.greenAt = Date.now(); })
+           .observe(n, { attributes: true });
+         return true",
+        vec![],
+    )
+    .await
+    .expect("observe");
+    wait_js(
+        &c,
+        "first running",
+        "return document.querySelector('#dag [data-task=first]').dataset.state === 'running'",
+    )
+    .await;
+    click(&c, "#dag [data-task=first]").await;
+    // Its log streams while it runs: `start` shows before the task ends.
+    wait_js(&c, "live log line", "const l = document.getElementById('task-log'); return l && l.textContent.includes('start') && document.querySelector('#dag [data-task=first]').dataset.state === 'running'").await;
+    shots.take(&c, "run-live").await;
+    wait_js(&c, "second green", "return window.greenAt").await;
+    assert_eq!(
+        c.execute("return window.stillSamePage === true", vec![])
+            .await
+            .expect("marker"),
+        json!(true),
+        "the page was not reloaded"
+    );
+    let green_at = c
+        .execute("return window.greenAt", vec![])
+        .await
+        .expect("greenAt")
+        .as_f64()
+        .expect("ms");
+    let detail = api.get(&format!("/api/v1/runs/{run}")).await;
+    let second = detail["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["task_name"] == "second")
+        .expect("second");
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(second["finished_at"].as_str().expect("finished"))
+            .expect("time");
+    let latency = green_at - finished.timestamp_millis() as f64;
+    eprintln!("dashboard: `second` turned green {latency:.0} ms after its commit");
+    assert!(
+        latency < 2000.0,
+        "state change reached the page in {latency} ms"
+    );
+    wait_js(
+        &c,
+        "run succeeded",
+        "return document.querySelector('#run-state .badge').textContent === 'succeeded'",
+    )
+    .await;
+    wait_js(
+        &c,
+        "first's log complete",
+        "return document.getElementById('task-log').textContent.includes('end')",
+    )
+    .await;
+    shots.take(&c, "run-succeeded").await;
+    no_errors(&c, "run detail").await;
+
+    // Runs list, filtered to failures.
+    open(&c, &base, "/runs?status=failed", "table.runs").await;
+    assert_eq!(title(&c).await, "Runs (failed) · Orbit");
+    let rows = c
+        .find_all(Locator::Css("table.runs tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2, "both failed runs listed");
+    shots.take(&c, "runs").await;
+
+    // A failed run: its error, then retry it from its page.
+    click(&c, &format!("a[href='/runs/{}']", failed[0])).await;
+    wait_js(
+        &c,
+        "failed run page",
+        "return document.querySelector('#run-state .badge')?.textContent === 'failed'",
+    )
+    .await;
+    click(&c, "#dag [data-task=flaky]").await;
+    wait_js(
+        &c,
+        "the error",
+        "return document.getElementById('task').textContent.includes('the ok file is missing')",
+    )
+    .await;
+    shots.take(&c, "run-failed").await;
+    click(&c, "#retry").await;
+    confirm(&c).await;
+    wait_js(
+        &c,
+        "the retried run succeeds live",
+        "return document.querySelector('#run-state .badge').textContent === 'succeeded'",
+    )
+    .await;
+    api.wait_state(&failed[0], "succeeded").await;
+    no_errors(&c, "failed run").await;
+
+    // The DLQ: retry the other failed run's task.
+    open(&c, &base, "/dlq", "button.retry-dead").await;
+    assert_eq!(title(&c).await, "Dead letters · Orbit");
+    shots.take(&c, "dlq").await;
+    click(&c, "button.retry-dead").await;
+    confirm(&c).await;
+    wait_js(
+        &c,
+        "the DLQ empties",
+        "return document.getElementById('dead').textContent.includes('empty')",
+    )
+    .await;
+    api.wait_state(&failed[1], "succeeded").await;
+    no_errors(&c, "dlq").await;
+
+    // Task code history.
+    open(&c, &base, "/tasks", "table").await;
+    assert_eq!(title(&c).await, "Task code · Orbit");
+    shots.take(&c, "tasks").await;
+    click(&c, "a[href='/tasks/flaky?pipeline=flaky']").await;
+    wait_js(
+        &c,
+        "history table",
+        "return document.querySelector('#history tbody tr')",
+    )
+    .await;
+    assert_eq!(title(&c).await, "Task flaky code history · Orbit");
+    shots.take(&c, "task-history").await;
+    no_errors(&c, "tasks").await;
+
+    // A narrow window: nothing wider than the screen.
+    c.set_window_size(390, 844).await.expect("narrow");
+    open(&c, &base, &format!("/runs/{run}"), "#dag .node").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .expect("width");
+    assert_eq!(fits, json!(true), "the run page fits a phone-wide window");
+    shots.take(&c, "run-narrow").await;
+    no_errors(&c, "narrow").await;
+    c.close().await.expect("close");
+
+    // Dark mode.
+    let profile = tempfile::tempdir().expect("profile");
+    let dark = browser(
+        &driver,
+        profile.path(),
+        &["--blink-settings=preferredColorScheme=0"],
+    )
+    .await;
+    open(&dark, &base, &format!("/runs/{run}"), "#dag .node").await;
+    let bg = dark
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor",
+            vec![],
+        )
+        .await
+        .expect("bg");
+    assert_eq!(bg, json!("rgb(17, 20, 24)"), "dark background in dark mode");
+    shots.take(&dark, "run-dark").await;
+    no_errors(&dark, "dark").await;
+    dark.close().await.expect("close");
+
+    for shot in &shots.taken {
+        eprintln!("screenshot: {}", shot.display());
+    }
+}
+
+#[tokio::test]
+async fn events_stream_over_sse_and_websocket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = server(dir.path(), &db, &[], &[]);
+    let api = Api {
+        base: s.base.trim_end_matches('/').to_owned(),
+        http: reqwest::Client::new(),
+    };
+    api.post("/api/v1/pipelines", pipelines(dir.path())[0].clone())
+        .await;
+
+    // Subscribed before the run exists: the stream starts with what happens next.
+    let ws_url = format!("{}/api/v1/ws", api.base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("ws connect");
+    let sse = api
+        .http
+        .get(format!("{}/api/v1/events", api.base))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(
+        sse.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut sse = sse;
+    let run = api.post("/api/v1/pipelines/live/trigger", json!({})).await["run"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Over the WebSocket: run_created first, then the rest, in order, until it succeeds.
+    let mut kinds = Vec::new();
+    let mut logs = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !kinds.contains(&"run_succeeded".to_owned()) {
+        let msg = tokio::time::timeout_at(end.into(), ws.next())
+            .await
+            .expect("events before the deadline")
+            .expect("open")
+            .expect("message");
+        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+        match v["type"].as_str() {
+            Some("event") => {
+                assert_eq!(v["runId"], json!(run));
+                kinds.push(v["kind"].as_str().expect("kind").to_owned());
+            }
+            Some("log") => logs.push(v["line"].as_str().expect("line").to_owned()),
+            other => panic!("unexpected message type {other:?}: {v}"),
+        }
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("run_created"));
+    for k in ["task_started", "task_succeeded", "run_succeeded"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    assert!(
+        logs.contains(&"start".to_owned()),
+        "live log lines: {logs:?}"
+    );
+
+    // Over SSE: the same events, each with its id.
+    let mut text = String::new();
+    while !text.contains("run_succeeded") {
+        let chunk = tokio::time::timeout_at(end.into(), sse.chunk())
+            .await
+            .expect("sse before the deadline")
+            .expect("read")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("\nid: ") || text.starts_with("id: "),
+        "{text}"
+    );
+    assert!(text.contains("\"kind\":\"run_created\""), "{text}");
+    assert!(text.contains("event: log"), "{text}");
+
+    // Resuming after an id replays from the log; a run filter gives that run's history.
+    let replay = api
+        .http
+        .get(format!("{}/api/v1/events?run={run}", api.base))
+        .send()
+        .await
+        .expect("replay");
+    let mut replay = replay;
+    let mut text = String::new();
+    while !text.contains("run_succeeded") {
+        let chunk = tokio::time::timeout_at(end.into(), replay.chunk())
+            .await
+            .expect("replay before the deadline")
+            .expect("read")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("run_created"),
+        "history from the start: {text}"
+    );
+
+    // Bad input is a JSON 4xx.
+    for (path, status) in [
+        ("/api/v1/events?run=nope", 404),
+        ("/api/v1/events?after=x", 400),
+        ("/api/v1/ws", 400),
+    ] {
+        let resp = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let body: Value = resp.json().await.expect("json error");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+}

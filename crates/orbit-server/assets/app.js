@@ -1,0 +1,598 @@
+// Orbit dashboard: renders each page from the JSON API (/api/v1) and follows the live event
+// stream (/api/v1/events, Server-Sent Events) instead of polling. No build step, no framework.
+"use strict";
+
+const main = document.getElementById("main");
+const PAGE_SIZE = 25;
+let page = null; // { onEvent(msg), onLog(line), leave() } of the page on screen
+let source = null; // the EventSource of the page on screen
+let shown = 0; // counts page changes, so a late update of a page that is gone does nothing
+
+// ---------- helpers ----------
+
+const esc = (v) =>
+  String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const short = (id) => String(id ?? "").slice(0, 8);
+const badge = (state) => `<span class="badge s-${esc(state)}">${esc(state)}</span>`;
+const json = (v) => esc(JSON.stringify(v, null, 2));
+const when = (t) => (t ? new Date(t).toLocaleString() : "—");
+function took(a, b) {
+  if (!a) return "—";
+  const ms = (b ? new Date(b) : new Date()) - new Date(a);
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60000)} m ${Math.round((ms % 60000) / 1000)} s`;
+}
+const settled = (state) => ["succeeded", "failed", "cancelled"].includes(state);
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(`/api/v1${path}`, init);
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : { code: String(res.status), message: text || res.statusText };
+    throw new ApiError(res.status, err.code, err.message);
+  }
+  return data;
+}
+
+function toast(text, bad) {
+  const div = document.createElement("div");
+  if (bad) div.className = "bad";
+  div.textContent = text;
+  document.getElementById("toast").append(div);
+  setTimeout(() => div.remove(), bad ? 9000 : 4000);
+}
+
+// Asks before doing anything destructive; resolves to true when confirmed.
+function confirmAction(text, label) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = label;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+// Runs an action button: asks first, shows the API's error when one comes back.
+async function act(button, question, label, call, done) {
+  if (!(await confirmAction(question, label))) return;
+  button.disabled = true;
+  try {
+    const result = await call();
+    done(result);
+  } catch (e) {
+    toast(`${label} failed: ${e.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function setTitle(t) {
+  document.title = `${t} · Orbit`;
+}
+
+function showError(e) {
+  if (e instanceof ApiError && e.status === 401) return signIn();
+  main.innerHTML = `<div class="error-box">${esc(e.message)}</div>`;
+}
+
+function signIn() {
+  setTitle("Sign in");
+  main.innerHTML = `<h1>Sign in</h1>
+    <p class="muted">This server requires its API token (ORBIT_API_TOKEN).</p>
+    <form id="signin" class="row"><input id="token" type="password" placeholder="API token" autocomplete="current-password" required>
+    <button>Sign in</button></form>`;
+  document.getElementById("signin").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    document.cookie = `orbit_token=${document.getElementById("token").value}; path=/; SameSite=Strict`;
+    route();
+  });
+}
+
+// Calls `fn` at most once per `ms`, with the latest arguments, so a burst of events costs one
+// re-fetch.
+function throttle(fn, ms) {
+  const mine = shown;
+  let timer = null;
+  let again = false;
+  const run = async () => {
+    again = false;
+    if (mine !== shown) return;
+    try {
+      await fn();
+    } catch (e) {
+      if (!(e instanceof ApiError)) throw e;
+    }
+    timer = setTimeout(() => {
+      timer = null;
+      if (again) fire();
+    }, ms);
+  };
+  const fire = () => {
+    if (timer) again = true;
+    else {
+      timer = 1;
+      run();
+    }
+  };
+  return fire;
+}
+
+// ---------- live updates ----------
+
+function follow(query) {
+  if (source) source.close();
+  const live = document.getElementById("live");
+  source = new EventSource(`/api/v1/events${query ? `?${query}` : ""}`);
+  source.onopen = () => live.classList.replace("off", "on") || live.classList.add("on");
+  source.onerror = () => live.classList.replace("on", "off");
+  source.onmessage = (m) => page && page.onEvent && page.onEvent(JSON.parse(m.data));
+  source.addEventListener("log", (m) => page && page.onLog && page.onLog(JSON.parse(m.data)));
+}
+
+// ---------- graph ----------
+
+// Lays the pipeline's tasks out with dagre and draws them as SVG; returns the node elements by
+// task name so states can be recoloured without a new layout.
+function drawDag(container, tasks, onPick) {
+  const g = new dagre.graphlib.Graph();
+  g.setGraph({ rankdir: "LR", nodesep: 24, ranksep: 60, marginx: 16, marginy: 16 });
+  g.setDefaultEdgeLabel(() => ({}));
+  for (const t of tasks) g.setNode(t.name, { width: Math.max(120, t.name.length * 8 + 30), height: 46 });
+  for (const t of tasks) for (const n of t.needs || []) g.setEdge(n, t.name);
+  dagre.layout(g);
+  const { width, height } = g.graph();
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "pipeline graph");
+  svg.innerHTML = `<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path class="arrow" d="M0,0 L10,5 L0,10 z"/></marker></defs>`;
+  for (const e of g.edges()) {
+    const pts = g.edge(e).points;
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("class", "edge");
+    path.setAttribute("d", pts.map((p, i) => `${i ? "L" : "M"}${p.x},${p.y}`).join(" "));
+    path.setAttribute("marker-end", "url(#arrow)");
+    svg.append(path);
+  }
+  const nodes = {};
+  for (const name of g.nodes()) {
+    const n = g.node(name);
+    const el = document.createElementNS(ns, "g");
+    el.setAttribute("class", "node");
+    el.setAttribute("data-task", name);
+    el.setAttribute("transform", `translate(${n.x - n.width / 2},${n.y - n.height / 2})`);
+    el.innerHTML = `<rect width="${n.width}" height="${n.height}"></rect>
+      <text x="12" y="19">${esc(name)}</text><text class="state" x="12" y="35"></text>`;
+    if (onPick) el.addEventListener("click", () => onPick(name));
+    svg.append(el);
+    nodes[name] = el;
+  }
+  container.replaceChildren(svg);
+  return nodes;
+}
+
+function paintDag(nodes, states, selected) {
+  for (const [name, el] of Object.entries(nodes)) {
+    const s = states[name] || "";
+    el.setAttribute("class", `node ${s}${name === selected ? " selected" : ""}`);
+    el.setAttribute("data-state", s);
+    el.querySelector(".state").textContent = s;
+  }
+}
+
+const legend = `<div class="legend">${[
+  ["succeeded", "var(--ok)"], ["running", "var(--run)"], ["pending", "var(--warn)"],
+  ["failed / dead", "var(--bad)"], ["waiting", "var(--wait)"], ["skipped / cancelled", "var(--wait)"],
+].map(([l, c]) => `<span style="--c:${c}">${l}</span>`).join("")}</div>`;
+
+// ---------- charts ----------
+
+function bars(series, value, label, badValue) {
+  const w = 600, h = 150, pad = 18;
+  const max = Math.max(1, ...series.map(value));
+  const bw = (w - pad) / Math.max(1, series.length);
+  let out = "";
+  series.forEach((b, i) => {
+    const v = value(b);
+    const bh = ((h - pad * 2) * v) / max;
+    const x = pad + i * bw;
+    out += `<rect class="bar" x="${x}" y="${h - pad - bh}" width="${Math.max(1, bw - 1)}" height="${bh}"><title>${esc(new Date(b.at).toLocaleTimeString())}: ${v.toFixed ? +v.toFixed(1) : v} ${label}</title></rect>`;
+    if (badValue) {
+      const bad = ((h - pad * 2) * badValue(b)) / max;
+      if (bad > 0) out += `<rect class="bar bad" x="${x}" y="${h - pad - bad}" width="${Math.max(1, bw - 1)}" height="${bad}"></rect>`;
+    }
+  });
+  const first = series[0] ? new Date(series[0].at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+  return `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="${esc(label)}">${out}
+    <text class="axis" x="${pad}" y="12">max ${+max.toFixed(1)} ${esc(label)}</text>
+    <text class="axis" x="${pad}" y="${h - 4}">${first}</text><text class="axis" x="${w - 30}" y="${h - 4}">now</text></svg>`;
+}
+
+// ---------- pages ----------
+
+async function overview() {
+  setTitle("Overview");
+  main.innerHTML = `<h1>Overview</h1><div id="ov"><p class="muted">Loading…</p></div>`;
+  const render = async () => {
+    const [stats, series, services, recent] = await Promise.all([
+      api("GET", "/workers/stats"),
+      api("GET", "/workers/series?minutes=60"),
+      api("GET", "/services"),
+      api("GET", "/runs?limit=8"),
+    ]);
+    const q = stats.queue, h = stats.lastHour;
+    const card = (n, l, id) => `<div class="card" id="${id}"><div class="n">${esc(n)}</div><div class="l">${esc(l)}</div></div>`;
+    document.getElementById("ov").innerHTML = `
+      <div class="grid">
+        ${card(q.pending, "pending", "q-pending")}${card(q.running, "running", "q-running")}
+        ${card(q.waiting, "waiting", "q-waiting")}${card(q.completed, "completed", "q-completed")}
+        ${card(q.failed, "failed", "q-failed")}${card(q.dlq, "dead letters", "q-dlq")}
+        ${card(`${(h.successRate * 100).toFixed(1)}%`, "success rate, last hour", "success-rate")}
+        ${card(h.attempts, "attempts, last hour", "attempts-hour")}
+        ${card(`${stats.nodesHealthy}/${stats.nodesHealthy + stats.nodesUnhealthy}`, "nodes healthy", "nodes")}
+      </div>
+      <div class="cols" style="margin-top:1rem">
+        <div class="panel chart"><h2>Throughput (attempts per minute, failures in red)</h2>${bars(series, (b) => b.attempts, "attempts/min", (b) => b.failed)}</div>
+        <div class="panel chart"><h2>Duration (p95 per minute, ms)</h2>${bars(series, (b) => b.durationP95Ms, "ms p95")}</div>
+      </div>
+      <h2>Workers</h2>
+      <div class="panel"><table id="workers"><thead><tr><th>Node</th><th>Kind</th><th>Status</th><th class="hide-narrow">Queues</th><th class="hide-narrow">Slots</th><th>Last seen</th></tr></thead><tbody>
+      ${services.map((s) => `<tr><td><code>${esc(s.id)}</code></td><td>${esc(s.service ? `service ${s.service}` : s.kind)}</td><td>${badge(s.status)}</td>
+        <td class="hide-narrow">${esc((s.queues || []).join(", ") || "all")}</td><td class="hide-narrow">${esc(s.concurrency)}</td><td>${when(s.lastSeenAt || s.last_seen_at)}</td></tr>`).join("") || `<tr><td colspan="6" class="muted">No node has registered.</td></tr>`}
+      </tbody></table></div>
+      <h2>Recent runs</h2>${runTable(recent.runs)}`;
+  };
+  await render();
+  const again = throttle(render, 500);
+  page = { onEvent: again };
+  follow("");
+}
+
+function runTable(runs) {
+  if (!runs.length) return `<div class="panel muted">No runs yet.</div>`;
+  return `<div class="panel"><table class="runs"><thead><tr><th>Run</th><th>Pipeline</th><th>State</th><th>Tasks</th><th class="hide-narrow">Created</th><th>Took</th></tr></thead><tbody>
+    ${runs.map((r) => `<tr data-run="${esc(r.id)}"><td><a href="/runs/${esc(r.id)}"><code>${short(r.id)}</code></a></td>
+      <td><a href="/pipelines/${encodeURIComponent(r.pipeline_name)}">${esc(r.pipeline_name)}</a> <span class="muted">v${esc(r.pipeline_version)}</span></td>
+      <td>${badge(r.state)}</td><td>${r.tasks_total - r.tasks_pending}/${r.tasks_total}${r.tasks_dead ? ` <span class="muted">(${r.tasks_dead} dead)</span>` : ""}</td>
+      <td class="hide-narrow">${when(r.created_at)}</td><td>${took(r.started_at, r.finished_at)}</td></tr>`).join("")}
+    </tbody></table></div>`;
+}
+
+async function runs() {
+  const params = new URLSearchParams(location.search);
+  const status = params.get("status") || "";
+  const pipeline = params.get("pipeline") || "";
+  const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+  setTitle(status || pipeline ? `Runs (${[status, pipeline].filter(Boolean).join(", ")})` : "Runs");
+  const pipelines = await api("GET", "/pipelines");
+  main.innerHTML = `<h1>Runs</h1>
+    <form class="filters" id="filters">
+      <select name="status" aria-label="status"><option value="">any state</option>
+        ${["pending", "running", "succeeded", "failed", "cancelled"].map((s) => `<option ${s === status ? "selected" : ""}>${s}</option>`).join("")}</select>
+      <select name="pipeline" aria-label="pipeline"><option value="">any pipeline</option>
+        ${pipelines.map((p) => `<option ${p.name === pipeline ? "selected" : ""}>${esc(p.name)}</option>`).join("")}</select>
+      <input name="q" id="search" placeholder="run id or prefix" aria-label="search by id">
+      <button>Show</button>
+    </form><div id="search-error" class="field-error"></div><div id="list"></div>
+    <div class="pager"><button class="secondary" id="prev" ${offset ? "" : "disabled"}>Newer</button>
+    <span class="muted" id="range"></span><button class="secondary" id="next">Older</button></div>`;
+  document.getElementById("filters").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const q = String(f.get("q") || "").trim();
+    if (q) {
+      try {
+        const found = await api("GET", `/runs/${encodeURIComponent(q)}`);
+        return go(`/runs/${found.run.id}`);
+      } catch (e) {
+        document.getElementById("search-error").textContent = e.message;
+        return;
+      }
+    }
+    const next = new URLSearchParams();
+    if (f.get("status")) next.set("status", f.get("status"));
+    if (f.get("pipeline")) next.set("pipeline", f.get("pipeline"));
+    go(`/runs${next.toString() ? `?${next}` : ""}`);
+  });
+  const move = (to) => {
+    params.set("offset", String(Math.max(0, to)));
+    go(`/runs?${params}`);
+  };
+  document.getElementById("prev").addEventListener("click", () => move(offset - PAGE_SIZE));
+  document.getElementById("next").addEventListener("click", () => move(offset + PAGE_SIZE));
+  const render = async () => {
+    const q = new URLSearchParams({ limit: PAGE_SIZE, offset });
+    if (status) q.set("status", status);
+    if (pipeline) q.set("pipeline", pipeline);
+    const page = await api("GET", `/runs?${q}`);
+    document.getElementById("list").innerHTML = runTable(page.runs);
+    document.getElementById("range").textContent = page.runs.length ? `${offset + 1}–${offset + page.runs.length}` : "";
+    document.getElementById("next").disabled = page.runs.length < PAGE_SIZE;
+  };
+  await render();
+  page = { onEvent: throttle(render, 500) };
+  follow("");
+}
+
+async function runDetail(id) {
+  let detail = await api("GET", `/runs/${encodeURIComponent(id)}`);
+  const runId = detail.run.id;
+  let selected = null;
+  let selectedRun = null; // the task run id whose panel is open
+  setTitle(`Run ${short(runId)} (${detail.run.pipeline_name})`);
+  main.innerHTML = `<h1>Run <code>${short(runId)}</code> <span id="run-state"></span>
+      <span style="margin-left:auto" class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
+    <div class="panel"><dl class="kv" id="run-facts"></dl></div>
+    <h2>Graph</h2>${legend}<div class="dag" id="dag"></div>
+    <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
+    <h2>Run input</h2><pre id="run-input"></pre>`;
+  const nodes = drawDag(document.getElementById("dag"), detail.pipeline.definition.tasks, (name) => pick(name));
+  const facts = () => {
+    const r = detail.run;
+    document.getElementById("run-state").innerHTML = badge(r.state);
+    document.getElementById("run-facts").innerHTML = `
+      <dt>Run id</dt><dd><code>${esc(r.id)}</code></dd>
+      <dt>Pipeline</dt><dd><a href="/pipelines/${encodeURIComponent(r.pipeline_name)}">${esc(r.pipeline_name)}</a> version ${esc(r.pipeline_version)}</dd>
+      <dt>Tasks</dt><dd>${r.tasks_total - r.tasks_pending} of ${r.tasks_total} settled${r.tasks_dead ? `, ${r.tasks_dead} dead` : ""}</dd>
+      <dt>Created</dt><dd>${when(r.created_at)}</dd><dt>Took</dt><dd>${took(r.started_at, r.finished_at)}${settled(r.state) ? "" : " so far"}</dd>
+      ${r.idempotency_key ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotency_key)}</code></dd>` : ""}
+      <dt>Changed since last run</dt><dd id="changed">${detail.changed_since_previous_run.length ? detail.changed_since_previous_run.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
+    document.getElementById("run-input").innerHTML = json(r.input);
+    document.getElementById("cancel").hidden = settled(r.state);
+    document.getElementById("retry").hidden = !["failed", "cancelled"].includes(r.state);
+    const states = Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state]));
+    paintDag(nodes, states, selected);
+  };
+  facts();
+  document.getElementById("cancel").addEventListener("click", (ev) =>
+    act(ev.target, `Cancel run ${short(runId)}? Running attempts are stopped and nothing else starts.`, "Cancel run",
+      () => api("POST", `/runs/${runId}/cancel`), () => { toast("Run cancelled"); refresh(); }));
+  document.getElementById("retry").addEventListener("click", (ev) =>
+    act(ev.target, `Retry the failed and cancelled tasks of run ${short(runId)}? They get fresh attempts; succeeded tasks are kept.`, "Retry run",
+      () => api("POST", `/runs/${runId}/retry`), (r) => { toast(`Re-queued: ${r.requeued.join(", ") || "nothing"}`); refresh(); }));
+
+  async function pick(name) {
+    selected = name;
+    paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state])), selected);
+    await showTask();
+  }
+  async function showTask() {
+    const tr = detail.tasks.find((t) => t.task_name === selected);
+    const box = document.getElementById("task");
+    if (!tr) {
+      box.innerHTML = `<h2>${esc(selected)}</h2><p class="muted">Not started.</p>`;
+      return;
+    }
+    const d = await api("GET", `/task-runs/${tr.id}`);
+    selectedRun = tr.id;
+    const t = d.task_run;
+    const version = detail.code_versions[t.task_name];
+    const changed = detail.changed_since_previous_run.includes(t.task_name);
+    const last = d.attempts[d.attempts.length - 1];
+    const log = t.state === "running" ? d.live_log ?? "(this attempt runs on another node: its log appears when it ends)" : last ? last.log : "";
+    box.innerHTML = `<h2>Task ${esc(t.task_name)} ${badge(t.state)} ${changed ? `<span class="badge s-changed">changed since last run</span>` : ""}</h2>
+      <div class="cols"><div class="panel"><dl class="kv">
+        <dt>Type</dt><dd>${esc(t.task_type)}${t.queue ? ` on queue <code>${esc(t.queue)}</code>` : ""}</dd>
+        <dt>Attempt</dt><dd>${esc(t.attempt)} of ${esc(t.max_attempts)}</dd>
+        <dt>Code version</dt><dd>${version ? `v${esc(version)}` : "—"} <a href="/tasks/${encodeURIComponent(t.task_name)}">history</a></dd>
+        ${t.progress != null ? `<dt>Progress</dt><dd><div class="progress"><div style="width:${Math.round(t.progress * 100)}%"></div></div>${esc(t.progress_message || "")}</dd>` : ""}
+        ${t.error ? `<dt>Error</dt><dd class="err">${esc(t.error)}</dd>` : ""}
+        <dt>Took</dt><dd>${took(t.started_at, t.finished_at)}</dd>
+      </dl></div>
+      <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null, upstream: d.upstream })}</pre>
+      <h3>Output</h3><pre id="task-output">${t.output === null || t.output === undefined ? "—" : json(t.output)}</pre></div></div>
+      <h3>Log ${t.state === "running" ? `<span class="muted">(live)</span>` : ""}</h3><pre id="task-log">${esc(log || "(no output)")}</pre>
+      <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
+      ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.started_at)}</td><td>${took(a.started_at, a.finished_at)}</td><td>${a.code_version ? `v${a.code_version}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
+      </tbody></table></div>`;
+  }
+  async function refresh() {
+    detail = await api("GET", `/runs/${runId}`);
+    facts();
+    if (selected) await showTask();
+  }
+  const again = throttle(refresh, 100);
+  page = {
+    onEvent: (m) => m.type === "event" && again(),
+    onLog: (line) => {
+      if (line.taskRunId !== selectedRun) return;
+      const pre = document.getElementById("task-log");
+      if (pre.textContent === "(no output)") pre.textContent = "";
+      pre.textContent += `${line.line}\n`;
+      pre.scrollTop = pre.scrollHeight;
+    },
+  };
+  follow(`run=${runId}`);
+}
+
+async function pipelines() {
+  setTitle("Pipelines");
+  const list = await api("GET", "/pipelines");
+  main.innerHTML = `<h1>Pipelines</h1>${list.length ? `<div class="panel"><table><thead><tr><th>Name</th><th>Version</th><th>Tasks</th><th class="hide-narrow">Schedule</th><th class="hide-narrow">Description</th></tr></thead><tbody>
+    ${list.map((p) => `<tr><td><a href="/pipelines/${encodeURIComponent(p.name)}">${esc(p.name)}</a></td><td>v${esc(p.version)}</td><td>${p.definition.tasks.length}</td>
+      <td class="hide-narrow">${esc(p.schedule || "—")}</td><td class="hide-narrow">${esc(p.description || "")}</td></tr>`).join("")}</tbody></table></div>`
+    : `<div class="panel muted">No pipelines yet. Create one with <code>orbit pipelines create FILE --url …</code> or <code>POST /api/v1/pipelines</code>.</div>`}`;
+  page = null;
+  if (source) source.close();
+}
+
+async function pipelineDetail(name) {
+  const p = await api("GET", `/pipelines/${encodeURIComponent(name)}`);
+  setTitle(`Pipeline ${p.name}`);
+  main.innerHTML = `<h1>Pipeline ${esc(p.name)} <span class="muted">v${esc(p.version)}</span></h1>
+    ${p.description ? `<p>${esc(p.description)}</p>` : ""}
+    <div class="cols">
+      <div class="panel"><h2 style="margin-top:0">Trigger a run</h2>
+        <form id="trigger"><label for="input">Input (JSON object)</label>
+          <textarea id="input" name="input" spellcheck="false">{}</textarea>
+          <div class="field-error" id="input-error"></div>
+          <div class="row"><input name="key" placeholder="idempotency key (optional)" aria-label="idempotency key">
+          <input name="priority" type="number" placeholder="priority" aria-label="priority" style="width:7rem">
+          <button id="trigger-button">Trigger</button></div>
+          <div class="field-error" id="trigger-error"></div></form></div>
+      <div class="panel"><h2 style="margin-top:0">Definition</h2><pre>${esc(p.source || JSON.stringify(p.definition, null, 2))}</pre></div>
+    </div>
+    <h2>Graph</h2><div class="dag" id="dag"></div>
+    <h2>Recent runs</h2><div id="recent"></div>`;
+  const nodes = drawDag(document.getElementById("dag"), p.definition.tasks, (task) => go(`/tasks/${encodeURIComponent(task)}?pipeline=${encodeURIComponent(p.name)}`));
+  paintDag(nodes, {}, null);
+  const input = document.getElementById("input");
+  const button = document.getElementById("trigger-button");
+  const check = () => {
+    let error = "";
+    try {
+      const v = JSON.parse(input.value);
+      if (v === null || typeof v !== "object" || Array.isArray(v)) error = "The input must be a JSON object, like {\"users\": 12}.";
+    } catch (e) {
+      error = `Not valid JSON: ${e.message}`;
+    }
+    input.classList.toggle("invalid", !!error);
+    document.getElementById("input-error").textContent = error;
+    button.disabled = !!error;
+    return !error;
+  };
+  input.addEventListener("input", check);
+  document.getElementById("trigger").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!check()) return;
+    const f = new FormData(ev.target);
+    const body = { input: JSON.parse(input.value) };
+    if (f.get("key")) body.idempotency_key = f.get("key");
+    if (f.get("priority")) body.priority = Number(f.get("priority"));
+    button.disabled = true;
+    try {
+      const r = await api("POST", `/pipelines/${encodeURIComponent(p.name)}/trigger`, body);
+      go(`/runs/${r.run.id}`);
+    } catch (e) {
+      document.getElementById("trigger-error").textContent = e.message;
+      button.disabled = false;
+    }
+  });
+  const recent = async () => {
+    const page = await api("GET", `/runs?pipeline=${encodeURIComponent(p.name)}&limit=10`);
+    document.getElementById("recent").innerHTML = runTable(page.runs);
+  };
+  await recent();
+  page = { onEvent: throttle(recent, 500) };
+  follow("");
+}
+
+async function dlq() {
+  setTitle("Dead letters");
+  main.innerHTML = `<h1>Dead letters</h1><p class="muted">Task runs that used up their attempts. Retrying gives the task fresh attempts and reopens its run.</p><div id="dead"></div>`;
+  const render = async () => {
+    const entries = await api("GET", "/dlq?limit=200");
+    document.getElementById("dead").innerHTML = entries.length
+      ? `<div class="panel"><table><thead><tr><th>Task</th><th>Run</th><th>Error</th><th>Attempts</th><th class="hide-narrow">When</th><th></th></tr></thead><tbody>
+        ${entries.map((e) => `<tr data-dead="${esc(e.id)}"><td>${esc(e.task_name)}</td><td><a href="/runs/${esc(e.run_id)}"><code>${short(e.run_id)}</code></a></td>
+          <td class="err">${esc(e.error || "")}</td><td>${esc(e.attempts)}</td><td class="hide-narrow">${when(e.created_at)}</td>
+          <td><button class="retry-dead" data-id="${esc(e.id)}" data-task="${esc(e.task_name)}">Retry</button></td></tr>`).join("")}</tbody></table></div>`
+      : `<div class="panel muted">The dead-letter queue is empty.</div>`;
+    for (const b of document.querySelectorAll("button.retry-dead"))
+      b.addEventListener("click", () =>
+        act(b, `Retry task ${b.dataset.task}? It gets fresh attempts and its run is reopened.`, "Retry task",
+          () => api("POST", `/dlq/${b.dataset.id}/retry`), () => { toast(`Task ${b.dataset.task} re-queued`); again(); }));
+  };
+  const again = throttle(render, 300);
+  await render();
+  page = { onEvent: again };
+  follow("");
+}
+
+async function tasks() {
+  setTitle("Task code");
+  const [pipes, services] = await Promise.all([api("GET", "/pipelines"), api("GET", "/services")]);
+  const registered = [];
+  for (const s of services.filter((s) => s.service)) {
+    if (registered.some((r) => r.service === s.service)) continue;
+    for (const t of await api("GET", `/services/${encodeURIComponent(s.service)}/tasks`)) registered.push({ service: s.service, ...t });
+  }
+  const rows = [];
+  for (const p of pipes) for (const t of p.definition.tasks) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name)}?pipeline=${encodeURIComponent(p.name)}">${esc(t.name)}</a></td><td>pipeline <a href="/pipelines/${encodeURIComponent(p.name)}">${esc(p.name)}</a></td><td>${esc(t.type)}</td></tr>`);
+  for (const t of registered) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name || t.task)}">${esc(t.name || t.task)}</a></td><td>service ${esc(t.service)}</td><td>worker, v${esc(t.codeVersion ?? t.code_version ?? "?")}</td></tr>`);
+  main.innerHTML = `<h1>Task code</h1><p class="muted">Every task and the history of its code: a pipeline task changes when its definition does, a worker task when its handler's code hash does.</p>
+    <div class="panel"><table><thead><tr><th>Task</th><th>Defined by</th><th>Type</th></tr></thead><tbody>${rows.join("") || `<tr><td colspan="3" class="muted">No tasks yet.</td></tr>`}</tbody></table></div>`;
+  page = null;
+  if (source) source.close();
+}
+
+async function taskHistory(name) {
+  const pipeline = new URLSearchParams(location.search).get("pipeline");
+  setTitle(`Task ${name} code history`);
+  const history = await api("GET", `/tasks/${encodeURIComponent(name)}/history${pipeline ? `?pipeline=${encodeURIComponent(pipeline)}` : ""}`);
+  main.innerHTML = `<h1>Task ${esc(name)} <span class="muted">code history${pipeline ? ` in ${esc(pipeline)}` : ""}</span></h1>
+    <div class="panel"><table id="history"><thead><tr><th>Version</th><th>Defined by</th><th>Code hash</th><th>Changed</th></tr></thead><tbody>
+    ${history.map((h) => `<tr><td>v${esc(h.codeVersion)}</td><td>${h.service ? `service ${esc(h.service)}` : `pipeline <a href="/pipelines/${encodeURIComponent(h.pipeline)}">${esc(h.pipeline)}</a> v${esc(h.pipelineVersion)}`}</td>
+      <td><code title="${esc(h.codeHash)}">${esc(h.codeHash.slice(0, 12))}</code></td><td>${when(h.changedAt)}</td></tr>`).join("")}</tbody></table></div>`;
+  page = null;
+  if (source) source.close();
+}
+
+// ---------- routing ----------
+
+const routes = [
+  [/^\/$/, overview, "overview"],
+  [/^\/runs$/, runs, "runs"],
+  [/^\/runs\/([^/]+)$/, runDetail, "runs"],
+  [/^\/pipelines$/, pipelines, "pipelines"],
+  [/^\/pipelines\/([^/]+)$/, pipelineDetail, "pipelines"],
+  [/^\/dlq$/, dlq, "dlq"],
+  [/^\/tasks$/, tasks, "tasks"],
+  [/^\/tasks\/([^/]+)$/, taskHistory, "tasks"],
+];
+
+async function route() {
+  page = null;
+  shown += 1;
+  for (const [re, render, nav] of routes) {
+    const m = location.pathname.match(re);
+    if (!m) continue;
+    for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === nav);
+    try {
+      await render(...m.slice(1).map(decodeURIComponent));
+    } catch (e) {
+      showError(e);
+    }
+    return;
+  }
+  setTitle("Not found");
+  main.innerHTML = `<div class="error-box">No page at ${esc(location.pathname)}.</div>`;
+}
+
+function go(path) {
+  history.pushState(null, "", path);
+  route();
+}
+
+document.addEventListener("click", (ev) => {
+  const a = ev.target.closest("a[href^='/']");
+  if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey || a.target) return;
+  if (a.getAttribute("href").startsWith("/api/") || a.getAttribute("href").startsWith("/docs")) return;
+  ev.preventDefault();
+  go(a.getAttribute("href"));
+});
+window.addEventListener("popstate", route);
+route();
