@@ -346,6 +346,41 @@ async fn dashboard_in_a_real_browser() {
         "return !document.getElementById('trigger-button').disabled",
     )
     .await;
+    // The API's own error is shown when it refuses the request.
+    let priority = c
+        .find(Locator::Css("input[name=priority]"))
+        .await
+        .expect("priority");
+    priority.send_keys("99999999999").await.expect("type");
+    click(&c, "#trigger-button").await;
+    let shown = wait_js(
+        &c,
+        "the API's error",
+        "return document.getElementById('trigger-error').textContent",
+    )
+    .await;
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|t| t.contains("invalid trigger body")),
+        "error shown: {shown}"
+    );
+    shots.take(&c, "pipeline-api-error").await;
+    let log = c.issue_cmd(BrowserLog).await.expect("browser log");
+    let severe: Vec<&Value> = log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(
+        severe.len() == 1
+            && severe[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/trigger") && m.contains("400")),
+        "only the refused trigger failed: {severe:#?}"
+    );
+    priority.clear().await.expect("clear");
     c.execute("window.stillSamePage = true; return true", vec![])
         .await
         .expect("mark page");
@@ -476,6 +511,28 @@ async fn dashboard_in_a_real_browser() {
     .await;
     api.wait_state(&failed[1], "succeeded").await;
     no_errors(&c, "dlq").await;
+
+    // Cancel a running run from its page.
+    let r = api.post("/api/v1/pipelines/live/trigger", json!({})).await;
+    let running = r["run"]["id"].as_str().expect("id").to_owned();
+    open(&c, &base, &format!("/runs/{running}"), "#dag .node").await;
+    wait_js(
+        &c,
+        "a running task",
+        "return document.querySelector('#dag [data-task=first]').dataset.state === 'running'",
+    )
+    .await;
+    click(&c, "#cancel").await;
+    confirm(&c).await;
+    wait_js(
+        &c,
+        "the run is cancelled live",
+        "return document.querySelector('#run-state .badge').textContent === 'cancelled'",
+    )
+    .await;
+    shots.take(&c, "run-cancelled").await;
+    api.wait_state(&running, "cancelled").await;
+    no_errors(&c, "cancel").await;
 
     // Task code history.
     open(&c, &base, "/tasks", "table").await;
@@ -650,4 +707,19 @@ async fn events_stream_over_sse_and_websocket() {
         let body: Value = resp.json().await.expect("json error");
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
+
+    // An open stream does not hold up a graceful shutdown.
+    let _open = api
+        .http
+        .get(format!("{}/api/v1/events", api.base))
+        .send()
+        .await
+        .expect("stream");
+    let mut s = s;
+    s.proc.signal("TERM");
+    let exit = s.proc.wait_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "server stopped with a stream open: {exit:?}"
+    );
 }

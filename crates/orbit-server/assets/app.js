@@ -344,7 +344,7 @@ async function runDetail(id) {
   let selectedRun = null; // the task run id whose panel is open
   setTitle(`Run ${short(runId)} (${detail.run.pipeline_name})`);
   main.innerHTML = `<h1>Run <code>${short(runId)}</code> <span id="run-state"></span>
-      <span style="margin-left:auto" class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
+      <span class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
     <h2>Graph</h2>${legend}<div class="dag" id="dag"></div>
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
@@ -480,7 +480,7 @@ async function pipelineDetail(name) {
     if (!check()) return;
     const f = new FormData(ev.target);
     const body = { input: JSON.parse(input.value) };
-    if (f.get("key")) body.idempotency_key = f.get("key");
+    if (f.get("key")) body.idempotencyKey = f.get("key");
     if (f.get("priority")) body.priority = Number(f.get("priority"));
     button.disabled = true;
     try {

@@ -66,6 +66,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The worker protocol, when a secret key is set.
     pub dispatcher: Option<Arc<Dispatcher>>,
+    /// Cancelled when the server stops: live streams end so a graceful shutdown is not held
+    /// open by a dashboard.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -113,6 +116,7 @@ impl AppState {
             config: Arc::new(config),
             started: Instant::now(),
             metrics: prometheus(),
+            shutdown: CancellationToken::new(),
         })
     }
 }
@@ -151,6 +155,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let state = AppState {
+        shutdown: shutdown.child_token(),
+        ..state
+    };
     let tasks = TaskTracker::new();
     let config = state.config.clone();
     let node = node_info(&config);

@@ -94,6 +94,7 @@ async fn pump(s: AppState, mut f: Filter, tx: mpsc::Sender<Live>) {
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
+                _ = s.shutdown.cancelled() => return,
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return;
