@@ -723,3 +723,43 @@ async fn events_stream_over_sse_and_websocket() {
         "server stopped with a stream open: {exit:?}"
     );
 }
+
+#[tokio::test]
+async fn pages_are_open_and_the_api_takes_the_token_from_the_dashboard_cookie() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let token = "dashboard-test-token";
+    let s = server(dir.path(), &db, &[], &[("ORBIT_API_TOKEN", token)]);
+    let base = s.base.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    for page in ["/", "/runs/abc", "/dlq", "/assets/app.js"] {
+        let resp = get(page, None).await.expect("page");
+        assert_eq!(resp.status().as_u16(), 200, "{page} needs no token");
+    }
+    let refused = get("/api/v1/runs", None).await.expect("api");
+    assert_eq!(refused.status().as_u16(), 401);
+    let wrong = get("/api/v1/runs", Some("orbit_token=nope"))
+        .await
+        .expect("api");
+    assert_eq!(wrong.status().as_u16(), 401);
+    let ok = get(
+        "/api/v1/runs",
+        Some(&format!("theme=dark; orbit_token={token}")),
+    )
+    .await
+    .expect("api");
+    assert_eq!(
+        ok.status().as_u16(),
+        200,
+        "the dashboard's cookie is accepted"
+    );
+    let missing = get("/assets/nope.js", None).await.expect("asset");
+    assert_eq!(missing.status().as_u16(), 404);
+}
