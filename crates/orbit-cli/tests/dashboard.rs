@@ -27,7 +27,7 @@ tasks:
   - name: first
     type: shell
     shell: true
-    command: "echo start; sleep 2; echo end"
+    command: "sleep 1; echo start; sleep 2; echo end"
   - name: second
     type: shell
     needs: first
@@ -622,6 +622,13 @@ async fn events_stream_over_sse_and_websocket() {
         .as_str()
         .expect("id")
         .to_owned();
+    // A run's stream also carries the lines its attempts print (`first` waits 1 s to print).
+    let mut run_sse = api
+        .http
+        .get(format!("{}/api/v1/events?run={run}", api.base))
+        .send()
+        .await
+        .expect("run stream");
 
     // Over the WebSocket: run_created first, then the rest, in order, until it succeeds.
     let mut kinds = Vec::new();
@@ -648,8 +655,8 @@ async fn events_stream_over_sse_and_websocket() {
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
     assert!(
-        logs.contains(&"start".to_owned()),
-        "live log lines: {logs:?}"
+        logs.is_empty(),
+        "a stream of every run carries no log lines: {logs:?}"
     );
 
     // Over SSE: the same events, each with its id.
@@ -667,7 +674,22 @@ async fn events_stream_over_sse_and_websocket() {
         "{text}"
     );
     assert!(text.contains("\"kind\":\"run_created\""), "{text}");
+
+    // The run's stream: its events and, as `log` events, the lines `first` printed live.
+    let mut text = String::new();
+    while !text.contains("run_succeeded") {
+        let chunk = tokio::time::timeout_at(end.into(), run_sse.chunk())
+            .await
+            .expect("run stream before the deadline")
+            .expect("read")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
     assert!(text.contains("event: log"), "{text}");
+    assert!(
+        text.contains("\"line\":\"start\""),
+        "live log lines: {text}"
+    );
 
     // Resuming after an id replays from the log; a run filter gives that run's history.
     let replay = api

@@ -140,11 +140,10 @@ function throttle(fn, ms) {
 // ---------- live updates ----------
 
 function follow(query) {
-  if (source) source.close();
   const live = document.getElementById("live");
   source = new EventSource(`/api/v1/events${query ? `?${query}` : ""}`);
-  source.onopen = () => live.classList.replace("off", "on") || live.classList.add("on");
-  source.onerror = () => live.classList.replace("on", "off");
+  source.onopen = () => live.classList.add("on");
+  source.onerror = () => live.classList.remove("on");
   source.onmessage = (m) => page && page.onEvent && page.onEvent(JSON.parse(m.data));
   source.addEventListener("log", (m) => page && page.onLog && page.onLog(JSON.parse(m.data)));
 }
@@ -327,10 +326,10 @@ async function runs() {
     const q = new URLSearchParams({ limit: PAGE_SIZE, offset });
     if (status) q.set("status", status);
     if (pipeline) q.set("pipeline", pipeline);
-    const page = await api("GET", `/runs?${q}`);
-    document.getElementById("list").innerHTML = runTable(page.runs);
-    document.getElementById("range").textContent = page.runs.length ? `${offset + 1}–${offset + page.runs.length}` : "";
-    document.getElementById("next").disabled = page.runs.length < PAGE_SIZE;
+    const found = await api("GET", `/runs?${q}`);
+    document.getElementById("list").innerHTML = runTable(found.runs);
+    document.getElementById("range").textContent = found.runs.length ? `${offset + 1}–${offset + found.runs.length}` : "";
+    document.getElementById("next").disabled = found.runs.length < PAGE_SIZE;
   };
   await render();
   page = { onEvent: throttle(render, 500) };
@@ -435,8 +434,6 @@ async function pipelines() {
     ${list.map((p) => `<tr><td><a href="/pipelines/${encodeURIComponent(p.name)}">${esc(p.name)}</a></td><td>v${esc(p.version)}</td><td>${p.definition.tasks.length}</td>
       <td class="hide-narrow">${esc(p.schedule || "—")}</td><td class="hide-narrow">${esc(p.description || "")}</td></tr>`).join("")}</tbody></table></div>`
     : `<div class="panel muted">No pipelines yet. Create one with <code>orbit pipelines create FILE --url …</code> or <code>POST /api/v1/pipelines</code>.</div>`}`;
-  page = null;
-  if (source) source.close();
 }
 
 async function pipelineDetail(name) {
@@ -492,8 +489,8 @@ async function pipelineDetail(name) {
     }
   });
   const recent = async () => {
-    const page = await api("GET", `/runs?pipeline=${encodeURIComponent(p.name)}&limit=10`);
-    document.getElementById("recent").innerHTML = runTable(page.runs);
+    const found = await api("GET", `/runs?pipeline=${encodeURIComponent(p.name)}&limit=10`);
+    document.getElementById("recent").innerHTML = runTable(found.runs);
   };
   await recent();
   page = { onEvent: throttle(recent, 500) };
@@ -535,8 +532,6 @@ async function tasks() {
   for (const t of registered) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name || t.task)}">${esc(t.name || t.task)}</a></td><td>service ${esc(t.service)}</td><td>worker, v${esc(t.codeVersion ?? t.code_version ?? "?")}</td></tr>`);
   main.innerHTML = `<h1>Task code</h1><p class="muted">Every task and the history of its code: a pipeline task changes when its definition does, a worker task when its handler's code hash does.</p>
     <div class="panel"><table><thead><tr><th>Task</th><th>Defined by</th><th>Type</th></tr></thead><tbody>${rows.join("") || `<tr><td colspan="3" class="muted">No tasks yet.</td></tr>`}</tbody></table></div>`;
-  page = null;
-  if (source) source.close();
 }
 
 async function taskHistory(name) {
@@ -547,8 +542,6 @@ async function taskHistory(name) {
     <div class="panel"><table id="history"><thead><tr><th>Version</th><th>Defined by</th><th>Code hash</th><th>Changed</th></tr></thead><tbody>
     ${history.map((h) => `<tr><td>v${esc(h.codeVersion)}</td><td>${h.service ? `service ${esc(h.service)}` : `pipeline <a href="/pipelines/${encodeURIComponent(h.pipeline)}">${esc(h.pipeline)}</a> v${esc(h.pipelineVersion)}`}</td>
       <td><code title="${esc(h.codeHash)}">${esc(h.codeHash.slice(0, 12))}</code></td><td>${when(h.changedAt)}</td></tr>`).join("")}</tbody></table></div>`;
-  page = null;
-  if (source) source.close();
 }
 
 // ---------- routing ----------
@@ -564,9 +557,13 @@ const routes = [
   [/^\/tasks\/([^/]+)$/, taskHistory, "tasks"],
 ];
 
+// Each page that follows the event stream opens its own (see follow).
 async function route() {
   page = null;
   shown += 1;
+  if (source) source.close();
+  source = null;
+  document.getElementById("live").classList.remove("on");
   for (const [re, render, nav] of routes) {
     const m = location.pathname.match(re);
     if (!m) continue;

@@ -33,7 +33,7 @@ const FALLBACK: Duration = Duration::from_secs(3);
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
-    /// Only this run's events (and its tasks' log lines).
+    /// Only this run's events, and the lines its attempts print in this server.
     pub run: Option<String>,
     /// Resume after this event id (SSE clients send `Last-Event-ID` instead). Without it the
     /// stream starts with what happens next, or with the whole history of `run` when given.
@@ -71,7 +71,9 @@ async fn filter(s: &AppState, q: LiveQuery, last_event_id: Option<i64>) -> ApiRe
 /// Sends what the filter selects into `tx` until the receiver goes away.
 async fn pump(s: AppState, mut f: Filter, tx: mpsc::Sender<Live>) {
     let mut changes = s.store.change_signal();
-    let mut lines = s.engine.live_logs().subscribe();
+    // Only a run's stream carries log lines: a page watching everything has no use for every
+    // line of every attempt, and while nobody listens the engine does not copy them.
+    let mut lines = f.run.map(|_| s.engine.live_logs().subscribe());
     loop {
         changes.borrow_and_update();
         let events = match s.store.events(f.after, f.run, PAGE).await {
@@ -101,8 +103,8 @@ async fn pump(s: AppState, mut f: Filter, tx: mpsc::Sender<Live>) {
                     }
                     break;
                 }
-                line = lines.recv() => match line {
-                    Ok(line) if f.run.is_none_or(|r| r == line.run_id) => {
+                line = next_line(&mut lines) => match line {
+                    Ok(line) if f.run == Some(line.run_id) => {
                         if tx.send(Live::Log(line)).await.is_err() {
                             return;
                         }
@@ -113,6 +115,15 @@ async fn pump(s: AppState, mut f: Filter, tx: mpsc::Sender<Live>) {
                 _ = tokio::time::sleep(FALLBACK) => break,
             }
         }
+    }
+}
+
+async fn next_line(
+    lines: &mut Option<broadcast::Receiver<LiveLine>>,
+) -> Result<LiveLine, broadcast::error::RecvError> {
+    match lines {
+        Some(lines) => lines.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -136,7 +147,7 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 
 /// Live events as Server-Sent Events: each state change is a `message` whose `id` is the event
 /// id (reconnecting clients resume with `Last-Event-ID`) and whose data is the event as JSON;
-/// log lines of attempts running in this server are `log` events.
+/// with `run`, the lines its attempts print in this server are `log` events.
 #[utoipa::path(get, path = "/events", tag = "events", params(LiveQuery),
     responses((status = 200, description = "text/event-stream"), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn events(
