@@ -356,7 +356,7 @@ async fn dashboard_in_a_real_browser() {
     let shown = wait_js(
         &c,
         "the API's error",
-        "return document.getElementById('trigger-error').textContent",
+        "return document.getElementById('trigger-error').textContent || null",
     )
     .await;
     assert!(
