@@ -169,6 +169,7 @@ async fn run_scenario(
                     &url,
                 ])
                 .env("ORBIT_LOG", "error")
+                .current_dir(dir.path())
                 .stdout(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()?,
@@ -184,6 +185,7 @@ async fn run_scenario(
     let enqueue_started = Instant::now();
     let run = store
         .create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: json!({}),
             priority: 0,
@@ -292,8 +294,11 @@ async fn drive_here(
     run: uuid::Uuid,
     concurrency: usize,
 ) -> anyhow::Result<(Option<RunState>, Duration)> {
+    let objects = tempfile::tempdir()?;
+    let storage = orbit_engine::storage::Storage::local(objects.path())?;
     let engine = Engine::new(
         store.clone(),
+        std::sync::Arc::new(storage),
         EngineConfig {
             owner: "bench".into(),
             concurrency,

@@ -62,6 +62,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
         .expect("save");
     store
         .create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: json!({}),
             priority: 0,

@@ -7,6 +7,7 @@
 //! - [`dag`] orders the tasks (execution layers, cycle detection, downstream reachability).
 //! - [`state`] names the run and task states; [`transition`] decides what a finished attempt
 //!   does to its task and its run, returning the effects for a store to apply in one transaction.
+//! - [`object`] is the reference a store keeps for a value held in object storage.
 //! - [`protocol`] holds the worker protocol's messages, shared by the server and the SDK.
 //! - [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
 //!
@@ -15,6 +16,7 @@
 pub mod dag;
 pub mod duration;
 pub mod file;
+pub mod object;
 pub mod params;
 pub mod pipeline;
 pub mod protocol;

@@ -3,13 +3,32 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use uuid::Uuid;
+
+use crate::object::ObjectRef;
 
 /// Audience of the tokens a worker signs for itself (register, poll, worker heartbeat).
 pub const SERVICE_AUDIENCE: &str = "orbit-service";
 /// Audience of the tokens the orchestrator signs for one attempt (task heartbeat, progress,
 /// callback, and the push request itself).
 pub const TASK_AUDIENCE: &str = "orbit-task";
+/// Audience of the tokens that let a worker read or write one object through the
+/// orchestrator's `/api/v1/storage/…` (backends that cannot pre-sign URLs, such as the local one).
+pub const STORAGE_AUDIENCE: &str = "orbit-storage";
+
+/// Claims of a storage token: one method on one object, until `exp`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StorageClaims {
+    /// The backend id.
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    /// The object's key.
+    pub key: String,
+    /// `GET` or `PUT`.
+    pub method: String,
+}
 
 /// Claims of a service token: HS256 over `ORBIT_SECRET_KEY`, made by the worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +161,15 @@ pub struct Assignment {
     pub input: Value,
     /// Outputs of the upstream tasks, by task name.
     pub upstream: Map<String, Value>,
+    /// `input` or an `upstream` value may be a reference to an object
+    /// (`{"$orbit_object": …}`, see [`crate::object`]): a URL to GET each one, by
+    /// [`ObjectRef::id`]. Short-lived; absolute (pre-signed) or relative to the orchestrator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objects: BTreeMap<String, String>,
+    /// An output whose JSON is larger than this many bytes goes to object storage: ask for an
+    /// [`OutputGrant`], PUT it there, and call back with the reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_threshold: Option<u64>,
     /// Stable across attempts: pass it on as the idempotency key of external calls.
     pub effect_key: String,
     /// Send a task heartbeat at least this often, or lose the attempt.
@@ -214,6 +242,24 @@ pub enum CallbackStatus {
     Failed,
     /// The handler ran past its timeout.
     Timeout,
+}
+
+/// `POST /api/v1/storage/grant` with a task token: where this attempt may write its output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRequest {
+    pub task_run_id: Uuid,
+}
+
+/// The answer to a [`GrantRequest`]: PUT the output's JSON to `url` before `expires_at_ms`,
+/// then call back with `reference` (its `size` filled in by the orchestrator) as the output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputGrant {
+    /// Absolute (pre-signed) or relative to the orchestrator.
+    pub url: String,
+    pub reference: ObjectRef,
+    pub expires_at_ms: i64,
 }
 
 /// What the orchestrator answers a heartbeat, progress or callback with.

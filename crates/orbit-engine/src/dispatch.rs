@@ -8,13 +8,16 @@
 //! silent is taken back by the reaper when its lease expires, like any other.
 
 use crate::EngineError;
-use crate::engine::{Keyed, keyed};
+use crate::engine::{Keyed, hydrated, keyed};
+use crate::storage::{self, Storage, StorageError};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use object_store::signer::Method;
 use orbit_core::dag::Dag;
+use orbit_core::object::{ObjectRef, looks_like_reference};
 use orbit_core::protocol::{
-    Assignment, Callback, CallbackStatus, MAX_SERVICE_TOKEN_SECS, SERVICE_AUDIENCE, ServiceClaims,
-    TASK_AUDIENCE, TaskClaims,
+    Assignment, Callback, CallbackStatus, MAX_SERVICE_TOKEN_SECS, OutputGrant, SERVICE_AUDIENCE,
+    STORAGE_AUDIENCE, ServiceClaims, StorageClaims, TASK_AUDIENCE, TaskClaims,
 };
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
@@ -39,6 +42,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("the token is for task run {token}, not {asked}")]
     WrongTask { token: Uuid, asked: Uuid },
+    #[error("the token does not grant {0}")]
+    WrongObject(String),
 }
 
 /// The signing key shared by the orchestrator and its workers (`ORBIT_SECRET_KEY`).
@@ -112,6 +117,26 @@ impl SecretKey {
         Ok(claims)
     }
 
+    /// A storage token, for `method` on the object `key` of `backend`. No leeway: the
+    /// orchestrator checks its own clock's tokens.
+    pub fn verify_storage(
+        &self,
+        token: &str,
+        backend: &str,
+        key: &str,
+        method: &str,
+    ) -> Result<StorageClaims, AuthError> {
+        let mut v = Self::validation(STORAGE_AUDIENCE);
+        v.leeway = 0;
+        let claims = jsonwebtoken::decode::<StorageClaims>(token, &self.decoding, &v)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .claims;
+        if claims.sub != backend || claims.key != key || claims.method != method {
+            return Err(AuthError::WrongObject(format!("{method} {backend}/{key}")));
+        }
+        Ok(claims)
+    }
+
     pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(|e| e.to_string())
@@ -125,6 +150,7 @@ fn now_secs() -> u64 {
 /// Hands worker tasks out and takes their results in.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
+    storage: Arc<Storage>,
     key: SecretKey,
     idempotency_ttl: Duration,
     /// Pipeline versions never change: parse each once.
@@ -159,9 +185,15 @@ pub enum Recorded {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, key: SecretKey, idempotency_ttl: Duration) -> Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        storage: Arc<Storage>,
+        key: SecretKey,
+        idempotency_ttl: Duration,
+    ) -> Dispatcher {
         Dispatcher {
             store,
+            storage,
             key,
             idempotency_ttl,
             pipelines: Mutex::new(HashMap::new()),
@@ -378,11 +410,22 @@ impl Dispatcher {
             .outputs(task.run_id, &def.needs)
             .await
             .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?;
+        let template = def
+            .idempotency_key
+            .as_deref()
+            .or(options.and_then(|o| o.idempotency_key.as_deref()));
+        // Large values go to the worker by reference. Only a template that reads them (a
+        // rendered `input`, an idempotency key) makes the orchestrator fetch them itself.
+        let (ctx_input, ctx_outputs) = if def.params.contains_key("input") || template.is_some() {
+            hydrated(&self.storage, &input, outputs.clone()).await?
+        } else {
+            (Value::Null, Vec::new())
+        };
         let run_id = task.run_id.to_string();
         let effect_key = task.id.to_string();
         let ctx = Context {
-            input: &input,
-            tasks: outputs
+            input: &ctx_input,
+            tasks: ctx_outputs
                 .iter()
                 .map(|(n, output)| (n.as_str(), TaskOutput { output }))
                 .collect::<BTreeMap<_, _>>(),
@@ -398,22 +441,31 @@ impl Dispatcher {
             code_version,
         };
         let handler_input = match def.params.get("input") {
-            None => input.clone(),
+            None => input,
             Some(template_value) => {
                 let mut one = Map::new();
                 one.insert("input".into(), template_value.clone());
-                template::render_params(&one, &ctx)
+                let rendered = template::render_params(&one, &ctx)
                     .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
                     .remove("input")
-                    .unwrap_or(Value::Null)
+                    .unwrap_or(Value::Null);
+                let key = storage::handler_input_key(task.run_id, &def.name, task.attempt);
+                self.storage
+                    .offload(rendered, &key)
+                    .await
+                    .map_err(|e| Failure::error(format!("cannot store the task's input: {e}")))?
             }
         };
-        let template = def
-            .idempotency_key
-            .as_deref()
-            .or(options.and_then(|o| o.idempotency_key.as_deref()));
-        let Keyed { key, reused } =
-            keyed(self.store.as_ref(), template, &ctx, self.idempotency_ttl).await?;
+        let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
+        let Keyed { key, reused } = keyed(
+            self.store.as_ref(),
+            &self.storage,
+            template,
+            &ctx,
+            self.idempotency_ttl,
+            &to,
+        )
+        .await?;
         if let Some((line, output)) = reused {
             let now = Utc::now();
             return Ok(Assigned::Reused(Box::new(FinishedAttempt {
@@ -457,6 +509,17 @@ impl Dispatcher {
             key,
         };
         let token = self.key.sign(&claims).map_err(Failure::error)?;
+        let mut objects = BTreeMap::new();
+        for value in std::iter::once(&handler_input).chain(outputs.iter().map(|(_, v)| v)) {
+            if let Some(r) = ObjectRef::of(value) {
+                let url = self
+                    .grant(&r.backend, &r.key, Method::GET)
+                    .await
+                    .map_err(|e| Failure::error(format!("cannot grant access to {}: {e}", r.id())))?
+                    .0;
+                objects.insert(r.id(), url);
+            }
+        }
         Ok(Assigned::Hand(Box::new(Assignment {
             task_run_id: task.id,
             run_id: task.run_id,
@@ -467,11 +530,93 @@ impl Dispatcher {
             code_version,
             input: handler_input,
             upstream: outputs.into_iter().collect(),
+            objects,
+            output_threshold: Some(self.storage.threshold() as u64),
             effect_key,
             heartbeat_interval_ms: def.heartbeat_interval.as_millis() as u64,
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
             token,
         })))
+    }
+
+    /// Access to one object for `grant_ttl`: a pre-signed URL when the backend can sign one,
+    /// else this server's `/api/v1/storage/…` with a storage token. Returns the URL and when
+    /// it expires (ms since the epoch).
+    async fn grant(
+        &self,
+        backend: &str,
+        key: &str,
+        method: Method,
+    ) -> Result<(String, i64), StorageError> {
+        let ttl = self.storage.grant_ttl();
+        let expires_ms = Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+        if let Some(url) = self
+            .storage
+            .presign(backend, key, method.clone(), ttl)
+            .await?
+        {
+            return Ok((url, expires_ms));
+        }
+        let claims = StorageClaims {
+            sub: backend.to_owned(),
+            aud: STORAGE_AUDIENCE.to_owned(),
+            exp: (expires_ms / 1000) as u64,
+            key: key.to_owned(),
+            method: method.as_str().to_owned(),
+        };
+        let token = self.key.sign(&claims).map_err(StorageError::Config)?;
+        Ok((
+            format!("/api/v1/storage/{backend}/{key}?token={token}"),
+            expires_ms,
+        ))
+    }
+
+    /// Where the attempt the token names may PUT its output: its own key, nothing else.
+    pub async fn output_grant(&self, claims: &TaskClaims) -> Result<OutputGrant, EngineError> {
+        let key = storage::output_key(claims.run, &claims.task, claims.attempt);
+        let backend = self.storage.default_backend().to_owned();
+        let (url, expires_at_ms) = self.grant(&backend, &key, Method::PUT).await?;
+        Ok(OutputGrant {
+            url,
+            reference: ObjectRef {
+                backend,
+                key,
+                size: 0,
+            },
+            expires_at_ms,
+        })
+    }
+
+    /// A callback's output as the store keeps it: a reference is accepted only to this
+    /// attempt's own object, which must exist (its size is read from the backend); an inline
+    /// output over the threshold is stored here.
+    async fn output_of(&self, claims: &TaskClaims, output: Value) -> Result<Value, EngineError> {
+        let key = storage::output_key(claims.run, &claims.task, claims.attempt);
+        if let Some(r) = ObjectRef::of(&output) {
+            if r.key != key {
+                return Err(EngineError::BadRequest(format!(
+                    "the output refers to object `{}`; this attempt may only write `{key}`",
+                    r.id()
+                )));
+            }
+            let size = match self.storage.size(&r.backend, &r.key).await {
+                Ok(size) => size,
+                Err(StorageError::NotFound(_)) => {
+                    return Err(EngineError::BadRequest(format!(
+                        "the output object `{}` was not written; PUT it to the granted URL first",
+                        r.id()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            return Ok(ObjectRef { size, ..r }.to_value());
+        }
+        if looks_like_reference(&output) {
+            return Err(EngineError::BadRequest(
+                "the output has the shape of an object reference but is not a valid one".into(),
+            ));
+        }
+        Ok(self.storage.offload(output, &key).await?)
     }
 
     /// A claimed task that could not be handed out: recorded as a failed attempt.
@@ -615,9 +760,13 @@ impl Dispatcher {
         } else {
             None
         };
+        let output = match callback.status {
+            CallbackStatus::Succeeded => self.output_of(claims, callback.output).await?,
+            _ => Value::Null,
+        };
         let outcome = match callback.status {
             CallbackStatus::Succeeded => match callback.run_next {
-                None => Outcome::Succeeded(callback.output),
+                None => Outcome::Succeeded(output),
                 Some(run_next) => {
                     let allowed = if def.allowed_next.is_empty() {
                         options
@@ -628,7 +777,7 @@ impl Dispatcher {
                         def.allowed_next.clone()
                     };
                     Outcome::Routed {
-                        output: callback.output,
+                        output,
                         allowed,
                         run_next,
                     }

@@ -2,8 +2,10 @@
 
 use crate::executor::{self, Invocation};
 use crate::log::{LiveLogs, LogBuffer};
+use crate::storage::{self, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::dag::Dag;
+use orbit_core::object::ObjectRef;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
@@ -61,6 +63,11 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// What a worker sent cannot be accepted (a 4xx, not a server fault).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 /// What the engine did, for progress displays. Sent after the commit that made it true.
@@ -142,6 +149,7 @@ pub struct Engine {
     events: broadcast::Sender<EngineEvent>,
     http: reqwest::Client,
     live: LiveLogs,
+    storage: Arc<Storage>,
 }
 
 /// A pipeline version as the loop needs it.
@@ -166,7 +174,11 @@ struct InFlight {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, EngineError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        storage: Arc<Storage>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("orbit/", env!("CARGO_PKG_VERSION")))
@@ -188,7 +200,13 @@ impl Engine {
             events,
             http,
             live: LiveLogs::default(),
+            storage,
         })
+    }
+
+    /// Where large inputs and outputs are kept.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
@@ -667,22 +685,34 @@ impl Engine {
         let worker = self.config.owner.clone();
         let ttl = self.config.idempotency_ttl;
         let live = self.live.clone();
+        let storage = self.storage.clone();
         tokio::spawn(async move {
             let started_at = Utc::now();
             let log = live.start(task.run_id, task.id, &task.task_name);
             // Forgets the live log however the attempt ends, aborted included.
             let _forget = Forget(&live, task.id);
-            let done_attempt =
-                attempt(store.as_ref(), &loaded, &task, &input, &log, &http, ttl).await;
-            let finished_at = Utc::now();
+            let io = Io {
+                store: store.as_ref(),
+                storage: &storage,
+                http: &http,
+                idempotency_ttl: ttl,
+            };
+            let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
+            let mut finished_at = Utc::now();
             let transition = match loaded.dag.index_of(&task.task_name) {
                 Some(i) => {
                     let def = &loaded.stored.pipeline.tasks[i];
                     let policy = &def.retry;
                     let outcome = match done_attempt.result {
-                        Ok(v) => routed(def, v),
+                        Ok(v) if done_attempt.reused => routed(def, v),
+                        Ok(v) => {
+                            let key =
+                                storage::output_key(task.run_id, &task.task_name, task.attempt);
+                            stored(&storage, routed(def, v), &key, &log).await
+                        }
                         Err(f) => Outcome::Failed(f),
                     };
+                    finished_at = Utc::now();
                     on_attempt_finished(
                         &loaded.dag,
                         i,
@@ -732,11 +762,14 @@ pub(crate) struct Keyed {
     pub reused: Option<(String, Value)>,
 }
 
+/// `to` is where a reused output that lives in object storage is copied for this attempt.
 pub(crate) async fn keyed(
     store: &dyn Store,
+    storage: &Storage,
     template: Option<&str>,
     ctx: &Context<'_>,
     ttl: Duration,
+    to: &str,
 ) -> Result<Keyed, Failure> {
     let Some(template) = template else {
         return Ok(Keyed {
@@ -747,14 +780,27 @@ pub(crate) async fn keyed(
     let k = template::render_str(template, ctx)
         .map_err(|e| Failure::fatal(format!("idempotency_key: {e}")))?;
     let since = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    let reused = store
+    let found = store
         .keyed_output(&k, since)
         .await
-        .map_err(|e| Failure::error(format!("cannot look up idempotency key `{k}`: {e}")))?
-        .map(|(from, output)| {
-            let line = format!("[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed");
-            (line, output)
-        });
+        .map_err(|e| Failure::error(format!("cannot look up idempotency key `{k}`: {e}")))?;
+    let reused = match found {
+        None => None,
+        Some((from, output)) => {
+            let output = match ObjectRef::of(&output) {
+                None => output,
+                Some(r) => storage
+                    .copy(&r, to)
+                    .await
+                    .map_err(|e| Failure::error(format!("cannot copy the reused output: {e}")))?
+                    .to_value(),
+            };
+            let line = format!(
+                "[orbit] reused the output of task run {from} (idempotency key `{k}`); nothing executed"
+            );
+            Some((line, output))
+        }
+    };
     Ok(Keyed {
         key: Some(k),
         reused,
@@ -787,6 +833,53 @@ fn routed(def: &orbit_core::TaskDef, output: Value) -> Outcome {
     }
 }
 
+/// A successful outcome with its output kept in object storage when it is large. A failure
+/// to store it is a failed attempt (retried): the output must be safe before the task counts as
+/// done.
+async fn stored(storage: &Storage, outcome: Outcome, key: &str, log: &LogBuffer) -> Outcome {
+    let (output, rebuild): (Value, Box<dyn FnOnce(Value) -> Outcome + Send>) = match outcome {
+        Outcome::Succeeded(output) => (output, Box::new(Outcome::Succeeded)),
+        Outcome::Routed {
+            output,
+            allowed,
+            run_next,
+        } => (
+            output,
+            Box::new(move |output| Outcome::Routed {
+                output,
+                allowed,
+                run_next,
+            }),
+        ),
+        other => return other,
+    };
+    match storage.offload(output, key).await {
+        Ok(output) => {
+            if let Some(r) = ObjectRef::of(&output) {
+                log.line(&format!(
+                    "[orbit] output ({} bytes) stored as object `{}`",
+                    r.size,
+                    r.id()
+                ));
+            }
+            rebuild(output)
+        }
+        Err(e) => {
+            let f = Failure::error(format!("cannot store the output: {e}"));
+            log.line(&format!("[orbit] {}", f.message));
+            Outcome::Failed(f)
+        }
+    }
+}
+
+/// What an attempt reads and writes through.
+struct Io<'a> {
+    store: &'a dyn Store,
+    storage: &'a Storage,
+    http: &'a reqwest::Client,
+    idempotency_ttl: Duration,
+}
+
 /// What one attempt produced.
 struct AttemptResult {
     result: Result<Value, Failure>,
@@ -797,13 +890,11 @@ struct AttemptResult {
 /// One attempt of one task: gather its context, reuse a keyed output or render its parameters
 /// and execute it in time.
 async fn attempt(
-    store: &dyn Store,
+    io: &Io<'_>,
     loaded: &Loaded,
     task: &ClaimedTask,
     input: &Value,
     log: &LogBuffer,
-    http: &reqwest::Client,
-    idempotency_ttl: Duration,
 ) -> AttemptResult {
     let fail = |f: Failure| AttemptResult {
         result: Err(f),
@@ -820,14 +911,21 @@ async fn attempt(
             task.task_name
         )));
     };
-    let outputs = match store.outputs(task.run_id, &def.needs).await {
+    let outputs = match io.store.outputs(task.run_id, &def.needs).await {
         Ok(o) => o,
         Err(e) => return fail(Failure::error(format!("cannot read upstream outputs: {e}"))),
+    };
+    let (input, outputs) = match hydrated(io.storage, input, outputs).await {
+        Ok(x) => x,
+        Err(f) => {
+            log.line(&format!("[orbit] {}", f.message));
+            return fail(f);
+        }
     };
     let run_id = task.run_id.to_string();
     let effect_key = task.id.to_string();
     let ctx = Context {
-        input,
+        input: &input,
         tasks: outputs
             .iter()
             .map(|(name, output)| (name.as_str(), TaskOutput { output }))
@@ -843,7 +941,17 @@ async fn attempt(
         effect_key: &effect_key,
         code_version: loaded.stored.version,
     };
-    let key = match keyed(store, def.idempotency_key.as_deref(), &ctx, idempotency_ttl).await {
+    let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
+    let key = match keyed(
+        io.store,
+        io.storage,
+        def.idempotency_key.as_deref(),
+        &ctx,
+        io.idempotency_ttl,
+        &to,
+    )
+    .await
+    {
         Ok(Keyed { key, reused: None }) => key,
         Ok(Keyed {
             key,
@@ -858,7 +966,7 @@ async fn attempt(
         }
         Err(f) => return fail(f),
     };
-    let result = execute(def, &ctx, task, &effect_key, &run_id, log, http).await;
+    let result = execute(def, &ctx, task, &effect_key, &run_id, log, io.http).await;
     if let Err(f) = &result {
         log.line(&format!(
             "[orbit] attempt {} failed: {}",
@@ -870,6 +978,28 @@ async fn attempt(
         key,
         reused: false,
     }
+}
+
+/// The run input and upstream outputs with every object reference replaced by its content. A
+/// backend that cannot be read fails the attempt (retried); the run loses nothing.
+pub(crate) async fn hydrated(
+    storage: &Storage,
+    input: &Value,
+    outputs: Vec<(String, Value)>,
+) -> Result<(Value, Vec<(String, Value)>), Failure> {
+    let input = storage
+        .hydrate(input.clone())
+        .await
+        .map_err(|e| Failure::error(format!("cannot read the run's input: {e}")))?;
+    let mut hydrated = Vec::with_capacity(outputs.len());
+    for (name, output) in outputs {
+        let output = storage
+            .hydrate(output)
+            .await
+            .map_err(|e| Failure::error(format!("cannot read the output of `{name}`: {e}")))?;
+        hydrated.push((name, output));
+    }
+    Ok((input, hydrated))
 }
 
 async fn execute(

@@ -15,6 +15,8 @@ mod engine;
 pub mod executor;
 mod log;
 pub mod recovery;
+pub mod runs;
+pub mod storage;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};
 pub use log::{LiveLine, LiveLogs, LogBuffer};

@@ -21,7 +21,14 @@ pub async fn require_token(
     };
     let path = request.uri().path();
     // The dashboard's pages and files hold no data; the API calls they make carry the token.
+    // A worker's storage token (`?token=`) is checked by the storage handlers themselves.
+    let storage_token = path.starts_with("/api/v1/storage/")
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("token=")));
     if is_worker_protocol(path)
+        || storage_token
         || !(path.starts_with("/api/") || path.starts_with("/docs") || path == "/metrics")
     {
         return Ok(next.run(request).await);
@@ -66,5 +73,6 @@ fn is_worker_protocol(path: &str) -> bool {
             | "/api/v1/worker/poll"
             | "/api/v1/heartbeat"
             | "/api/v1/progress"
+            | "/api/v1/grant"
     ) || path.starts_with("/api/v1/callback/")
 }

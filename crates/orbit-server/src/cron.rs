@@ -41,6 +41,7 @@ pub async fn fire_due(
         }
         let created = store
             .create_run(NewRun {
+                id: uuid::Uuid::now_v7(),
                 pipeline: &stored,
                 input: json!({ "scheduledAt": at }),
                 priority: 0,

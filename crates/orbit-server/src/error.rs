@@ -89,12 +89,29 @@ impl From<orbit_engine::EngineError> for ApiError {
     fn from(e: orbit_engine::EngineError) -> ApiError {
         match e {
             orbit_engine::EngineError::Store(s) => s.into(),
+            orbit_engine::EngineError::Storage(s) => s.into(),
+            orbit_engine::EngineError::BadRequest(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_request", m)
+            }
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 other.to_string(),
             ),
         }
+    }
+}
+
+impl From<orbit_engine::storage::StorageError> for ApiError {
+    fn from(e: orbit_engine::storage::StorageError) -> ApiError {
+        use orbit_engine::storage::StorageError as E;
+        let (status, code) = match &e {
+            E::NotFound(_) | E::UnknownBackend(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Backend { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Config(_) | E::Corrupt(..) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

@@ -15,6 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use chrono::Utc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orbit_engine::dispatch::{Dispatcher, SecretKey};
+use orbit_engine::storage::Storage;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_store::{NodeInfo, Store};
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     pub node_heartbeat: Duration,
     /// Signs and checks worker-protocol tokens; the worker protocol is off without it.
     pub secret_key: Option<SecretKey>,
+    /// Dead letters older than this are purged, with the failed runs left without any
+    /// (`DLQ_RETENTION_DAYS`).
+    pub dlq_retention: chrono::Duration,
 }
 
 #[derive(Clone)]
@@ -78,7 +82,8 @@ pub struct AppState {
         description = "Durable workflow orchestrator. Every error is `{\"error\": {\"code\", \"message\"}}` with a 4xx/5xx status. \
                        When the server has ORBIT_API_TOKEN set, send `Authorization: Bearer <token>`."
     ),
-    components(schemas(error::ErrorBody))
+    components(schemas(error::ErrorBody)),
+    paths(routes::storage::get_object, routes::storage::put_object)
 )]
 struct ApiDoc;
 
@@ -99,12 +104,18 @@ fn prometheus() -> PrometheusHandle {
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
+        storage: Arc<Storage>,
         config: ServerConfig,
     ) -> Result<AppState, orbit_engine::EngineError> {
-        let engine = Arc::new(Engine::new(store.clone(), config.engine.clone())?);
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            storage.clone(),
+            config.engine.clone(),
+        )?);
         let dispatcher = config.secret_key.clone().map(|key| {
             Arc::new(Dispatcher::new(
                 store.clone(),
+                storage.clone(),
                 key,
                 config.engine.idempotency_ttl,
             ))
@@ -121,6 +132,10 @@ impl AppState {
     }
 }
 
+/// The largest output a worker may PUT through the orchestrator (pre-signed uploads go to the
+/// bucket and are not limited here).
+const MAX_OBJECT_BYTES: usize = 512 * 1024 * 1024;
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -129,6 +144,12 @@ pub fn router(state: AppState) -> Router {
     let spec_json = Arc::new(spec.clone());
     Router::new()
         .merge(api)
+        .route(
+            "/api/v1/storage/{backend}/{*key}",
+            axum::routing::get(routes::storage::get_object)
+                .put(routes::storage::put_object)
+                .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES)),
+        )
         .route("/metrics", axum::routing::get(routes::workers::prometheus))
         .route(
             "/api/v1/openapi.json",
@@ -204,6 +225,29 @@ pub async fn serve(
         }
         let (store, stop) = (state.store.clone(), shutdown.clone());
         tasks.spawn(async move { cron::run(store, stop).await });
+        let (store, storage, stop) = (
+            state.store.clone(),
+            state.engine.storage().clone(),
+            shutdown.clone(),
+        );
+        let retention = config.dlq_retention;
+        tasks.spawn(async move {
+            loop {
+                let before = Utc::now() - retention;
+                match orbit_engine::runs::purge_dead_letters(store.as_ref(), &storage, before).await
+                {
+                    Ok(r) if r.entries > 0 => {
+                        tracing::info!(entries = r.entries, runs = r.runs, objects = r.objects, "dead-letter retention")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "dead-letter retention failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
         if let Some(dispatcher) = state.dispatcher.clone() {
             let stop = shutdown.clone();
             tasks.spawn(async move { push_loop(dispatcher, stop).await });

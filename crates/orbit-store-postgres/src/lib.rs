@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
     AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, EventRecord,
-    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
-    QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, Store,
-    StoreError, StoredPipeline, TaskRunRecord,
+    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, PurgedLetters,
+    QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask,
+    Store, StoreError, StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -456,15 +456,12 @@ impl Store for PgStore {
         )
     }
 
-    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM dead_letters WHERE created_at < $1")
-                .bind(before)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?
-                .rows_affected(),
-        )
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters> {
+        write::purge_dead_letters(&self.pool, before).await
+    }
+
+    async fn delete_run(&self, id: Uuid) -> Result<()> {
+        write::delete_run(&self.pool, id, Utc::now()).await
     }
 
     async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>> {
@@ -737,6 +734,7 @@ mod tests {
         let p = orbit_store::testkit::pipeline("wake", &[("a", &[], 0)]);
         let stored = a.save_pipeline(&p, None, Utc::now()).await.expect("save");
         a.create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: serde_json::json!({}),
             priority: 0,

@@ -11,8 +11,8 @@ use orbit_core::protocol::Registration;
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
-    ServiceTask, StoreError, StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, PurgedLetters,
+    Result, ServiceTask, StoreError, StoredPipeline,
 };
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnection;
@@ -150,7 +150,7 @@ pub async fn save_pipeline(
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
 pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
     let now = new.now;
-    let id = Uuid::now_v7();
+    let id = new.id;
     let p = &new.pipeline.pipeline;
     let mut tx = begin(pool).await?;
     if let Some(key) = &new.idempotency_key {
@@ -852,6 +852,65 @@ pub async fn requeue(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)
+}
+
+/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
+/// go by `ON DELETE CASCADE`).
+pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    let state = state.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+    if matches!(state.as_str(), "pending" | "running") {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
+    }
+    for sql in [
+        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = $1)",
+        "DELETE FROM events WHERE run_id = $1",
+        "DELETE FROM runs WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let mut events = Events::default();
+    events.push(None, None, "run_deleted", Some(json!({ "run": id })));
+    flush_events(&mut tx, &events, now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Deletes dead letters created before `before`; reports the failed runs left without any.
+pub async fn purge_dead_letters(pool: &PgPool, before: DateTime<Utc>) -> Result<PurgedLetters> {
+    let mut tx = begin(pool).await?;
+    let runs: Vec<Uuid> =
+        sqlx::query_scalar("DELETE FROM dead_letters WHERE created_at < $1 RETURNING run_id")
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    let entries = runs.len() as u64;
+    let emptied: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE id = ANY($1) AND state = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.run_id = runs.id)",
+    )
+    .bind(&runs)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(PurgedLetters {
+        entries,
+        runs: emptied,
+    })
 }
 
 pub async fn delete_pipeline(pool: &PgPool, name: &str, now: DateTime<Utc>) -> Result<u64> {

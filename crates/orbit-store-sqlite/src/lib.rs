@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
     AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, EventRecord,
-    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, QueueFilter,
-    QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, Store,
-    StoreError, StoredPipeline, TaskRunRecord,
+    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, PurgedLetters,
+    QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask,
+    Store, StoreError, StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -415,13 +415,14 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM dead_letters WHERE created_at < ?1")
-            .bind(us(before))
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected())
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters> {
+        write::purge_dead_letters(&self.writer, before).await
+    }
+
+    async fn delete_run(&self, id: Uuid) -> Result<()> {
+        write::delete_run(&self.writer, id, Utc::now()).await?;
+        self.changed();
+        Ok(())
     }
 
     async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>> {

@@ -6,8 +6,8 @@ use orbit_core::protocol::Registration;
 use orbit_core::transition::{Transition, settled_run_state};
 use orbit_core::{Pipeline, RunState};
 use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, Result,
-    ServiceTask, StoreError, StoredPipeline,
+    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, PurgedLetters,
+    Result, ServiceTask, StoreError, StoredPipeline,
 };
 use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
@@ -87,7 +87,7 @@ pub async fn save_pipeline(
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
 pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
     let now = us(new.now);
-    let id = Uuid::now_v7();
+    let id = new.id;
     let p = &new.pipeline.pipeline;
     let mut tx = begin(pool).await?;
     if let Some(key) = &new.idempotency_key {
@@ -745,6 +745,79 @@ pub async fn requeue(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)
+}
+
+/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
+/// go by `ON DELETE CASCADE`).
+pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let run = id.to_string();
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
+        .bind(&run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let state = state.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
+    if matches!(state.as_str(), "pending" | "running") {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
+    }
+    for sql in [
+        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = ?1)",
+        "DELETE FROM events WHERE run_id = ?1",
+        "DELETE FROM runs WHERE id = ?1",
+    ] {
+        sqlx::query(sql)
+            .bind(&run)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    flush_events(
+        &mut tx,
+        &vec![(
+            None,
+            None,
+            "run_deleted",
+            Some(json!({ "run": id }).to_string()),
+        )],
+        us(now),
+    )
+    .await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Deletes dead letters created before `before`; reports the failed runs left without any.
+pub async fn purge_dead_letters(pool: &SqlitePool, before: DateTime<Utc>) -> Result<PurgedLetters> {
+    let mut tx = begin(pool).await?;
+    let runs: Vec<String> =
+        sqlx::query_scalar("DELETE FROM dead_letters WHERE created_at < ?1 RETURNING run_id")
+            .bind(us(before))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    let entries = runs.len() as u64;
+    let mut emptied = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for run in runs.into_iter().filter(|r| seen.insert(r.clone())) {
+        let left: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE id = ?1 AND state = 'failed'              AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE run_id = ?1)",
+        )
+        .bind(&run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(id) = left {
+            emptied.push(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(PurgedLetters {
+        entries,
+        runs: emptied,
+    })
 }
 
 pub async fn delete_pipeline(pool: &SqlitePool, name: &str, now: DateTime<Utc>) -> Result<u64> {

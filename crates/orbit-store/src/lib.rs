@@ -134,8 +134,14 @@ pub trait Store: Send + Sync + 'static {
     /// One entry, by its task run id or a unique prefix.
     async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter>;
 
-    /// Deletes entries created before `before` (the task runs stay dead); returns how many.
-    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Deletes entries created before `before` (the task runs stay dead); returns how many, and
+    /// the failed runs left with no entry at all.
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters>;
+
+    /// Deletes a settled run with its task runs, attempts, dead letters, events and the
+    /// idempotency results its tasks stored. A run still pending or running is a `Conflict`
+    /// (cancel it first). Its objects in object storage are the caller's to delete.
+    async fn delete_run(&self, id: Uuid) -> Result<()>;
 
     /// The output stored under a task idempotency key, if a task run with that key succeeded
     /// at or after `since`.

@@ -23,6 +23,8 @@ pub struct StoredPipeline {
 
 #[derive(Clone, Debug)]
 pub struct NewRun<'a> {
+    /// Chosen by the caller, so objects (a large input) can be written under it first.
+    pub id: Uuid,
     pub pipeline: &'a StoredPipeline,
     pub input: Value,
     /// Added to every task's own priority.
@@ -227,6 +229,15 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
+}
+
+/// What [`crate::Store::purge_dead_letters`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PurgedLetters {
+    /// Entries deleted.
+    pub entries: u64,
+    /// Failed runs that now have no entry left: retention deletes them (and their objects).
+    pub runs: Vec<Uuid>,
 }
 
 /// Task runs by state, in the seed's `GET /api/queue/status` shape.

@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             registration_versions_task_code,
             progress_is_fenced_by_lease,
             events_are_read_in_commit_order,
+            settled_runs_are_deleted_with_what_hangs_off_them,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -108,6 +109,7 @@ async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPip
         .expect("save pipeline");
     let run = store
         .create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: json!({"n": 1}),
             priority: 0,
@@ -493,6 +495,7 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         .await
         .unwrap();
     let new = |key: &str| NewRun {
+        id: uuid::Uuid::now_v7(),
         pipeline: &p,
         input: json!({}),
         priority: 0,
@@ -1169,4 +1172,91 @@ pub async fn events_are_read_in_commit_order(store: &dyn Store) {
         .filter(|e| e.run_id == Some(run))
         .collect();
     assert_eq!(all, events);
+}
+
+pub async fn settled_runs_are_deleted_with_what_hangs_off_them(store: &dyn Store) {
+    let p = pipeline("gone", &[("a", &[], 0), ("side", &[], 0)]);
+    // A failed run: `a` dead (one dead letter), `side` succeeded.
+    let (_, failed) = start(store, &p, t0()).await;
+    let got = claim(store, Some(failed), 10, t0()).await;
+    record(
+        store,
+        finish(&p, &got[0], Outcome::Failed(Failure::fatal("no")), t0()),
+    )
+    .await;
+    record(
+        store,
+        finish(&p, &got[1], Outcome::Succeeded(json!(1)), t0()),
+    )
+    .await;
+    assert_eq!(store.run(failed).await.unwrap().state, RunState::Failed);
+
+    // A succeeded run whose task stored its output under an idempotency key.
+    let (_, done) = start(store, &p, t0()).await;
+    for t in claim(store, Some(done), 10, t0()).await {
+        let mut f = finish(
+            &p,
+            &t,
+            Outcome::Succeeded(json!({"from": t.task_name})),
+            t0(),
+        );
+        f.idempotency_key = Some(format!("key-{}", t.task_name));
+        record(store, f).await;
+    }
+    assert!(store.keyed_output("key-a", t0()).await.unwrap().is_some());
+
+    // Unsettled runs and unknown ids are refused.
+    let (_, pending) = start(store, &p, t0()).await;
+    assert!(matches!(
+        store.delete_run(pending).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.delete_run(Uuid::now_v7()).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.delete_run(done).await.unwrap();
+    assert!(matches!(
+        store.run(done).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.task_runs(done).await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .attempts(done, None)
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(store.events(0, Some(done), 100).await.unwrap().is_empty());
+    assert!(
+        store.keyed_output("key-a", t0()).await.unwrap().is_none(),
+        "a deleted run lends its output to nobody"
+    );
+    let last = store.events(0, None, 1000).await.unwrap();
+    assert_eq!(last.last().map(|e| e.kind.as_str()), Some("run_deleted"));
+    assert_eq!(
+        store.run(pending).await.unwrap().state,
+        RunState::Pending,
+        "others stay"
+    );
+
+    // Retention: nothing is older than t0; then the failed run's only entry goes, and the
+    // store names the run for deletion without deleting it itself.
+    let none = store
+        .purge_dead_letters(t0() - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!((none.entries, none.runs.len()), (0, 0));
+    let purged = store
+        .purge_dead_letters(t0() + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(purged.entries, 1);
+    assert_eq!(purged.runs, vec![failed]);
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(store.run(failed).await.unwrap().state, RunState::Failed);
+    store.delete_run(failed).await.unwrap();
+    assert!(store.dead_letter(&failed.to_string()).await.is_err());
 }

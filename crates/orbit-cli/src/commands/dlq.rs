@@ -8,24 +8,21 @@ use chrono::Utc;
 use orbit_core::TaskState;
 use orbit_core::dag::Dag;
 use orbit_engine::recovery::reconstruct_context;
+use orbit_engine::runs::purge_dead_letters;
 use orbit_store::Store;
 use serde_json::json;
 use std::sync::Arc;
 
 fn retention() -> anyhow::Result<chrono::Duration> {
-    let days = match std::env::var("DLQ_RETENTION_DAYS") {
-        Ok(v) => v.trim().parse::<i64>().map_err(|_| {
-            BadInput(format!(
-                "DLQ_RETENTION_DAYS `{v}` is not a whole number of days"
-            ))
-        })?,
-        Err(_) => 30,
-    };
-    Ok(chrono::Duration::days(days.max(0)))
+    Ok(
+        orbit_engine::runs::dlq_retention(std::env::var("DLQ_RETENTION_DAYS").ok())
+            .map_err(BadInput)?,
+    )
 }
 
 pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyhow::Result<u8> {
-    store.purge_dead_letters(Utc::now() - retention()?).await?;
+    let storage = super::storage()?;
+    purge_dead_letters(store.as_ref(), &storage, Utc::now() - retention()?).await?;
     match action {
         DlqAction::List { limit } => list(store.as_ref(), limit, json).await,
         DlqAction::Show { id } => show(store.as_ref(), &id, json).await,
@@ -33,13 +30,20 @@ pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyho
         DlqAction::Purge { older_than } => {
             let cutoff = Utc::now()
                 - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-            let n = store.purge_dead_letters(cutoff).await?;
+            let done = purge_dead_letters(store.as_ref(), &storage, cutoff).await?;
+            let n = done.entries;
             if json {
-                crate::output::json(&json!({"purged": n}))?;
+                crate::output::json(
+                    &json!({"purged": n, "runsDeleted": done.runs, "objectsDeleted": done.objects}),
+                )?;
             } else {
                 println!(
-                    "purged {n} dead-letter entr{}",
-                    if n == 1 { "y" } else { "ies" }
+                    "purged {n} dead-letter entr{}; deleted {} failed run{} left without one ({} stored object{})",
+                    if n == 1 { "y" } else { "ies" },
+                    done.runs,
+                    if done.runs == 1 { "" } else { "s" },
+                    done.objects,
+                    if done.objects == 1 { "" } else { "s" },
                 );
             }
             Ok(0)

@@ -15,6 +15,7 @@ use crate::cli::{Cli, Command};
 use anyhow::Context as _;
 use orbit_core::Pipeline;
 use orbit_core::file::parse_pipeline;
+use orbit_engine::storage::Storage;
 use orbit_store::Store;
 use orbit_store_postgres::{PgStore, is_postgres_url};
 use orbit_store_sqlite::{Durability, SqliteStore};
@@ -95,6 +96,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 fn database_url(flag: Option<String>) -> String {
     flag.or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+}
+
+/// Object storage as the environment configures it (`STORAGE_BACKENDS`, `STORAGE_PROVIDER`, …),
+/// else the local directory `.orbit/objects`. A bad configuration is bad input (exit 2) and its
+/// message names the field.
+pub fn storage() -> anyhow::Result<Arc<Storage>> {
+    let storage = Storage::from_env(&|k| std::env::var(k).ok(), Path::new(".orbit/objects"))
+        .map_err(|e| BadInput(e.to_string()))?;
+    Ok(Arc::new(storage))
 }
 
 /// SQLite durability: `ORBIT_SQLITE_SYNCHRONOUS=normal` opts out of `FULL`.

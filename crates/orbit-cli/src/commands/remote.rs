@@ -129,16 +129,20 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
         None => {
             let store = open_store(database).await?;
             let stored = saved_pipeline(store.as_ref(), &args.pipeline).await?;
-            let c = store
-                .create_run(NewRun {
+            let c = orbit_engine::runs::create_run(
+                store.as_ref(),
+                super::storage()?.as_ref(),
+                NewRun {
+                    id: uuid::Uuid::now_v7(),
                     pipeline: &stored,
                     input,
                     priority: args.priority,
                     idempotency_key: args.idempotency_key.clone(),
                     idempotency_ttl: idempotency_ttl()?,
                     now: Utc::now(),
-                })
-                .await?;
+                },
+            )
+            .await?;
             (c.run, c.created)
         }
     };

@@ -27,16 +27,21 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
     } else {
         saved_pipeline(store.as_ref(), &args.pipeline).await?
     };
-    let created = store
-        .create_run(NewRun {
+    let engine = engine(store, args.concurrency)?;
+    let created = orbit_engine::runs::create_run(
+        store.as_ref(),
+        engine.storage(),
+        NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input,
             priority: 0,
             idempotency_key: args.idempotency_key.clone(),
             idempotency_ttl: idempotency_ttl()?,
             now: Utc::now(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     let run = created.run;
     if !created.created && !json {
         println!(
@@ -46,7 +51,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             run.state
         );
     }
-    let result = drive(store, &run, &stored, args.concurrency, json).await;
+    let result = drive_with(engine, &run, &stored, json).await;
     let state = result?;
     let record = store.run(run.id).await?;
     let short = &run.id.to_string()[..8];
@@ -97,7 +102,15 @@ pub async fn drive(
     concurrency: usize,
     json: bool,
 ) -> anyhow::Result<Option<RunState>> {
-    let engine = engine(store, concurrency)?;
+    drive_with(engine(store, concurrency)?, run, pipeline, json).await
+}
+
+async fn drive_with(
+    engine: Engine,
+    run: &orbit_store::RunRecord,
+    pipeline: &orbit_store::StoredPipeline,
+    json: bool,
+) -> anyhow::Result<Option<RunState>> {
     let progress = Progress::start(run, pipeline, json, engine.subscribe());
     let result = engine.drive_run(run.id, ctrl_c()).await;
     progress.finish().await;
@@ -107,6 +120,7 @@ pub async fn drive(
 pub fn engine(store: &Arc<dyn Store>, concurrency: usize) -> anyhow::Result<Engine> {
     Ok(Engine::new(
         store.clone(),
+        super::storage()?,
         EngineConfig {
             owner: owner(),
             concurrency,

@@ -107,7 +107,10 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         store_kind: kind,
         node_heartbeat: Duration::from_secs(5),
         secret_key,
+        dlq_retention: orbit_engine::runs::dlq_retention(std::env::var("DLQ_RETENTION_DAYS").ok())
+            .map_err(BadInput)?,
     };
+    let storage = super::storage()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {addr}: {e}")))?;
@@ -128,7 +131,7 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         args.mode.to_ascii_lowercase(),
         if mode == Mode::Serverless { 0 } else { workers }
     );
-    let state = AppState::new(store, config)?;
+    let state = AppState::new(store, storage, config)?;
     orbit_server::serve(state, listener, on_signal()).await?;
     eprintln!("server stopped");
     Ok(0)
@@ -185,7 +188,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
             config.types.join(",")
         },
     );
-    let engine = Engine::new(store.clone(), config)?;
+    let engine = Engine::new(store.clone(), super::storage()?, config)?;
     let result = engine.drive_all(shutdown.clone()).await;
     shutdown.cancel();
     let _ = beat.await;

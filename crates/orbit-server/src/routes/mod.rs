@@ -6,6 +6,7 @@ pub mod pipelines;
 pub mod protocol;
 pub mod queue;
 pub mod runs;
+pub mod storage;
 pub mod workers;
 
 use crate::AppState;
@@ -29,7 +30,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::trigger))
         .routes(routes!(pipelines::dry_run))
         .routes(routes!(runs::list))
-        .routes(routes!(runs::get))
+        .routes(routes!(runs::get, runs::delete))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::task_run))
@@ -51,6 +52,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(protocol::heartbeat))
         .routes(routes!(protocol::progress))
         .routes(routes!(protocol::callback))
+        .routes(routes!(storage::grant))
         .routes(routes!(protocol::service_tasks))
         .routes(routes!(live::events))
         .routes(routes!(live::ws))

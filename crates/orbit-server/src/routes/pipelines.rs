@@ -204,17 +204,20 @@ pub async fn trigger(
         return Err(ApiError::bad_request("`idempotencyKey` must not be empty"));
     }
     let stored = s.store.pipeline(&name).await?;
-    let created = s
-        .store
-        .create_run(NewRun {
+    let created = orbit_engine::runs::create_run(
+        s.store.as_ref(),
+        s.engine.storage(),
+        NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: parsed.input.unwrap_or_else(|| json!({})),
             priority: parsed.priority.unwrap_or(0),
             idempotency_key: parsed.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
             now: Utc::now(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     metrics::counter!("orbit_runs_triggered_total").increment(u64::from(created.created));
     let status = if created.created {
         StatusCode::CREATED

@@ -32,7 +32,7 @@ impl From<AuthError> for ApiError {
     }
 }
 
-fn dispatcher(s: &AppState) -> Result<&Arc<Dispatcher>, ApiError> {
+pub(crate) fn dispatcher(s: &AppState) -> Result<&Arc<Dispatcher>, ApiError> {
     s.dispatcher.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -55,7 +55,7 @@ fn service(s: &AppState, headers: &HeaderMap) -> Result<ServiceClaims, ApiError>
     Ok(dispatcher(s)?.key().verify_service(bearer(headers)?)?)
 }
 
-fn task(s: &AppState, headers: &HeaderMap, id: Uuid) -> Result<TaskClaims, ApiError> {
+pub(crate) fn task(s: &AppState, headers: &HeaderMap, id: Uuid) -> Result<TaskClaims, ApiError> {
     Ok(dispatcher(s)?.key().verify_task(bearer(headers)?, id)?)
 }
 

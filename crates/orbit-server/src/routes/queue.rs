@@ -55,17 +55,20 @@ fn standalone_pipeline(t: &QueueTask, at: &str) -> Result<Pipeline, ApiError> {
 
 async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Queued> {
     let stored = s.store.save_pipeline(pipeline, None, Utc::now()).await?;
-    let created = s
-        .store
-        .create_run(NewRun {
+    let created = orbit_engine::runs::create_run(
+        s.store.as_ref(),
+        s.engine.storage(),
+        NewRun {
+            id: uuid::Uuid::now_v7(),
             pipeline: &stored,
             input: t.input.unwrap_or_else(|| json!({})),
             priority: t.priority.unwrap_or(0),
             idempotency_key: t.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
             now: Utc::now(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(Queued {
         run: created.run,
         created: created.created,

@@ -184,6 +184,31 @@ pub async fn cancel(
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub run: uuid::Uuid,
+    /// Objects removed from object storage (a large input, large outputs).
+    pub objects: usize,
+}
+
+/// Delete a settled run with its task runs, attempts, logs, events and stored objects. 409 while
+/// it is pending or running (cancel it first).
+#[utoipa::path(delete, path = "/runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Deleted>> {
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    let objects =
+        orbit_engine::runs::delete_run(s.store.as_ref(), s.engine.storage(), run.id).await?;
+    Ok(Json(Deleted {
+        run: run.id,
+        objects,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct TaskRunDetail {
     #[schema(value_type = Object)]
     pub task_run: TaskRunRecord,

@@ -1,0 +1,87 @@
+//! Creating and deleting runs where object storage is involved: a large run input is written
+//! before the run row that refers to it, and a deleted run's objects go after its rows. Either
+//! order leaves at worst an unreferenced object behind a crash, never a reference to nothing.
+
+use crate::EngineError;
+use crate::storage::{self, Storage};
+use chrono::{DateTime, Utc};
+use orbit_core::object::ObjectRef;
+use orbit_store::{CreatedRun, NewRun, Store};
+use uuid::Uuid;
+
+/// Creates a run; its input goes to object storage when it is over the threshold. When an
+/// idempotency key returns an earlier run instead, the object written for this one is removed.
+pub async fn create_run(
+    store: &dyn Store,
+    storage: &Storage,
+    mut new: NewRun<'_>,
+) -> Result<CreatedRun, EngineError> {
+    let id = new.id;
+    new.input = storage.offload(new.input, &storage::input_key(id)).await?;
+    let stored = ObjectRef::of(&new.input).is_some();
+    let created = store.create_run(new).await?;
+    if stored && !created.created {
+        storage.delete_run(id).await?;
+    }
+    Ok(created)
+}
+
+/// Deletes a settled run, then every object it left in any backend. Returns how many objects.
+pub async fn delete_run(
+    store: &dyn Store,
+    storage: &Storage,
+    id: Uuid,
+) -> Result<usize, EngineError> {
+    store.delete_run(id).await?;
+    Ok(storage.delete_run(id).await?)
+}
+
+/// What dead-letter retention removed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Retention {
+    /// Dead-letter entries older than the retention.
+    pub entries: u64,
+    /// Failed runs left with no entry, deleted with their objects.
+    pub runs: usize,
+    pub objects: usize,
+}
+
+/// Dead-letter retention: entries created before `before` go, and so does every failed run that
+/// is left with none (its rows and its objects): nobody retried it within the retention.
+pub async fn purge_dead_letters(
+    store: &dyn Store,
+    storage: &Storage,
+    before: DateTime<Utc>,
+) -> Result<Retention, EngineError> {
+    let purged = store.purge_dead_letters(before).await?;
+    let mut done = Retention {
+        entries: purged.entries,
+        ..Retention::default()
+    };
+    for run in purged.runs {
+        match delete_run(store, storage, run).await {
+            Ok(n) => {
+                done.runs += 1;
+                done.objects += n;
+            }
+            // Retried (running again) or deleted meanwhile: not retention's to remove.
+            Err(EngineError::Store(
+                orbit_store::StoreError::Conflict(_) | orbit_store::StoreError::NotFound(_),
+            )) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `DLQ_RETENTION_DAYS` (30 unless set): how long dead letters are kept.
+pub fn dlq_retention(env: Option<String>) -> Result<chrono::Duration, String> {
+    let days = match env {
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("DLQ_RETENTION_DAYS `{v}` is not a whole number of days"))?,
+        None => 30,
+    };
+    Ok(chrono::Duration::days(days.max(0)))
+}
