@@ -28,6 +28,7 @@
 //! ```
 
 mod handler;
+mod objects;
 mod worker;
 
 pub use handler::{Context, Handler, HandlerFuture, Logger, TaskError, TaskResult};

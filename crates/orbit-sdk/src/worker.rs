@@ -343,9 +343,19 @@ impl Worker {
                 })
             })
         };
+        let (input, upstream) = match crate::objects::hydrate(client, &a).await {
+            Ok(x) => x,
+            Err(e) => {
+                let cb = failure(&a, e, true, Vec::new());
+                if let Err(e) = client.callback(&a, &cb).await {
+                    tracing::warn!(error = %e, task = %a.task, "callback not recorded");
+                }
+                return;
+            }
+        };
         let ctx = Context {
-            input: a.input.clone(),
-            upstream: a.upstream.clone(),
+            input,
+            upstream,
             run_id: a.run_id,
             task_run_id: a.task_run_id,
             task: a.task.clone(),
@@ -391,15 +401,20 @@ impl Worker {
         };
         beats.abort();
         let cb = match result {
-            Ok(Ok(TaskResult { output, run_next })) => Callback {
-                task_run_id: a.task_run_id,
-                status: CallbackStatus::Succeeded,
-                output,
-                run_next,
-                error: None,
-                retryable: true,
-                logs: log.lines(),
-            },
+            Ok(Ok(TaskResult { output, run_next })) => {
+                match crate::objects::store_output(client, &a, output).await {
+                    Ok(output) => Callback {
+                        task_run_id: a.task_run_id,
+                        status: CallbackStatus::Succeeded,
+                        output,
+                        run_next,
+                        error: None,
+                        retryable: true,
+                        logs: log.lines(),
+                    },
+                    Err(e) => failure(&a, e, true, log.lines()),
+                }
+            }
             Ok(Err(e)) => failure(&a, e.message, e.retryable, log.lines()),
             Err(t) => Callback {
                 status: CallbackStatus::Timeout,
@@ -602,6 +617,30 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A granted URL as given (pre-signed by a bucket) or relative to the orchestrator.
+    pub(crate) fn resolve(&self, url: &str) -> String {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.url)
+        }
+    }
+
+    /// A task-token call whose answer matters.
+    pub(crate) async fn task_request<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &T,
+    ) -> Result<R, SdkError> {
+        self.send(path, token, body, "a task call", Duration::from_secs(30))
+            .await
     }
 
     async fn task_call<T: serde::Serialize>(

@@ -237,7 +237,12 @@ pub async fn serve(
                 match orbit_engine::runs::purge_dead_letters(store.as_ref(), &storage, before).await
                 {
                     Ok(r) if r.entries > 0 => {
-                        tracing::info!(entries = r.entries, runs = r.runs, objects = r.objects, "dead-letter retention")
+                        tracing::info!(
+                            entries = r.entries,
+                            runs = r.runs,
+                            objects = r.objects,
+                            "dead-letter retention"
+                        )
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "dead-letter retention failed"),
