@@ -590,7 +590,12 @@ impl Dispatcher {
     /// A callback's output as the store keeps it: a reference is accepted only to this
     /// attempt's own object, which must exist (its size is read from the backend); an inline
     /// output over the threshold is stored here.
-    async fn output_of(&self, claims: &TaskClaims, output: Value) -> Result<Value, EngineError> {
+    /// Also returns a line for the attempt's log that says where a stored output came from.
+    async fn output_of(
+        &self,
+        claims: &TaskClaims,
+        output: Value,
+    ) -> Result<(Value, Option<String>), EngineError> {
         let key = storage::output_key(claims.run, &claims.task, claims.attempt);
         if let Some(r) = ObjectRef::of(&output) {
             if r.key != key {
@@ -609,14 +614,26 @@ impl Dispatcher {
                 }
                 Err(e) => return Err(e.into()),
             };
-            return Ok(ObjectRef { size, ..r }.to_value());
+            let line = format!(
+                "[orbit] output ({size} bytes) written by the worker to object `{}`",
+                r.id()
+            );
+            return Ok((ObjectRef { size, ..r }.to_value(), Some(line)));
         }
         if looks_like_reference(&output) {
             return Err(EngineError::BadRequest(
                 "the output has the shape of an object reference but is not a valid one".into(),
             ));
         }
-        Ok(self.storage.offload(output, &key).await?)
+        let stored = self.storage.offload(output, &key).await?;
+        let line = ObjectRef::of(&stored).map(|r| {
+            format!(
+                "[orbit] output ({} bytes) sent inline; stored as object `{}`",
+                r.size,
+                r.id()
+            )
+        });
+        Ok((stored, line))
     }
 
     /// A claimed task that could not be handed out: recorded as a failed attempt.
@@ -760,9 +777,9 @@ impl Dispatcher {
         } else {
             None
         };
-        let output = match callback.status {
+        let (output, stored_line) = match callback.status {
             CallbackStatus::Succeeded => self.output_of(claims, callback.output).await?,
-            _ => Value::Null,
+            _ => (Value::Null, None),
         };
         let outcome = match callback.status {
             CallbackStatus::Succeeded => match callback.run_next {
@@ -800,6 +817,10 @@ impl Dispatcher {
         let now = Utc::now();
         let mut log = callback.logs.join("\n");
         if !log.is_empty() {
+            log.push('\n');
+        }
+        if let Some(line) = stored_line {
+            log.push_str(&line);
             log.push('\n');
         }
         let finished = FinishedAttempt {

@@ -14,6 +14,26 @@ pub struct Health {
     /// `standalone` or `serverless`.
     pub mode: &'static str,
     pub uptime_seconds: u64,
+    /// Where large inputs and outputs go (never credentials).
+    pub storage: StorageInfo,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StorageInfo {
+    /// The backend new objects are written to.
+    pub default: String,
+    /// Values whose JSON is larger than this many bytes are stored as objects.
+    pub threshold_bytes: usize,
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BackendInfo {
+    pub id: String,
+    /// `local`, `aws-s3`, `minio` or `gcs`.
+    pub provider: String,
+    /// A directory or a bucket.
+    pub location: String,
 }
 
 /// Health check: is the server up and can it reach its store.
@@ -29,5 +49,21 @@ pub async fn health(State(s): State<AppState>) -> Json<Health> {
             crate::Mode::Serverless => "serverless",
         },
         uptime_seconds: s.started.elapsed().as_secs(),
+        storage: {
+            let storage = s.engine.storage();
+            StorageInfo {
+                default: storage.default_backend().to_owned(),
+                threshold_bytes: storage.threshold(),
+                backends: storage
+                    .backends()
+                    .iter()
+                    .map(|b| BackendInfo {
+                        id: b.id.clone(),
+                        provider: b.provider.clone(),
+                        location: b.location.clone(),
+                    })
+                    .collect(),
+            }
+        },
     })
 }
