@@ -785,3 +785,67 @@ async fn pages_are_open_and_the_api_takes_the_token_from_the_dashboard_cookie() 
     let missing = get("/assets/nope.js", None).await.expect("asset");
     assert_eq!(missing.status().as_u16(), 404);
 }
+
+/// A task output over the storage threshold is shown through `GET /api/v1/storage/…`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_are_shown_from_object_storage() {
+    let Some(driver) = chromedriver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = server(dir.path(), &db, &[], &[("ORBIT_STORAGE_THRESHOLD", "1KiB")]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    let yaml = "name: big\ntasks:\n  - name: produce\n    type: script\n    source: |\n      import json\n      print(json.dumps({\"rows\": [\"row-%d\" % i for i in range(400)]}))\n";
+    api.post("/api/v1/pipelines", json!({ "yaml": yaml })).await;
+    let run = api.post("/api/v1/pipelines/big/trigger", json!({})).await;
+    let run = run["run"]["id"].as_str().expect("id").to_owned();
+    api.wait_state(&run, "succeeded").await;
+
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+    open(
+        &c,
+        &base,
+        &format!("/runs/{run}"),
+        "#dag [data-task=produce]",
+    )
+    .await;
+    click(&c, "#dag [data-task=produce]").await;
+    let shown = wait_js(
+        &c,
+        "the stored output",
+        "const p = document.getElementById('task-output'); return p && p.dataset.object && p.textContent.includes('row-399') && p.textContent",
+    )
+    .await;
+    assert!(
+        shown.as_str().is_some_and(|t| t.contains("\"row-0\"")),
+        "{shown}"
+    );
+    let link = wait_js(
+        &c,
+        "the link to the object",
+        "const a = document.querySelector('#task a[href^=\"/api/v1/storage/local/runs/\"]'); return a && a.getAttribute('href')",
+    )
+    .await;
+    assert_eq!(
+        link,
+        json!(format!(
+            "/api/v1/storage/local/runs/{run}/produce/attempt-1.json"
+        ))
+    );
+    c.execute(
+        "document.querySelector('#task a[href^=\"/api/v1/storage/\"]').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .expect("scroll");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots.join("run-large-output.png"), png).expect("write screenshot");
+    no_errors(&c, "run with a large output").await;
+    c.close().await.expect("close");
+}

@@ -703,6 +703,17 @@ fn the_cli_on_the_local_default_and_dead_letter_retention() {
         "count read the hydrated output: {status}"
     );
 
+    // The 140 KB line was the output: the log notes it instead of keeping a second copy.
+    let logs = orbit(d, &["logs", &run, "widen"], &[]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("bytes (not kept in the log)")
+            && logs.contains("stored as object")
+            && logs.len() < 10_000,
+        "{}",
+        &logs[..logs.len().min(2000)]
+    );
+
     // A failed run with a large input: retention removes its dead letter, the run and its objects.
     std::fs::write(d.join("fail.yaml"), "name: fail\ntasks:\n  - name: boom\n    type: shell\n    command: exit 3\n    retry: { max_attempts: 1 }\n").expect("pipeline");
     let out = orbit(d, &["--json", "run", "fail.yaml", "-i", "@input.json"], &[]);

@@ -15,6 +15,49 @@ const esc = (v) =>
 const short = (id) => String(id ?? "").slice(0, 8);
 const badge = (state) => `<span class="badge s-${esc(state)}">${esc(state)}</span>`;
 const json = (v) => esc(JSON.stringify(v, null, 2));
+
+// Inputs and outputs over the storage threshold are kept in object storage; the API gives their
+// reference, and the page shows the content through GET /api/v1/storage/… (immutable: fetched once).
+const objectRef = (v) =>
+  v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 1 && v.$orbit_object && typeof v.$orbit_object === "object"
+    ? v.$orbit_object
+    : null;
+const objectUrl = (r) => `/api/v1/storage/${encodeURIComponent(r.backend)}/${String(r.key).split("/").map(encodeURIComponent).join("/")}`;
+const PREVIEW_CHARS = 20000;
+const previews = new Map();
+function preview(url) {
+  if (!previews.has(url)) {
+    const loading = fetch(url).then(async (res) => {
+      if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+      const text = await res.text();
+      if (text.length > PREVIEW_CHARS) return `${text.slice(0, PREVIEW_CHARS)}\n… (${text.length} characters in all: open the object for the rest)`;
+      try {
+        return JSON.stringify(JSON.parse(text), null, 2);
+      } catch {
+        return text;
+      }
+    });
+    loading.catch(() => previews.delete(url));
+    previews.set(url, loading);
+  }
+  return previews.get(url);
+}
+/** A value as HTML: inline JSON, or a stored object's note and a <pre> that fillObjects() loads. */
+function valueHtml(v, id) {
+  const r = objectRef(v);
+  if (!r) return `<pre id="${id}">${v === null || v === undefined ? "—" : json(v)}</pre>`;
+  const url = objectUrl(r);
+  return `<p class="muted">Kept in object storage as <code>${esc(r.backend)}/${esc(r.key)}</code> (${esc(r.size)} bytes) · <a href="${esc(url)}" target="_blank" rel="noopener">open</a></p>
+    <pre id="${id}" data-object="${esc(url)}">loading…</pre>`;
+}
+function fillObjects(root) {
+  for (const pre of root.querySelectorAll("pre[data-object]")) {
+    preview(pre.dataset.object).then(
+      (text) => (pre.textContent = text),
+      (e) => (pre.textContent = `cannot load the object: ${e.message}`),
+    );
+  }
+}
 const when = (t) => (t ? new Date(t).toLocaleString() : "—");
 function took(a, b) {
   if (!a) return "—";
@@ -347,7 +390,7 @@ async function runDetail(id) {
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
     <h2>Graph</h2>${legend}<div class="dag" id="dag"></div>
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
-    <h2>Run input</h2><pre id="run-input"></pre>`;
+    <h2>Run input</h2><div id="run-input"></div>`;
   const nodes = drawDag(document.getElementById("dag"), detail.pipeline.definition.tasks, (name) => pick(name));
   const facts = () => {
     const r = detail.run;
@@ -359,7 +402,9 @@ async function runDetail(id) {
       <dt>Created</dt><dd>${when(r.created_at)}</dd><dt>Took</dt><dd>${took(r.started_at, r.finished_at)}${settled(r.state) ? "" : " so far"}</dd>
       ${r.idempotency_key ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotency_key)}</code></dd>` : ""}
       <dt>Changed since last run</dt><dd id="changed">${detail.changed_since_previous_run.length ? detail.changed_since_previous_run.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
-    document.getElementById("run-input").innerHTML = json(r.input);
+    const inputBox = document.getElementById("run-input");
+    inputBox.innerHTML = valueHtml(r.input, "run-input-value");
+    fillObjects(inputBox);
     document.getElementById("cancel").hidden = settled(r.state);
     document.getElementById("retry").hidden = !["failed", "cancelled"].includes(r.state);
     const states = Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state]));
@@ -402,11 +447,12 @@ async function runDetail(id) {
         <dt>Took</dt><dd>${took(t.started_at, t.finished_at)}</dd>
       </dl></div>
       <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null, upstream: d.upstream })}</pre>
-      <h3>Output</h3><pre id="task-output">${t.output === null || t.output === undefined ? "—" : json(t.output)}</pre></div></div>
+      <h3>Output</h3>${valueHtml(t.output, "task-output")}</div></div>
       <h3>Log ${t.state === "running" ? `<span class="muted">(live)</span>` : ""}</h3><pre id="task-log">${esc(log || "(no output)")}</pre>
       <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
       ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.started_at)}</td><td>${took(a.started_at, a.finished_at)}</td><td>${a.code_version ? `v${a.code_version}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
       </tbody></table></div>`;
+    fillObjects(box);
   }
   async function refresh() {
     detail = await api("GET", `/runs/${runId}`);

@@ -82,6 +82,11 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
     Err(Failure::error(format!("`{}` {how}{detail}", spec.program)))
 }
 
+/// Longest line copied into the log.
+const LONG_LINE: usize = 64 * 1024;
+/// Most standard output captured as a task's output.
+const OUTPUT_CAP: usize = 256 * 1024 * 1024;
+
 /// Copies lines into the log; returns the captured text (when asked) and the last non-empty line.
 async fn pump<R: AsyncRead + Unpin>(
     pipe: Option<R>,
@@ -101,8 +106,17 @@ async fn pump<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf);
-                log.line(&line);
-                if capture && captured.len() < crate::log::LOG_CAP {
+                // A huge line is usually the task's output, which object storage keeps: the
+                // log (stored in the database) notes it instead of holding a second copy.
+                if line.len() > LONG_LINE {
+                    log.line(&format!(
+                        "[orbit] a line of {} bytes (not kept in the log)",
+                        line.len()
+                    ));
+                } else {
+                    log.line(&line);
+                }
+                if capture && captured.len() < OUTPUT_CAP {
                     captured.push_str(&line);
                 }
                 let trimmed = line.trim();
