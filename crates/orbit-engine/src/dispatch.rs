@@ -417,7 +417,8 @@ impl Dispatcher {
         // Large values go to the worker by reference. Only a template that reads them (a
         // rendered `input`, an idempotency key) makes the orchestrator fetch them itself.
         let (ctx_input, ctx_outputs) = if def.params.contains_key("input") || template.is_some() {
-            hydrated(&self.storage, &input, outputs.clone()).await?
+            let (i, o) = hydrated(&self.storage, &input, outputs.clone()).await?;
+            (i.into_owned(), o)
         } else {
             (Value::Null, Vec::new())
         };

@@ -15,6 +15,7 @@ use orbit_store::{
     StoreError, StoredPipeline,
 };
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -982,15 +983,21 @@ async fn attempt(
 
 /// The run input and upstream outputs with every object reference replaced by its content. A
 /// backend that cannot be read fails the attempt (retried); the run loses nothing.
-pub(crate) async fn hydrated(
+pub(crate) async fn hydrated<'a>(
     storage: &Storage,
-    input: &Value,
+    input: &'a Value,
     outputs: Vec<(String, Value)>,
-) -> Result<(Value, Vec<(String, Value)>), Failure> {
-    let input = storage
-        .hydrate(input.clone())
-        .await
-        .map_err(|e| Failure::error(format!("cannot read the run's input: {e}")))?;
+) -> Result<(Cow<'a, Value>, Vec<(String, Value)>), Failure> {
+    // The run's input is shared by all its tasks: copied only when it has to be fetched.
+    let input = match ObjectRef::of(input) {
+        None => Cow::Borrowed(input),
+        Some(_) => Cow::Owned(
+            storage
+                .hydrate(input.clone())
+                .await
+                .map_err(|e| Failure::error(format!("cannot read the run's input: {e}")))?,
+        ),
+    };
     let mut hydrated = Vec::with_capacity(outputs.len());
     for (name, output) in outputs {
         let output = storage
