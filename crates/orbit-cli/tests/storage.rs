@@ -777,7 +777,7 @@ fn a_bad_storage_configuration_fails_at_start_naming_the_field() {
                 ("S3_BUCKET", "b"),
                 ("S3_SECRET_KEY", secret),
             ],
-            "STORAGE_PROVIDER.endpoint is required",
+            "S3_ENDPOINT is required for provider `minio`",
         ),
         (
             &[(

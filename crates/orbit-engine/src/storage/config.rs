@@ -41,6 +41,27 @@ struct Spec {
     is_default: bool,
 }
 
+impl Spec {
+    /// How the user wrote `field` of this backend: `STORAGE_BACKENDS[1].bucket`, or the
+    /// single-backend variable that set it (`S3_BUCKET`).
+    fn field(&self, field: &str) -> String {
+        if self.origin != "STORAGE_PROVIDER" {
+            return format!("{}.{field}", self.origin);
+        }
+        match field {
+            "bucket" => "S3_BUCKET",
+            "endpoint" => "S3_ENDPOINT",
+            "region" => "S3_REGION",
+            "path" => "STORAGE_PATH",
+            "provider" => "STORAGE_PROVIDER",
+            "credentials.accessKeyId" => "S3_ACCESS_KEY",
+            "credentials.secretAccessKey" => "S3_SECRET_KEY",
+            other => return format!("STORAGE_PROVIDER ({other})"),
+        }
+        .to_owned()
+    }
+}
+
 fn bad(message: impl Into<String>) -> StorageError {
     StorageError::Config(message.into())
 }
@@ -243,8 +264,8 @@ fn credential(spec: &Spec, field: &str) -> Result<Option<String>, StorageError> 
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(format!(
-            "{}.credentials.{field} must be a string",
-            spec.origin
+            "{} must be a string",
+            spec.field(&format!("credentials.{field}"))
         ))),
     }
 }
@@ -252,8 +273,9 @@ fn credential(spec: &Spec, field: &str) -> Result<Option<String>, StorageError> 
 fn required(spec: &Spec, value: &Option<String>, field: &str) -> Result<String, StorageError> {
     value.clone().ok_or_else(|| {
         bad(format!(
-            "{}.{field} is required for provider `{}`",
-            spec.origin, spec.provider
+            "{} is required for provider `{}`",
+            spec.field(field),
+            spec.provider
         ))
     })
 }
@@ -270,8 +292,8 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
                     PathBuf::from(spec.path.clone().unwrap_or_else(|| ".orbit/objects".into()));
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     bad(format!(
-                        "{}.path: cannot create `{}`: {e}",
-                        spec.origin,
+                        "{}: cannot create `{}`: {e}",
+                        spec.field("path"),
                         dir.display()
                     ))
                 })?;
@@ -300,12 +322,14 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
                         .filter(|e| e.trim_end_matches('/') != "https://s3.amazonaws.com")
                 };
                 if let Some(e) = &endpoint {
-                    object_store::signer::Url::parse(e).map_err(|_| {
-                        bad(format!(
-                            "{}.endpoint `{e}` is not a URL such as http://127.0.0.1:9000",
-                            spec.origin
-                        ))
-                    })?;
+                    let is_url = object_store::signer::Url::parse(e)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+                    if !is_url {
+                        return Err(bad(format!(
+                            "{} `{e}` is not a URL such as http://127.0.0.1:9000",
+                            spec.field("endpoint")
+                        )));
+                    }
                     b = b
                         .with_endpoint(e)
                         .with_allow_http(e.starts_with("http://"))
@@ -320,14 +344,16 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
                     (None, None) if !minio => {}
                     (None, _) => {
                         return Err(bad(format!(
-                            "{}.credentials.accessKeyId is required for provider `{}`",
-                            spec.origin, spec.provider
+                            "{} is required for provider `{}`",
+                            spec.field("credentials.accessKeyId"),
+                            spec.provider
                         )));
                     }
                     (_, None) => {
                         return Err(bad(format!(
-                            "{}.credentials.secretAccessKey is required for provider `{}`",
-                            spec.origin, spec.provider
+                            "{} is required for provider `{}`",
+                            spec.field("credentials.secretAccessKey"),
+                            spec.provider
                         )));
                     }
                 }
@@ -384,8 +410,8 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
             }
             other => {
                 return Err(bad(format!(
-                    "{}.provider `{other}` is not one of {PROVIDERS}",
-                    spec.origin
+                    "{} `{other}` is not one of {PROVIDERS}",
+                    spec.field("provider")
                 )));
             }
         };
@@ -582,7 +608,28 @@ mod tests {
             ),
             (
                 &[("STORAGE_PROVIDER", "aws-s3")],
-                "STORAGE_PROVIDER.bucket is required",
+                "S3_BUCKET is required for provider `aws-s3`",
+            ),
+            (
+                &[
+                    ("STORAGE_PROVIDER", "minio"),
+                    ("S3_BUCKET", "b"),
+                    ("S3_ENDPOINT", "localhost:9000"),
+                ],
+                "S3_ENDPOINT `localhost:9000` is not a URL",
+            ),
+            (
+                &[
+                    ("STORAGE_PROVIDER", "minio"),
+                    ("S3_BUCKET", "b"),
+                    ("S3_ENDPOINT", "http://h:9000"),
+                    ("S3_SECRET_KEY", "hunter2"),
+                ],
+                "S3_ACCESS_KEY is required for provider `minio`",
+            ),
+            (
+                &[("STORAGE_PROVIDER", "ftp")],
+                "STORAGE_PROVIDER `ftp` is not one of",
             ),
             (
                 &[("ORBIT_STORAGE_THRESHOLD", "lots")],
