@@ -84,6 +84,11 @@ pub enum Command {
         /// Run id, or a unique prefix of it
         run: String,
     },
+    /// Delete a settled run: its task runs, logs, events and its objects in object storage
+    Delete {
+        /// Run id, or a unique prefix of it
+        run: String,
+    },
     /// Re-queue the dead and cancelled tasks of a failed or cancelled run and run them here
     Retry {
         /// Run id, or a unique prefix of it

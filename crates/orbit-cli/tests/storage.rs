@@ -714,6 +714,35 @@ fn the_cli_on_the_local_default_and_dead_letter_retention() {
         &logs[..logs.len().min(2000)]
     );
 
+    // `orbit delete` refuses nothing settled and removes the objects with the run.
+    std::fs::write(
+        d.join("keep.yaml"),
+        "name: keep\ntasks:\n  - name: hold\n    type: sleep\n    duration: 0s\n",
+    )
+    .expect("pipeline");
+    let kept = orbit(d, &["--json", "run", "keep.yaml", "-i", "@input.json"], &[]);
+    let kept = String::from_utf8_lossy(&kept.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| {
+            v["run"]
+                .as_str()
+                .filter(|_| v["event"] == "run_created")
+                .map(str::to_owned)
+        })
+        .expect("run id");
+    let kept_input = d.join(".orbit/objects/runs").join(&kept).join("input.json");
+    assert!(kept_input.is_file());
+    let deleted = orbit(d, &["--json", "delete", &kept[..13]], &[]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let deleted: Value = serde_json::from_slice(&deleted.stdout).expect("json");
+    assert_eq!(deleted, json!({"run": kept, "deleted": true, "objects": 1}));
+    assert!(!kept_input.exists());
+
     // A failed run with a large input: retention removes its dead letter, the run and its objects.
     std::fs::write(d.join("fail.yaml"), "name: fail\ntasks:\n  - name: boom\n    type: shell\n    command: exit 3\n    retry: { max_attempts: 1 }\n").expect("pipeline");
     let out = orbit(d, &["--json", "run", "fail.yaml", "-i", "@input.json"], &[]);

@@ -1,4 +1,4 @@
-//! Steering runs: `orbit cancel RUN`, `orbit retry RUN`.
+//! Steering runs: `orbit cancel RUN`, `orbit retry RUN`, `orbit delete RUN`.
 
 use crate::BadInput;
 use chrono::Utc;
@@ -24,6 +24,28 @@ pub async fn cancel(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
         println!(
             "cancelled run {} ({stopped} task(s) stopped or never started)",
             run.id
+        );
+    }
+    Ok(0)
+}
+
+pub async fn delete(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    if !run.state.is_terminal() {
+        return Err(BadInput(format!(
+            "run {} is {}; cancel it first (`orbit cancel {}`)",
+            run.id, run.state, run.id
+        ))
+        .into());
+    }
+    let objects = orbit_engine::runs::delete_run(store, super::storage()?.as_ref(), run.id).await?;
+    if json {
+        crate::output::json(&json!({"run": run.id, "deleted": true, "objects": objects}))?;
+    } else {
+        println!(
+            "deleted run {} and {objects} stored object{}",
+            run.id,
+            if objects == 1 { "" } else { "s" }
         );
     }
     Ok(0)

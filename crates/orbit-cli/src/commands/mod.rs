@@ -77,6 +77,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel { run } => {
             control::cancel(open_store(&url).await?.as_ref(), &run, json).await
         }
+        Command::Delete { run } => {
+            control::delete(open_store(&url).await?.as_ref(), &run, json).await
+        }
         Command::Retry { run, no_wait } => {
             control::retry(&open_store(&url).await?, &run, no_wait, json).await
         }
