@@ -22,6 +22,16 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+impl Outcome {
+    /// The output of a success (routed or not).
+    pub fn output_mut(&mut self) -> Option<&mut Value> {
+        match self {
+            Outcome::Succeeded(output) | Outcome::Routed { output, .. } => Some(output),
+            Outcome::Failed(_) => None,
+        }
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {

@@ -837,22 +837,9 @@ fn routed(def: &orbit_core::TaskDef, output: Value) -> Outcome {
 /// A successful outcome with its output kept in object storage when it is large. A failure
 /// to store it is a failed attempt (retried): the output must be safe before the task counts as
 /// done.
-async fn stored(storage: &Storage, outcome: Outcome, key: &str, log: &LogBuffer) -> Outcome {
-    let (output, rebuild): (Value, Box<dyn FnOnce(Value) -> Outcome + Send>) = match outcome {
-        Outcome::Succeeded(output) => (output, Box::new(Outcome::Succeeded)),
-        Outcome::Routed {
-            output,
-            allowed,
-            run_next,
-        } => (
-            output,
-            Box::new(move |output| Outcome::Routed {
-                output,
-                allowed,
-                run_next,
-            }),
-        ),
-        other => return other,
+async fn stored(storage: &Storage, mut outcome: Outcome, key: &str, log: &LogBuffer) -> Outcome {
+    let Some(output) = outcome.output_mut().map(std::mem::take) else {
+        return outcome;
     };
     match storage.offload(output, key).await {
         Ok(output) => {
@@ -863,7 +850,10 @@ async fn stored(storage: &Storage, outcome: Outcome, key: &str, log: &LogBuffer)
                     r.id()
                 ));
             }
-            rebuild(output)
+            if let Some(slot) = outcome.output_mut() {
+                *slot = output;
+            }
+            outcome
         }
         Err(e) => {
             let f = Failure::error(format!("cannot store the output: {e}"));
