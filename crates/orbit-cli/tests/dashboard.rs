@@ -797,7 +797,7 @@ async fn large_outputs_are_shown_from_object_storage() {
         base: s.base.clone(),
         http: reqwest::Client::new(),
     };
-    let yaml = "name: big\ntasks:\n  - name: produce\n    type: script\n    source: |\n      import json\n      print(json.dumps({\"rows\": [\"row-%d\" % i for i in range(400)]}))\n";
+    let yaml = "name: big\ntasks:\n  - name: produce\n    type: script\n    source: |\n      import json\n      print(json.dumps({\"rows\": [\"row-%d\" % i for i in range(400)]}))\n  - name: use\n    type: sleep\n    needs: produce\n    duration: 0s\n";
     api.post("/api/v1/pipelines", json!({ "yaml": yaml })).await;
     let run = api.post("/api/v1/pipelines/big/trigger", json!({})).await;
     let run = run["run"]["id"].as_str().expect("id").to_owned();
@@ -847,5 +847,15 @@ async fn large_outputs_are_shown_from_object_storage() {
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(shots.join("run-large-output.png"), png).expect("write screenshot");
     no_errors(&c, "run with a large output").await;
+
+    // Downstream, the same object is shown as its input.
+    click(&c, "#dag [data-task=use]").await;
+    wait_js(
+        &c,
+        "the upstream output",
+        "const p = document.getElementById('upstream-0'); return p && p.dataset.object && p.textContent.includes('row-399')",
+    )
+    .await;
+    no_errors(&c, "a task whose input is stored").await;
     c.close().await.expect("close");
 }

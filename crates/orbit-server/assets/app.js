@@ -446,7 +446,8 @@ async function runDetail(id) {
         ${t.error ? `<dt>Error</dt><dd class="err">${esc(t.error)}</dd>` : ""}
         <dt>Took</dt><dd>${took(t.started_at, t.finished_at)}</dd>
       </dl></div>
-      <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null, upstream: d.upstream })}</pre>
+      <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null })}</pre>
+      ${Object.entries(d.upstream || {}).map(([name, v], i) => `<h4>Output of ${esc(name)}</h4>${valueHtml(v, `upstream-${i}`)}`).join("")}
       <h3>Output</h3>${valueHtml(t.output, "task-output")}</div></div>
       <h3>Log ${t.state === "running" ? `<span class="muted">(live)</span>` : ""}</h3><pre id="task-log">${esc(log || "(no output)")}</pre>
       <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
