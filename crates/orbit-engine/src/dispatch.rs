@@ -8,8 +8,8 @@
 //! silent is taken back by the reaper when its lease expires, like any other.
 
 use crate::EngineError;
-use crate::engine::{Keyed, hydrated, keyed};
-use crate::storage::{self, Storage, StorageError};
+use crate::engine::{Keyed, hydrated, input_failure, keyed};
+use crate::storage::{self, RunInput, Storage, StorageError};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use object_store::signer::Method;
@@ -399,12 +399,13 @@ impl Dispatcher {
             .get(&name)
             .and_then(|t| t.as_ref())
             .map(|t| &t.options);
-        let input = self
-            .store
-            .run(task.run_id)
-            .await
-            .map_err(|e| Failure::error(e.to_string()))?
-            .input;
+        let input = RunInput::new(
+            self.store
+                .run(task.run_id)
+                .await
+                .map_err(|e| Failure::error(e.to_string()))?
+                .input,
+        );
         let outputs = self
             .store
             .outputs(task.run_id, &def.needs)
@@ -416,16 +417,17 @@ impl Dispatcher {
             .or(options.and_then(|o| o.idempotency_key.as_deref()));
         // Large values go to the worker by reference. Only a template that reads them (a
         // rendered `input`, an idempotency key) makes the orchestrator fetch them itself.
+        let null = Value::Null;
         let (ctx_input, ctx_outputs) = if def.params.contains_key("input") || template.is_some() {
-            let (i, o) = hydrated(&self.storage, &input, outputs.clone()).await?;
-            (i.into_owned(), o)
+            let i = input.content(&self.storage).await.map_err(input_failure)?;
+            (i, hydrated(&self.storage, outputs.clone()).await?)
         } else {
-            (Value::Null, Vec::new())
+            (&null, Vec::new())
         };
         let run_id = task.run_id.to_string();
         let effect_key = task.id.to_string();
         let ctx = Context {
-            input: &ctx_input,
+            input: ctx_input,
             tasks: ctx_outputs
                 .iter()
                 .map(|(n, output)| (n.as_str(), TaskOutput { output }))
@@ -440,22 +442,6 @@ impl Dispatcher {
             },
             effect_key: &effect_key,
             code_version,
-        };
-        let handler_input = match def.params.get("input") {
-            None => input,
-            Some(template_value) => {
-                let mut one = Map::new();
-                one.insert("input".into(), template_value.clone());
-                let rendered = template::render_params(&one, &ctx)
-                    .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
-                    .remove("input")
-                    .unwrap_or(Value::Null);
-                let key = storage::handler_input_key(task.run_id, &def.name, task.attempt);
-                self.storage
-                    .offload(rendered, &key)
-                    .await
-                    .map_err(|e| Failure::error(format!("cannot store the task's input: {e}")))?
-            }
         };
         let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
         let Keyed { key, reused } = keyed(
@@ -488,6 +474,23 @@ impl Dispatcher {
                 code_version: Some(code_version),
             })));
         }
+        // After the key lookup: a reused output needs no input written for a worker.
+        let handler_input = match def.params.get("input") {
+            None => input.into_stored(),
+            Some(template_value) => {
+                let mut one = Map::new();
+                one.insert("input".into(), template_value.clone());
+                let rendered = template::render_params(&one, &ctx)
+                    .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
+                    .remove("input")
+                    .unwrap_or(Value::Null);
+                let key = storage::handler_input_key(task.run_id, &def.name, task.attempt);
+                self.storage
+                    .offload(rendered, &key)
+                    .await
+                    .map_err(|e| Failure::error(format!("cannot store the task's input: {e}")))?
+            }
+        };
         let timeout = match (def.timeout, options.and_then(|o| o.timeout_ms)) {
             (Some(a), Some(b)) => Some(a.min(Duration::from_millis(b))),
             (a, b) => a.or(b.map(Duration::from_millis)),

@@ -2,7 +2,7 @@
 
 use crate::executor::{self, Invocation};
 use crate::log::{LiveLogs, LogBuffer};
-use crate::storage::{self, Storage};
+use crate::storage::{self, RunInput, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::dag::Dag;
 use orbit_core::object::ObjectRef;
@@ -15,7 +15,6 @@ use orbit_store::{
     StoreError, StoredPipeline,
 };
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +268,7 @@ impl Engine {
     ) -> Result<Option<RunState>, EngineError> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
         let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
-        let mut inputs: HashMap<Uuid, Arc<Value>> = HashMap::new();
+        let mut inputs: HashMap<Uuid, Arc<RunInput>> = HashMap::new();
         let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
         let mut finished: Vec<FinishedAttempt> = Vec::new();
         let mut received: Vec<FinishedAttempt> = Vec::with_capacity(256);
@@ -663,13 +662,13 @@ impl Engine {
 
     async fn input(
         &self,
-        cache: &mut HashMap<Uuid, Arc<Value>>,
+        cache: &mut HashMap<Uuid, Arc<RunInput>>,
         run: Uuid,
-    ) -> Result<Arc<Value>, EngineError> {
+    ) -> Result<Arc<RunInput>, EngineError> {
         if let Some(i) = cache.get(&run) {
             return Ok(i.clone());
         }
-        let input = Arc::new(self.store.run(run).await?.input);
+        let input = Arc::new(RunInput::new(self.store.run(run).await?.input));
         cache.insert(run, input.clone());
         Ok(input)
     }
@@ -678,7 +677,7 @@ impl Engine {
         &self,
         task: ClaimedTask,
         loaded: Arc<Loaded>,
-        input: Arc<Value>,
+        input: Arc<RunInput>,
         done: mpsc::UnboundedSender<FinishedAttempt>,
     ) -> AbortHandle {
         let store = self.store.clone();
@@ -884,7 +883,7 @@ async fn attempt(
     io: &Io<'_>,
     loaded: &Loaded,
     task: &ClaimedTask,
-    input: &Value,
+    input: &RunInput,
     log: &LogBuffer,
 ) -> AttemptResult {
     let fail = |f: Failure| AttemptResult {
@@ -906,7 +905,11 @@ async fn attempt(
         Ok(o) => o,
         Err(e) => return fail(Failure::error(format!("cannot read upstream outputs: {e}"))),
     };
-    let (input, outputs) = match hydrated(io.storage, input, outputs).await {
+    let read = async {
+        let input = input.content(io.storage).await.map_err(input_failure)?;
+        Ok::<_, Failure>((input, hydrated(io.storage, outputs).await?))
+    };
+    let (input, outputs) = match read.await {
         Ok(x) => x,
         Err(f) => {
             log.line(&format!("[orbit] {}", f.message));
@@ -916,7 +919,7 @@ async fn attempt(
     let run_id = task.run_id.to_string();
     let effect_key = task.id.to_string();
     let ctx = Context {
-        input: &input,
+        input,
         tasks: outputs
             .iter()
             .map(|(name, output)| (name.as_str(), TaskOutput { output }))
@@ -971,23 +974,17 @@ async fn attempt(
     }
 }
 
-/// The run input and upstream outputs with every object reference replaced by its content. A
-/// backend that cannot be read fails the attempt (retried); the run loses nothing.
-pub(crate) async fn hydrated<'a>(
+/// A run input that cannot be read from object storage fails the attempt (retried); the run
+/// loses nothing.
+pub(crate) fn input_failure(e: storage::StorageError) -> Failure {
+    Failure::error(format!("cannot read the run's input: {e}"))
+}
+
+/// Upstream outputs with every object reference replaced by its content.
+pub(crate) async fn hydrated(
     storage: &Storage,
-    input: &'a Value,
     outputs: Vec<(String, Value)>,
-) -> Result<(Cow<'a, Value>, Vec<(String, Value)>), Failure> {
-    // The run's input is shared by all its tasks: copied only when it has to be fetched.
-    let input = match ObjectRef::of(input) {
-        None => Cow::Borrowed(input),
-        Some(_) => Cow::Owned(
-            storage
-                .hydrate(input.clone())
-                .await
-                .map_err(|e| Failure::error(format!("cannot read the run's input: {e}")))?,
-        ),
-    };
+) -> Result<Vec<(String, Value)>, Failure> {
     let mut hydrated = Vec::with_capacity(outputs.len());
     for (name, output) in outputs {
         let output = storage
@@ -996,7 +993,7 @@ pub(crate) async fn hydrated<'a>(
             .map_err(|e| Failure::error(format!("cannot read the output of `{name}`: {e}")))?;
         hydrated.push((name, output));
     }
-    Ok((input, hydrated))
+    Ok(hydrated)
 }
 
 async fn execute(

@@ -86,6 +86,37 @@ pub fn handler_input_key(run: Uuid, task: &str, attempt: u32) -> String {
     format!("runs/{run}/{task}/attempt-{attempt}.input.json")
 }
 
+/// A run's input as the store keeps it, and its content: fetched from object storage at most
+/// once, however many of the run's attempts ask for it.
+#[derive(Debug)]
+pub struct RunInput {
+    stored: Value,
+    content: tokio::sync::OnceCell<Value>,
+}
+
+impl RunInput {
+    pub fn new(stored: Value) -> RunInput {
+        RunInput {
+            stored,
+            content: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The input as stored: inline, or a reference.
+    pub fn into_stored(self) -> Value {
+        self.stored
+    }
+
+    pub async fn content(&self, storage: &Storage) -> Result<&Value, StorageError> {
+        if ObjectRef::of(&self.stored).is_none() {
+            return Ok(&self.stored);
+        }
+        self.content
+            .get_or_try_init(|| storage.hydrate(self.stored.clone()))
+            .await
+    }
+}
+
 impl Storage {
     /// One local backend under `root`: what `orbit` uses when nothing is configured.
     pub fn local(root: &std::path::Path) -> Result<Storage, StorageError> {
@@ -354,6 +385,24 @@ mod tests {
         assert_eq!(s.hydrate(rb).await.expect("b's own"), big);
         assert_eq!(s.hydrate(copied.to_value()).await.expect("b's copy"), big);
         assert_eq!(s.delete_run(a).await.expect("again"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_input_is_fetched_once_for_all_its_attempts() {
+        let (_dir, s) = local();
+        let run = Uuid::now_v7();
+        let big = json!({"rows": "r".repeat(500)});
+        let input = RunInput::new(
+            s.offload(big.clone(), &input_key(run))
+                .await
+                .expect("offload"),
+        );
+        assert_eq!(input.content(&s).await.expect("first read"), &big);
+        // Gone from storage, still there for the run's next attempt: no second read.
+        s.delete_run(run).await.expect("delete");
+        assert_eq!(input.content(&s).await.expect("second read"), &big);
+        let inline = RunInput::new(json!({"n": 1}));
+        assert_eq!(inline.content(&s).await.expect("inline"), &json!({"n": 1}));
     }
 
     #[tokio::test]
