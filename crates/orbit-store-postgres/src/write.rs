@@ -739,18 +739,23 @@ pub async fn extend_leases(
     Ok(ids.into_iter().filter(|id| !kept.contains(id)).collect())
 }
 
-pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
-    let mut tx = begin(pool).await?;
+/// Locks the run's row for the transaction and reads its state.
+async fn locked_run_state(tx: &mut PgConnection, run: Uuid) -> Result<RunState> {
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
             .bind(run)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx)
             .await
             .map_err(unavailable)?;
-    let state: RunState = state
+    state
         .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
         .parse()
-        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))
+}
+
+pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let state = locked_run_state(&mut tx, run).await?;
     if state.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "run {run} is already {state}"
@@ -785,15 +790,7 @@ pub async fn requeue(
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let mut tx = begin(pool).await?;
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(run)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    if exists.is_none() {
-        return Err(StoreError::NotFound(format!("run {run}")));
-    }
+    locked_run_state(&mut tx, run).await?;
     let requeued: Vec<String> = sqlx::query_scalar(
         "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
          ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \
@@ -858,14 +855,8 @@ pub async fn requeue(
 /// go by `ON DELETE CASCADE`).
 pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
     let mut tx = begin(pool).await?;
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    let state = state.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
-    if matches!(state.as_str(), "pending" | "running") {
+    let state = locked_run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "run {id} is {state}; cancel it before deleting it"
         )));

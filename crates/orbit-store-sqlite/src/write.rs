@@ -631,18 +631,23 @@ pub async fn extend_leases(
     Ok(lost)
 }
 
+/// The run's state, read inside the (immediate, so already exclusive) write transaction.
+async fn run_state(tx: &mut SqliteConnection, run: Uuid) -> Result<RunState> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
+        .bind(run.to_string())
+        .fetch_optional(tx)
+        .await
+        .map_err(unavailable)?;
+    state
+        .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))
+}
+
 pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
     let now = us(now);
     let mut tx = begin(pool).await?;
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
-        .bind(run.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    let state: RunState = state
-        .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?
-        .parse()
-        .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
+    let state = run_state(&mut tx, run).await?;
     if state.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "run {run} is already {state}"
@@ -682,14 +687,7 @@ pub async fn requeue(
     let now = us(now);
     let run_s = run.to_string();
     let mut tx = begin(pool).await?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
-        .bind(&run_s)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    if exists.is_none() {
-        return Err(StoreError::NotFound(format!("run {run}")));
-    }
+    run_state(&mut tx, run).await?;
     let mut requeued = Vec::new();
     let mut events: Events = Vec::new();
     for name in tasks {
@@ -752,13 +750,8 @@ pub async fn requeue(
 pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
     let mut tx = begin(pool).await?;
     let run = id.to_string();
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
-        .bind(&run)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    let state = state.ok_or_else(|| StoreError::NotFound(format!("run {id}")))?;
-    if matches!(state.as_str(), "pending" | "running") {
+    let state = run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "run {id} is {state}; cancel it before deleting it"
         )));
