@@ -1008,9 +1008,8 @@ async fn execute(
     let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
     let params = Params::from_json(def.task_type, &rendered, true)
         .map_err(|e| Failure::fatal(format!("parameters after rendering: {e}")))?;
-    let context = serde_json::to_value(ctx).map_err(|e| Failure::fatal(e.to_string()))?;
     let inv = Invocation {
-        context: &context,
+        context: ctx,
         run_id,
         task_name: &def.name,
         attempt: task.attempt,

@@ -8,14 +8,16 @@ mod shell;
 
 use crate::log::LogBuffer;
 use orbit_core::params::Params;
+use orbit_core::template::Context;
 use orbit_core::transition::Failure;
 use serde_json::Value;
 use std::time::Duration;
 
 /// What an executor gets besides its parameters.
 pub struct Invocation<'a> {
-    /// The task context as JSON (input, upstream outputs, run, task, effect key).
-    pub context: &'a Value,
+    /// The task context (input, upstream outputs, run, task, effect key), serialized only by
+    /// the executors that hand it to a program.
+    pub context: &'a Context<'a>,
     pub run_id: &'a str,
     pub task_name: &'a str,
     pub attempt: u32,

@@ -57,9 +57,11 @@ pub async fn run(p: ShellParams, inv: &Invocation<'_>) -> Result<Value, Failure>
     }
 }
 
-fn write_file(path: &std::path::Path, value: &Value) -> Result<(), Failure> {
-    let mut f = std::fs::File::create(path)
+fn write_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), Failure> {
+    let f = std::fs::File::create(path)
         .map_err(|e| Failure::error(format!("cannot write {}: {e}", path.display())))?;
+    // serde_json writes token by token: buffer them into few system calls.
+    let mut f = std::io::BufWriter::new(f);
     serde_json::to_writer(&mut f, value)
         .map_err(|e| Failure::error(e.to_string()))
         .and_then(|()| f.flush().map_err(|e| Failure::error(e.to_string())))
