@@ -9,7 +9,7 @@
 
 use crate::EngineError;
 use crate::engine::{Keyed, hydrated, input_failure, keyed};
-use crate::storage::{self, RunInput, Storage, StorageError};
+use crate::storage::{self, RunValues, Shared, Storage, StorageError};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use object_store::signer::Method;
@@ -399,7 +399,7 @@ impl Dispatcher {
             .get(&name)
             .and_then(|t| t.as_ref())
             .map(|t| &t.options);
-        let input = RunInput::new(
+        let values = RunValues::new(
             self.store
                 .run(task.run_id)
                 .await
@@ -419,18 +419,18 @@ impl Dispatcher {
         // rendered `input`, an idempotency key) makes the orchestrator fetch them itself.
         let null = Value::Null;
         let (ctx_input, ctx_outputs) = if def.params.contains_key("input") || template.is_some() {
-            let i = input.content(&self.storage).await.map_err(input_failure)?;
-            (i, hydrated(&self.storage, outputs.clone()).await?)
+            let i = values.input(&self.storage).await.map_err(input_failure)?;
+            (i, hydrated(&self.storage, &values, &outputs).await?)
         } else {
-            (&null, Vec::new())
+            (Shared::Inline(&null), Vec::new())
         };
         let run_id = task.run_id.to_string();
         let effect_key = task.id.to_string();
         let ctx = Context {
-            input: ctx_input,
+            input: &ctx_input,
             tasks: ctx_outputs
                 .iter()
-                .map(|(n, output)| (n.as_str(), TaskOutput { output }))
+                .map(|(n, output)| (*n, TaskOutput { output }))
                 .collect::<BTreeMap<_, _>>(),
             run: RunInfo {
                 id: &run_id,
@@ -476,7 +476,7 @@ impl Dispatcher {
         }
         // After the key lookup: a reused output needs no input written for a worker.
         let handler_input = match def.params.get("input") {
-            None => input.into_stored(),
+            None => values.into_input(),
             Some(template_value) => {
                 let mut one = Map::new();
                 one.insert("input".into(), template_value.clone());

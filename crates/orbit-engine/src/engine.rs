@@ -2,7 +2,7 @@
 
 use crate::executor::{self, Invocation};
 use crate::log::{LiveLogs, LogBuffer};
-use crate::storage::{self, RunInput, Storage};
+use crate::storage::{self, RunValues, Shared, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::dag::Dag;
 use orbit_core::object::ObjectRef;
@@ -268,7 +268,7 @@ impl Engine {
     ) -> Result<Option<RunState>, EngineError> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
         let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
-        let mut inputs: HashMap<Uuid, Arc<RunInput>> = HashMap::new();
+        let mut inputs: HashMap<Uuid, Arc<RunValues>> = HashMap::new();
         let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
         let mut finished: Vec<FinishedAttempt> = Vec::new();
         let mut received: Vec<FinishedAttempt> = Vec::with_capacity(256);
@@ -662,13 +662,13 @@ impl Engine {
 
     async fn input(
         &self,
-        cache: &mut HashMap<Uuid, Arc<RunInput>>,
+        cache: &mut HashMap<Uuid, Arc<RunValues>>,
         run: Uuid,
-    ) -> Result<Arc<RunInput>, EngineError> {
+    ) -> Result<Arc<RunValues>, EngineError> {
         if let Some(i) = cache.get(&run) {
             return Ok(i.clone());
         }
-        let input = Arc::new(RunInput::new(self.store.run(run).await?.input));
+        let input = Arc::new(RunValues::new(self.store.run(run).await?.input));
         cache.insert(run, input.clone());
         Ok(input)
     }
@@ -677,7 +677,7 @@ impl Engine {
         &self,
         task: ClaimedTask,
         loaded: Arc<Loaded>,
-        input: Arc<RunInput>,
+        input: Arc<RunValues>,
         done: mpsc::UnboundedSender<FinishedAttempt>,
     ) -> AbortHandle {
         let store = self.store.clone();
@@ -883,7 +883,7 @@ async fn attempt(
     io: &Io<'_>,
     loaded: &Loaded,
     task: &ClaimedTask,
-    input: &RunInput,
+    values: &RunValues,
     log: &LogBuffer,
 ) -> AttemptResult {
     let fail = |f: Failure| AttemptResult {
@@ -906,10 +906,10 @@ async fn attempt(
         Err(e) => return fail(Failure::error(format!("cannot read upstream outputs: {e}"))),
     };
     let read = async {
-        let input = input.content(io.storage).await.map_err(input_failure)?;
-        Ok::<_, Failure>((input, hydrated(io.storage, outputs).await?))
+        let input = values.input(io.storage).await.map_err(input_failure)?;
+        Ok::<_, Failure>((input, hydrated(io.storage, values, &outputs).await?))
     };
-    let (input, outputs) = match read.await {
+    let (input, hydrated) = match read.await {
         Ok(x) => x,
         Err(f) => {
             log.line(&format!("[orbit] {}", f.message));
@@ -919,10 +919,10 @@ async fn attempt(
     let run_id = task.run_id.to_string();
     let effect_key = task.id.to_string();
     let ctx = Context {
-        input,
-        tasks: outputs
+        input: &input,
+        tasks: hydrated
             .iter()
-            .map(|(name, output)| (name.as_str(), TaskOutput { output }))
+            .map(|(name, output)| (*name, TaskOutput { output }))
             .collect::<BTreeMap<_, _>>(),
         run: RunInfo {
             id: &run_id,
@@ -980,18 +980,19 @@ pub(crate) fn input_failure(e: storage::StorageError) -> Failure {
     Failure::error(format!("cannot read the run's input: {e}"))
 }
 
-/// Upstream outputs with every object reference replaced by its content.
-pub(crate) async fn hydrated(
+/// Upstream outputs with every object reference replaced by its (shared) content.
+pub(crate) async fn hydrated<'a>(
     storage: &Storage,
-    outputs: Vec<(String, Value)>,
-) -> Result<Vec<(String, Value)>, Failure> {
+    values: &RunValues,
+    outputs: &'a [(String, Value)],
+) -> Result<Vec<(&'a str, Shared<'a>)>, Failure> {
     let mut hydrated = Vec::with_capacity(outputs.len());
     for (name, output) in outputs {
-        let output = storage
-            .hydrate(output)
+        let output = values
+            .content(storage, output)
             .await
             .map_err(|e| Failure::error(format!("cannot read the output of `{name}`: {e}")))?;
-        hydrated.push((name, output));
+        hydrated.push((name.as_str(), output));
     }
     Ok(hydrated)
 }

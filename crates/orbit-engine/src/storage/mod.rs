@@ -18,8 +18,10 @@ use object_store::signer::{Method, Signer};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use orbit_core::object::{ObjectRef, looks_like_reference};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,34 +88,71 @@ pub fn handler_input_key(run: Uuid, task: &str, attempt: u32) -> String {
     format!("runs/{run}/{task}/attempt-{attempt}.input.json")
 }
 
-/// A run's input as the store keeps it, and its content: fetched from object storage at most
-/// once, however many of the run's attempts ask for it.
+/// What a run's attempts read: its input as the store keeps it, and every object of the run
+/// they fetched (the input's, upstream outputs'), each fetched once and shared however many
+/// attempts ask. Objects never change under their key, so sharing them is safe.
 #[derive(Debug)]
-pub struct RunInput {
-    stored: Value,
-    content: tokio::sync::OnceCell<Value>,
+pub struct RunValues {
+    input: Value,
+    fetched: std::sync::Mutex<HashMap<String, Arc<OnceCell<Arc<Value>>>>>,
 }
 
-impl RunInput {
-    pub fn new(stored: Value) -> RunInput {
-        RunInput {
-            stored,
-            content: tokio::sync::OnceCell::new(),
+/// A value as an attempt sees it: inline, or the shared content of an object.
+#[derive(Debug)]
+pub enum Shared<'a> {
+    Inline(&'a Value),
+    Fetched(Arc<Value>),
+}
+
+impl std::ops::Deref for Shared<'_> {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        match self {
+            Shared::Inline(v) => v,
+            Shared::Fetched(v) => v,
+        }
+    }
+}
+
+impl RunValues {
+    pub fn new(input: Value) -> RunValues {
+        RunValues {
+            input,
+            fetched: std::sync::Mutex::default(),
         }
     }
 
     /// The input as stored: inline, or a reference.
-    pub fn into_stored(self) -> Value {
-        self.stored
+    pub fn into_input(self) -> Value {
+        self.input
     }
 
-    pub async fn content(&self, storage: &Storage) -> Result<&Value, StorageError> {
-        if ObjectRef::of(&self.stored).is_none() {
-            return Ok(&self.stored);
-        }
-        self.content
-            .get_or_try_init(|| storage.hydrate(self.stored.clone()))
-            .await
+    /// The run's input, its content fetched if it is a reference.
+    pub async fn input(&self, storage: &Storage) -> Result<Shared<'_>, StorageError> {
+        self.content(storage, &self.input).await
+    }
+
+    /// `value` itself, or the content of the object it refers to.
+    pub async fn content<'a>(
+        &self,
+        storage: &Storage,
+        value: &'a Value,
+    ) -> Result<Shared<'a>, StorageError> {
+        let Some(r) = ObjectRef::of(value) else {
+            return Ok(Shared::Inline(value));
+        };
+        let cell = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(r.id())
+            .or_default()
+            .clone();
+        let content = cell
+            .get_or_try_init(|| async { storage.hydrate(value.clone()).await.map(Arc::new) })
+            .await?;
+        Ok(Shared::Fetched(content.clone()))
     }
 }
 
@@ -388,21 +427,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_input_is_fetched_once_for_all_its_attempts() {
+    async fn a_run_fetches_each_object_once_for_all_its_attempts() {
         let (_dir, s) = local();
         let run = Uuid::now_v7();
         let big = json!({"rows": "r".repeat(500)});
-        let input = RunInput::new(
+        let values = RunValues::new(
             s.offload(big.clone(), &input_key(run))
                 .await
                 .expect("offload"),
         );
-        assert_eq!(input.content(&s).await.expect("first read"), &big);
+        let output = s
+            .offload(big.clone(), &output_key(run, "t", 1))
+            .await
+            .expect("offload");
+        assert_eq!(*values.input(&s).await.expect("first read"), big);
+        assert_eq!(*values.content(&s, &output).await.expect("first read"), big);
         // Gone from storage, still there for the run's next attempt: no second read.
         s.delete_run(run).await.expect("delete");
-        assert_eq!(input.content(&s).await.expect("second read"), &big);
-        let inline = RunInput::new(json!({"n": 1}));
-        assert_eq!(inline.content(&s).await.expect("inline"), &json!({"n": 1}));
+        assert_eq!(*values.input(&s).await.expect("second read"), big);
+        assert_eq!(
+            *values.content(&s, &output).await.expect("second read"),
+            big
+        );
+        let inline = json!({"n": 1});
+        assert!(matches!(values.content(&s, &inline).await, Ok(Shared::Inline(v)) if *v == inline));
+        let other = RunValues::new(values.into_input());
+        assert!(
+            matches!(other.input(&s).await, Err(StorageError::NotFound(_))),
+            "a new run reads again"
+        );
     }
 
     #[tokio::test]
