@@ -568,7 +568,10 @@ impl Dispatcher {
             key: key.to_owned(),
             method: method.as_str().to_owned(),
         };
-        let token = self.key.sign(&claims).map_err(StorageError::Config)?;
+        let token = self.key.sign(&claims).map_err(|e| StorageError::Backend {
+            backend: backend.to_owned(),
+            message: format!("cannot sign a storage token: {e}"),
+        })?;
         Ok((
             format!("/api/v1/storage/{backend}/{key}?token={token}"),
             expires_ms,

@@ -162,12 +162,6 @@ impl Storage {
         Storage::from_env(&|_| None, root)
     }
 
-    /// The same backends with another threshold (tests and benchmarks).
-    pub fn with_threshold(mut self, bytes: usize) -> Storage {
-        self.threshold = bytes;
-        self
-    }
-
     pub fn threshold(&self) -> usize {
         self.threshold
     }
@@ -343,9 +337,8 @@ mod tests {
 
     fn local() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Storage::local(&dir.path().join("objects"))
-            .expect("local storage")
-            .with_threshold(100);
+        let threshold = |k: &str| (k == "ORBIT_STORAGE_THRESHOLD").then(|| "100".to_owned());
+        let s = Storage::from_env(&threshold, &dir.path().join("objects")).expect("local storage");
         (dir, s)
     }
 
