@@ -302,6 +302,7 @@ async fn drive_here(
         EngineConfig {
             owner: "bench".into(),
             concurrency,
+            supervisor: Some(crate::commands::run::supervisor()),
             ..EngineConfig::default()
         },
     )?;

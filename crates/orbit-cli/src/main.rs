@@ -16,6 +16,14 @@ use std::process::ExitCode;
 pub struct BadInput(pub String);
 
 fn main() -> ExitCode {
+    // A task's supervisor (see orbit_engine::executor::supervisor): no runtime, no parsing.
+    let mut args = std::env::args_os();
+    if args
+        .nth(1)
+        .is_some_and(|a| a == orbit_engine::executor::supervisor::SUBCOMMAND)
+    {
+        return orbit_engine::executor::supervisor::main(args);
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));

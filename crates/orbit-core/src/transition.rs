@@ -103,10 +103,14 @@ pub enum Transition {
         promote: Vec<String>,
         skip: Vec<String>,
     },
-    /// `running -> ready` again, claimable from `ready_at`.
+    /// `running -> ready` again, claimable from `ready_at`. With `keep_place`, the task keeps
+    /// the place in the queue it had when it was claimed (the store leaves its `ready_at` as it
+    /// was), so a task whose worker was lost is not sent behind everything that became ready
+    /// while it ran.
     Retry {
         ready_at: DateTime<Utc>,
         failure: Failure,
+        keep_place: bool,
     },
     /// `running -> dead` (dead-letter queue); every task downstream that has not started is
     /// `cancelled`, since it can no longer get its input.
@@ -182,8 +186,10 @@ pub fn on_attempt_finished(
         Outcome::Failed(failure)
             if failure.kind.is_retryable() && policy.allows_another(attempt) =>
         {
-            // A lost worker is not the task's fault: waiting would only delay recovery.
-            let delay = if failure.kind == FailureKind::WorkerLost {
+            // A lost worker is not the task's fault: waiting, or queueing again behind newer
+            // work, would only delay recovery.
+            let keep_place = failure.kind == FailureKind::WorkerLost;
+            let delay = if keep_place {
                 Duration::ZERO
             } else {
                 policy
@@ -196,6 +202,7 @@ pub fn on_attempt_finished(
                     .checked_add_signed(delay)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC),
                 failure,
+                keep_place,
             }
         }
         Outcome::Failed(failure) => Transition::Dead {
@@ -385,7 +392,12 @@ mod tests {
             0.0,
         );
         match t {
-            Transition::Retry { ready_at, failure } => {
+            Transition::Retry {
+                ready_at,
+                failure,
+                keep_place,
+            } => {
+                assert!(!keep_place, "an error waits its backoff in the queue");
                 assert_eq!(ready_at - now, chrono::Duration::seconds(2));
                 assert_eq!(failure.message, "boom");
             }
@@ -438,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_worker_is_retried_at_once() {
+    fn a_lost_worker_is_retried_at_once_in_its_old_place() {
         let now = Utc::now();
         let lost = Failure::new(FailureKind::WorkerLost, "gone");
         let t = on_attempt_finished(
@@ -450,7 +462,9 @@ mod tests {
             now,
             0.9,
         );
-        assert!(matches!(t, Transition::Retry { ready_at, .. } if ready_at == now));
+        assert!(
+            matches!(t, Transition::Retry { ready_at, keep_place: true, .. } if ready_at == now)
+        );
     }
 
     #[test]

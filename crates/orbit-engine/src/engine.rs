@@ -41,6 +41,9 @@ pub struct EngineConfig {
     /// On shutdown, how long running attempts may take to finish before their leases are
     /// handed back.
     pub grace: Duration,
+    /// The program that supervises task processes (the `orbit` binary: see
+    /// [`crate::executor::supervisor`]), so they die with this process even on SIGKILL.
+    pub supervisor: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             queues: Vec::new(),
             types: Vec::new(),
             grace: Duration::from_secs(30),
+            supervisor: None,
         }
     }
 }
@@ -608,7 +612,9 @@ impl Engine {
                     attempt: t.attempt,
                     took: (f.finished_at - f.started_at).to_std().unwrap_or_default(),
                 },
-                Transition::Retry { ready_at, failure } => EngineEvent::TaskRetrying {
+                Transition::Retry {
+                    ready_at, failure, ..
+                } => EngineEvent::TaskRetrying {
                     run: t.run_id,
                     task: t.task_name.clone(),
                     attempt: t.attempt,
@@ -686,6 +692,7 @@ impl Engine {
         let ttl = self.config.idempotency_ttl;
         let live = self.live.clone();
         let storage = self.storage.clone();
+        let supervisor = self.config.supervisor.clone();
         tokio::spawn(async move {
             let started_at = Utc::now();
             let log = live.start(task.run_id, task.id, &task.task_name);
@@ -696,6 +703,7 @@ impl Engine {
                 storage: &storage,
                 http: &http,
                 idempotency_ttl: ttl,
+                supervisor: supervisor.as_deref(),
             };
             let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
             let mut finished_at = Utc::now();
@@ -868,6 +876,7 @@ struct Io<'a> {
     storage: &'a Storage,
     http: &'a reqwest::Client,
     idempotency_ttl: Duration,
+    supervisor: Option<&'a std::path::Path>,
 }
 
 /// What one attempt produced.
@@ -960,7 +969,7 @@ async fn attempt(
         }
         Err(f) => return fail(f),
     };
-    let result = execute(def, &ctx, task, &effect_key, &run_id, log, io.http).await;
+    let result = execute(def, &ctx, task, &effect_key, &run_id, log, io).await;
     if let Err(f) = &result {
         log.line(&format!(
             "[orbit] attempt {} failed: {}",
@@ -1004,7 +1013,7 @@ async fn execute(
     effect_key: &str,
     run_id: &str,
     log: &LogBuffer,
-    http: &reqwest::Client,
+    io: &Io<'_>,
 ) -> Result<Value, Failure> {
     let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
     let params = Params::from_json(def.task_type, &rendered, true)
@@ -1012,12 +1021,14 @@ async fn execute(
     let inv = Invocation {
         context: ctx,
         run_id,
+        task_run_id: effect_key,
         task_name: &def.name,
         attempt: task.attempt,
         effect_key,
         timeout: def.timeout,
         log,
-        http,
+        http: io.http,
+        supervisor: io.supervisor,
     };
     let run = executor::execute(params, &inv);
     match def.timeout {

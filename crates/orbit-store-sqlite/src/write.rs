@@ -303,11 +303,16 @@ async fn apply_fenced(
                 Transition::Succeed { output, .. } => {
                     ("succeeded", Some(output.to_string()), None, None)
                 }
-                Transition::Retry { ready_at, failure } => (
+                Transition::Retry {
+                    ready_at,
+                    failure,
+                    keep_place,
+                } => (
                     "ready",
                     None,
                     Some(failure.message.clone()),
-                    Some(us(*ready_at)),
+                    // NULL keeps the task's old `ready_at`: its place in the queue.
+                    (!keep_place).then(|| us(*ready_at)),
                 ),
                 Transition::Dead { failure, .. } => {
                     ("dead", None, Some(failure.message.clone()), None)
@@ -391,7 +396,9 @@ async fn apply_effects(
     let t = &f.task;
     let (kind, data) = match &f.transition {
         Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
-        Transition::Retry { ready_at, failure } => (
+        Transition::Retry {
+            ready_at, failure, ..
+        } => (
             "task_retrying",
             json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
         ),

@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
             success_promotes_when_all_needs_succeeded,
             fences_writes_by_lease_epoch,
             retries_become_claimable_after_backoff,
+            a_lost_attempt_keeps_its_place_in_the_queue,
             dead_task_cancels_downstream_and_fails_run,
             idempotency_key_returns_existing_run,
             finds_runs_by_prefix_and_filters,
@@ -441,6 +442,36 @@ pub async fn retries_become_claimable_after_backoff(store: &dyn Store) {
     let second = claim(store, Some(run), 1, t0() + Duration::seconds(1)).await;
     assert_eq!((second[0].attempt, second[0].lease_epoch), (2, 2));
     assert_eq!(second[0].id, got[0].id, "same task run, new attempt");
+}
+
+/// A task whose worker was lost is claimed again before tasks that became ready after it did,
+/// however long it ran; an ordinary failure queues behind them after its backoff.
+pub async fn a_lost_attempt_keeps_its_place_in_the_queue(store: &dyn Store) {
+    let mut p = pipeline("lost", &[("first", &[], 0)]);
+    p.tasks[0].retry.max_attempts = 5;
+    let (_, old_run) = start(store, &p, t0()).await;
+    let lost = claim(store, Some(old_run), 1, t0()).await;
+    // While it runs, a queue of newer work builds up.
+    let later = pipeline("later", &[("x", &[], 0), ("y", &[], 0)]);
+    start(store, &later, t0() + Duration::seconds(5)).await;
+    let at = t0() + Duration::seconds(30);
+    let gone = Failure::new(orbit_core::transition::FailureKind::WorkerLost, "gone");
+    store
+        .finish_and_claim(&[finish(&p, &lost[0], Outcome::Failed(gone), at)], None, at)
+        .await
+        .unwrap();
+    let next = claim(store, None, 1, at).await;
+    assert_eq!(names(&next), ["first"], "the lost attempt's task goes first");
+    assert_eq!(next[0].attempt, 2);
+    // An ordinary failure does not keep its place.
+    let err = Failure::error("flaky");
+    let at = at + Duration::seconds(1);
+    store
+        .finish_and_claim(&[finish(&p, &next[0], Outcome::Failed(err), at)], None, at)
+        .await
+        .unwrap();
+    let after_backoff = claim(store, None, 3, at + Duration::seconds(10)).await;
+    assert_eq!(names(&after_backoff), ["x", "y", "first"]);
 }
 
 pub async fn dead_task_cancels_downstream_and_fails_run(store: &dyn Store) {

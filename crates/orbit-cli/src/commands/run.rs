@@ -125,6 +125,7 @@ pub fn engine(store: &Arc<dyn Store>, concurrency: usize) -> anyhow::Result<Engi
             owner: owner(),
             concurrency,
             idempotency_ttl: idempotency_ttl()?,
+            supervisor: Some(supervisor()),
             ..EngineConfig::default()
         },
     )?)
@@ -173,6 +174,16 @@ pub fn parse_input(arg: Option<&str>) -> anyhow::Result<Value> {
     };
     serde_json::from_str(&text)
         .map_err(|e| BadInput(format!("{origin} is not valid JSON: {e}")).into())
+}
+
+/// This binary, which supervises task processes (`orbit __supervise`). `/proc/self/exe` still
+/// runs after the file was replaced or deleted by an upgrade.
+pub fn supervisor() -> std::path::PathBuf {
+    let me = std::path::PathBuf::from("/proc/self/exe");
+    if me.exists() {
+        return me;
+    }
+    std::env::current_exe().unwrap_or(me)
 }
 
 /// `host:pid`, naming this process in leases and attempts.

@@ -3,7 +3,7 @@
 use super::{Connected, connect};
 use crate::BadInput;
 use crate::cli::{DbAction, ServerArgs, WorkOptions, WorkerArgs};
-use crate::commands::run::{idempotency_ttl, owner};
+use crate::commands::run::{idempotency_ttl, owner, supervisor};
 use chrono::Utc;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_server::{AppState, Mode, ServerConfig};
@@ -57,6 +57,7 @@ fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<Engin
         queues: work.queues.clone(),
         types: work.types.clone(),
         grace: work.grace,
+        supervisor: Some(supervisor()),
     })
 }
 

@@ -3,8 +3,10 @@
 
 mod http;
 mod process;
+pub mod registry;
 mod script;
 mod shell;
+pub mod supervisor;
 
 use crate::log::LogBuffer;
 use orbit_core::params::Params;
@@ -19,12 +21,18 @@ pub struct Invocation<'a> {
     /// the executors that hand it to a program.
     pub context: &'a Context<'a>,
     pub run_id: &'a str,
+    /// The task run's id: names its process group in the host's registry.
+    pub task_run_id: &'a str,
     pub task_name: &'a str,
     pub attempt: u32,
     pub effect_key: &'a str,
     pub timeout: Option<Duration>,
     pub log: &'a LogBuffer,
     pub http: &'a reqwest::Client,
+    /// The program that supervises task processes (the `orbit` binary), if any: see
+    /// [`supervisor`]. Without one, a task's processes are not stopped when this process is
+    /// killed with -9.
+    pub supervisor: Option<&'a std::path::Path>,
 }
 
 pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Failure> {

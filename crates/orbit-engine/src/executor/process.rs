@@ -1,11 +1,14 @@
 //! Running a program for a task: in its own process group, stdout and stderr into the log, and
 //! the whole group killed when the attempt ends (finished, timed out or abandoned).
 
-use super::Invocation;
+use super::{Invocation, registry, supervisor};
 use orbit_core::transition::Failure;
 use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
 
 pub struct Spec {
     pub program: String,
@@ -16,51 +19,112 @@ pub struct Spec {
 }
 
 /// Kills the process group when dropped: a timeout or a cancelled attempt drops the future that
-/// owns this, and nothing the task started may outlive it.
-struct Group(Box<dyn ChildWrapper>);
+/// owns this, and nothing the task started may outlive it. Holding it also holds the write end
+/// of the supervisor's lifeline; dropping it releases that too.
+struct Group {
+    child: Box<dyn ChildWrapper>,
+    registry: Option<PathBuf>,
+    lifeline: Option<oneshot::Sender<()>>,
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
         // The group may already be gone (ESRCH): nothing left to stop.
-        let _ = self.0.start_kill();
+        let _ = self.child.start_kill();
+        if let (Some(path), Some(pgid)) = (&self.registry, self.child.id()) {
+            registry::forget(path, pgid);
+        }
+        self.lifeline.take();
     }
 }
 
+/// How long an earlier attempt's group may take to die before this attempt gives up (and is
+/// retried).
+const OLD_GROUP_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Runs `spec`; returns stdout (also logged) when the program exits 0.
+///
+/// With a supervisor (the `orbit` binary), the program runs under it (see [`super::supervisor`]),
+/// so its group dies with this process even on SIGKILL, and an earlier attempt's group on this
+/// host is verified gone first.
 pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
-    let mut cmd = CommandWrap::with_new(&spec.program, |c| {
-        c.args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(if spec.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+    let registry = inv.supervisor.and_then(|_| registry::path(inv.task_run_id));
+    if let Some(path) = &registry {
+        match registry::ensure_gone(path, OLD_GROUP_PATIENCE).await {
+            Ok(Some(pgid)) => inv.log.line(&format!(
+                "[orbit] killed process group {pgid}, left running by an earlier attempt"
+            )),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::error(e)),
+        }
+    }
+    let setup = |c: &mut tokio::process::Command| {
+        c.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(dir) = &spec.cwd {
             c.current_dir(dir);
         }
-    });
+    };
+    let mut cmd = match inv.supervisor {
+        Some(supervisor) => CommandWrap::with_new(supervisor, |c| {
+            c.arg0("orbit")
+                .arg(supervisor::SUBCOMMAND)
+                .arg(registry.as_deref().unwrap_or(Path::new("-")))
+                .arg(&spec.program)
+                .args(&spec.args)
+                .stdin(Stdio::piped());
+            setup(c);
+        }),
+        None => CommandWrap::with_new(&spec.program, |c| {
+            c.args(&spec.args).stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+            setup(c);
+        }),
+    };
     cmd.wrap(ProcessGroup::leader());
     let child = cmd
         .spawn()
         .map_err(|e| Failure::fatal(format!("cannot start `{}`: {e}", spec.program)))?;
-    let mut group = Group(child);
-    if let (Some(input), Some(mut stdin)) = (spec.stdin, group.0.stdin().take()) {
-        // A program that does not read its stdin closes the pipe; that is its business.
+    let mut group = Group {
+        child,
+        registry,
+        lifeline: None,
+    };
+    if let Some(mut stdin) = group.child.stdin().take() {
+        let (release, released) = oneshot::channel::<()>();
+        group.lifeline = Some(release);
+        let framed = inv.supervisor.is_some();
+        let input = spec.stdin;
         tokio::spawn(async move {
-            let _ = stdin.write_all(&input).await;
+            if framed {
+                let len = input
+                    .as_ref()
+                    .map_or(supervisor::NO_STDIN, |i| i.len() as u64);
+                let _ = stdin.write_all(&len.to_le_bytes()).await;
+            }
+            // A program that does not read its stdin closes the pipe; that is its business.
+            if let Some(input) = input {
+                let _ = stdin.write_all(&input).await;
+            }
+            if framed {
+                // The supervisor's lifeline: held open until the attempt ends.
+                let _ = stdin.flush().await;
+                let _ = released.await;
+            }
         });
     }
-    let stdout = group.0.stdout().take();
-    let stderr = group.0.stderr().take();
+    let stdout = group.child.stdout().take();
+    let stderr = group.child.stderr().take();
     let out_log = inv.log.clone();
     let err_log = inv.log.clone();
     let out_task = tokio::spawn(async move { pump(stdout, &out_log, true).await });
     let err_task = tokio::spawn(async move { pump(stderr, &err_log, false).await.1 });
     let status = group
-        .0
+        .child
         .wait()
         .await
         .map_err(|e| Failure::error(format!("waiting for `{}` failed: {e}", spec.program)))?;
@@ -70,6 +134,13 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
     let last_err = err_task.await.unwrap_or_default();
     if status.success() {
         return Ok(stdout);
+    }
+    if inv.supervisor.is_some() && status.code() == Some(supervisor::CANNOT_START_STATUS) {
+        if let Some(why) = last_err.as_deref().and_then(|l| l.strip_prefix("[orbit] ")) {
+            if why.starts_with(supervisor::CANNOT_START.trim_start_matches("[orbit] ")) {
+                return Err(Failure::fatal(why.to_owned()));
+            }
+        }
     }
     let how = match status.code() {
         Some(code) => format!("exited with status {code}"),
