@@ -1,6 +1,11 @@
 //! Crash safety: `orbit run` is killed with SIGKILL at random instants and resumed until its run
 //! succeeds, over at least 50 kill points. Every step appends a line to a side-effect log when it
-//! starts, so the log shows each execution.
+//! starts, so the log shows each execution, and marks its start and end with the time, so two
+//! attempts of one step running at once would show. Every step also leaves a `sleep 30` in its
+//! process group; after every kill, no process the killed engine started (grandchildren
+//! included) may be alive 2 s later.
+
+mod support;
 
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
@@ -35,8 +40,10 @@ fn pipeline() -> String {
             String::new()
         };
         yaml.push_str(&format!(
-            "  - name: s{i:02}\n    type: shell\n    shell: true\n{needs}    command: 'echo \"$ORBIT_TASK $ORBIT_ATTEMPT\" >> side.log; sleep 0.0{}; echo \"{{\\\"step\\\": {i}}}\" > \"$ORBIT_OUTPUT\"'\n",
-            1 + i % 5
+            "  - name: s{i:02}\n    type: shell\n    shell: true\n{needs}    command: '{}; sleep 30 >/dev/null 2>&1 & echo \"$ORBIT_TASK $ORBIT_ATTEMPT\" >> side.log; sleep 0.0{}; {}; echo \"{{\\\"step\\\": {i}}}\" > \"$ORBIT_OUTPUT\"'\n",
+            support::mark("start"),
+            1 + i % 5,
+            support::mark("end"),
         ));
     }
     yaml
@@ -47,6 +54,7 @@ fn orbit(dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env_remove("DATABASE_URL")
         .env("ORBIT_DATABASE_URL", "sqlite://orbit.db")
+        .env("ORBIT_TEST_MARK", dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
@@ -103,9 +111,13 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
 
     let (mut kills, mut resumes, mut runs_done) = (0usize, 0usize, 0usize);
     let mut reexecuted_total = 0usize;
+    let mut slowest_cleanup = Duration::ZERO;
+    let mark = dir.path().display().to_string();
     while kills < KILL_POINTS {
         // One run, killed and resumed until it succeeds.
         let _ = std::fs::remove_file(dir.path().join("side.log"));
+        let _ = std::fs::remove_file(dir.path().join("marks.log"));
+        let mut gone_times: Vec<u128> = Vec::new();
         let before_runs = json(
             dir.path(),
             &["runs", "--pipeline", "crash", "--limit", "1000"],
@@ -136,6 +148,19 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
                 kills += 1;
             }
             child.wait().expect("wait");
+            if !finished {
+                match support::gone_within(&mark, Duration::from_secs(2)) {
+                    Ok(took) => {
+                        slowest_cleanup = slowest_cleanup.max(took);
+                        // An attempt with no end mark ended by now.
+                        gone_times.push(support::epoch_nanos());
+                    }
+                    Err(alive) => panic!(
+                        "seed {seed}: processes of the killed engine still alive 2 s after the kill: {:?}",
+                        support::describe(&alive)
+                    ),
+                }
+            }
             if run.is_none() {
                 let runs = json(
                     dir.path(),
@@ -208,6 +233,12 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
                 );
             }
         }
+        let marks = std::fs::read_to_string(dir.path().join("marks.log")).unwrap_or_default();
+        let overlapping = support::overlaps(&marks, &gone_times);
+        assert!(
+            overlapping.is_empty(),
+            "seed {seed}: attempts of one step ran at the same time: {overlapping:?}; marks:\n{marks}"
+        );
         runs_done += 1;
     }
 
@@ -225,6 +256,7 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
     });
     println!(
         "crash test: seed {seed}, {kills} kills, {resumes} resumes, {runs_done} runs of {STEPS} steps succeeded, \
-         {reexecuted_total} step(s) re-executed (each was running at a kill), integrity_check ok"
+         {reexecuted_total} step(s) re-executed (each was running at a kill), integrity_check ok; \
+         0 task processes alive after any kill (slowest to go: {slowest_cleanup:?}), 0 overlapping attempts"
     );
 }

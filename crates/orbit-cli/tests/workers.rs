@@ -11,7 +11,7 @@ use orbit_store_postgres::testing::TestDb;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use support::{Proc, orbit_bin, worker};
+use support::{Proc, orbit_bin, worker, worker_with_env};
 use uuid::Uuid;
 
 fn sleep_task(name: String, ms: u64, heartbeat: Duration) -> TaskDef {
@@ -152,17 +152,36 @@ async fn a_killed_workers_tasks_are_finished_by_the_others_within_the_lease() {
     let db = TestDb::create().await;
     let store = migrated(&db).await;
     let lease = Duration::from_secs(2);
+    // Shell tasks that mark their start and end and leave a grandchild in their group: the
+    // killed worker's processes must all die with it, and no task may run twice at once.
     let tasks = (0..24)
-        .map(|i| sleep_task(format!("t{i:02}"), 700, lease / 2))
+        .map(|i| {
+            let mut t = sleep_task(format!("t{i:02}"), 700, lease / 2);
+            t.task_type = TaskType::Shell;
+            t.params = json!({"shell": true, "command": format!(
+                "{}; sleep 60 >/dev/null 2>&1 & sleep 0.7; {}",
+                support::mark("start"),
+                support::mark("end")
+            )})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+            t
+        })
         .collect();
     let run = start_run(&store, tasks).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let workers: Vec<Proc> = (0..4)
-        .map(|_| {
-            worker(
+    let marks: Vec<String> = (0..4)
+        .map(|i| format!("{}#worker{i}", dir.path().display()))
+        .collect();
+    let workers: Vec<Proc> = marks
+        .iter()
+        .map(|mark| {
+            worker_with_env(
                 dir.path(),
                 &db.url,
                 &["--concurrency", "2", "--poll-interval-ms", "200"],
+                &[("ORBIT_TEST_MARK", mark)],
             )
         })
         .collect();
@@ -189,6 +208,14 @@ async fn a_killed_workers_tasks_are_finished_by_the_others_within_the_lease() {
     };
     workers[0].signal("KILL");
     let killed_at = Utc::now();
+    let cleanup = support::gone_within(&marks[0], Duration::from_secs(2)).unwrap_or_else(|alive| {
+        panic!(
+            "the killed worker's task processes outlived it by 2 s: {:?}",
+            support::describe(&alive)
+        )
+    });
+    let gone_at = support::epoch_nanos();
+    println!("the killed worker's task processes were gone {cleanup:?} after the kill");
     assert_eq!(
         settle(&store, run, Duration::from_secs(30)).await,
         RunState::Succeeded
@@ -222,6 +249,12 @@ async fn a_killed_workers_tasks_are_finished_by_the_others_within_the_lease() {
     assert_eq!(
         attempts.iter().filter(|a| a.outcome == "succeeded").count(),
         24
+    );
+    let marks = std::fs::read_to_string(dir.path().join("marks.log")).expect("marks");
+    let overlapping = support::overlaps(&marks, &[gone_at]);
+    assert!(
+        overlapping.is_empty(),
+        "attempts of one task ran at once: {overlapping:?}"
     );
 }
 

@@ -461,7 +461,11 @@ pub async fn a_lost_attempt_keeps_its_place_in_the_queue(store: &dyn Store) {
         .await
         .unwrap();
     let next = claim(store, None, 1, at).await;
-    assert_eq!(names(&next), ["first"], "the lost attempt's task goes first");
+    assert_eq!(
+        names(&next),
+        ["first"],
+        "the lost attempt's task goes first"
+    );
     assert_eq!(next[0].attempt, 2);
     // An ordinary failure does not keep its place.
     let err = Failure::error("flaky");

@@ -108,12 +108,22 @@ pub fn server(
 }
 
 pub fn worker(dir: &std::path::Path, database: &str, args: &[&str]) -> Proc {
+    worker_with_env(dir, database, args, &[])
+}
+
+pub fn worker_with_env(
+    dir: &std::path::Path,
+    database: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let child = Command::new(orbit_bin())
         .current_dir(dir)
         .arg("worker")
         .args(args)
         .env_remove("DATABASE_URL")
         .env("ORBIT_DATABASE_URL", database)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -211,4 +221,125 @@ pub fn s3() -> Option<S3> {
         endpoint: format!("http://127.0.0.1:{port}"),
         root,
     })
+}
+
+/// Live (not zombie) processes whose environment holds `ORBIT_TEST_MARK=<mark>`: the tests set
+/// it on the `orbit` processes they start, so every task process those start inherits it.
+pub fn marked_processes(mark: &str) -> Vec<u32> {
+    let needle = format!("ORBIT_TEST_MARK={mark}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+                })
+                .unwrap_or(true);
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Each process as `pid: stat line (command, state, ppid, pgrp…)`, for failure messages.
+pub fn describe(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            format!(
+                "{pid}: {cmd} [{}]",
+                stat.split_whitespace()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
+        .collect()
+}
+
+/// Waits until no process of `mark` is alive; how long that took, or the pids still alive after
+/// `within`.
+pub fn gone_within(mark: &str, within: Duration) -> Result<Duration, Vec<u32>> {
+    let start = Instant::now();
+    loop {
+        let alive = marked_processes(mark);
+        if alive.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= within {
+            return Err(alive);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A shell snippet that appends `start|end TASK ATTEMPT NANOS` to `marks.log` in the working
+/// directory, for [`overlaps`].
+pub fn mark(what: &str) -> String {
+    format!("echo \"{what} $ORBIT_TASK $ORBIT_ATTEMPT $(date +%s%N)\" >> marks.log")
+}
+
+/// Pairs of attempts of one task that ran at the same time, from `marks.log`. An attempt with no
+/// end mark was killed: it ends at the first of `gone` (nanoseconds since the epoch: instants
+/// when no process of a killed engine was left) after its start.
+pub fn overlaps(marks: &str, gone: &[u128]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut spans: BTreeMap<(String, u32), (u128, Option<u128>)> = BTreeMap::new();
+    for line in marks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [what, task, attempt, at] = f[..] else {
+            continue;
+        };
+        let (Ok(attempt), Ok(at)) = (attempt.parse::<u32>(), at.parse::<u128>()) else {
+            continue;
+        };
+        let span = spans
+            .entry((task.to_owned(), attempt))
+            .or_insert((at, None));
+        match what {
+            "start" => span.0 = at,
+            _ => span.1 = Some(at),
+        }
+    }
+    let mut by_task: BTreeMap<String, Vec<(u32, u128, u128)>> = BTreeMap::new();
+    for ((task, attempt), (start, end)) in spans {
+        let end = end.unwrap_or_else(|| {
+            gone.iter()
+                .copied()
+                .filter(|k| *k >= start)
+                .min()
+                .unwrap_or(u128::MAX)
+        });
+        by_task.entry(task).or_default().push((attempt, start, end));
+    }
+    let mut found = Vec::new();
+    for (task, mut spans) in by_task {
+        spans.sort_by_key(|s| s.1);
+        for pair in spans.windows(2) {
+            let ((a, _, a_end), (b, b_start, _)) = (pair[0], pair[1]);
+            if a_end > b_start {
+                found.push(format!(
+                    "{task}: attempt {a} ended {} µs after attempt {b} started",
+                    (a_end - b_start) / 1000
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Now, in nanoseconds since the Unix epoch (as `date +%s%N` prints).
+pub fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -18,23 +18,31 @@ pub struct Spec {
     pub stdin: Option<Vec<u8>>,
 }
 
-/// Kills the process group when dropped: a timeout or a cancelled attempt drops the future that
-/// owns this, and nothing the task started may outlive it. Holding it also holds the write end
-/// of the supervisor's lifeline; dropping it releases that too.
+/// Kills the task's process group when dropped: a timeout or a cancelled attempt drops the
+/// future that owns this, and nothing the task started may outlive it.
 struct Group {
     child: Box<dyn ChildWrapper>,
-    registry: Option<PathBuf>,
+    /// The write end of a supervisor's lifeline: released, it makes the supervisor kill the
+    /// task's group and exit. `None` when the program runs without a supervisor.
     lifeline: Option<oneshot::Sender<()>>,
+    registry: Option<PathBuf>,
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // The group may already be gone (ESRCH): nothing left to stop.
-        let _ = self.child.start_kill();
-        if let (Some(path), Some(pgid)) = (&self.registry, self.child.id()) {
-            registry::forget(path, pgid);
+        match self.lifeline.take() {
+            Some(lifeline) => {
+                drop(lifeline);
+                // Not waiting for the supervisor: the group it recorded is killed here and now.
+                if let (Some(path), Some(supervisor)) = (&self.registry, self.child.id()) {
+                    registry::kill_recorded(path, supervisor);
+                }
+            }
+            // The group may already be gone (ESRCH): nothing left to stop.
+            None => {
+                let _ = self.child.start_kill();
+            }
         }
-        self.lifeline.take();
     }
 }
 
@@ -95,9 +103,11 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
         lifeline: None,
     };
     if let Some(mut stdin) = group.child.stdin().take() {
-        let (release, released) = oneshot::channel::<()>();
-        group.lifeline = Some(release);
         let framed = inv.supervisor.is_some();
+        let (release, released) = oneshot::channel::<()>();
+        if framed {
+            group.lifeline = Some(release);
+        }
         let input = spec.stdin;
         tokio::spawn(async move {
             if framed {

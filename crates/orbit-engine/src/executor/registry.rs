@@ -1,5 +1,6 @@
 //! The host's registry of task process groups: one small file per task run that has a program
-//! running on this machine, holding its process group id and the machine's boot id.
+//! running on this machine, holding its process group id, the machine's boot id and the pid of
+//! the supervisor that started it.
 //!
 //! Before an attempt starts a program, the engine looks up its task run here. A group left by an
 //! earlier attempt (its engine was killed, and its supervisor had not yet killed the group) is
@@ -68,23 +69,45 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// Records that `pgid` runs the task run of `path` (the supervisor does this before it starts
-/// the program, so no program runs unrecorded).
+/// Records that group `pgid`, started by this process (a supervisor), runs the task run of
+/// `path`.
 pub fn record(path: &Path, pgid: u32) {
-    let _ = std::fs::write(path, format!("{pgid} {}\n", boot_id()));
+    let _ = std::fs::write(
+        path,
+        format!("{pgid} {} {}\n", boot_id(), std::process::id()),
+    );
 }
 
 /// Removes the record, if it still names `pgid` (a later attempt may have replaced it).
 pub fn forget(path: &Path, pgid: u32) {
-    if recorded(path).is_some_and(|(g, _)| g == pgid) {
+    if recorded(path).is_some_and(|r| r.pgid == pgid) {
         let _ = std::fs::remove_file(path);
     }
 }
 
-fn recorded(path: &Path) -> Option<(u32, String)> {
+/// Kills the group the supervisor `supervisor` recorded for `path`, if the record is still its
+/// own (a later attempt's group is not this caller's to kill), and removes the record.
+pub fn kill_recorded(path: &Path, supervisor: u32) {
+    if let Some(r) = recorded(path).filter(|r| r.supervisor == supervisor) {
+        super::supervisor::kill_group(r.pgid);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+struct Record {
+    pgid: u32,
+    boot: String,
+    supervisor: u32,
+}
+
+fn recorded(path: &Path) -> Option<Record> {
     let text = std::fs::read_to_string(path).ok()?;
-    let (pgid, boot) = text.trim().split_once(' ')?;
-    Some((pgid.parse().ok()?, boot.to_owned()))
+    let mut fields = text.split_whitespace();
+    Some(Record {
+        pgid: fields.next()?.parse().ok()?,
+        boot: fields.next()?.to_owned(),
+        supervisor: fields.next()?.parse().ok()?,
+    })
 }
 
 /// The live (not zombie) processes of group `pgid`.
@@ -113,7 +136,7 @@ pub fn members(pgid: u32) -> Vec<u32> {
 /// during this boot is killed and waited for, up to `patience`. Returns the killed group's id, or
 /// an error naming the processes that would not die.
 pub async fn ensure_gone(path: &Path, patience: Duration) -> Result<Option<u32>, String> {
-    let Some((pgid, boot)) = recorded(path) else {
+    let Some(Record { pgid, boot, .. }) = recorded(path) else {
         return Ok(None);
     };
     if boot != boot_id() || members(pgid).is_empty() {

@@ -3,11 +3,16 @@
 //!
 //! A guard in the engine kills a task's group when the attempt ends, but a guard cannot run
 //! when the engine itself is killed with -9. So each program task starts as
-//! `orbit __supervise REGISTRY PROGRAM ARGS…`: the supervisor leads a new process group, starts
-//! the program in it, and reads its standard input, a pipe whose only write end the engine
-//! holds. When that pipe reaches end-of-file, the engine is gone (however it died: the kernel
-//! closes its descriptors), and the supervisor kills its whole group, grandchildren included,
-//! itself last. No polling: a blocked `read` is the wake-up.
+//! `orbit __supervise REGISTRY PROGRAM ARGS…`: the supervisor starts the program as the leader
+//! of a new process group and reads its own standard input, a pipe whose only write end the
+//! engine holds. When that pipe reaches end-of-file, the engine is gone (however it died: the
+//! kernel closes its descriptors) or is done with the attempt, and the supervisor kills the
+//! program's whole group, grandchildren included. No polling: a blocked `read` is the wake-up.
+//! When the program exits by itself, the supervisor kills what it left in its group and exits
+//! with the program's status.
+//!
+//! The supervisor is not in the program's group (the engine starts it in a group of its own,
+//! so a terminal's Ctrl-C does not reach it either): it can kill the group and still report.
 //!
 //! Why not `PR_SET_PDEATHSIG`: it fires when the *thread* that forked the child exits (tokio's
 //! threads come and go), it signals only the direct child (not the grandchildren in its group),
@@ -23,6 +28,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -47,33 +53,33 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
         return ExitCode::from(2);
     };
     let registry = (registry != "-").then(|| PathBuf::from(registry));
-    // The engine made this process the leader of a new group: the group's id is its pid.
-    let pgid = std::process::id();
-    if let Some(path) = &registry {
-        super::registry::record(path, pgid);
-    }
     let mut lifeline = std::io::stdin();
     let mut header = [0u8; 8];
     if lifeline.read_exact(&mut header).is_err() {
         // The engine died before it could say anything: start nothing.
-        forget(registry.as_ref(), pgid);
         return ExitCode::from(1);
     }
     let stdin_len = u64::from_le_bytes(header);
     let mut cmd = Command::new(&program);
-    cmd.args(args).stdin(if stdin_len == NO_STDIN {
-        Stdio::null()
-    } else {
-        Stdio::piped()
-    });
+    cmd.args(args)
+        .process_group(0)
+        .stdin(if stdin_len == NO_STDIN {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        });
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{CANNOT_START}`{}`: {e}", program.to_string_lossy());
-            forget(registry.as_ref(), pgid);
             return ExitCode::from(CANNOT_START_STATUS as u8);
         }
     };
+    // The program leads its group: the group's id is its pid.
+    let pgid = child.id();
+    if let Some(path) = &registry {
+        super::registry::record(path, pgid);
+    }
     let child_stdin = child.stdin.take();
     std::thread::spawn(move || {
         if stdin_len != NO_STDIN {
@@ -91,6 +97,8 @@ pub fn main(args: impl Iterator<Item = OsString>) -> ExitCode {
         kill_group(pgid);
     });
     let status = child.wait();
+    // What the program left running in its group goes too.
+    kill_group(pgid);
     forget(registry.as_ref(), pgid);
     match status {
         Ok(s) => relay(s),
