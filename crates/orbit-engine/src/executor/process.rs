@@ -145,12 +145,15 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
     if status.success() {
         return Ok(stdout);
     }
-    if inv.supervisor.is_some() && status.code() == Some(supervisor::CANNOT_START_STATUS) {
-        if let Some(why) = last_err.as_deref().and_then(|l| l.strip_prefix("[orbit] ")) {
-            if why.starts_with(supervisor::CANNOT_START.trim_start_matches("[orbit] ")) {
-                return Err(Failure::fatal(why.to_owned()));
-            }
-        }
+    // The supervisor could not start the program: as fatal as a failed spawn here.
+    let cannot_start = last_err
+        .as_deref()
+        .and_then(|l| l.strip_prefix("[orbit] "))
+        .filter(|why| why.starts_with(supervisor::CANNOT_START.trim_start_matches("[orbit] ")));
+    if let (Some(_), Some(supervisor::CANNOT_START_STATUS), Some(why)) =
+        (inv.supervisor, status.code(), cannot_start)
+    {
+        return Err(Failure::fatal(why.to_owned()));
     }
     let how = match status.code() {
         Some(code) => format!("exited with status {code}"),
