@@ -152,7 +152,8 @@ impl Checker {
         self.diagnostics.push(Diagnostic {
             line: span.referenced.line(),
             column: span.referenced.column(),
-            message: message.into(),
+            // A message may quote what the file holds: never a megabyte of it.
+            message: crate::echo::echo_within(&message.into(), 1000),
         });
     }
 
@@ -409,7 +410,7 @@ impl Checker {
         match v.value.as_str() {
             Some(s) if is_valid_name(s) => Some(s.to_owned()),
             Some(s) => {
-                self.at(v, format!("{what} name `{s}` may only use letters, digits, `-`, `_` and `.` (at most 128)"));
+                self.at(v, format!("{what} name `{}` may only use letters, digits, `-`, `_` and `.` (at most 128)", crate::echo::echo(s)));
                 None
             }
             None => {

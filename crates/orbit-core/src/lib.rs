@@ -9,12 +9,13 @@
 //!   does to its task and its run, returning the effects for a store to apply in one transaction.
 //! - [`object`] is the reference a store keeps for a value held in object storage.
 //! - [`protocol`] holds the worker protocol's messages, shared by the server and the SDK.
-//! - [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
+//! - [`echo`] repeats user input in messages safely; [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
 //!
 //! The engine drives, the store persists, this crate decides.
 
 pub mod dag;
 pub mod duration;
+pub mod echo;
 pub mod file;
 pub mod object;
 pub mod params;

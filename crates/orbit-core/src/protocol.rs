@@ -28,6 +28,9 @@ pub struct StorageClaims {
     pub key: String,
     /// `GET` or `PUT`.
     pub method: String,
+    /// For `PUT`: the most bytes the upload may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
 }
 
 /// Claims of a service token: HS256 over `ORBIT_SECRET_KEY`, made by the worker.

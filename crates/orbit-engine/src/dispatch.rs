@@ -566,6 +566,7 @@ impl Dispatcher {
             aud: STORAGE_AUDIENCE.to_owned(),
             exp: (expires_ms / 1000) as u64,
             key: key.to_owned(),
+            max: (method == Method::PUT).then_some(storage::MAX_UPLOAD_BYTES),
             method: method.as_str().to_owned(),
         };
         let token = self.key.sign(&claims).map_err(|e| StorageError::Backend {

@@ -155,16 +155,23 @@ pub async fn reconstruct_context(
 ) -> Result<Value, StoreError> {
     let record = store.run(run).await?;
     let pipeline = store.pipeline_version(record.pipeline_id).await?;
-    let def = pipeline
-        .pipeline
-        .task(task)
-        .ok_or_else(|| StoreError::NotFound(format!("task `{task}` in run {run}")))?;
+    let def = pipeline.pipeline.task(task).ok_or_else(|| {
+        StoreError::NotFound(format!(
+            "task `{}` in run {run}",
+            orbit_core::echo::echo(task)
+        ))
+    })?;
     let task_run = store
         .task_runs(run)
         .await?
         .into_iter()
         .find(|t| t.task_name == task)
-        .ok_or_else(|| StoreError::NotFound(format!("task `{task}` in run {run}")))?;
+        .ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "task `{}` in run {run}",
+                orbit_core::echo::echo(task)
+            ))
+        })?;
     let outputs = store.outputs(run, &def.needs).await?;
     let run_id = run.to_string();
     let effect_key = task_run.id.to_string();

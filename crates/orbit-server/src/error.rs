@@ -62,14 +62,22 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = crate::request_id::ErrorCode(self.code);
         if self.status.is_server_error() {
+            // The details go to the log (with the request id); the body is rewritten to say
+            // only that it failed (see request_id).
             tracing::error!(code = self.code, message = %self.message, "request failed");
+            let mut response = self.status.into_response();
+            response.extensions_mut().insert(code);
+            return response;
         }
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(d) = self.details {
             error["details"] = d;
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        response.extensions_mut().insert(code);
+        response
     }
 }
 
@@ -143,3 +151,5 @@ impl From<PathRejection> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+pub use orbit_core::echo::echo;

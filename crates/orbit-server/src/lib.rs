@@ -8,6 +8,8 @@ mod auth;
 mod cron;
 mod dashboard;
 pub mod error;
+pub mod guard;
+mod request_id;
 mod routes;
 
 use axum::Router;
@@ -59,6 +61,8 @@ pub struct ServerConfig {
     /// Dead letters older than this are purged, with the failed runs left without any
     /// (`DLQ_RETENTION_DAYS`).
     pub dlq_retention: chrono::Duration,
+    /// Which `Host` names and page origins are served ([`guard`]).
+    pub access: guard::Access,
 }
 
 #[derive(Clone)]
@@ -132,23 +136,18 @@ impl AppState {
     }
 }
 
-/// The largest output a worker may PUT through the orchestrator (pre-signed uploads go to the
-/// bucket and are not limited here).
-const MAX_OBJECT_BYTES: usize = 512 * 1024 * 1024;
-
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", routes::api())
         .split_for_parts();
     let spec_json = Arc::new(spec.clone());
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .route(
             "/api/v1/storage/{backend}/{*key}",
-            axum::routing::get(routes::storage::get_object)
-                .put(routes::storage::put_object)
-                .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES)),
+            // The PUT streams its body, within the size its token allows.
+            axum::routing::get(routes::storage::get_object).put(routes::storage::put_object),
         )
         .route("/metrics", axum::routing::get(routes::workers::prometheus))
         .route(
@@ -165,7 +164,20 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ))
-        .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check,
+        ))
+        .layer(DefaultBodyLimit::max(8 * 1024 * 1024));
+    let router = match guard::cors(&state.config.access) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            request_id::panicked,
+        ))
+        .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 

@@ -160,7 +160,10 @@ impl PgStore {
             || prefix.len() > 36
             || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
         {
-            return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
+            return Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            )));
         }
         // A prefix is the range [prefix padded with 0s, prefix padded with fs] of the uuid
         // index; a hyphen in the prefix must sit where a uuid has one.
@@ -169,10 +172,16 @@ impl PgStore {
             Uuid::parse_str(&format!("{hex:0<32}")),
             Uuid::parse_str(&format!("{hex:f<32}")),
         ) else {
-            return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
+            return Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            )));
         };
         if !low.hyphenated().to_string().starts_with(&prefix) {
-            return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
+            return Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            )));
         }
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM {table} WHERE {key} BETWEEN $1 AND $2 ORDER BY {key} LIMIT 2"
@@ -184,9 +193,13 @@ impl PgStore {
         .map_err(unavailable)?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
-            0 => Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`"))),
+            0 => Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            ))),
             _ => Err(StoreError::Conflict(format!(
-                "`{id_or_prefix}` matches more than one {what}; give more of the id"
+                "`{}` matches more than one {what}; give more of the id",
+                orbit_core::echo::echo(id_or_prefix)
             ))),
         }
     }
@@ -253,7 +266,7 @@ impl Store for PgStore {
             .map_err(unavailable)?
             .map(|r| pipeline_from_row(&r))
             .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("pipeline `{name}`")))
+            .ok_or_else(|| StoreError::NotFound(format!("pipeline `{}`", orbit_core::echo::echo(name))))
     }
 
     async fn pipeline_version(&self, id: Uuid) -> Result<StoredPipeline> {
@@ -628,7 +641,12 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?
-            .ok_or_else(|| StoreError::NotFound(format!("registered task `{name}`")))?;
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "registered task `{}`",
+                    orbit_core::echo::echo(name)
+                ))
+            })?;
         rows::service_task_from_row(&row)
     }
 

@@ -185,7 +185,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?
             .map(|r| pipeline_from_row(&r))
             .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("pipeline `{name}`")))
+            .ok_or_else(|| StoreError::NotFound(format!("pipeline `{}`", orbit_core::echo::echo(name))))
     }
 
     async fn pipeline_version(&self, id: Uuid) -> Result<StoredPipeline> {
@@ -605,7 +605,12 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(unavailable)?
-            .ok_or_else(|| StoreError::NotFound(format!("registered task `{name}`")))?;
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "registered task `{}`",
+                    orbit_core::echo::echo(name)
+                ))
+            })?;
         rows::service_task_from_row(&row)
     }
 
@@ -683,7 +688,10 @@ impl SqliteStore {
     ) -> Result<sqlx::sqlite::SqliteRow> {
         let prefix = id_or_prefix.trim().to_ascii_lowercase();
         if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`")));
+            return Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            )));
         }
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&prefix)
@@ -692,9 +700,13 @@ impl SqliteStore {
             .map_err(unavailable)?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
-            0 => Err(StoreError::NotFound(format!("{what} `{id_or_prefix}`"))),
+            0 => Err(StoreError::NotFound(format!(
+                "{what} `{}`",
+                orbit_core::echo::echo(id_or_prefix)
+            ))),
             _ => Err(StoreError::Conflict(format!(
-                "`{id_or_prefix}` matches more than one {what}; give more of the id"
+                "`{}` matches more than one {what}; give more of the id",
+                orbit_core::echo::echo(id_or_prefix)
             ))),
         }
     }

@@ -8,11 +8,12 @@
 //! the ones that can pre-sign URLs let workers read and write their objects directly.
 
 mod config;
+mod json_check;
 
 pub use config::{DEFAULT_GRANT_TTL, DEFAULT_THRESHOLD, LOCAL_ID};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::{Method, Signer};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -73,6 +74,23 @@ pub struct Storage {
 }
 
 /// Where a run's input is kept when it is large.
+/// The largest object a worker may upload through the orchestrator (pre-signed uploads go to
+/// the bucket and are limited there).
+pub const MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why a streamed upload stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the object is larger than the {0} bytes allowed")]
+    TooLarge(u64),
+    #[error("an object must hold JSON: {0}")]
+    NotJson(String),
+    #[error("the upload broke off: {0}")]
+    Body(String),
+}
+
 pub fn input_key(run: Uuid) -> String {
     format!("runs/{run}/input.json")
 }
@@ -184,7 +202,7 @@ impl Storage {
         self.backends
             .iter()
             .find(|b| b.id == id)
-            .ok_or_else(|| StorageError::UnknownBackend(id.to_owned()))
+            .ok_or_else(|| StorageError::UnknownBackend(orbit_core::echo::echo(id)))
     }
 
     /// Keeps `value` inline when it is small, else writes it under `key` in the default
@@ -247,6 +265,66 @@ impl Storage {
             .await
             .map_err(|e| fail(b, key, e))?;
         Ok(())
+    }
+
+    /// Writes the JSON arriving as `chunks` under `key`, at most `max` bytes, without holding it
+    /// in memory: parts go to the backend as they fill, while a parser checks that the whole is
+    /// one JSON value. Anything else (too large, not JSON, a broken stream) stores nothing.
+    /// Returns the size written.
+    pub async fn put_stream<S, E>(
+        &self,
+        backend: &str,
+        key: &str,
+        chunks: S,
+        max: u64,
+    ) -> Result<u64, UploadError>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let b = self.backend(backend)?;
+        let path = object_path(key)?;
+        let upload = b
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| fail(b, key, e))?;
+        let mut writer = object_store::WriteMultipart::new(upload);
+        let (feed, parsed) = json_check::spawn();
+        let mut size = 0u64;
+        let mut chunks = chunks;
+        let streamed: Result<(), UploadError> = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > max {
+                    return Err(UploadError::TooLarge(max));
+                }
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(|e| fail(b, key, e))?;
+                writer.write(&chunk);
+                // The parser stopped early: the body is not JSON, and nothing more helps.
+                if feed.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(feed);
+        let checked = parsed.await;
+        match streamed.and(checked) {
+            Ok(()) => {
+                writer.finish().await.map_err(|e| fail(b, key, e))?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// The size of a stored object.
@@ -316,8 +394,17 @@ impl Storage {
 }
 
 /// A key as `object_store` wants it; `..`, empty segments and the like are refused.
+/// Keys Orbit writes are a few hundred bytes; anything much longer is not one of them, and a
+/// backend would refuse it with its own (internal) message.
+const MAX_KEY_BYTES: usize = 1024;
+const MAX_SEGMENT_BYTES: usize = 255;
+
 fn object_path(key: &str) -> Result<ObjectPath, StorageError> {
-    ObjectPath::parse(key).map_err(|_| StorageError::BadKey(key.to_owned()))
+    let bad = || StorageError::BadKey(orbit_core::echo::echo(key));
+    if key.len() > MAX_KEY_BYTES || key.split('/').any(|s| s.len() > MAX_SEGMENT_BYTES) {
+        return Err(bad());
+    }
+    ObjectPath::parse(key).map_err(|_| bad())
 }
 
 fn fail(b: &Backend, key: &str, e: object_store::Error) -> StorageError {

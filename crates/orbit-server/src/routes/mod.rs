@@ -60,7 +60,8 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
-        "no route {uri}; the API is under /api/v1 (see /api/v1/openapi.json or /docs)"
+        "no route {}; the API is under /api/v1 (see /api/v1/openapi.json or /docs)",
+        crate::error::echo(&uri.to_string())
     ))
 }
 

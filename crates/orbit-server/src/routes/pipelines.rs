@@ -146,7 +146,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let Path(name) = name?;
     match s.store.delete_pipeline(&name, Utc::now()).await? {
-        0 => Err(ApiError::not_found(format!("pipeline `{name}` not found"))),
+        0 => Err(ApiError::not_found(format!(
+            "pipeline `{}` not found",
+            crate::error::echo(&name)
+        ))),
         _ => Ok(StatusCode::NO_CONTENT),
     }
 }

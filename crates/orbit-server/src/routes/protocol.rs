@@ -34,8 +34,9 @@ impl From<AuthError> for ApiError {
 
 pub(crate) fn dispatcher(s: &AppState) -> Result<&Arc<Dispatcher>, ApiError> {
     s.dispatcher.as_ref().ok_or_else(|| {
+        // Not a failure of the server: a feature it was started without.
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "worker_protocol_off",
             "the worker protocol is off: start `orbit server` with ORBIT_SECRET_KEY set (the same key as the workers)",
         )

@@ -10,12 +10,13 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::protocol::{dispatcher, task};
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orbit_core::protocol::{GrantRequest, OutputGrant};
+use orbit_engine::storage::{MAX_UPLOAD_BYTES, UploadError};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -78,30 +79,63 @@ pub async fn get_object(
     Ok((headers, bytes).into_response())
 }
 
-/// Writes a worker's output with the storage token of its grant. The body must be JSON.
+/// Writes a worker's output with the storage token of its grant. The body must be JSON. The
+/// token (and the size it allows) is checked before a byte of the body is read, and the body
+/// streams to the backend: a forged or oversized upload costs the server nothing.
 #[utoipa::path(put, path = "/api/v1/storage/{backend}/{key}", tag = "storage",
     params(("backend" = String, Path, description = "Storage backend id"),
            ("key" = String, Path, description = "Object key"),
            ("token" = String, Query, description = "The storage token of the grant")),
     request_body = Object,
     responses((status = 201, description = "Stored"), (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody)))]
+              (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub async fn put_object(
     State(s): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<TokenQuery>, QueryRejection>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<StatusCode> {
     let Path((backend, key)) = path?;
     let Query(q) = query?;
-    authorize(&s, q.token.as_deref(), &backend, &key, "PUT")?;
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::bad_request(format!(
-            "an object must hold JSON: {e}"
-        )));
+    let Some(token) = q.token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writing an object needs the storage token of a grant (`?token=`)",
+        ));
+    };
+    let claims = dispatcher(&s)?
+        .key()
+        .verify_storage(token, &backend, &key, "PUT")?;
+    let max = claims.max.unwrap_or(MAX_UPLOAD_BYTES).min(MAX_UPLOAD_BYTES);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
     }
-    s.engine.storage().put(&backend, &key, body).await?;
+    s.engine
+        .storage()
+        .put_stream(&backend, &key, body.into_data_stream(), max)
+        .await
+        .map_err(|e| match e {
+            UploadError::Storage(e) => e.into(),
+            UploadError::TooLarge(max) => too_large(max),
+            e @ (UploadError::NotJson(_) | UploadError::Body(_)) => {
+                ApiError::bad_request(e.to_string())
+            }
+        })?;
     Ok(StatusCode::CREATED)
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("an object may hold at most {max} bytes"),
+    )
 }
 
 /// With a task token: where this attempt may write an output too large to send inline. PUT its

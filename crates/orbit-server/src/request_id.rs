@@ -1,0 +1,61 @@
+//! Every request gets an id: in the `x-request-id` response header, on every log line written
+//! while it is served, and in the body of a 5xx answer. A 5xx body says only that something
+//! failed and names that id; the details (database, storage or file system text) go to the log
+//! line that carries the same id, never to the client.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::Instrument;
+
+/// The stable code of an error response, for the 5xx rewrite to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+pub async fn tag(request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().simple().to_string()[16..].to_owned();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %orbit_core::echo::echo(request.uri().path()),
+    );
+    let mut response = next.run(request).instrument(span).await;
+    if response.status().is_server_error() {
+        let status = response.status();
+        let code = response
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or("internal", |c| c.0);
+        let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+            format!("the server cannot serve this right now; try again shortly (request {id})")
+        } else {
+            format!(
+                "the server failed to serve this request (request {id}); its log has the details"
+            )
+        };
+        response = (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message, "requestId": id}})),
+        )
+            .into_response();
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// A handler that panicked: a 500 like any other (the rewrite above gives it its body), and
+/// the panic in the log.
+pub fn panicked(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(panic = what, "a request handler panicked");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
