@@ -191,6 +191,7 @@ async fn run_scenario(
             priority: 0,
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
             now: Utc::now(),
         })
         .await?

@@ -11,7 +11,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 /// An error in what the user gave us (a file, an id, an input): exit status 2.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
 
@@ -62,6 +62,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(StoreError::NotFound(_) | StoreError::Conflict(_)) =
             cause.downcast_ref::<StoreError>()
+        {
+            return 2;
+        }
+        if let Some(orbit_engine::EngineError::IdempotencyKeyReused { .. }) =
+            cause.downcast_ref::<orbit_engine::EngineError>()
         {
             return 2;
         }

@@ -68,6 +68,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
             priority: 0,
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
             now: Utc::now(),
         })
         .await

@@ -150,6 +150,16 @@ impl Pipeline {
     }
 }
 
+/// What makes two triggers "the same request" for an idempotency key: SHA-256 over the pipeline's
+/// name and the canonical JSON of the input (object keys sorted).
+pub fn request_hash(pipeline: &str, input: &serde_json::Value) -> String {
+    let mut h = Sha256::new();
+    h.update(pipeline.as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(input).unwrap_or_default());
+    hex(&h.finalize())
+}
+
 /// SHA-256 of one task's canonical definition: its code hash for YAML and API tasks.
 pub fn task_hash(task: &TaskDef) -> String {
     hex(&Sha256::digest(

@@ -72,6 +72,12 @@ pub enum EngineError {
     /// What a worker sent cannot be accepted (a 4xx, not a server fault).
     #[error("{0}")]
     BadRequest(String),
+    /// An idempotency key that names a run created for a different request.
+    #[error(
+        "idempotency key `{}` already names run {run}, which was created for a different request (another pipeline or input); use a new key, or send the same request",
+        orbit_core::echo::echo(key)
+    )]
+    IdempotencyKeyReused { key: String, run: Uuid },
 }
 
 /// What the engine did, for progress displays. Sent after the commit that made it true.

@@ -10,18 +10,29 @@ use orbit_store::{CreatedRun, NewRun, Store};
 use uuid::Uuid;
 
 /// Creates a run; its input goes to object storage when it is over the threshold. When an
-/// idempotency key returns an earlier run instead, the object written for this one is removed.
+/// idempotency key returns an earlier run instead, the object written for this one is removed;
+/// when that run was created for a different request (another pipeline or input), the key's
+/// reuse is refused ([`EngineError::IdempotencyKeyReused`]).
 pub async fn create_run(
     store: &dyn Store,
     storage: &Storage,
     mut new: NewRun<'_>,
 ) -> Result<CreatedRun, EngineError> {
     let id = new.id;
+    // Compared before the input may become a reference, which names this run.
+    new.request_hash = Some(new.request_hash());
+    let key = new.idempotency_key.clone();
     new.input = storage.offload(new.input, &storage::input_key(id)).await?;
     let stored = ObjectRef::of(&new.input).is_some();
     let created = store.create_run(new).await?;
     if stored && !created.created {
         storage.delete_run(id).await?;
+    }
+    if !created.same_request {
+        return Err(EngineError::IdempotencyKeyReused {
+            key: key.unwrap_or_default(),
+            run: created.run.id,
+        });
     }
     Ok(created)
 }

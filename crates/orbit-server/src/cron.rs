@@ -48,6 +48,7 @@ pub async fn fire_due(
                 idempotency_key: Some(format!("cron:{}:{}", stored.name, at.to_rfc3339())),
                 // A fire time never repeats: its key never needs to expire.
                 idempotency_ttl: Duration::MAX,
+                request_hash: None,
                 now,
             })
             .await?;

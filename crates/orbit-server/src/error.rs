@@ -101,6 +101,12 @@ impl From<orbit_engine::EngineError> for ApiError {
             orbit_engine::EngineError::BadRequest(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_request", m)
             }
+            e @ orbit_engine::EngineError::IdempotencyKeyReused { run, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                e.to_string(),
+            )
+            .with_details(serde_json::json!({ "run": run })),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

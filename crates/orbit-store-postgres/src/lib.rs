@@ -304,16 +304,17 @@ impl Store for PgStore {
     }
 
     async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun> {
-        let (id, created) = match write::create_run(&self.pool, &new).await? {
+        let (id, created, same_request) = match write::create_run(&self.pool, &new).await? {
             Ok(id) => {
                 self.signal();
-                (id, true)
+                (id, true, true)
             }
-            Err(existing) => (existing, false),
+            Err((existing, same)) => (existing, false, same),
         };
         Ok(CreatedRun {
             run: self.run(id).await?,
             created,
+            same_request,
         })
     }
 
@@ -758,6 +759,7 @@ mod tests {
             priority: 0,
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
             now: Utc::now(),
         })
         .await

@@ -147,8 +147,9 @@ pub async fn save_pipeline(
     })
 }
 
-/// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
-pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
+/// `Ok(new_id)`, or `Err((existing_id, same_request))` when the idempotency key already names a
+/// run.
+pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
     let now = new.now;
     let id = new.id;
     let p = &new.pipeline.pipeline;
@@ -166,8 +167,8 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     }
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(id)
@@ -179,16 +180,20 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     .bind(new.idempotency_key.as_deref())
     .bind(p.tasks.len() as i64)
     .bind(now)
+    .bind(new.request_hash())
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
     if inserted.rows_affected() == 0 {
-        let existing: Uuid = sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
-            .bind(new.idempotency_key.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        return Ok(Err(existing));
+        let (existing, hash): (Uuid, Option<String>) =
+            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = $1")
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        // Runs from before request hashes were kept count as the same request.
+        let same = hash.is_none_or(|h| h == new.request_hash());
+        return Ok(Err((existing, same)));
     }
     let n = p.tasks.len();
     let mut ids = Vec::with_capacity(n);

@@ -233,10 +233,12 @@ impl Store for SqliteStore {
                     self.run_on(&self.writer, id).await?
                 },
                 created: true,
+                same_request: true,
             }),
-            Err(existing) => Ok(CreatedRun {
+            Err((existing, same_request)) => Ok(CreatedRun {
                 run: self.run_on(&self.writer, existing).await?,
                 created: false,
+                same_request,
             }),
         }
     }

@@ -85,7 +85,7 @@ pub async fn save_pipeline(
 }
 
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
-pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, Uuid>> {
+pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
     let now = us(new.now);
     let id = new.id;
     let p = &new.pipeline.pipeline;
@@ -104,8 +104,8 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     }
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(id.to_string())
@@ -117,18 +117,22 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     .bind(new.idempotency_key.as_deref())
     .bind(p.tasks.len() as i64)
     .bind(now)
+    .bind(new.request_hash())
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
     if inserted.rows_affected() == 0 {
-        let existing: String = sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = ?1")
-            .bind(new.idempotency_key.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let (existing, hash): (String, Option<String>) =
+            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = ?1")
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
         let existing =
             Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        return Ok(Err(existing));
+        // Runs from before request hashes were kept count as the same request.
+        let same = hash.is_none_or(|h| h == new.request_hash());
+        return Ok(Err((existing, same)));
     }
     let pipeline_id = new.pipeline.id.to_string();
     let run_id = id.to_string();

@@ -32,7 +32,20 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<String>,
     /// An earlier run holds its key only this long.
     pub idempotency_ttl: std::time::Duration,
+    /// What an idempotency key's reuse is compared by ([`orbit_core::pipeline::request_hash`] of
+    /// the pipeline and the input as given, before a large input went to object storage).
+    /// `None`: computed from `pipeline` and `input` here.
+    pub request_hash: Option<String>,
     pub now: DateTime<Utc>,
+}
+
+impl NewRun<'_> {
+    /// The request hash the store records and compares.
+    pub fn request_hash(&self) -> String {
+        self.request_hash
+            .clone()
+            .unwrap_or_else(|| orbit_core::pipeline::request_hash(&self.pipeline.name, &self.input))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +53,9 @@ pub struct CreatedRun {
     pub run: RunRecord,
     /// False when an earlier run with the same idempotency key was returned.
     pub created: bool,
+    /// When not created: whether the earlier run was made for the same request (pipeline and
+    /// input). A key reused for a different request is the caller's mistake to report.
+    pub same_request: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -116,6 +116,7 @@ async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPip
             priority: 0,
             idempotency_key: None,
             idempotency_ttl: std::time::Duration::from_secs(3600),
+            request_hash: None,
             now: at,
         })
         .await
@@ -536,14 +537,27 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         priority: 0,
         idempotency_key: Some(key.into()),
         idempotency_ttl: std::time::Duration::from_secs(3600),
+        request_hash: None,
         now: t0(),
     };
     let first = store.create_run(new("order-1")).await.unwrap();
     let second = store.create_run(new("order-1")).await.unwrap();
     let other = store.create_run(new("order-2")).await.unwrap();
     assert!(first.created && !second.created && other.created);
+    assert!(second.same_request, "the same pipeline and input");
     assert_eq!(first.run.id, second.run.id);
     assert_ne!(first.run.id, other.run.id);
+    // The same key with another input is a different request: the earlier run comes back,
+    // marked as not the same, and nothing is created.
+    let changed = store
+        .create_run(NewRun {
+            input: json!({"amount": 2}),
+            ..new("order-1")
+        })
+        .await
+        .unwrap();
+    assert!(!changed.created && !changed.same_request);
+    assert_eq!(changed.run.id, first.run.id);
     assert_eq!(
         store
             .list_runs(&RunFilter {

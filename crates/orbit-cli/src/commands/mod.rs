@@ -17,7 +17,7 @@ use orbit_core::Pipeline;
 use orbit_core::file::parse_pipeline;
 use orbit_engine::storage::Storage;
 use orbit_store::Store;
-use orbit_store_postgres::{PgStore, is_postgres_url};
+use orbit_store_postgres::PgStore;
 use orbit_store_sqlite::{Durability, SqliteStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -132,10 +132,59 @@ pub struct Connected {
     pub kind: &'static str,
 }
 
+/// A database URL, understood: which store, and the URL that store takes.
+#[derive(Debug, PartialEq)]
+pub enum Database {
+    Sqlite(String),
+    Postgres(String),
+}
+
+/// Reads a database URL as users of Orbit and of its predecessors write them: `sqlite:` URLs
+/// (also SQLAlchemy's `sqlite+aiosqlite:///relative.db`), a plain file path (SQLite),
+/// `postgres:`/`postgresql:` (also with a driver suffix such as `postgresql+asyncpg:`).
+/// Anything else is refused, naming its scheme, rather than becoming a file named after it.
+pub fn database(url: &str) -> Result<Database, BadInput> {
+    let url = url.trim();
+    let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let Some(scheme) = scheme else {
+        if url.is_empty() {
+            return Err(BadInput("the database URL is empty".into()));
+        }
+        return Ok(Database::Sqlite(format!("sqlite://{url}")));
+    };
+    let (base, driver) = scheme.split_once('+').unwrap_or((scheme, ""));
+    let rest = &url[scheme.len()..];
+    match base.to_ascii_lowercase().as_str() {
+        "postgres" | "postgresql" => Ok(Database::Postgres(format!("postgres{rest}"))),
+        // SQLAlchemy's form: three slashes before a relative path, four before an absolute one.
+        "sqlite" if !driver.is_empty() => Ok(Database::Sqlite(format!(
+            "sqlite://{}",
+            rest.strip_prefix(":///")
+                .unwrap_or(rest.trim_start_matches(':'))
+        ))),
+        "sqlite" => Ok(Database::Sqlite(url.to_owned())),
+        _ => Err(BadInput(format!(
+            "database URL `{}`: unknown scheme `{}` (expected sqlite:, postgres: or postgresql:, or the path of a SQLite file)",
+            serve::redact(url),
+            orbit_core::echo::echo(scheme)
+        ))),
+    }
+}
+
 /// Opens the store behind `url`; with `migrate`, PostgreSQL migrations are applied first
 /// (SQLite always migrates: its file belongs to this process).
 pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<Connected> {
-    if is_postgres_url(url) {
+    let url = match database(url)? {
+        Database::Postgres(url) => url,
+        Database::Sqlite(url) => return connect_sqlite(&url).await,
+    };
+    {
+        let url = url.as_str();
         let pool: u32 = std::env::var("ORBIT_PG_POOL_SIZE")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -148,11 +197,14 @@ pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<Connected> {
         } else {
             store.check_schema().await?;
         }
-        return Ok(Connected {
+        Ok(Connected {
             store: Arc::new(store),
             kind: "postgres",
-        });
+        })
     }
+}
+
+async fn connect_sqlite(url: &str) -> anyhow::Result<Connected> {
     let store = SqliteStore::open(url, durability()?)
         .await
         .with_context(|| format!("opening {url}"))?;
@@ -168,6 +220,58 @@ pub fn load_file(path: &Path) -> anyhow::Result<(Pipeline, String)> {
         .map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
     let pipeline = parse_pipeline(&path.display().to_string(), &text)?;
     Ok((pipeline, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Database, database};
+
+    #[test]
+    fn database_urls_in_every_dialect_and_nothing_else() {
+        let sqlite = |s: &str| Ok(Database::Sqlite(s.to_owned()));
+        let pg = |s: &str| Ok(Database::Postgres(s.to_owned()));
+        assert_eq!(
+            database("sqlite://.orbit/orbit.db"),
+            sqlite("sqlite://.orbit/orbit.db")
+        );
+        assert_eq!(database("sqlite:orbit.db"), sqlite("sqlite:orbit.db"));
+        assert_eq!(database("data/orbit.db"), sqlite("sqlite://data/orbit.db"));
+        assert_eq!(
+            database("/var/lib/orbit.db"),
+            sqlite("sqlite:///var/lib/orbit.db")
+        );
+        assert_eq!(
+            database("sqlite+aiosqlite:///./orbit.db"),
+            sqlite("sqlite://./orbit.db")
+        );
+        assert_eq!(
+            database("sqlite+aiosqlite:////tmp/o.db"),
+            sqlite("sqlite:///tmp/o.db")
+        );
+        assert_eq!(database("postgres://u@h/db"), pg("postgres://u@h/db"));
+        assert_eq!(
+            database("postgresql://u:pw@h/db"),
+            pg("postgres://u:pw@h/db")
+        );
+        assert_eq!(
+            database("postgresql+asyncpg://u:pw@h/db"),
+            pg("postgres://u:pw@h/db")
+        );
+        assert_eq!(
+            database("postgresql+psycopg://u@h:5433/db"),
+            pg("postgres://u@h:5433/db")
+        );
+        for bad in [
+            "mysql://u:secret@h/db",
+            "postgre://u:secret@h/db",
+            "http://x",
+            "redis://h",
+        ] {
+            let e = database(bad).expect_err(bad).0;
+            assert!(e.contains("unknown scheme"), "{e}");
+            assert!(!e.contains("secret"), "the password is masked: {e}");
+        }
+    }
 }
 
 /// A pipeline named on the command line: an existing file, or a saved pipeline's name.

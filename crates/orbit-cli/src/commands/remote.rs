@@ -139,6 +139,7 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
                     priority: args.priority,
                     idempotency_key: args.idempotency_key.clone(),
                     idempotency_ttl: idempotency_ttl()?,
+                    request_hash: None,
                     now: Utc::now(),
                 },
             )

@@ -38,6 +38,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             priority: 0,
             idempotency_key: args.idempotency_key.clone(),
             idempotency_ttl: idempotency_ttl()?,
+            request_hash: None,
             now: Utc::now(),
         },
     )

@@ -217,6 +217,7 @@ pub async fn trigger(
             priority: parsed.priority.unwrap_or(0),
             idempotency_key: parsed.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
+            request_hash: None,
             now: Utc::now(),
         },
     )

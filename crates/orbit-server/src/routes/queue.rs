@@ -65,6 +65,7 @@ async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Q
             priority: t.priority.unwrap_or(0),
             idempotency_key: t.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
+            request_hash: None,
             now: Utc::now(),
         },
     )
