@@ -65,17 +65,19 @@ pub async fn check(
                 .authority()
                 .map(|a| a.as_str().to_ascii_lowercase())
         });
-    if state.config.api_token.is_none() {
-        if let Some(host) = host.as_deref().filter(|h| !host_allowed(h, access)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "host_not_allowed",
-                format!(
-                    "this server has no ORBIT_API_TOKEN and serves only loopback names (localhost, 127.0.0.1, [::1]), not `{}`; add the name to ORBIT_ALLOWED_HOSTS, or set ORBIT_API_TOKEN",
-                    crate::error::echo(host)
-                ),
-            ));
-        }
+    let tokenless = state.config.api_token.is_none();
+    if let Some(host) = host
+        .as_deref()
+        .filter(|h| tokenless && !host_allowed(h, access))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "this server has no ORBIT_API_TOKEN and serves only loopback names (localhost, 127.0.0.1, [::1]), not `{}`; add the name to ORBIT_ALLOWED_HOSTS, or set ORBIT_API_TOKEN",
+                crate::error::echo(host)
+            ),
+        ));
     }
     let changes_state = matches!(
         *request.method(),
@@ -83,20 +85,19 @@ pub async fn check(
     );
     let path = request.uri().path();
     let streams = path == "/api/v1/ws" || path == "/api/v1/events";
-    if changes_state || streams {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or("null").to_ascii_lowercase();
-            if !origin_allowed(&origin, host.as_deref(), access) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "origin_not_allowed",
-                    format!(
-                        "requests from the web page at `{}` are refused; list its origin in ORBIT_CORS_ORIGINS to allow it",
-                        crate::error::echo(&origin)
-                    ),
-                ));
-            }
-        }
+    let foreign = headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("null").to_ascii_lowercase())
+        .filter(|o| (changes_state || streams) && !origin_allowed(o, host.as_deref(), access));
+    if let Some(origin) = foreign {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!(
+                "requests from the web page at `{}` are refused; list its origin in ORBIT_CORS_ORIGINS to allow it",
+                crate::error::echo(&origin)
+            ),
+        ));
     }
     if changes_state && has_body(headers) && !is_json(headers) {
         return Err(ApiError::new(

@@ -222,6 +222,25 @@ pub fn load_file(path: &Path) -> anyhow::Result<(Pipeline, String)> {
     Ok((pipeline, text))
 }
 
+/// A pipeline named on the command line: an existing file, or a saved pipeline's name.
+pub fn is_file_argument(arg: &str) -> bool {
+    let p = Path::new(arg);
+    p.is_file() || arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.contains('/')
+}
+
+pub async fn saved_pipeline(
+    store: &dyn Store,
+    name: &str,
+) -> anyhow::Result<orbit_store::StoredPipeline> {
+    store.pipeline(name).await.map_err(|e| match e {
+        orbit_store::StoreError::NotFound(_) => BadInput(format!(
+            "no pipeline named `{name}` (see `orbit list`, or give the path of a pipeline file)"
+        ))
+        .into(),
+        other => anyhow::Error::from(other),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Database, database};
@@ -272,23 +291,4 @@ mod tests {
             assert!(!e.contains("secret"), "the password is masked: {e}");
         }
     }
-}
-
-/// A pipeline named on the command line: an existing file, or a saved pipeline's name.
-pub fn is_file_argument(arg: &str) -> bool {
-    let p = Path::new(arg);
-    p.is_file() || arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.contains('/')
-}
-
-pub async fn saved_pipeline(
-    store: &dyn Store,
-    name: &str,
-) -> anyhow::Result<orbit_store::StoredPipeline> {
-    store.pipeline(name).await.map_err(|e| match e {
-        orbit_store::StoreError::NotFound(_) => BadInput(format!(
-            "no pipeline named `{name}` (see `orbit list`, or give the path of a pipeline file)"
-        ))
-        .into(),
-        other => anyhow::Error::from(other),
-    })
 }
