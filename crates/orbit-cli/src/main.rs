@@ -1,6 +1,20 @@
 //! `orbit`: loads configuration, parses arguments, runs one command, and turns its result into
 //! an exit status (0 ok, 1 the run failed, 2 bad usage or bad input).
 
+/// `println!`, `print!` and `eprintln!` for the whole crate: std's panic when the other end of
+/// the pipe is gone (`orbit logs RUN | head`); these end the command quietly instead.
+macro_rules! println {
+    () => { $crate::output::line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::text(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::error_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::error_line(format_args!($($arg)*)) };
+}
+
 mod bench;
 mod cli;
 mod commands;

@@ -2,6 +2,43 @@
 
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
+use std::io::Write;
+
+/// Writes a line to stdout. A reader that went away (`| head`) ends the command quietly, with
+/// the status a process killed by SIGPIPE has (as other Unix tools do); nothing is lost, a run
+/// stays resumable.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        stdout_failed(&e);
+    }
+}
+
+/// [`line`] without the line break.
+pub fn text(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// A line on stderr; if stderr is gone too, there is nobody left to tell.
+pub fn error_line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        error_line(format_args!("error: cannot write to standard output: {e}"));
+        std::process::exit(1);
+    }
+    std::process::exit(141);
+}
 
 /// Prints rows under headers, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {

@@ -51,6 +51,15 @@ impl fmt::Display for FileError {
 /// Parses and validates the pipeline in `text`; `path` names the file in messages and gives the
 /// pipeline its name when the file has no `name:`.
 pub fn parse_pipeline(path: &str, text: &str) -> Result<Pipeline, FileError> {
+    parse_pipeline_with_warnings(path, text).map(|(p, _)| p)
+}
+
+/// [`parse_pipeline`], and the warnings about a valid file: things that work but are likely not
+/// what the author meant (a shell command without a shell, input spliced into shell code).
+pub fn parse_pipeline_with_warnings(
+    path: &str,
+    text: &str,
+) -> Result<(Pipeline, Vec<Diagnostic>), FileError> {
     let fail = |diagnostics| FileError {
         path: path.to_owned(),
         diagnostics,
@@ -60,7 +69,10 @@ pub fn parse_pipeline(path: &str, text: &str) -> Result<Pipeline, FileError> {
     let mut checker = Checker::default();
     let pipeline = checker.pipeline(raw, path);
     match pipeline {
-        Some(p) if checker.diagnostics.is_empty() => Ok(p),
+        Some(p) if checker.diagnostics.is_empty() => {
+            checker.warnings.sort_by_key(|d| (d.line, d.column));
+            Ok((p, checker.warnings))
+        }
         _ => {
             checker.diagnostics.sort_by_key(|d| (d.line, d.column));
             Err(fail(checker.diagnostics))
@@ -123,6 +135,7 @@ impl<'de> Deserialize<'de> for Fields {
 #[derive(Default)]
 struct Checker {
     diagnostics: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 /// Settings that `defaults:` gives every task.
@@ -366,6 +379,9 @@ impl Checker {
             }
         }
         let task_type = task_type?;
+        if task_type == TaskType::Shell {
+            self.lint_shell(&name, field("command"), field("shell"));
+        }
         if let Err(e) = Params::from_json(task_type, &params, false) {
             // Point at the key the message names first (`unknown parameter `comand`, expected `command``).
             let loc = raw
@@ -404,6 +420,48 @@ impl Checker {
             },
             needs_spans,
         ))
+    }
+
+    /// Warns about a command string that looks like shell code but runs without a shell, and
+    /// about run input or upstream output spliced into shell code (a value holding `;` or
+    /// `$(…)` would run as code).
+    fn lint_shell(&mut self, task: &str, command: Option<&Located>, shell: Option<&Located>) {
+        let Some(command) = command else { return };
+        let in_shell = shell.is_some_and(|s| s.value == Value::Bool(true));
+        let warn = |c: &mut Checker, message: String| {
+            c.warnings.push(Diagnostic {
+                line: command.referenced.line(),
+                column: command.referenced.column(),
+                message,
+            })
+        };
+        if let (Value::String(line), false) = (&command.value, in_shell) {
+            if let Some(syntax) = shell_syntax(&outside_templates(line)) {
+                warn(
+                    self,
+                    format!(
+                        "task `{task}`: the command holds shell syntax (`{syntax}`) but runs without a shell, so it is passed to the program as a plain argument; did you mean `shell: true`?"
+                    ),
+                );
+            }
+        }
+        let code = match &command.value {
+            Value::String(line) if in_shell => line.clone(),
+            Value::Array(argv) if in_shell => argv
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => return,
+        };
+        if let Some(what) = spliced_data(&code) {
+            warn(
+                self,
+                format!(
+                    "task `{task}`: `{what}` is spliced into shell code, where a value holding `;` or `$(…)` runs as a command; pass it through `env` instead (e.g. `env: {{VALUE: \"{{{{ {what} }}}}\"}}` and \"$VALUE\" in the command)"
+                ),
+            );
+        }
     }
 
     fn name(&mut self, v: &Located, what: &str) -> Option<String> {
@@ -547,6 +605,66 @@ impl Checker {
             }
         }
     }
+}
+
+/// `text` with its `{{ … }}` and `{% … %}` template parts blanked out (a filter's `|` is not a
+/// pipe).
+fn outside_templates(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest
+        .find('{')
+        .filter(|&i| rest[i..].starts_with("{{") || rest[i..].starts_with("{%"))
+    {
+        out.push_str(&rest[..start]);
+        let close = if rest[start..].starts_with("{{") {
+            "}}"
+        } else {
+            "%}"
+        };
+        match rest[start + 2..].find(close) {
+            Some(end) => rest = &rest[start + 2 + end + 2..],
+            None => return out,
+        }
+        out.push(' ');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The first shell-only construct in `text`, if any.
+fn shell_syntax(text: &str) -> Option<&'static str> {
+    for token in ["&&", "||", "$(", "`", ";", "|", ">", "<"] {
+        if text.contains(token) {
+            return Some(token);
+        }
+    }
+    text.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'$' && (w[1].is_ascii_alphabetic() || w[1] == b'_' || w[1] == b'{'))
+        .then_some("$VAR")
+}
+
+/// The first run input or upstream output a template splices into `code`: `input…` or
+/// `tasks…`.
+fn spliced_data(code: &str) -> Option<String> {
+    let mut rest = code;
+    while let Some(start) = rest.find("{{") {
+        let inner = &rest[start + 2..];
+        let end = inner.find("}}").unwrap_or(inner.len());
+        let head: String = inner[..end]
+            .trim()
+            .chars()
+            .take_while(|c| {
+                c.is_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '\'' | '"' | '-')
+            })
+            .collect();
+        if head.starts_with("input") || head.starts_with("tasks") {
+            return Some(head);
+        }
+        rest = &inner[end..];
+    }
+    None
 }
 
 /// A value as a person would recognise it in a message, kept short.

@@ -73,7 +73,9 @@ pub struct Resumed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
-    #[error("Run has {0} failed step(s), cannot auto-resume (use `orbit retry` to re-queue them)")]
+    #[error(
+        "Run has {0} failed step(s), cannot auto-resume (use `orbit retry` to re-queue them and go on)"
+    )]
     FailedSteps(usize),
     #[error("run {0} is already {1}; nothing to resume")]
     Settled(Uuid, RunState),
@@ -122,9 +124,7 @@ pub async fn detect_interrupted_runs(
                     limit: 10_000,
                 })
                 .await?;
-            let held = leases.iter().any(|l| {
-                l.task.lease_expires_at > now && !crate::engine::holder_is_gone(&l.owner, this_host)
-            });
+            let held = leases.iter().any(|l| is_live(l, this_host, now));
             let orphaned = !leases.is_empty() && !held;
             if held || (!orphaned && now - run.updated_at < idle) {
                 continue;
@@ -144,6 +144,35 @@ pub async fn detect_interrupted_runs(
     }
     found.sort_by_key(|r| r.run.created_at);
     Ok(found)
+}
+
+/// Whether a lease still stands for a process that may be executing its task: unexpired, and
+/// not held by a process of this host that has exited.
+fn is_live(l: &orbit_store::LeasedTask, this_host: &str, now: DateTime<Utc>) -> bool {
+    l.task.lease_expires_at > now && !crate::engine::holder_is_gone(&l.owner, this_host)
+}
+
+/// The processes (`host:pid`) that may still be executing tasks of `run`: none means nobody is.
+pub async fn live_holders(
+    store: &dyn Store,
+    run: Uuid,
+    this_host: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let mut holders: Vec<String> = store
+        .leased(&LeaseFilter {
+            run: Some(run),
+            expired_before: None,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|l| is_live(l, this_host, now))
+        .map(|l| l.owner)
+        .collect();
+    holders.sort();
+    holders.dedup();
+    Ok(holders)
 }
 
 /// The context `task` of `run` gets: the run input and the stored outputs of the tasks it needs,

@@ -58,12 +58,29 @@ pub async fn retry(
     json: bool,
 ) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
-    if !matches!(run.state, RunState::Failed | RunState::Cancelled) {
+    if run.state == RunState::Succeeded {
         return Err(BadInput(format!(
-            "run {} is {}; only failed or cancelled runs can be retried",
-            run.id, run.state
+            "run {} succeeded; there is nothing to retry",
+            run.id
         ))
         .into());
+    }
+    if !run.state.is_terminal() {
+        // A run nobody executes any more (its process died) with dead steps: resuming refuses
+        // it, as the seed does, so retrying is what takes it.
+        let host = super::recover::this_host();
+        let holders =
+            orbit_engine::recovery::live_holders(store.as_ref(), run.id, &host, Utc::now()).await?;
+        if !holders.is_empty() {
+            return Err(BadInput(format!(
+                "run {} is {} on {}; wait for it, or `orbit cancel {}` first",
+                run.id,
+                run.state,
+                holders.join(", "),
+                run.id
+            ))
+            .into());
+        }
     }
     let again: Vec<String> = store
         .task_runs(run.id)
@@ -72,6 +89,13 @@ pub async fn retry(
         .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
         .map(|t| t.task_name)
         .collect();
+    if again.is_empty() && !run.state.is_terminal() {
+        return Err(BadInput(format!(
+            "run {} is {} with no failed or cancelled step; `orbit resume {}` goes on with it",
+            run.id, run.state, run.id
+        ))
+        .into());
+    }
     requeue_and_drive(store, run.id, &again, no_wait, json).await
 }
 

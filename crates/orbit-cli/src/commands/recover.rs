@@ -13,7 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn this_host() -> String {
+pub fn this_host() -> String {
     owner()
         .rsplit_once(':')
         .map(|(h, _)| h.to_owned())

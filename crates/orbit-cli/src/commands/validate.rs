@@ -1,15 +1,16 @@
 //! `orbit validate FILE`
 
 use orbit_core::dag::Dag;
-use orbit_core::file::{FileError, parse_pipeline};
+use orbit_core::file::{FileError, parse_pipeline_with_warnings};
 use serde_json::json;
 use std::path::Path;
 
 pub fn validate(path: &Path, json: bool) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| crate::BadInput(format!("cannot read {}: {e}", path.display())))?;
-    match parse_pipeline(&path.display().to_string(), &text) {
-        Ok(p) => {
+    let shown = path.display().to_string();
+    match parse_pipeline_with_warnings(&shown, &text) {
+        Ok((p, warnings)) => {
             let dag = Dag::new(&p)?;
             let layers: Vec<Vec<&str>> = dag
                 .layers()
@@ -17,10 +18,17 @@ pub fn validate(path: &Path, json: bool) -> anyhow::Result<u8> {
                 .map(|l| l.iter().map(|&i| dag.name(i)).collect())
                 .collect();
             if json {
+                let warnings: Vec<_> = warnings
+                    .iter()
+                    .map(|d| json!({"file": shown, "line": d.line, "column": d.column, "message": d.message}))
+                    .collect();
                 crate::output::json(
-                    &json!({"ok": true, "pipeline": p.name, "tasks": p.tasks.len(), "layers": layers}),
+                    &json!({"ok": true, "pipeline": p.name, "tasks": p.tasks.len(), "layers": layers, "warnings": warnings}),
                 )?;
             } else {
+                for w in &warnings {
+                    eprintln!("{shown}:{}:{}: warning: {}", w.line, w.column, w.message);
+                }
                 println!(
                     "ok: pipeline `{}`: {} tasks in {} layers",
                     p.name,

@@ -270,3 +270,52 @@ fn worker_tasks_name_their_service_task_and_have_no_queue() {
     assert!(e[0].1.contains("no `queue`"), "{e:?}");
     assert!(e[1].1.contains("unknown parameter `image`"), "{e:?}");
 }
+
+fn warnings(yaml: &str) -> Vec<(u64, String)> {
+    super::parse_pipeline_with_warnings("w.yaml", yaml)
+        .expect("valid")
+        .1
+        .into_iter()
+        .map(|d| (d.line, d.message))
+        .collect()
+}
+
+#[test]
+fn shell_syntax_without_a_shell_is_a_warning_not_an_error() {
+    let w = warnings(
+        "name: w\ntasks:\n  - name: a\n    type: shell\n    command: 'make build && ./deploy.sh > out.log'\n  - name: b\n    type: shell\n    command: 'echo $HOME'\n",
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[0].0, 5);
+    assert!(
+        w[0].1.contains("`&&`") && w[0].1.contains("did you mean `shell: true`"),
+        "{w:?}"
+    );
+    assert!(w[1].1.contains("`$VAR`"), "{w:?}");
+    // A template filter's `|` is no pipe; an argv list or a real shell is what was meant.
+    assert!(
+        warnings(
+            "name: w\ntasks:\n  - {name: a, type: shell, command: \"echo {{ input.x | default('y') }}\"}\n  - {name: b, type: shell, command: ['sh', '-c', 'a | b']}\n  - {name: c, type: shell, shell: true, command: 'a | b > c'}\n"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn data_spliced_into_shell_code_is_a_warning() {
+    let w = warnings(
+        "name: w\ntasks:\n  - {name: up, type: sleep, duration: 0s}\n  - name: a\n    type: shell\n    shell: true\n    needs: up\n    command: 'curl -d {{ input.order }} x; echo {{ tasks.up.output }}'\n",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].1.contains("`input.order`") && w[0].1.contains("env"),
+        "{w:?}"
+    );
+    // Through env, as the warning says: nothing to warn about.
+    assert!(
+        warnings(
+            "name: w\ntasks:\n  - name: a\n    type: shell\n    shell: true\n    env: {ORDER: '{{ input.order }}'}\n    command: 'curl -d \"$ORDER\" x'\n"
+        )
+        .is_empty()
+    );
+}
