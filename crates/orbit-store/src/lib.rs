@@ -13,9 +13,12 @@
 //!   durable commit is where throughput comes from.
 //! - [`Store::extend_leases`] is the heartbeat.
 //!
-//! Backends: `orbit-store-sqlite` (embedded default). The `testkit` feature holds the
-//! conformance suite every backend must pass.
+//! Backends: `orbit-store-sqlite` (embedded default) and `orbit-store-postgres` (many machines).
+//! The `testkit` feature holds the conformance suite every backend must pass, and
+//! [`faults::Faulty`], a wrapper that makes chosen verbs fail or stall.
 
+#[cfg(feature = "testkit")]
+pub mod faults;
 mod model;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,0 +1,166 @@
+//! A [`Store`] wrapper that fails or stalls chosen verbs, for testing what callers do when the
+//! store misbehaves (the engine's "store unavailable: retry the batch" and "cannot renew the
+//! lease for half of it: stop the attempt" paths). Feature `testkit`.
+//!
+//! ```ignore
+//! let store = Faulty::new(real);
+//! store.set("extend_leases", Fault::Fail);                    // every call fails
+//! store.set("finish_and_claim", Fault::FailTimes(3));          // the next 3 calls fail
+//! store.set("run", Fault::Stall(Duration::from_secs(2)));     // each call waits first
+//! ```
+
+use crate::*;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a verb does instead of (or before) its work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Every call fails with [`StoreError::Unavailable`].
+    Fail,
+    /// The next `n` calls fail; then the verb works again.
+    FailTimes(u32),
+    /// Each call waits this long, then works.
+    Stall(Duration),
+}
+
+/// Wraps a store; verbs without a fault pass straight through.
+pub struct Faulty {
+    inner: Arc<dyn Store>,
+    faults: Mutex<HashMap<&'static str, Fault>>,
+    /// How many calls each verb has had, faulty or not.
+    calls: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn Store>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            faults: Mutex::default(),
+            calls: Mutex::default(),
+        })
+    }
+
+    pub fn set(&self, verb: &'static str, fault: Fault) {
+        self.faults
+            .lock()
+            .expect("fault table poisoned")
+            .insert(verb, fault);
+    }
+
+    pub fn clear(&self, verb: &'static str) {
+        self.faults
+            .lock()
+            .expect("fault table poisoned")
+            .remove(verb);
+    }
+
+    /// Calls of `verb` so far.
+    pub fn calls(&self, verb: &'static str) -> u64 {
+        self.calls
+            .lock()
+            .expect("call table poisoned")
+            .get(verb)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn enter(&self, verb: &'static str) -> Result<()> {
+        *self
+            .calls
+            .lock()
+            .expect("call table poisoned")
+            .entry(verb)
+            .or_default() += 1;
+        let fault = {
+            let mut faults = self.faults.lock().expect("fault table poisoned");
+            let fault = faults.get(verb).copied();
+            if let Some(Fault::FailTimes(n)) = fault {
+                if n <= 1 {
+                    faults.remove(verb);
+                } else {
+                    faults.insert(verb, Fault::FailTimes(n - 1));
+                }
+            }
+            fault
+        };
+        match fault {
+            None => Ok(()),
+            Some(Fault::Stall(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Some(Fault::Fail | Fault::FailTimes(_)) => Err(StoreError::Unavailable(format!(
+                "injected fault in `{verb}`"
+            ))),
+        }
+    }
+}
+
+/// The `Store` impl: each verb counts its call, applies its fault, then delegates. (The whole
+/// impl is generated, so `async_trait` sees the expanded methods.)
+macro_rules! delegate {
+    ($( $verb:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl Store for Faulty {
+            $(
+                async fn $verb(&self, $($arg: $ty),*) -> $ret {
+                    self.enter(stringify!($verb)).await?;
+                    self.inner.$verb($($arg),*).await
+                }
+            )*
+
+            fn work_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.inner.work_signal()
+            }
+
+            fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.inner.change_signal()
+            }
+        }
+    };
+}
+
+delegate! {
+        save_pipeline(pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline>;
+        pipeline(name: &str) -> Result<StoredPipeline>;
+        pipeline_version(id: Uuid) -> Result<StoredPipeline>;
+        pipeline_versions(name: &str) -> Result<Vec<StoredPipeline>>;
+        list_pipelines() -> Result<Vec<StoredPipeline>>;
+        create_run(new: NewRun<'_>) -> Result<CreatedRun>;
+        finish_and_claim(finished: &[FinishedAttempt], claim: Option<&ClaimRequest>, now: DateTime<Utc>) -> Result<BatchOutcome>;
+        extend_leases(leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>>;
+        run(id: Uuid) -> Result<RunRecord>;
+        find_run(id_or_prefix: &str) -> Result<RunRecord>;
+        list_runs(filter: &RunFilter) -> Result<Vec<RunRecord>>;
+        task_runs(run: Uuid) -> Result<Vec<TaskRunRecord>>;
+        attempts(run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
+        outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
+        leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
+        cancel_run(run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
+        requeue(run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued>;
+        dead_letters(limit: u32) -> Result<Vec<DeadLetter>>;
+        dead_letter(id_or_prefix: &str) -> Result<DeadLetter>;
+        purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;
+        delete_run(id: Uuid) -> Result<()>;
+        keyed_output(key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>>;
+        next_ready_at(run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
+        delete_pipeline(name: &str, now: DateTime<Utc>) -> Result<u64>;
+        task_run(id_or_prefix: &str) -> Result<TaskRunRecord>;
+        queue_stats() -> Result<QueueStats>;
+        queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
+        recent_attempts(since: DateTime<Utc>, limit: u32) -> Result<Vec<AttemptSummary>>;
+        node_heartbeat(node: &NodeInfo, now: DateTime<Utc>) -> Result<()>;
+        node_stopped(id: &str, now: DateTime<Utc>) -> Result<()>;
+        nodes(limit: u32) -> Result<Vec<NodeRecord>>;
+        register_service(registration: &orbit_core::protocol::Registration, now: DateTime<Utc>) -> Result<Vec<ServiceTask>>;
+        services() -> Result<Vec<ServiceRecord>>;
+        service_tasks(service: Option<&str>) -> Result<Vec<ServiceTask>>;
+        service_task(name: &str) -> Result<ServiceTask>;
+        task_history(name: &str) -> Result<Vec<CodeChange>>;
+        set_progress(id: Uuid, epoch: i64, progress: f64, message: Option<&str>, now: DateTime<Utc>) -> Result<bool>;
+        events(after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>>;
+        latest_event_id() -> Result<i64>;
+}
