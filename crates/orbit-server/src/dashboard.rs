@@ -2,10 +2,14 @@
 //! from `assets/`, so a reload shows an edit). Every page is the same shell; `app.js` renders the
 //! page for the path from the JSON API, the one programs use, and follows `/api/v1/events`.
 
+use crate::error::ApiError;
 use axum::Router;
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::rejection::PathRejection;
+use axum::http::HeaderValue;
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::RustEmbed;
@@ -32,9 +36,17 @@ async fn shell() -> Response {
     file("index.html")
 }
 
-async fn asset(Path(path): Path<String>) -> Response {
-    file(&path)
+async fn asset(path: Result<Path<String>, PathRejection>) -> Response {
+    match path {
+        Ok(Path(path)) => file(&path),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
+
+/// The pages load only their own scripts and styles and talk only to their own server: an
+/// injected `<script>` or a foreign form target does nothing. (Inline style attributes are the
+/// SVG graph's colours.)
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
 fn file(path: &str) -> Response {
     match Assets::get(path) {
@@ -49,12 +61,15 @@ fn file(path: &str) -> Response {
                     ),
                     // Small files; a new binary must never show an old page.
                     (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    (CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
+                    (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
                 ],
                 f.data,
             )
                 .into_response()
         }
-        None => (StatusCode::NOT_FOUND, "no such dashboard file").into_response(),
+        None => ApiError::not_found(format!("no dashboard file `{}`", crate::error::echo(path)))
+            .into_response(),
     }
 }
 

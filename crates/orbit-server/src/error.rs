@@ -37,11 +37,13 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// A message that quotes user input is cut to a sane length and cannot hide what it says
+    /// (see [`echo`]), wherever it was made.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: orbit_core::echo::echo_within(&message.into(), 1000),
             details: None,
         }
     }
@@ -139,20 +141,29 @@ impl From<JsonRejection> for ApiError {
         ApiError::new(
             status,
             "bad_request",
-            format!("invalid JSON body: {}", e.body_text()),
+            format!(
+                "invalid JSON body: {}",
+                orbit_core::echo::echo_within(&e.body_text(), 300)
+            ),
         )
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> ApiError {
-        ApiError::bad_request(format!("invalid query: {}", e.body_text()))
+        ApiError::bad_request(format!(
+            "invalid query: {}",
+            orbit_core::echo::echo_within(&e.body_text(), 300)
+        ))
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> ApiError {
-        ApiError::bad_request(format!("invalid path: {}", e.body_text()))
+        ApiError::bad_request(format!(
+            "invalid path: {}",
+            orbit_core::echo::echo_within(&e.body_text(), 300)
+        ))
     }
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod cron;
 mod dashboard;
 pub mod error;
+mod extract;
 pub mod guard;
 mod request_id;
 mod routes;
@@ -160,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
         .merge(dashboard::routes())
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

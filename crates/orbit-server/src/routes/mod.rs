@@ -65,6 +65,18 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ))
 }
 
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {} (see /api/v1/openapi.json)",
+            crate::error::echo(method.as_str()),
+            crate::error::echo(uri.path())
+        ),
+    )
+}
+
 /// Validates a pipeline document (the file format, as JSON or YAML text) through the same
 /// checker as `orbit validate`, so the API and the CLI accept and refuse the same things.
 pub fn pipeline_from_document(origin: &str, text: &str) -> Result<Pipeline, ApiError> {

@@ -3,6 +3,7 @@
 use super::pipeline_from_document;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::OptionalJson;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -183,10 +184,10 @@ pub struct Triggered {
 pub async fn trigger(
     State(s): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-    body: Option<Json<Value>>,
+    OptionalJson(body): OptionalJson<Value>,
 ) -> ApiResult<(StatusCode, Json<Triggered>)> {
     let Path(name) = name?;
-    let body = body.map(|Json(v)| v).unwrap_or(Value::Null);
+    let body = body.unwrap_or(Value::Null);
     let parsed = match &body {
         Value::Object(m) if m.contains_key("input") => {
             serde_json::from_value::<TriggerBody>(body.clone())
@@ -257,10 +258,10 @@ pub struct DryRun {
 pub async fn dry_run(
     State(s): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-    body: Option<Json<Value>>,
+    OptionalJson(body): OptionalJson<Value>,
 ) -> ApiResult<Json<DryRun>> {
     let Path(name) = name?;
-    let (pipeline, version) = match body.map(|Json(v)| v).filter(|v| !v.is_null()) {
+    let (pipeline, version) = match body.filter(|v| !v.is_null()) {
         Some(doc) => (
             pipeline_from_document("request body", &document_text(&doc)?)?,
             0,
@@ -339,7 +340,8 @@ pub async fn task_history(
     let history = code_history(s.store.as_ref(), &task, q.pipeline).await?;
     if history.is_empty() {
         return Err(ApiError::not_found(format!(
-            "no task `{task}` in any pipeline or registered by any service"
+            "no task `{}` in any pipeline or registered by any service",
+            crate::error::echo(&task)
         )));
     }
     Ok(Json(history))

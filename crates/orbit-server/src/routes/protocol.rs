@@ -331,7 +331,8 @@ pub async fn service_tasks(
     let tasks = s.store.service_tasks(Some(&id)).await?;
     if tasks.is_empty() && !s.store.services().await?.iter().any(|x| x.id == id) {
         return Err(ApiError::not_found(format!(
-            "no service `{id}` has registered"
+            "no service `{}` has registered",
+            crate::error::echo(&id)
         )));
     }
     Ok(Json(tasks))
