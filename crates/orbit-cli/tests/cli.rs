@@ -854,3 +854,131 @@ fn a_script_routes_with_run_next_and_a_stray_choice_fails_clearly() {
         "a stray choice is not retried"
     );
 }
+
+#[test]
+fn an_idempotency_key_reused_for_another_request_is_refused() {
+    let env = setup();
+    env.file(
+        "k.yaml",
+        "name: k\ntasks:\n  - {name: a, type: sleep, duration: 0s}\n",
+    );
+    env.orbit()
+        .args([
+            "run",
+            "k.yaml",
+            "--idempotency-key",
+            "order-9",
+            "-i",
+            r#"{"amount": 1}"#,
+        ])
+        .assert()
+        .success();
+    // The same request: the existing run, nothing new.
+    let same = env
+        .orbit()
+        .args([
+            "run",
+            "k.yaml",
+            "--idempotency-key",
+            "order-9",
+            "-i",
+            r#"{"amount": 1}"#,
+        ])
+        .output()
+        .expect("orbit");
+    assert!(same.status.success());
+    assert!(String::from_utf8_lossy(&same.stdout).contains("already names run"));
+    // Another input under the same key: refused, naming the run.
+    let first = env.last_run()["id"].as_str().expect("run").to_owned();
+    let other = env
+        .orbit()
+        .args([
+            "run",
+            "k.yaml",
+            "--idempotency-key",
+            "order-9",
+            "-i",
+            r#"{"amount": 2}"#,
+        ])
+        .output()
+        .expect("orbit");
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains(&format!(
+            "idempotency key `order-9` already names run {first}"
+        )),
+        "{err}"
+    );
+    assert_eq!(env.json(&["runs"]).as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn database_urls_of_unknown_schemes_are_refused_with_the_password_masked() {
+    let env = setup();
+    for url in ["mysql://u:s3cret@db/orbit", "postgre://u:s3cret@db/orbit"] {
+        let out = env
+            .orbit()
+            .env("ORBIT_DATABASE_URL", url)
+            .arg("list")
+            .output()
+            .expect("orbit");
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unknown scheme"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    let made: Vec<_> = std::fs::read_dir(env.dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "examples")
+        .collect();
+    assert!(made.is_empty(), "nothing was created: {made:?}");
+    // A plain path is a SQLite file.
+    env.orbit()
+        .env("ORBIT_DATABASE_URL", "data/plain.db")
+        .arg("list")
+        .assert()
+        .success();
+    assert!(env.dir.path().join("data/plain.db").exists());
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let env = setup();
+    env.file(
+        "loud.yaml",
+        "name: loud\ntasks:\n  - {name: a, type: shell, command: [seq, '1', '200000']}\n",
+    );
+    env.orbit().args(["run", "loud.yaml"]).assert().success();
+    let run = env.last_run()["id"].as_str().expect("run").to_owned();
+    // `orbit logs RUN | head -1`: the reader goes away after one line.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
+        .current_dir(env.dir.path())
+        .env_remove("DATABASE_URL")
+        .env(
+            "ORBIT_DATABASE_URL",
+            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
+        )
+        .args(["logs", &run])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("orbit logs");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("a first line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "the status of a closed pipe: {err}"
+    );
+}

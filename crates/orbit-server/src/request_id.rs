@@ -16,7 +16,8 @@ pub struct ErrorCode(pub &'static str);
 
 pub async fn tag(request: Request, next: Next) -> Response {
     let id = uuid::Uuid::now_v7().simple().to_string()[16..].to_owned();
-    let span = tracing::info_span!(
+    // At error level so that the default filter (`warn`) keeps it: its id is on every line.
+    let span = tracing::error_span!(
         "request",
         request_id = %id,
         method = %request.method(),
