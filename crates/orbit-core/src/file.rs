@@ -435,15 +435,17 @@ impl Checker {
                 message,
             })
         };
-        if let (Value::String(line), false) = (&command.value, in_shell) {
-            if let Some(syntax) = shell_syntax(&outside_templates(line)) {
-                warn(
-                    self,
-                    format!(
-                        "task `{task}`: the command holds shell syntax (`{syntax}`) but runs without a shell, so it is passed to the program as a plain argument; did you mean `shell: true`?"
-                    ),
-                );
-            }
+        let unshelled = match (&command.value, in_shell) {
+            (Value::String(line), false) => shell_syntax(&outside_templates(line)),
+            _ => None,
+        };
+        if let Some(syntax) = unshelled {
+            warn(
+                self,
+                format!(
+                    "task `{task}`: the command holds shell syntax (`{syntax}`) but runs without a shell, so it is passed to the program as a plain argument; did you mean `shell: true`?"
+                ),
+            );
         }
         let code = match &command.value {
             Value::String(line) if in_shell => line.clone(),
