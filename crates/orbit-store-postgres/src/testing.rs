@@ -14,10 +14,11 @@ use std::sync::OnceLock;
 /// server is named and none can be started: a test that needs PostgreSQL must not pass
 /// without it.
 pub fn server_url() -> String {
-    if let Ok(url) = std::env::var("ORBIT_TEST_PG_URL") {
-        if !url.is_empty() {
-            return url;
-        }
+    if let Some(url) = std::env::var("ORBIT_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return url;
     }
     static PRIVATE: OnceLock<Result<String, String>> = OnceLock::new();
     match PRIVATE.get_or_init(private_cluster) {
