@@ -654,3 +654,81 @@ async fn cron_fires_each_instant_once_across_two_servers() {
     );
     drop(b);
 }
+
+/// Cancel a running task on a server, retry at once: the cancelled attempt stops (its process
+/// group too), is recorded `cancelled`, and the retry runs at once to success, with no lease
+/// left to expire.
+async fn cancel_then_retry(database: &str, dir: &tempfile::TempDir, extra: &[&str]) {
+    let s = server(dir.path(), database, extra, &[]);
+    let api = Api::new(&s);
+    let yaml = "name: slow\ntasks:\n  - name: s\n    type: shell\n    heartbeat_interval: 1s\n    command: [sleep, '4']\n";
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/pipelines",
+            Some(json!({"yaml": yaml})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, t) = api
+        .call(Method::POST, "/api/v1/pipelines/slow/trigger", None)
+        .await;
+    let run = t["run"]["id"].as_str().expect("run id").to_owned();
+    let detail = format!("/api/v1/runs/{run}");
+    eventually(Duration::from_secs(15), "the task to run", || {
+        futures::executor::block_on(api.get(&detail))["tasks"][0]["state"]
+            .as_str()
+            .is_some_and(|s| s == "running")
+            .then_some(())
+    });
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/v1/runs/{run}/cancel"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let retried_at = std::time::Instant::now();
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/v1/runs/{run}/retry"), None)
+        .await;
+    assert!(status < 300, "{body}");
+    let started = eventually(
+        Duration::from_secs(10),
+        "the retried attempt to start",
+        || {
+            let d = futures::executor::block_on(api.get(&detail));
+            let t = &d["tasks"][0];
+            (t["state"] == "running" && t["attempt"] == 2).then(|| retried_at.elapsed())
+        },
+    );
+    assert!(
+        started < Duration::from_secs(2),
+        "the retry started {started:?} after it was asked"
+    );
+    let done = api.wait_run(&run, "succeeded").await;
+    let task_run = done["tasks"][0]["id"]
+        .as_str()
+        .expect("task run")
+        .to_owned();
+    let (_, tr) = api
+        .call(Method::GET, &format!("/api/v1/task-runs/{task_run}"), None)
+        .await;
+    let outcomes: Vec<&str> = tr["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter_map(|a| a["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["cancelled", "succeeded"], "{tr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_then_retry_runs_the_retry_at_once_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cancel_then_retry(&sqlite_url(&dir), &dir, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_then_retry_runs_the_retry_at_once_on_postgres() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    cancel_then_retry(&db.url, &dir, &["--workers", "2"]).await;
+}

@@ -287,6 +287,7 @@ impl Engine {
         let mut stopping = false;
         let mut grace_ends: Option<Instant> = None;
         let mut work = self.store.work_signal();
+        let mut control = self.store.control_signal();
         let mut store_down: u32 = 0;
         loop {
             let mut free = self.config.concurrency.saturating_sub(inflight.len());
@@ -364,7 +365,16 @@ impl Engine {
                         last_renewed: now,
                         abort: self.spawn(task.clone(), loaded, input, done_tx.clone()),
                     };
-                    inflight.insert(task.id, flight);
+                    // The same task run claimed again (cancelled and retried while its old
+                    // attempt ran here): the old attempt is over, whatever it was doing.
+                    if let Some(old) = inflight.insert(task.id, flight) {
+                        old.abort.abort();
+                        let _ = self.events.send(EngineEvent::LeaseLost {
+                            run: old.run,
+                            task: old.task,
+                            attempt: old.attempt,
+                        });
+                    }
                 }
                 for (run, state) in outcome.settled_runs {
                     inputs.remove(&run);
@@ -422,8 +432,14 @@ impl Engine {
                 biased;
                 _ = done_rx.recv_many(&mut received, 1024) => {
                     for f in received.drain(..) {
-                        // Attempts dropped for a lost lease may still report; nothing of them is kept.
-                        if inflight.remove(&f.task.id).is_some() {
+                        // Attempts dropped for a lost lease may still report, and so may an
+                        // attempt whose task run was claimed again since: only the attempt this
+                        // engine holds now (same lease epoch) counts.
+                        let current = inflight
+                            .get(&f.task.id)
+                            .is_some_and(|held| held.epoch == f.task.lease_epoch);
+                        if current {
+                            inflight.remove(&f.task.id);
                             finished.push(f);
                         }
                     }
@@ -434,6 +450,14 @@ impl Engine {
                     grace_ends = Some(Instant::now() + self.config.grace);
                 }
                 Ok(()) = work.changed(), if !stopping && budget.is_none() => claim_due = true,
+                // A run was cancelled: whatever of it runs here stops now, not at its next beat.
+                Ok(()) = control.changed(), if !inflight.is_empty() => {
+                    let now = Instant::now();
+                    for f in inflight.values_mut() {
+                        f.next_beat = now;
+                    }
+                    self.heartbeat(&mut inflight, now).await;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
                     if retry_wake.is_some_and(|w| w <= now) {

@@ -35,6 +35,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub(crate) const CHANNEL: &str = "orbit_work";
 /// Notified by every transaction that appends events (see `write::flush_events`).
 pub(crate) const CHANGES: &str = "orbit_changes";
+/// Sent with a cancel: every node checks the leases it holds at once.
+pub(crate) const CONTROL: &str = "orbit_control";
 
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     match e {
@@ -51,6 +53,7 @@ pub struct PgStore {
     pool: PgPool,
     work: Arc<watch::Sender<u64>>,
     changes: Arc<watch::Sender<u64>>,
+    control: Arc<watch::Sender<u64>>,
     listener: Arc<tokio::task::AbortHandle>,
 }
 
@@ -92,12 +95,18 @@ impl PgStore {
             })?;
         let work = Arc::new(watch::channel(0).0);
         let changes = Arc::new(watch::channel(0).0);
-        let listener =
-            tokio::spawn(listen(pool.clone(), work.clone(), changes.clone())).abort_handle();
+        let control = Arc::new(watch::channel(0).0);
+        let signals = Signals {
+            work: work.clone(),
+            changes: changes.clone(),
+            control: control.clone(),
+        };
+        let listener = tokio::spawn(listen(pool.clone(), signals)).abort_handle();
         Ok(PgStore {
             pool,
             work,
             changes,
+            control,
             listener: Arc::new(listener),
         })
     }
@@ -205,13 +214,21 @@ impl PgStore {
     }
 }
 
-/// Turns `NOTIFY orbit_work` into work signals and `NOTIFY orbit_changes` into change signals,
-/// for as long as the store lives.
-async fn listen(pool: PgPool, work: Arc<watch::Sender<u64>>, changes: Arc<watch::Sender<u64>>) {
+/// The watch channels the listener ticks.
+struct Signals {
+    work: Arc<watch::Sender<u64>>,
+    changes: Arc<watch::Sender<u64>>,
+    control: Arc<watch::Sender<u64>>,
+}
+
+/// Turns `NOTIFY orbit_work`, `orbit_changes` and `orbit_control` into work, change and control
+/// signals, for as long as the store lives.
+async fn listen(pool: PgPool, signals: Signals) {
     let tick = |w: &watch::Sender<u64>| w.send_modify(|n| *n = n.wrapping_add(1));
     let signal = || {
-        tick(&work);
-        tick(&changes);
+        tick(&signals.work);
+        tick(&signals.changes);
+        tick(&signals.control);
     };
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -222,15 +239,16 @@ async fn listen(pool: PgPool, work: Arc<watch::Sender<u64>>, changes: Arc<watch:
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all([CHANNEL, CHANGES]).await {
+        if let Err(e) = listener.listen_all([CHANNEL, CHANGES, CONTROL]).await {
             tracing::warn!(error = %e, "cannot LISTEN for work; polling only until it can");
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
         loop {
             match listener.try_recv().await {
-                Ok(Some(n)) if n.channel() == CHANGES => tick(&changes),
-                Ok(Some(_)) => tick(&work),
+                Ok(Some(n)) if n.channel() == CHANGES => tick(&signals.changes),
+                Ok(Some(n)) if n.channel() == CONTROL => tick(&signals.control),
+                Ok(Some(_)) => tick(&signals.work),
                 // The connection dropped: notifications may have been missed meanwhile.
                 Ok(None) => signal(),
                 Err(e) => {
@@ -679,6 +697,10 @@ impl Store for PgStore {
 
     fn work_signal(&self) -> watch::Receiver<u64> {
         self.work.subscribe()
+    }
+
+    fn control_signal(&self) -> watch::Receiver<u64> {
+        self.control.subscribe()
     }
 
     async fn events(&self, after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>> {

@@ -773,6 +773,24 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
             "run {run} is already {state}"
         )));
     }
+    // A running attempt ends here: its record says so (its holder's late result is fenced
+    // out), and every node checks its leases at once.
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+         SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, $1), $1, \
+         'cancelled', 'cancelled by user', '[orbit] attempt cancelled by user' \
+         FROM task_runs WHERE run_id = $2 AND state = 'running' ON CONFLICT DO NOTHING",
+    )
+    .bind(now)
+    .bind(run)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::CONTROL)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
     sqlx::query(
         "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = $1, updated_at = $1, \
          lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ('waiting', 'ready', 'running')",

@@ -67,6 +67,8 @@ pub struct SqliteStore {
     work: Arc<watch::Sender<u64>>,
     /// Ticks after each commit that appended events (live pages and event streams wait on it).
     changes: Arc<watch::Sender<u64>>,
+    /// Ticks on a cancel: engines check their leases at once.
+    control: Arc<watch::Sender<u64>>,
 }
 
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
@@ -137,6 +139,7 @@ impl SqliteStore {
             path,
             work: Arc::new(watch::channel(0).0),
             changes: Arc::new(watch::channel(0).0),
+            control: Arc::new(watch::channel(0).0),
         })
     }
 
@@ -385,6 +388,7 @@ impl Store for SqliteStore {
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord> {
         write::cancel_run(&self.writer, run, now).await?;
         self.changed();
+        self.control.send_modify(|n| *n = n.wrapping_add(1));
         self.run_on(&self.writer, run).await
     }
 
@@ -672,6 +676,10 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(id.unwrap_or(0))
+    }
+
+    fn control_signal(&self) -> watch::Receiver<u64> {
+        self.control.subscribe()
     }
 
     fn change_signal(&self) -> watch::Receiver<u64> {

@@ -119,6 +119,10 @@ macro_rules! delegate {
             fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
                 self.inner.change_signal()
             }
+
+            fn control_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.inner.control_signal()
+            }
         }
     };
 }

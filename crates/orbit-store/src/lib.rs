@@ -123,7 +123,8 @@ pub trait Store: Send + Sync + 'static {
     async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
 
     /// Cancels a run that has not settled: its run and every unsettled task run become
-    /// `cancelled` (a running attempt learns it at its next heartbeat and is stopped).
+    /// `cancelled`; a running attempt is recorded with the outcome `cancelled`, and its holder,
+    /// woken by [`Store::control_signal`], stops it.
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
 
     /// Puts the named dead or cancelled task runs of `run` back in the queue with a fresh set of
@@ -229,4 +230,9 @@ pub trait Store: Send + Sync + 'static {
     /// Ticks after a commit that appended events: every such commit of this process, and on
     /// PostgreSQL those of every process sharing the database.
     fn change_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Ticks when a run was cancelled (on PostgreSQL, by any process sharing the database): a
+    /// holder of leases should check them now, not at its next heartbeat, so a cancelled
+    /// attempt stops at once.
+    fn control_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 }
