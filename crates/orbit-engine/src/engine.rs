@@ -288,6 +288,7 @@ impl Engine {
         let mut grace_ends: Option<Instant> = None;
         let mut work = self.store.work_signal();
         let mut control = self.store.control_signal();
+        let mut next_poll = Instant::now() + self.config.poll_interval;
         let mut store_down: u32 = 0;
         loop {
             let mut free = self.config.concurrency.saturating_sub(inflight.len());
@@ -421,13 +422,12 @@ impl Engine {
                 tracing::info!(released, "shutdown grace over; leases handed back");
                 return Ok(None);
             }
-            let poll_at = Instant::now() + self.config.poll_interval;
             let beat_at = inflight.values().map(|f| f.next_beat).min();
-            let deadline = [Some(poll_at), beat_at, retry_wake, grace_ends]
+            let deadline = [Some(next_poll), beat_at, retry_wake, grace_ends]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(poll_at);
+                .unwrap_or(next_poll);
             tokio::select! {
                 biased;
                 _ = done_rx.recv_many(&mut received, 1024) => {
@@ -456,35 +456,41 @@ impl Engine {
                     for f in inflight.values_mut() {
                         f.next_beat = now;
                     }
-                    self.heartbeat(&mut inflight, now).await;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let now = Instant::now();
-                    if retry_wake.is_some_and(|w| w <= now) {
-                        retry_wake = None;
-                        claim_due = true;
-                    }
-                    if poll_at <= now {
-                        claim_due = true;
-                        if let Err(e) = self.reap(&mut pipelines).await {
-                            tracing::warn!(error = %e, "reaping expired leases failed");
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            // Timed work is checked on every round, not only when the timer wins the select:
+            // under load finished attempts arrive without pause, and neither heartbeats nor
+            // the reaper may wait for a lull.
+            let now = Instant::now();
+            if retry_wake.is_some_and(|w| w <= now) {
+                retry_wake = None;
+                claim_due = true;
+            }
+            if next_poll <= now {
+                next_poll = now + self.config.poll_interval;
+                claim_due = true;
+                if let Err(e) = self.reap(&mut pipelines).await {
+                    tracing::warn!(error = %e, "reaping expired leases failed");
+                }
+                if let Some(run) = scope {
+                    let state = self.store.run(run).await?.state;
+                    // Settled elsewhere (cancelled by a user): stop what still runs.
+                    if state.is_terminal() {
+                        for f in inflight.into_values() {
+                            f.abort.abort();
+                            let lost = EngineEvent::LeaseLost {
+                                run: f.run,
+                                task: f.task,
+                                attempt: f.attempt,
+                            };
+                            let _ = self.events.send(lost);
                         }
-                        if let Some(run) = scope {
-                            let state = self.store.run(run).await?.state;
-                            // Settled elsewhere (cancelled by a user): stop what still runs.
-                            if state.is_terminal() {
-                                for f in inflight.into_values() {
-                                    f.abort.abort();
-                                    let lost = EngineEvent::LeaseLost { run: f.run, task: f.task, attempt: f.attempt };
-                                    let _ = self.events.send(lost);
-                                }
-                                return Ok(Some(state));
-                            }
-                        }
+                        return Ok(Some(state));
                     }
-                    self.heartbeat(&mut inflight, now).await;
                 }
             }
+            self.heartbeat(&mut inflight, now).await;
         }
     }
 

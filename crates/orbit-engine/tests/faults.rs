@@ -143,3 +143,101 @@ async fn an_attempt_that_cannot_renew_its_lease_for_half_of_it_is_stopped() {
     stop.cancel();
     let _ = driving.await;
 }
+
+/// Under a constant stream of finishing attempts the loop never sleeps on its timer, yet the
+/// reaper must run every poll interval and leases must be renewed: a lost task is taken back
+/// within its lease and a poll, ahead of the queue, and a long task of this engine keeps its
+/// lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn timed_work_keeps_its_pace_under_load() {
+    let (_dir, store, storage) = setup().await;
+    let mut p = pipeline("lost", &[("victim", &[], 0), ("long", &[], 0)]);
+    for t in &mut p.tasks {
+        t.heartbeat_interval = Duration::from_millis(100);
+        t.retry.max_attempts = 5;
+    }
+    p.tasks[1].params = serde_json::json!({"duration": "1500ms"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let run = start(store.as_ref(), &p).await;
+    // A process that then vanished holds the victim: its 200 ms lease runs out unrenewed.
+    let ghost = orbit_store::ClaimRequest {
+        owner: "ghost:1".into(),
+        limit: 1,
+        run: Some(run),
+        queues: Vec::new(),
+        types: Vec::new(),
+    };
+    let held = store
+        .finish_and_claim(&[], Some(&ghost), Utc::now())
+        .await
+        .unwrap()
+        .claimed;
+    assert_eq!(held.len(), 1);
+    let lost_at = held[0].lease_expires_at;
+    // Behind them, a long queue of short tasks keeps the engine busy.
+    let names: Vec<String> = (0..400).map(|i| format!("t{i}")).collect();
+    let spec: Vec<(&str, &[&str], i32)> = names.iter().map(|n| (n.as_str(), &[][..], 0)).collect();
+    let mut queue = pipeline("queue", &spec);
+    for t in &mut queue.tasks {
+        t.params = serde_json::json!({"duration": "20ms"})
+            .as_object()
+            .cloned()
+            .unwrap();
+    }
+    let queued = start(store.as_ref(), &queue).await;
+    let config = EngineConfig {
+        concurrency: 4,
+        poll_interval: Duration::from_millis(300),
+        grace: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::new(store.clone(), storage, config).unwrap());
+    let stop = CancellationToken::new();
+    let driving = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop.clone());
+        async move { engine.drive_all(stop).await }
+    });
+    let state = settled(store.as_ref(), run, Duration::from_secs(20)).await;
+    let rerun = store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.task_name == "victim")
+        .unwrap()
+        .started_at;
+    let attempts = store.attempts(run, None).await.unwrap();
+    let second = attempts
+        .iter()
+        .find(|a| a.task_name == "victim" && a.attempt == 2)
+        .expect("the victim ran again");
+    let after = (second.started_at - lost_at).to_std().unwrap_or_default();
+    let queue_left = store
+        .task_runs(queued)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.state == orbit_core::TaskState::Ready)
+        .count();
+    stop.cancel();
+    let _ = driving.await;
+    assert_eq!(state, RunState::Succeeded);
+    assert!(rerun.is_some());
+    assert!(
+        after < Duration::from_secs(1),
+        "the lost task ran again {after:?} after its lease ended"
+    );
+    assert!(queue_left > 0, "it did not wait for the queue to drain");
+    let long: Vec<&str> = attempts
+        .iter()
+        .filter(|a| a.task_name == "long")
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(
+        long,
+        ["succeeded"],
+        "the long task kept its lease under load"
+    );
+}

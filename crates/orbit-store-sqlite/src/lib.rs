@@ -71,6 +71,26 @@ pub struct SqliteStore {
     control: Arc<watch::Sender<u64>>,
 }
 
+/// An exclusive lock on `<database>-migrate.lock`, held while migrations run.
+async fn migration_lock(db: &std::path::Path) -> Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-migrate.lock");
+    let path = PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        file.lock()
+            .map_err(|e| StoreError::Unavailable(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("migration lock: {e}")))?
+}
+
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
@@ -125,9 +145,13 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
+        // Several processes may open a new file at once (a server and a CLI command): SQLite
+        // has no migration lock of its own, so one is taken on a file beside the database.
+        let lock = migration_lock(&path).await?;
         MIGRATOR.run(&writer).await.map_err(|e| {
             StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display()))
         })?;
+        drop(lock);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

@@ -110,6 +110,10 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
 
 pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::Result<u8> {
     let input = parse_input(args.input.as_deref())?;
+    // A file is saved first (a new version only when it changed), then triggered by its name.
+    let file = super::is_file_argument(&args.pipeline)
+        .then(|| super::load_file(std::path::Path::new(&args.pipeline)))
+        .transpose()?;
     let (run, created) = match &args.remote.url {
         Some(server) => {
             #[derive(Deserialize)]
@@ -117,10 +121,24 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
                 run: RunRecord,
                 created: bool,
             }
-            let t: Triggered = Client::new(server)?
+            let client = Client::new(server)?;
+            let name = match &file {
+                Some((pipeline, text)) => {
+                    let _: serde_json::Value = client
+                        .call(
+                            reqwest::Method::POST,
+                            "/pipelines",
+                            Some(json!({"yaml": text})),
+                        )
+                        .await?;
+                    pipeline.name.clone()
+                }
+                None => args.pipeline.clone(),
+            };
+            let t: Triggered = client
                 .call(
                     reqwest::Method::POST,
-                    &format!("/pipelines/{}/trigger", args.pipeline),
+                    &format!("/pipelines/{name}/trigger"),
                     Some(json!({"input": input, "idempotencyKey": args.idempotency_key, "priority": args.priority})),
                 )
                 .await?;
@@ -128,7 +146,14 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
         }
         None => {
             let store = open_store(database).await?;
-            let stored = saved_pipeline(store.as_ref(), &args.pipeline).await?;
+            let stored = match &file {
+                Some((pipeline, text)) => {
+                    store
+                        .save_pipeline(pipeline, Some(text), Utc::now())
+                        .await?
+                }
+                None => saved_pipeline(store.as_ref(), &args.pipeline).await?,
+            };
             let c = orbit_engine::runs::create_run(
                 store.as_ref(),
                 super::storage()?.as_ref(),
