@@ -982,3 +982,74 @@ fn a_closed_stdout_ends_a_command_quietly() {
         "the status of a closed pipe: {err}"
     );
 }
+
+#[test]
+fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
+    let env = setup();
+    env.file(
+        "half.yaml",
+        "name: half\ntasks:\n  - name: flaky\n    type: shell\n    shell: true\n    retry: {max_attempts: 1}\n    command: 'test -f marker || { touch marker; exit 1; }'\n  - {name: slow, type: sleep, duration: 30s}\n",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
+        .current_dir(env.dir.path())
+        .env_remove("DATABASE_URL")
+        .env(
+            "ORBIT_DATABASE_URL",
+            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
+        )
+        .args(["run", "half.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("orbit run");
+    // Wait until `flaky` is dead while `slow` still runs, then kill the engine.
+    let end = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let out = env.orbit().args(["runs", "--json"]).output().expect("runs");
+        let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(id) = runs[0]["id"].as_str() {
+            let s = env.json(&["status", id]);
+            let state = |n: &str| {
+                s["tasks"]
+                    .as_array()
+                    .and_then(|t| t.iter().find(|t| t["task_name"] == n))
+                    .map(|t| t["state"].clone())
+            };
+            if state("flaky") == Some("dead".into()) && state("slow") == Some("running".into()) {
+                break id.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "never reached a dead step beside a running one"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    // The seed's rule: resume refuses a run with a failed step...
+    let resumed = env.orbit().args(["resume", &run]).output().expect("resume");
+    assert!(!resumed.status.success());
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).contains("orbit retry")
+            || String::from_utf8_lossy(&resumed.stderr).contains("orbit retry")
+    );
+    // ...so retry takes it: the dead step goes back in the queue.
+    let retried = env
+        .orbit()
+        .args(["retry", &run, "--no-wait"])
+        .output()
+        .expect("retry");
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let s = env.json(&["status", &run]);
+    let flaky = s["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["task_name"] == "flaky"))
+        .expect("flaky")
+        .clone();
+    assert_eq!(flaky["state"], "ready", "{s}");
+}
