@@ -566,15 +566,29 @@ async fn a_token_guards_every_call_and_is_never_echoed() {
 }
 
 #[tokio::test]
-async fn without_a_token_the_server_listens_on_loopback_only() {
+async fn without_a_token_the_server_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = server(dir.path(), &sqlite_url(&dir), &["--bind", "0.0.0.0:0"], &[]);
-    assert!(s.base.starts_with("http://127.0.0.1:"), "{}", s.base);
-    let log = eventually(Duration::from_secs(5), "the warning", || {
-        let l = std::fs::read_to_string(&s.stderr).ok()?;
-        l.contains("ORBIT_API_TOKEN is not set").then_some(l)
-    });
-    assert!(log.contains("127.0.0.1"), "{log}");
+    let out = std::process::Command::new(support::orbit_bin())
+        .current_dir(dir.path())
+        .env_remove("ORBIT_API_TOKEN")
+        .env("ORBIT_DATABASE_URL", sqlite_url(&dir))
+        .args(["server", "--bind", "0.0.0.0:0"])
+        .output()
+        .expect("orbit server");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ORBIT_API_TOKEN is not set") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    // With a token it listens where it is told.
+    let s = server(
+        dir.path(),
+        &sqlite_url(&dir),
+        &["--bind", "0.0.0.0:0"],
+        &[("ORBIT_API_TOKEN", "tok-0123456789abcdef")],
+    );
+    assert!(s.base.starts_with("http://0.0.0.0:"), "{}", s.base);
 }
 
 #[tokio::test]

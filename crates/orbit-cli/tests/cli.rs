@@ -169,7 +169,7 @@ fn retry_example_fails_twice_then_succeeds() {
     assert_eq!(report, "flaky-call succeeded on attempt 3");
     let text = env
         .orbit()
-        .args(["logs", &id[..8], "flaky-call"])
+        .args(["logs", &id[id.len() - 12..], "flaky-call"])
         .output()
         .unwrap();
     assert!(

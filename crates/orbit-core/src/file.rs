@@ -302,7 +302,7 @@ impl Checker {
         for (key, value) in raw.map(|r| r.value.0.as_slice()).unwrap_or_default() {
             match key.value.as_str() {
                 "retry" => d.retry = self.retry(value, &d.retry),
-                "timeout" => d.timeout = self.duration(value, "timeout"),
+                "timeout" => d.timeout = self.positive_duration(value, "timeout"),
                 "heartbeat_interval" => {
                     d.heartbeat_interval = self.positive_duration(value, "heartbeat_interval").unwrap_or(d.heartbeat_interval)
                 }
@@ -357,7 +357,8 @@ impl Checker {
             || defaults.retry.clone(),
             |r| self.retry(r, &defaults.retry),
         );
-        let timeout = field("timeout").map_or(defaults.timeout, |t| self.duration(t, "timeout"));
+        let timeout =
+            field("timeout").map_or(defaults.timeout, |t| self.positive_duration(t, "timeout"));
         let heartbeat_interval = field("heartbeat_interval")
             .and_then(|h| self.positive_duration(h, "heartbeat_interval"))
             .unwrap_or(defaults.heartbeat_interval);

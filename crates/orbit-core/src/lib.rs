@@ -17,6 +17,7 @@ pub mod dag;
 pub mod duration;
 pub mod echo;
 pub mod file;
+pub mod id;
 pub mod object;
 pub mod params;
 pub mod pipeline;

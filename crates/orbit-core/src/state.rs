@@ -110,7 +110,12 @@ pub struct UnknownState(String, &'static str);
 
 impl FromStr for RunState {
     type Err = UnknownState;
+    /// Also the seeds' words: `success` and `completed` for `succeeded`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = match s {
+            "success" | "completed" => "succeeded",
+            other => other,
+        };
         RunState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
@@ -120,7 +125,15 @@ impl FromStr for RunState {
 
 impl FromStr for TaskState {
     type Err = UnknownState;
+    /// Also the words of the queue statistics (the seeds'): `pending` for `ready`, `completed`
+    /// and `success` for `succeeded`, `failed` and `dlq` for `dead`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = match s {
+            "pending" => "ready",
+            "completed" | "success" => "succeeded",
+            "failed" | "dlq" => "dead",
+            other => other,
+        };
         TaskState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)

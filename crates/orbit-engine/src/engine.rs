@@ -160,6 +160,8 @@ pub struct Engine {
     http: reqwest::Client,
     live: LiveLogs,
     storage: Arc<Storage>,
+    /// Attempts running in this process now (for messages such as Ctrl-C's).
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A pipeline version as the loop needs it.
@@ -211,7 +213,13 @@ impl Engine {
             http,
             live: LiveLogs::default(),
             storage,
+            running: Arc::default(),
         })
+    }
+
+    /// How many attempts run in this process now, as a handle that stays current.
+    pub fn running(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.running.clone()
     }
 
     /// Where large inputs and outputs are kept.
@@ -422,6 +430,8 @@ impl Engine {
                 tracing::info!(released, "shutdown grace over; leases handed back");
                 return Ok(None);
             }
+            self.running
+                .store(inflight.len(), std::sync::atomic::Ordering::Relaxed);
             let beat_at = inflight.values().map(|f| f.next_beat).min();
             let deadline = [Some(next_poll), beat_at, retry_wake, grace_ends]
                 .into_iter()

@@ -67,7 +67,7 @@ pub struct InterruptedRun {
 pub struct Resumed {
     pub run: Uuid,
     pub state: Option<RunState>,
-    /// Tasks that succeeded during the resume.
+    /// Attempts this resume ran (whatever their outcome).
     pub steps_executed: usize,
 }
 
@@ -125,8 +125,17 @@ pub async fn detect_interrupted_runs(
                 })
                 .await?;
             let held = leases.iter().any(|l| is_live(l, this_host, now));
-            let orphaned = !leases.is_empty() && !held;
-            if held || (!orphaned && now - run.updated_at < idle) {
+            if held {
+                continue;
+            }
+            // Held by a process of this host that is gone, or last handed back by one (a
+            // stopped `orbit run`): nobody will go on with it, so it is interrupted at once.
+            let orphaned = !leases.is_empty()
+                || (now - run.updated_at < idle
+                    && last_worker(store, run.id)
+                        .await?
+                        .is_some_and(|w| crate::engine::holder_is_gone(&w, this_host)));
+            if !orphaned && now - run.updated_at < idle {
                 continue;
             }
             let tasks = store.task_runs(run.id).await?;
@@ -144,6 +153,16 @@ pub async fn detect_interrupted_runs(
     }
     found.sort_by_key(|r| r.run.created_at);
     Ok(found)
+}
+
+/// Who ran the latest attempt of `run`, if any attempt ended.
+async fn last_worker(store: &dyn Store, run: Uuid) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .attempts(run, None)
+        .await?
+        .into_iter()
+        .max_by_key(|a| a.finished_at)
+        .map(|a| a.worker))
 }
 
 /// Whether a lease still stands for a process that may be executing its task: unexpired, and
@@ -246,12 +265,19 @@ pub async fn resume_run(
     shutdown: CancellationToken,
 ) -> Result<Resumed, RecoveryError> {
     let store = engine.store();
-    let before = check_resumable(store.as_ref(), run).await?;
+    check_resumable(store.as_ref(), run).await?;
+    let started = Utc::now();
     let state = engine.drive_run(run, shutdown).await?;
-    let after = StepAnalysis::of(&store.task_runs(run).await?);
+    // Attempts this resume ran (the lost ones it took back were not run by it).
+    let steps_executed = store
+        .attempts(run, None)
+        .await?
+        .iter()
+        .filter(|a| a.started_at >= started && a.outcome != "worker_lost")
+        .count();
     Ok(Resumed {
         run,
         state,
-        steps_executed: after.completed.len().saturating_sub(before.completed.len()),
+        steps_executed,
     })
 }

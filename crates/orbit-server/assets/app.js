@@ -12,7 +12,8 @@ let shown = 0; // counts page changes, so a late update of a page that is gone d
 
 const esc = (v) =>
   String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const short = (id) => String(id ?? "").slice(0, 8);
+// The last 12 hex digits: random, unlike the leading timestamp (see orbit_core::id).
+const short = (id) => String(id ?? "").slice(-12);
 const badge = (state) => `<span class="badge s-${esc(state)}">${esc(state)}</span>`;
 const json = (v) => esc(JSON.stringify(v, null, 2));
 

@@ -91,7 +91,10 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| {
-                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {where_}: {e}"))
+                StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {where_}: {}",
+                    server_said(&e)
+                ))
             })?;
         let work = Arc::new(watch::channel(0).0);
         let changes = Arc::new(watch::channel(0).0);
@@ -111,12 +114,26 @@ impl PgStore {
         })
     }
 
-    /// Applies pending migrations. Safe when several nodes start at once: sqlx holds an
-    /// advisory lock while it migrates.
-    pub async fn migrate(&self) -> Result<()> {
+    /// Applies pending migrations; returns how many it applied and the schema version now.
+    /// Safe when several nodes start at once: sqlx holds an advisory lock while it migrates.
+    pub async fn migrate(&self) -> Result<(usize, i64)> {
+        let before = self.schema_version().await;
         MIGRATOR.run(&self.pool).await.map_err(|e| {
             StoreError::Unavailable(format!("cannot migrate the PostgreSQL schema: {e}"))
-        })
+        })?;
+        let after = self.schema_version().await.unwrap_or(0);
+        let applied = MIGRATOR
+            .iter()
+            .filter(|m| before.is_none_or(|b| m.version > b) && m.version <= after)
+            .count();
+        Ok((applied, after))
+    }
+
+    async fn schema_version(&self) -> Option<i64> {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(None)
     }
 
     /// Fails with a clear message when the schema is missing or older than this binary.
@@ -186,20 +203,35 @@ impl PgStore {
                 orbit_core::echo::echo(id_or_prefix)
             )));
         };
-        if !low.hyphenated().to_string().starts_with(&prefix) {
-            return Err(StoreError::NotFound(format!(
-                "{what} `{}`",
-                orbit_core::echo::echo(id_or_prefix)
-            )));
+        let mut rows = Vec::new();
+        if orbit_core::id::is_short(&prefix) {
+            // The same expression as the tail indexes of migration 0004.
+            rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT * FROM {table} WHERE right({key}::text, 12) = $1 LIMIT 2"
+            )))
+            .bind(&prefix)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         }
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT * FROM {table} WHERE {key} BETWEEN $1 AND $2 ORDER BY {key} LIMIT 2"
-        )))
-        .bind(low)
-        .bind(high)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        if rows.is_empty() {
+            if !low.hyphenated().to_string().starts_with(&prefix)
+                && !orbit_core::id::is_short(&prefix)
+            {
+                return Err(StoreError::NotFound(format!(
+                    "{what} `{}`",
+                    orbit_core::echo::echo(id_or_prefix)
+                )));
+            }
+            rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT * FROM {table} WHERE {key} BETWEEN $1 AND $2 ORDER BY {key} LIMIT 2"
+            )))
+            .bind(low)
+            .bind(high)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        }
         match rows.len() {
             1 => Ok(rows.remove(0)),
             0 => Err(StoreError::NotFound(format!(
@@ -219,6 +251,19 @@ struct Signals {
     work: Arc<watch::Sender<u64>>,
     changes: Arc<watch::Sender<u64>>,
     control: Arc<watch::Sender<u64>>,
+}
+
+/// What the server said, without the driver's decoration: PostgreSQL's own message (and, for a
+/// missing database, what to do), not where in its source it was raised.
+fn server_said(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(db) if db.code().as_deref() == Some("3D000") => format!(
+            "{} (create it, e.g. `createdb NAME`, or name an existing one)",
+            db.message()
+        ),
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    }
 }
 
 /// Turns `NOTIFY orbit_work`, `orbit_changes` and `orbit_control` into work, change and control

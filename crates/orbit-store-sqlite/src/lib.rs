@@ -295,10 +295,11 @@ impl Store for SqliteStore {
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2"
-        );
-        run_from_row(&self.by_prefix(sql, id_or_prefix, "run").await?)
+        run_from_row(
+            &self
+                .by_id("runs", "id", RUN_COLUMNS, id_or_prefix, "run")
+                .await?,
+        )
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
@@ -437,10 +438,15 @@ impl Store for SqliteStore {
     }
 
     async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
-        let sql = "SELECT * FROM dead_letters WHERE task_run_id >= ?1 AND task_run_id < ?1 || '~' LIMIT 2";
         rows::dead_letter_from_row(
             &self
-                .by_prefix(sql.into(), id_or_prefix, "dead-letter entry")
+                .by_id(
+                    "dead_letters",
+                    "task_run_id",
+                    "*",
+                    id_or_prefix,
+                    "dead-letter entry",
+                )
                 .await?,
         )
     }
@@ -498,8 +504,11 @@ impl Store for SqliteStore {
     }
 
     async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord> {
-        let sql = "SELECT * FROM task_runs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2";
-        task_run_from_row(&self.by_prefix(sql.into(), id_or_prefix, "task run").await?)
+        task_run_from_row(
+            &self
+                .by_id("task_runs", "id", "*", id_or_prefix, "task run")
+                .await?,
+        )
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
@@ -714,24 +723,46 @@ impl Store for SqliteStore {
 impl SqliteStore {
     /// The one row whose UUID key starts with `id_or_prefix`; `sql` selects at most two rows
     /// with the key in [?1, ?1 || '~'), which the primary key index serves.
-    async fn by_prefix(
+    /// One row of `table` by its id `key`: the full id, its short form (the last 12 hex
+    /// digits, by an index on them), or a unique prefix.
+    async fn by_id(
         &self,
-        sql: String,
+        table: &str,
+        key: &str,
+        columns: &str,
         id_or_prefix: &str,
         what: &str,
     ) -> Result<sqlx::sqlite::SqliteRow> {
         let prefix = id_or_prefix.trim().to_ascii_lowercase();
-        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        if prefix.is_empty()
+            || prefix.len() > 36
+            || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
             return Err(StoreError::NotFound(format!(
                 "{what} `{}`",
                 orbit_core::echo::echo(id_or_prefix)
             )));
         }
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut rows = Vec::new();
+        if orbit_core::id::is_short(&prefix) {
+            // The same expression as the tail indexes of migration 0006.
+            rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {columns} FROM {table} WHERE substr({key}, 25) = ?1 LIMIT 2"
+            )))
             .bind(&prefix)
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
+        }
+        if rows.is_empty() {
+            rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {columns} FROM {table} WHERE {key} >= ?1 AND {key} < ?1 || '~' ORDER BY {key} LIMIT 2"
+            )))
+            .bind(&prefix)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        }
         match rows.len() {
             1 => Ok(rows.remove(0)),
             0 => Err(StoreError::NotFound(format!(

@@ -98,6 +98,7 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         queue: get(row, "queue")?,
         state: parsed(row, "state")?,
         attempt: count(row, "attempt")?,
+        tries: count(row, "attempt")?.saturating_sub(count(row, "attempt_base")?),
         max_attempts: count(row, "max_attempts")?,
         priority: get(row, "priority")?,
         lease_epoch: get(row, "lease_epoch")?,

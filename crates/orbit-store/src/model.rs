@@ -87,8 +87,10 @@ pub struct TaskRunRecord {
     pub task_type: String,
     pub queue: String,
     pub state: TaskState,
-    /// Attempts started so far.
+    /// Attempts started so far, over the task run's whole life.
     pub attempt: u32,
+    /// Attempts started since it was last re-queued by a retry: what `max_attempts` limits.
+    pub tries: u32,
     pub max_attempts: u32,
     pub priority: i32,
     pub lease_epoch: i64,

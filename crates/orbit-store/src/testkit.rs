@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             dead_task_cancels_downstream_and_fails_run,
             idempotency_key_returns_existing_run,
             finds_runs_by_prefix_and_filters,
+            finds_runs_and_task_runs_by_short_id,
             extends_only_held_leases,
             records_attempts_with_logs,
             lists_expired_leases,
@@ -569,6 +570,43 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
             .len(),
         2
     );
+}
+
+/// The short form of an id (its last 12 hex digits) finds what the full id finds, even among
+/// runs made in the same millisecond, whose prefixes are alike.
+pub async fn finds_runs_and_task_runs_by_short_id(store: &dyn Store) {
+    let p = pipeline("short", &[("a", &[], 0)]);
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(start(store, &p, t0()).await.1);
+    }
+    for run in &runs {
+        let short = orbit_core::id::short(run);
+        assert_eq!(store.find_run(&short).await.unwrap().id, *run);
+        assert_eq!(
+            store.find_run(&short.to_uppercase()).await.unwrap().id,
+            *run
+        );
+        let tr = store.task_runs(*run).await.unwrap()[0].id;
+        assert_eq!(
+            store
+                .task_run(&orbit_core::id::short(&tr))
+                .await
+                .unwrap()
+                .id,
+            tr
+        );
+    }
+    // A prefix they all share is ambiguous, and says so.
+    let shared = &runs[0].to_string()[..8];
+    assert!(matches!(
+        store.find_run(shared).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.find_run("000000000000").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn finds_runs_by_prefix_and_filters(store: &dyn Store) {

@@ -83,7 +83,9 @@ async fn list(store: &dyn Store, limit: u32, json: bool) -> anyhow::Result<u8> {
 async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let entry = store.dead_letter(id).await?;
     let pipeline = store.pipeline_version(entry.pipeline_id).await?;
-    let context = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
+    let mut context = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
+    // The context of the last attempt, the one that went dead (not of a next one).
+    context["task"]["attempt"] = json!(entry.attempts);
     let attempts = store.attempts(entry.run_id, Some(&entry.task_name)).await?;
     if json {
         let attempts: Vec<_> = attempts

@@ -129,7 +129,12 @@ pub fn render_status(
             vec![
                 t.task_name.clone(),
                 t.state.to_string(),
-                format!("{}/{}", t.attempt, t.max_attempts),
+                // Tries against the limit; after a retry, also how many in all.
+                if t.tries == t.attempt {
+                    format!("{}/{}", t.tries, t.max_attempts)
+                } else {
+                    format!("{}/{} ({} in all)", t.tries, t.max_attempts, t.attempt)
+                },
                 span(
                     t.started_at,
                     t.finished_at.or(if t.state.is_terminal() {

@@ -22,7 +22,23 @@ use orbit_store_sqlite::{Durability, SqliteStore};
 use std::path::Path;
 use std::sync::Arc;
 
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://.orbit/orbit.db";
+/// Where Orbit keeps its state when nothing is configured: the nearest `.orbit` directory that
+/// holds a database, in the working directory or above it (as git finds `.git`), else
+/// `.orbit` in the working directory. Set once, before any command runs.
+static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The `.orbit` directory in use (see [`HOME`]).
+pub fn home() -> &'static Path {
+    HOME.get_or_init(|| Path::new(".orbit").to_path_buf())
+}
+
+fn discover_home() -> std::path::PathBuf {
+    let here = std::env::current_dir().unwrap_or_default();
+    here.ancestors()
+        .map(|d| d.join(".orbit"))
+        .find(|o| o.join("orbit.db").is_file())
+        .unwrap_or_else(|| here.join(".orbit"))
+}
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let url = database_url(cli.database_url);
@@ -45,11 +61,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::List => inspect::list(open_store(&url).await?.as_ref(), json).await,
         Command::Runs(args) => match &args.remote.url {
             Some(server) => remote::runs(server, &args, json).await,
-            None => inspect::runs(open_store(&url).await?.as_ref(), &args, json).await,
+            None => {
+                let store = open_store(&url).await?;
+                show_store(&url, json);
+                inspect::runs(store.as_ref(), &args, json).await
+            }
         },
         Command::Status { run, remote } => match &remote.url {
             Some(server) => remote::status(server, &run, json).await,
-            None => inspect::status(open_store(&url).await?.as_ref(), &run, json).await,
+            None => {
+                let store = open_store(&url).await?;
+                show_store(&url, json);
+                inspect::status(store.as_ref(), &run, json).await
+            }
         },
         Command::Trigger(args) => remote::trigger(&url, args, json).await,
         Command::Services { remote } => remote::services(&url, remote.url.as_deref(), json).await,
@@ -95,19 +119,49 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// `--database-url`, then `ORBIT_DATABASE_URL` (both via clap), then the seeds' `DATABASE_URL`.
+/// `--database-url`, then `ORBIT_DATABASE_URL` (both via clap), then the seeds' `DATABASE_URL`;
+/// without any, the database of the nearest `.orbit` (see [`HOME`]), whose `objects` directory
+/// then holds the local object storage too.
 fn database_url(flag: Option<String>) -> String {
-    flag.or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+    match flag.or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty())) {
+        Some(url) => url,
+        None => {
+            let home = HOME.get_or_init(discover_home);
+            format!("sqlite://{}", home.join("orbit.db").display())
+        }
+    }
 }
 
 /// Object storage as the environment configures it (`STORAGE_BACKENDS`, `STORAGE_PROVIDER`, …),
-/// else the local directory `.orbit/objects`. A bad configuration is bad input (exit 2) and its
-/// message names the field.
+/// else the local directory `objects` of the `.orbit` in use. A bad configuration is bad input
+/// (exit 2) and its message names the field.
 pub fn storage() -> anyhow::Result<Arc<Storage>> {
-    let storage = Storage::from_env(&|k| std::env::var(k).ok(), Path::new(".orbit/objects"))
+    let storage = Storage::from_env(&|k| std::env::var(k).ok(), &home().join("objects"))
         .map_err(|e| BadInput(e.to_string()))?;
     Ok(Arc::new(storage))
+}
+
+/// Says which store a listing comes from (people, not `--json` readers, need it: an `orbit`
+/// started in another folder finds another `.orbit`).
+fn show_store(url: &str, json: bool) {
+    if let Some(line) = store_line(url).filter(|_| !json) {
+        println!("{line}");
+    }
+}
+
+/// Where a SQLite database is, for the header of listings: `store: PATH`.
+pub fn store_line(url: &str) -> Option<String> {
+    match database(url).ok()? {
+        Database::Sqlite(u) => {
+            let path = u
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = Path::new(path.split('?').next().unwrap_or(path));
+            let shown = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            Some(format!("store: {}", shown.display()))
+        }
+        Database::Postgres(u) => Some(format!("store: {}", serve::redact(&u))),
+    }
 }
 
 /// SQLite durability: `ORBIT_SQLITE_SYNCHRONOUS=normal` opts out of `FULL`.
@@ -131,6 +185,9 @@ pub struct Connected {
     /// `sqlite` or `postgres`.
     pub kind: &'static str,
 }
+
+/// What `connect(…, migrate: true)` did to a PostgreSQL schema: migrations applied, version now.
+pub static MIGRATED: std::sync::OnceLock<(usize, i64)> = std::sync::OnceLock::new();
 
 /// A database URL, understood: which store, and the URL that store takes.
 #[derive(Debug, PartialEq)]
@@ -193,7 +250,8 @@ pub async fn connect(url: &str, migrate: bool) -> anyhow::Result<Connected> {
             .await
             .with_context(|| format!("opening {}", serve::redact(url)))?;
         if migrate {
-            store.migrate().await?;
+            let (applied, version) = store.migrate().await?;
+            MIGRATED.get_or_init(|| (applied, version));
         } else {
             store.check_schema().await?;
         }

@@ -1,7 +1,7 @@
 //! Recovery: `orbit check-interrupted`, `orbit resume RUN`, `orbit recover [--auto-resume]`, and
 //! the global `--auto-recover`. Output follows the Orbit (TypeScript) seed's.
 
-use super::run::{ctrl_c, engine, owner};
+use super::run::{engine, interrupts, owner};
 use crate::output::time;
 use chrono::Utc;
 use orbit_core::RunState;
@@ -64,9 +64,11 @@ pub async fn resume(store: &Arc<dyn Store>, id: &str, json: bool) -> anyhow::Res
         println!("Resuming Run: {}\n", run.id);
     }
     let pipeline = store.pipeline_version(run.pipeline_id).await?;
+    super::run::runs_here(&pipeline, &pipeline.name)?;
     let engine = engine(store, 10)?;
     let progress = crate::progress::Progress::start(&run, &pipeline, json, engine.subscribe());
-    let result = resume_run(&engine, run.id, ctrl_c()).await;
+    let go_on = format!("orbit resume {}", orbit_core::id::short(&run.id));
+    let result = resume_run(&engine, run.id, interrupts(&engine, go_on)).await;
     progress.finish().await;
     let resumed = result?;
     if json {
@@ -112,7 +114,7 @@ pub async fn recover(
     }
     let (mut recovered, mut failed) = (0, 0);
     let engine = engine(store, 10)?;
-    let shutdown = ctrl_c();
+    let shutdown = interrupts(&engine, "orbit recover --auto-resume".into());
     for r in &runs {
         if !json {
             println!(
@@ -161,7 +163,9 @@ pub async fn recover(
             "\nRecovery Summary:\n  Detected: {}\n  Recovered: {recovered}\n  Failed: {failed}\n",
             runs.len()
         );
-        if failed == 0 {
+        if runs.is_empty() {
+            println!("No interrupted runs found");
+        } else if failed == 0 {
             println!("All interrupted runs recovered successfully");
         } else {
             println!("{failed} run(s) could not be recovered");

@@ -27,6 +27,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
     } else {
         saved_pipeline(store.as_ref(), &args.pipeline).await?
     };
+    runs_here(&stored, &args.pipeline)?;
     let engine = engine(store, args.concurrency)?;
     let created = orbit_engine::runs::create_run(
         store.as_ref(),
@@ -55,7 +56,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
     let result = drive_with(engine, &run, &stored, json).await;
     let state = result?;
     let record = store.run(run.id).await?;
-    let short = &run.id.to_string()[..8];
+    let short = orbit_core::id::short(&run.id);
     if json {
         crate::output::json(
             &serde_json::json!({"event": "run_finished", "run": run.id, "state": record.state}),
@@ -66,10 +67,15 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             record.finished_at,
         );
         match state {
-            Some(RunState::Succeeded) => println!(
-                "run {} succeeded in {took} ({} tasks)",
-                run.id, record.tasks_total
-            ),
+            Some(RunState::Succeeded) => {
+                println!(
+                    "run {} succeeded in {took} ({} tasks)",
+                    run.id, record.tasks_total
+                );
+                for line in result_lines(store.as_ref(), run.id, &stored).await? {
+                    println!("{line}");
+                }
+            }
             Some(s) => {
                 let dead: Vec<String> = store
                     .task_runs(run.id)
@@ -78,14 +84,17 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
                     .filter(|t| t.state == orbit_core::TaskState::Dead)
                     .map(|t| t.task_name)
                     .collect();
-                println!("run {} {s} after {took}: dead: {}", run.id, dead.join(", "));
-                if let Some(first) = dead.first() {
-                    println!("see `orbit logs {short} {first}`");
+                match dead.first() {
+                    Some(first) => {
+                        println!("run {} {s} after {took}: dead: {}", run.id, dead.join(", "));
+                        println!("see `orbit logs {short} {first}`");
+                    }
+                    None => println!("run {} {s} after {took}", run.id),
                 }
             }
             None => println!(
-                "run {} interrupted; it stays `{}` and can be resumed",
-                run.id, record.state
+                "run {} stopped before it finished; go on with `orbit resume {short}`",
+                run.id
             ),
         }
     }
@@ -93,6 +102,45 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
         Some(RunState::Succeeded) => 0,
         _ => 1,
     })
+}
+
+/// What a finished run produced: the output of each task nothing else needs (the pipeline's
+/// ends), short, or where it is kept when it went to object storage.
+async fn result_lines(
+    store: &dyn Store,
+    run: uuid::Uuid,
+    pipeline: &orbit_store::StoredPipeline,
+) -> anyhow::Result<Vec<String>> {
+    let needed: std::collections::HashSet<&str> = pipeline
+        .pipeline
+        .tasks
+        .iter()
+        .flat_map(|t| t.needs.iter().map(String::as_str))
+        .collect();
+    let ends: Vec<_> = store
+        .task_runs(run)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            !needed.contains(t.task_name.as_str()) && t.state == orbit_core::TaskState::Succeeded
+        })
+        .collect();
+    let single = ends.len() == 1;
+    Ok(ends
+        .into_iter()
+        .map(|t| {
+            let output = t.output.unwrap_or(Value::Null);
+            let what = match orbit_core::object::ObjectRef::of(&output) {
+                Some(r) => format!("stored as object `{}` ({} bytes)", r.id(), r.size),
+                None => crate::output::brief(&output.to_string(), 200),
+            };
+            if single {
+                format!("result: {what}")
+            } else {
+                format!("result of {}: {what}", t.task_name)
+            }
+        })
+        .collect())
 }
 
 /// Executes `run` here with live progress until it settles or Ctrl-C.
@@ -106,14 +154,38 @@ pub async fn drive(
     drive_with(engine(store, concurrency)?, run, pipeline, json).await
 }
 
+/// `orbit run`, `retry` and `resume` execute built-in tasks in this process; a pipeline with
+/// worker tasks would wait forever for a dispatch that only `orbit server` does, so it is
+/// refused at once, saying what to do instead.
+pub fn runs_here(pipeline: &orbit_store::StoredPipeline, named: &str) -> anyhow::Result<()> {
+    let workers: Vec<&str> = pipeline
+        .pipeline
+        .tasks
+        .iter()
+        .filter(|t| t.task_type == orbit_core::TaskType::Worker)
+        .map(|t| t.name.as_str())
+        .collect();
+    if workers.is_empty() {
+        return Ok(());
+    }
+    Err(BadInput(format!(
+        "pipeline `{}` has worker tasks ({}): they run in worker services, which `orbit server` (with ORBIT_SECRET_KEY) dispatches to, not in `orbit run`. Start a server and the worker service, then: orbit trigger {named} --url http://127.0.0.1:3000",
+        pipeline.name,
+        workers.join(", ")
+    ))
+    .into())
+}
+
 async fn drive_with(
     engine: Engine,
     run: &orbit_store::RunRecord,
     pipeline: &orbit_store::StoredPipeline,
     json: bool,
 ) -> anyhow::Result<Option<RunState>> {
+    runs_here(pipeline, &pipeline.name)?;
     let progress = Progress::start(run, pipeline, json, engine.subscribe());
-    let result = engine.drive_run(run.id, ctrl_c()).await;
+    let go_on = format!("orbit resume {}", orbit_core::id::short(&run.id));
+    let result = engine.drive_run(run.id, interrupts(&engine, go_on)).await;
     progress.finish().await;
     Ok(result?)
 }
@@ -127,19 +199,48 @@ pub fn engine(store: &Arc<dyn Store>, concurrency: usize) -> anyhow::Result<Engi
             concurrency,
             idempotency_ttl: idempotency_ttl()?,
             supervisor: Some(supervisor()),
+            grace: STOP_GRACE,
             ..EngineConfig::default()
         },
     )?)
 }
 
-/// Cancelled on Ctrl-C: running attempts finish, nothing new starts, the run stays resumable.
-pub fn ctrl_c() -> CancellationToken {
+/// How long running tasks may take to finish after the first Ctrl-C.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The first Ctrl-C (or SIGTERM) cancels the returned token: nothing new starts, running tasks
+/// get [`STOP_GRACE`] to finish, then their leases are handed back. A second one stops at once:
+/// the process exits, and with it every task's process group (see the engine's supervisor);
+/// the run stays resumable. Both say what happens; the second says how to go on (`go_on`).
+pub fn interrupts(engine: &Engine, go_on: String) -> CancellationToken {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
+    let running = engine.running();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
+        let n = running.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "\nstopping: no new task starts; waiting up to {}s for {n} running task{}; Ctrl-C again to stop now",
+            STOP_GRACE.as_secs(),
+            if n == 1 { "" } else { "s" }
+        );
+        on_signal.cancel();
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopped now: running tasks were killed; go on with `{go_on}`");
+        std::process::exit(130);
     });
     shutdown
 }

@@ -80,20 +80,18 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         }
         _ => None,
     };
-    let mut addr: SocketAddr = args.bind.parse().map_err(|e| {
+    let addr: SocketAddr = args.bind.parse().map_err(|e| {
         BadInput(format!(
             "--bind {}: {e} (expected host:port, e.g. 127.0.0.1:3000)",
             args.bind
         ))
     })?;
     if api_token.is_none() && !addr.ip().is_loopback() {
-        eprintln!(
-            "warning: ORBIT_API_TOKEN is not set, so the API is open to anyone who can reach it: \
-             listening on 127.0.0.1:{} only, not {}",
-            addr.port(),
-            addr.ip()
-        );
-        addr.set_ip([127, 0, 0, 1].into());
+        return Err(BadInput(format!(
+            "--bind {addr} would open the API to anyone who can reach this machine, and ORBIT_API_TOKEN is not set: set ORBIT_API_TOKEN (every call then needs it), or bind to 127.0.0.1:{}",
+            addr.port()
+        ))
+        .into());
     }
     let Connected { store, kind } = connect(url, !args.no_migrate).await?;
     let default_workers = if kind == "sqlite" { 10 } else { 0 };
@@ -207,7 +205,18 @@ pub async fn db(url: &str, action: DbAction) -> anyhow::Result<u8> {
     match action {
         DbAction::Migrate => {
             let Connected { kind, .. } = connect(url, true).await?;
-            println!("{kind} database at {} is up to date", redact(url));
+            match super::MIGRATED.get() {
+                Some((0, version)) => println!(
+                    "{kind} database at {} is up to date (schema version {version})",
+                    redact(url)
+                ),
+                Some((n, version)) => println!(
+                    "{kind} database at {}: applied {n} migration{}; schema version {version}",
+                    redact(url),
+                    if *n == 1 { "" } else { "s" }
+                ),
+                None => println!("{kind} database at {} is up to date", redact(url)),
+            }
             Ok(0)
         }
     }

@@ -97,10 +97,39 @@ pub async fn queue_task(
     ))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// Several standalone tasks: `{"tasks": [...]}`, or the list itself.
+#[derive(ToSchema)]
 pub struct QueueBatch {
     pub tasks: Vec<QueueTask>,
+}
+
+impl QueueBatch {
+    /// Either form, with errors that say which task is wrong and what the body should be.
+    fn parse(body: Value) -> Result<QueueBatch, ApiError> {
+        let list = match body {
+            Value::Array(list) => list,
+            Value::Object(mut m) if m.len() == 1 && m.contains_key("tasks") => {
+                match m.remove("tasks") {
+                    Some(Value::Array(list)) => list,
+                    _ => return Err(ApiError::bad_request("`tasks` must be a list of tasks")),
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "the body must be a list of tasks, or {\"tasks\": [...]}; each task is {\"taskId\", \"task\": {\"type\", ...}, \"input\"?, \"priority\"?, \"idempotencyKey\"?}",
+                ));
+            }
+        };
+        let tasks = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_json::from_value(t)
+                    .map_err(|e| ApiError::bad_request(format!("tasks[{i}]: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(QueueBatch { tasks })
+    }
 }
 
 /// Queue several standalone tasks. All are checked first: one bad task queues none.
@@ -108,20 +137,20 @@ pub struct QueueBatch {
     responses((status = 201, body = [Queued]), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn queue_batch(
     State(s): State<AppState>,
-    body: Result<Json<QueueBatch>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Vec<Queued>>)> {
-    let Json(batch) = body?;
-    if batch.tasks.is_empty() || batch.tasks.len() > 1000 {
-        return Err(ApiError::bad_request("`tasks` must hold 1 to 1000 tasks"));
+    let Json(body) = body?;
+    let tasks = QueueBatch::parse(body)?.tasks;
+    if tasks.is_empty() || tasks.len() > 1000 {
+        return Err(ApiError::bad_request("a batch holds 1 to 1000 tasks"));
     }
-    let checked = batch
-        .tasks
+    let checked = tasks
         .iter()
         .enumerate()
         .map(|(i, t)| standalone_pipeline(t, &format!("tasks[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::with_capacity(checked.len());
-    for (t, p) in batch.tasks.into_iter().zip(&checked) {
+    for (t, p) in tasks.into_iter().zip(&checked) {
         out.push(enqueue(&s, t, p).await?);
     }
     Ok((StatusCode::CREATED, Json(out)))
@@ -136,7 +165,8 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Json<QueueStats>> {
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ItemsQuery {
-    /// waiting, ready, running, succeeded, dead, skipped or cancelled; the unsettled ones when absent
+    /// waiting, ready, running, succeeded, dead, skipped or cancelled (or the words of
+    /// `/queue/status`: pending, completed, failed); the unsettled ones when absent
     pub state: Option<String>,
     pub queue: Option<String>,
     pub limit: Option<u32>,
