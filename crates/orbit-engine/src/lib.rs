@@ -17,6 +17,7 @@ mod log;
 pub mod recovery;
 pub mod runs;
 pub mod storage;
+pub mod waiting;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};
 pub use log::{LiveLine, LiveLogs, LogBuffer};

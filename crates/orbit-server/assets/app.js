@@ -389,6 +389,7 @@ async function runDetail(id) {
   main.innerHTML = `<h1>Run <code>${short(runId)}</code> <span id="run-state"></span>
       <span class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
+    <div id="waiting" class="error-box" hidden></div>
     <h2>Graph</h2>${legend}<div class="dag" id="dag"></div>
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
     <h2>Run input</h2><div id="run-input"></div>`;
@@ -408,6 +409,9 @@ async function runDetail(id) {
     fillObjects(inputBox);
     document.getElementById("cancel").hidden = settled(r.state);
     document.getElementById("retry").hidden = !["failed", "cancelled"].includes(r.state);
+    const waiting = document.getElementById("waiting");
+    waiting.hidden = !(detail.waiting || []).length || settled(r.state);
+    waiting.innerHTML = (detail.waiting || []).map((w) => `<p>Waiting: ${esc(w)}</p>`).join("");
     const states = Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state]));
     paintDag(nodes, states, selected);
   };

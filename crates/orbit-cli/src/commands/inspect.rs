@@ -102,16 +102,19 @@ pub fn render_runs(runs: &[orbit_store::RunRecord], json: bool) -> anyhow::Resul
 pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     let tasks = store.task_runs(run.id).await?;
-    render_status(&run, &tasks, json)
+    let waiting = orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?;
+    render_status(&run, &tasks, &waiting, json)
 }
 
+/// `waiting`: why ready tasks sit unclaimed (see `orbit_engine::waiting`).
 pub fn render_status(
     run: &orbit_store::RunRecord,
     tasks: &[orbit_store::TaskRunRecord],
+    waiting: &[String],
     json: bool,
 ) -> anyhow::Result<u8> {
     if json {
-        output::json(&json!({"run": run, "tasks": tasks}))?;
+        output::json(&json!({"run": run, "tasks": tasks, "waiting": waiting}))?;
         return Ok(0);
     }
     println!("Run       {}", run.id);
@@ -148,6 +151,9 @@ pub fn render_status(
         })
         .collect();
     table(&["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"], &rows);
+    for line in waiting {
+        println!("waiting: {line}");
+    }
     Ok(0)
 }
 

@@ -98,6 +98,8 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
     struct Detail {
         run: RunRecord,
         tasks: Vec<TaskRunRecord>,
+        #[serde(default)]
+        waiting: Vec<String>,
     }
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(BadInput(format!("`{id}` is not a run id")).into());
@@ -105,7 +107,7 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
     let d: Detail = Client::new(server)?
         .call(reqwest::Method::GET, &format!("/runs/{id}"), None)
         .await?;
-    inspect::render_status(&d.run, &d.tasks, json)
+    inspect::render_status(&d.run, &d.tasks, &d.waiting, json)
 }
 
 pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::Result<u8> {

@@ -134,6 +134,16 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         args.mode.to_ascii_lowercase(),
         if mode == Mode::Serverless { 0 } else { workers }
     );
+    if mode == Mode::Standalone && workers == 0 {
+        eprintln!(
+            "note: this server executes no tasks itself (0 embedded worker slots{}): start `orbit worker` against the same database, or pass --workers N",
+            if kind == "postgres" {
+                ", the default on PostgreSQL"
+            } else {
+                ""
+            }
+        );
+    }
     let state = AppState::new(store, storage, config)?;
     orbit_server::serve(state, listener, on_signal()).await?;
     eprintln!("server stopped");

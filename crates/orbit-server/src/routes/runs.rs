@@ -74,6 +74,8 @@ pub struct RunDetail {
     pub changed_since_previous_run: Vec<String>,
     /// The pipeline version the run follows (its graph).
     pub pipeline: super::pipelines::PipelineView,
+    /// Why ready tasks sit unclaimed, one line each (e.g. no worker claims their queue).
+    pub waiting: Vec<String>,
 }
 
 /// The code version of each task's latest attempt in `run`.
@@ -120,12 +122,14 @@ pub async fn get(
         }
     };
     let pipeline = (&s.store.pipeline_version(run.pipeline_id).await?).into();
+    let waiting = orbit_engine::waiting::unclaimed(s.store.as_ref(), &tasks, Utc::now()).await?;
     Ok(Json(RunDetail {
         run,
         tasks,
         code_versions: versions,
         changed_since_previous_run: changed,
         pipeline,
+        waiting,
     }))
 }
 

@@ -1,0 +1,61 @@
+//! Why a run's ready tasks may sit unclaimed: no live server, worker or worker service takes
+//! their queue. Said by `orbit status`, the API's run detail and the dashboard, so nobody
+//! stares at a `pending` run wondering.
+
+use chrono::{DateTime, Utc};
+use orbit_core::TaskState;
+use orbit_store::{Store, StoreError, TaskRunRecord};
+use std::collections::BTreeSet;
+
+/// One line per queue of `tasks` that has ready work and nobody to claim it, e.g.
+/// ``no worker is claiming queue `default` ``. Empty while any task of the run is running
+/// (something is working on it) or when every ready task has a claimer.
+pub async fn unclaimed(
+    store: &dyn Store,
+    tasks: &[TaskRunRecord],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    if tasks.iter().any(|t| t.state == TaskState::Running) {
+        return Ok(Vec::new());
+    }
+    let ready: Vec<&TaskRunRecord> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Ready)
+        .collect();
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes = store.nodes(500).await?;
+    let live: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.status(now) == "healthy")
+        .collect();
+    let mut lines = BTreeSet::new();
+    for t in ready {
+        if t.task_type == "worker" {
+            let served = match store.service_task(&t.queue).await {
+                Ok(st) => live
+                    .iter()
+                    .any(|n| n.info.service.as_deref() == Some(st.service_id.as_str())),
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !served {
+                lines.insert(format!(
+                    "no worker service is running that registered task `{}`",
+                    t.queue
+                ));
+            }
+            continue;
+        }
+        let claimed = live.iter().any(|n| {
+            n.info.service.is_none()
+                && n.info.concurrency > 0
+                && (n.info.queues.is_empty() || n.info.queues.contains(&t.queue))
+        });
+        if !claimed {
+            lines.insert(format!("no worker is claiming queue `{}`", t.queue));
+        }
+    }
+    Ok(lines.into_iter().collect())
+}
