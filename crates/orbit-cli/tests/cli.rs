@@ -1085,7 +1085,10 @@ fn every_example_runs_from_the_repository_root_and_from_its_own_folder() {
                 cwd.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(text.contains("result"), "the last lines say what it produced: {text}");
+            assert!(
+                text.contains("result"),
+                "the last lines say what it produced: {text}"
+            );
         }
     }
 }

@@ -64,8 +64,12 @@ pub fn parse_pipeline_with_warnings(
         path: path.to_owned(),
         diagnostics,
     };
-    let raw: RawFile =
-        serde_saphyr::from_str(text).map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
+    // YAML 1.2 booleans: a task named `n`, `no`, `on` or `off` stays a name (YAML 1.1 would
+    // read `false`).
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
     let mut checker = Checker::default();
     let pipeline = checker.pipeline(raw, path);
     match pipeline {

@@ -319,3 +319,14 @@ fn data_spliced_into_shell_code_is_a_warning() {
         .is_empty()
     );
 }
+
+#[test]
+fn yaml_1_1_booleans_are_names_not_false() {
+    let p = parse_pipeline(
+        "b.yaml",
+        "name: b\ntasks:\n  - {name: n, type: sleep, duration: 0s}\n  - {name: off, type: sleep, duration: 0s, needs: n}\n",
+    )
+    .expect("valid");
+    assert_eq!(p.tasks[0].name, "n");
+    assert_eq!(p.tasks[1].needs, ["n"]);
+}
