@@ -1092,3 +1092,104 @@ fn every_example_runs_from_the_repository_root_and_from_its_own_folder() {
         }
     }
 }
+
+#[test]
+fn ctrl_c_says_what_happens_and_a_second_one_stops_at_once() {
+    let env = setup();
+    env.file(
+        "nap.yaml",
+        "name: nap\ntasks:\n  - {name: a, type: shell, command: [sleep, '30']}\n  - {name: b, type: sleep, duration: 0s, needs: a}\n",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
+        .current_dir(env.dir.path())
+        .env_remove("DATABASE_URL")
+        .env(
+            "ORBIT_DATABASE_URL",
+            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
+        )
+        .args(["run", "nap.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("orbit run");
+    let end = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let runs = env.json(&["runs"]);
+        if runs[0]["state"] == "running" {
+            break runs[0]["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < end, "the run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    let int = || {
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill -INT")
+    };
+    int();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the first Ctrl-C waits"
+    );
+    let second = Instant::now();
+    int();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "the second Ctrl-C stops at once"
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopping: no new task starts; waiting up to 10s for 1 running task; Ctrl-C again to stop now"),
+        "{err}"
+    );
+    let short = &run[run.len() - 12..];
+    assert!(err.contains(&format!("orbit resume {short}")), "{err}");
+    // Its process is gone: interrupted at once, not after the idle time.
+    let found = env.json(&["check-interrupted"]);
+    assert_eq!(found[0]["run"]["id"], run.as_str(), "{found}");
+}
+
+#[test]
+fn a_pipeline_with_worker_tasks_is_refused_by_orbit_run_at_once() {
+    let env = setup();
+    env.file(
+        "w.yaml",
+        "name: w\ntasks:\n  - {name: payment, type: worker}\n",
+    );
+    let out = env
+        .orbit()
+        .args(["run", "w.yaml"])
+        .timeout(Duration::from_secs(10))
+        .output()
+        .expect("orbit run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("worker tasks (payment)") && err.contains("orbit server"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_says_when_nobody_claims_a_queue() {
+    let env = setup();
+    env.file(
+        "q.yaml",
+        "name: q\ntasks:\n  - {name: a, type: sleep, duration: 0s, queue: gpu}\n",
+    );
+    env.orbit().args(["trigger", "q.yaml"]).assert().success();
+    let run = env.last_run()["id"].as_str().expect("run").to_owned();
+    let s = env.json(&["status", &run]);
+    assert_eq!(s["waiting"][0], "no worker is claiming queue `gpu`", "{s}");
+    let text = env.orbit().args(["status", &run]).output().expect("status");
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("waiting: no worker is claiming queue `gpu`")
+    );
+}
