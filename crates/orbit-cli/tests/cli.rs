@@ -33,6 +33,29 @@ impl TestEnv {
         cmd
     }
 
+    /// `orbit ARGS` in the background; its output piped (else dropped).
+    fn spawn(&self, args: &[&str], piped: bool) -> std::process::Child {
+        let pipe = || {
+            if piped {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
+            .current_dir(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env(
+                "ORBIT_DATABASE_URL",
+                format!("sqlite://{}", self.dir.path().join("orbit.db").display()),
+            )
+            .args(args)
+            .stdout(pipe())
+            .stderr(pipe())
+            .spawn()
+            .expect("orbit")
+    }
+
     fn file(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write fixture");
@@ -953,18 +976,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
     env.orbit().args(["run", "loud.yaml"]).assert().success();
     let run = env.last_run()["id"].as_str().expect("run").to_owned();
     // `orbit logs RUN | head -1`: the reader goes away after one line.
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
-        .current_dir(env.dir.path())
-        .env_remove("DATABASE_URL")
-        .env(
-            "ORBIT_DATABASE_URL",
-            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
-        )
-        .args(["logs", &run])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("orbit logs");
+    let mut child = env.spawn(&["logs", &run], true);
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 16];
     std::io::Read::read_exact(&mut stdout, &mut first).expect("a first line");
@@ -989,18 +1001,7 @@ fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
         "half.yaml",
         "name: half\ntasks:\n  - name: flaky\n    type: shell\n    shell: true\n    retry: {max_attempts: 1}\n    command: 'test -f marker || { touch marker; exit 1; }'\n  - {name: slow, type: sleep, duration: 30s}\n",
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
-        .current_dir(env.dir.path())
-        .env_remove("DATABASE_URL")
-        .env(
-            "ORBIT_DATABASE_URL",
-            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
-        )
-        .args(["run", "half.yaml"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("orbit run");
+    let mut child = env.spawn(&["run", "half.yaml"], false);
     // Wait until `flaky` is dead while `slow` still runs, then kill the engine.
     let end = Instant::now() + Duration::from_secs(20);
     let run = loop {
@@ -1100,18 +1101,7 @@ fn ctrl_c_says_what_happens_and_a_second_one_stops_at_once() {
         "nap.yaml",
         "name: nap\ntasks:\n  - {name: a, type: shell, command: [sleep, '30']}\n  - {name: b, type: sleep, duration: 0s, needs: a}\n",
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("orbit"))
-        .current_dir(env.dir.path())
-        .env_remove("DATABASE_URL")
-        .env(
-            "ORBIT_DATABASE_URL",
-            format!("sqlite://{}", env.dir.path().join("orbit.db").display()),
-        )
-        .args(["run", "nap.yaml"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("orbit run");
+    let mut child = env.spawn(&["run", "nap.yaml"], true);
     let end = Instant::now() + Duration::from_secs(20);
     let run = loop {
         let runs = env.json(&["runs"]);
