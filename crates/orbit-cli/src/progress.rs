@@ -131,7 +131,7 @@ impl View {
                         "✓ {task}  {}",
                         orbit_core::duration::display(*took)
                     )),
-                    json!({"event": "task_succeeded", "task": task, "attempt": attempt, "took_ms": took.as_millis() as u64}),
+                    json!({"event": "task_succeeded", "task": task, "attempt": attempt, "tookMs": took.as_millis() as u64}),
                     1,
                 )
             }
@@ -150,7 +150,7 @@ impl View {
                         crate::output::brief(error, 120),
                         orbit_core::duration::display(wait)
                     )),
-                    json!({"event": "task_retrying", "task": task, "attempt": attempt, "error": error, "retry_at": at}),
+                    json!({"event": "task_retrying", "task": task, "attempt": attempt, "error": error, "retryAt": at}),
                     0,
                 )
             }

@@ -195,7 +195,7 @@ async fn every_route(api: &Api) {
     let failed_id = f["run"]["id"].as_str().expect("id").to_owned();
     api.wait_run(&failed_id, "failed").await;
     let dlq = api.get("/api/v1/dlq").await;
-    assert_eq!(dlq[0]["task_name"], "boom", "{dlq}");
+    assert_eq!(dlq[0]["taskName"], "boom", "{dlq}");
     let entry = dlq[0]["id"].as_str().expect("entry id");
     let (status, requeued) = api
         .call(Method::POST, &format!("/api/v1/dlq/{entry}/retry"), None)
@@ -265,7 +265,7 @@ async fn every_route(api: &Api) {
     }
     assert!(qs["completed"].as_i64().unwrap_or(0) >= 5, "{qs}");
     let dead = api.get("/api/v1/queue/items?state=dead").await;
-    assert_eq!(dead[0]["task_name"], "boom");
+    assert_eq!(dead[0]["taskName"], "boom");
     let history = api.get("/api/v1/tasks/greet/history?pipeline=hello").await;
     assert_eq!(
         history.as_array().map(Vec::len),
@@ -627,7 +627,7 @@ async fn serverless_mode_works_only_when_asked() {
         done["succeeded"], 2,
         "one call runs the task and what it made ready: {done}"
     );
-    assert_eq!(done["runs_settled"], 1);
+    assert_eq!(done["runsSettled"], 1);
     api.wait_run(&id, "succeeded").await;
     let (_, idle) = api.call(Method::POST, "/api/v1/process", None).await;
     assert_eq!(idle["claimed"], 0, "{idle}");

@@ -113,7 +113,7 @@ fn etl_example_runs_its_parallel_branches_and_loads_a_report() {
     let tasks = status["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 5);
     assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{tasks:?}");
-    let join = tasks.iter().find(|t| t["task_name"] == "join").unwrap();
+    let join = tasks.iter().find(|t| t["taskName"] == "join").unwrap();
     assert_eq!(
         join["output"]["total_revenue"], 1251,
         "9 users, 18 orders of 10 + 7i"
@@ -131,11 +131,11 @@ fn etl_example_runs_its_parallel_branches_and_loads_a_report() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|a| a["task_name"] == name)
+            .find(|a| a["taskName"] == name)
             .unwrap();
         (
-            a["started_at"].as_str().unwrap().to_owned(),
-            a["finished_at"].as_str().unwrap().to_owned(),
+            a["startedAt"].as_str().unwrap().to_owned(),
+            a["finishedAt"].as_str().unwrap().to_owned(),
         )
     };
     let (a_start, a_end) = span("users-by-country");
@@ -224,7 +224,7 @@ fn http_example_talks_to_its_own_server() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|t| t["task_name"] == n)
+            .find(|t| t["taskName"] == n)
             .unwrap()["output"]
             .clone()
     };
@@ -268,7 +268,7 @@ fn a_dead_task_fails_the_run_and_cancels_what_needs_it() {
         .iter()
         .map(|t| {
             (
-                t["task_name"].as_str().unwrap(),
+                t["taskName"].as_str().unwrap(),
                 t["state"].as_str().unwrap(),
             )
         })
@@ -361,8 +361,8 @@ fn concurrency_limit_is_respected() {
         .iter()
         .map(|a| {
             (
-                a["started_at"].as_str().unwrap().into(),
-                a["finished_at"].as_str().unwrap().into(),
+                a["startedAt"].as_str().unwrap().into(),
+                a["finishedAt"].as_str().unwrap().into(),
             )
         })
         .collect();
@@ -626,12 +626,12 @@ fn dead_tasks_land_in_the_dlq_and_a_dlq_retry_lets_the_run_go_on() {
     assert_eq!(out.status.code(), Some(1));
     let entries = env.json(&["dlq", "list"]);
     assert_eq!(entries.as_array().unwrap().len(), 1);
-    assert_eq!(entries[0]["task_name"], "charge");
+    assert_eq!(entries[0]["taskName"], "charge");
     assert_eq!(entries[0]["attempts"], 2);
     let id = entries[0]["id"].as_str().unwrap().to_owned();
     let shown = env.json(&["dlq", "show", &id[..20]]);
     assert_eq!(shown["input"]["input"]["order"], 42);
-    assert_eq!(shown["code_version"]["pipeline_version"], 1);
+    assert_eq!(shown["codeVersion"]["pipelineVersion"], 1);
     let errors: Vec<&str> = shown["attempts"]
         .as_array()
         .unwrap()
@@ -653,7 +653,7 @@ fn dead_tasks_land_in_the_dlq_and_a_dlq_retry_lets_the_run_go_on() {
         stdout(&retried),
         stderr(&retried)
     );
-    let status = env.json(&["status", shown["entry"]["run_id"].as_str().unwrap()]);
+    let status = env.json(&["status", shown["entry"]["runId"].as_str().unwrap()]);
     assert_eq!(status["run"]["state"], "succeeded");
     assert_eq!(
         status["tasks"][1]["output"], "shipped",
@@ -838,7 +838,7 @@ fn a_script_routes_with_run_next_and_a_stray_choice_fails_clearly() {
         .iter()
         .map(|t| {
             (
-                t["task_name"].as_str().unwrap(),
+                t["taskName"].as_str().unwrap(),
                 t["state"].as_str().unwrap(),
             )
         })
@@ -1012,7 +1012,7 @@ fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
             let state = |n: &str| {
                 s["tasks"]
                     .as_array()
-                    .and_then(|t| t.iter().find(|t| t["task_name"] == n))
+                    .and_then(|t| t.iter().find(|t| t["taskName"] == n))
                     .map(|t| t["state"].clone())
             };
             if state("flaky") == Some("dead".into()) && state("slow") == Some("running".into()) {
@@ -1048,7 +1048,7 @@ fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
     let s = env.json(&["status", &run]);
     let flaky = s["tasks"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["task_name"] == "flaky"))
+        .and_then(|t| t.iter().find(|t| t["taskName"] == "flaky"))
         .expect("flaky")
         .clone();
     assert_eq!(flaky["state"], "ready", "{s}");

@@ -78,7 +78,7 @@ fn task_states(dir: &Path, run: &str) -> HashMap<String, String> {
         .iter()
         .map(|t| {
             (
-                t["task_name"].as_str().unwrap_or_default().to_owned(),
+                t["taskName"].as_str().unwrap_or_default().to_owned(),
                 t["state"].as_str().unwrap_or_default().to_owned(),
             )
         })
@@ -215,7 +215,7 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
             assert_eq!(
                 t["output"]["step"], i,
                 "seed {seed}: output of {}",
-                t["task_name"]
+                t["taskName"]
             );
         }
         // only a step that was running at a kill ran more than once

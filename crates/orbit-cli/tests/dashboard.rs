@@ -429,10 +429,10 @@ async fn dashboard_in_a_real_browser() {
         .as_array()
         .expect("tasks")
         .iter()
-        .find(|t| t["task_name"] == "second")
+        .find(|t| t["taskName"] == "second")
         .expect("second");
     let finished =
-        chrono::DateTime::parse_from_rfc3339(second["finished_at"].as_str().expect("finished"))
+        chrono::DateTime::parse_from_rfc3339(second["finishedAt"].as_str().expect("finished"))
             .expect("time");
     let latency = green_at - finished.timestamp_millis() as f64;
     eprintln!("dashboard: `second` turned green {latency:.0} ms after its commit");

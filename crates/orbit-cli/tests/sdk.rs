@@ -92,7 +92,7 @@ impl Api {
 fn task<'a>(detail: &'a Value, name: &str) -> &'a Value {
     detail["tasks"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["task_name"] == name))
+        .and_then(|t| t.iter().find(|t| t["taskName"] == name))
         .unwrap_or_else(|| panic!("no task {name} in {detail:#}"))
 }
 
@@ -155,14 +155,14 @@ async fn example_runs(api: &Api) {
         "upstream outputs reach the handler"
     );
     assert_eq!(report["progress"], 1.0, "the last progress report is kept");
-    assert_eq!(fast["code_versions"]["payment"], 1);
+    assert_eq!(fast["codeVersions"]["payment"], 1);
 
     let slow = checkout(api, "o-2", false).await;
     assert_eq!(slow["run"]["state"], "succeeded", "{slow:#}");
     assert_eq!(task(&slow, "standard")["output"]["shipping"], "standard");
     assert_eq!(task(&slow, "express")["state"], "skipped");
     assert_eq!(
-        slow["changed_since_previous_run"],
+        slow["changedSincePreviousRun"],
         json!([]),
         "same code as the run before"
     );
@@ -414,7 +414,7 @@ async fn the_protocol_by_plain_http() {
         done["run"]["state"], "succeeded",
         "choosing nothing skips both branches"
     );
-    assert_eq!(done["changed_since_previous_run"], json!(["pick"]));
+    assert_eq!(done["changedSincePreviousRun"], json!(["pick"]));
 
     let out = std::process::Command::new(support::orbit_bin())
         .args(["tasks", "history", "pick", "--url", &s.base])

@@ -119,7 +119,7 @@ impl Api {
 fn task<'a>(detail: &'a Value, name: &str) -> &'a Value {
     detail["tasks"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["task_name"] == name))
+        .and_then(|t| t.iter().find(|t| t["taskName"] == name))
         .unwrap_or_else(|| panic!("no task {name} in {detail:#}"))
 }
 

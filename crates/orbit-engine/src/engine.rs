@@ -122,6 +122,7 @@ pub enum EngineEvent {
 
 /// What [`Engine::process`] did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Processed {
     /// Expired leases taken back.
     pub reaped: usize,

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 /// Which steps of a run are where.
 #[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StepAnalysis {
     pub completed: Vec<String>,
     /// Dead: attempts spent or a non-retryable error.
@@ -56,6 +57,7 @@ impl StepAnalysis {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct InterruptedRun {
     pub run: RunRecord,
     pub last_activity: DateTime<Utc>,
@@ -64,6 +66,7 @@ pub struct InterruptedRun {
 
 /// The result of resuming one run.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Resumed {
     pub run: Uuid,
     pub state: Option<RunState>,

@@ -49,6 +49,7 @@ pub async fn delete_run(
 
 /// What dead-letter retention removed.
 #[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Retention {
     /// Dead-letter entries older than the retention.
     pub entries: u64,

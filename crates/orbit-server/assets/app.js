@@ -304,7 +304,7 @@ async function overview() {
       <h2>Workers</h2>
       <div class="panel"><table id="workers"><thead><tr><th>Node</th><th>Kind</th><th>Status</th><th class="hide-narrow">Queues</th><th class="hide-narrow">Slots</th><th>Last seen</th></tr></thead><tbody>
       ${services.map((s) => `<tr><td><code>${esc(s.id)}</code></td><td>${esc(s.service ? `service ${s.service}` : s.kind)}</td><td>${badge(s.status)}</td>
-        <td class="hide-narrow">${esc((s.queues || []).join(", ") || "all")}</td><td class="hide-narrow">${esc(s.concurrency)}</td><td>${when(s.lastSeenAt || s.last_seen_at)}</td></tr>`).join("") || `<tr><td colspan="6" class="muted">No node has registered.</td></tr>`}
+        <td class="hide-narrow">${esc((s.queues || []).join(", ") || "all")}</td><td class="hide-narrow">${esc(s.concurrency)}</td><td>${when(s.lastSeenAt || s.lastSeenAt)}</td></tr>`).join("") || `<tr><td colspan="6" class="muted">No node has registered.</td></tr>`}
       </tbody></table></div>
       <h2>Recent runs</h2>${runTable(recent.runs)}`;
   };
@@ -318,9 +318,9 @@ function runTable(runs) {
   if (!runs.length) return `<div class="panel muted">No runs yet.</div>`;
   return `<div class="panel"><table class="runs"><thead><tr><th>Run</th><th>Pipeline</th><th>State</th><th>Tasks</th><th class="hide-narrow">Created</th><th>Took</th></tr></thead><tbody>
     ${runs.map((r) => `<tr data-run="${esc(r.id)}"><td><a href="/runs/${esc(r.id)}"><code>${short(r.id)}</code></a></td>
-      <td><a href="/pipelines/${encodeURIComponent(r.pipeline_name)}">${esc(r.pipeline_name)}</a> <span class="muted">v${esc(r.pipeline_version)}</span></td>
-      <td>${badge(r.state)}</td><td>${r.tasks_total - r.tasks_pending}/${r.tasks_total}${r.tasks_dead ? ` <span class="muted">(${r.tasks_dead} dead)</span>` : ""}</td>
-      <td class="hide-narrow">${when(r.created_at)}</td><td>${took(r.started_at, r.finished_at)}</td></tr>`).join("")}
+      <td><a href="/pipelines/${encodeURIComponent(r.pipelineName)}">${esc(r.pipelineName)}</a> <span class="muted">v${esc(r.pipelineVersion)}</span></td>
+      <td>${badge(r.state)}</td><td>${r.tasksTotal - r.tasksPending}/${r.tasksTotal}${r.tasksDead ? ` <span class="muted">(${r.tasksDead} dead)</span>` : ""}</td>
+      <td class="hide-narrow">${when(r.createdAt)}</td><td>${took(r.startedAt, r.finishedAt)}</td></tr>`).join("")}
     </tbody></table></div>`;
 }
 
@@ -385,7 +385,7 @@ async function runDetail(id) {
   const runId = detail.run.id;
   let selected = null;
   let selectedRun = null; // the task run id whose panel is open
-  setTitle(`Run ${short(runId)} (${detail.run.pipeline_name})`);
+  setTitle(`Run ${short(runId)} (${detail.run.pipelineName})`);
   main.innerHTML = `<h1>Run <code>${short(runId)}</code> <span id="run-state"></span>
       <span class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
@@ -399,11 +399,11 @@ async function runDetail(id) {
     document.getElementById("run-state").innerHTML = badge(r.state);
     document.getElementById("run-facts").innerHTML = `
       <dt>Run id</dt><dd><code>${esc(r.id)}</code></dd>
-      <dt>Pipeline</dt><dd><a href="/pipelines/${encodeURIComponent(r.pipeline_name)}">${esc(r.pipeline_name)}</a> version ${esc(r.pipeline_version)}</dd>
-      <dt>Tasks</dt><dd>${r.tasks_total - r.tasks_pending} of ${r.tasks_total} settled${r.tasks_dead ? `, ${r.tasks_dead} dead` : ""}</dd>
-      <dt>Created</dt><dd>${when(r.created_at)}</dd><dt>Took</dt><dd>${took(r.started_at, r.finished_at)}${settled(r.state) ? "" : " so far"}</dd>
-      ${r.idempotency_key ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotency_key)}</code></dd>` : ""}
-      <dt>Changed since last run</dt><dd id="changed">${detail.changed_since_previous_run.length ? detail.changed_since_previous_run.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
+      <dt>Pipeline</dt><dd><a href="/pipelines/${encodeURIComponent(r.pipelineName)}">${esc(r.pipelineName)}</a> version ${esc(r.pipelineVersion)}</dd>
+      <dt>Tasks</dt><dd>${r.tasksTotal - r.tasksPending} of ${r.tasksTotal} settled${r.tasksDead ? `, ${r.tasksDead} dead` : ""}</dd>
+      <dt>Created</dt><dd>${when(r.createdAt)}</dd><dt>Took</dt><dd>${took(r.startedAt, r.finishedAt)}${settled(r.state) ? "" : " so far"}</dd>
+      ${r.idempotencyKey ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotencyKey)}</code></dd>` : ""}
+      <dt>Changed since last run</dt><dd id="changed">${detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
     const inputBox = document.getElementById("run-input");
     inputBox.innerHTML = valueHtml(r.input, "run-input-value");
     fillObjects(inputBox);
@@ -412,7 +412,7 @@ async function runDetail(id) {
     const waiting = document.getElementById("waiting");
     waiting.hidden = !(detail.waiting || []).length || settled(r.state);
     waiting.innerHTML = (detail.waiting || []).map((w) => `<p>Waiting: ${esc(w)}</p>`).join("");
-    const states = Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state]));
+    const states = Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state]));
     paintDag(nodes, states, selected);
   };
   facts();
@@ -425,11 +425,11 @@ async function runDetail(id) {
 
   async function pick(name) {
     selected = name;
-    paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.task_name, t.state])), selected);
+    paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state])), selected);
     await showTask();
   }
   async function showTask() {
-    const tr = detail.tasks.find((t) => t.task_name === selected);
+    const tr = detail.tasks.find((t) => t.taskName === selected);
     const box = document.getElementById("task");
     if (!tr) {
       box.innerHTML = `<h2>${esc(selected)}</h2><p class="muted">Not started.</p>`;
@@ -437,26 +437,26 @@ async function runDetail(id) {
     }
     const d = await api("GET", `/task-runs/${tr.id}`);
     selectedRun = tr.id;
-    const t = d.task_run;
-    const version = detail.code_versions[t.task_name];
-    const changed = detail.changed_since_previous_run.includes(t.task_name);
+    const t = d.taskRun;
+    const version = detail.codeVersions[t.taskName];
+    const changed = detail.changedSincePreviousRun.includes(t.taskName);
     const last = d.attempts[d.attempts.length - 1];
-    const log = t.state === "running" ? d.live_log ?? "(this attempt runs on another node: its log appears when it ends)" : last ? last.log : "";
-    box.innerHTML = `<h2>Task ${esc(t.task_name)} ${badge(t.state)} ${changed ? `<span class="badge s-changed">changed since last run</span>` : ""}</h2>
+    const log = t.state === "running" ? d.liveLog ?? "(this attempt runs on another node: its log appears when it ends)" : last ? last.log : "";
+    box.innerHTML = `<h2>Task ${esc(t.taskName)} ${badge(t.state)} ${changed ? `<span class="badge s-changed">changed since last run</span>` : ""}</h2>
       <div class="cols"><div class="panel"><dl class="kv">
-        <dt>Type</dt><dd>${esc(t.task_type)}${t.queue ? ` on queue <code>${esc(t.queue)}</code>` : ""}</dd>
-        <dt>Attempt</dt><dd>${esc(t.attempt)} of ${esc(t.max_attempts)}</dd>
-        <dt>Code version</dt><dd>${version ? `v${esc(version)}` : "—"} <a href="/tasks/${encodeURIComponent(t.task_name)}">history</a></dd>
-        ${t.progress != null ? `<dt>Progress</dt><dd><div class="progress"><div style="width:${Math.round(t.progress * 100)}%"></div></div>${esc(t.progress_message || "")}</dd>` : ""}
+        <dt>Type</dt><dd>${esc(t.taskType)}${t.queue ? ` on queue <code>${esc(t.queue)}</code>` : ""}</dd>
+        <dt>Attempt</dt><dd>${esc(t.attempt)} of ${esc(t.maxAttempts)}</dd>
+        <dt>Code version</dt><dd>${version ? `v${esc(version)}` : "—"} <a href="/tasks/${encodeURIComponent(t.taskName)}">history</a></dd>
+        ${t.progress != null ? `<dt>Progress</dt><dd><div class="progress"><div style="width:${Math.round(t.progress * 100)}%"></div></div>${esc(t.progressMessage || "")}</dd>` : ""}
         ${t.error ? `<dt>Error</dt><dd class="err">${esc(t.error)}</dd>` : ""}
-        <dt>Took</dt><dd>${took(t.started_at, t.finished_at)}</dd>
+        <dt>Took</dt><dd>${took(t.startedAt, t.finishedAt)}</dd>
       </dl></div>
       <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null })}</pre>
       ${Object.entries(d.upstream || {}).map(([name, v], i) => `<h4>Output of ${esc(name)}</h4>${valueHtml(v, `upstream-${i}`)}`).join("")}
       <h3>Output</h3>${valueHtml(t.output, "task-output")}</div></div>
       <h3>Log ${t.state === "running" ? `<span class="muted">(live)</span>` : ""}</h3><pre id="task-log">${esc(log || "(no output)")}</pre>
       <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
-      ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.started_at)}</td><td>${took(a.started_at, a.finished_at)}</td><td>${a.code_version ? `v${a.code_version}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
+      ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.startedAt)}</td><td>${took(a.startedAt, a.finishedAt)}</td><td>${a.codeVersion ? `v${a.codeVersion}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
       </tbody></table></div>`;
     fillObjects(box);
   }
@@ -556,9 +556,9 @@ async function dlq() {
     const entries = await api("GET", "/dlq?limit=200");
     document.getElementById("dead").innerHTML = entries.length
       ? `<div class="panel"><table><thead><tr><th>Task</th><th>Run</th><th>Error</th><th>Attempts</th><th class="hide-narrow">When</th><th></th></tr></thead><tbody>
-        ${entries.map((e) => `<tr data-dead="${esc(e.id)}"><td>${esc(e.task_name)}</td><td><a href="/runs/${esc(e.run_id)}"><code>${short(e.run_id)}</code></a></td>
-          <td class="err">${esc(e.error || "")}</td><td>${esc(e.attempts)}</td><td class="hide-narrow">${when(e.created_at)}</td>
-          <td><button class="retry-dead" data-id="${esc(e.id)}" data-task="${esc(e.task_name)}">Retry</button></td></tr>`).join("")}</tbody></table></div>`
+        ${entries.map((e) => `<tr data-dead="${esc(e.id)}"><td>${esc(e.taskName)}</td><td><a href="/runs/${esc(e.runId)}"><code>${short(e.runId)}</code></a></td>
+          <td class="err">${esc(e.error || "")}</td><td>${esc(e.attempts)}</td><td class="hide-narrow">${when(e.createdAt)}</td>
+          <td><button class="retry-dead" data-id="${esc(e.id)}" data-task="${esc(e.taskName)}">Retry</button></td></tr>`).join("")}</tbody></table></div>`
       : `<div class="panel muted">The dead-letter queue is empty.</div>`;
     for (const b of document.querySelectorAll("button.retry-dead"))
       b.addEventListener("click", () =>
@@ -581,7 +581,7 @@ async function tasks() {
   }
   const rows = [];
   for (const p of pipes) for (const t of p.definition.tasks) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name)}?pipeline=${encodeURIComponent(p.name)}">${esc(t.name)}</a></td><td>pipeline <a href="/pipelines/${encodeURIComponent(p.name)}">${esc(p.name)}</a></td><td>${esc(t.type)}</td></tr>`);
-  for (const t of registered) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name || t.task)}">${esc(t.name || t.task)}</a></td><td>service ${esc(t.service)}</td><td>worker, v${esc(t.codeVersion ?? t.code_version ?? "?")}</td></tr>`);
+  for (const t of registered) rows.push(`<tr><td><a href="/tasks/${encodeURIComponent(t.name || t.task)}">${esc(t.name || t.task)}</a></td><td>service ${esc(t.service)}</td><td>worker, v${esc(t.codeVersion ?? t.codeVersion ?? "?")}</td></tr>`);
   main.innerHTML = `<h1>Task code</h1><p class="muted">Every task and the history of its code: a pipeline task changes when its definition does, a worker task when its handler's code hash does.</p>
     <div class="panel"><table><thead><tr><th>Task</th><th>Defined by</th><th>Type</th></tr></thead><tbody>${rows.join("") || `<tr><td colspan="3" class="muted">No tasks yet.</td></tr>`}</tbody></table></div>`;
 }

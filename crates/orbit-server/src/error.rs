@@ -20,11 +20,13 @@ pub struct ApiError {
 
 /// The body of every error response.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// Stable, for programs: `bad_request`, `invalid_pipeline`, `not_found`, `conflict`,
     /// `unauthorized`, `unavailable`, `internal`.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 /// One saved version of a pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StoredPipeline {
     pub id: Uuid,
     pub name: String,
@@ -59,6 +60,7 @@ pub struct CreatedRun {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     pub id: Uuid,
     pub pipeline_id: Uuid,
@@ -80,6 +82,7 @@ pub struct RunRecord {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskRunRecord {
     pub id: Uuid,
     pub run_id: Uuid,
@@ -113,6 +116,7 @@ pub struct TaskRunRecord {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     pub task_run_id: Uuid,
     pub run_id: Uuid,
@@ -231,6 +235,7 @@ pub struct LeaseFilter {
 
 /// What re-queuing did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Requeued {
     /// Task runs put back to `ready` or `waiting`.
     pub tasks: Vec<String>,
@@ -238,6 +243,7 @@ pub struct Requeued {
 
 /// A dead-letter queue entry: a task run whose attempts are spent or that failed for good.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// The task run's id.
     pub id: Uuid,
@@ -251,6 +257,7 @@ pub struct DeadLetter {
 
 /// What [`crate::Store::purge_dead_letters`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PurgedLetters {
     /// Entries deleted.
     pub entries: u64,
@@ -295,6 +302,7 @@ pub struct AttemptSummary {
 
 /// A running `orbit server` or `orbit worker` process, as it announces itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     /// The owner name it puts on leases (`host:pid`).
     pub id: String,
@@ -314,6 +322,7 @@ pub struct NodeInfo {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
     #[serde(flatten)]
     pub info: NodeInfo,
@@ -341,6 +350,7 @@ impl NodeRecord {
 
 /// A registered SDK worker service.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceRecord {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,6 +365,7 @@ pub struct ServiceRecord {
 
 /// A task a service registered, with its current code version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceTask {
     pub name: String,
     pub service_id: String,
@@ -370,6 +381,7 @@ pub struct ServiceTask {
 
 /// One entry of a task's code history (`task_code_history`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CodeChange {
     pub task_name: String,
     pub service_id: String,

@@ -18,7 +18,7 @@ pub async fn cancel(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     let run = store.cancel_run(run.id, Utc::now()).await?;
     if json {
         crate::output::json(
-            &json!({"run": run.id, "state": run.state, "tasks_cancelled": stopped}),
+            &json!({"run": run.id, "state": run.state, "tasksCancelled": stopped}),
         )?;
     } else {
         println!(

@@ -90,12 +90,12 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     if json {
         let attempts: Vec<_> = attempts
             .iter()
-            .map(|a| json!({"attempt": a.attempt, "outcome": a.outcome, "error": a.error, "worker": a.worker, "started_at": a.started_at, "finished_at": a.finished_at}))
+            .map(|a| json!({"attempt": a.attempt, "outcome": a.outcome, "error": a.error, "worker": a.worker, "startedAt": a.started_at, "finishedAt": a.finished_at}))
             .collect();
         crate::output::json(&json!({
             "entry": entry,
             "pipeline": pipeline.name,
-            "code_version": {"pipeline_version": pipeline.version, "hash": pipeline.hash},
+            "codeVersion": {"pipelineVersion": pipeline.version, "hash": pipeline.hash},
             "input": context,
             "attempts": attempts,
         }))?;

@@ -5,6 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     /// `ok` when the store answers, else `degraded`.
     pub status: &'static str,
@@ -19,6 +20,7 @@ pub struct Health {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct StorageInfo {
     /// The backend new objects are written to.
     pub default: String,
@@ -28,6 +30,7 @@ pub struct StorageInfo {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendInfo {
     pub id: String,
     /// `local`, `aws-s3`, `minio` or `gcs`.

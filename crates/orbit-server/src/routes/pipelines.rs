@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 /// A pipeline as the API shows it.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct PipelineView {
     pub id: uuid::Uuid,
     pub name: String,
@@ -168,6 +169,7 @@ pub struct TriggerBody {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Triggered {
     #[schema(value_type = Object)]
     pub run: orbit_store::RunRecord,
@@ -239,6 +241,7 @@ pub async fn trigger(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DryRun {
     pub valid: bool,
     pub pipeline: String,

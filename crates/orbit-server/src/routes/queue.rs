@@ -34,6 +34,7 @@ pub struct QueueTask {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Queued {
     #[schema(value_type = Object)]
     pub run: RunRecord,

@@ -25,6 +25,7 @@ pub struct RunsQuery {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RunPage {
     #[schema(value_type = [Object])]
     pub runs: Vec<RunRecord>,
@@ -63,6 +64,7 @@ pub async fn list(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RunDetail {
     #[schema(value_type = Object)]
     pub run: RunRecord,
@@ -134,6 +136,7 @@ pub async fn get(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Retried {
     #[schema(value_type = Object)]
     pub run: RunRecord,
@@ -188,6 +191,7 @@ pub async fn cancel(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Deleted {
     pub run: uuid::Uuid,
     /// Objects removed from object storage (a large input, large outputs).
@@ -213,6 +217,7 @@ pub async fn delete(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskRunDetail {
     #[schema(value_type = Object)]
     pub task_run: TaskRunRecord,

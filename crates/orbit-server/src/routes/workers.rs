@@ -129,6 +129,7 @@ pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkerHealth {
     /// `ok` when a healthy node can do work and none is unhealthy; `degraded` when some node
     /// stopped heartbeating; `down` when no healthy node is left.
