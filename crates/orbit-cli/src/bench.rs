@@ -192,6 +192,7 @@ async fn run_scenario(
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
             now: Utc::now(),
         })
         .await?

@@ -69,6 +69,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
             now: Utc::now(),
         })
         .await

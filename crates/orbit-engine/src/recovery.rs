@@ -270,6 +270,10 @@ pub async fn resume_run(
     let store = engine.store();
     check_resumable(store.as_ref(), run).await?;
     let started = Utc::now();
+    // Nothing to re-queue: only who goes on with it is recorded.
+    store
+        .requeue(run, &[], orbit_store::TriggeredBy::Recover, started)
+        .await?;
     let state = engine.drive_run(run, shutdown).await?;
     // Attempts this resume ran (the lost ones it took back were not run by it).
     let steps_executed = store

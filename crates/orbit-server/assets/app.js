@@ -403,6 +403,7 @@ async function runDetail(id) {
       <dt>Tasks</dt><dd>${r.tasksTotal - r.tasksPending} of ${r.tasksTotal} settled${r.tasksDead ? `, ${r.tasksDead} dead` : ""}</dd>
       <dt>Created</dt><dd>${when(r.createdAt)}</dd><dt>Took</dt><dd>${took(r.startedAt, r.finishedAt)}${settled(r.state) ? "" : " so far"}</dd>
       ${r.idempotencyKey ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotencyKey)}</code></dd>` : ""}
+      ${r.triggeredBy ? `<dt>Triggered by</dt><dd>${esc(r.triggeredBy)}</dd>` : ""}
       <dt>Changed since last run</dt><dd id="changed">${detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
     const inputBox = document.getElementById("run-input");
     inputBox.innerHTML = valueHtml(r.input, "run-input-value");

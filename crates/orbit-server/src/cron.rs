@@ -49,6 +49,7 @@ pub async fn fire_due(
                 // A fire time never repeats: its key never needs to expire.
                 idempotency_ttl: Duration::MAX,
                 request_hash: None,
+                triggered_by: orbit_store::TriggeredBy::Cron,
                 now,
             })
             .await?;

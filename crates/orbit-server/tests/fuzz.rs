@@ -52,6 +52,7 @@ async fn env(token: Option<&str>) -> Env {
             idempotency_key: Some("fuzz-key".into()),
             idempotency_ttl: Duration::from_secs(3600),
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Api,
             now: Utc::now(),
         })
         .await

@@ -307,7 +307,7 @@ async fn listen(pool: PgPool, signals: Signals) {
     }
 }
 
-const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
      tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at";
 
 #[async_trait]
@@ -501,8 +501,14 @@ impl Store for PgStore {
         self.run(run).await
     }
 
-    async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued> {
-        let tasks = write::requeue(&self.pool, run, tasks, now).await?;
+    async fn requeue(
+        &self,
+        run: Uuid,
+        tasks: &[String],
+        by: orbit_store::TriggeredBy,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued> {
+        let tasks = write::requeue(&self.pool, run, tasks, by, now).await?;
         if !tasks.is_empty() {
             self.signal();
         }
@@ -827,6 +833,7 @@ mod tests {
             idempotency_key: None,
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
             now: Utc::now(),
         })
         .await

@@ -167,8 +167,8 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     }
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(id)
@@ -181,6 +181,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     .bind(p.tasks.len() as i64)
     .bind(now)
     .bind(new.request_hash())
+    .bind(new.triggered_by.as_str())
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -817,10 +818,17 @@ pub async fn requeue(
     pool: &PgPool,
     run: Uuid,
     tasks: &[String],
+    by: orbit_store::TriggeredBy,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let mut tx = begin(pool).await?;
     locked_run_state(&mut tx, run).await?;
+    sqlx::query("UPDATE runs SET triggered_by = $1 WHERE id = $2")
+        .bind(by.as_str())
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
     let requeued: Vec<String> = sqlx::query_scalar(
         "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
          ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \

@@ -190,7 +190,7 @@ impl SqliteStore {
     }
 }
 
-const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
      tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at";
 
 #[async_trait]
@@ -417,8 +417,14 @@ impl Store for SqliteStore {
         self.run_on(&self.writer, run).await
     }
 
-    async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued> {
-        let tasks = write::requeue(&self.writer, run, tasks, now).await?;
+    async fn requeue(
+        &self,
+        run: Uuid,
+        tasks: &[String],
+        by: orbit_store::TriggeredBy,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued> {
+        let tasks = write::requeue(&self.writer, run, tasks, by, now).await?;
         if !tasks.is_empty() {
             self.signal();
             self.changed();

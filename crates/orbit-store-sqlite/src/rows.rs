@@ -79,6 +79,7 @@ pub fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
         input: json(row, "input")?.unwrap_or(Value::Null),
         priority: get(row, "priority")?,
         idempotency_key: get(row, "idempotency_key")?,
+        triggered_by: get(row, "triggered_by")?,
         tasks_total: get(row, "tasks_total")?,
         tasks_pending: get(row, "tasks_pending")?,
         tasks_dead: get(row, "tasks_dead")?,

@@ -104,8 +104,8 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     }
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(id.to_string())
@@ -118,6 +118,7 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     .bind(p.tasks.len() as i64)
     .bind(now)
     .bind(new.request_hash())
+    .bind(new.triggered_by.as_str())
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -705,12 +706,19 @@ pub async fn requeue(
     pool: &SqlitePool,
     run: Uuid,
     tasks: &[String],
+    by: orbit_store::TriggeredBy,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let now = us(now);
     let run_s = run.to_string();
     let mut tx = begin(pool).await?;
     run_state(&mut tx, run).await?;
+    sqlx::query("UPDATE runs SET triggered_by = ?1 WHERE id = ?2")
+        .bind(by.as_str())
+        .bind(&run_s)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
     let mut requeued = Vec::new();
     let mut events: Events = Vec::new();
     for name in tasks {

@@ -144,7 +144,7 @@ delegate! {
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
         leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
         cancel_run(run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
-        requeue(run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued>;
+        requeue(run: Uuid, tasks: &[String], by: TriggeredBy, now: DateTime<Utc>) -> Result<Requeued>;
         dead_letters(limit: u32) -> Result<Vec<DeadLetter>>;
         dead_letter(id_or_prefix: &str) -> Result<DeadLetter>;
         purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;

@@ -128,9 +128,16 @@ pub trait Store: Send + Sync + 'static {
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
 
     /// Puts the named dead or cancelled task runs of `run` back in the queue with a fresh set of
-    /// tries (`ready` when nothing upstream is missing, else `waiting`) and re-opens the run.
+    /// tries (`ready` when nothing upstream is missing, else `waiting`) and re-opens the run,
+    /// recording `by` as what started it going again (also when `tasks` is empty: a resume).
     /// Succeeded task runs are never touched.
-    async fn requeue(&self, run: Uuid, tasks: &[String], now: DateTime<Utc>) -> Result<Requeued>;
+    async fn requeue(
+        &self,
+        run: Uuid,
+        tasks: &[String],
+        by: TriggeredBy,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued>;
 
     /// Dead-letter queue entries, newest first.
     async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>>;

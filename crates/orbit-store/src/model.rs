@@ -33,6 +33,8 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<String>,
     /// An earlier run holds its key only this long.
     pub idempotency_ttl: std::time::Duration,
+    /// Who or what created it.
+    pub triggered_by: TriggeredBy,
     /// What an idempotency key's reuse is compared by ([`orbit_core::pipeline::request_hash`] of
     /// the pipeline and the input as given, before a large input went to object storage).
     /// `None`: computed from `pipeline` and `input` here.
@@ -46,6 +48,32 @@ impl NewRun<'_> {
         self.request_hash
             .clone()
             .unwrap_or_else(|| orbit_core::pipeline::request_hash(&self.pipeline.name, &self.input))
+    }
+}
+
+/// Who or what started a run going: created it (`cli`, `api`, `cron`) or, later, re-opened it
+/// (`retry`, `recover`, `dlq`). The seeds' `triggeredBy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggeredBy {
+    Cli,
+    Api,
+    Cron,
+    Retry,
+    Recover,
+    Dlq,
+}
+
+impl TriggeredBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggeredBy::Cli => "cli",
+            TriggeredBy::Api => "api",
+            TriggeredBy::Cron => "cron",
+            TriggeredBy::Retry => "retry",
+            TriggeredBy::Recover => "recover",
+            TriggeredBy::Dlq => "dlq",
+        }
     }
 }
 
@@ -71,6 +99,10 @@ pub struct RunRecord {
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Who or what last started it going ([`TriggeredBy`]; none for runs from before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_by: Option<String>,
     pub tasks_total: i64,
     /// Task runs not yet in a terminal state.
     pub tasks_pending: i64,

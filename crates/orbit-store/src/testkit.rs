@@ -118,6 +118,7 @@ async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPip
             idempotency_key: None,
             idempotency_ttl: std::time::Duration::from_secs(3600),
             request_hash: None,
+            triggered_by: crate::TriggeredBy::Cli,
             now: at,
         })
         .await
@@ -539,6 +540,7 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         idempotency_key: Some(key.into()),
         idempotency_ttl: std::time::Duration::from_secs(3600),
         request_hash: None,
+        triggered_by: crate::TriggeredBy::Cli,
         now: t0(),
     };
     let first = store.create_run(new("order-1")).await.unwrap();
@@ -802,9 +804,16 @@ pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
         )
         .await;
     }
-    assert_eq!(store.run(run).await.unwrap().state, RunState::Failed);
+    let failed = store.run(run).await.unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    assert_eq!(failed.triggered_by.as_deref(), Some("cli"), "as created");
     let done = store
-        .requeue(run, &["a".into(), "b".into()], t0())
+        .requeue(
+            run,
+            &["a".into(), "b".into()],
+            crate::TriggeredBy::Retry,
+            t0(),
+        )
         .await
         .unwrap();
     assert_eq!(done.tasks, vec!["a", "b"]);
@@ -812,6 +821,11 @@ pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
     assert_eq!(
         (r.state, r.tasks_pending, r.tasks_dead),
         (RunState::Running, 2, 0)
+    );
+    assert_eq!(
+        r.triggered_by.as_deref(),
+        Some("retry"),
+        "re-opened by a retry"
     );
     assert_eq!(
         states(store, run).await,
@@ -840,7 +854,10 @@ pub async fn requeue_gives_fresh_tries_and_reopens_the_run(store: &dyn Store) {
         out.settled_runs.is_empty(),
         "one failure after a requeue is retried, not dead"
     );
-    let none = store.requeue(run, &["a".into()], t0()).await.unwrap();
+    let none = store
+        .requeue(run, &["a".into()], crate::TriggeredBy::Retry, t0())
+        .await
+        .unwrap();
     assert!(
         none.tasks.is_empty(),
         "only dead or cancelled tasks are re-queued"

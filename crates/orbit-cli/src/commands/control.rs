@@ -3,7 +3,7 @@
 use crate::BadInput;
 use chrono::Utc;
 use orbit_core::{RunState, TaskState};
-use orbit_store::Store;
+use orbit_store::{Store, TriggeredBy};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -96,7 +96,7 @@ pub async fn retry(
         ))
         .into());
     }
-    requeue_and_drive(store, run.id, &again, no_wait, json).await
+    requeue_and_drive(store, run.id, &again, TriggeredBy::Retry, no_wait, json).await
 }
 
 /// Re-queues `tasks` of `run` and, unless `no_wait`, executes the run here until it settles.
@@ -104,10 +104,11 @@ pub async fn requeue_and_drive(
     store: &Arc<dyn Store>,
     run: uuid::Uuid,
     tasks: &[String],
+    by: TriggeredBy,
     no_wait: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let requeued = store.requeue(run, tasks, Utc::now()).await?;
+    let requeued = store.requeue(run, tasks, by, Utc::now()).await?;
     if !json {
         println!(
             "re-queued {} task(s) of run {run}: {}",

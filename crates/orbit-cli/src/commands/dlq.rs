@@ -149,7 +149,15 @@ async fn retry(store: &Arc<dyn Store>, id: &str, no_wait: bool, json: bool) -> a
             .filter(|&i| states[i] == TaskState::Cancelled)
             .map(|i| dag.name(i).to_owned()),
     );
-    super::control::requeue_and_drive(store, entry.run_id, &again, no_wait, json).await
+    super::control::requeue_and_drive(
+        store,
+        entry.run_id,
+        &again,
+        orbit_store::TriggeredBy::Dlq,
+        no_wait,
+        json,
+    )
+    .await
 }
 
 /// Task states indexed like the DAG.

@@ -120,6 +120,9 @@ pub fn render_status(
     println!("Run       {}", run.id);
     println!("Pipeline  {} v{}", run.pipeline_name, run.pipeline_version);
     println!("State     {}", run.state);
+    if let Some(by) = &run.triggered_by {
+        println!("Trigger   {by}");
+    }
     println!("Created   {}", time(run.created_at));
     println!("Started   {}", opt_time(run.started_at));
     println!("Finished  {}", opt_time(run.finished_at));

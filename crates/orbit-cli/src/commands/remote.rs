@@ -167,6 +167,7 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
                     idempotency_key: args.idempotency_key.clone(),
                     idempotency_ttl: idempotency_ttl()?,
                     request_hash: None,
+                    triggered_by: orbit_store::TriggeredBy::Cli,
                     now: Utc::now(),
                 },
             )

@@ -40,6 +40,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             idempotency_key: args.idempotency_key.clone(),
             idempotency_ttl: idempotency_ttl()?,
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
             now: Utc::now(),
         },
     )

@@ -221,6 +221,7 @@ pub async fn trigger(
             idempotency_key: parsed.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Api,
             now: Utc::now(),
         },
     )

@@ -67,6 +67,7 @@ async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Q
             idempotency_key: t.idempotency_key,
             idempotency_ttl: s.config.engine.idempotency_ttl,
             request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Api,
             now: Utc::now(),
         },
     )
@@ -226,7 +227,12 @@ pub async fn dlq_retry(
     let entry = s.store.dead_letter(&id).await?;
     Ok(Json(
         s.store
-            .requeue(entry.run_id, &[entry.task_name], Utc::now())
+            .requeue(
+                entry.run_id,
+                &[entry.task_name],
+                orbit_store::TriggeredBy::Dlq,
+                Utc::now(),
+            )
             .await?,
     ))
 }

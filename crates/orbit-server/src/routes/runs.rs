@@ -171,7 +171,11 @@ pub async fn retry(
         .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
         .map(|t| t.task_name)
         .collect();
-    let requeued = s.store.requeue(run.id, &names, Utc::now()).await?.tasks;
+    let requeued = s
+        .store
+        .requeue(run.id, &names, orbit_store::TriggeredBy::Retry, Utc::now())
+        .await?
+        .tasks;
     Ok(Json(Retried {
         run: s.store.run(run.id).await?,
         requeued,
