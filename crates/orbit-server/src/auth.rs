@@ -19,7 +19,9 @@ pub async fn require_token(
     let Some(expected) = state.config.api_token.as_deref() else {
         return Ok(next.run(request).await);
     };
-    let path = request.uri().path();
+    // The seeds' paths (`/api/...`, `/health`) are the same routes as `/api/v1/...`.
+    let path = crate::routes::canonical(request.uri().path());
+    let path = path.as_ref();
     // The dashboard's pages and files hold no data; the API calls they make carry the token.
     // A worker's storage token (`?token=`) is checked by the storage handlers themselves.
     let storage_token = path.starts_with("/api/v1/storage/")
@@ -69,6 +71,7 @@ fn is_worker_protocol(path: &str) -> bool {
     matches!(
         path,
         "/api/v1/services/register"
+            | "/api/v1/register"
             | "/api/v1/worker/heartbeat"
             | "/api/v1/worker/poll"
             | "/api/v1/heartbeat"

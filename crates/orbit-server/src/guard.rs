@@ -83,7 +83,7 @@ pub async fn check(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    let path = request.uri().path();
+    let path = crate::routes::canonical(request.uri().path());
     let streams = path == "/api/v1/ws" || path == "/api/v1/events";
     let foreign = headers
         .get(header::ORIGIN)

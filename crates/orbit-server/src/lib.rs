@@ -142,9 +142,20 @@ pub fn router(state: AppState) -> Router {
     let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", routes::api())
         .split_for_parts();
+    // The PipeWeave seed's paths: the same handlers under `/api` (and its `/health`), kept out
+    // of the OpenAPI document, which describes `/api/v1`.
+    let (seed_api, _) = OpenApiRouter::new()
+        .nest("/api", routes::api())
+        .split_for_parts();
     let spec_json = Arc::new(spec.clone());
     let router = Router::new()
         .merge(api)
+        .merge(seed_api)
+        .route("/health", axum::routing::get(routes::health::health))
+        .route(
+            "/api/storage/{backend}/{*key}",
+            axum::routing::get(routes::storage::get_object).put(routes::storage::put_object),
+        )
         .route(
             "/api/v1/storage/{backend}/{*key}",
             // The PUT streams its body, within the size its token allows.

@@ -20,6 +20,8 @@ use utoipa_axum::routes;
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health::health))
+        .routes(routes!(health::info))
+        .routes(routes!(health::storage_backends))
         .routes(routes!(workers::services))
         .routes(routes!(pipelines::list, pipelines::create))
         .routes(routes!(
@@ -40,6 +42,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(queue::items))
         .routes(routes!(queue::dlq))
         .routes(routes!(queue::dlq_retry))
+        .routes(routes!(queue::dlq_purge))
         .routes(routes!(pipelines::task_history))
         .routes(routes!(workers::stats))
         .routes(routes!(workers::health))
@@ -47,6 +50,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::series))
         .routes(routes!(queue::process))
         .routes(routes!(protocol::register))
+        .routes(routes!(protocol::register_alias))
         .routes(routes!(protocol::worker_heartbeat))
         .routes(routes!(protocol::poll))
         .routes(routes!(protocol::heartbeat))
@@ -56,6 +60,18 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(protocol::service_tasks))
         .routes(routes!(live::events))
         .routes(routes!(live::ws))
+}
+
+/// The `/api/v1` path a request path names: the PipeWeave seed's `/api/...` and `/health` are
+/// the same routes.
+pub fn canonical(path: &str) -> std::borrow::Cow<'_, str> {
+    if path == "/health" {
+        return "/api/v1/health".into();
+    }
+    match path.strip_prefix("/api/") {
+        Some(rest) if !rest.starts_with("v1/") && rest != "v1" => format!("/api/v1/{rest}").into(),
+        _ => path.into(),
+    }
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

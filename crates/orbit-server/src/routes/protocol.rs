@@ -96,6 +96,18 @@ fn worker_node(
     }
 }
 
+/// The same registration at the PipeWeave seed's path.
+#[utoipa::path(post, path = "/register", tag = "worker protocol",
+    request_body = Object,
+    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn register_alias(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> ApiResult<Json<Registered>> {
+    register(state, headers, body).await
+}
+
 /// A worker registers its service and tasks with their code hashes; a changed hash is a new
 /// code version.
 #[utoipa::path(post, path = "/services/register", tag = "worker protocol",

@@ -24,9 +24,11 @@ pub struct QueueTask {
     /// The task's name.
     pub task_id: String,
     /// The task definition, as in a pipeline file: `type` and its parameters, `retry`,
-    /// `timeout`, `queue`, ...
+    /// `timeout`, `queue`, ... Without it (the PipeWeave seed's form), `taskId` names a task a
+    /// worker service registered: `{"type": "worker", "task": taskId}`.
     #[schema(value_type = Object)]
-    pub task: Map<String, Value>,
+    #[serde(default)]
+    pub task: Option<Map<String, Value>>,
     #[schema(value_type = Object)]
     pub input: Option<Value>,
     pub priority: Option<i32>,
@@ -43,12 +45,19 @@ pub struct Queued {
 
 /// Checks a standalone task through the pipeline file checker.
 fn standalone_pipeline(t: &QueueTask, at: &str) -> Result<Pipeline, ApiError> {
-    if t.task.contains_key("name") || t.task.contains_key("needs") {
+    let registered = || {
+        let mut m = Map::new();
+        m.insert("type".into(), json!("worker"));
+        m.insert("task".into(), json!(t.task_id));
+        m
+    };
+    let task = t.task.clone().unwrap_or_else(registered);
+    if task.contains_key("name") || task.contains_key("needs") {
         return Err(ApiError::bad_request(format!(
             "{at}: `task` takes no `name` or `needs` (the name is `taskId`)"
         )));
     }
-    let mut def = t.task.clone();
+    let mut def = task;
     def.insert("name".into(), Value::String(t.task_id.clone()));
     let doc = json!({"name": format!("task.{}", t.task_id), "tasks": [def]});
     pipeline_from_document(at, &doc.to_string())
@@ -156,6 +165,35 @@ pub async fn queue_batch(
         out.push(enqueue(&s, t, p).await?);
     }
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PurgeQuery {
+    /// Entries older than this many days go (default: DLQ_RETENTION_DAYS).
+    pub older_than_days: Option<u32>,
+}
+
+/// Purge dead-letter entries older than the retention (or `olderThanDays`), with the failed
+/// runs left without any (their rows and stored objects).
+#[utoipa::path(post, path = "/dlq/purge", tag = "dlq", params(PurgeQuery),
+    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn dlq_purge(
+    State(s): State<AppState>,
+    q: Result<Query<PurgeQuery>, QueryRejection>,
+) -> ApiResult<Json<orbit_engine::runs::Retention>> {
+    let Query(q) = q?;
+    let age = q.older_than_days.map_or(s.config.dlq_retention, |d| {
+        chrono::Duration::days(i64::from(d))
+    });
+    Ok(Json(
+        orbit_engine::runs::purge_dead_letters(
+            s.store.as_ref(),
+            s.engine.storage(),
+            Utc::now() - age,
+        )
+        .await?,
+    ))
 }
 
 /// Queue statistics: task runs by state.
