@@ -68,8 +68,9 @@ pub fn parse_pipeline_with_warnings(
     // read `false`).
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
-    let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
+    let mut raw: RawFile = serde_saphyr::from_str_with_options(text, options)
         .map_err(|e| fail(vec![syntax_diagnostic(&e)]))?;
+    dialect::translate(&mut raw);
     let mut checker = Checker::default();
     let pipeline = checker.pipeline(raw, path);
     match pipeline {
@@ -104,6 +105,9 @@ fn syntax_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// Orbit-Py's workflow id: a document from its API may carry it; it names nothing here.
+    #[serde(default, rename = "id")]
+    _id: Option<Spanned<Value>>,
     name: Option<Spanned<Value>>,
     description: Option<Spanned<Value>>,
     schedule: Option<Spanned<Value>>,
@@ -690,5 +694,6 @@ fn short(v: &Value) -> String {
     }
 }
 
+mod dialect;
 #[cfg(test)]
 mod tests;

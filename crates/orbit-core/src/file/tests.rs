@@ -330,3 +330,76 @@ fn yaml_1_1_booleans_are_names_not_false() {
     assert_eq!(p.tasks[0].name, "n");
     assert_eq!(p.tasks[1].needs, ["n"]);
 }
+
+/// The Orbit-Py seed's workflow, exactly as its README shows it.
+const ORBIT_PY: &str = r#"{
+  "name": "Data Pipeline",
+  "description": "ETL workflow with parallel processing",
+  "tasks": [
+    {
+      "name": "extract",
+      "action_type": "http_request",
+      "action_payload": {"url": "https://api.example.com/data"},
+      "dependencies": []
+    },
+    {
+      "name": "transform",
+      "action_type": "python_script",
+      "action_payload": {"script": "transform.py"},
+      "dependencies": ["extract"]
+    },
+    {
+      "name": "load",
+      "action_type": "shell_command",
+      "action_payload": {"command": "load_data.sh"},
+      "dependencies": ["transform"]
+    }
+  ]
+}"#;
+
+#[test]
+fn orbit_py_workflows_are_pipelines() {
+    let p = parse_pipeline("workflow.json", ORBIT_PY).expect("valid");
+    assert_eq!(p.name, "data-pipeline");
+    let kinds: Vec<_> = p.tasks.iter().map(|t| t.task_type).collect();
+    assert_eq!(kinds, [TaskType::Http, TaskType::Script, TaskType::Shell]);
+    assert_eq!(p.tasks[0].params["url"], "https://api.example.com/data");
+    assert_eq!(p.tasks[1].params["file"], "transform.py");
+    assert_eq!(p.tasks[1].needs, ["extract"]);
+    assert_eq!(p.tasks[2].params["command"], "load_data.sh");
+    assert_eq!(
+        p.tasks[2].params["shell"], true,
+        "a command string run by a shell"
+    );
+    let with_retries = ORBIT_PY.replace(
+        r#""dependencies": []"#,
+        r#""dependencies": [], "retry_count": 2, "timeout": 30, "id": "t-1""#,
+    );
+    let p = parse_pipeline("workflow.json", &with_retries).expect("valid");
+    assert_eq!(p.tasks[0].retry.max_attempts, 3);
+    assert_eq!(p.tasks[0].timeout, Some(std::time::Duration::from_secs(30)));
+}
+
+#[test]
+fn orbit_py_mistakes_are_located_like_any_other() {
+    let cyclic = ORBIT_PY.replace(r#""dependencies": []"#, r#""dependencies": ["load"]"#);
+    let e = errors(&cyclic);
+    assert!(e.iter().any(|(_, m)| m.contains("cycle")), "{e:?}");
+    let missing = ORBIT_PY.replace(r#"["extract"]"#, r#"["extrakt"]"#);
+    let e = errors(&missing);
+    assert_eq!(e[0].0, 15, "{e:?}");
+    assert!(e[0].1.contains("`extrakt`"), "{e:?}");
+}
+
+#[test]
+fn orbit_py_task_types_work_in_orbit_files() {
+    let p = parse_pipeline(
+        "t.yaml",
+        "name: t\ntasks:\n  - {name: a, type: shell_command, command: 'echo a | tr a b'}\n  - {name: b, type: python_script, script: b.py, needs: a}\n  - {name: c, type: http_request, url: 'http://x', needs: b}\n",
+    )
+    .expect("valid");
+    assert_eq!(p.tasks[0].task_type, TaskType::Shell);
+    assert_eq!(p.tasks[0].params["shell"], true);
+    assert_eq!(p.tasks[1].params["file"], "b.py");
+    assert_eq!(p.tasks[2].task_type, TaskType::Http);
+}
