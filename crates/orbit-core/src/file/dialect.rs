@@ -26,11 +26,11 @@ pub(super) fn translate(raw: &mut RawFile) -> bool {
     for task in &mut tasks.value {
         translate_task(&mut task.value, orbit_py);
     }
-    if orbit_py {
-        if let Some(name) = raw.name.as_mut() {
-            if let Value::String(s) = &name.value {
-                name.value = Value::String(slug(s));
-            }
+    let name = raw.name.as_mut().filter(|_| orbit_py);
+    if let Some(name) = name {
+        let slugged = name.value.as_str().map(slug);
+        if let Some(s) = slugged {
+            name.value = Value::String(s);
         }
     }
     orbit_py
