@@ -106,13 +106,16 @@ fn translate_task(fields: &mut Fields, orbit_py: bool) {
             }
         }
     }
-    if kind.as_deref() == Some("shell_command") && !has(&out, "shell") {
-        if let Some((key, value)) = out.iter().find(|(k, _)| k.value == "type").cloned() {
-            out.push((
-                renamed(&key, "shell"),
-                with_value(&value, Value::Bool(true)),
-            ));
-        }
+    let type_entry = out
+        .iter()
+        .find(|(k, _)| k.value == "type")
+        .filter(|_| kind.as_deref() == Some("shell_command") && !has(&out, "shell"))
+        .cloned();
+    if let Some((key, value)) = type_entry {
+        out.push((
+            renamed(&key, "shell"),
+            with_value(&value, Value::Bool(true)),
+        ));
     }
     fields.0 = out;
 }
