@@ -152,6 +152,11 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(seed_api)
         .route("/health", axum::routing::get(routes::health::health))
+        // Orbit-Py's clients write the collection with a trailing slash.
+        .route(
+            "/api/v1/workflows/",
+            axum::routing::get(routes::workflows::list).post(routes::workflows::create),
+        )
         .route(
             "/api/storage/{backend}/{*key}",
             axum::routing::get(routes::storage::get_object).put(routes::storage::put_object),

@@ -8,6 +8,7 @@ pub mod queue;
 pub mod runs;
 pub mod storage;
 pub mod workers;
+pub mod workflows;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -58,6 +59,15 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(protocol::callback))
         .routes(routes!(storage::grant))
         .routes(routes!(protocol::service_tasks))
+        .routes(routes!(workflows::list, workflows::create))
+        .routes(routes!(
+            workflows::get,
+            workflows::update,
+            workflows::delete
+        ))
+        .routes(routes!(workflows::execute))
+        .routes(routes!(workflows::executions))
+        .routes(routes!(workflows::execution_detail))
         .routes(routes!(live::events))
         .routes(routes!(live::ws))
 }

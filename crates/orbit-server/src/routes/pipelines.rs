@@ -87,19 +87,26 @@ pub async fn create(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<PipelineView>)> {
     let Json(body) = body?;
-    let text = document_text(&body)?;
+    let (changed, stored) = save_document(&s, &body).await?;
+    let status = if changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(PipelineView::from(&stored))))
+}
+
+/// Checks and saves a pipeline document (any dialect the file checker reads); whether it made
+/// a new version.
+pub(crate) async fn save_document(s: &AppState, body: &Value) -> ApiResult<(bool, StoredPipeline)> {
+    let text = document_text(body)?;
     let pipeline = pipeline_from_document("request body", &text)?;
     let before = s.store.pipeline(&pipeline.name).await.ok().map(|p| p.id);
     let stored = s
         .store
         .save_pipeline(&pipeline, Some(&text), Utc::now())
         .await?;
-    let status = if before == Some(stored.id) {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(PipelineView::from(&stored))))
+    Ok((before != Some(stored.id), stored))
 }
 
 /// One pipeline's latest version.
@@ -189,7 +196,28 @@ pub async fn trigger(
     OptionalJson(body): OptionalJson<Value>,
 ) -> ApiResult<(StatusCode, Json<Triggered>)> {
     let Path(name) = name?;
-    let body = body.unwrap_or(Value::Null);
+    let created = trigger_run(&s, &name, body.unwrap_or(Value::Null)).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Triggered {
+            run: created.run,
+            created: created.created,
+        }),
+    ))
+}
+
+/// Creates a run of the pipeline `name` from a trigger body: `{"input", "idempotencyKey",
+/// "priority"}`, or the input itself.
+pub(crate) async fn trigger_run(
+    s: &AppState,
+    name: &str,
+    body: Value,
+) -> ApiResult<orbit_store::CreatedRun> {
     let parsed = match &body {
         Value::Object(m) if m.contains_key("input") => {
             serde_json::from_value::<TriggerBody>(body.clone())
@@ -209,7 +237,7 @@ pub async fn trigger(
     if parsed.idempotency_key.as_deref().is_some_and(str::is_empty) {
         return Err(ApiError::bad_request("`idempotencyKey` must not be empty"));
     }
-    let stored = s.store.pipeline(&name).await?;
+    let stored = s.store.pipeline(name).await?;
     let created = orbit_engine::runs::create_run(
         s.store.as_ref(),
         s.engine.storage(),
@@ -227,18 +255,7 @@ pub async fn trigger(
     )
     .await?;
     metrics::counter!("orbit_runs_triggered_total").increment(u64::from(created.created));
-    let status = if created.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(Triggered {
-            run: created.run,
-            created: created.created,
-        }),
-    ))
+    Ok(created)
 }
 
 #[derive(Serialize, ToSchema)]
