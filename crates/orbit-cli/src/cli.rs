@@ -100,8 +100,9 @@ pub enum Command {
     /// List runs that nobody is executing any more
     CheckInterrupted {
         /// How long a run without a live worker must be idle to count as interrupted
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        idle: std::time::Duration,
+        /// (default: INTERRUPTED_RUN_THRESHOLD_MINUTES, else 30s)
+        #[arg(long, value_parser = parse_duration)]
+        idle: Option<std::time::Duration>,
     },
     /// Resume an interrupted run from its last successful steps, here
     Resume {
@@ -112,8 +113,9 @@ pub enum Command {
     Recover {
         #[arg(long)]
         auto_resume: bool,
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        idle: std::time::Duration,
+        /// As for check-interrupted
+        #[arg(long, value_parser = parse_duration)]
+        idle: Option<std::time::Duration>,
     },
     /// The dead-letter queue: tasks whose attempts are spent or that failed for good
     Dlq {
@@ -122,6 +124,23 @@ pub enum Command {
     },
     /// Measure throughput and latency on this machine
     Bench(BenchArgs),
+    /// Show every setting, its effective value (secrets masked) and where it came from
+    Config,
+}
+
+impl Command {
+    /// The `--url` options of a command that can talk to a server.
+    pub fn remote_mut(&mut self) -> Option<&mut Remote> {
+        match self {
+            Command::Runs(a) => Some(&mut a.remote),
+            Command::Trigger(a) => Some(&mut a.remote),
+            Command::Status { remote, .. } | Command::Services { remote } => Some(remote),
+            Command::Tasks {
+                action: TasksAction::History { remote, .. },
+            } => Some(remote),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ mod cli;
 mod commands;
 mod output;
 mod progress;
+mod settings;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
     {
         return orbit_engine::executor::supervisor::main(args);
     }
+    // Before clap reads `env = …` defaults, and before any thread starts.
+    settings::load_dotenv();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));

@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The longest a retry waits unless told otherwise: a day.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// How often and how patiently a task is retried.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
@@ -27,7 +30,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             initial: Duration::from_secs(1),
             factor: 2.0,
-            max_delay: Duration::from_secs(24 * 3600),
+            max_delay: DEFAULT_MAX_DELAY,
             jitter: true,
         }
     }

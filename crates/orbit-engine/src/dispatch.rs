@@ -153,6 +153,8 @@ pub struct Dispatcher {
     storage: Arc<Storage>,
     key: SecretKey,
     idempotency_ttl: Duration,
+    /// No retry waits longer (MAX_RETRY_DELAY_MS).
+    max_retry_delay: Duration,
     /// Pipeline versions never change: parse each once.
     pipelines: Mutex<HashMap<Uuid, Arc<(StoredPipeline, Dag)>>>,
     /// Push mode, per service: how many attempts its workers take at once (from their
@@ -196,9 +198,16 @@ impl Dispatcher {
             storage,
             key,
             idempotency_ttl,
+            max_retry_delay: orbit_core::retry::DEFAULT_MAX_DELAY,
             pipelines: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// No retry of a worker task waits longer than `cap` (MAX_RETRY_DELAY_MS).
+    pub fn with_max_retry_delay(mut self, cap: Duration) -> Dispatcher {
+        self.max_retry_delay = cap;
+        self
     }
 
     /// Remembers how many attempts a push-mode service's workers take at once.
@@ -703,6 +712,7 @@ impl Dispatcher {
         };
         // The service's own retry count, when it gives one, wins over the pipeline default.
         let mut policy = def.retry.clone();
+        policy.max_delay = policy.max_delay.min(self.max_retry_delay);
         if let Some(retries) = options.and_then(|o| o.retries) {
             policy.max_attempts = retries.saturating_add(1);
         }

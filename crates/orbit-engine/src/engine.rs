@@ -44,6 +44,8 @@ pub struct EngineConfig {
     /// The program that supervises task processes (the `orbit` binary: see
     /// [`crate::executor::supervisor`]), so they die with this process even on SIGKILL.
     pub supervisor: Option<std::path::PathBuf>,
+    /// No retry waits longer than this, whatever a task's policy says (MAX_RETRY_DELAY_MS).
+    pub max_retry_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             types: Vec::new(),
             grace: Duration::from_secs(30),
             supervisor: None,
+            max_retry_delay: orbit_core::retry::DEFAULT_MAX_DELAY,
         }
     }
 }
@@ -740,6 +743,7 @@ impl Engine {
         let live = self.live.clone();
         let storage = self.storage.clone();
         let supervisor = self.config.supervisor.clone();
+        let max_retry_delay = self.config.max_retry_delay;
         tokio::spawn(async move {
             let started_at = Utc::now();
             let log = live.start(task.run_id, task.id, &task.task_name);
@@ -757,7 +761,9 @@ impl Engine {
             let transition = match loaded.dag.index_of(&task.task_name) {
                 Some(i) => {
                     let def = &loaded.stored.pipeline.tasks[i];
-                    let policy = &def.retry;
+                    let mut policy = def.retry.clone();
+                    policy.max_delay = policy.max_delay.min(max_retry_delay);
+                    let policy = &policy;
                     let outcome = match done_attempt.result {
                         Ok(v) if done_attempt.reused => routed(def, v),
                         Ok(v) => {

@@ -118,12 +118,15 @@ impl AppState {
             config.engine.clone(),
         )?);
         let dispatcher = config.secret_key.clone().map(|key| {
-            Arc::new(Dispatcher::new(
-                store.clone(),
-                storage.clone(),
-                key,
-                config.engine.idempotency_ttl,
-            ))
+            Arc::new(
+                Dispatcher::new(
+                    store.clone(),
+                    storage.clone(),
+                    key,
+                    config.engine.idempotency_ttl,
+                )
+                .with_max_retry_delay(config.engine.max_retry_delay),
+            )
         });
         Ok(AppState {
             store,

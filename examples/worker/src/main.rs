@@ -13,9 +13,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let url = std::env::var("ORBIT_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".into());
-    let secret = std::env::var("ORBIT_SECRET_KEY")
-        .map_err(|_| "set ORBIT_SECRET_KEY to the orchestrator's key")?;
+    // Orbit's names, or the PipeWeave seed's.
+    let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok());
+    let url = var(["ORBIT_URL", "PIPEWEAVE_ORCHESTRATOR_URL"])
+        .unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let secret = var(["ORBIT_SECRET_KEY", "PIPEWEAVE_SECRET_KEY"])
+        .ok_or("set ORBIT_SECRET_KEY (or PIPEWEAVE_SECRET_KEY) to the orchestrator's key")?;
     let worker = orbit_example_worker::service(&url, &secret)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

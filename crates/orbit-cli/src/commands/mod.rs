@@ -10,6 +10,8 @@ pub mod run;
 mod serve;
 mod validate;
 
+pub use serve::redact;
+
 use crate::BadInput;
 use crate::cli::{Cli, Command};
 use anyhow::Context as _;
@@ -40,17 +42,18 @@ fn discover_home() -> std::path::PathBuf {
         .unwrap_or_else(|| here.join(".orbit"))
 }
 
-pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    let url = database_url(cli.database_url);
+pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
+    // The server a command talks to: --url / ORBIT_URL (clap), else the seed's
+    // PIPEWEAVE_ORCHESTRATOR_URL.
+    if let Some(remote) = cli.command.remote_mut() {
+        if remote.url.is_none() {
+            remote.url = crate::settings::var("ORBIT_URL");
+        }
+    }
+    let url = database_url(cli.database_url.take());
     let json = cli.json;
     if cli.auto_recover && !matches!(cli.command, Command::Validate { .. } | Command::Bench(_)) {
-        let code = recover::recover(
-            &open_store(&url).await?,
-            true,
-            std::time::Duration::from_secs(30),
-            json,
-        )
-        .await?;
+        let code = recover::recover(&open_store(&url).await?, true, idle_for(None)?, json).await?;
         if code != 0 {
             eprintln!("warning: some interrupted runs could not be recovered; going on");
         }
@@ -108,14 +111,38 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             control::retry(&open_store(&url).await?, &run, no_wait, json).await
         }
         Command::CheckInterrupted { idle } => {
-            recover::check_interrupted(open_store(&url).await?.as_ref(), idle, json).await
+            recover::check_interrupted(open_store(&url).await?.as_ref(), idle_for(idle)?, json)
+                .await
         }
         Command::Resume { run } => recover::resume(&open_store(&url).await?, &run, json).await,
         Command::Recover { auto_resume, idle } => {
-            recover::recover(&open_store(&url).await?, auto_resume, idle, json).await
+            recover::recover(&open_store(&url).await?, auto_resume, idle_for(idle)?, json).await
         }
         Command::Dlq { action } => dlq::dlq(&open_store(&url).await?, action, json).await,
         Command::Bench(args) => crate::bench::bench(args, json).await,
+        Command::Config => crate::settings::show(json),
+    }
+}
+
+/// `--idle`, else INTERRUPTED_RUN_THRESHOLD_MINUTES (the seed's setting), else 30 s.
+fn idle_for(flag: Option<std::time::Duration>) -> anyhow::Result<std::time::Duration> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    match crate::settings::var("INTERRUPTED_RUN_THRESHOLD_MINUTES") {
+        None => Ok(std::time::Duration::from_secs(30)),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|m| m.is_finite() && *m >= 0.0)
+            .map(|m| std::time::Duration::from_secs_f64(m * 60.0))
+            .ok_or_else(|| {
+                BadInput(format!(
+                    "INTERRUPTED_RUN_THRESHOLD_MINUTES `{v}` is not a number of minutes"
+                ))
+                .into()
+            }),
     }
 }
 

@@ -201,6 +201,7 @@ pub fn engine(store: &Arc<dyn Store>, concurrency: usize) -> anyhow::Result<Engi
             idempotency_ttl: idempotency_ttl()?,
             supervisor: Some(supervisor()),
             grace: STOP_GRACE,
+            max_retry_delay: max_retry_delay()?,
             ..EngineConfig::default()
         },
     )?)
@@ -244,6 +245,23 @@ pub fn interrupts(engine: &Engine, go_on: String) -> CancellationToken {
         std::process::exit(130);
     });
     shutdown
+}
+
+/// `MAX_RETRY_DELAY_MS` (the PipeWeave seed's setting), default 24 h: no retry waits longer.
+pub fn max_retry_delay() -> anyhow::Result<Duration> {
+    match crate::settings::var("MAX_RETRY_DELAY_MS") {
+        None => Ok(orbit_core::retry::DEFAULT_MAX_DELAY),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                BadInput(format!(
+                    "MAX_RETRY_DELAY_MS `{v}` is not a whole number of milliseconds"
+                ))
+                .into()
+            }),
+    }
 }
 
 /// `IDEMPOTENCY_TTL_SECONDS`, default 24 h.

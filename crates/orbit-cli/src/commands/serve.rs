@@ -3,7 +3,7 @@
 use super::{Connected, connect};
 use crate::BadInput;
 use crate::cli::{DbAction, ServerArgs, WorkOptions, WorkerArgs};
-use crate::commands::run::{idempotency_ttl, owner, supervisor};
+use crate::commands::run::{idempotency_ttl, max_retry_delay, owner, supervisor};
 use chrono::Utc;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_server::{AppState, Mode, ServerConfig};
@@ -58,6 +58,7 @@ fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<Engin
         types: work.types.clone(),
         grace: work.grace,
         supervisor: Some(supervisor()),
+        max_retry_delay: max_retry_delay()?,
     })
 }
 
@@ -74,11 +75,9 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
     let api_token = std::env::var("ORBIT_API_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let secret_key = match std::env::var("ORBIT_SECRET_KEY") {
-        Ok(k) if !k.is_empty() => {
-            Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?)
-        }
-        _ => None,
+    let secret_key = match crate::settings::var("ORBIT_SECRET_KEY") {
+        Some(k) => Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?),
+        None => None,
     };
     let addr: SocketAddr = args.bind.parse().map_err(|e| {
         BadInput(format!(

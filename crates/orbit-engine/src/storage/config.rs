@@ -335,8 +335,10 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
                         .with_allow_http(e.starts_with("http://"))
                         .with_virtual_hosted_style_request(false);
                 }
-                let key = credential(&spec, "accessKeyId")?;
-                let secret = credential(&spec, "secretAccessKey")?;
+                // MinIO's own names (the PipeWeave seed's example) as well as AWS's.
+                let key = credential(&spec, "accessKeyId")?.or(credential(&spec, "accessKey")?);
+                let secret =
+                    credential(&spec, "secretAccessKey")?.or(credential(&spec, "secretKey")?);
                 match (key, secret) {
                     (Some(k), Some(s)) => {
                         b = b.with_access_key_id(k).with_secret_access_key(s);
@@ -370,14 +372,24 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
             "gcs" => {
                 let bucket = required(&spec, &spec.bucket, "bucket")?;
                 let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
+                if let Some(e) = spec
+                    .endpoint
+                    .as_deref()
+                    .filter(|e| e.trim_end_matches('/') != "https://storage.googleapis.com")
+                {
+                    b = b.with_base_url(e);
+                }
+                let without_key = b.clone();
                 let email = credential(&spec, "clientEmail")?;
                 let private_key = credential(&spec, "privateKey")?;
                 match (email, private_key) {
                     (Some(email), Some(key)) => {
+                        // The seed's form gives no key id; Google finds the key without one.
                         let mut account = serde_json::json!({
                             "type": "service_account",
                             "client_email": email,
                             "private_key": key,
+                            "private_key_id": credential(&spec, "privateKeyId")?.unwrap_or_default(),
                         });
                         if let Some(p) = credential(&spec, "projectId")? {
                             account["project_id"] = Value::String(p);
@@ -398,14 +410,21 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
                         )));
                     }
                 }
-                if let Some(e) = spec
-                    .endpoint
-                    .as_deref()
-                    .filter(|e| e.trim_end_matches('/') != "https://storage.googleapis.com")
-                {
-                    b = b.with_base_url(e);
-                }
-                let gcs = Arc::new(b.build().map_err(fail)?);
+                // A key that does not parse (the seed's example holds a placeholder) does not
+                // stop the server: the backend is there, and fails on use, as said at start.
+                let built = match b.build() {
+                    Ok(gcs) => gcs,
+                    Err(e) => {
+                        tracing::warn!(
+                            backend = %spec.id,
+                            error = %e,
+                            "{}: the service-account key cannot be used; requests to this backend will fail until it is fixed",
+                            spec.origin
+                        );
+                        without_key.build().map_err(fail)?
+                    }
+                };
+                let gcs = Arc::new(built);
                 (gcs.clone(), Some(gcs), format!("gs://{bucket}"))
             }
             other => {
