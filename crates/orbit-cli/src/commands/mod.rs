@@ -45,10 +45,8 @@ fn discover_home() -> std::path::PathBuf {
 pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
     // The server a command talks to: --url / ORBIT_URL (clap), else the seed's
     // PIPEWEAVE_ORCHESTRATOR_URL.
-    if let Some(remote) = cli.command.remote_mut() {
-        if remote.url.is_none() {
-            remote.url = crate::settings::var("ORBIT_URL");
-        }
+    if let Some(remote) = cli.command.remote_mut().filter(|r| r.url.is_none()) {
+        remote.url = crate::settings::var("ORBIT_URL");
     }
     let url = database_url(cli.database_url.take());
     let json = cli.json;
