@@ -36,7 +36,19 @@ pub enum Command {
         file: PathBuf,
     },
     /// List saved pipelines
-    List,
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create or update pipelines from files (YAML or JSON, Orbit or Orbit-Py format), locally
+    /// or on a server (--url): each with its version and whether it changed
+    Apply {
+        /// Pipeline files
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List runs, newest first
     Runs(RunsArgs),
     /// Show a run and the state of each of its tasks
@@ -73,29 +85,40 @@ pub enum Command {
         run: String,
         /// Only this task
         task: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Draw a pipeline's DAG
     Graph {
         /// A pipeline file, or the name of a saved pipeline
         pipeline: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Stop a run: running attempts are killed, waiting tasks cancelled
     Cancel {
         /// Run id, or a unique prefix of it
         run: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Delete a settled run: its task runs, logs, events and its objects in object storage
     Delete {
         /// Run id, or a unique prefix of it
         run: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Re-queue the dead and cancelled tasks of a failed or cancelled run and run them here
+    /// (with --url: the server runs them)
     Retry {
         /// Run id, or a unique prefix of it
         run: String,
         /// Only re-queue; do not execute here
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// List runs that nobody is executing any more
     CheckInterrupted {
@@ -104,10 +127,13 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         idle: Option<std::time::Duration>,
     },
-    /// Resume an interrupted run from its last successful steps, here
+    /// Resume an interrupted run from its last successful steps, here (with --url: on the
+    /// server)
     Resume {
         /// Run id, or a unique prefix of it
         run: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Detect interrupted runs and, with --auto-resume, resume them all
     Recover {
@@ -121,6 +147,8 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Measure throughput and latency on this machine
     Bench(BenchArgs),
@@ -134,7 +162,17 @@ impl Command {
         match self {
             Command::Runs(a) => Some(&mut a.remote),
             Command::Trigger(a) => Some(&mut a.remote),
-            Command::Status { remote, .. } | Command::Services { remote } => Some(remote),
+            Command::Status { remote, .. }
+            | Command::Services { remote }
+            | Command::List { remote }
+            | Command::Apply { remote, .. }
+            | Command::Logs { remote, .. }
+            | Command::Graph { remote, .. }
+            | Command::Cancel { remote, .. }
+            | Command::Delete { remote, .. }
+            | Command::Retry { remote, .. }
+            | Command::Resume { remote, .. }
+            | Command::Dlq { remote, .. } => Some(remote),
             Command::Tasks {
                 action: TasksAction::History { remote, .. },
             } => Some(remote),
@@ -162,7 +200,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// The server's base URL (http://host:3000); the bearer token comes from ORBIT_API_TOKEN
-    #[arg(long, env = "ORBIT_URL", value_name = "URL")]
+    #[arg(long, global = true, env = "ORBIT_URL", value_name = "URL")]
     pub url: Option<String>,
 }
 

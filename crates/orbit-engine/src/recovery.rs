@@ -288,3 +288,46 @@ pub async fn resume_run(
         steps_executed,
     })
 }
+
+/// A dead-letter entry with all it keeps: the exact context of the attempt that went dead, every
+/// attempt with its error, and the code version it ran (`orbit dlq show`, `GET /dlq/{id}`).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterDetail {
+    pub entry: orbit_store::DeadLetter,
+    pub pipeline: String,
+    pub code_version: CodeVersionOf,
+    /// The task's context: run input, upstream outputs, run, task (its last attempt), keys.
+    pub input: Value,
+    pub attempts: Vec<orbit_store::AttemptRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeVersionOf {
+    pub pipeline_version: i64,
+    pub hash: String,
+}
+
+/// One dead-letter entry, by its task run id or a unique prefix or short form.
+pub async fn dead_letter_detail(
+    store: &dyn Store,
+    id: &str,
+) -> Result<DeadLetterDetail, StoreError> {
+    let entry = store.dead_letter(id).await?;
+    let pipeline = store.pipeline_version(entry.pipeline_id).await?;
+    let mut input = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
+    // The context of the last attempt, the one that went dead (not of a next one).
+    input["task"]["attempt"] = Value::from(entry.attempts);
+    let attempts = store.attempts(entry.run_id, Some(&entry.task_name)).await?;
+    Ok(DeadLetterDetail {
+        pipeline: pipeline.name,
+        code_version: CodeVersionOf {
+            pipeline_version: pipeline.version,
+            hash: pipeline.hash,
+        },
+        input,
+        attempts,
+        entry,
+    })
+}

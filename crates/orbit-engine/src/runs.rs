@@ -48,7 +48,7 @@ pub async fn delete_run(
 }
 
 /// What dead-letter retention removed.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
     /// Dead-letter entries older than the retention.

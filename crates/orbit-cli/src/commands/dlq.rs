@@ -7,7 +7,7 @@ use crate::output::{brief, table, time};
 use chrono::Utc;
 use orbit_core::TaskState;
 use orbit_core::dag::Dag;
-use orbit_engine::recovery::reconstruct_context;
+use orbit_engine::recovery::{DeadLetterDetail, dead_letter_detail};
 use orbit_engine::runs::purge_dead_letters;
 use orbit_store::Store;
 use serde_json::json;
@@ -31,28 +31,37 @@ pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyho
             let cutoff = Utc::now()
                 - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
             let done = purge_dead_letters(store.as_ref(), &storage, cutoff).await?;
-            let n = done.entries;
-            if json {
-                crate::output::json(
-                    &json!({"purged": n, "runsDeleted": done.runs, "objectsDeleted": done.objects}),
-                )?;
-            } else {
-                println!(
-                    "purged {n} dead-letter entr{}; deleted {} failed run{} left without one ({} stored object{})",
-                    if n == 1 { "y" } else { "ies" },
-                    done.runs,
-                    if done.runs == 1 { "" } else { "s" },
-                    done.objects,
-                    if done.objects == 1 { "" } else { "s" },
-                );
-            }
-            Ok(0)
+            render_purged(&done, json)
         }
     }
 }
 
+/// `orbit dlq purge`, from the store or from a server.
+pub fn render_purged(done: &orbit_engine::runs::Retention, json: bool) -> anyhow::Result<u8> {
+    let n = done.entries;
+    if json {
+        crate::output::json(
+            &json!({"purged": n, "runsDeleted": done.runs, "objectsDeleted": done.objects}),
+        )?;
+    } else {
+        println!(
+            "purged {n} dead-letter entr{}; deleted {} failed run{} left without one ({} stored object{})",
+            if n == 1 { "y" } else { "ies" },
+            done.runs,
+            if done.runs == 1 { "" } else { "s" },
+            done.objects,
+            if done.objects == 1 { "" } else { "s" },
+        );
+    }
+    Ok(0)
+}
+
 async fn list(store: &dyn Store, limit: u32, json: bool) -> anyhow::Result<u8> {
-    let entries = store.dead_letters(limit).await?;
+    render_list(&store.dead_letters(limit).await?, json)
+}
+
+/// `orbit dlq list`, from the store or from a server.
+pub fn render_list(entries: &[orbit_store::DeadLetter], json: bool) -> anyhow::Result<u8> {
     if json {
         return crate::output::json(&entries).map(|()| 0);
     }
@@ -66,7 +75,7 @@ async fn list(store: &dyn Store, limit: u32, json: bool) -> anyhow::Result<u8> {
             vec![
                 e.id.to_string(),
                 e.task_name.clone(),
-                e.run_id.to_string()[..13].to_owned(),
+                orbit_core::id::short(&e.run_id),
                 e.attempts.to_string(),
                 time(e.created_at),
                 e.error.as_deref().map(|x| brief(x, 70)).unwrap_or_default(),
@@ -81,42 +90,31 @@ async fn list(store: &dyn Store, limit: u32, json: bool) -> anyhow::Result<u8> {
 }
 
 async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
-    let entry = store.dead_letter(id).await?;
-    let pipeline = store.pipeline_version(entry.pipeline_id).await?;
-    let mut context = reconstruct_context(store, entry.run_id, &entry.task_name).await?;
-    // The context of the last attempt, the one that went dead (not of a next one).
-    context["task"]["attempt"] = json!(entry.attempts);
-    let attempts = store.attempts(entry.run_id, Some(&entry.task_name)).await?;
+    render_detail(&dead_letter_detail(store, id).await?, json)
+}
+
+/// `orbit dlq show`, from the store or from a server.
+pub fn render_detail(d: &DeadLetterDetail, json: bool) -> anyhow::Result<u8> {
     if json {
-        let attempts: Vec<_> = attempts
-            .iter()
-            .map(|a| json!({"attempt": a.attempt, "outcome": a.outcome, "error": a.error, "worker": a.worker, "startedAt": a.started_at, "finishedAt": a.finished_at}))
-            .collect();
-        crate::output::json(&json!({
-            "entry": entry,
-            "pipeline": pipeline.name,
-            "codeVersion": {"pipelineVersion": pipeline.version, "hash": pipeline.hash},
-            "input": context,
-            "attempts": attempts,
-        }))?;
-        return Ok(0);
+        return crate::output::json(d).map(|()| 0);
     }
+    let entry = &d.entry;
     println!("Entry     {}", entry.id);
     println!("Task      {} (run {})", entry.task_name, entry.run_id);
     println!(
         "Pipeline  {} v{} (code {})",
-        pipeline.name,
-        pipeline.version,
-        &pipeline.hash[..12]
+        d.pipeline,
+        d.code_version.pipeline_version,
+        &d.code_version.hash[..12.min(d.code_version.hash.len())]
     );
     println!(
         "Dead      {} after {} attempt(s)",
         time(entry.created_at),
         entry.attempts
     );
-    println!("Input     {}", serde_json::to_string_pretty(&context)?);
+    println!("Input     {}", serde_json::to_string_pretty(&d.input)?);
     println!("Attempts:");
-    for a in &attempts {
+    for a in &d.attempts {
         println!(
             "  {} · {} · {}: {}",
             a.attempt,

@@ -14,7 +14,12 @@ pub async fn graph(url: &str, arg: &str, json: bool) -> anyhow::Result<u8> {
             .await?
             .pipeline
     };
-    let dag = Dag::new(&pipeline)?;
+    render_pipeline(&pipeline, json)
+}
+
+/// `orbit graph`, for a pipeline from a file, the store or a server.
+pub fn render_pipeline(pipeline: &Pipeline, json: bool) -> anyhow::Result<u8> {
+    let dag = Dag::new(pipeline)?;
     let layers = dag.layers();
     if json {
         let nodes: Vec<_> = pipeline
@@ -29,7 +34,7 @@ pub async fn graph(url: &str, arg: &str, json: bool) -> anyhow::Result<u8> {
         crate::output::json(&json!({"pipeline": pipeline.name, "tasks": nodes, "layers": layers}))?;
         return Ok(0);
     }
-    print!("{}", render(&pipeline, &dag));
+    print!("{}", render(pipeline, &dag));
     Ok(0)
 }
 

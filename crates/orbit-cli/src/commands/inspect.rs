@@ -8,12 +8,16 @@ use orbit_store::{RunFilter, Store};
 use serde_json::json;
 
 pub async fn list(store: &dyn Store, json: bool) -> anyhow::Result<u8> {
-    let pipelines = store.list_pipelines().await?;
+    render_list(&store.list_pipelines().await?, json)
+}
+
+/// `orbit list`, from the store or from a server.
+pub fn render_list(pipelines: &[orbit_store::StoredPipeline], json: bool) -> anyhow::Result<u8> {
     if json {
         let items: Vec<_> = pipelines
             .iter()
             .map(|p| json!({"name": p.name, "version": p.version, "tasks": p.pipeline.tasks.len(),
-                "description": p.pipeline.description, "schedule": p.pipeline.schedule, "updated_at": p.created_at}))
+                "description": p.pipeline.description, "schedule": p.pipeline.schedule, "updatedAt": p.created_at}))
             .collect();
         output::json(&items)?;
     } else if pipelines.is_empty() {
@@ -176,14 +180,18 @@ pub async fn logs(
     {
         return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
     }
-    let attempts = store.attempts(run.id, task).await?;
+    render_logs(&store.attempts(run.id, task).await?, json)
+}
+
+/// `orbit logs`, from the store or from a server.
+pub fn render_logs(attempts: &[orbit_store::AttemptRecord], json: bool) -> anyhow::Result<u8> {
     if json {
         return output::json(&attempts).map(|()| 0);
     }
     if attempts.is_empty() {
         println!("no finished attempts yet");
     }
-    for a in &attempts {
+    for a in attempts {
         let took = span(Some(a.started_at), Some(a.finished_at));
         let error = a
             .error

@@ -1,9 +1,11 @@
 //! One module per command; each parses, calls the store or engine, and renders.
 
+mod client;
 mod control;
 mod dlq;
 mod graph;
 mod inspect;
+mod over_url;
 mod recover;
 mod remote;
 pub mod run;
@@ -59,7 +61,13 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Validate { file } => validate::validate(&file, json),
         Command::Run(args) => run::run(&open_store(&url).await?, args, json).await,
-        Command::List => inspect::list(open_store(&url).await?.as_ref(), json).await,
+        Command::List { remote } => match &remote.url {
+            Some(server) => over_url::list(server, json).await,
+            None => inspect::list(open_store(&url).await?.as_ref(), json).await,
+        },
+        Command::Apply { files, remote } => {
+            over_url::apply(remote.url.as_deref(), &url, &files, json).await
+        }
         Command::Runs(args) => match &args.remote.url {
             Some(server) => remote::runs(server, &args, json).await,
             None => {
@@ -89,34 +97,48 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Server(args) => serve::server(&url, args).await,
         Command::Worker(args) => serve::worker(&url, args).await,
         Command::Db { action } => serve::db(&url, action).await,
-        Command::Logs { run, task } => {
-            inspect::logs(
-                open_store(&url).await?.as_ref(),
-                &run,
-                task.as_deref(),
-                json,
-            )
-            .await
-        }
-        Command::Graph { pipeline } => graph::graph(&url, &pipeline, json).await,
-        Command::Cancel { run } => {
-            control::cancel(open_store(&url).await?.as_ref(), &run, json).await
-        }
-        Command::Delete { run } => {
-            control::delete(open_store(&url).await?.as_ref(), &run, json).await
-        }
-        Command::Retry { run, no_wait } => {
-            control::retry(&open_store(&url).await?, &run, no_wait, json).await
-        }
+        Command::Logs { run, task, remote } => match &remote.url {
+            Some(server) => over_url::logs(server, &run, task.as_deref(), json).await,
+            None => {
+                let store = open_store(&url).await?;
+                inspect::logs(store.as_ref(), &run, task.as_deref(), json).await
+            }
+        },
+        Command::Graph { pipeline, remote } => match &remote.url {
+            Some(server) => over_url::graph(server, &pipeline, json).await,
+            None => graph::graph(&url, &pipeline, json).await,
+        },
+        Command::Cancel { run, remote } => match &remote.url {
+            Some(server) => over_url::cancel(server, &run, json).await,
+            None => control::cancel(open_store(&url).await?.as_ref(), &run, json).await,
+        },
+        Command::Delete { run, remote } => match &remote.url {
+            Some(server) => over_url::delete(server, &run, json).await,
+            None => control::delete(open_store(&url).await?.as_ref(), &run, json).await,
+        },
+        Command::Retry {
+            run,
+            no_wait,
+            remote,
+        } => match &remote.url {
+            Some(server) => over_url::retry(server, &run, json).await,
+            None => control::retry(&open_store(&url).await?, &run, no_wait, json).await,
+        },
         Command::CheckInterrupted { idle } => {
             recover::check_interrupted(open_store(&url).await?.as_ref(), idle_for(idle)?, json)
                 .await
         }
-        Command::Resume { run } => recover::resume(&open_store(&url).await?, &run, json).await,
+        Command::Resume { run, remote } => match &remote.url {
+            Some(server) => over_url::resume(server, &run, json).await,
+            None => recover::resume(&open_store(&url).await?, &run, json).await,
+        },
         Command::Recover { auto_resume, idle } => {
             recover::recover(&open_store(&url).await?, auto_resume, idle_for(idle)?, json).await
         }
-        Command::Dlq { action } => dlq::dlq(&open_store(&url).await?, action, json).await,
+        Command::Dlq { action, remote } => match &remote.url {
+            Some(server) => over_url::dlq(server, action, json).await,
+            None => dlq::dlq(&open_store(&url).await?, action, json).await,
+        },
         Command::Bench(args) => crate::bench::bench(args, json).await,
         Command::Config => crate::settings::show(json),
     }

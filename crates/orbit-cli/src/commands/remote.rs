@@ -1,6 +1,7 @@
 //! Commands that can talk to a running `orbit server` (`--url` / `ORBIT_URL`): `trigger`,
 //! `status`, `runs`, `services`. They print what the local commands print.
 
+use super::client::Client;
 use super::{inspect, open_store, saved_pipeline};
 use crate::BadInput;
 use crate::cli::{RunsArgs, TriggerArgs};
@@ -9,67 +10,7 @@ use crate::output::{self, table, time};
 use chrono::Utc;
 use orbit_store::{NewRun, NodeRecord, RunRecord, TaskRunRecord};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-
-struct Client {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
-}
-
-impl Client {
-    fn new(base: &str) -> anyhow::Result<Client> {
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(BadInput(format!("--url {base}: expected http://host:port")).into());
-        }
-        Ok(Client {
-            base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()?,
-            token: std::env::var("ORBIT_API_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-        })
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}/api/v1{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            let e = anyhow::anyhow!("server said {status}: {message}");
-            return Err(if status.is_client_error() {
-                e.context(BadInput(message))
-            } else {
-                e
-            });
-        }
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("unexpected answer from {url}: {e}"))
-    }
-}
 
 pub async fn runs(server: &str, args: &RunsArgs, json: bool) -> anyhow::Result<u8> {
     #[derive(Deserialize)]

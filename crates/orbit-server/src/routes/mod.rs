@@ -43,6 +43,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(queue::items))
         .routes(routes!(queue::dlq))
         .routes(routes!(queue::dlq_retry))
+        .routes(routes!(queue::dlq_entry))
+        .routes(routes!(runs::resume))
         .routes(routes!(queue::dlq_purge))
         .routes(routes!(pipelines::task_history))
         .routes(routes!(workers::stats))

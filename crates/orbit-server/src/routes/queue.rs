@@ -254,6 +254,20 @@ pub async fn dlq(
     Ok(Json(s.store.dead_letters(limit(q.limit, 100)).await?))
 }
 
+/// One dead-letter entry with all it keeps: the exact context of the attempt that went dead,
+/// every attempt's error and the code version (as `orbit dlq show`).
+#[utoipa::path(get, path = "/dlq/{id}", tag = "dlq", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn dlq_entry(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<orbit_engine::recovery::DeadLetterDetail>> {
+    let Path(id) = id?;
+    Ok(Json(
+        orbit_engine::recovery::dead_letter_detail(s.store.as_ref(), &id).await?,
+    ))
+}
+
 /// Retry a dead-letter entry: its task is re-queued with fresh attempts and its run goes on.
 #[utoipa::path(post, path = "/dlq/{id}/retry", tag = "dlq", params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]

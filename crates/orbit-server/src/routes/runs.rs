@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use chrono::Utc;
 use orbit_core::{RunState, TaskState};
 use orbit_store::{AttemptRecord, RunFilter, RunRecord, TaskRunRecord};
@@ -180,6 +181,31 @@ pub async fn retry(
         run: s.store.run(run.id).await?,
         requeued,
     }))
+}
+
+/// Resume an interrupted run: the tasks its gone process held are taken back at once (lost
+/// attempts, retried) and this server's workers go on with it. Refused, as `orbit resume` is,
+/// for a run with dead steps (retry it) or a settled one.
+#[utoipa::path(post, path = "/runs/{id}/resume", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn resume(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<RunRecord>> {
+    use orbit_engine::recovery::{RecoveryError, check_resumable};
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    check_resumable(s.store.as_ref(), run.id)
+        .await
+        .map_err(|e| match e {
+            RecoveryError::Engine(e) => ApiError::from(e),
+            other => ApiError::new(StatusCode::CONFLICT, "conflict", other.to_string()),
+        })?;
+    s.store
+        .requeue(run.id, &[], orbit_store::TriggeredBy::Recover, Utc::now())
+        .await?;
+    s.engine.reap_orphans(Some(run.id)).await?;
+    Ok(Json(s.store.run(run.id).await?))
 }
 
 /// Cancel a run that has not settled; running attempts are stopped at their next heartbeat.
