@@ -324,6 +324,26 @@ async fn every_route(api: &Api) {
     ] {
         assert!(spec["paths"].get(path).is_some(), "OpenAPI lists {path}");
     }
+    // ... with the real shapes, in the casing the API answers in
+    let run = &spec["components"]["schemas"]["RunRecord"]["properties"];
+    for field in ["pipelineName", "triggeredBy", "tasksPending", "state"] {
+        assert!(
+            run.get(field).is_some(),
+            "RunRecord schema has {field}: {run}"
+        );
+    }
+    let status_200 = &spec["paths"]["/api/v1/queue/status"]["get"]["responses"]["200"];
+    assert!(
+        status_200
+            .to_string()
+            .contains("#/components/schemas/QueueStats"),
+        "{status_200}"
+    );
+    let poll = &spec["paths"]["/api/v1/worker/poll"]["post"];
+    assert!(
+        poll.to_string().contains("PollRequest") && poll.to_string().contains("PollResponse"),
+        "{poll}"
+    );
     let (status, page) = api.raw(Method::GET, "/docs/", None).await;
     assert_eq!(status, 200);
     assert!(
@@ -439,8 +459,9 @@ async fn bad_requests_get_a_json_4xx_and_change_nothing() {
         (
             Method::POST,
             "/api/v1/queue/task",
+            // a task no worker service registered
             Some(r#"{"taskId": "t"}"#),
-            400,
+            404,
         ),
         (
             Method::POST,

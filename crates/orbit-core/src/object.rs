@@ -16,6 +16,7 @@ pub const MARKER: &str = "$orbit_object";
 
 /// Where a value lives in object storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ObjectRef {
     /// The id of the storage backend (`local`, or an id from `STORAGE_BACKENDS`).
     pub backend: String,

@@ -81,6 +81,7 @@ pub struct TaskClaims {
 /// One task a worker serves, as it registers it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRegistration {
     pub name: String,
     /// SHA-256 of the handler's source (or an explicit version): a new hash bumps the task's
@@ -103,6 +104,7 @@ pub struct TaskRegistration {
 /// `POST /api/v1/services/register`
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registration {
     pub service_id: String,
     /// This worker process; several may serve one service.
@@ -120,6 +122,7 @@ pub struct Registration {
 /// The answer to a registration: each task's current code version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registered {
     pub service_id: String,
     pub tasks: Vec<RegisteredTask>,
@@ -127,6 +130,7 @@ pub struct Registered {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisteredTask {
     pub name: String,
     pub code_hash: String,
@@ -138,6 +142,7 @@ pub struct RegisteredTask {
 /// `POST /api/v1/worker/poll`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollRequest {
     pub worker_id: String,
     /// Most tasks to hand out; the worker's free slots.
@@ -150,6 +155,7 @@ pub struct PollRequest {
 /// One attempt handed to a worker, by poll or by push.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub task_run_id: Uuid,
     pub run_id: Uuid,
@@ -184,6 +190,7 @@ pub struct Assignment {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     pub tasks: Vec<Assignment>,
 }
@@ -191,6 +198,7 @@ pub struct PollResponse {
 /// `POST /api/v1/heartbeat` with a task token: the attempt is alive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskHeartbeat {
     pub task_run_id: Uuid,
 }
@@ -198,6 +206,7 @@ pub struct TaskHeartbeat {
 /// `POST /api/v1/worker/heartbeat` with a service token: this worker process is alive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerHeartbeat {
     pub worker_id: String,
 }
@@ -205,6 +214,7 @@ pub struct WorkerHeartbeat {
 /// `POST /api/v1/progress` with a task token; also renews the lease.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub task_run_id: Uuid,
     /// 0.0 to 1.0.
@@ -216,6 +226,7 @@ pub struct Progress {
 /// `POST /api/v1/callback/{runId}` with a task token: how the attempt ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Callback {
     pub task_run_id: Uuid,
     pub status: CallbackStatus,
@@ -240,6 +251,7 @@ fn yes() -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CallbackStatus {
     Succeeded,
     Failed,
@@ -250,6 +262,7 @@ pub enum CallbackStatus {
 /// `POST /api/v1/storage/grant` with a task token: where this attempt may write its output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantRequest {
     pub task_run_id: Uuid,
 }
@@ -258,6 +271,7 @@ pub struct GrantRequest {
 /// then call back with `reference` (its `size` filled in by the orchestrator) as the output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputGrant {
     /// Absolute (pre-signed) or relative to the orchestrator.
     pub url: String,
@@ -268,6 +282,7 @@ pub struct OutputGrant {
 /// What the orchestrator answers a heartbeat, progress or callback with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {
     /// False when the attempt's lease was lost (HTTP 409): stop working on it.
     pub ok: bool,

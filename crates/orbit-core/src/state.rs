@@ -8,6 +8,7 @@ use std::str::FromStr;
 /// The state of one run of a pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunState {
     /// Created, no task claimed yet. The first claim of one of its tasks moves it to `running`.
     Pending,
@@ -24,6 +25,7 @@ pub enum RunState {
 /// The state of one task inside one run (a "step").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskState {
     /// Some upstream task has not succeeded yet. The commit that records the last upstream
     /// success promotes it to `ready`.

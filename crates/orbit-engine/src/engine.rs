@@ -126,6 +126,7 @@ pub enum EngineEvent {
 /// What [`Engine::process`] did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Processed {
     /// Expired leases taken back.
     pub reaped: usize,

@@ -293,6 +293,7 @@ pub async fn resume_run(
 /// attempt with its error, and the code version it ran (`orbit dlq show`, `GET /dlq/{id}`).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetterDetail {
     pub entry: orbit_store::DeadLetter,
     pub pipeline: String,
@@ -304,6 +305,7 @@ pub struct DeadLetterDetail {
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CodeVersionOf {
     pub pipeline_version: i64,
     pub hash: String,

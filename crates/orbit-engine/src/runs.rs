@@ -50,6 +50,7 @@ pub async fn delete_run(
 /// What dead-letter retention removed.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Retention {
     /// Dead-letter entries older than the retention.
     pub entries: u64,

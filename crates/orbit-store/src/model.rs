@@ -55,6 +55,7 @@ impl NewRun<'_> {
 /// (`retry`, `recover`, `dlq`). The seeds' `triggeredBy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TriggeredBy {
     Cli,
     Api,
@@ -89,6 +90,7 @@ pub struct CreatedRun {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunRecord {
     pub id: Uuid,
     pub pipeline_id: Uuid,
@@ -115,6 +117,7 @@ pub struct RunRecord {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRunRecord {
     pub id: Uuid,
     pub run_id: Uuid,
@@ -149,6 +152,7 @@ pub struct TaskRunRecord {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     pub task_run_id: Uuid,
     pub run_id: Uuid,
@@ -268,6 +272,7 @@ pub struct LeaseFilter {
 /// What re-queuing did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Requeued {
     /// Task runs put back to `ready` or `waiting`.
     pub tasks: Vec<String>,
@@ -276,6 +281,7 @@ pub struct Requeued {
 /// A dead-letter queue entry: a task run whose attempts are spent or that failed for good.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     /// The task run's id.
     pub id: Uuid,
@@ -290,6 +296,7 @@ pub struct DeadLetter {
 /// What [`crate::Store::purge_dead_letters`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurgedLetters {
     /// Entries deleted.
     pub entries: u64,
@@ -300,6 +307,7 @@ pub struct PurgedLetters {
 /// Task runs by state, in the seed's `GET /api/queue/status` shape.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     /// Ready to be claimed.
     pub pending: i64,
@@ -335,6 +343,7 @@ pub struct AttemptSummary {
 /// A running `orbit server` or `orbit worker` process, as it announces itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     /// The owner name it puts on leases (`host:pid`).
     pub id: String,
@@ -355,6 +364,7 @@ pub struct NodeInfo {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeRecord {
     #[serde(flatten)]
     pub info: NodeInfo,
@@ -383,6 +393,7 @@ impl NodeRecord {
 /// A registered SDK worker service.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceRecord {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,6 +409,7 @@ pub struct ServiceRecord {
 /// A task a service registered, with its current code version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceTask {
     pub name: String,
     pub service_id: String,
@@ -414,6 +426,7 @@ pub struct ServiceTask {
 /// One entry of a task's code history (`task_code_history`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CodeChange {
     pub task_name: String,
     pub service_id: String,
@@ -425,6 +438,7 @@ pub struct CodeChange {
 /// One entry of the event log: a state change of a run or a task, in commit order.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRecord {
     /// Increases with every event; a reader resumes after the last id it saw.
     pub id: i64,

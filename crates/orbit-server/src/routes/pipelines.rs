@@ -178,7 +178,6 @@ pub struct TriggerBody {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Triggered {
-    #[schema(value_type = Object)]
     pub run: orbit_store::RunRecord,
     /// False when the idempotency key returned an existing run.
     pub created: bool,

@@ -98,8 +98,8 @@ fn worker_node(
 
 /// The same registration at the PipeWeave seed's path.
 #[utoipa::path(post, path = "/register", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+    request_body = Registration,
+    responses((status = 200, body = Registered), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn register_alias(
     state: State<AppState>,
     headers: HeaderMap,
@@ -111,8 +111,8 @@ pub async fn register_alias(
 /// A worker registers its service and tasks with their code hashes; a changed hash is a new
 /// code version.
 #[utoipa::path(post, path = "/services/register", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+    request_body = Registration,
+    responses((status = 200, body = Registered), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn register(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -194,8 +194,8 @@ pub async fn register(
 
 /// A worker process says it is alive (push-mode workers, and pull-mode ones between polls).
 #[utoipa::path(post, path = "/worker/heartbeat", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+    request_body = WorkerHeartbeat,
+    responses((status = 200, body = Ack), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn worker_heartbeat(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -222,8 +222,8 @@ async fn seen(s: &AppState, service: &str, worker: &str) -> ApiResult<()> {
 /// Long poll: up to `max` attempts of the tasks this service registered, waiting up to
 /// `waitMs` (at most 30 s) for one to become ready.
 #[utoipa::path(post, path = "/worker/poll", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+    request_body = PollRequest,
+    responses((status = 200, body = PollResponse), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn poll(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -276,8 +276,8 @@ pub async fn poll(
 
 /// The attempt is alive: renews its lease. 409 when the lease was lost.
 #[utoipa::path(post, path = "/heartbeat", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    request_body = TaskHeartbeat,
+    responses((status = 200, body = Ack), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -290,8 +290,8 @@ pub async fn heartbeat(
 
 /// The attempt's progress (0..1 and a message); also renews its lease.
 #[utoipa::path(post, path = "/progress", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    request_body = Progress,
+    responses((status = 200, body = Ack), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn progress(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -311,8 +311,8 @@ pub async fn progress(
 /// result is then not kept.
 #[utoipa::path(post, path = "/callback/{run_id}", tag = "worker protocol",
     params(("run_id" = String, Path, description = "The run the task belongs to")),
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    request_body = Callback,
+    responses((status = 200, body = Ack), (status = 401, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn callback(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -334,7 +334,7 @@ pub async fn callback(
 /// The tasks a service registered, with their code versions.
 #[utoipa::path(get, path = "/services/{id}/tasks", tag = "workers",
     params(("id" = String, Path, description = "Service id")),
-    responses((status = 200, body = [Object]), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = [ServiceTask]), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn service_tasks(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -38,7 +38,6 @@ pub struct QueueTask {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Queued {
-    #[schema(value_type = Object)]
     pub run: RunRecord,
     pub created: bool,
 }
@@ -61,6 +60,22 @@ fn standalone_pipeline(t: &QueueTask, at: &str) -> Result<Pipeline, ApiError> {
     def.insert("name".into(), Value::String(t.task_id.clone()));
     let doc = json!({"name": format!("task.{}", t.task_id), "tasks": [def]});
     pipeline_from_document(at, &doc.to_string())
+}
+
+/// A task given by `taskId` alone must be one a worker service registered: a typo is an error
+/// now, not a run that waits forever for a worker that will never come.
+async fn ensure_registered(s: &AppState, t: &QueueTask, at: &str) -> ApiResult<()> {
+    if t.task.is_some() {
+        return Ok(());
+    }
+    match s.store.service_task(&t.task_id).await {
+        Ok(_) => Ok(()),
+        Err(orbit_store::StoreError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "{at}: no worker service has registered a task named `{}`; register it (POST /api/v1/services/register) or give its definition in `task`",
+            t.task_id
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Queued> {
@@ -96,6 +111,7 @@ pub async fn queue_task(
     body: Result<Json<QueueTask>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
     let Json(t) = body?;
+    ensure_registered(&s, &t, "task").await?;
     let pipeline = standalone_pipeline(&t, "task")?;
     let queued = enqueue(&s, t, &pipeline).await?;
     Ok((
@@ -160,6 +176,9 @@ pub async fn queue_batch(
         .enumerate()
         .map(|(i, t)| standalone_pipeline(t, &format!("tasks[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, t) in tasks.iter().enumerate() {
+        ensure_registered(&s, t, &format!("tasks[{i}]")).await?;
+    }
     let mut out = Vec::with_capacity(checked.len());
     for (t, p) in tasks.into_iter().zip(&checked) {
         out.push(enqueue(&s, t, p).await?);
@@ -177,7 +196,7 @@ pub struct PurgeQuery {
 /// Purge dead-letter entries older than the retention (or `olderThanDays`), with the failed
 /// runs left without any (their rows and stored objects).
 #[utoipa::path(post, path = "/dlq/purge", tag = "dlq", params(PurgeQuery),
-    responses((status = 200, body = Object), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = orbit_engine::runs::Retention), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn dlq_purge(
     State(s): State<AppState>,
     q: Result<Query<PurgeQuery>, QueryRejection>,
@@ -197,7 +216,7 @@ pub async fn dlq_purge(
 }
 
 /// Queue statistics: task runs by state.
-#[utoipa::path(get, path = "/queue/status", tag = "queue", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/queue/status", tag = "queue", responses((status = 200, body = QueueStats)))]
 pub async fn status(State(s): State<AppState>) -> ApiResult<Json<QueueStats>> {
     Ok(Json(s.store.queue_stats().await?))
 }
@@ -215,7 +234,7 @@ pub struct ItemsQuery {
 
 /// Task runs in the queue, highest priority and oldest first.
 #[utoipa::path(get, path = "/queue/items", tag = "queue", params(ItemsQuery),
-    responses((status = 200, body = [Object]), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = [TaskRunRecord]), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn items(
     State(s): State<AppState>,
     q: Result<Query<ItemsQuery>, QueryRejection>,
@@ -245,7 +264,7 @@ pub struct DlqQuery {
 }
 
 /// Dead-letter queue entries, newest first.
-#[utoipa::path(get, path = "/dlq", tag = "dlq", params(DlqQuery), responses((status = 200, body = [Object])))]
+#[utoipa::path(get, path = "/dlq", tag = "dlq", params(DlqQuery), responses((status = 200, body = [DeadLetter])))]
 pub async fn dlq(
     State(s): State<AppState>,
     q: Result<Query<DlqQuery>, QueryRejection>,
@@ -257,7 +276,7 @@ pub async fn dlq(
 /// One dead-letter entry with all it keeps: the exact context of the attempt that went dead,
 /// every attempt's error and the code version (as `orbit dlq show`).
 #[utoipa::path(get, path = "/dlq/{id}", tag = "dlq", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = orbit_engine::recovery::DeadLetterDetail), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn dlq_entry(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -270,7 +289,7 @@ pub async fn dlq_entry(
 
 /// Retry a dead-letter entry: its task is re-queued with fresh attempts and its run goes on.
 #[utoipa::path(post, path = "/dlq/{id}/retry", tag = "dlq", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Requeued), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn dlq_retry(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -291,7 +310,7 @@ pub async fn dlq_retry(
 
 /// Serverless mode: reap expired leases, then claim and execute a bounded batch of ready tasks
 /// and return what was done.
-#[utoipa::path(post, path = "/process", tag = "queue", responses((status = 200, body = Object)))]
+#[utoipa::path(post, path = "/process", tag = "queue", responses((status = 200, body = orbit_engine::Processed)))]
 pub async fn process(State(s): State<AppState>) -> ApiResult<Json<orbit_engine::Processed>> {
     let mut done = s.engine.process(s.config.process_batch).await?;
     if let Some(d) = &s.dispatcher {

@@ -28,7 +28,6 @@ pub struct RunsQuery {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunPage {
-    #[schema(value_type = [Object])]
     pub runs: Vec<RunRecord>,
     pub limit: u32,
     pub offset: u32,
@@ -67,9 +66,7 @@ pub async fn list(
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunDetail {
-    #[schema(value_type = Object)]
     pub run: RunRecord,
-    #[schema(value_type = [Object])]
     pub tasks: Vec<TaskRunRecord>,
     /// The code version each task's latest attempt ran.
     pub code_versions: std::collections::BTreeMap<String, i64>,
@@ -139,7 +136,6 @@ pub async fn get(
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retried {
-    #[schema(value_type = Object)]
     pub run: RunRecord,
     /// The task runs put back in the queue.
     pub requeued: Vec<String>,
@@ -187,7 +183,7 @@ pub async fn retry(
 /// attempts, retried) and this server's workers go on with it. Refused, as `orbit resume` is,
 /// for a run with dead steps (retry it) or a settled one.
 #[utoipa::path(post, path = "/runs/{id}/resume", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RunRecord), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn resume(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -210,7 +206,7 @@ pub async fn resume(
 
 /// Cancel a run that has not settled; running attempts are stopped at their next heartbeat.
 #[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RunRecord), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -249,10 +245,8 @@ pub async fn delete(
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunDetail {
-    #[schema(value_type = Object)]
     pub task_run: TaskRunRecord,
     /// Every attempt, oldest first, with its log.
-    #[schema(value_type = [Object])]
     pub attempts: Vec<AttemptRecord>,
     /// The task as its pipeline version defines it (type, params, retry policy, …).
     #[schema(value_type = Object)]

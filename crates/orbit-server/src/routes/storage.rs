@@ -141,8 +141,8 @@ fn too_large(max: u64) -> ApiError {
 /// With a task token: where this attempt may write an output too large to send inline. PUT its
 /// JSON to `url`, then call back with `reference` as the output.
 #[utoipa::path(post, path = "/grant", tag = "worker protocol",
-    request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = crate::error::ErrorBody)))]
+    request_body = GrantRequest,
+    responses((status = 200, body = OutputGrant), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn grant(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -18,7 +18,6 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(flatten)]
-    #[schema(value_type = Object)]
     pub node: NodeRecord,
     /// `healthy`, `unhealthy` (missed three heartbeats) or `stopped`.
     pub status: &'static str,
@@ -106,7 +105,6 @@ fn figures(attempts: &[AttemptSummary], window: Duration) -> Figures {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
-    #[schema(value_type = Object)]
     pub queue: QueueStats,
     pub nodes_healthy: usize,
     pub nodes_unhealthy: usize,
