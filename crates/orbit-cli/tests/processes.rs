@@ -99,11 +99,19 @@ fn an_abandoned_group_is_killed_before_its_task_runs_again() {
         })
         .collect();
     assert_eq!(supervisor.len(), 1, "one supervisor");
-    let killed = Command::new("kill")
-        .args(["-9", &child.id().to_string(), &supervisor[0].to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    // The engine is stopped first: if it outlived the supervisor by a moment, it would see the
+    // supervisor's pipe close and kill the group itself, which is what this test rules out.
+    for (signal, pid) in [
+        ("-STOP", child.id()),
+        ("-9", supervisor[0]),
+        ("-9", child.id()),
+    ] {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
     child.wait().expect("wait");
     std::thread::sleep(Duration::from_millis(200));
     assert!(

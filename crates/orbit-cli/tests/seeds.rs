@@ -175,21 +175,6 @@ async fn pipeweave_api(api: &Api, ledger: &mut Ledger) {
     assert_eq!(plan["layers"], json!([["download"], ["extract"]]));
     ledger.ok("POST /api/pipelines/:id/dry-run");
 
-    // curl -X POST …/api/queue/task -d '{"taskId": "process-document", "input": …, "priority": 50}'
-    let q = api
-        .ok("POST", "/api/queue/task", Some(json!({"taskId": "process-document", "input": {"documentUrl": "https://..."}, "priority": 50})))
-        .await;
-    assert_eq!(
-        (q["run"]["priority"].as_i64(), q["created"].as_bool()),
-        (Some(50), Some(true))
-    );
-    ledger.ok("curl POST /api/queue/task (the seed's body: a registered task by id)");
-    let b = api
-        .ok("POST", "/api/queue/batch", Some(json!([{"taskId": "process-document", "input": {"n": 1}}, {"taskId": "process-document", "input": {"n": 2}}])))
-        .await;
-    assert_eq!(b.as_array().map(Vec::len), Some(2));
-    ledger.ok("POST /api/queue/batch");
-
     // A worker service registers at the seed's path and does the queued work through the seed's
     // task routes: heartbeat, progress, callback.
     let token = service_token("documents");
@@ -213,6 +198,22 @@ async fn pipeweave_api(api: &Api, ledger: &mut Ledger) {
         "{tasks}"
     );
     ledger.ok("GET /api/services/:id/tasks");
+
+    // curl -X POST …/api/queue/task -d '{"taskId": "process-document", "input": …, "priority": 50}'
+    let q = api
+        .ok("POST", "/api/queue/task", Some(json!({"taskId": "process-document", "input": {"documentUrl": "https://..."}, "priority": 50})))
+        .await;
+    assert_eq!(
+        (q["run"]["priority"].as_i64(), q["created"].as_bool()),
+        (Some(50), Some(true))
+    );
+    ledger.ok("curl POST /api/queue/task (the seed's body: a registered task by id)");
+    let b = api
+        .ok("POST", "/api/queue/batch", Some(json!([{"taskId": "process-document", "input": {"n": 1}}, {"taskId": "process-document", "input": {"n": 2}}])))
+        .await;
+    assert_eq!(b.as_array().map(Vec::len), Some(2));
+    ledger.ok("POST /api/queue/batch");
+
     assert!(
         api.ok("GET", "/api/services", None)
             .await
@@ -409,6 +410,48 @@ async fn orbit_py(api: &Api, ledger: &mut Ledger) {
     }
 }
 
+/// PipeWeave README's "Test Your Setup": `services`, `trigger -i`, `status`, each with `--url`.
+fn pipeweave_cli(base: &str, ledger: &mut Ledger) {
+    let orbit = |args: &[&str]| {
+        let out = Command::new(orbit_bin())
+            .env_remove("ORBIT_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("ORBIT_DATABASE_URL")
+            .args(args)
+            .output()
+            .expect("orbit");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "orbit {args:?}: {text}");
+        text
+    };
+    let listed = orbit(&["services", "--url", base]);
+    assert!(listed.contains("documents"), "{listed}");
+    ledger.ok("pipeweave cli: services --url");
+    let triggered = orbit(&[
+        "trigger",
+        "pdf-processor",
+        "-i",
+        r#"{"name": "World"}"#,
+        "--url",
+        base,
+        "--json",
+    ]);
+    let run: Value = serde_json::from_str(&triggered).expect("trigger --json");
+    let id = run["run"]["id"]
+        .as_str()
+        .or(run["id"].as_str())
+        .expect("run id")
+        .to_owned();
+    ledger.ok("pipeweave cli: trigger <pipeline> -i '{\"name\": \"World\"}' --url");
+    let status = orbit(&["status", &id, "--url", base]);
+    assert!(
+        status.contains(&id) && status.contains("pdf-processor"),
+        "{status}"
+    );
+    ledger.ok("pipeweave cli: status <run-id> --url");
+}
+
 async fn against(
     store: &'static str,
     database: &str,
@@ -426,6 +469,13 @@ async fn against(
     };
     ledger.ok("env: PIPEWEAVE_SECRET_KEY (an `openssl rand -hex 32` key)");
     pipeweave_api(&api, &mut ledger).await;
+    let base = s.base.clone();
+    ledger = tokio::task::spawn_blocking(move || {
+        pipeweave_cli(&base, &mut ledger);
+        ledger
+    })
+    .await
+    .expect("cli");
     orbit_py(&api, &mut ledger).await;
     ledger
 }
