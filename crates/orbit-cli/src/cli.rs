@@ -286,7 +286,8 @@ pub enum TasksAction {
 
 #[derive(Debug, Subcommand)]
 pub enum DbAction {
-    /// Apply pending migrations to the database
+    /// Apply pending migrations to the database (also `db init`, PipeWeave's name)
+    #[command(alias = "init")]
     Migrate,
 }
 

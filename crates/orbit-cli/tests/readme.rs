@@ -1,4 +1,4 @@
-//! Every example in README.md, executed as a user would: each command line of its `bash` blocks
+//! Every example in README.md and docs/migrating.md, executed as a user would: each command line of its `bash` blocks
 //! runs through `sh` against a real `orbit server` and the same embedded store, with the README's
 //! placeholders (`localhost:3000`, a run's short id `3efacf2b72df`, a dead letter's
 //! `5d0e61b90a2c`) replaced by real ones, each made to be in the state the example expects.
@@ -157,6 +157,11 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         copy_dir(&examples, &dir.path().join("examples"));
+        std::fs::copy(
+            examples.join("../.env.example"),
+            dir.path().join(".env.example"),
+        )
+        .expect(".env.example");
         let url = format!("sqlite://{}", dir.path().join(".orbit/orbit.db").display());
         std::fs::create_dir_all(dir.path().join(".orbit")).expect(".orbit");
         let server = server(dir.path(), &url, &["--workers", "4"], &[]);
@@ -293,10 +298,26 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_command_in_the_readme_works_as_written() {
+    let ran = run_every_command("README.md", &readme());
+    assert!(ran >= 25, "only {ran} commands ran");
+}
+
+#[test]
+fn every_command_in_the_migration_guide_works_as_written() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/migrating.md"),
+    )
+    .expect("docs/migrating.md");
+    let ran = run_every_command("docs/migrating.md", &guide);
+    assert!(ran >= 12, "only {ran} commands ran");
+}
+
+/// Runs each command of `doc`'s bash blocks against a server of its own; returns how many ran.
+fn run_every_command(doc: &str, text: &str) -> usize {
     let env = Env::start();
     let mut ran = 0;
     let mut not_run = Vec::new();
-    for (lang, block) in blocks(&readme()) {
+    for (lang, block) in blocks(text) {
         if lang != "bash" {
             continue;
         }
@@ -329,20 +350,22 @@ fn every_command_in_the_readme_works_as_written() {
             if streams {
                 line = line.replacen("curl -N", "curl -N --max-time 1", 1);
             }
-            println!("README $ {line}");
+            println!("{doc} $ {line}");
             let out = env.sh(&line);
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
             let ok = out.status.success() || (streams && out.status.code() == Some(28));
             assert!(
                 ok,
-                "README: `{command}`\nran as `{line}`: {:?}\n{stdout}\n{stderr}",
+                "{doc}: `{command}`\nran as `{line}`: {:?}\n{stdout}\n{stderr}",
                 out.status
             );
             if line.starts_with("curl") && !streams {
+                // Every API error is `{"error": {…}}`; `"error": null` is a field of a result.
+                let answer: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
                 assert!(
-                    !stdout.contains("\"error\""),
-                    "README: `{command}` answered an error: {stdout}"
+                    !answer["error"].is_object(),
+                    "{doc}: `{command}` answered an error: {stdout}"
                 );
             }
             // A stream that resumes after an event id the store has not reached yet is quiet,
@@ -350,18 +373,18 @@ fn every_command_in_the_readme_works_as_written() {
             if streams && !line.contains("Last-Event-ID") {
                 assert!(
                     stdout.contains("data:"),
-                    "README: `{command}` streamed nothing: {stdout}"
+                    "{doc}: `{command}` streamed nothing: {stdout}"
                 );
             }
             ran += 1;
         }
     }
-    println!("README: {ran} commands ran; not run here:");
+    println!("{doc}: {ran} commands ran; not run here:");
     for n in &not_run {
         println!("  {n}");
     }
-    assert!(ran >= 25, "only {ran} commands ran");
     drop(env.server);
+    ran
 }
 
 fn pg_url() -> String {
