@@ -32,7 +32,10 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
         ],
     };
     for scenario in scenarios {
-        let result = run_scenario(&scenario, &args, durability).await?;
+        let result = match &args.sdk {
+            Some(sdk) => crate::bench_sdk::run_scenario(sdk, &scenario, &args, durability).await?,
+            None => run_scenario(&scenario, &args, durability).await?,
+        };
         if json {
             println!("{}", result);
         } else {
@@ -54,19 +57,29 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
                 result["durability"].as_str().unwrap_or_default(),
                 result["drained_by"].as_str().unwrap_or_default(),
             );
+            if let Some(cpu) = result["server_cpu_pct"].as_f64() {
+                println!(
+                    "{:<10} server CPU {cpu:.0} %, workers CPU {:.0} % (of one core, while draining)",
+                    "",
+                    result["workers_cpu_pct"].as_f64().unwrap_or_default()
+                );
+            }
         }
     }
     Ok(0)
 }
 
-fn noop(name: String, needs: Vec<String>) -> TaskDef {
+/// A task that does nothing: a zero sleep, or for an SDK worker its `noop` handler.
+fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
+    let (task_type, params) = if worker {
+        (TaskType::Worker, json!({"task": "noop"}))
+    } else {
+        (TaskType::Sleep, json!({"duration": 0}))
+    };
     TaskDef {
         name,
-        task_type: TaskType::Sleep,
-        params: json!({"duration": 0})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
+        task_type,
+        params: params.as_object().cloned().unwrap_or_default(),
         needs,
         retry: RetryPolicy {
             max_attempts: 1,
@@ -81,10 +94,11 @@ fn noop(name: String, needs: Vec<String>) -> TaskDef {
     }
 }
 
-fn pipeline(scenario: &Scenario) -> Pipeline {
+/// The scenario's pipeline, of SDK worker tasks when `worker`.
+pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
     let tasks = match *scenario {
         Scenario::Throughput { tasks } => (0..tasks)
-            .map(|i| noop(format!("t{i:06}"), vec![]))
+            .map(|i| noop(format!("t{i:06}"), vec![], worker))
             .collect(),
         Scenario::Chain { length } => (0..length)
             .map(|i| {
@@ -95,15 +109,17 @@ fn pipeline(scenario: &Scenario) -> Pipeline {
                     } else {
                         vec![format!("t{:06}", i - 1)]
                     },
+                    worker,
                 )
             })
             .collect(),
         Scenario::Fanout { width } => {
-            let mut v = vec![noop("root".into(), vec![])];
-            v.extend((0..width).map(|i| noop(format!("t{i:06}"), vec!["root".into()])));
+            let mut v = vec![noop("root".into(), vec![], worker)];
+            v.extend((0..width).map(|i| noop(format!("t{i:06}"), vec!["root".into()], worker)));
             v.push(noop(
                 "join".into(),
                 (0..width).map(|i| format!("t{i:06}")).collect(),
+                worker,
             ));
             v
         }
@@ -179,7 +195,7 @@ async fn run_scenario(
         // Let them connect and start listening before the clock starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let pipeline = pipeline(scenario);
+    let pipeline = pipeline(scenario, false);
     let tasks = pipeline.tasks.len();
     let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
     let enqueue_started = Instant::now();
@@ -228,54 +244,10 @@ async fn run_scenario(
     }
     let attempts = store.attempts(run.id, None).await?;
     let task_runs = store.task_runs(run.id).await?;
-    let (latency, mut samples): (&str, Vec<f64>) = match scenario {
-        Scenario::Chain { .. } => {
-            let mut by_name = attempts.clone();
-            by_name.sort_by(|a, b| a.task_name.cmp(&b.task_name));
-            let steps = by_name
-                .windows(2)
-                .map(|w| {
-                    (w[1].started_at - w[0].finished_at)
-                        .num_microseconds()
-                        .unwrap_or(0) as f64
-                        / 1000.0
-                })
-                .collect();
-            ("step (completion -> next start)", steps)
-        }
-        _ => {
-            let starts: std::collections::HashMap<_, _> = attempts
-                .iter()
-                .map(|a| (a.task_run_id, a.started_at))
-                .collect();
-            let waits = task_runs
-                .iter()
-                .filter_map(|t| {
-                    Some(
-                        (*starts.get(&t.id)? - t.ready_at?)
-                            .num_microseconds()
-                            .unwrap_or(0) as f64
-                            / 1000.0,
-                    )
-                })
-                .collect();
-            ("queue (ready -> start)", waits)
-        }
-    };
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let name = match scenario {
-        Scenario::Throughput { .. } => "throughput",
-        Scenario::Chain { .. } => "chain",
-        Scenario::Fanout { .. } => "fanout",
-    };
+    let (latency, samples) = latency(scenario, &attempts, &task_runs);
+    let pct = |p: f64| percentile(&samples, p);
     Ok(json!({
-        "scenario": name,
+        "scenario": scenario_name(scenario),
         "tasks": tasks,
         "concurrency": concurrency,
         "durability": label,
@@ -288,6 +260,55 @@ async fn run_scenario(
         "p99_ms": pct(0.99),
         "peak_rss_bytes": peak_rss,
     }))
+}
+
+pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {
+    match scenario {
+        Scenario::Throughput { .. } => "throughput",
+        Scenario::Chain { .. } => "chain",
+        Scenario::Fanout { .. } => "fanout",
+    }
+}
+
+/// What a scenario's latency is, and its samples (ms, sorted): for a chain, from one task's
+/// completion to the next one's start; otherwise how long each task waited once ready.
+pub(crate) fn latency(
+    scenario: &Scenario,
+    attempts: &[orbit_store::AttemptRecord],
+    task_runs: &[orbit_store::TaskRunRecord],
+) -> (&'static str, Vec<f64>) {
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let (label, mut samples): (&str, Vec<f64>) = match scenario {
+        Scenario::Chain { .. } => {
+            let mut by_name = attempts.to_vec();
+            by_name.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+            let steps = by_name
+                .windows(2)
+                .map(|w| ms(w[1].started_at - w[0].finished_at))
+                .collect();
+            ("step (completion -> next start)", steps)
+        }
+        _ => {
+            let starts: std::collections::HashMap<_, _> = attempts
+                .iter()
+                .map(|a| (a.task_run_id, a.started_at))
+                .collect();
+            let waits = task_runs
+                .iter()
+                .filter_map(|t| Some(ms(*starts.get(&t.id)? - t.ready_at?)))
+                .collect();
+            ("queue (ready -> start)", waits)
+        }
+    };
+    samples.sort_by(f64::total_cmp);
+    (label, samples)
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// Drains the run with an engine in this process; returns its state and how long it took.

@@ -154,6 +154,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show every setting, its effective value (secrets masked) and where it came from
     Config,
+    /// A worker service of no-op tasks, for `orbit bench --sdk rust`
+    #[command(name = "__bench-worker", hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        push: bool,
+    },
 }
 
 impl Command {
@@ -320,9 +330,17 @@ pub struct BenchArgs {
     /// emptied of the benchmark's own runs only)
     #[arg(long, global = true, value_name = "URL")]
     pub postgres: Option<String>,
-    /// Drain with this many `orbit worker` processes instead of an in-process engine
+    /// Drain with this many `orbit worker` processes instead of an in-process engine (with
+    /// --sdk: this many SDK worker processes; default 1)
     #[arg(long, global = true, default_value_t = 0)]
     pub workers: usize,
+    /// Drain `type: worker` tasks with worker processes of this SDK (`rust`), over HTTP
+    /// through a real `orbit server`: the worker protocol's speed
+    #[arg(long, global = true, value_name = "SDK")]
+    pub sdk: Option<String>,
+    /// With --sdk: push mode (the server POSTs each attempt to the workers) instead of pull
+    #[arg(long, global = true)]
+    pub push: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -8,6 +8,7 @@
 //! silent is taken back by the reaper when its lease expires, like any other.
 
 use crate::EngineError;
+use crate::commit_queue::CommitQueue;
 use crate::engine::{Keyed, hydrated, input_failure, keyed};
 use crate::storage::{self, RunValues, Shared, Storage, StorageError};
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Why a worker call was refused before it changed anything.
@@ -161,7 +163,19 @@ pub struct Dispatcher {
     /// registrations here) and the attempts pushed and not yet called back, with when to stop
     /// counting them (a worker that died never calls back; the reaper takes its task back).
     pushed: Mutex<HashMap<String, PushState>>,
+    /// Callbacks and polls share commits through it.
+    commits: CommitQueue,
+    /// Per service, its waiting pollers: a wake-up goes to one, which passes it on when it
+    /// took all it asked for (more may be ready), so a commit wakes as many pollers as there
+    /// is work for, not all of them.
+    pollers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// When each worker's liveness was last written here: a poll writes it at most every
+    /// [`SEEN_EVERY`], not on every call.
+    seen: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How often a polling worker's liveness is written (its own heartbeat is every 5 s).
+const SEEN_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct PushState {
@@ -194,13 +208,16 @@ impl Dispatcher {
         idempotency_ttl: Duration,
     ) -> Dispatcher {
         Dispatcher {
-            store,
+            store: store.clone(),
             storage,
             key,
             idempotency_ttl,
             max_retry_delay: orbit_core::retry::DEFAULT_MAX_DELAY,
             pipelines: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
+            commits: CommitQueue::new(store.clone()),
+            pollers: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -304,6 +321,54 @@ impl Dispatcher {
         Ok(handed)
     }
 
+    /// The wake-up of `service`'s waiting pollers.
+    pub fn pollers(&self, service: &str) -> Arc<Notify> {
+        let mut m = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(service.to_owned()).or_default().clone()
+    }
+
+    /// Wakes one waiting poller of every service; each passes the wake-up on while it finds
+    /// work. Until `shutdown`: on every store signal, and once per `interval` for what comes
+    /// due without one (a retry's backoff ending; on SQLite, another process's writes).
+    pub async fn wake_pollers(
+        &self,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut work = self.store.work_signal();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = work.changed() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let all: Vec<Arc<Notify>> = self
+                .pollers
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for n in all {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Whether a poll should write its worker's liveness now (at most every [`SEEN_EVERY`]).
+    pub fn due_seen(&self, worker: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut m = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(worker)
+            .is_some_and(|at| now.duration_since(*at) < SEEN_EVERY)
+        {
+            return false;
+        }
+        if m.len() > 10_000 {
+            m.retain(|_, at| now.duration_since(*at) < SEEN_EVERY);
+        }
+        m.insert(worker.to_owned(), now);
+        true
+    }
+
     pub fn key(&self) -> &SecretKey {
         &self.key
     }
@@ -351,8 +416,8 @@ impl Dispatcher {
             types: vec![TaskType::Worker.as_str().to_owned()],
         };
         let claimed = self
-            .store
-            .finish_and_claim(&[], Some(&request), Utc::now())
+            .commits
+            .commit(Vec::new(), Some(request))
             .await?
             .claimed;
         let mut registered: HashMap<String, Option<ServiceTask>> = HashMap::new();
@@ -366,9 +431,7 @@ impl Dispatcher {
             }
         }
         if !reused.is_empty() {
-            self.store
-                .finish_and_claim(&reused, None, Utc::now())
-                .await?;
+            self.commits.commit(reused, None).await?;
         }
         Ok(assignments)
     }
@@ -852,7 +915,7 @@ impl Dispatcher {
             reused: false,
             code_version: Some(claims.code_version),
         };
-        let outcome = self.store.finish_and_claim(&[finished], None, now).await?;
+        let outcome = self.commits.commit(vec![finished], None).await?;
         if let Ok(mut m) = self.pushed.lock()
             && let Some(state) = m.get_mut(&claims.sub)
         {

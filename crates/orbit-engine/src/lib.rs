@@ -10,6 +10,7 @@
 //! loop. The loop sleeps until a task finishes, a lease needs renewing, a retry's backoff ends,
 //! or (as a fallback for work created elsewhere) the poll interval passes.
 
+mod commit_queue;
 pub mod dispatch;
 mod engine;
 pub mod executor;

@@ -9,10 +9,12 @@
 //! saved never runs.
 
 use chrono::{DateTime, Utc};
-use orbit_store::{NewRun, Store, StoreError};
+use croner::Cron;
+use orbit_store::{NewRun, Store, StoreError, StoredPipeline};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Creates the run of every schedule's latest fire time at or before `now` that has none yet.
@@ -21,18 +23,34 @@ pub async fn fire_due(
     store: &dyn Store,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
-    let mut fired = Vec::new();
-    for stored in store.list_pipelines().await? {
-        let Some(expr) = &stored.pipeline.schedule else {
-            continue;
-        };
-        let cron = match orbit_core::pipeline::parse_schedule(expr) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(pipeline = %stored.name, error = %e, "schedule ignored");
-                continue;
+    let pipelines = store.list_pipelines().await?;
+    fire(store, &scheduled(&pipelines), now).await
+}
+
+/// The pipelines that have a valid schedule, with it parsed.
+fn scheduled(pipelines: &[StoredPipeline]) -> Vec<(&StoredPipeline, Cron)> {
+    pipelines
+        .iter()
+        .filter_map(|stored| {
+            let expr = stored.pipeline.schedule.as_deref()?;
+            match orbit_core::pipeline::parse_schedule(expr) {
+                Ok(c) => Some((stored, c)),
+                Err(e) => {
+                    tracing::warn!(pipeline = %stored.name, error = %e, "schedule ignored");
+                    None
+                }
             }
-        };
+        })
+        .collect()
+}
+
+async fn fire(
+    store: &dyn Store,
+    schedules: &[(&StoredPipeline, Cron)],
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
+    let mut fired = Vec::new();
+    for (stored, cron) in schedules {
         let Ok(at) = cron.find_previous_occurrence(&now, true) else {
             continue;
         };
@@ -42,7 +60,7 @@ pub async fn fire_due(
         let created = store
             .create_run(NewRun {
                 id: uuid::Uuid::now_v7(),
-                pipeline: &stored,
+                pipeline: stored,
                 input: json!({ "scheduledAt": at }),
                 priority: 0,
                 idempotency_key: Some(format!("cron:{}:{}", stored.name, at.to_rfc3339())),
@@ -62,32 +80,41 @@ pub async fn fire_due(
     Ok(fired)
 }
 
+/// How often the loop looks for new or changed schedules. Reading every pipeline is not free
+/// (a big one takes milliseconds to parse), so this is also the longest an idle server goes
+/// without touching the store for cron. A pipeline saved through this server wakes it at once;
+/// one saved through another server sharing the database is seen within this.
+const RESCAN: Duration = Duration::from_secs(10);
+
 /// Fires schedules until `shutdown`: sleeps until the next fire time of any schedule, and
-/// looks again at least every 10 s for new or changed pipelines.
-pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
+/// looks again at least every [`RESCAN`] for new or changed pipelines, or when `saved` says
+/// this server saved one. With no schedule it only rescans.
+pub async fn run(store: Arc<dyn Store>, saved: Arc<Notify>, shutdown: CancellationToken) {
     loop {
-        let now = Utc::now();
-        if let Err(e) = fire_due(store.as_ref(), now).await {
-            tracing::warn!(error = %e, "cron tick failed");
-        }
-        let next = next_fire(store.as_ref(), Utc::now()).await;
-        let wait = next
-            .and_then(|n| (n - Utc::now()).to_std().ok())
-            .unwrap_or_default()
-            .min(Duration::from_secs(10));
+        let wait = match store.list_pipelines().await {
+            Ok(pipelines) => {
+                let schedules = scheduled(&pipelines);
+                if let Err(e) = fire(store.as_ref(), &schedules, Utc::now()).await {
+                    tracing::warn!(error = %e, "cron tick failed");
+                }
+                let now = Utc::now();
+                schedules
+                    .iter()
+                    .filter_map(|(_, c)| c.find_next_occurrence(&now, false).ok())
+                    .min()
+                    .and_then(|next| (next - now).to_std().ok())
+                    // A little after the fire time, so `find_previous_occurrence` sees it.
+                    .map_or(RESCAN, |w| (w + Duration::from_millis(5)).min(RESCAN))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cron tick failed");
+                RESCAN
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            // A little after the fire time, so `find_previous_occurrence` sees it.
-            _ = tokio::time::sleep(wait + Duration::from_millis(5)) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = saved.notified() => {}
         }
     }
-}
-
-async fn next_fire(store: &dyn Store, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let pipelines = store.list_pipelines().await.ok()?;
-    pipelines
-        .iter()
-        .filter_map(|p| orbit_core::pipeline::parse_schedule(p.pipeline.schedule.as_deref()?).ok())
-        .filter_map(|c| c.find_next_occurrence(&now, false).ok())
-        .min()
 }

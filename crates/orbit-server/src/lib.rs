@@ -78,6 +78,9 @@ pub struct AppState {
     /// Cancelled when the server stops: live streams end so a graceful shutdown is not held
     /// open by a dashboard.
     pub shutdown: CancellationToken,
+    /// Told when this server saves a pipeline, so cron sees a new schedule at once rather than
+    /// at its next rescan.
+    pub pipelines_saved: Arc<tokio::sync::Notify>,
 }
 
 #[derive(OpenApi)]
@@ -136,6 +139,7 @@ impl AppState {
             started: Instant::now(),
             metrics: prometheus(),
             shutdown: CancellationToken::new(),
+            pipelines_saved: Arc::default(),
         })
     }
 }
@@ -256,8 +260,12 @@ pub async fn serve(
                 }
             });
         }
-        let (store, stop) = (state.store.clone(), shutdown.clone());
-        tasks.spawn(async move { cron::run(store, stop).await });
+        let (store, stop, saved) = (
+            state.store.clone(),
+            shutdown.clone(),
+            state.pipelines_saved.clone(),
+        );
+        tasks.spawn(async move { cron::run(store, saved, stop).await });
         let (store, storage, stop) = (
             state.store.clone(),
             state.engine.storage().clone(),
@@ -290,6 +298,11 @@ pub async fn serve(
             let stop = shutdown.clone();
             tasks.spawn(async move { push_loop(dispatcher, stop).await });
         }
+    }
+    // Pollers wait in every mode.
+    if let Some(dispatcher) = state.dispatcher.clone() {
+        let (stop, every) = (shutdown.clone(), config.engine.poll_interval);
+        tasks.spawn(async move { dispatcher.wake_pollers(every, stop).await });
     }
     tasks.close();
     let addr: SocketAddr = listener.local_addr()?;

@@ -278,24 +278,17 @@ async fn lock_runs(conn: &mut PgConnection, runs: &BTreeSet<Uuid>) -> Result<()>
 pub async fn finish_and_claim(
     pool: &PgPool,
     finished: &[FinishedAttempt],
-    claim: Option<&ClaimRequest>,
+    claims: &[ClaimRequest],
     now: DateTime<Utc>,
-) -> Result<BatchOutcome> {
+) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let mut out = BatchOutcome::default();
     let mut events = Events::default();
     let mut tx = begin(pool).await?;
     let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
     lock_runs(&mut tx, &runs).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
-    let kept: Vec<&FinishedAttempt> = finished
-        .iter()
-        .filter(|f| accepted.contains(&f.task.id))
-        .collect();
-    out.lease_lost = finished
-        .iter()
-        .filter(|f| !accepted.contains(&f.task.id))
-        .map(|f| f.task.id)
-        .collect();
+    let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
+    out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
     let effects = apply_effects(&mut tx, &kept, now, &mut events).await?;
     let mut running: HashSet<Uuid> = HashSet::new();
@@ -349,16 +342,27 @@ pub async fn finish_and_claim(
             .map_err(unavailable)?;
         }
     }
-    if let Some(c) = claim.filter(|c| c.limit > 0) {
-        out.claimed = claim_ready(&mut tx, c, now, &running, &mut events).await?;
+    // Claims in one commit see each other's: no task is handed out twice.
+    let mut each = Vec::with_capacity(claims.len());
+    for c in claims {
+        each.push(if c.limit > 0 {
+            claim_ready(&mut tx, c, now, &running, &mut events).await?
+        } else {
+            Vec::new()
+        });
     }
     flush_events(&mut tx, &events, now).await?;
-    out.left_work = effects.new_ready > 0 && claim.is_none_or(|c| out.claimed.len() >= c.limit);
+    out.left_work = effects.new_ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
     }
     tx.commit().await.map_err(unavailable)?;
-    Ok(out)
+    Ok((out, each))
+}
+
+/// Whether every claim got all it asked for (so more may be ready); true with no claim.
+fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
+    claims.iter().zip(each).all(|(c, got)| got.len() >= c.limit)
 }
 
 pub fn run_event(state: RunState) -> &'static str {
@@ -377,7 +381,7 @@ async fn apply_fenced(
     conn: &mut PgConnection,
     finished: &[FinishedAttempt],
     now: DateTime<Utc>,
-) -> Result<HashSet<Uuid>> {
+) -> Result<HashSet<(Uuid, i64)>> {
     if finished.is_empty() {
         return Ok(HashSet::new());
     }
@@ -420,7 +424,7 @@ async fn apply_fenced(
          lease_owner = NULL, lease_expires_at = NULL \
          FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[]) \
          AS v(id, epoch, state, output, error, ready_at) \
-         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id",
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
     )
     .bind(&ids)
     .bind(&epochs)
@@ -433,7 +437,12 @@ async fn apply_fenced(
     .await
     .map_err(unavailable)?;
     rows.iter()
-        .map(|r| r.try_get::<Uuid, _>(0).map_err(unavailable))
+        .map(|r| {
+            Ok((
+                r.try_get::<Uuid, _>(0).map_err(unavailable)?,
+                r.try_get::<i64, _>(1).map_err(unavailable)?,
+            ))
+        })
         .collect()
 }
 
@@ -739,7 +748,7 @@ pub async fn extend_leases(
     let kept: HashSet<Uuid> = sqlx::query_scalar(
         "UPDATE task_runs t SET lease_expires_at = $3 + t.lease_ms * interval '1 millisecond', updated_at = $3 \
          FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, epoch) \
-         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id",
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
     )
     .bind(&ids)
     .bind(&epochs)

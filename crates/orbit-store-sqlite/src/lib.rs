@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::Pipeline;
 use orbit_store::{
-    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, CreatedRun, DeadLetter, EventRecord,
-    FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord, PurgedLetters,
-    QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord, ServiceTask,
-    Store, StoreError, StoredPipeline, TaskRunRecord,
+    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
+    EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
+    PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
+    ServiceTask, Store, StoreError, StoredPipeline, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -276,14 +276,26 @@ impl Store for SqliteStore {
         claim: Option<&ClaimRequest>,
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome> {
-        let out = write::finish_and_claim(&self.writer, finished, claim, now).await?;
+        let claims = claim.map_or(&[][..], std::slice::from_ref);
+        let (mut out, mut each) = self.finish_and_claim_many(finished, claims, now).await?;
+        out.claimed = each.pop().unwrap_or_default();
+        Ok(out)
+    }
+
+    async fn finish_and_claim_many(
+        &self,
+        finished: &[FinishedAttempt],
+        claims: &[ClaimRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
+        let (out, each) = write::finish_and_claim(&self.writer, finished, claims, now).await?;
         if out.left_work {
             self.signal();
         }
-        if !finished.is_empty() || !out.claimed.is_empty() {
+        if !finished.is_empty() || each.iter().any(|c| !c.is_empty()) {
             self.changed();
         }
-        Ok(out)
+        Ok((out, each))
     }
 
     async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {

@@ -210,23 +210,16 @@ async fn flush_events(conn: &mut SqliteConnection, events: &Events, at: i64) -> 
 pub async fn finish_and_claim(
     pool: &SqlitePool,
     finished: &[FinishedAttempt],
-    claim: Option<&ClaimRequest>,
+    claims: &[ClaimRequest],
     now: DateTime<Utc>,
-) -> Result<BatchOutcome> {
+) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let now = us(now);
     let mut out = BatchOutcome::default();
     let mut events: Events = Vec::new();
     let mut tx = begin(pool).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
-    let kept: Vec<&FinishedAttempt> = finished
-        .iter()
-        .filter(|f| accepted.contains(&f.task.id))
-        .collect();
-    out.lease_lost = finished
-        .iter()
-        .filter(|f| !accepted.contains(&f.task.id))
-        .map(|f| f.task.id)
-        .collect();
+    let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
+    out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
     // per run: (task runs that reached a terminal state, of which dead)
     let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
@@ -272,14 +265,25 @@ pub async fn finish_and_claim(
             out.settled_runs.push((run, final_state));
         }
     }
-    if let Some(c) = claim.filter(|c| c.limit > 0) {
-        out.claimed = claim_ready(&mut tx, c, now, &running, &mut events).await?;
+    // Claims in one commit see each other's: no task is handed out twice.
+    let mut each = Vec::with_capacity(claims.len());
+    for c in claims {
+        each.push(if c.limit > 0 {
+            claim_ready(&mut tx, c, now, &running, &mut events).await?
+        } else {
+            Vec::new()
+        });
     }
     flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
-    // Work this claimer may leave for others: tell them.
-    out.left_work = new_ready > 0 && claim.is_none_or(|c| out.claimed.len() >= c.limit);
-    Ok(out)
+    // Work these claimers may leave for others: tell them.
+    out.left_work = new_ready > 0 && all_full(claims, &each);
+    Ok((out, each))
+}
+
+/// Whether every claim got all it asked for (so more may be ready); true with no claim.
+fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
+    claims.iter().zip(each).all(|(c, got)| got.len() >= c.limit)
 }
 
 fn run_event(state: RunState) -> &'static str {
@@ -298,7 +302,7 @@ async fn apply_fenced(
     conn: &mut SqliteConnection,
     finished: &[FinishedAttempt],
     now: i64,
-) -> Result<HashSet<Uuid>> {
+) -> Result<HashSet<(Uuid, i64)>> {
     let mut accepted = HashSet::with_capacity(finished.len());
     for chunk in finished.chunks(CHUNK) {
         let mut q =
@@ -341,7 +345,7 @@ async fn apply_fenced(
         .push(
             ", lease_owner = NULL, lease_expires_at = NULL FROM v \
              WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
-             RETURNING task_runs.id",
+             RETURNING task_runs.id, task_runs.lease_epoch",
         );
         for row in q
             .build()
@@ -351,7 +355,11 @@ async fn apply_fenced(
             .map_err(unavailable)?
         {
             let id: String = row.try_get(0).map_err(unavailable)?;
-            accepted.insert(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            let epoch: i64 = row.try_get(1).map_err(unavailable)?;
+            accepted.insert((
+                Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                epoch,
+            ));
         }
     }
     Ok(accepted)

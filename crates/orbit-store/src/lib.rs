@@ -31,6 +31,27 @@ use orbit_core::Pipeline;
 use serde_json::Value;
 use uuid::Uuid;
 
+/// Splits a batch of finished attempts by the fence: those whose `(task run, lease epoch)` the
+/// store `accepted` are kept, the first of each only (the same attempt reported twice in one
+/// batch counts once); the ids of the others are refused as lease-lost.
+pub fn fenced<'a>(
+    finished: &'a [FinishedAttempt],
+    accepted: &std::collections::HashSet<(Uuid, i64)>,
+) -> (Vec<&'a FinishedAttempt>, Vec<Uuid>) {
+    let mut seen = std::collections::HashSet::with_capacity(finished.len());
+    let mut kept = Vec::with_capacity(finished.len());
+    let mut lost = Vec::new();
+    for f in finished {
+        let key = (f.task.id, f.task.lease_epoch);
+        if accepted.contains(&key) && seen.insert(key) {
+            kept.push(f);
+        } else {
+            lost.push(f.task.id);
+        }
+    }
+    (kept, lost)
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What can go wrong in a store, in terms a caller can act on.
@@ -97,6 +118,27 @@ pub trait Store: Send + Sync + 'static {
         claim: Option<&ClaimRequest>,
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome>;
+
+    /// [`Store::finish_and_claim`] for many claimers at once: `finished` recorded, then each
+    /// claim served in turn, all in one commit; returns what each claim got, in order. This is
+    /// how many small requests (worker callbacks and polls) share one durable commit. The
+    /// default makes one commit per claim.
+    async fn finish_and_claim_many(
+        &self,
+        finished: &[FinishedAttempt],
+        claims: &[ClaimRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
+        let mut out = self.finish_and_claim(finished, claims.first(), now).await?;
+        let mut each = Vec::with_capacity(claims.len());
+        if !claims.is_empty() {
+            each.push(std::mem::take(&mut out.claimed));
+        }
+        for c in claims.iter().skip(1) {
+            each.push(self.finish_and_claim(&[], Some(c), now).await?.claimed);
+        }
+        Ok((out, each))
+    }
 
     /// Extends the leases of running task runs whose `(id, lease_epoch)` still match; returns
     /// the ids whose lease was lost.

@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             progress_is_fenced_by_lease,
             events_are_read_in_commit_order,
             settled_runs_are_deleted_with_what_hangs_off_them,
+            many_claims_share_one_commit,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1363,4 +1364,72 @@ pub async fn settled_runs_are_deleted_with_what_hangs_off_them(store: &dyn Store
     assert_eq!(store.run(failed).await.unwrap().state, RunState::Failed);
     store.delete_run(failed).await.unwrap();
     assert!(store.dead_letter(&failed.to_string()).await.is_err());
+}
+
+/// A group commit: finished attempts of several requests and several claimers' claims in one
+/// commit. Each claim gets its own tasks, never one another got, in priority order across
+/// them; each finished attempt is fenced on its own.
+pub async fn many_claims_share_one_commit(store: &dyn Store) {
+    let p = pipeline(
+        "group",
+        &[
+            ("a", &[], 9),
+            ("b", &[], 8),
+            ("c", &[], 7),
+            ("d", &[], 6),
+            ("e", &[], 5),
+            ("after", &["a"], 0),
+        ],
+    );
+    let (_, run) = start(store, &p, t0()).await;
+    let first = claim(store, Some(run), 1, t0()).await;
+    assert_eq!(names(&first), vec!["a"]);
+    let mut stale = first[0].clone();
+    stale.lease_epoch += 1;
+    let done = [
+        finish(&p, &first[0], Outcome::Succeeded(json!(1)), t0()),
+        finish(&p, &stale, Outcome::Succeeded(json!(2)), t0()),
+    ];
+    let req = |owner: &str, limit| ClaimRequest {
+        owner: owner.into(),
+        limit,
+        run: Some(run),
+        queues: Vec::new(),
+        types: Vec::new(),
+    };
+    let claims = [req("w1", 2), req("w2", 0), req("w3", 10)];
+    let (outcome, each) = store
+        .finish_and_claim_many(&done, &claims, t0())
+        .await
+        .expect("group commit");
+    assert_eq!(
+        outcome.lease_lost,
+        vec![stale.id],
+        "only the stale attempt is refused"
+    );
+    assert_eq!(each.len(), 3, "an answer per claim, in order");
+    assert_eq!(names(&each[0]), vec!["b", "c"]);
+    assert!(each[1].is_empty(), "a claim for none gets none");
+    // `after` became ready in this very commit, from `a`'s success: the later claim sees it.
+    assert_eq!(names(&each[2]), vec!["d", "e", "after"]);
+    let by_owner = store
+        .leased(&crate::LeaseFilter {
+            run: Some(run),
+            expired_before: None,
+            limit: 100,
+        })
+        .await
+        .expect("leases");
+    let owner_of = |task: &str| {
+        by_owner
+            .iter()
+            .find(|l| l.task.task_name == task)
+            .map(|l| l.owner.clone())
+    };
+    assert_eq!(owner_of("b").as_deref(), Some("w1"));
+    assert_eq!(owner_of("after").as_deref(), Some("w3"));
+    assert!(
+        claim(store, Some(run), 10, t0()).await.is_empty(),
+        "nothing was claimed twice"
+    );
 }

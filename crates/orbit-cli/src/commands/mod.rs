@@ -141,6 +141,11 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Bench(args) => crate::bench::bench(args, json).await,
         Command::Config => crate::settings::show(json),
+        Command::BenchWorker {
+            url,
+            concurrency,
+            push,
+        } => crate::bench_sdk::worker(url, concurrency, push).await,
     }
 }
 

@@ -106,6 +106,7 @@ pub(crate) async fn save_document(s: &AppState, body: &Value) -> ApiResult<(bool
         .store
         .save_pipeline(&pipeline, Some(&text), Utc::now())
         .await?;
+    s.pipelines_saved.notify_one();
     Ok((before != Some(stored.id), stored))
 }
 
@@ -139,11 +140,12 @@ pub async fn update(
         )));
     }
     s.store.pipeline(&name).await?;
-    Ok(Json(PipelineView::from(
-        &s.store
-            .save_pipeline(&pipeline, Some(&text), Utc::now())
-            .await?,
-    )))
+    let stored = s
+        .store
+        .save_pipeline(&pipeline, Some(&text), Utc::now())
+        .await?;
+    s.pipelines_saved.notify_one();
+    Ok(Json(PipelineView::from(&stored)))
 }
 
 /// Delete a pipeline: it is hidden and can no longer be triggered; its runs stay.

@@ -237,7 +237,10 @@ pub async fn poll(
         ));
     }
     let d = dispatcher(&s)?;
-    seen(&s, &claims.sub, &req.worker_id).await?;
+    // The worker heartbeats on its own every 5 s; a poll only fills the gaps.
+    if d.due_seen(&req.worker_id) {
+        seen(&s, &claims.sub, &req.worker_id).await?;
+    }
     let tasks: Vec<String> = s
         .store
         .service_tasks(Some(&claims.sub))
@@ -253,23 +256,27 @@ pub async fn poll(
     }
     let max = (req.max as usize).min(256);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
-    let mut work = s.store.work_signal();
+    let pollers = d.pollers(&claims.sub);
     loop {
-        // Subscribe before claiming so a task made ready in between is not missed.
-        work.borrow_and_update();
+        // Listening before claiming, so a wake-up sent while the claim runs is not missed.
+        let woken = pollers.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let handed = d.claim(&claims.sub, &req.worker_id, &tasks, max).await?;
         if !handed.is_empty() || max == 0 {
+            // A full claim may have left more: the next waiting poller looks.
+            if handed.len() >= max {
+                pollers.notify_one();
+            }
             return Ok(Json(PollResponse { tasks: handed }));
         }
-        // The store's signal covers this node's writes and, on PostgreSQL, other nodes'; the
-        // one-second tick covers retries whose backoff ends.
-        let tick = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        // Woken by the dispatcher on every store signal and once per poll interval; no
+        // timer of our own, so an idle poll costs nothing.
         tokio::select! {
-            _ = work.changed() => {}
-            _ = tokio::time::sleep_until(tick) => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(Json(PollResponse::default()));
+            _ = &mut woken => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(PollResponse::default()));
+            }
         }
     }
 }
