@@ -420,11 +420,11 @@ impl Dispatcher {
             .commit(Vec::new(), Some(request))
             .await?
             .claimed;
-        let mut registered: HashMap<String, Option<ServiceTask>> = HashMap::new();
+        let mut seen = Seen::default();
         let mut assignments = Vec::with_capacity(claimed.len());
         let mut reused = Vec::new();
         for task in claimed {
-            match self.assign(service, owner, &task, &mut registered).await {
+            match self.assign(service, owner, &task, &mut seen).await {
                 Ok(Assigned::Hand(a)) => assignments.push(*a),
                 Ok(Assigned::Reused(f)) => reused.push(*f),
                 Err(failure) => reused.push(self.failed(&task, owner, failure).await?),
@@ -441,8 +441,9 @@ impl Dispatcher {
         service: &str,
         owner: &str,
         task: &ClaimedTask,
-        registered: &mut HashMap<String, Option<ServiceTask>>,
+        seen: &mut Seen,
     ) -> Result<Assigned, Failure> {
+        let registered = &mut seen.registered;
         let loaded = self
             .loaded(task.pipeline_id)
             .await
@@ -471,18 +472,28 @@ impl Dispatcher {
             .get(&name)
             .and_then(|t| t.as_ref())
             .map(|t| &t.options);
-        let values = RunValues::new(
+        let input = match seen.inputs.get(&task.run_id) {
+            Some(input) => input.clone(),
+            None => {
+                let input = self
+                    .store
+                    .run(task.run_id)
+                    .await
+                    .map_err(|e| Failure::error(e.to_string()))?
+                    .input;
+                seen.inputs.insert(task.run_id, input.clone());
+                input
+            }
+        };
+        let values = RunValues::new(input);
+        let outputs = if def.needs.is_empty() {
+            Vec::new()
+        } else {
             self.store
-                .run(task.run_id)
+                .outputs(task.run_id, &def.needs)
                 .await
-                .map_err(|e| Failure::error(e.to_string()))?
-                .input,
-        );
-        let outputs = self
-            .store
-            .outputs(task.run_id, &def.needs)
-            .await
-            .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?;
+                .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?
+        };
         let template = def
             .idempotency_key
             .as_deref()
@@ -838,7 +849,8 @@ impl Dispatcher {
             lease_expires_at: Utc::now(),
             claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         };
-        let Some(def) = stored.pipeline.task(&claims.task) else {
+        // By the DAG's index: a scan of the task list per callback is quadratic in big runs.
+        let Some(def) = dag.index_of(&claims.task).map(|i| &stored.pipeline.tasks[i]) else {
             return Err(StoreError::Corrupt(format!(
                 "task `{}` is not in its pipeline",
                 claims.task
@@ -927,6 +939,13 @@ impl Dispatcher {
             Recorded::LeaseLost
         })
     }
+}
+
+/// What one claim's assignments read once and share: registrations by task name, run inputs.
+#[derive(Default)]
+struct Seen {
+    registered: HashMap<String, Option<ServiceTask>>,
+    inputs: HashMap<Uuid, Value>,
 }
 
 enum Assigned {
