@@ -850,7 +850,10 @@ impl Dispatcher {
             claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         };
         // By the DAG's index: a scan of the task list per callback is quadratic in big runs.
-        let Some(def) = dag.index_of(&claims.task).map(|i| &stored.pipeline.tasks[i]) else {
+        let Some(def) = dag
+            .index_of(&claims.task)
+            .map(|i| &stored.pipeline.tasks[i])
+        else {
             return Err(StoreError::Corrupt(format!(
                 "task `{}` is not in its pipeline",
                 claims.task
