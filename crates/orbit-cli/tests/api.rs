@@ -767,3 +767,98 @@ async fn cancel_then_retry_runs_the_retry_at_once_on_postgres() {
     let dir = tempfile::tempdir().expect("tempdir");
     cancel_then_retry(&db.url, &dir, &["--workers", "2"]).await;
 }
+
+/// A big run's detail comes by page: a summary and 50 task runs by default, any page, state
+/// filter and counts, no pipeline definition; `orbit status --url` still lists every task.
+#[tokio::test]
+async fn a_big_runs_detail_is_paged() {
+    const TASKS: usize = 1200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No worker: the tasks stay ready, so every count below is known.
+    let s = server(dir.path(), &sqlite_url(&dir), &["--workers", "0"], &[]);
+    let api = Api::new(&s);
+    let tasks: Vec<Value> = (0..TASKS)
+        .map(|i| json!({"name": format!("t{i:05}"), "type": "sleep", "duration": "1ms"}))
+        .collect();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/pipelines",
+            Some(json!({"name": "big", "tasks": tasks})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/pipelines/big/trigger",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["run"]["id"].as_str().expect("run id").to_owned();
+
+    let (status, raw) = api
+        .raw(Method::GET, &format!("/api/v1/runs/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let size = raw.to_string().len();
+    assert!(size < 50_000, "the default detail is {size} bytes");
+    assert_eq!(raw["tasks"].as_array().map(Vec::len), Some(50));
+    assert_eq!(
+        raw["tasksPage"],
+        json!({"offset": 0, "limit": 50, "total": TASKS})
+    );
+    assert_eq!(raw["taskCounts"], json!({"ready": TASKS}));
+    assert!(
+        raw["pipeline"].is_null(),
+        "no definition for a big pipeline"
+    );
+    assert_eq!(raw["run"]["pipelineName"], "big");
+
+    let last = api
+        .get(&format!("/api/v1/runs/{id}?taskOffset=1190&taskLimit=100"))
+        .await;
+    let names: Vec<&str> = last["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["taskName"].as_str())
+        .collect();
+    assert_eq!(names.len(), 10);
+    assert_eq!((names[0], names[9]), ("t01190", "t01199"), "file order");
+    let running = api
+        .get(&format!("/api/v1/runs/{id}?taskState=running"))
+        .await;
+    assert_eq!(running["tasksPage"]["total"], 0);
+    assert_eq!(running["tasks"], json!([]));
+    let (status, body) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{id}?taskState=sideways"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api
+        .call(Method::GET, &format!("/api/v1/runs/{id}?taskLimit=x"), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // The CLI reads it page by page.
+    let out = std::process::Command::new(support::orbit_bin())
+        .args(["status", &id, "--json", "--url", &s.base])
+        .output()
+        .expect("orbit status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        status["tasks"].as_array().map(Vec::len),
+        Some(TASKS),
+        "{status:#}"
+    );
+}

@@ -854,3 +854,86 @@ async fn large_outputs_are_shown_from_object_storage() {
     no_errors(&c, "a task whose input is stored").await;
     c.close().await.expect("close");
 }
+
+/// A run too big for a graph: the run page shows its task counts and a table of its task runs
+/// a page at a time, filters it by state, and opens a task from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_run_is_shown_as_a_paged_table() {
+    let driver = chromedriver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    // One slot: a few tasks succeed while the rest wait their turn.
+    let s = server(dir.path(), &db, &["--workers", "1"], &[]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    let tasks: Vec<Value> = (0..1500)
+        .map(|i| json!({"name": format!("t{i:05}"), "type": "sleep", "duration": "50ms"}))
+        .collect();
+    api.post("/api/v1/pipelines", json!({"name": "wide", "tasks": tasks}))
+        .await;
+    let run = api.post("/api/v1/pipelines/wide/trigger", json!({})).await;
+    let run = run["run"]["id"].as_str().expect("id").to_owned();
+
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+    open(
+        &c,
+        &base,
+        &format!("/runs/{run}"),
+        "#task-table tr[data-task]",
+    )
+    .await;
+    let rows = wait_js(
+        &c,
+        "the first page",
+        "const r = document.querySelectorAll('#task-table tr[data-task]'); return r.length === 100 && r[0].dataset.task",
+    )
+    .await;
+    assert_eq!(rows, json!("t00000"));
+    assert!(
+        c.find(Locator::Css("#dag")).await.is_err(),
+        "no graph for 1500 tasks"
+    );
+    click(&c, "#tasks-next").await;
+    wait_js(
+        &c,
+        "the second page",
+        "const r = document.querySelectorAll('#task-table tr[data-task]'); return r.length && r[0].dataset.task === 't00100'",
+    )
+    .await;
+    // Filtered to the succeeded ones, which the worker is adding to as we look.
+    c.execute(
+        "const s = document.getElementById('task-state'); s.value = 'succeeded'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .expect("filter");
+    wait_js(
+        &c,
+        "succeeded tasks only",
+        "const r = [...document.querySelectorAll('#task-table tr[data-task]')]; return r.length > 0 && r.every((x) => x.textContent.includes('succeeded'))",
+    )
+    .await;
+    // The table is redrawn as tasks finish: click in the page, not through a held element.
+    c.execute(
+        "document.querySelector('#task-table tr[data-task]').click()",
+        vec![],
+    )
+    .await
+    .expect("click a task");
+    wait_js(
+        &c,
+        "the task panel",
+        "const h = document.querySelector('#task h2'); return h && h.textContent.includes('t00000')",
+    )
+    .await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots.join("run-big.png"), png).expect("write screenshot");
+    no_errors(&c, "a big run").await;
+    c.close().await.expect("close");
+}

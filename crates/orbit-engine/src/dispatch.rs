@@ -238,9 +238,13 @@ impl Dispatcher {
     /// One push round: for every push-mode service seen recently, claims what its free slots
     /// allow and POSTs each attempt to its URL with the task token. A refused or failed POST is
     /// a failed attempt (retried with backoff). Returns how many attempts were handed out.
-    pub async fn push_round(&self, http: &reqwest::Client) -> Result<usize, EngineError> {
+    /// With no push-mode service at all, returns `None`: nothing to wait for work for.
+    pub async fn push_round(&self, http: &reqwest::Client) -> Result<Option<usize>, EngineError> {
         let now = Utc::now();
         let services = self.store.services().await?;
+        if services.iter().all(|s| s.url.is_none()) {
+            return Ok(None);
+        }
         let mut handed = 0;
         for service in services {
             let Some(url) = service.url.clone() else {
@@ -274,51 +278,69 @@ impl Dispatcher {
                 .map(|t| t.name)
                 .collect();
             let owner = format!("push:{}", service.id);
-            for assignment in self.claim(&service.id, &owner, &tasks, free).await? {
-                handed += 1;
-                let deadline = std::time::Instant::now()
-                    + assignment
-                        .timeout_ms
-                        .map_or(Duration::from_secs(600), Duration::from_millis);
-                if let Ok(mut m) = self.pushed.lock() {
-                    m.entry(service.id.clone())
-                        .or_default()
-                        .inflight
-                        .insert(assignment.task_run_id, deadline);
-                }
-                let sent = http
-                    .post(&url)
-                    .bearer_auth(&assignment.token)
-                    .json(&assignment)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await;
-                let refused = match sent {
-                    Ok(r) if r.status().is_success() => None,
-                    Ok(r) => Some(format!("the worker at {url} answered {}", r.status())),
-                    Err(e) => Some(format!("cannot reach the worker at {url}: {e}")),
-                };
-                if let Some(why) = refused {
-                    tracing::warn!(service = %service.id, task = %assignment.task, "{why}");
-                    let claims = self
-                        .key
-                        .verify_task(&assignment.token, assignment.task_run_id);
-                    if let Ok(claims) = claims {
-                        let failed = Callback {
-                            task_run_id: assignment.task_run_id,
-                            status: CallbackStatus::Failed,
-                            output: Value::Null,
-                            run_next: None,
-                            error: Some(format!("push failed: {why}")),
-                            retryable: true,
-                            logs: Vec::new(),
-                        };
-                        self.complete(&claims, failed).await?;
-                    }
+            let assignments = self.claim(&service.id, &owner, &tasks, free).await?;
+            handed += assignments.len();
+            if let Ok(mut m) = self.pushed.lock() {
+                let state = m.entry(service.id.clone()).or_default();
+                for a in &assignments {
+                    let deadline = std::time::Instant::now()
+                        + a.timeout_ms
+                            .map_or(Duration::from_secs(600), Duration::from_millis);
+                    state.inflight.insert(a.task_run_id, deadline);
                 }
             }
+            // All at once: a worker answers a push at once (202) and runs it after, so the
+            // round takes one round trip, not one per attempt.
+            let pushes = assignments
+                .iter()
+                .map(|a| self.push_one(http, &service.id, &url, a));
+            for result in futures::future::join_all(pushes).await {
+                result?;
+            }
         }
-        Ok(handed)
+        Ok(Some(handed))
+    }
+
+    /// POSTs one attempt to a push-mode worker; a refused or failed POST is a failed attempt.
+    async fn push_one(
+        &self,
+        http: &reqwest::Client,
+        service: &str,
+        url: &str,
+        assignment: &Assignment,
+    ) -> Result<(), EngineError> {
+        let sent = http
+            .post(url)
+            .bearer_auth(&assignment.token)
+            .json(assignment)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        let refused = match sent {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the worker at {url} answered {}", r.status())),
+            Err(e) => Some(format!("cannot reach the worker at {url}: {e}")),
+        };
+        let Some(why) = refused else {
+            return Ok(());
+        };
+        tracing::warn!(service, task = %assignment.task, "{why}");
+        if let Ok(claims) = self
+            .key
+            .verify_task(&assignment.token, assignment.task_run_id)
+        {
+            let failed = Callback {
+                task_run_id: assignment.task_run_id,
+                status: CallbackStatus::Failed,
+                output: Value::Null,
+                run_next: None,
+                error: Some(format!("push failed: {why}")),
+                retryable: true,
+                logs: Vec::new(),
+            };
+            self.complete(&claims, failed).await?;
+        }
+        Ok(())
     }
 
     /// The wake-up of `service`'s waiting pollers.

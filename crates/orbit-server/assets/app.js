@@ -380,9 +380,20 @@ async function runs() {
   follow("");
 }
 
+// A run's task runs come by page: all of them (up to 1000) for a run whose graph is drawn, a
+// page of a table for a bigger run, whose detail leaves the pipeline's definition out.
+const TASK_PAGE = 100;
+
 async function runDetail(id) {
-  let detail = await api("GET", `/runs/${encodeURIComponent(id)}`);
+  let detail = await api("GET", `/runs/${encodeURIComponent(id)}?taskLimit=${TASK_PAGE}`);
   const runId = detail.run.id;
+  const big = !detail.pipeline;
+  let pageOffset = 0;
+  let pageState = "";
+  const detailPath = () => big
+    ? `/runs/${runId}?taskLimit=${TASK_PAGE}&taskOffset=${pageOffset}${pageState ? `&taskState=${pageState}` : ""}`
+    : `/runs/${runId}?taskLimit=1000`;
+  if (!big && detail.tasksPage.total > detail.tasks.length) detail = await api("GET", detailPath());
   let selected = null;
   let selectedRun = null; // the task run id whose panel is open
   setTitle(`Run ${short(runId)} (${detail.run.pipelineName})`);
@@ -390,10 +401,43 @@ async function runDetail(id) {
       <span class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
     <div id="waiting" class="error-box" hidden></div>
-    <h2>Graph</h2>${legend}<div class="dag" id="dag"></div>
+    ${big ? `<h2>Tasks</h2><div id="task-table"></div>` : `<h2>Graph</h2>${legend}<div class="dag" id="dag"></div>`}
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
     <h2>Run input</h2><div id="run-input"></div>`;
-  const nodes = drawDag(document.getElementById("dag"), detail.pipeline.definition.tasks, (name) => pick(name));
+  const nodes = big ? null : drawDag(document.getElementById("dag"), detail.pipeline.definition.tasks, (name) => pick(name));
+  // Built once, then only its contents change: live updates must not replace the controls
+  // under the user's pointer.
+  const taskTable = () => {
+    const box = document.getElementById("task-table");
+    if (!box.firstChild) {
+      box.innerHTML = `<p id="task-counts"></p>
+        <div class="row"><select id="task-state"><option value="">any state</option></select>
+          <span class="muted" id="tasks-range"></span>
+          <button id="tasks-prev">Previous</button><button id="tasks-next">Next</button></div>
+        <div class="panel"><table class="tasks"><thead><tr><th>Task</th><th>State</th><th>Attempt</th><th>Took</th></tr></thead><tbody id="task-rows"></tbody></table></div>`;
+      box.querySelector("#task-rows").addEventListener("click", (ev) => {
+        const tr = ev.target.closest("tr[data-task]");
+        if (!tr) return;
+        ev.preventDefault();
+        pick(tr.dataset.task);
+      });
+      box.querySelector("#task-state").addEventListener("change", (ev) => { pageState = ev.target.value; pageOffset = 0; refresh(); });
+      box.querySelector("#tasks-prev").addEventListener("click", () => { pageOffset = Math.max(0, pageOffset - TASK_PAGE); refresh(); });
+      box.querySelector("#tasks-next").addEventListener("click", () => { pageOffset += TASK_PAGE; refresh(); });
+    }
+    const counts = Object.entries(detail.taskCounts || {});
+    const p = detail.tasksPage;
+    box.querySelector("#task-counts").innerHTML = counts.map(([st, n]) => `${badge(st)} ${esc(n)}`).join(" ");
+    const select = box.querySelector("#task-state");
+    for (const [st] of counts) {
+      if (![...select.options].some((o) => o.value === st)) select.add(new Option(st, st));
+    }
+    select.value = pageState;
+    box.querySelector("#tasks-range").textContent = p.total ? `${p.offset + 1}–${p.offset + detail.tasks.length} of ${p.total}` : "none";
+    box.querySelector("#tasks-prev").disabled = !p.offset;
+    box.querySelector("#tasks-next").disabled = p.offset + detail.tasks.length >= p.total;
+    box.querySelector("#task-rows").innerHTML = detail.tasks.map((t) => `<tr data-task="${esc(t.taskName)}" class="${t.taskName === selected ? "selected" : ""}"><td><a href="#">${esc(t.taskName)}</a></td><td>${badge(t.state)}</td><td>${esc(t.attempt)}</td><td>${took(t.startedAt, t.finishedAt)}</td></tr>`).join("");
+  };
   const facts = () => {
     const r = detail.run;
     document.getElementById("run-state").innerHTML = badge(r.state);
@@ -404,7 +448,7 @@ async function runDetail(id) {
       <dt>Created</dt><dd>${when(r.createdAt)}</dd><dt>Took</dt><dd>${took(r.startedAt, r.finishedAt)}${settled(r.state) ? "" : " so far"}</dd>
       ${r.idempotencyKey ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotencyKey)}</code></dd>` : ""}
       ${r.triggeredBy ? `<dt>Triggered by</dt><dd>${esc(r.triggeredBy)}</dd>` : ""}
-      <dt>Changed since last run</dt><dd id="changed">${detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
+      <dt>Changed since last run</dt><dd id="changed">${big ? `<span class="muted">not compared for runs of over 1000 tasks</span>` : detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
     const inputBox = document.getElementById("run-input");
     inputBox.innerHTML = valueHtml(r.input, "run-input-value");
     fillObjects(inputBox);
@@ -413,6 +457,7 @@ async function runDetail(id) {
     const waiting = document.getElementById("waiting");
     waiting.hidden = !(detail.waiting || []).length || settled(r.state);
     waiting.innerHTML = (detail.waiting || []).map((w) => `<p>Waiting: ${esc(w)}</p>`).join("");
+    if (big) return taskTable();
     const states = Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state]));
     paintDag(nodes, states, selected);
   };
@@ -426,7 +471,8 @@ async function runDetail(id) {
 
   async function pick(name) {
     selected = name;
-    paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state])), selected);
+    if (big) taskTable();
+    else paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state])), selected);
     await showTask();
   }
   async function showTask() {
@@ -439,7 +485,7 @@ async function runDetail(id) {
     const d = await api("GET", `/task-runs/${tr.id}`);
     selectedRun = tr.id;
     const t = d.taskRun;
-    const version = detail.codeVersions[t.taskName];
+    const version = detail.codeVersions[t.taskName] ?? (d.attempts.length ? d.attempts[d.attempts.length - 1].codeVersion : null);
     const changed = detail.changedSincePreviousRun.includes(t.taskName);
     const last = d.attempts[d.attempts.length - 1];
     const log = t.state === "running" ? d.liveLog ?? "(this attempt runs on another node: its log appears when it ends)" : last ? last.log : "";
@@ -462,7 +508,7 @@ async function runDetail(id) {
     fillObjects(box);
   }
   async function refresh() {
-    detail = await api("GET", `/runs/${runId}`);
+    detail = await api("GET", detailPath());
     facts();
     if (selected) await showTask();
   }

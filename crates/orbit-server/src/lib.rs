@@ -330,20 +330,22 @@ async fn push_loop(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     let mut work = dispatcher.store().work_signal();
     loop {
         work.borrow_and_update();
-        let handed = match dispatcher.push_round(&http).await {
-            Ok(n) => n,
+        let round = match dispatcher.push_round(&http).await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "push dispatch round failed");
-                0
+                Some(0)
             }
         };
-        if handed > 0 {
+        if round.is_some_and(|handed| handed > 0) {
             continue;
         }
         // Callbacks free slots and retries come due without a signal: look again each second.
+        // With no push-mode service registered, commits are no reason to look: only the
+        // second.
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = work.changed() => {}
+            _ = work.changed(), if round.is_some() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

@@ -11,12 +11,12 @@ mod write;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use orbit_core::Pipeline;
+use orbit_core::{Pipeline, TaskState};
 use orbit_store::{
     AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
     EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
     PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
-    ServiceTask, Store, StoreError, StoredPipeline, TaskRunRecord,
+    ServiceTask, Store, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -344,6 +344,43 @@ impl Store for SqliteStore {
             .map_err(unavailable)?
             .iter()
             .map(task_run_from_row)
+            .collect()
+    }
+
+    async fn task_runs_page(&self, run: Uuid, page: &TaskRunPage) -> Result<Vec<TaskRunRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM task_runs WHERE run_id = ");
+        q.push_bind(run.to_string());
+        if let Some(state) = page.state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        q.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(page.limit.max(1)))
+            .push(" OFFSET ")
+            .push_bind(i64::from(page.offset));
+        q.build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(task_run_from_row)
+            .collect()
+    }
+
+    async fn task_run_counts(&self, run: Uuid) -> Result<Vec<(TaskState, u64)>> {
+        sqlx::query("SELECT state, COUNT(*) FROM task_runs WHERE run_id = ?1 GROUP BY state")
+            .bind(run.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| {
+                let state: String = row.try_get(0).map_err(unavailable)?;
+                let n: i64 = row.try_get(1).map_err(unavailable)?;
+                let state = state
+                    .parse::<TaskState>()
+                    .map_err(|e| StoreError::Corrupt(format!("task run state: {e}")))?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
             .collect()
     }
 

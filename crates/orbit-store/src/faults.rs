@@ -140,6 +140,8 @@ delegate! {
         find_run(id_or_prefix: &str) -> Result<RunRecord>;
         list_runs(filter: &RunFilter) -> Result<Vec<RunRecord>>;
         task_runs(run: Uuid) -> Result<Vec<TaskRunRecord>>;
+        task_runs_page(run: Uuid, page: &TaskRunPage) -> Result<Vec<TaskRunRecord>>;
+        task_run_counts(run: Uuid) -> Result<Vec<(orbit_core::TaskState, u64)>>;
         attempts(run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
         leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;

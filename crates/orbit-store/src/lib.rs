@@ -27,7 +27,7 @@ pub use model::*;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use orbit_core::Pipeline;
+use orbit_core::{Pipeline, TaskState};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -154,6 +154,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The task runs of a run, in creation (pipeline file) order.
     async fn task_runs(&self, run: Uuid) -> Result<Vec<TaskRunRecord>>;
+
+    /// A page of the task runs of a run, in creation (pipeline file) order: what a view of a
+    /// big run reads instead of all of them.
+    async fn task_runs_page(&self, run: Uuid, page: &TaskRunPage) -> Result<Vec<TaskRunRecord>>;
+
+    /// How many task runs of `run` are in each state (states with none left out).
+    async fn task_run_counts(&self, run: Uuid) -> Result<Vec<(TaskState, u64)>>;
 
     /// Attempts of a run (of one task when given), oldest first.
     async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;

@@ -332,6 +332,15 @@ pub struct QueueFilter {
     pub offset: u32,
 }
 
+/// A page of one run's task runs, for [`crate::Store::task_runs_page`].
+#[derive(Clone, Debug, Default)]
+pub struct TaskRunPage {
+    /// Only task runs in this state.
+    pub state: Option<TaskState>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
 /// One finished attempt, for throughput and duration figures.
 #[derive(Clone, Debug)]
 pub struct AttemptSummary {

@@ -7,7 +7,7 @@ use super::{inspect, is_file_argument, load_file};
 use crate::BadInput;
 use crate::cli::DlqAction;
 use crate::output;
-use orbit_store::{AttemptRecord, RunRecord, TaskRunRecord};
+use orbit_store::{AttemptRecord, RunRecord};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 /// A path segment as it goes into a URL: names and ids are letters, digits and `-_.`; anything
 /// else is percent-encoded.
-fn segment(s: &str) -> String {
+pub(super) fn segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
@@ -109,21 +109,13 @@ pub async fn apply(
 }
 
 #[derive(Deserialize)]
-struct RunDetail {
-    run: RunRecord,
-    tasks: Vec<TaskRunRecord>,
-}
-
-#[derive(Deserialize)]
 struct TaskRunDetail {
     attempts: Vec<AttemptRecord>,
 }
 
 pub async fn logs(server: &str, run: &str, task: Option<&str>, json: bool) -> anyhow::Result<u8> {
     let client = Client::new(server)?;
-    let d: RunDetail = client
-        .call(Method::GET, &format!("/runs/{}", segment(run)), None)
-        .await?;
+    let d = super::remote::run_detail(&client, run).await?;
     if let Some(t) = task.filter(|t| !d.tasks.iter().any(|tr| tr.task_name == *t)) {
         return Err(BadInput(format!("run {} has no task `{t}`", d.run.id)).into());
     }

@@ -35,20 +35,62 @@ pub async fn runs(server: &str, args: &RunsArgs, json: bool) -> anyhow::Result<u
 }
 
 pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
-    #[derive(Deserialize)]
-    struct Detail {
-        run: RunRecord,
-        tasks: Vec<TaskRunRecord>,
-        #[serde(default)]
-        waiting: Vec<String>,
-    }
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(BadInput(format!("`{id}` is not a run id")).into());
     }
-    let d: Detail = Client::new(server)?
-        .call(reqwest::Method::GET, &format!("/runs/{id}"), None)
-        .await?;
+    let d = run_detail(&Client::new(server)?, id).await?;
     inspect::render_status(&d.run, &d.tasks, &d.waiting, json)
+}
+
+/// A run with all its task runs, read page by page (the API pages them).
+pub struct FullDetail {
+    pub run: RunRecord,
+    pub tasks: Vec<TaskRunRecord>,
+    pub waiting: Vec<String>,
+}
+
+pub async fn run_detail(client: &Client, id: &str) -> anyhow::Result<FullDetail> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page {
+        total: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Detail {
+        run: RunRecord,
+        tasks: Vec<TaskRunRecord>,
+        tasks_page: Page,
+        #[serde(default)]
+        waiting: Vec<String>,
+    }
+    const PAGE: usize = 1000;
+    let id = super::over_url::segment(id);
+    let mut first: Option<FullDetail> = None;
+    loop {
+        let offset = first.as_ref().map_or(0, |f| f.tasks.len());
+        let d: Detail = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/runs/{id}?taskLimit={PAGE}&taskOffset={offset}"),
+                None,
+            )
+            .await?;
+        let done = d.tasks.len() < PAGE || (offset + d.tasks.len()) as u64 >= d.tasks_page.total;
+        match &mut first {
+            None => {
+                first = Some(FullDetail {
+                    run: d.run,
+                    tasks: d.tasks,
+                    waiting: d.waiting,
+                })
+            }
+            Some(f) => f.tasks.extend(d.tasks),
+        }
+        if done {
+            return first.ok_or_else(|| anyhow::anyhow!("no run detail"));
+        }
+    }
 }
 
 pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::Result<u8> {

@@ -318,7 +318,7 @@ pub async fn process(State(s): State<AppState>) -> ApiResult<Json<orbit_engine::
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| orbit_engine::EngineError::Http(e.to_string()))?;
-        done.claimed += d.push_round(&http).await?;
+        done.claimed += d.push_round(&http).await?.unwrap_or(0);
     }
     Ok(Json(done))
 }

@@ -63,20 +63,54 @@ pub async fn list(
     }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(rename_all = "camelCase")]
+pub struct DetailQuery {
+    /// Only task runs in this state (waiting, ready, running, succeeded, dead, skipped,
+    /// cancelled).
+    pub task_state: Option<String>,
+    /// Task runs per page (default 50, at most 1000), in pipeline file order.
+    pub task_limit: Option<u32>,
+    pub task_offset: Option<u32>,
+}
+
+/// Which task runs a run detail holds, of how many.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPage {
+    pub offset: u32,
+    pub limit: u32,
+    /// Task runs matching the filter, on every page.
+    pub total: u64,
+}
+
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunDetail {
     pub run: RunRecord,
+    /// One page of its task runs (`taskLimit`, `taskOffset`, `taskState`).
     pub tasks: Vec<TaskRunRecord>,
-    /// The code version each task's latest attempt ran.
+    pub tasks_page: TaskPage,
+    /// How many task runs are in each state.
+    pub task_counts: std::collections::BTreeMap<String, u64>,
+    /// The code version each task's latest attempt ran (runs of at most
+    /// [`FULL_DETAIL_TASKS`] tasks).
     pub code_versions: std::collections::BTreeMap<String, i64>,
-    /// Tasks whose code version differs from the one they ran in the pipeline's previous run.
+    /// Tasks whose code version differs from the one they ran in the pipeline's previous run
+    /// (runs of at most [`FULL_DETAIL_TASKS`] tasks).
     pub changed_since_previous_run: Vec<String>,
-    /// The pipeline version the run follows (its graph).
-    pub pipeline: super::pipelines::PipelineView,
+    /// The pipeline version the run follows, with its definition (its graph); null for a run
+    /// of more than [`FULL_DETAIL_TASKS`] tasks, whose definition alone is megabytes (the run
+    /// names the pipeline and its version).
+    pub pipeline: Option<super::pipelines::PipelineView>,
     /// Why ready tasks sit unclaimed, one line each (e.g. no worker claims their queue).
     pub waiting: Vec<String>,
 }
+
+/// Up to this many tasks, a run detail also compares code versions with the previous run and
+/// carries the pipeline's definition: both cost time and bytes in proportion to the run.
+pub const FULL_DETAIL_TASKS: i64 = 1000;
 
 /// The code version of each task's latest attempt in `run`.
 async fn code_versions(
@@ -91,17 +125,87 @@ async fn code_versions(
         .collect())
 }
 
-/// One run (by id or a unique prefix) with its task runs.
-#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunDetail), (status = 404, body = crate::error::ErrorBody)))]
+/// One run (by id or a unique prefix) with a page of its task runs.
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path), DetailQuery),
+    responses((status = 200, body = RunDetail), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<DetailQuery>, QueryRejection>,
 ) -> ApiResult<Json<RunDetail>> {
     let Path(id) = id?;
+    let Query(q) = q?;
+    let state = q
+        .task_state
+        .as_deref()
+        .map(|v| {
+            v.parse::<TaskState>()
+                .map_err(|e| ApiError::bad_request(format!("taskState: {e}")))
+        })
+        .transpose()?;
     let run = s.store.find_run(&id).await?;
-    let tasks = s.store.task_runs(run.id).await?;
-    let versions = code_versions(&s, run.id).await?;
+    let page = orbit_store::TaskRunPage {
+        state,
+        limit: limit(q.task_limit, 50),
+        offset: q.task_offset.unwrap_or(0),
+    };
+    let tasks = s.store.task_runs_page(run.id, &page).await?;
+    let counts = s.store.task_run_counts(run.id).await?;
+    let count = |st: TaskState| counts.iter().find(|(c, _)| *c == st).map_or(0, |(_, n)| *n);
+    let total = match state {
+        Some(st) => count(st),
+        None => counts.iter().map(|(_, n)| n).sum(),
+    };
+    let full = run.tasks_total <= FULL_DETAIL_TASKS;
+    let (versions, changed) = if full {
+        let versions = code_versions(&s, run.id).await?;
+        let changed = changed_since_previous(&s, &run, &versions).await?;
+        (versions, changed)
+    } else {
+        Default::default()
+    };
+    let pipeline = if full {
+        Some((&s.store.pipeline_version(run.pipeline_id).await?).into())
+    } else {
+        None
+    };
+    let waiting = if count(TaskState::Ready) > 0 && count(TaskState::Running) == 0 {
+        let ready = orbit_store::TaskRunPage {
+            state: Some(TaskState::Ready),
+            limit: 200,
+            offset: 0,
+        };
+        let ready = s.store.task_runs_page(run.id, &ready).await?;
+        orbit_engine::waiting::unclaimed(s.store.as_ref(), &ready, Utc::now()).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Json(RunDetail {
+        run,
+        tasks,
+        tasks_page: TaskPage {
+            offset: page.offset,
+            limit: page.limit,
+            total,
+        },
+        task_counts: counts
+            .into_iter()
+            .map(|(st, n)| (st.as_str().to_owned(), n))
+            .collect(),
+        code_versions: versions,
+        changed_since_previous_run: changed,
+        pipeline,
+        waiting,
+    }))
+}
+
+/// Tasks whose code version in `run` differs from the one they ran in the pipeline's run
+/// before it.
+async fn changed_since_previous(
+    s: &AppState,
+    run: &RunRecord,
+    versions: &std::collections::BTreeMap<String, i64>,
+) -> ApiResult<Vec<String>> {
     let filter = RunFilter {
         pipeline: Some(run.pipeline_name.clone()),
         limit: 100,
@@ -110,27 +214,17 @@ pub async fn get(
     let previous = s.store.list_runs(&filter).await?.into_iter().find(|r| {
         r.created_at < run.created_at || (r.created_at == run.created_at && r.id < run.id)
     });
-    let changed = match previous {
+    Ok(match previous {
         None => Vec::new(),
         Some(p) => {
-            let before = code_versions(&s, p.id).await?;
+            let before = code_versions(s, p.id).await?;
             versions
                 .iter()
                 .filter(|(task, v)| before.get(*task).is_some_and(|b| b != *v))
                 .map(|(task, _)| task.clone())
                 .collect()
         }
-    };
-    let pipeline = (&s.store.pipeline_version(run.pipeline_id).await?).into();
-    let waiting = orbit_engine::waiting::unclaimed(s.store.as_ref(), &tasks, Utc::now()).await?;
-    Ok(Json(RunDetail {
-        run,
-        tasks,
-        code_versions: versions,
-        changed_since_previous_run: changed,
-        pipeline,
-        waiting,
-    }))
+    })
 }
 
 #[derive(Serialize, ToSchema)]
