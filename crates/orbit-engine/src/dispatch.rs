@@ -172,6 +172,9 @@ pub struct Dispatcher {
     /// When each worker's liveness was last written here: a poll writes it at most every
     /// [`SEEN_EVERY`], not on every call.
     seen: Mutex<HashMap<String, std::time::Instant>>,
+    /// When a push round last found no push-mode service: the next rounds within a second
+    /// need not ask the store again (rounds follow every commit).
+    no_push_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a polling worker's liveness is written (its own heartbeat is every 5 s).
@@ -218,6 +221,7 @@ impl Dispatcher {
             commits: CommitQueue::new(store.clone()),
             pollers: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            no_push_since: Mutex::new(None),
         }
     }
 
@@ -233,6 +237,9 @@ impl Dispatcher {
             let state = m.entry(service.to_owned()).or_default();
             state.limit = (limit as usize).max(1);
         }
+        if let Ok(mut n) = self.no_push_since.lock() {
+            *n = None;
+        }
     }
 
     /// One push round: for every push-mode service seen recently, claims what its free slots
@@ -240,9 +247,20 @@ impl Dispatcher {
     /// a failed attempt (retried with backoff). Returns how many attempts were handed out.
     /// With no push-mode service at all, returns `None`: nothing to wait for work for.
     pub async fn push_round(&self, http: &reqwest::Client) -> Result<Option<usize>, EngineError> {
+        let recently = |at: &std::time::Instant| at.elapsed() < Duration::from_secs(1);
+        if self
+            .no_push_since
+            .lock()
+            .is_ok_and(|n| n.as_ref().is_some_and(recently))
+        {
+            return Ok(None);
+        }
         let now = Utc::now();
         let services = self.store.services().await?;
         if services.iter().all(|s| s.url.is_none()) {
+            if let Ok(mut n) = self.no_push_since.lock() {
+                *n = Some(std::time::Instant::now());
+            }
             return Ok(None);
         }
         let mut handed = 0;

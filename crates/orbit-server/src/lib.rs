@@ -345,7 +345,7 @@ async fn push_loop(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
         // second.
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = work.changed(), if round.is_some() => {}
+            _ = work.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
