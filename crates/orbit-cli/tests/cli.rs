@@ -1021,7 +1021,7 @@ fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
         }
         assert!(
             Instant::now() < end,
-            "never reached a dead step beside a running one"
+            "never reached a dead step beside a running one: {runs}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };

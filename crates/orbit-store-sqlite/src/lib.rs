@@ -139,15 +139,17 @@ impl SqliteStore {
         let open_err = |e: sqlx::Error| {
             StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
         };
+        // Several processes may open a new file at once (a server and a CLI command): SQLite
+        // has no migration lock of its own, so one is taken on a file beside the database,
+        // before the first connection: switching a new file to WAL fails at once ("database is
+        // locked", no busy wait) while another process holds it.
+        let lock = migration_lock(&path).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        // Several processes may open a new file at once (a server and a CLI command): SQLite
-        // has no migration lock of its own, so one is taken on a file beside the database.
-        let lock = migration_lock(&path).await?;
         MIGRATOR.run(&writer).await.map_err(|e| {
             StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display()))
         })?;
