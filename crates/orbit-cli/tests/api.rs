@@ -298,6 +298,19 @@ async fn every_route(api: &Api) {
 
     // the OpenAPI document lists every route; the docs page is served
     let spec = api.get("/api/v1/openapi.json").await;
+    // Client generators (the TypeScript SDK's types) need every operation id unique.
+    let mut ids: Vec<&str> = spec["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .flat_map(|item| item.as_object().into_iter().flat_map(|m| m.values()))
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids repeat: {ids:?}");
+    assert!(ids.contains(&"runs_get"), "{ids:?}");
     for path in [
         "/api/v1/health",
         "/api/v1/services",

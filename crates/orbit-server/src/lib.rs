@@ -144,11 +144,40 @@ impl AppState {
     }
 }
 
+/// Operation ids are the handlers' names, which repeat across modules (`list`, `get`…); the
+/// OpenAPI rules (and client generators) want them unique: each is prefixed with its first tag,
+/// e.g. `runs_get`, `workflows_orbit_py_get`.
+fn unique_operation_ids(spec: &mut utoipa::openapi::OpenApi) {
+    for item in spec.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+            if let (Some(tag), Some(id)) = (tag, op.operation_id.as_mut()) {
+                let words: Vec<String> = tag
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                *id = format!("{}_{id}", words.join("_"));
+            }
+        }
+    }
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let (api, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", routes::api())
         .split_for_parts();
+    unique_operation_ids(&mut spec);
     // The PipeWeave seed's paths: the same handlers under `/api` (and its `/health`), kept out
     // of the OpenAPI document, which describes `/api/v1`.
     let (seed_api, _) = OpenApiRouter::new()
