@@ -26,12 +26,7 @@ pub async fn run_scenario(
     args: &BenchArgs,
     durability: Durability,
 ) -> anyhow::Result<Value> {
-    if sdk != "rust" {
-        return Err(BadInput(format!(
-            "--sdk {sdk}: only `rust` is built in (the TypeScript and Python SDKs bring their own benchmarks)"
-        ))
-        .into());
-    }
+    let worker_program = worker_program(sdk)?;
     let workers = args.workers.max(1);
     let dir = tempfile::tempdir()?;
     let (store, url, _db, label): (Arc<dyn Store>, String, Option<TestDb>, String) =
@@ -80,9 +75,8 @@ pub async fn run_scenario(
     wait_for(&http, &format!("{base}/api/v1/health"), |_| true).await?;
     let mut children: Vec<Child> = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "__bench-worker",
+        let mut cmd = Command::new(&worker_program[0]);
+        cmd.args(&worker_program[1..]).args([
             "--url",
             &base,
             "--concurrency",
@@ -162,7 +156,8 @@ pub async fn run_scenario(
         "concurrency": args.concurrency,
         "durability": label,
         "drained_by": format!(
-            "{workers} Rust SDK worker process{} x {} ({})",
+            "{workers} {} SDK worker process{} x {} ({})",
+            if sdk == "rust" { "Rust" } else { "TypeScript" },
             if workers == 1 { "" } else { "es" },
             args.concurrency,
             if args.push { "push" } else { "pull" }
@@ -176,6 +171,33 @@ pub async fn run_scenario(
         "server_cpu_pct": pct_of_core(cpu_after.0.saturating_sub(cpu_before.0)),
         "workers_cpu_pct": pct_of_core(cpu_after.1.saturating_sub(cpu_before.1)),
     }))
+}
+
+/// The command that runs one worker process of `sdk`: this binary for Rust; for TypeScript,
+/// Node with the SDK's bench worker (the SDK built in `sdks/typescript` under the working
+/// directory, or where ORBIT_TS_SDK says).
+fn worker_program(sdk: &str) -> anyhow::Result<Vec<String>> {
+    match sdk {
+        "rust" => Ok(vec![
+            std::env::current_exe()?.display().to_string(),
+            "__bench-worker".into(),
+        ]),
+        "typescript" | "ts" => {
+            let root = std::env::var("ORBIT_TS_SDK").unwrap_or_else(|_| "sdks/typescript".into());
+            let script = std::path::Path::new(&root).join("scripts/bench-worker.mjs");
+            if !std::path::Path::new(&root)
+                .join("dist/esm/index.js")
+                .is_file()
+            {
+                return Err(BadInput(format!(
+                    "--sdk typescript: no built SDK in {root} (run `npm ci && npm run build` there, or set ORBIT_TS_SDK)"
+                ))
+                .into());
+            }
+            Ok(vec!["node".into(), script.display().to_string()])
+        }
+        other => Err(BadInput(format!("--sdk {other}: expected rust or typescript")).into()),
+    }
 }
 
 /// `orbit __bench-worker`: a worker service whose one task, `noop`, returns at once.

@@ -240,6 +240,18 @@ describe("workers in this process", () => {
     assert.equal(d.tasks.find((t) => t.taskName === "report").output, "got 42");
     const listed = await client.listRuns({ pipeline: "coded", limit: 5 });
     assert.equal(listed.runs[0].id, run.id);
+    // A pipeline file with the same tasks gives the same stored definition (saved under
+    // another name, so as not to become a version of this one).
+    const stored = (await api(s.base, "GET", "/api/v1/pipelines/coded")).body;
+    const file = [
+      "name: coded-file",
+      "tasks:",
+      "  - {name: double, type: worker, task: coded.double}",
+      "  - {name: wait, type: sleep, duration: 10ms, needs: [double]}",
+      "  - {name: report, type: worker, task: coded.report, needs: [double, wait]}",
+    ].join("\n");
+    const { body: fromFile } = await api(s.base, "POST", "/api/v1/pipelines", { yaml: file });
+    assert.deepEqual({ ...fromFile.definition, name: "coded" }, stored.definition, "the same definition from a file");
     // Saved again by a restart: unchanged, no new version.
     const before = (await api(s.base, "GET", "/api/v1/pipelines/coded")).body.version;
     await w.stop();
