@@ -132,6 +132,50 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
     }
 }
 
+/// A scenario's database, fresh: SQLite in a temporary file, or a throw-away database on the
+/// PostgreSQL server named by --postgres (dropped with `db`).
+pub(crate) struct Fresh {
+    pub store: Arc<dyn Store>,
+    pub url: String,
+    pub db: Option<TestDb>,
+    pub label: String,
+}
+
+pub(crate) async fn fresh_store(
+    args: &BenchArgs,
+    durability: Durability,
+    dir: &std::path::Path,
+) -> anyhow::Result<Fresh> {
+    Ok(match &args.postgres {
+        Some(admin) => {
+            let db = TestDb::create_on(admin).await.map_err(BadInput)?;
+            let pg = PgStore::connect(&db.url, 8).await?;
+            pg.migrate().await?;
+            let sync: String = sqlx_free_setting(&pg).await;
+            Fresh {
+                store: Arc::new(pg),
+                url: db.url.clone(),
+                db: Some(db),
+                label: format!("postgres synchronous_commit={sync}"),
+            }
+        }
+        None => {
+            let path = dir.join("bench.db");
+            let store = SqliteStore::open(&path.display().to_string(), durability).await?;
+            let label = match durability {
+                Durability::Full => "sqlite wal synchronous=FULL",
+                Durability::Normal => "sqlite wal synchronous=NORMAL",
+            };
+            Fresh {
+                store: Arc::new(store),
+                url: format!("sqlite://{}", path.display()),
+                db: None,
+                label: label.into(),
+            }
+        }
+    })
+}
+
 async fn run_scenario(
     scenario: &Scenario,
     args: &BenchArgs,
@@ -142,37 +186,12 @@ async fn run_scenario(
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let concurrency = args.concurrency;
     let dir = tempfile::tempdir()?;
-    // A fresh database per scenario: SQLite in a temporary file, or a throw-away database on
-    // the PostgreSQL server named by --postgres.
-    let (store, url, _db, label): (Arc<dyn Store>, String, Option<TestDb>, String) =
-        match &args.postgres {
-            Some(admin) => {
-                let db = TestDb::create_on(admin).await.map_err(BadInput)?;
-                let pg = PgStore::connect(&db.url, 8).await?;
-                pg.migrate().await?;
-                let sync: String = sqlx_free_setting(&pg).await;
-                (
-                    Arc::new(pg),
-                    db.url.clone(),
-                    Some(db),
-                    format!("postgres synchronous_commit={sync}"),
-                )
-            }
-            None => {
-                let path = dir.path().join("bench.db");
-                let store = SqliteStore::open(&path.display().to_string(), durability).await?;
-                let label = match durability {
-                    Durability::Full => "sqlite wal synchronous=FULL",
-                    Durability::Normal => "sqlite wal synchronous=NORMAL",
-                };
-                (
-                    Arc::new(store),
-                    format!("sqlite://{}", path.display()),
-                    None,
-                    label.into(),
-                )
-            }
-        };
+    let Fresh {
+        store,
+        url,
+        db: _db,
+        label,
+    } = fresh_store(args, durability, dir.path()).await?;
     let mut workers = Vec::new();
     for _ in 0..args.workers {
         workers.push(

@@ -8,13 +8,9 @@ use crate::BadInput;
 use crate::bench::{latency, percentile, pipeline, scenario_name};
 use crate::cli::{BenchArgs, Scenario};
 use chrono::Utc;
-use orbit_store::Store;
-use orbit_store_postgres::PgStore;
-use orbit_store_postgres::testing::TestDb;
-use orbit_store_sqlite::{Durability, SqliteStore};
+use orbit_store_sqlite::Durability;
 use serde_json::{Value, json};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -29,30 +25,12 @@ pub async fn run_scenario(
     let worker_program = worker_program(sdk)?;
     let workers = args.workers.max(1);
     let dir = tempfile::tempdir()?;
-    let (store, url, _db, label): (Arc<dyn Store>, String, Option<TestDb>, String) =
-        match &args.postgres {
-            Some(admin) => {
-                let db = TestDb::create_on(admin).await.map_err(BadInput)?;
-                let pg = PgStore::connect(&db.url, 4).await?;
-                pg.migrate().await?;
-                let url = db.url.clone();
-                (Arc::new(pg), url, Some(db), "postgres".into())
-            }
-            None => {
-                let path = dir.path().join("bench.db");
-                let store = SqliteStore::open(&path.display().to_string(), durability).await?;
-                let label = match durability {
-                    Durability::Full => "sqlite wal synchronous=FULL",
-                    Durability::Normal => "sqlite wal synchronous=NORMAL",
-                };
-                (
-                    Arc::new(store),
-                    format!("sqlite://{}", path.display()),
-                    None,
-                    label.into(),
-                )
-            }
-        };
+    let crate::bench::Fresh {
+        store,
+        url,
+        db: _db,
+        label,
+    } = crate::bench::fresh_store(args, durability, dir.path()).await?;
     let secret = format!("bench-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
