@@ -162,16 +162,17 @@ fn worker_program(sdk: &str) -> anyhow::Result<Vec<String>> {
         ]),
         "typescript" | "ts" => {
             let root = std::env::var("ORBIT_TS_SDK").unwrap_or_else(|_| "sdks/typescript".into());
-            let script = std::path::Path::new(&root).join("scripts/bench-worker.mjs");
-            if !std::path::Path::new(&root)
-                .join("dist/esm/index.js")
-                .is_file()
-            {
-                return Err(BadInput(format!(
-                    "--sdk typescript: no built SDK in {root} (run `npm ci && npm run build` there, or set ORBIT_TS_SDK)"
-                ))
-                .into());
-            }
+            // Absolute: the workers run in the benchmark's temporary directory.
+            let sdk_dir = std::path::Path::new(&root)
+                .canonicalize()
+                .ok()
+                .filter(|d| d.join("dist/esm/index.js").is_file())
+                .ok_or_else(|| {
+                    BadInput(format!(
+                        "--sdk typescript: no built SDK in {root} (run `npm ci && npm run build` there, or set ORBIT_TS_SDK)"
+                    ))
+                })?;
+            let script = sdk_dir.join("scripts/bench-worker.mjs");
             Ok(vec!["node".into(), script.display().to_string()])
         }
         other => Err(BadInput(format!("--sdk {other}: expected rust or typescript")).into()),
