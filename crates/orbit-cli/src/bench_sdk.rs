@@ -127,7 +127,7 @@ pub async fn run_scenario(
         samples = vec![elapsed.as_secs_f64() * 1000.0 / (*length).max(1) as f64];
     }
     let pct_of_core =
-        |ticks: u64| ticks as f64 / clock_ticks_per_sec() as f64 / elapsed.as_secs_f64() * 100.0;
+        |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC / elapsed.as_secs_f64() * 100.0;
     Ok(json!({
         "scenario": scenario_name(scenario),
         "tasks": tasks,
@@ -247,7 +247,6 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
-fn clock_ticks_per_sec() -> u64 {
-    // USER_HZ is 100 on every Linux this runs on; sysconf is not in std.
-    100
-}
+/// USER_HZ, the unit of /proc's CPU times: 100 on every Linux this runs on (sysconf is not in
+/// std).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;

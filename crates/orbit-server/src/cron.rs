@@ -17,16 +17,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Creates the run of every schedule's latest fire time at or before `now` that has none yet.
-/// Returns `(pipeline, fire time, created)` for each scheduled pipeline that is due.
-pub async fn fire_due(
-    store: &dyn Store,
-    now: DateTime<Utc>,
-) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
-    let pipelines = store.list_pipelines().await?;
-    fire(store, &scheduled(&pipelines), now).await
-}
-
 /// The pipelines that have a valid schedule, with it parsed.
 fn scheduled(pipelines: &[StoredPipeline]) -> Vec<(&StoredPipeline, Cron)> {
     pipelines
@@ -44,12 +34,12 @@ fn scheduled(pipelines: &[StoredPipeline]) -> Vec<(&StoredPipeline, Cron)> {
         .collect()
 }
 
+/// Creates the run of every schedule's latest fire time at or before `now` that has none yet.
 async fn fire(
     store: &dyn Store,
     schedules: &[(&StoredPipeline, Cron)],
     now: DateTime<Utc>,
-) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
-    let mut fired = Vec::new();
+) -> Result<(), StoreError> {
     for (stored, cron) in schedules {
         let Ok(at) = cron.find_previous_occurrence(&now, true) else {
             continue;
@@ -75,9 +65,8 @@ async fn fire(
             tracing::info!(pipeline = %stored.name, %at, run = %created.run.id, "cron fired");
             metrics::counter!("orbit_cron_fires_total").increment(1);
         }
-        fired.push((stored.name.clone(), at, created.created));
     }
-    Ok(fired)
+    Ok(())
 }
 
 /// How often the loop looks for new or changed schedules. Reading every pipeline is not free

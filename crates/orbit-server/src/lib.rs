@@ -30,7 +30,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use cron::fire_due;
 pub use routes::pipelines::{CodeVersion, code_history};
 
 /// How a server node runs work.

@@ -262,13 +262,15 @@ export class Worker {
         return;
       }
       const every = Math.max(100, Math.min(a.heartbeatIntervalMs, task.options.heartbeatIntervalMs ?? Infinity));
+      // A 409 from a heartbeat or a progress report: the lease is gone, stop the handler.
+      const leaseLost = (e: unknown) => {
+        if (e instanceof OrbitError && e.status === 409) {
+          lost = true;
+          abort.abort(new Error("the attempt's lease was lost"));
+        }
+      };
       beat = setInterval(() => {
-        this.call("/api/v1/heartbeat", a.token, { taskRunId: a.taskRunId }).catch((e) => {
-          if (e instanceof OrbitError && e.status === 409) {
-            lost = true;
-            abort.abort(new Error("the attempt's lease was lost"));
-          }
-        });
+        this.call("/api/v1/heartbeat", a.token, { taskRunId: a.taskRunId }).catch(leaseLost);
       }, every);
       const timeoutMs = minDefined(a.timeoutMs, task.options.timeoutMs);
       let input: Json, upstream: Record<string, Json>;
@@ -289,12 +291,7 @@ export class Worker {
         effectKey: a.effectKey,
         log: logger(lines),
         progress: async (fraction, message) => {
-          await this.call("/api/v1/progress", a.token, { taskRunId: a.taskRunId, progress: fraction, message }).catch((e) => {
-            if (e instanceof OrbitError && e.status === 409) {
-              lost = true;
-              abort.abort(new Error("the attempt's lease was lost"));
-            }
-          });
+          await this.call("/api/v1/progress", a.token, { taskRunId: a.taskRunId, progress: fraction, message }).catch(leaseLost);
         },
         signal: abort.signal,
       };
@@ -308,7 +305,8 @@ export class Worker {
       try {
         result = asResult(await Promise.race([Promise.resolve().then(() => task.handler(ctx)), stopped]));
       } catch (e) {
-        if (lost || this.stopping && abort.signal.aborted) return; // nothing we send would count
+        // Lost, or handed back by a stop (drain calls back for it): nothing to send here.
+        if (lost || (this.stopping && abort.signal.aborted)) return;
         if (e instanceof TimeoutError) {
           await this.callback(a, { status: "timeout", error: e.message, retryable: true, logs: lines });
         } else {
