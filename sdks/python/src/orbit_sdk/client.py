@@ -1,0 +1,151 @@
+"""A small client of Orbit's HTTP API, sync (`Client`) and asyncio (`AsyncClient`). Its models
+are src/orbit_sdk/models.py, generated from the server's OpenAPI document by
+scripts/gen_models.py, so the SDK and the API cannot drift."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, cast
+from urllib.parse import quote
+
+import httpx
+
+from .models import Retried, RunDetail, RunPage, RunRecord, Triggered
+from .types import OrbitError
+
+_SETTLED = ("succeeded", "failed", "cancelled")
+
+
+def _settings(url: str | None, token: str | None) -> tuple[str, dict[str, str]]:
+    url = url or os.environ.get("ORBIT_URL")
+    if not url:
+        raise ValueError("Client: url is required (or set ORBIT_URL)")
+    token = token if token is not None else os.environ.get("ORBIT_API_TOKEN")
+    return url.rstrip("/") + "/api/v1", {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _query(**params: Any) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _trigger_body(input: Any, idempotency_key: str | None, priority: int | None) -> dict[str, Any]:
+    return {"input": {} if input is None else input, **_query(idempotencyKey=idempotency_key, priority=priority)}
+
+
+def _answer(method: str, path: str, response: httpx.Response) -> Any:
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        body = response.text
+    if response.status_code >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {}
+        raise OrbitError(f"{method} {path}: {response.status_code} {error.get('message') or response.text}", response.status_code, error.get("code"), body)
+    return body
+
+
+def _id(run: str) -> str:
+    return quote(run, safe="")
+
+
+class Client:
+    """Orbit's API: `Client("http://127.0.0.1:3000", token)` (ORBIT_URL and ORBIT_API_TOKEN when absent)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
+        self.url, headers = _settings(url, token)
+        self._http = httpx.Client(headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, self.url + path, json=body, params=params)
+        return _answer(method, path, response)
+
+    def trigger(self, pipeline: str, input: Any = None, *, idempotency_key: str | None = None, priority: int | None = None) -> Triggered:
+        """Starts a run of a saved pipeline."""
+        return cast(Triggered, self._request("POST", f"/pipelines/{_id(pipeline)}/trigger", _trigger_body(input, idempotency_key, priority)))
+
+    def get_run(self, run: str, *, task_state: str | None = None, task_limit: int | None = None, task_offset: int | None = None) -> RunDetail:
+        """A run with a page of its task runs."""
+        params = _query(taskState=task_state, taskLimit=task_limit, taskOffset=task_offset)
+        return cast(RunDetail, self._request("GET", f"/runs/{_id(run)}", params=params))
+
+    def list_runs(self, *, status: str | None = None, pipeline: str | None = None, limit: int | None = None, offset: int | None = None) -> RunPage:
+        """Runs, newest first."""
+        params = _query(status=status, pipeline=pipeline, limit=limit, offset=offset)
+        return cast(RunPage, self._request("GET", "/runs", params=params))
+
+    def cancel(self, run: str) -> RunRecord:
+        return cast(RunRecord, self._request("POST", f"/runs/{_id(run)}/cancel"))
+
+    def retry(self, run: str) -> Retried:
+        """Puts a failed run's dead and cancelled tasks back in the queue."""
+        return cast(Retried, self._request("POST", f"/runs/{_id(run)}/retry"))
+
+    def wait_for_run(self, run: str, *, timeout: float = 300.0, interval: float = 0.25) -> RunDetail:
+        """Waits until the run succeeded, failed or was cancelled; its detail."""
+        end = time.monotonic() + timeout
+        while True:
+            detail = self.get_run(run)
+            if detail["run"]["state"] in _SETTLED:
+                return detail
+            if time.monotonic() > end:
+                raise TimeoutError(f"run {run} is still {detail['run']['state']}")
+            time.sleep(interval)
+
+
+class AsyncClient:
+    """`Client` for asyncio: the same methods, awaited."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
+        self.url, headers = _settings(url, token)
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        response = await self._http.request(method, self.url + path, json=body, params=params)
+        return _answer(method, path, response)
+
+    async def trigger(self, pipeline: str, input: Any = None, *, idempotency_key: str | None = None, priority: int | None = None) -> Triggered:
+        return cast(Triggered, await self._request("POST", f"/pipelines/{_id(pipeline)}/trigger", _trigger_body(input, idempotency_key, priority)))
+
+    async def get_run(self, run: str, *, task_state: str | None = None, task_limit: int | None = None, task_offset: int | None = None) -> RunDetail:
+        params = _query(taskState=task_state, taskLimit=task_limit, taskOffset=task_offset)
+        return cast(RunDetail, await self._request("GET", f"/runs/{_id(run)}", params=params))
+
+    async def list_runs(self, *, status: str | None = None, pipeline: str | None = None, limit: int | None = None, offset: int | None = None) -> RunPage:
+        params = _query(status=status, pipeline=pipeline, limit=limit, offset=offset)
+        return cast(RunPage, await self._request("GET", "/runs", params=params))
+
+    async def cancel(self, run: str) -> RunRecord:
+        return cast(RunRecord, await self._request("POST", f"/runs/{_id(run)}/cancel"))
+
+    async def retry(self, run: str) -> Retried:
+        return cast(Retried, await self._request("POST", f"/runs/{_id(run)}/retry"))
+
+    async def wait_for_run(self, run: str, *, timeout: float = 300.0, interval: float = 0.25) -> RunDetail:
+        end = time.monotonic() + timeout
+        while True:
+            detail = await self.get_run(run)
+            if detail["run"]["state"] in _SETTLED:
+                return detail
+            if time.monotonic() > end:
+                raise TimeoutError(f"run {run} is still {detail['run']['state']}")
+            await asyncio.sleep(interval)

@@ -1,0 +1,132 @@
+"""Pipelines in code: the same document a pipeline file holds, with handler tasks backed by the
+worker they are attached to. Saved on the server when the worker starts (a new version only when
+it changed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .types import Handler, KeyFunction, TaskOptions
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+H = TypeVar("H", bound=Handler)
+Duration = str | float
+"""`"30s"`, `"10ms"`, or a number of seconds."""
+
+
+def handler_name(pipeline: str, task: str) -> str:
+    """The registered task that backs a handler task: `<pipeline>.<task>`."""
+    return f"{pipeline}.{task}"
+
+
+def _duration(value: Duration) -> str:
+    return value if isinstance(value, str) else f"{round(value * 1000)}ms"
+
+
+@dataclass
+class _Task:
+    name: str
+    fields: dict[str, Any]
+    handler: Handler | None = None
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+
+class Pipeline:
+    """A pipeline defined in Python: `@pipeline.task(needs=[...])` handlers run by the worker it is
+    attached to, and built-in tasks (`shell`, `http`, `sleep`, `script`, `worker`) by `add`."""
+
+    def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None) -> None:
+        self.name = name
+        self.schedule = schedule
+        self.description = description
+        self._tasks: dict[str, _Task] = {}
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        needs: str | list[str] | None = None,
+        retry: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+        priority: int | None = None,
+        allowed_next: list[str] | None = None,
+        input: Any = None,
+        idempotency_key: str | KeyFunction | None = None,
+        retries: int | None = None,
+        heartbeat_interval: float | None = None,
+        code_version: str | None = None,
+    ) -> Callable[[H], H]:
+        """A task run by the decorated handler (named after it unless `name` is given).
+        `retry` is the pipeline file's policy (`{"max_attempts": 3, "initial": "1s"}`)."""
+
+        def decorate(handler: H) -> H:
+            task = name or handler.__name__
+            fields = self._fields(needs, retry, timeout, priority, allowed_next, input)
+            options = TaskOptions(list(allowed_next or []), idempotency_key, retries, None, heartbeat_interval, code_version)
+            self._add(_Task(task, {"type": "worker", "task": handler_name(self.name, task), **fields}, handler, options))
+            return handler
+
+        return decorate
+
+    def add(
+        self,
+        name: str,
+        type: str,
+        *,
+        needs: str | list[str] | None = None,
+        retry: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+        priority: int | None = None,
+        **params: Any,
+    ) -> Pipeline:
+        """A built-in task with its parameters as the pipeline file names them:
+        `add("fetch", "http", url="https://…", needs="extract")`."""
+        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None)}))
+        return self
+
+    def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "needs": needs,
+            "retry": retry,
+            "timeout": None if timeout is None else _duration(timeout),
+            "priority": priority,
+            "allowed_next": allowed_next,
+            "input": input,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def _add(self, task: _Task) -> None:
+        if task.name in self._tasks:
+            raise ValueError(f"pipeline `{self.name}` already has a task `{task.name}`")
+        self._tasks[task.name] = task
+
+    def document(self) -> dict[str, Any]:
+        """The stored document (the pipeline file format, as JSON); handler tasks are `type: worker`."""
+        doc: dict[str, Any] = {"name": self.name}
+        if self.description is not None:
+            doc["description"] = self.description
+        if self.schedule is not None:
+            doc["schedule"] = self.schedule
+        doc["tasks"] = [{"name": t.name, **t.fields} for t in self._tasks.values()]
+        return doc
+
+    def attach(self, worker: Worker, *, api_token: str | None = None) -> Pipeline:
+        """Registers the handlers with `worker`; the pipeline is saved each time it registers."""
+        for t in self._tasks.values():
+            if t.handler is not None:
+                worker.register(handler_name(self.name, t.name), t.handler, t.options)
+        token = api_token or os.environ.get("ORBIT_API_TOKEN")
+
+        async def save(w: Worker) -> None:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            response = await w.http.post(w.resolve("/api/v1/pipelines"), json=self.document(), headers=headers)
+            if response.status_code >= 300:
+                raise RuntimeError(f"saving pipeline `{self.name}`: {response.status_code} {response.text}")
+
+        worker.hooks.append(save)
+        return self
