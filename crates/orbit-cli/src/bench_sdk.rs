@@ -135,7 +135,11 @@ pub async fn run_scenario(
         "durability": label,
         "drained_by": format!(
             "{workers} {} SDK worker process{} x {} ({})",
-            if sdk == "rust" { "Rust" } else { "TypeScript" },
+            match sdk {
+                "rust" => "Rust",
+                "python" | "py" => "Python",
+                _ => "TypeScript",
+            },
             if workers == 1 { "" } else { "es" },
             args.concurrency,
             if args.push { "push" } else { "pull" }
@@ -153,7 +157,8 @@ pub async fn run_scenario(
 
 /// The command that runs one worker process of `sdk`: this binary for Rust; for TypeScript,
 /// Node with the SDK's bench worker (the SDK built in `sdks/typescript` under the working
-/// directory, or where ORBIT_TS_SDK says).
+/// directory, or where ORBIT_TS_SDK says); for Python, ORBIT_PYTHON (else `python3`, which must
+/// have the SDK's dependencies) with the bench worker of `sdks/python` (or ORBIT_PY_SDK).
 fn worker_program(sdk: &str) -> anyhow::Result<Vec<String>> {
     match sdk {
         "rust" => Ok(vec![
@@ -175,7 +180,33 @@ fn worker_program(sdk: &str) -> anyhow::Result<Vec<String>> {
             let script = sdk_dir.join("scripts/bench-worker.mjs");
             Ok(vec!["node".into(), script.display().to_string()])
         }
-        other => Err(BadInput(format!("--sdk {other}: expected rust or typescript")).into()),
+        "python" | "py" => {
+            let root = std::env::var("ORBIT_PY_SDK").unwrap_or_else(|_| "sdks/python".into());
+            let python = std::env::var("ORBIT_PYTHON").unwrap_or_else(|_| "python3".into());
+            let script = std::path::Path::new(&root)
+                .join("scripts/bench_worker.py")
+                .canonicalize()
+                .map_err(|_| {
+                    BadInput(format!(
+                        "--sdk python: no {root}/scripts/bench_worker.py (run from the repository, or set ORBIT_PY_SDK)"
+                    ))
+                })?;
+            let ready = std::process::Command::new(&python)
+                .args(["-c", "import httpx, jwt, h11, typing_extensions"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ready {
+                return Err(BadInput(format!(
+                    "--sdk python: `{python}` cannot import the SDK's dependencies (pip install ./sdks/python, or set ORBIT_PYTHON to a virtualenv's python)"
+                ))
+                .into());
+            }
+            Ok(vec![python, script.display().to_string()])
+        }
+        other => {
+            Err(BadInput(format!("--sdk {other}: expected rust, typescript or python")).into())
+        }
     }
 }
 

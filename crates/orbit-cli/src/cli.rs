@@ -334,7 +334,7 @@ pub struct BenchArgs {
     /// --sdk: this many SDK worker processes; default 1)
     #[arg(long, global = true, default_value_t = 0)]
     pub workers: usize,
-    /// Drain `type: worker` tasks with worker processes of this SDK (`rust`, `typescript`), over HTTP
+    /// Drain `type: worker` tasks with worker processes of this SDK (`rust`, `typescript`, `python`), over HTTP
     /// through a real `orbit server`: the worker protocol's speed
     #[arg(long, global = true, value_name = "SDK")]
     pub sdk: Option<String>,
