@@ -5,6 +5,7 @@ for this attempt's own object, and the callback carries only the reference."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,10 +30,10 @@ async def _fetch(worker: Worker, a: Assignment, value: Any) -> Any:
     url = (a.get("objects") or {}).get(name)
     if not url:
         raise RuntimeError(f"the assignment grants no access to object `{name}`")
-    response = await worker.http.get(worker.resolve(url))
-    if response.status_code >= 300:
-        raise RuntimeError(f"reading object `{name}` was refused: {response.status_code}")
-    return response.json()
+    async with worker.http.get(worker.resolve(url)) as response:
+        if response.status >= 300:
+            raise RuntimeError(f"reading object `{name}` was refused: {response.status}")
+        return json.loads(await response.read())
 
 
 async def hydrate(worker: Worker, a: Assignment) -> tuple[Any, dict[str, Any]]:
@@ -46,7 +47,7 @@ async def hydrate(worker: Worker, a: Assignment) -> tuple[Any, dict[str, Any]]:
 async def store(worker: Worker, a: Assignment, body: bytes) -> dict[str, Any]:
     """Uploads an output's JSON to this attempt's granted object; the reference to call back with."""
     grant = await worker.call("/api/v1/grant", a["token"], {"taskRunId": a["taskRunId"]})
-    response = await worker.http.put(worker.resolve(grant["url"]), content=body, headers={"content-type": "application/json"})
-    if response.status_code >= 300:
-        raise RuntimeError(f"storing the output was refused: {response.status_code} {response.text}")
+    async with worker.http.put(worker.resolve(grant["url"]), data=body, headers={"content-type": "application/json"}) as response:
+        if response.status >= 300:
+            raise RuntimeError(f"storing the output was refused: {response.status} {await response.text()}")
     return {"$orbit_object": grant["reference"]}

@@ -124,9 +124,9 @@ class Pipeline:
 
         async def save(w: Worker) -> None:
             headers = {"authorization": f"Bearer {token}"} if token else {}
-            response = await w.http.post(w.resolve("/api/v1/pipelines"), json=self.document(), headers=headers)
-            if response.status_code >= 300:
-                raise RuntimeError(f"saving pipeline `{self.name}`: {response.status_code} {response.text}")
+            async with w.http.post(w.resolve("/api/v1/pipelines"), json=self.document(), headers=headers) as response:
+                if response.status >= 300:
+                    raise RuntimeError(f"saving pipeline `{self.name}`: {response.status} {await response.text()}")
 
         worker.hooks.append(save)
         return self
