@@ -970,12 +970,15 @@ impl Dispatcher {
             reused: false,
             code_version: Some(claims.code_version),
         };
-        let outcome = self.commits.commit(vec![finished], None).await?;
+        // The worker's slot is free before the commit signals new work: freed after it, a push
+        // round woken by that signal could still count the slot as taken and then sleep a
+        // second with work ready (seen as 1 s stalls in push benchmarks).
         if let Ok(mut m) = self.pushed.lock()
             && let Some(state) = m.get_mut(&claims.sub)
         {
             state.inflight.remove(&claims.trid);
         }
+        let outcome = self.commits.commit(vec![finished], None).await?;
         Ok(if outcome.lease_lost.is_empty() {
             Recorded::Kept
         } else {
