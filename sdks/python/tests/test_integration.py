@@ -331,3 +331,70 @@ async def test_a_fatal_error_is_not_retried(server: Server) -> None:
 def test_the_models_are_what_the_servers_openapi_document_describes() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "gen_models.py"
     assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0
+
+
+@pytest.mark.anyio
+async def test_a_stop_hands_running_attempts_back_after_the_grace(server: Server) -> None:
+    api = Api(server.base)
+    w = Worker(server.base, "handback", KEY, concurrency=2, grace=0.3)
+    finished: list[str] = []
+
+    @w.task("handback")
+    async def quick_or_stuck(ctx: Context) -> str:
+        await asyncio.sleep(0.1 if ctx.input["quick"] else 60)
+        finished.append(ctx.input["name"])
+        return "done"
+
+    await api.save({"name": "handback", "tasks": [{"name": "handback", "type": "worker", "retry": {"max_attempts": 2, "initial": "10ms"}}]})
+    async with running(w):
+        quick = await api.trigger("handback", {"quick": True, "name": "quick"})
+        stuck = await api.trigger("handback", {"quick": False, "name": "stuck"})
+        await api.until(f"/api/v1/runs/{stuck}", lambda b: b["tasks"][0]["state"] == "running")
+        await api.until(f"/api/v1/runs/{quick}", lambda b: b["tasks"][0]["state"] == "running")
+    # Stopped: the quick attempt finished within the grace, the stuck one was handed back.
+    assert finished == ["quick"]
+    assert (await api.settled(quick))["run"]["state"] == "succeeded"
+    detail = await api.get(f"/api/v1/runs/{stuck}")
+    attempts = (await api.get(f"/api/v1/task-runs/{detail['tasks'][0]['id']}"))["attempts"]
+    assert attempts[0]["error"] == "the worker stopped before the attempt finished", attempts
+    assert detail["tasks"][0]["state"] in ("ready", "running"), "handed back to be retried"
+    await api.call("POST", f"/api/v1/runs/{stuck}/cancel")
+
+
+@pytest.mark.anyio
+async def test_the_asgi_app_in_a_real_asgi_server(server: Server) -> None:
+    import uvicorn
+    from support import free_port
+
+    api = Api(server.base)
+    w = make(server, "asgi")
+
+    @w.task("asgi")
+    def shout(ctx: Context) -> str:
+        return str(ctx.input["word"]).upper()
+
+    port = free_port()
+    app = w.asgi_app(public_url=f"http://127.0.0.1:{port}/hooks/orbit")
+    host = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+    serving = asyncio.create_task(host.serve())
+    try:
+        # Registered on the ASGI server's startup with the URL it was given: the push reaches it.
+        await api.until("/api/v1/services", lambda b: any(s.get("service") == "asgi" for s in b))
+        await api.save({"name": "asgi", "tasks": [{"name": "asgi", "type": "worker"}]})
+        d = await api.settled(await api.trigger("asgi", {"word": "pushed"}))
+        assert task(d, "asgi")["output"] == "PUSHED"
+        # A request without this secret's task token is refused and runs nothing.
+        async with httpx_client() as http:
+            refused = await http.post(f"http://127.0.0.1:{port}/hooks/orbit", json={"taskRunId": "x", "token": "y"}, headers={"authorization": "Bearer y"})
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+            assert (await http.get(f"http://127.0.0.1:{port}/hooks/orbit")).status_code == 405
+    finally:
+        host.should_exit = True
+        await serving
+    assert w._http is None, "the ASGI server's shutdown stopped the worker"
+
+
+def httpx_client() -> Any:
+    import httpx
+
+    return httpx.AsyncClient(timeout=10)
