@@ -204,9 +204,10 @@ fn worker_program(sdk: &str) -> anyhow::Result<Vec<String>> {
             }
             Ok(vec![python, script.display().to_string()])
         }
-        other => {
-            Err(BadInput(format!("--sdk {other}: expected rust, typescript or python")).into())
-        }
+        other => Err(BadInput(format!(
+            "--sdk {other}: expected rust, typescript or python"
+        ))
+        .into()),
     }
 }
 
