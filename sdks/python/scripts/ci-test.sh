@@ -37,8 +37,8 @@ rc=$?
 set -e
 cat "$out"
 summary=$(tail -n 1 "$out")
-pass=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
-fail=$(grep -oE '[0-9]+ (failed|error)' <<<"$summary" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+pass=$({ grep -oE '[0-9]+ passed' <<<"$summary" || true; } | grep -oE '[0-9]+' || true)
+fail=$({ grep -oE '[0-9]+ (failed|errors?)' <<<"$summary" || true; } | awk '{s+=$1} END {print s+0}')
 rm -f "$out"
 if [ "$rc" != 0 ] || [ "${pass:-0}" = 0 ]; then verdict=FAILED; else verdict=ok; fi
 echo "test result: ${verdict}. ${pass:-0} passed; ${fail:-0} failed; (Python SDK)"
