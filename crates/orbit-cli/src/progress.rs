@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orbit_engine::EngineEvent;
+use orbit_store::plan::EventKind;
 use orbit_store::{RunRecord, StoredPipeline};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -56,7 +57,7 @@ impl Progress {
             Mode::Plain => println!("{header}"),
             Mode::Json => println!(
                 "{}",
-                json!({"event": "run_created", "run": run.id, "pipeline": pipeline.name, "version": pipeline.version, "tasks": total})
+                json!({"event": EventKind::RunCreated.as_str(), "run": run.id, "pipeline": pipeline.name, "version": pipeline.version, "tasks": total})
             ),
         }
         let stop = CancellationToken::new();
@@ -115,7 +116,7 @@ impl View {
                 };
                 (
                     Some(line),
-                    json!({"event": "task_started", "task": task, "attempt": attempt}),
+                    json!({"event": EventKind::TaskStarted.as_str(), "task": task, "attempt": attempt}),
                     0,
                 )
             }
@@ -131,7 +132,7 @@ impl View {
                         "✓ {task}  {}",
                         orbit_core::duration::display(*took)
                     )),
-                    json!({"event": "task_succeeded", "task": task, "attempt": attempt, "tookMs": took.as_millis() as u64}),
+                    json!({"event": EventKind::TaskSucceeded.as_str(), "task": task, "attempt": attempt, "tookMs": took.as_millis() as u64}),
                     1,
                 )
             }
@@ -150,7 +151,7 @@ impl View {
                         crate::output::brief(error, 120),
                         orbit_core::duration::display(wait)
                     )),
-                    json!({"event": "task_retrying", "task": task, "attempt": attempt, "error": error, "retryAt": at}),
+                    json!({"event": EventKind::TaskRetrying.as_str(), "task": task, "attempt": attempt, "error": error, "retryAt": at}),
                     0,
                 )
             }
@@ -171,7 +172,7 @@ impl View {
                 }
                 (
                     Some(line),
-                    json!({"event": "task_dead", "task": task, "attempt": attempt, "error": error, "cancelled": cancelled}),
+                    json!({"event": EventKind::TaskDead.as_str(), "task": task, "attempt": attempt, "error": error, "cancelled": cancelled}),
                     1 + cancelled.len() as u64,
                 )
             }

@@ -8,8 +8,9 @@ use crate::rows::{claimed_from_row, pipeline_from_row};
 use crate::{CHANGES, CHANNEL, unavailable};
 use chrono::{DateTime, Utc};
 use orbit_core::protocol::Registration;
-use orbit_core::transition::{Transition, settled_run_state};
+use orbit_core::transition::Transition;
 use orbit_core::{Pipeline, RunState};
+use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{
     BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, PurgedLetters,
     Result, ServiceTask, StoreError, StoredPipeline,
@@ -17,7 +18,7 @@ use orbit_store::{
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use uuid::Uuid;
 
 type Tx = Transaction<'static, Postgres>;
@@ -26,44 +27,25 @@ async fn begin(pool: &PgPool) -> Result<Tx> {
     pool.begin().await.map_err(unavailable)
 }
 
-/// Events of one transaction, written together by [`flush_events`].
-#[derive(Default)]
-struct Events {
-    run: Vec<Option<Uuid>>,
-    task: Vec<Option<String>>,
-    kind: Vec<&'static str>,
-    data: Vec<Option<Value>>,
-}
-
-impl Events {
-    fn push(
-        &mut self,
-        run: Option<Uuid>,
-        task: Option<&str>,
-        kind: &'static str,
-        data: Option<Value>,
-    ) {
-        self.run.push(run);
-        self.task.push(task.map(str::to_owned));
-        self.kind.push(kind);
-        self.data.push(data);
-    }
-}
-
-async fn flush_events(conn: &mut PgConnection, events: &Events, at: DateTime<Utc>) -> Result<()> {
-    if events.kind.is_empty() {
+/// Writes the events of one transaction together, and wakes the live pages.
+async fn flush_events(conn: &mut PgConnection, events: &[Event], at: DateTime<Utc>) -> Result<()> {
+    if events.is_empty() {
         return Ok(());
     }
+    let runs: Vec<Option<Uuid>> = events.iter().map(|e| e.run).collect();
+    let tasks: Vec<Option<&str>> = events.iter().map(|e| e.task.as_deref()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<Option<&Value>> = events.iter().map(|e| e.data.as_ref()).collect();
     // Live pages wait on the notification; one statement, so it costs no extra round trip.
     sqlx::query(
         "WITH added AS (INSERT INTO events (run_id, task_name, kind, data, at) \
          SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)) \
          SELECT pg_notify($6, '')",
     )
-    .bind(&events.run)
-    .bind(&events.task)
-    .bind(&events.kind)
-    .bind(&events.data)
+    .bind(&runs)
+    .bind(&tasks)
+    .bind(&kinds)
+    .bind(&data)
     .bind(at)
     .bind(CHANGES)
     .execute(conn)
@@ -127,14 +109,13 @@ pub async fn save_pipeline(
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    let mut events = Events::default();
-    events.push(
-        None,
-        None,
-        "pipeline_saved",
-        Some(json!({"pipeline": pipeline.name, "version": version})),
-    );
-    flush_events(&mut tx, &events, now).await?;
+    let saved = json!({"pipeline": pipeline.name, "version": version});
+    flush_events(
+        &mut tx,
+        &[Event::global(EventKind::PipelineSaved, saved)],
+        now,
+    )
+    .await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(StoredPipeline {
         id,
@@ -246,14 +227,9 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    let mut events = Events::default();
-    events.push(
-        Some(id),
-        None,
-        "run_created",
-        Some(json!({"pipeline": p.name, "version": new.pipeline.version})),
-    );
-    flush_events(&mut tx, &events, now).await?;
+    let created = Event::run(id, EventKind::RunCreated)
+        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
+    flush_events(&mut tx, &[created], now).await?;
     if states.contains(&"ready") {
         notify(&mut tx).await?;
     }
@@ -282,7 +258,6 @@ pub async fn finish_and_claim(
     now: DateTime<Utc>,
 ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let mut out = BatchOutcome::default();
-    let mut events = Events::default();
     let mut tx = begin(pool).await?;
     let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
     lock_runs(&mut tx, &runs).await?;
@@ -290,12 +265,13 @@ pub async fn finish_and_claim(
     let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
     out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
-    let effects = apply_effects(&mut tx, &kept, now, &mut events).await?;
+    let mut plan = FinishPlan::new(kept);
+    apply_plan(&mut tx, &mut plan, now).await?;
     let mut running: HashSet<Uuid> = HashSet::new();
-    if !effects.settled.is_empty() {
-        let ids: Vec<Uuid> = effects.settled.keys().copied().collect();
-        let done: Vec<i64> = effects.settled.values().map(|v| v.0).collect();
-        let dead: Vec<i64> = effects.settled.values().map(|v| v.1).collect();
+    if !plan.counts.is_empty() {
+        let ids: Vec<Uuid> = plan.counts.keys().copied().collect();
+        let done: Vec<i64> = plan.counts.values().map(|v| v.0).collect();
+        let dead: Vec<i64> = plan.counts.values().map(|v| v.1).collect();
         let rows = sqlx::query(
             "UPDATE runs r SET tasks_pending = r.tasks_pending - v.done, tasks_dead = r.tasks_dead + v.dead, updated_at = $4 \
              FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, done, dead) WHERE r.id = v.id \
@@ -308,41 +284,38 @@ pub async fn finish_and_claim(
         .fetch_all(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let mut settle_ids = Vec::new();
-        let mut settle_states = Vec::new();
+        let mut counters = Vec::with_capacity(rows.len());
         for row in rows {
-            let run: Uuid = row.try_get(0).map_err(unavailable)?;
-            let pending: i64 = row.try_get(1).map_err(unavailable)?;
-            let dead_total: i64 = row.try_get(2).map_err(unavailable)?;
             let state: String = row.try_get(3).map_err(unavailable)?;
-            let state: RunState = state
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
-            if state == RunState::Running && pending > 0 {
-                running.insert(run);
-            }
-            if pending <= 0 && !state.is_terminal() {
-                let final_state = settled_run_state(dead_total.max(0) as u64);
-                settle_ids.push(run);
-                settle_states.push(final_state.as_str());
-                events.push(Some(run), None, run_event(final_state), None);
-                out.settled_runs.push((run, final_state));
-            }
+            counters.push(RunCounters {
+                run: row.try_get(0).map_err(unavailable)?,
+                pending: row.try_get(1).map_err(unavailable)?,
+                dead: row.try_get(2).map_err(unavailable)?,
+                state: state
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
+            });
         }
-        if !settle_ids.is_empty() {
+        let settled;
+        (settled, running) = plan.settle(counters);
+        if !settled.is_empty() {
+            let ids: Vec<Uuid> = settled.iter().map(|(run, _)| *run).collect();
+            let states: Vec<&str> = settled.iter().map(|(_, state)| state.as_str()).collect();
             sqlx::query(
                 "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
                  FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
             )
-            .bind(&settle_ids)
-            .bind(&settle_states)
+            .bind(&ids)
+            .bind(&states)
             .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
         }
+        out.settled_runs = settled;
     }
     // Claims in one commit see each other's: no task is handed out twice.
+    let mut events = std::mem::take(&mut plan.events);
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         each.push(if c.limit > 0 {
@@ -352,7 +325,7 @@ pub async fn finish_and_claim(
         });
     }
     flush_events(&mut tx, &events, now).await?;
-    out.left_work = effects.new_ready > 0 && all_full(claims, &each);
+    out.left_work = plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
     }
@@ -363,16 +336,6 @@ pub async fn finish_and_claim(
 /// Whether every claim got all it asked for (so more may be ready); true with no claim.
 fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
     claims.iter().zip(each).all(|(c, got)| got.len() >= c.limit)
-}
-
-pub fn run_event(state: RunState) -> &'static str {
-    match state {
-        RunState::Pending => "run_pending",
-        RunState::Running => "run_started",
-        RunState::Succeeded => "run_succeeded",
-        RunState::Failed => "run_failed",
-        RunState::Cancelled => "run_cancelled",
-    }
 }
 
 /// Moves every finished task run out of `running`, each only if its `lease_epoch` still
@@ -462,11 +425,7 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
     let ended: Vec<DateTime<Utc>> = kept.iter().map(|f| f.finished_at).collect();
     let outcomes: Vec<&str> = kept
         .iter()
-        .map(|f| match f.transition.failure() {
-            Some(fl) => fl.kind.as_str(),
-            None if f.reused => "reused",
-            None => "succeeded",
-        })
+        .map(|f| AttemptOutcome::of(f).as_str())
         .collect();
     let errors: Vec<Option<&str>> = kept
         .iter()
@@ -496,103 +455,45 @@ async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> 
     Ok(())
 }
 
-#[derive(Default)]
-struct Effects {
-    /// Per run: task runs that reached a terminal state, of which dead.
-    settled: BTreeMap<Uuid, (i64, i64)>,
-    /// Task runs made claimable (promoted or retried).
-    new_ready: usize,
-}
-
-/// What the recorded attempts do to other task runs: promote or cancel downstream tasks, keep
-/// keyed outputs, fill the dead-letter queue. One statement per kind of effect.
-async fn apply_effects(
+/// The plan's changes to other task runs, one statement per kind, in its order: skips and
+/// cancels of waiting tasks, promotions, kept results, dead letters.
+async fn apply_plan(
     conn: &mut PgConnection,
-    kept: &[&FinishedAttempt],
+    plan: &mut FinishPlan<'_>,
     now: DateTime<Utc>,
-    events: &mut Events,
-) -> Result<Effects> {
-    let mut fx = Effects::default();
-    let mut promote: (Vec<Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
-    let mut cancel: (Vec<Uuid>, Vec<&str>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
-    let mut skip: (Vec<Uuid>, Vec<&str>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
-    let mut keyed: HashMap<&str, (Uuid, &Value)> = HashMap::new();
-    let mut dead = Vec::new();
-    for f in kept {
-        let t = &f.task;
-        let (kind, data) = match &f.transition {
-            Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
-            Transition::Retry {
-                ready_at, failure, ..
-            } => (
-                "task_retrying",
-                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
-            ),
-            Transition::Dead { failure, .. } => (
-                "task_dead",
-                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
-            ),
+) -> Result<()> {
+    for state in ["skipped", "cancelled"] {
+        let marks = if state == "skipped" {
+            &plan.skips
+        } else {
+            &plan.cancels
         };
-        events.push(Some(t.run_id), Some(&t.task_name), kind, Some(data));
-        match &f.transition {
-            Transition::Succeed {
-                promote: names,
-                output,
-                skip: skipped,
-            } => {
-                for name in skipped {
-                    skip.0.push(t.run_id);
-                    skip.1.push(name.as_str());
-                    skip.2
-                        .push(format!("skipped: not chosen by `{}`", t.task_name));
-                }
-                if let (Some(key), false) = (&f.idempotency_key, f.reused) {
-                    keyed.insert(key.as_str(), (t.id, output));
-                }
-                for name in names {
-                    promote.0.push(t.run_id);
-                    promote.1.push(name.as_str());
-                }
-                fx.settled.entry(t.run_id).or_default().0 += 1;
-            }
-            Transition::Dead { cancel: names, .. } => {
-                let reason = format!("not started: upstream task `{}` is dead", t.task_name);
-                for name in names {
-                    cancel.0.push(t.run_id);
-                    cancel.1.push(name.as_str());
-                    cancel.2.push(reason.clone());
-                }
-                dead.push(*f);
-                let entry = fx.settled.entry(t.run_id).or_default();
-                entry.0 += 1;
-                entry.1 += 1;
-            }
-            Transition::Retry { .. } => fx.new_ready += 1,
-        }
-    }
-    // Skip first: a skipped task must not be promoted by another upstream.
-    for (set, state) in [(&skip, "skipped"), (&cancel, "cancelled")] {
-        if set.0.is_empty() {
+        if marks.is_empty() {
             continue;
         }
+        let runs: Vec<Uuid> = marks.iter().map(|m| m.run).collect();
+        let names: Vec<&str> = marks.iter().map(|m| m.task).collect();
+        let reasons: Vec<&str> = marks.iter().map(|m| m.reason.as_str()).collect();
         let ended: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE task_runs t SET state = $5, error = v.reason, finished_at = $4, updated_at = $4 \
              FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
              WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
         )
-        .bind(&set.0)
-        .bind(&set.1)
-        .bind(&set.2)
+        .bind(&runs)
+        .bind(&names)
+        .bind(&reasons)
         .bind(now)
         .bind(state)
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         for run in ended {
-            fx.settled.entry(run).or_default().0 += 1;
+            plan.ended(run);
         }
     }
-    if !promote.0.is_empty() {
+    if !plan.promotions.is_empty() {
+        let runs: Vec<Uuid> = plan.promotions.iter().map(|p| p.0).collect();
+        let names: Vec<&str> = plan.promotions.iter().map(|p| p.1).collect();
         // Two upstreams of one task may finish in the same batch: count them before updating,
         // since an UPDATE changes each row once.
         let became_ready: Vec<bool> = sqlx::query_scalar(
@@ -602,18 +503,18 @@ async fn apply_effects(
              FROM (SELECT r, name, COUNT(*)::int AS n FROM UNNEST($1::uuid[], $2::text[]) AS u(r, name) GROUP BY r, name) v \
              WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.state = 'ready'",
         )
-        .bind(&promote.0)
-        .bind(&promote.1)
+        .bind(&runs)
+        .bind(&names)
         .bind(now)
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        fx.new_ready += became_ready.iter().filter(|r| **r).count();
+        plan.ready += became_ready.iter().filter(|r| **r).count();
     }
-    if !keyed.is_empty() {
-        let keys: Vec<&str> = keyed.keys().copied().collect();
-        let ids: Vec<Uuid> = keyed.values().map(|v| v.0).collect();
-        let outputs: Vec<&Value> = keyed.values().map(|v| v.1).collect();
+    if !plan.results.is_empty() {
+        let keys: Vec<&str> = plan.results.iter().map(|r| r.0).collect();
+        let ids: Vec<Uuid> = plan.results.iter().map(|r| r.1).collect();
+        let outputs: Vec<&Value> = plan.results.iter().map(|r| r.2).collect();
         sqlx::query(
             "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) \
              SELECT k, id, o, $4 FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) AS v(k, id, o) \
@@ -628,6 +529,7 @@ async fn apply_effects(
         .await
         .map_err(unavailable)?;
     }
+    let dead = &plan.dead;
     if !dead.is_empty() {
         let ids: Vec<Uuid> = dead.iter().map(|f| f.task.id).collect();
         let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
@@ -658,7 +560,7 @@ async fn apply_effects(
         .await
         .map_err(unavailable)?;
     }
-    Ok(fx)
+    Ok(())
 }
 
 const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
@@ -669,7 +571,7 @@ async fn claim_ready(
     c: &ClaimRequest,
     now: DateTime<Utc>,
     running: &HashSet<Uuid>,
-    events: &mut Events,
+    events: &mut Vec<Event>,
 ) -> Result<Vec<ClaimedTask>> {
     // Every filter is always bound (NULL = any), so the statement has one shape and one plan
     // per claimer.
@@ -704,20 +606,10 @@ async fn claim_ready(
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
     claimed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
     let claimed: Vec<ClaimedTask> = claimed.into_iter().map(|(_, t)| t).collect();
-    let mut start: BTreeSet<Uuid> = BTreeSet::new();
-    for t in &claimed {
-        events.push(
-            Some(t.run_id),
-            Some(&t.task_name),
-            "task_started",
-            Some(json!({"attempt": t.attempt, "worker": c.owner})),
-        );
-        if !running.contains(&t.run_id) {
-            start.insert(t.run_id);
-        }
-    }
+    events.extend(plan::claimed_events(&claimed, &c.owner));
+    let start = plan::runs_to_start(&claimed, running);
     if !start.is_empty() {
-        let ids: Vec<Uuid> = start.into_iter().collect();
+        let ids = start;
         // SKIP LOCKED: a run another claimer is starting right now is started by it.
         let started: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE runs SET state = 'running', started_at = $1, updated_at = $1 WHERE id IN ( \
@@ -729,7 +621,7 @@ async fn claim_ready(
         .await
         .map_err(unavailable)?;
         for run in started {
-            events.push(Some(run), None, "run_started", None);
+            events.push(Event::run(run, EventKind::RunStarted));
         }
     }
     Ok(claimed)
@@ -816,9 +708,7 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    let mut events = Events::default();
-    events.push(Some(run), None, "run_cancelled", None);
-    flush_events(&mut tx, &events, now).await?;
+    flush_events(&mut tx, &[Event::run(run, EventKind::RunCancelled)], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -881,16 +771,12 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let mut events = Events::default();
-        for name in &requeued {
-            events.push(Some(run), Some(name), "task_requeued", None);
-        }
-        events.push(
-            Some(run),
-            None,
-            "run_requeued",
-            Some(json!({ "tasks": requeued })),
-        );
+        let mut events: Vec<Event> = requeued
+            .iter()
+            .map(|name| Event::task(run, name, EventKind::TaskRequeued, None))
+            .collect();
+        events
+            .push(Event::run(run, EventKind::RunRequeued).with_data(json!({ "tasks": requeued })));
         flush_events(&mut tx, &events, now).await?;
         notify(&mut tx).await?;
     }
@@ -919,9 +805,8 @@ pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<(
             .await
             .map_err(unavailable)?;
     }
-    let mut events = Events::default();
-    events.push(None, None, "run_deleted", Some(json!({ "run": id })));
-    flush_events(&mut tx, &events, now).await?;
+    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+    flush_events(&mut tx, &[deleted], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -962,14 +847,8 @@ pub async fn delete_pipeline(pool: &PgPool, name: &str, now: DateTime<Utc>) -> R
             .map_err(unavailable)?
             .rows_affected();
     if hidden > 0 {
-        let mut events = Events::default();
-        events.push(
-            None,
-            None,
-            "pipeline_deleted",
-            Some(json!({"pipeline": name})),
-        );
-        flush_events(&mut tx, &events, now).await?;
+        let deleted = Event::global(EventKind::PipelineDeleted, json!({"pipeline": name}));
+        flush_events(&mut tx, &[deleted], now).await?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(hidden)

@@ -3,16 +3,17 @@
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
 use orbit_core::protocol::Registration;
-use orbit_core::transition::{Transition, settled_run_state};
+use orbit_core::transition::Transition;
 use orbit_core::{Pipeline, RunState};
+use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{
     BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, NodeInfo, PurgedLetters,
     Result, ServiceTask, StoreError, StoredPipeline,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
@@ -61,14 +62,10 @@ pub async fn save_pipeline(
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
+    let saved = json!({"pipeline": pipeline.name, "version": version});
     flush_events(
         &mut tx,
-        &vec![(
-            None,
-            None,
-            "pipeline_saved",
-            Some(json!({"pipeline": pipeline.name, "version": version}).to_string()),
-        )],
+        &[Event::global(EventKind::PipelineSaved, saved)],
         us(now),
     )
     .await?;
@@ -166,36 +163,26 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
             .await
             .map_err(unavailable)?;
     }
-    flush_events(
-        &mut tx,
-        &vec![(
-            Some(id),
-            None,
-            "run_created",
-            Some(json!({"pipeline": p.name, "version": new.pipeline.version}).to_string()),
-        )],
-        now,
-    )
-    .await?;
+    let created = Event::run(id, EventKind::RunCreated)
+        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
+    flush_events(&mut tx, &[created], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(Ok(id))
 }
 
-/// Events of one transaction, written together by [`flush_events`].
-type Events = Vec<(Option<Uuid>, Option<String>, &'static str, Option<String>)>;
-
 /// Most rows in one multi-row statement (SQLite allows 32766 bound values).
 const CHUNK: usize = 200;
 
-async fn flush_events(conn: &mut SqliteConnection, events: &Events, at: i64) -> Result<()> {
+/// Writes the events of one transaction together.
+async fn flush_events(conn: &mut SqliteConnection, events: &[Event], at: i64) -> Result<()> {
     for chunk in events.chunks(CHUNK) {
         let mut q =
             QueryBuilder::<Sqlite>::new("INSERT INTO events (run_id, task_name, kind, data, at) ");
-        q.push_values(chunk, |mut b, (run, task, kind, data)| {
-            b.push_bind(run.map(|r| r.to_string()))
-                .push_bind(task.clone())
-                .push_bind(*kind)
-                .push_bind(data.clone())
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.run.map(|r| r.to_string()))
+                .push_bind(e.task.clone())
+                .push_bind(e.kind.as_str())
+                .push_bind(e.data.as_ref().map(Value::to_string))
                 .push_bind(at);
         });
         q.build()
@@ -215,21 +202,15 @@ pub async fn finish_and_claim(
 ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let now = us(now);
     let mut out = BatchOutcome::default();
-    let mut events: Events = Vec::new();
     let mut tx = begin(pool).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
     let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
     out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
-    // per run: (task runs that reached a terminal state, of which dead)
-    let mut settled: HashMap<Uuid, (i64, i64)> = HashMap::new();
-    // Runs this commit saw `running`: a claim need not try to start them.
-    let mut running: HashSet<Uuid> = HashSet::new();
-    let mut new_ready = 0;
-    for f in &kept {
-        apply_effects(&mut tx, f, now, &mut settled, &mut events, &mut new_ready).await?;
-    }
-    for (run, (done, dead)) in settled {
+    let mut plan = FinishPlan::new(kept);
+    apply_plan(&mut tx, &mut plan, now).await?;
+    let mut counters = Vec::with_capacity(plan.counts.len());
+    for (run, (done, dead)) in &plan.counts {
         let row = sqlx::query(
             "UPDATE runs SET tasks_pending = tasks_pending - ?1, tasks_dead = tasks_dead + ?2, updated_at = ?3 \
              WHERE id = ?4 RETURNING tasks_pending, tasks_dead, state",
@@ -241,31 +222,29 @@ pub async fn finish_and_claim(
         .fetch_one(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let pending: i64 = row.try_get(0).map_err(unavailable)?;
-        let dead_total: i64 = row.try_get(1).map_err(unavailable)?;
         let state: String = row.try_get(2).map_err(unavailable)?;
-        let state: RunState = state
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?;
-        if state == RunState::Running && pending > 0 {
-            running.insert(run);
-        }
-        if pending <= 0 && !state.is_terminal() {
-            let final_state = settled_run_state(dead_total.max(0) as u64);
-            sqlx::query(
-                "UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3",
-            )
-            .bind(final_state.as_str())
+        counters.push(RunCounters {
+            run: *run,
+            pending: row.try_get(0).map_err(unavailable)?,
+            dead: row.try_get(1).map_err(unavailable)?,
+            state: state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
+        });
+    }
+    let (settled, running) = plan.settle(counters);
+    for (run, state) in &settled {
+        sqlx::query("UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3")
+            .bind(state.as_str())
             .bind(now)
             .bind(run.to_string())
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-            events.push((Some(run), None, run_event(final_state), None));
-            out.settled_runs.push((run, final_state));
-        }
     }
+    out.settled_runs = settled;
     // Claims in one commit see each other's: no task is handed out twice.
+    let mut events = plan.events;
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         each.push(if c.limit > 0 {
@@ -277,23 +256,13 @@ pub async fn finish_and_claim(
     flush_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(unavailable)?;
     // Work these claimers may leave for others: tell them.
-    out.left_work = new_ready > 0 && all_full(claims, &each);
+    out.left_work = plan.ready > 0 && all_full(claims, &each);
     Ok((out, each))
 }
 
 /// Whether every claim got all it asked for (so more may be ready); true with no claim.
 fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
     claims.iter().zip(each).all(|(c, got)| got.len() >= c.limit)
-}
-
-fn run_event(state: RunState) -> &'static str {
-    match state {
-        RunState::Pending => "run_pending",
-        RunState::Running => "run_started",
-        RunState::Succeeded => "run_succeeded",
-        RunState::Failed => "run_failed",
-        RunState::Cancelled => "run_cancelled",
-    }
 }
 
 /// Moves every finished task run out of `running`, each only if its `lease_epoch` still
@@ -379,11 +348,7 @@ async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt])
                 .push_bind(f.worker.clone())
                 .push_bind(us(f.started_at))
                 .push_bind(us(f.finished_at))
-                .push_bind(match failure {
-                    Some(fl) => fl.kind.as_str(),
-                    None if f.reused => "reused",
-                    None => "succeeded",
-                })
+                .push_bind(AttemptOutcome::of(f).as_str())
                 .push_bind(failure.map(|fl| fl.message.clone()))
                 .push_bind(f.log.clone())
                 .push_bind(f.code_version);
@@ -397,128 +362,83 @@ async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt])
     Ok(())
 }
 
-/// What a recorded attempt does to other task runs: promotes or cancels downstream tasks.
-async fn apply_effects(
+/// The plan's changes to other task runs, in its order: skips and cancels of waiting tasks,
+/// promotions, kept results, dead letters.
+async fn apply_plan(
     conn: &mut SqliteConnection,
-    f: &FinishedAttempt,
+    plan: &mut FinishPlan<'_>,
     now: i64,
-    settled: &mut HashMap<Uuid, (i64, i64)>,
-    events: &mut Events,
-    new_ready: &mut usize,
 ) -> Result<()> {
-    let t = &f.task;
-    let (kind, data) = match &f.transition {
-        Transition::Succeed { .. } => ("task_succeeded", json!({"attempt": t.attempt})),
-        Transition::Retry {
-            ready_at, failure, ..
-        } => (
-            "task_retrying",
-            json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
-        ),
-        Transition::Dead { failure, .. } => (
-            "task_dead",
-            json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
-        ),
-    };
-    events.push((
-        Some(t.run_id),
-        Some(t.task_name.clone()),
-        kind,
-        Some(data.to_string()),
-    ));
-    let run = t.run_id.to_string();
-    match &f.transition {
-        Transition::Succeed {
-            promote,
-            output,
-            skip,
-        } => {
-            // Skip first: a skipped task must not be promoted by another upstream.
-            let mut skipped = 0;
-            for name in skip {
-                skipped += sqlx::query(
-                    "UPDATE task_runs SET state = 'skipped', error = ?1, finished_at = ?2, updated_at = ?2 \
-                     WHERE run_id = ?3 AND task_name = ?4 AND state = 'waiting'",
-                )
-                .bind(format!("skipped: not chosen by `{}`", t.task_name))
-                .bind(now)
-                .bind(&run)
-                .bind(name)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected() as i64;
-            }
-            settled.entry(t.run_id).or_default().0 += skipped;
-            if let (Some(key), false) = (&f.idempotency_key, f.reused) {
-                sqlx::query(
-                    "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
-                     output = excluded.output, created_at = excluded.created_at",
-                )
-                .bind(key)
-                .bind(t.id.to_string())
-                .bind(output.to_string())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            }
-            for name in promote {
-                let state: Option<String> = sqlx::query_scalar(
-                    "UPDATE task_runs SET pending_needs = pending_needs - 1, \
-                     state = CASE WHEN pending_needs <= 1 THEN 'ready' ELSE state END, \
-                     ready_at = CASE WHEN pending_needs <= 1 THEN ?1 ELSE ready_at END, updated_at = ?1 \
-                     WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting' RETURNING state",
-                )
-                .bind(now)
-                .bind(&run)
-                .bind(name)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-                if state.as_deref() == Some("ready") {
-                    *new_ready += 1;
-                }
-            }
-            settled.entry(t.run_id).or_default().0 += 1;
-        }
-        Transition::Dead { cancel, .. } => {
-            let reason = format!("not started: upstream task `{}` is dead", t.task_name);
-            let mut cancelled = 0;
-            for name in cancel {
-                cancelled += sqlx::query(
-                    "UPDATE task_runs SET state = 'cancelled', error = ?1, finished_at = ?2, updated_at = ?2 \
-                     WHERE run_id = ?3 AND task_name = ?4 AND state = 'waiting'",
-                )
-                .bind(&reason)
-                .bind(now)
-                .bind(&run)
-                .bind(name)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected() as i64;
-            }
-            sqlx::query(
-                "INSERT OR REPLACE INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    let mut ended = Vec::new();
+    for (marks, state) in [(&plan.skips, "skipped"), (&plan.cancels, "cancelled")] {
+        for m in marks {
+            let changed = sqlx::query(
+                "UPDATE task_runs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3 \
+                 WHERE run_id = ?4 AND task_name = ?5 AND state = 'waiting'",
             )
-            .bind(t.id.to_string())
-            .bind(&run)
-            .bind(t.pipeline_id.to_string())
-            .bind(&t.task_name)
-            .bind(f.transition.failure().map(|fl| fl.message.as_str()))
-            .bind(i64::from(t.attempt))
+            .bind(state)
+            .bind(&m.reason)
             .bind(now)
+            .bind(m.run.to_string())
+            .bind(m.task)
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;
-            let entry = settled.entry(t.run_id).or_default();
-            entry.0 += 1 + cancelled;
-            entry.1 += 1;
+            if changed.rows_affected() > 0 {
+                ended.push(m.run);
+            }
         }
-        Transition::Retry { .. } => *new_ready += 1,
+    }
+    for run in ended {
+        plan.ended(run);
+    }
+    for (run, name) in &plan.promotions {
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE task_runs SET pending_needs = pending_needs - 1, \
+             state = CASE WHEN pending_needs <= 1 THEN 'ready' ELSE state END, \
+             ready_at = CASE WHEN pending_needs <= 1 THEN ?1 ELSE ready_at END, updated_at = ?1 \
+             WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting' RETURNING state",
+        )
+        .bind(now)
+        .bind(run.to_string())
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        if state.as_deref() == Some("ready") {
+            plan.ready += 1;
+        }
+    }
+    for (key, task_run, output) in &plan.results {
+        sqlx::query(
+            "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
+             output = excluded.output, created_at = excluded.created_at",
+        )
+        .bind(key)
+        .bind(task_run.to_string())
+        .bind(output.to_string())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    for f in &plan.dead {
+        let t = &f.task;
+        sqlx::query(
+            "INSERT OR REPLACE INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(t.id.to_string())
+        .bind(t.run_id.to_string())
+        .bind(t.pipeline_id.to_string())
+        .bind(&t.task_name)
+        .bind(f.transition.failure().map(|fl| fl.message.as_str()))
+        .bind(i64::from(t.attempt))
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     }
     Ok(())
 }
@@ -528,7 +448,7 @@ async fn claim_ready(
     c: &ClaimRequest,
     now: i64,
     running: &HashSet<Uuid>,
-    events: &mut Events,
+    events: &mut Vec<Event>,
 ) -> Result<Vec<ClaimedTask>> {
     let mut q = QueryBuilder::<Sqlite>::new(
         "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, lease_owner = ",
@@ -593,19 +513,8 @@ async fn claim_ready(
     let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();
     indexed.sort_by_key(|(k, t)| (*k, t.id));
     let claimed: Vec<ClaimedTask> = indexed.into_iter().map(|(_, t)| t).collect();
-    let mut started_runs: Vec<Uuid> = Vec::new();
-    for t in &claimed {
-        events.push((
-            Some(t.run_id),
-            Some(t.task_name.clone()),
-            "task_started",
-            Some(json!({"attempt": t.attempt, "worker": c.owner}).to_string()),
-        ));
-        if !running.contains(&t.run_id) && !started_runs.contains(&t.run_id) {
-            started_runs.push(t.run_id);
-        }
-    }
-    for run in started_runs {
+    events.extend(plan::claimed_events(&claimed, &c.owner));
+    for run in plan::runs_to_start(&claimed, running) {
         let changed = sqlx::query(
             "UPDATE runs SET state = 'running', started_at = ?1, updated_at = ?1 WHERE id = ?2 AND state = 'pending'",
         )
@@ -615,7 +524,7 @@ async fn claim_ready(
         .await
         .map_err(unavailable)?;
         if changed.rows_affected() > 0 {
-            events.push((Some(run), None, "run_started", None));
+            events.push(Event::run(run, EventKind::RunStarted));
         }
     }
     Ok(claimed)
@@ -700,12 +609,7 @@ pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Res
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    flush_events(
-        &mut tx,
-        &vec![(Some(run), None, "run_cancelled", None)],
-        now,
-    )
-    .await?;
+    flush_events(&mut tx, &[Event::run(run, EventKind::RunCancelled)], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -728,7 +632,7 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
     let mut requeued = Vec::new();
-    let mut events: Events = Vec::new();
+    let mut events = Vec::new();
     for name in tasks {
         let changed = sqlx::query(
             "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
@@ -750,7 +654,7 @@ pub async fn requeue(
                 .await
                 .map_err(unavailable)?;
             requeued.push(name.clone());
-            events.push((Some(run), Some(name.clone()), "task_requeued", None));
+            events.push(Event::task(run, name, EventKind::TaskRequeued, None));
         }
     }
     if !requeued.is_empty() {
@@ -772,12 +676,8 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        events.push((
-            Some(run),
-            None,
-            "run_requeued",
-            Some(json!({ "tasks": requeued }).to_string()),
-        ));
+        events
+            .push(Event::run(run, EventKind::RunRequeued).with_data(json!({ "tasks": requeued })));
         flush_events(&mut tx, &events, now).await?;
     }
     tx.commit().await.map_err(unavailable)?;
@@ -806,17 +706,8 @@ pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Resu
             .await
             .map_err(unavailable)?;
     }
-    flush_events(
-        &mut tx,
-        &vec![(
-            None,
-            None,
-            "run_deleted",
-            Some(json!({ "run": id }).to_string()),
-        )],
-        us(now),
-    )
-    .await?;
+    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+    flush_events(&mut tx, &[deleted], us(now)).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -863,17 +754,8 @@ pub async fn delete_pipeline(pool: &SqlitePool, name: &str, now: DateTime<Utc>) 
             .map_err(unavailable)?
             .rows_affected();
     if hidden > 0 {
-        flush_events(
-            &mut tx,
-            &vec![(
-                None,
-                None,
-                "pipeline_deleted",
-                Some(json!({"pipeline": name}).to_string()),
-            )],
-            us(now),
-        )
-        .await?;
+        let deleted = Event::global(EventKind::PipelineDeleted, json!({"pipeline": name}));
+        flush_events(&mut tx, &[deleted], us(now)).await?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(hidden)

@@ -3,7 +3,9 @@
 //! [`Store`] speaks in domain verbs. Each verb is one short transaction; every write that
 //! follows a claim is fenced by the task run's `lease_epoch`, so a worker that lost its lease can
 //! change nothing. Decisions (what a finished attempt does) are made by `orbit-core`'s state
-//! machine; a store only applies them, atomically:
+//! machine, and what a batch of them writes (skips, cancels, promotions, kept results, dead
+//! letters, run counters and settling, every event) by [`plan`], once for every backend; a
+//! backend only executes the plan with its own statements, atomically:
 //!
 //! - [`Store::create_run`] inserts a run and all its task runs; tasks that need nothing are
 //!   `ready` at once.
@@ -16,10 +18,13 @@
 //! Backends: `orbit-store-sqlite` (embedded default) and `orbit-store-postgres` (many machines).
 //! The `testkit` feature holds the conformance suite every backend must pass, and
 //! [`faults::Faulty`], a wrapper that makes chosen verbs fail or stall.
+//!
+//! This crate depends on `orbit-core` only: never on a backend, the engine or the server.
 
 #[cfg(feature = "testkit")]
 pub mod faults;
 mod model;
+pub mod plan;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -1,0 +1,472 @@
+//! Decisions around a commit, made once for every backend. `orbit-core` decides what one
+//! finished attempt does ([`Transition`]); this module turns a batch of them into a plan of row
+//! changes and events: which waiting tasks are skipped, cancelled or promoted (and in which
+//! order), which outputs are kept under their idempotency key, what the dead-letter queue gets,
+//! how each run's counters move and how the runs settle, and every event's kind and payload. A
+//! backend executes a plan with its own primitive statements and decides nothing, so a new
+//! state-changing feature is written here once.
+
+use crate::{ClaimedTask, FinishedAttempt};
+use orbit_core::RunState;
+use orbit_core::transition::{FailureKind, Transition, settled_run_state};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use uuid::Uuid;
+
+/// What an event row records; its name is what the API and the dashboard show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    RunCreated,
+    RunPending,
+    RunStarted,
+    RunSucceeded,
+    RunFailed,
+    RunCancelled,
+    RunRequeued,
+    RunDeleted,
+    TaskStarted,
+    TaskSucceeded,
+    TaskRetrying,
+    TaskDead,
+    TaskRequeued,
+    PipelineSaved,
+    PipelineDeleted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        EventKind::RunCreated,
+        EventKind::RunPending,
+        EventKind::RunStarted,
+        EventKind::RunSucceeded,
+        EventKind::RunFailed,
+        EventKind::RunCancelled,
+        EventKind::RunRequeued,
+        EventKind::RunDeleted,
+        EventKind::TaskStarted,
+        EventKind::TaskSucceeded,
+        EventKind::TaskRetrying,
+        EventKind::TaskDead,
+        EventKind::TaskRequeued,
+        EventKind::PipelineSaved,
+        EventKind::PipelineDeleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunCreated => "run_created",
+            EventKind::RunPending => "run_pending",
+            EventKind::RunStarted => "run_started",
+            EventKind::RunSucceeded => "run_succeeded",
+            EventKind::RunFailed => "run_failed",
+            EventKind::RunCancelled => "run_cancelled",
+            EventKind::RunRequeued => "run_requeued",
+            EventKind::RunDeleted => "run_deleted",
+            EventKind::TaskStarted => "task_started",
+            EventKind::TaskSucceeded => "task_succeeded",
+            EventKind::TaskRetrying => "task_retrying",
+            EventKind::TaskDead => "task_dead",
+            EventKind::TaskRequeued => "task_requeued",
+            EventKind::PipelineSaved => "pipeline_saved",
+            EventKind::PipelineDeleted => "pipeline_deleted",
+        }
+    }
+
+    /// The event of a run entering `state`.
+    pub fn of_run(state: RunState) -> EventKind {
+        match state {
+            RunState::Pending => EventKind::RunPending,
+            RunState::Running => EventKind::RunStarted,
+            RunState::Succeeded => EventKind::RunSucceeded,
+            RunState::Failed => EventKind::RunFailed,
+            RunState::Cancelled => EventKind::RunCancelled,
+        }
+    }
+}
+
+/// How an attempt ended, as the attempts table keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// An earlier output with the same idempotency key stood in for running it.
+    Reused,
+    Failed(FailureKind),
+    /// Its run was cancelled while it ran.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn of(f: &FinishedAttempt) -> AttemptOutcome {
+        match f.transition.failure() {
+            Some(failure) => AttemptOutcome::Failed(failure.kind),
+            None if f.reused => AttemptOutcome::Reused,
+            None => AttemptOutcome::Succeeded,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Reused => "reused",
+            AttemptOutcome::Failed(kind) => kind.as_str(),
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One event row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub run: Option<Uuid>,
+    pub task: Option<String>,
+    pub kind: EventKind,
+    pub data: Option<Value>,
+}
+
+impl Event {
+    pub fn run(run: Uuid, kind: EventKind) -> Event {
+        Event {
+            run: Some(run),
+            task: None,
+            kind,
+            data: None,
+        }
+    }
+
+    /// An event of no run (pipelines saved and deleted, runs deleted).
+    pub fn global(kind: EventKind, data: Value) -> Event {
+        Event {
+            run: None,
+            task: None,
+            kind,
+            data: Some(data),
+        }
+    }
+
+    pub fn with_data(mut self, data: Value) -> Event {
+        self.data = Some(data);
+        self
+    }
+
+    pub fn task(run: Uuid, task: &str, kind: EventKind, data: Option<Value>) -> Event {
+        Event {
+            run: Some(run),
+            task: Some(task.to_owned()),
+            kind,
+            data,
+        }
+    }
+
+    /// The event of one finished attempt.
+    pub fn finished(f: &FinishedAttempt) -> Event {
+        let t = &f.task;
+        let (kind, data) = match &f.transition {
+            Transition::Succeed { .. } => (EventKind::TaskSucceeded, json!({"attempt": t.attempt})),
+            Transition::Retry {
+                ready_at, failure, ..
+            } => (
+                EventKind::TaskRetrying,
+                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str(), "ready_at": ready_at}),
+            ),
+            Transition::Dead { failure, .. } => (
+                EventKind::TaskDead,
+                json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
+            ),
+        };
+        Event::task(t.run_id, &t.task_name, kind, Some(data))
+    }
+}
+
+/// A waiting task run a finished attempt ends without running it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mark<'a> {
+    pub run: Uuid,
+    pub task: &'a str,
+    pub reason: String,
+}
+
+/// A run's counters after a commit moved them, as the backend read them back.
+#[derive(Clone, Copy, Debug)]
+pub struct RunCounters {
+    pub run: Uuid,
+    pub pending: i64,
+    pub dead: i64,
+    pub state: RunState,
+}
+
+/// The row changes of a batch of kept (fenced) attempts. A backend applies, in this order: the
+/// attempts' own rows and `attempts` rows; `skips`, then `cancels` (each counting the rows it
+/// changed with [`FinishPlan::ended`]); then `promotions` (a skipped or cancelled task must not
+/// be promoted by another upstream of the same batch); `results`; `dead`; the run counters in
+/// `counts`, whose values it reads back for [`FinishPlan::settle`]; then `events`.
+#[derive(Debug, Default)]
+pub struct FinishPlan<'a> {
+    pub kept: Vec<&'a FinishedAttempt>,
+    pub events: Vec<Event>,
+    pub skips: Vec<Mark<'a>>,
+    pub cancels: Vec<Mark<'a>>,
+    /// Downstream tasks one upstream fewer waits for; a pair appears once per finished upstream.
+    pub promotions: Vec<(Uuid, &'a str)>,
+    /// Outputs kept under their idempotency key (the last of the batch for a key).
+    pub results: Vec<(&'a str, Uuid, &'a Value)>,
+    pub dead: Vec<&'a FinishedAttempt>,
+    /// Per run: task runs that reached a terminal state, of which dead.
+    pub counts: BTreeMap<Uuid, (i64, i64)>,
+    /// Task runs this commit made claimable (retried, or promoted to `ready`).
+    pub ready: usize,
+}
+
+impl<'a> FinishPlan<'a> {
+    pub fn new(kept: Vec<&'a FinishedAttempt>) -> FinishPlan<'a> {
+        let mut plan = FinishPlan::default();
+        let mut keyed: BTreeMap<&'a str, (Uuid, &'a Value)> = BTreeMap::new();
+        for f in &kept {
+            let t = &f.task;
+            plan.events.push(Event::finished(f));
+            match &f.transition {
+                Transition::Succeed {
+                    promote,
+                    output,
+                    skip,
+                } => {
+                    let reason = format!("skipped: not chosen by `{}`", t.task_name);
+                    plan.skips.extend(skip.iter().map(|name| Mark {
+                        run: t.run_id,
+                        task: name,
+                        reason: reason.clone(),
+                    }));
+                    if let (Some(key), false) = (&f.idempotency_key, f.reused) {
+                        keyed.insert(key, (t.id, output));
+                    }
+                    plan.promotions
+                        .extend(promote.iter().map(|name| (t.run_id, name.as_str())));
+                    plan.counts.entry(t.run_id).or_default().0 += 1;
+                }
+                Transition::Dead { cancel, .. } => {
+                    let reason = format!("not started: upstream task `{}` is dead", t.task_name);
+                    plan.cancels.extend(cancel.iter().map(|name| Mark {
+                        run: t.run_id,
+                        task: name,
+                        reason: reason.clone(),
+                    }));
+                    plan.dead.push(f);
+                    let entry = plan.counts.entry(t.run_id).or_default();
+                    entry.0 += 1;
+                    entry.1 += 1;
+                }
+                Transition::Retry { .. } => plan.ready += 1,
+            }
+        }
+        plan.results = keyed.into_iter().map(|(k, (id, o))| (k, id, o)).collect();
+        plan.kept = kept;
+        plan
+    }
+
+    /// A skip or cancel of the plan changed a task run of `run`: it reached a terminal state.
+    pub fn ended(&mut self, run: Uuid) {
+        self.counts.entry(run).or_default().0 += 1;
+    }
+
+    /// How the runs whose counters moved settle: each run left with nothing pending, and not
+    /// already final, ends (succeeded, or failed with a dead task); its event is added. Returns
+    /// those runs with their final state, and the runs still running (a claim in the same
+    /// commit need not try to start them).
+    pub fn settle(
+        &mut self,
+        rows: impl IntoIterator<Item = RunCounters>,
+    ) -> (Vec<(Uuid, RunState)>, HashSet<Uuid>) {
+        let mut settled = Vec::new();
+        let mut running = HashSet::new();
+        for row in rows {
+            if row.state == RunState::Running && row.pending > 0 {
+                running.insert(row.run);
+            }
+            if row.pending <= 0 && !row.state.is_terminal() {
+                let state = settled_run_state(row.dead.max(0) as u64);
+                self.events
+                    .push(Event::run(row.run, EventKind::of_run(state)));
+                settled.push((row.run, state));
+            }
+        }
+        (settled, running)
+    }
+}
+
+/// The events of a claim: each task started by `owner`.
+pub fn claimed_events(claimed: &[ClaimedTask], owner: &str) -> Vec<Event> {
+    claimed
+        .iter()
+        .map(|t| {
+            Event::task(
+                t.run_id,
+                &t.task_name,
+                EventKind::TaskStarted,
+                Some(json!({"attempt": t.attempt, "worker": owner})),
+            )
+        })
+        .collect()
+}
+
+/// The runs of `claimed` that may still be `pending` (not seen running in this commit): the
+/// backend starts them (`pending` → `running`) and adds [`EventKind::RunStarted`] for each it
+/// changed. In claim order, each once.
+pub fn runs_to_start(claimed: &[ClaimedTask], running: &HashSet<Uuid>) -> Vec<Uuid> {
+    let mut runs: Vec<Uuid> = Vec::new();
+    for t in claimed {
+        if !running.contains(&t.run_id) && !runs.contains(&t.run_id) {
+            runs.push(t.run_id);
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use orbit_core::transition::Failure;
+
+    fn attempt(run: Uuid, name: &str, transition: Transition) -> FinishedAttempt {
+        let now = Utc::now();
+        FinishedAttempt {
+            task: ClaimedTask {
+                id: Uuid::now_v7(),
+                run_id: run,
+                pipeline_id: Uuid::nil(),
+                task_name: name.into(),
+                attempt: 2,
+                tries: 2,
+                lease_epoch: 1,
+                lease_expires_at: now,
+                claimed_at: now,
+            },
+            worker: "w".into(),
+            started_at: now,
+            finished_at: now,
+            log: String::new(),
+            transition,
+            idempotency_key: None,
+            reused: false,
+            code_version: None,
+        }
+    }
+
+    fn succeed(promote: &[&str], skip: &[&str]) -> Transition {
+        Transition::Succeed {
+            output: json!(1),
+            promote: promote.iter().map(|s| s.to_string()).collect(),
+            skip: skip.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_becomes_row_changes_events_and_counts() {
+        let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut keyed_a = attempt(r1, "pay", succeed(&["ship"], &["slow"]));
+        keyed_a.idempotency_key = Some("k".into());
+        let mut keyed_b = attempt(r1, "pay-again", succeed(&["ship"], &[]));
+        keyed_b.idempotency_key = Some("k".into());
+        let dead = attempt(
+            r2,
+            "load",
+            Transition::Dead {
+                failure: Failure::new(FailureKind::Fatal, "bad input"),
+                cancel: vec!["report".into()],
+            },
+        );
+        let retry = attempt(
+            r2,
+            "fetch",
+            Transition::Retry {
+                ready_at: Utc::now(),
+                failure: Failure::new(FailureKind::Timeout, "slow"),
+                keep_place: false,
+            },
+        );
+        let batch = [keyed_a, keyed_b, dead, retry];
+        let mut plan = FinishPlan::new(batch.iter().collect());
+        assert_eq!(
+            plan.skips,
+            vec![Mark {
+                run: r1,
+                task: "slow",
+                reason: "skipped: not chosen by `pay`".into()
+            }]
+        );
+        assert_eq!(
+            plan.cancels[0].reason,
+            "not started: upstream task `load` is dead"
+        );
+        assert_eq!(
+            plan.promotions,
+            vec![(r1, "ship"), (r1, "ship")],
+            "once per upstream"
+        );
+        assert_eq!(plan.results.len(), 1, "one row per key");
+        assert_eq!(
+            plan.results[0].1, batch[1].task.id,
+            "the last of the batch wins"
+        );
+        assert_eq!(plan.dead.len(), 1);
+        assert_eq!(plan.ready, 1, "the retried task");
+        assert_eq!(plan.counts[&r1], (2, 0));
+        assert_eq!(plan.counts[&r2], (1, 1));
+        let kinds: Vec<&str> = plan.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "task_succeeded",
+                "task_succeeded",
+                "task_dead",
+                "task_retrying"
+            ]
+        );
+        assert_eq!(plan.events[3].data.as_ref().unwrap()["kind"], "timeout");
+        assert_eq!(AttemptOutcome::of(&batch[2]).as_str(), "fatal");
+        plan.ended(r2);
+        assert_eq!(
+            plan.counts[&r2],
+            (2, 1),
+            "a cancelled downstream task ended"
+        );
+    }
+
+    #[test]
+    fn runs_settle_when_nothing_is_pending() {
+        let (done, failed, busy, final_) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let row = |run, pending, dead, state| RunCounters {
+            run,
+            pending,
+            dead,
+            state,
+        };
+        let mut plan = FinishPlan::default();
+        let (settled, running) = plan.settle([
+            row(done, 0, 0, RunState::Running),
+            row(failed, 0, 1, RunState::Running),
+            row(busy, 3, 0, RunState::Running),
+            row(final_, 0, 0, RunState::Cancelled),
+        ]);
+        assert_eq!(
+            settled,
+            vec![(done, RunState::Succeeded), (failed, RunState::Failed)]
+        );
+        assert_eq!(running, HashSet::from([busy]));
+        let kinds: Vec<&str> = plan.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["run_succeeded", "run_failed"]);
+    }
+
+    #[test]
+    fn every_event_kind_has_its_own_name() {
+        let names: HashSet<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len());
+        for state in [RunState::Pending, RunState::Running, RunState::Succeeded] {
+            assert!(EventKind::of_run(state).as_str().starts_with("run_"));
+        }
+    }
+}
