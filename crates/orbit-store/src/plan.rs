@@ -229,12 +229,14 @@ impl<'a> FinishPlan<'a> {
                     output,
                     skip,
                 } => {
-                    let reason = format!("skipped: not chosen by `{}`", t.task_name);
-                    plan.skips.extend(skip.iter().map(|name| Mark {
-                        run: t.run_id,
-                        task: name,
-                        reason: reason.clone(),
-                    }));
+                    if !skip.is_empty() {
+                        let reason = format!("skipped: not chosen by `{}`", t.task_name);
+                        plan.skips.extend(skip.iter().map(|name| Mark {
+                            run: t.run_id,
+                            task: name,
+                            reason: reason.clone(),
+                        }));
+                    }
                     if let (Some(key), false) = (&f.idempotency_key, f.reused) {
                         keyed.insert(key, (t.id, output));
                     }
@@ -243,12 +245,15 @@ impl<'a> FinishPlan<'a> {
                     plan.counts.entry(t.run_id).or_default().0 += 1;
                 }
                 Transition::Dead { cancel, .. } => {
-                    let reason = format!("not started: upstream task `{}` is dead", t.task_name);
-                    plan.cancels.extend(cancel.iter().map(|name| Mark {
-                        run: t.run_id,
-                        task: name,
-                        reason: reason.clone(),
-                    }));
+                    if !cancel.is_empty() {
+                        let reason =
+                            format!("not started: upstream task `{}` is dead", t.task_name);
+                        plan.cancels.extend(cancel.iter().map(|name| Mark {
+                            run: t.run_id,
+                            task: name,
+                            reason: reason.clone(),
+                        }));
+                    }
                     plan.dead.push(f);
                     let entry = plan.counts.entry(t.run_id).or_default();
                     entry.0 += 1;
