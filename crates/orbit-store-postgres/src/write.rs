@@ -669,22 +669,20 @@ async fn locked_run_state(tx: &mut PgConnection, run: Uuid) -> Result<RunState> 
 
 pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
     let mut tx = begin(pool).await?;
-    let state = locked_run_state(&mut tx, run).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "run {run} is already {state}"
-        )));
-    }
+    let cancel = plan::cancel(run, locked_run_state(&mut tx, run).await?)?;
     // A running attempt ends here: its record says so (its holder's late result is fenced
     // out), and every node checks its leases at once.
     sqlx::query(
         "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
          SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, $1), $1, \
-         'cancelled', 'cancelled by user', '[orbit] attempt cancelled by user' \
+         $3, $4, $5 \
          FROM task_runs WHERE run_id = $2 AND state = 'running' ON CONFLICT DO NOTHING",
     )
     .bind(now)
     .bind(run)
+    .bind(cancel.outcome.as_str())
+    .bind(cancel.error)
+    .bind(cancel.log)
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -694,11 +692,15 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .await
         .map_err(unavailable)?;
     sqlx::query(
-        "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = $1, updated_at = $1, \
-         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ('waiting', 'ready', 'running')",
+        "UPDATE task_runs SET state = 'cancelled', error = $3, finished_at = $1, updated_at = $1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ($4, $5, $6)",
     )
     .bind(now)
     .bind(run)
+    .bind(cancel.error)
+    .bind(cancel.unfinished[0])
+    .bind(cancel.unfinished[1])
+    .bind(cancel.unfinished[2])
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -708,7 +710,7 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    flush_events(&mut tx, &[Event::run(run, EventKind::RunCancelled)], now).await?;
+    flush_events(&mut tx, &[cancel.event], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -732,11 +734,12 @@ pub async fn requeue(
         "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
          ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \
          error = NULL, output = NULL, finished_at = NULL, updated_at = $1 \
-         WHERE run_id = $2 AND task_name = ANY($3) AND state IN ('dead', 'cancelled') RETURNING task_name",
+         WHERE run_id = $2 AND task_name = ANY($3) AND state = ANY($4) RETURNING task_name",
     )
     .bind(now)
     .bind(run)
     .bind(tasks)
+    .bind(&plan::REQUEUEABLE[..])
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -771,13 +774,7 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        let mut events: Vec<Event> = requeued
-            .iter()
-            .map(|name| Event::task(run, name, EventKind::TaskRequeued, None))
-            .collect();
-        events
-            .push(Event::run(run, EventKind::RunRequeued).with_data(json!({ "tasks": requeued })));
-        flush_events(&mut tx, &events, now).await?;
+        flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
         notify(&mut tx).await?;
     }
     tx.commit().await.map_err(unavailable)?;

@@ -576,30 +576,32 @@ async fn run_state(tx: &mut SqliteConnection, run: Uuid) -> Result<RunState> {
 pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
     let now = us(now);
     let mut tx = begin(pool).await?;
-    let state = run_state(&mut tx, run).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "run {run} is already {state}"
-        )));
-    }
+    let cancel = plan::cancel(run, run_state(&mut tx, run).await?)?;
     // A running attempt ends here: its record says so (its holder's late result is fenced out).
     sqlx::query(
         "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
          SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, ?1), ?1, \
-         'cancelled', 'cancelled by user', '[orbit] attempt cancelled by user' \
+         ?3, ?4, ?5 \
          FROM task_runs WHERE run_id = ?2 AND state = 'running' ON CONFLICT DO NOTHING",
     )
     .bind(now)
     .bind(run.to_string())
+    .bind(cancel.outcome.as_str())
+    .bind(cancel.error)
+    .bind(cancel.log)
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
     sqlx::query(
-        "UPDATE task_runs SET state = 'cancelled', error = 'cancelled by user', finished_at = ?1, updated_at = ?1, \
-         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN ('waiting', 'ready', 'running')",
+        "UPDATE task_runs SET state = 'cancelled', error = ?3, finished_at = ?1, updated_at = ?1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN (?4, ?5, ?6)",
     )
     .bind(now)
     .bind(run.to_string())
+    .bind(cancel.error)
+    .bind(cancel.unfinished[0])
+    .bind(cancel.unfinished[1])
+    .bind(cancel.unfinished[2])
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -609,7 +611,7 @@ pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Res
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    flush_events(&mut tx, &[Event::run(run, EventKind::RunCancelled)], now).await?;
+    flush_events(&mut tx, &[cancel.event], now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -632,17 +634,18 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
     let mut requeued = Vec::new();
-    let mut events = Vec::new();
     for name in tasks {
         let changed = sqlx::query(
             "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
              ready_at = CASE WHEN pending_needs <= 0 THEN ?1 ELSE NULL END, attempt_base = attempt, \
              error = NULL, output = NULL, finished_at = NULL, updated_at = ?1 \
-             WHERE run_id = ?2 AND task_name = ?3 AND state IN ('dead', 'cancelled')",
+             WHERE run_id = ?2 AND task_name = ?3 AND state IN (?4, ?5)",
         )
         .bind(now)
         .bind(&run_s)
         .bind(name)
+        .bind(plan::REQUEUEABLE[0])
+        .bind(plan::REQUEUEABLE[1])
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -654,7 +657,6 @@ pub async fn requeue(
                 .await
                 .map_err(unavailable)?;
             requeued.push(name.clone());
-            events.push(Event::task(run, name, EventKind::TaskRequeued, None));
         }
     }
     if !requeued.is_empty() {
@@ -676,9 +678,7 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        events
-            .push(Event::run(run, EventKind::RunRequeued).with_data(json!({ "tasks": requeued })));
-        flush_events(&mut tx, &events, now).await?;
+        flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)

@@ -297,6 +297,50 @@ impl<'a> FinishPlan<'a> {
     }
 }
 
+/// What cancelling a run writes. Each running attempt gets an `attempts` row with
+/// [`AttemptOutcome::Cancelled`], `error` and `log` (its holder's late result is fenced out);
+/// every task run in one of `unfinished` becomes `cancelled` with `error`; the run becomes
+/// `cancelled` with nothing pending; then `event`.
+#[derive(Debug)]
+pub struct CancelPlan {
+    pub outcome: AttemptOutcome,
+    pub error: &'static str,
+    pub log: &'static str,
+    pub unfinished: [&'static str; 3],
+    pub event: Event,
+}
+
+/// Cancels `run`, which is in `state`; a run already final cannot be.
+pub fn cancel(run: Uuid, state: RunState) -> crate::Result<CancelPlan> {
+    if state.is_terminal() {
+        return Err(crate::StoreError::Conflict(format!(
+            "run {run} is already {state}"
+        )));
+    }
+    Ok(CancelPlan {
+        outcome: AttemptOutcome::Cancelled,
+        error: "cancelled by user",
+        log: "[orbit] attempt cancelled by user",
+        unfinished: ["waiting", "ready", "running"],
+        event: Event::run(run, EventKind::RunCancelled),
+    })
+}
+
+/// What a retry of a run's tasks may put back in the queue: dead and cancelled task runs. Each
+/// becomes `ready` (or `waiting`, with upstream tasks still to finish), its attempts counted
+/// afresh for the retry policy, its dead letter removed.
+pub const REQUEUEABLE: [&str; 2] = ["dead", "cancelled"];
+
+/// The events of a retry that put `requeued` (in the caller's order) back in the queue.
+pub fn requeued_events(run: Uuid, requeued: &[String]) -> Vec<Event> {
+    let mut events: Vec<Event> = requeued
+        .iter()
+        .map(|name| Event::task(run, name, EventKind::TaskRequeued, None))
+        .collect();
+    events.push(Event::run(run, EventKind::RunRequeued).with_data(json!({ "tasks": requeued })));
+    events
+}
+
 /// The events of a claim: each task started by `owner`.
 pub fn claimed_events(claimed: &[ClaimedTask], owner: &str) -> Vec<Event> {
     claimed
