@@ -1,0 +1,418 @@
+//! The commit of the engine's rounds: a batch of finished attempts executed from its
+//! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
+//! lease extensions.
+
+use super::{begin, flush_events, lock_runs, notify};
+use crate::rows::claimed_from_row;
+use crate::unavailable;
+use chrono::{DateTime, Utc};
+use orbit_core::transition::Transition;
+use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
+use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
+use serde_json::Value;
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeSet, HashSet};
+use uuid::Uuid;
+
+pub async fn finish_and_claim(
+    pool: &PgPool,
+    finished: &[FinishedAttempt],
+    claims: &[ClaimRequest],
+    now: DateTime<Utc>,
+) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
+    let mut out = BatchOutcome::default();
+    let mut tx = begin(pool).await?;
+    let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
+    lock_runs(&mut tx, &runs).await?;
+    let accepted = apply_fenced(&mut tx, finished, now).await?;
+    let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
+    out.lease_lost = lease_lost;
+    insert_attempts(&mut tx, &kept).await?;
+    let mut plan = FinishPlan::new(kept);
+    apply_plan(&mut tx, &mut plan, now).await?;
+    let mut running: HashSet<Uuid> = HashSet::new();
+    if !plan.counts.is_empty() {
+        let ids: Vec<Uuid> = plan.counts.keys().copied().collect();
+        let done: Vec<i64> = plan.counts.values().map(|v| v.0).collect();
+        let dead: Vec<i64> = plan.counts.values().map(|v| v.1).collect();
+        let rows = sqlx::query(
+            "UPDATE runs r SET tasks_pending = r.tasks_pending - v.done, tasks_dead = r.tasks_dead + v.dead, updated_at = $4 \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, done, dead) WHERE r.id = v.id \
+             RETURNING r.id, r.tasks_pending, r.tasks_dead, r.state",
+        )
+        .bind(&ids)
+        .bind(&done)
+        .bind(&dead)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut counters = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: String = row.try_get(3).map_err(unavailable)?;
+            counters.push(RunCounters {
+                run: row.try_get(0).map_err(unavailable)?,
+                pending: row.try_get(1).map_err(unavailable)?,
+                dead: row.try_get(2).map_err(unavailable)?,
+                state: state
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
+            });
+        }
+        let settled;
+        (settled, running) = plan.settle(counters);
+        if !settled.is_empty() {
+            let ids: Vec<Uuid> = settled.iter().map(|(run, _)| *run).collect();
+            let states: Vec<&str> = settled.iter().map(|(_, state)| state.as_str()).collect();
+            sqlx::query(
+                "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
+                 FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
+            )
+            .bind(&ids)
+            .bind(&states)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        out.settled_runs = settled;
+    }
+    // Claims in one commit see each other's: no task is handed out twice.
+    let mut events = std::mem::take(&mut plan.events);
+    let mut each = Vec::with_capacity(claims.len());
+    for c in claims {
+        each.push(if c.limit > 0 {
+            claim_ready(&mut tx, c, now, &running, &mut events).await?
+        } else {
+            Vec::new()
+        });
+    }
+    flush_events(&mut tx, &events, now).await?;
+    out.left_work = plan.ready > 0 && all_full(claims, &each);
+    if out.left_work {
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok((out, each))
+}
+
+/// Whether every claim got all it asked for (so more may be ready); true with no claim.
+fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
+    claims.iter().zip(each).all(|(c, got)| got.len() >= c.limit)
+}
+
+/// Moves every finished task run out of `running`, each only if its `lease_epoch` still
+/// matches: one statement for the whole batch. Returns the ids it changed.
+async fn apply_fenced(
+    conn: &mut PgConnection,
+    finished: &[FinishedAttempt],
+    now: DateTime<Utc>,
+) -> Result<HashSet<(Uuid, i64)>> {
+    if finished.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let n = finished.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut epochs = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut ready_ats = Vec::with_capacity(n);
+    for f in finished {
+        let (state, output, error, ready_at) = match &f.transition {
+            Transition::Succeed { output, .. } => ("succeeded", Some(output), None, None),
+            Transition::Retry {
+                ready_at,
+                failure,
+                keep_place,
+            } => (
+                "ready",
+                None,
+                Some(failure.message.as_str()),
+                // NULL keeps the task's old `ready_at`: its place in the queue.
+                (!keep_place).then_some(*ready_at),
+            ),
+            Transition::Dead { failure, .. } => {
+                ("dead", None, Some(failure.message.as_str()), None)
+            }
+        };
+        ids.push(f.task.id);
+        epochs.push(f.task.lease_epoch);
+        states.push(state);
+        outputs.push(output);
+        errors.push(error);
+        ready_ats.push(ready_at);
+    }
+    let rows = sqlx::query(
+        "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
+         ready_at = COALESCE(v.ready_at, t.ready_at), \
+         finished_at = CASE WHEN v.state = 'ready' THEN t.finished_at ELSE $7 END, updated_at = $7, \
+         lease_owner = NULL, lease_expires_at = NULL \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[]) \
+         AS v(id, epoch, state, output, error, ready_at) \
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(&states)
+    .bind(&outputs)
+    .bind(&errors)
+    .bind(&ready_ats)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+    .map_err(unavailable)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<Uuid, _>(0).map_err(unavailable)?,
+                r.try_get::<i64, _>(1).map_err(unavailable)?,
+            ))
+        })
+        .collect()
+}
+
+async fn insert_attempts(conn: &mut PgConnection, kept: &[&FinishedAttempt]) -> Result<()> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = kept.iter().map(|f| f.task.id).collect();
+    let attempts: Vec<i32> = kept
+        .iter()
+        .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
+        .collect();
+    let runs: Vec<Uuid> = kept.iter().map(|f| f.task.run_id).collect();
+    let names: Vec<&str> = kept.iter().map(|f| f.task.task_name.as_str()).collect();
+    let workers: Vec<&str> = kept.iter().map(|f| f.worker.as_str()).collect();
+    let started: Vec<DateTime<Utc>> = kept.iter().map(|f| f.started_at).collect();
+    let ended: Vec<DateTime<Utc>> = kept.iter().map(|f| f.finished_at).collect();
+    let outcomes: Vec<&str> = kept
+        .iter()
+        .map(|f| AttemptOutcome::of(f).as_str())
+        .collect();
+    let errors: Vec<Option<&str>> = kept
+        .iter()
+        .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
+        .collect();
+    let logs: Vec<&str> = kept.iter().map(|f| f.log.as_str()).collect();
+    let versions: Vec<Option<i64>> = kept.iter().map(|f| f.code_version).collect();
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log, code_version) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
+         $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::bigint[])",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&runs)
+    .bind(&names)
+    .bind(&workers)
+    .bind(&started)
+    .bind(&ended)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&logs)
+    .bind(&versions)
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// The plan's changes to other task runs, one statement per kind, in its order: skips and
+/// cancels of waiting tasks, promotions, kept results, dead letters.
+async fn apply_plan(
+    conn: &mut PgConnection,
+    plan: &mut FinishPlan<'_>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for state in ["skipped", "cancelled"] {
+        let marks = if state == "skipped" {
+            &plan.skips
+        } else {
+            &plan.cancels
+        };
+        if marks.is_empty() {
+            continue;
+        }
+        let runs: Vec<Uuid> = marks.iter().map(|m| m.run).collect();
+        let names: Vec<&str> = marks.iter().map(|m| m.task).collect();
+        let reasons: Vec<&str> = marks.iter().map(|m| m.reason.as_str()).collect();
+        let ended: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE task_runs t SET state = $5, error = v.reason, finished_at = $4, updated_at = $4 \
+             FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
+             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
+        )
+        .bind(&runs)
+        .bind(&names)
+        .bind(&reasons)
+        .bind(now)
+        .bind(state)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for run in ended {
+            plan.ended(run);
+        }
+    }
+    if !plan.promotions.is_empty() {
+        let runs: Vec<Uuid> = plan.promotions.iter().map(|p| p.0).collect();
+        let names: Vec<&str> = plan.promotions.iter().map(|p| p.1).collect();
+        // Two upstreams of one task may finish in the same batch: count them before updating,
+        // since an UPDATE changes each row once.
+        let became_ready: Vec<bool> = sqlx::query_scalar(
+            "UPDATE task_runs t SET pending_needs = t.pending_needs - v.n, \
+             state = CASE WHEN t.pending_needs <= v.n THEN 'ready' ELSE t.state END, \
+             ready_at = CASE WHEN t.pending_needs <= v.n THEN $3 ELSE t.ready_at END, updated_at = $3 \
+             FROM (SELECT r, name, COUNT(*)::int AS n FROM UNNEST($1::uuid[], $2::text[]) AS u(r, name) GROUP BY r, name) v \
+             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.state = 'ready'",
+        )
+        .bind(&runs)
+        .bind(&names)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        plan.ready += became_ready.iter().filter(|r| **r).count();
+    }
+    if !plan.results.is_empty() {
+        let keys: Vec<&str> = plan.results.iter().map(|r| r.0).collect();
+        let ids: Vec<Uuid> = plan.results.iter().map(|r| r.1).collect();
+        let outputs: Vec<&Value> = plan.results.iter().map(|r| r.2).collect();
+        sqlx::query(
+            "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) \
+             SELECT k, id, o, $4 FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) AS v(k, id, o) \
+             ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
+             output = excluded.output, created_at = excluded.created_at",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&outputs)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    let dead = &plan.dead;
+    if !dead.is_empty() {
+        let ids: Vec<Uuid> = dead.iter().map(|f| f.task.id).collect();
+        let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
+        let pipes: Vec<Uuid> = dead.iter().map(|f| f.task.pipeline_id).collect();
+        let names: Vec<&str> = dead.iter().map(|f| f.task.task_name.as_str()).collect();
+        let errors: Vec<Option<&str>> = dead
+            .iter()
+            .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
+            .collect();
+        let attempts: Vec<i32> = dead
+            .iter()
+            .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
+            .collect();
+        sqlx::query(
+            "INSERT INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
+             SELECT id, r, p, n, e, a, $7 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
+             AS v(id, r, p, n, e, a) \
+             ON CONFLICT (task_run_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, created_at = excluded.created_at",
+        )
+        .bind(&ids)
+        .bind(&runs)
+        .bind(&pipes)
+        .bind(&names)
+        .bind(&errors)
+        .bind(&attempts)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
+     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at";
+
+async fn claim_ready(
+    conn: &mut PgConnection,
+    c: &ClaimRequest,
+    now: DateTime<Utc>,
+    running: &HashSet<Uuid>,
+    events: &mut Vec<Event>,
+) -> Result<Vec<ClaimedTask>> {
+    // Every filter is always bound (NULL = any), so the statement has one shape and one plan
+    // per claimer.
+    let queues = (!c.queues.is_empty()).then_some(&c.queues);
+    let types = (!c.types.is_empty()).then_some(&c.types);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH picked AS ( \
+           SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 \
+           AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
+           AND ($6::text[] IS NULL OR task_type = ANY($6)) \
+           ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE task_runs t SET state = 'running', attempt = t.attempt + 1, lease_epoch = t.lease_epoch + 1, \
+           lease_owner = $1, lease_expires_at = $2 + t.lease_ms * interval '1 millisecond', \
+           started_at = COALESCE(t.started_at, $2), claimed_at = $2, updated_at = $2 \
+         FROM picked WHERE t.id = picked.id RETURNING {CLAIMED_COLUMNS}"
+    )))
+    .bind(&c.owner)
+    .bind(now)
+    .bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
+    .bind(c.run)
+    .bind(queues)
+    .bind(types)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let priority: i32 = row.try_get("priority").map_err(unavailable)?;
+        let ready_at: Option<DateTime<Utc>> = row.try_get("ready_at").map_err(unavailable)?;
+        claimed.push(((-priority, ready_at), claimed_from_row(row)?));
+    }
+    // RETURNING gives no order; hand tasks out highest priority, oldest first.
+    claimed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+    let claimed: Vec<ClaimedTask> = claimed.into_iter().map(|(_, t)| t).collect();
+    events.extend(plan::claimed_events(&claimed, &c.owner));
+    let start = plan::runs_to_start(&claimed, running);
+    if !start.is_empty() {
+        let ids = start;
+        // SKIP LOCKED: a run another claimer is starting right now is started by it.
+        let started: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE runs SET state = 'running', started_at = $1, updated_at = $1 WHERE id IN ( \
+             SELECT id FROM runs WHERE id = ANY($2) AND state = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id",
+        )
+        .bind(now)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for run in started {
+            events.push(Event::run(run, EventKind::RunStarted));
+        }
+    }
+    Ok(claimed)
+}
+
+pub async fn extend_leases(
+    pool: &PgPool,
+    leases: &[(Uuid, i64)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+    let epochs: Vec<i64> = leases.iter().map(|l| l.1).collect();
+    let kept: HashSet<Uuid> = sqlx::query_scalar(
+        "UPDATE task_runs t SET lease_expires_at = $3 + t.lease_ms * interval '1 millisecond', updated_at = $3 \
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, epoch) \
+         WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?
+    .into_iter()
+    .collect();
+    Ok(ids.into_iter().filter(|id| !kept.contains(id)).collect())
+}

@@ -1,0 +1,285 @@
+//! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
+
+use super::{begin, flush_events, locked_run_state, notify};
+use crate::unavailable;
+use chrono::{DateTime, Utc};
+use orbit_store::plan::{self, Event, EventKind};
+use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// `Ok(new_id)`, or `Err((existing_id, same_request))` when the idempotency key already names a
+/// run.
+pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
+    let now = new.now;
+    let id = new.id;
+    let p = &new.pipeline.pipeline;
+    let mut tx = begin(pool).await?;
+    if let Some(key) = &new.idempotency_key {
+        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        if let Some(cutoff) = now.checked_sub_signed(ttl) {
+            sqlx::query("UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = $1 AND created_at < $2")
+                .bind(key)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(new.pipeline.id)
+    .bind(&p.name)
+    .bind(new.pipeline.version)
+    .bind(&new.input)
+    .bind(new.priority)
+    .bind(new.idempotency_key.as_deref())
+    .bind(p.tasks.len() as i64)
+    .bind(now)
+    .bind(new.request_hash())
+    .bind(new.triggered_by.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    if inserted.rows_affected() == 0 {
+        let (existing, hash): (Uuid, Option<String>) =
+            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = $1")
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        // Runs from before request hashes were kept count as the same request.
+        let same = hash.is_none_or(|h| h == new.request_hash());
+        return Ok(Err((existing, same)));
+    }
+    let n = p.tasks.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut prios = Vec::with_capacity(n);
+    let mut needs = Vec::with_capacity(n);
+    let mut maxes = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    let mut ready_ats = Vec::with_capacity(n);
+    for (seq, task) in p.tasks.iter().enumerate() {
+        let ready = task.needs.is_empty();
+        ids.push(Uuid::now_v7());
+        names.push(task.name.as_str());
+        types.push(task.task_type.as_str());
+        queues.push(task.queue());
+        seqs.push(seq as i32);
+        states.push(if ready { "ready" } else { "waiting" });
+        prios.push(task.priority.saturating_add(new.priority));
+        needs.push(task.needs.len() as i32);
+        maxes.push(i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX));
+        leases.push(task.lease().as_millis() as i64);
+        ready_ats.push(ready.then_some(now));
+    }
+    sqlx::query(
+        "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
+         max_attempts, lease_ms, ready_at, updated_at) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3 FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
+         $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[]) \
+         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra)",
+    )
+    .bind(id)
+    .bind(new.pipeline.id)
+    .bind(now)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&types)
+    .bind(&queues)
+    .bind(&seqs)
+    .bind(&states)
+    .bind(&prios)
+    .bind(&needs)
+    .bind(&maxes)
+    .bind(&leases)
+    .bind(&ready_ats)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let created = Event::run(id, EventKind::RunCreated)
+        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
+    flush_events(&mut tx, &[created], now).await?;
+    if states.contains(&"ready") {
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(id))
+}
+
+pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let cancel = plan::cancel(run, locked_run_state(&mut tx, run).await?)?;
+    // A running attempt ends here: its record says so (its holder's late result is fenced
+    // out), and every node checks its leases at once.
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+         SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, $1), $1, \
+         $3, $4, $5 \
+         FROM task_runs WHERE run_id = $2 AND state = 'running' ON CONFLICT DO NOTHING",
+    )
+    .bind(now)
+    .bind(run)
+    .bind(cancel.outcome.as_str())
+    .bind(cancel.error)
+    .bind(cancel.log)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::CONTROL)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    sqlx::query(
+        "UPDATE task_runs SET state = 'cancelled', error = $3, finished_at = $1, updated_at = $1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ($4, $5, $6)",
+    )
+    .bind(now)
+    .bind(run)
+    .bind(cancel.error)
+    .bind(cancel.unfinished[0])
+    .bind(cancel.unfinished[1])
+    .bind(cancel.unfinished[2])
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("UPDATE runs SET state = 'cancelled', tasks_pending = 0, finished_at = $1, updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    flush_events(&mut tx, &[cancel.event], now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn requeue(
+    pool: &PgPool,
+    run: Uuid,
+    tasks: &[String],
+    by: orbit_store::TriggeredBy,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let mut tx = begin(pool).await?;
+    locked_run_state(&mut tx, run).await?;
+    sqlx::query("UPDATE runs SET triggered_by = $1 WHERE id = $2")
+        .bind(by.as_str())
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let requeued: Vec<String> = sqlx::query_scalar(
+        "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
+         ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \
+         error = NULL, output = NULL, finished_at = NULL, updated_at = $1 \
+         WHERE run_id = $2 AND task_name = ANY($3) AND state = ANY($4) RETURNING task_name",
+    )
+    .bind(now)
+    .bind(run)
+    .bind(tasks)
+    .bind(&plan::REQUEUEABLE[..])
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    // Keep the caller's order.
+    let requeued: Vec<String> = tasks
+        .iter()
+        .filter(|t| requeued.contains(t))
+        .cloned()
+        .collect();
+    if !requeued.is_empty() {
+        sqlx::query("DELETE FROM dead_letters WHERE run_id = $1 AND task_name = ANY($2)")
+            .bind(run)
+            .bind(&requeued)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let still_dead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM task_runs WHERE run_id = $1 AND state = 'dead'",
+        )
+        .bind(run)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE runs SET state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END, \
+             tasks_pending = tasks_pending + $1, tasks_dead = $2, finished_at = NULL, updated_at = $3 WHERE id = $4",
+        )
+        .bind(requeued.len() as i64)
+        .bind(still_dead)
+        .bind(now)
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(requeued)
+}
+
+/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
+/// go by `ON DELETE CASCADE`).
+pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let state = locked_run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
+    }
+    for sql in [
+        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = $1)",
+        "DELETE FROM events WHERE run_id = $1",
+        "DELETE FROM runs WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+    flush_events(&mut tx, &[deleted], now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Deletes dead letters created before `before`; reports the failed runs left without any.
+pub async fn purge_dead_letters(pool: &PgPool, before: DateTime<Utc>) -> Result<PurgedLetters> {
+    let mut tx = begin(pool).await?;
+    let runs: Vec<Uuid> =
+        sqlx::query_scalar("DELETE FROM dead_letters WHERE created_at < $1 RETURNING run_id")
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    let entries = runs.len() as u64;
+    let emptied: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE id = ANY($1) AND state = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.run_id = runs.id)",
+    )
+    .bind(&runs)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(PurgedLetters {
+        entries,
+        runs: emptied,
+    })
+}

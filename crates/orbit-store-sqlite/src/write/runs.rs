@@ -1,0 +1,269 @@
+//! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
+
+use super::{CHUNK, begin, flush_events, run_state};
+use crate::{unavailable, us};
+use chrono::{DateTime, Utc};
+use orbit_store::plan::{self, Event, EventKind};
+use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
+use serde_json::json;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+/// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
+pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
+    let now = us(new.now);
+    let id = new.id;
+    let p = &new.pipeline.pipeline;
+    let mut tx = begin(pool).await?;
+    if let Some(key) = &new.idempotency_key {
+        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        let cutoff = new.now.checked_sub_signed(ttl).map_or(i64::MIN, us);
+        sqlx::query(
+            "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = ?1 AND created_at < ?2",
+        )
+        .bind(key)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id.to_string())
+    .bind(new.pipeline.id.to_string())
+    .bind(&p.name)
+    .bind(new.pipeline.version)
+    .bind(new.input.to_string())
+    .bind(new.priority)
+    .bind(new.idempotency_key.as_deref())
+    .bind(p.tasks.len() as i64)
+    .bind(now)
+    .bind(new.request_hash())
+    .bind(new.triggered_by.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    if inserted.rows_affected() == 0 {
+        let (existing, hash): (String, Option<String>) =
+            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = ?1")
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let existing =
+            Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Runs from before request hashes were kept count as the same request.
+        let same = hash.is_none_or(|h| h == new.request_hash());
+        return Ok(Err((existing, same)));
+    }
+    let pipeline_id = new.pipeline.id.to_string();
+    let run_id = id.to_string();
+    let tasks: Vec<(usize, &orbit_core::TaskDef)> = p.tasks.iter().enumerate().collect();
+    for chunk in tasks.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
+             max_attempts, lease_ms, ready_at, updated_at, task_type, queue) ",
+        );
+        q.push_values(chunk, |mut b, (seq, task)| {
+            let ready = task.needs.is_empty();
+            b.push_bind(Uuid::now_v7().to_string())
+                .push_bind(&run_id)
+                .push_bind(&pipeline_id)
+                .push_bind(&task.name)
+                .push_bind(*seq as i64)
+                .push_bind(if ready { "ready" } else { "waiting" })
+                .push_bind(task.priority.saturating_add(new.priority))
+                .push_bind(task.needs.len() as i64)
+                .push_bind(i64::from(task.retry.max_attempts))
+                .push_bind(task.lease().as_millis() as i64)
+                .push_bind(ready.then_some(now))
+                .push_bind(now)
+                .push_bind(task.task_type.as_str())
+                .push_bind(task.queue());
+        });
+        q.build()
+            .persistent(chunk.len() <= 16)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let created = Event::run(id, EventKind::RunCreated)
+        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
+    flush_events(&mut tx, &[created], now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(id))
+}
+
+pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let now = us(now);
+    let mut tx = begin(pool).await?;
+    let cancel = plan::cancel(run, run_state(&mut tx, run).await?)?;
+    // A running attempt ends here: its record says so (its holder's late result is fenced out).
+    sqlx::query(
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
+         SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, ?1), ?1, \
+         ?3, ?4, ?5 \
+         FROM task_runs WHERE run_id = ?2 AND state = 'running' ON CONFLICT DO NOTHING",
+    )
+    .bind(now)
+    .bind(run.to_string())
+    .bind(cancel.outcome.as_str())
+    .bind(cancel.error)
+    .bind(cancel.log)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query(
+        "UPDATE task_runs SET state = 'cancelled', error = ?3, finished_at = ?1, updated_at = ?1, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN (?4, ?5, ?6)",
+    )
+    .bind(now)
+    .bind(run.to_string())
+    .bind(cancel.error)
+    .bind(cancel.unfinished[0])
+    .bind(cancel.unfinished[1])
+    .bind(cancel.unfinished[2])
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    sqlx::query("UPDATE runs SET state = 'cancelled', tasks_pending = 0, finished_at = ?1, updated_at = ?1 WHERE id = ?2")
+        .bind(now)
+        .bind(run.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    flush_events(&mut tx, &[cancel.event], now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+pub async fn requeue(
+    pool: &SqlitePool,
+    run: Uuid,
+    tasks: &[String],
+    by: orbit_store::TriggeredBy,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let now = us(now);
+    let run_s = run.to_string();
+    let mut tx = begin(pool).await?;
+    run_state(&mut tx, run).await?;
+    sqlx::query("UPDATE runs SET triggered_by = ?1 WHERE id = ?2")
+        .bind(by.as_str())
+        .bind(&run_s)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let mut requeued = Vec::new();
+    for name in tasks {
+        let changed = sqlx::query(
+            "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
+             ready_at = CASE WHEN pending_needs <= 0 THEN ?1 ELSE NULL END, attempt_base = attempt, \
+             error = NULL, output = NULL, finished_at = NULL, updated_at = ?1 \
+             WHERE run_id = ?2 AND task_name = ?3 AND state IN (?4, ?5)",
+        )
+        .bind(now)
+        .bind(&run_s)
+        .bind(name)
+        .bind(plan::REQUEUEABLE[0])
+        .bind(plan::REQUEUEABLE[1])
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if changed.rows_affected() > 0 {
+            sqlx::query("DELETE FROM dead_letters WHERE run_id = ?1 AND task_name = ?2")
+                .bind(&run_s)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            requeued.push(name.clone());
+        }
+    }
+    if !requeued.is_empty() {
+        let still_dead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM task_runs WHERE run_id = ?1 AND state = 'dead'",
+        )
+        .bind(&run_s)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE runs SET state = CASE WHEN started_at IS NULL THEN 'pending' ELSE 'running' END, \
+             tasks_pending = tasks_pending + ?1, tasks_dead = ?2, finished_at = NULL, updated_at = ?3 WHERE id = ?4",
+        )
+        .bind(requeued.len() as i64)
+        .bind(still_dead)
+        .bind(now)
+        .bind(&run_s)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(requeued)
+}
+
+/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
+/// go by `ON DELETE CASCADE`).
+pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+    let mut tx = begin(pool).await?;
+    let run = id.to_string();
+    let state = run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
+    }
+    for sql in [
+        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = ?1)",
+        "DELETE FROM events WHERE run_id = ?1",
+        "DELETE FROM runs WHERE id = ?1",
+    ] {
+        sqlx::query(sql)
+            .bind(&run)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+    flush_events(&mut tx, &[deleted], us(now)).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Deletes dead letters created before `before`; reports the failed runs left without any.
+pub async fn purge_dead_letters(pool: &SqlitePool, before: DateTime<Utc>) -> Result<PurgedLetters> {
+    let mut tx = begin(pool).await?;
+    let runs: Vec<String> =
+        sqlx::query_scalar("DELETE FROM dead_letters WHERE created_at < ?1 RETURNING run_id")
+            .bind(us(before))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    let entries = runs.len() as u64;
+    let mut emptied = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for run in runs.into_iter().filter(|r| seen.insert(r.clone())) {
+        let left: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE id = ?1 AND state = 'failed'              AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE run_id = ?1)",
+        )
+        .bind(&run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(id) = left {
+            emptied.push(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(PurgedLetters {
+        entries,
+        runs: emptied,
+    })
+}
