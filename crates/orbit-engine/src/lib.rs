@@ -16,6 +16,7 @@ mod engine;
 pub mod executor;
 mod log;
 pub mod recovery;
+pub mod roles;
 pub mod runs;
 pub mod storage;
 pub mod waiting;

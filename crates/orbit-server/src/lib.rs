@@ -5,7 +5,6 @@
 //! ([`error::ApiError`]).
 
 mod auth;
-mod cron;
 mod dashboard;
 pub mod error;
 mod extract;
@@ -15,9 +14,9 @@ mod routes;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use chrono::Utc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orbit_engine::dispatch::{Dispatcher, SecretKey};
+use orbit_engine::roles;
 use orbit_engine::storage::Storage;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_store::{NodeInfo, Store};
@@ -248,22 +247,12 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let config = state.config.clone();
     let node = node_info(&config);
-    {
-        let (store, shutdown, node) = (state.store.clone(), shutdown.clone(), node.clone());
-        let every = config.node_heartbeat;
-        tasks.spawn(async move {
-            loop {
-                if let Err(e) = store.node_heartbeat(&node, Utc::now()).await {
-                    tracing::warn!(error = %e, "cannot record this node's heartbeat");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-            }
-            let _ = store.node_stopped(&node.id, Utc::now()).await;
-        });
-    }
+    let beat = roles::NodeHeartbeat::new(state.store.clone(), node, config.node_heartbeat);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        beat.run(stop).await;
+        let _ = beat.stopped().await;
+    });
     if config.mode == Mode::Standalone {
         let engine = state.engine.clone();
         let stop = shutdown.clone();
@@ -274,57 +263,27 @@ pub async fn serve(
                 }
             });
         } else {
-            // No embedded workers: still reap expired leases so no run waits for a dead worker.
-            let poll = config.engine.poll_interval;
-            tasks.spawn(async move {
-                loop {
-                    if let Err(e) = engine.process(0).await {
-                        tracing::warn!(error = %e, "reaping failed");
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                }
-            });
+            let reaper = roles::Reaper::new(engine, config.engine.poll_interval);
+            tasks.spawn(reaper.run(stop));
         }
-        let (store, stop, saved) = (
-            state.store.clone(),
-            shutdown.clone(),
-            state.pipelines_saved.clone(),
-        );
-        tasks.spawn(async move { cron::run(store, saved, stop).await });
-        let (store, storage, stop) = (
+        let cron = roles::Scheduler::new(state.store.clone(), state.pipelines_saved.clone());
+        tasks.spawn(cron.run(shutdown.clone()));
+        let retention = roles::Retention::new(
             state.store.clone(),
             state.engine.storage().clone(),
-            shutdown.clone(),
+            config.dlq_retention,
+            Duration::from_secs(3600),
         );
-        let retention = config.dlq_retention;
-        tasks.spawn(async move {
-            loop {
-                let before = Utc::now() - retention;
-                match orbit_engine::runs::purge_dead_letters(store.as_ref(), &storage, before).await
-                {
-                    Ok(r) if r.entries > 0 => {
-                        tracing::info!(
-                            entries = r.entries,
-                            runs = r.runs,
-                            objects = r.objects,
-                            "dead-letter retention"
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "dead-letter retention failed"),
+        tasks.spawn(retention.run(shutdown.clone()));
+        if let Some(dispatcher) = state.dispatcher.clone() {
+            match roles::PushDispatch::new(dispatcher) {
+                Ok(push) => {
+                    tasks.spawn(push.run(shutdown.clone()));
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "push dispatch is off: cannot build an HTTP client")
                 }
             }
-        });
-        if let Some(dispatcher) = state.dispatcher.clone() {
-            let stop = shutdown.clone();
-            tasks.spawn(async move { push_loop(dispatcher, stop).await });
         }
     }
     // Pollers wait in every mode.
@@ -341,42 +300,6 @@ pub async fn serve(
         .await?;
     tasks.wait().await;
     Ok(())
-}
-
-/// Push mode: hands ready worker tasks to push-mode services as work appears.
-async fn push_loop(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
-    let http = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "push dispatch is off: cannot build an HTTP client");
-            return;
-        }
-    };
-    let mut work = dispatcher.store().work_signal();
-    loop {
-        work.borrow_and_update();
-        let round = match dispatcher.push_round(&http).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "push dispatch round failed");
-                Some(0)
-            }
-        };
-        if round.is_some_and(|handed| handed > 0) {
-            continue;
-        }
-        // Callbacks free slots and retries come due without a signal: look again each second.
-        // With no push-mode service registered, commits are no reason to look: only the
-        // second.
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = work.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 pub fn node_info(config: &ServerConfig) -> NodeInfo {

@@ -4,11 +4,12 @@ use super::{Connected, connect};
 use crate::BadInput;
 use crate::cli::{DbAction, ServerArgs, WorkOptions, WorkerArgs};
 use crate::commands::run::{idempotency_ttl, max_retry_delay, owner, supervisor};
-use chrono::Utc;
+use orbit_engine::roles::NodeHeartbeat;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_server::{AppState, Mode, ServerConfig};
 use orbit_store::NodeInfo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -171,19 +172,14 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
         service: None,
     };
     let shutdown = on_signal();
-    let beat = {
-        let (store, node, stop) = (store.clone(), node.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = store.node_heartbeat(&node, Utc::now()).await {
-                    tracing::warn!(error = %e, "cannot record this worker's heartbeat");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(node.heartbeat_ms)) => {}
-                }
-            }
-        })
+    let beat = Arc::new(NodeHeartbeat::new(
+        store.clone(),
+        node.clone(),
+        Duration::from_millis(node.heartbeat_ms),
+    ));
+    let beating = {
+        let (beat, stop) = (beat.clone(), shutdown.clone());
+        tokio::spawn(async move { beat.run(stop).await })
     };
     println!(
         "orbit worker {} claiming from {kind} (concurrency {}, queues: {}, types: {})",
@@ -203,8 +199,8 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
     let engine = Engine::new(store.clone(), super::storage()?, config)?;
     let result = engine.drive_all(shutdown.clone()).await;
     shutdown.cancel();
-    let _ = beat.await;
-    store.node_stopped(&node.id, Utc::now()).await?;
+    let _ = beating.await;
+    beat.stopped().await?;
     result?;
     eprintln!("worker stopped");
     Ok(0)

@@ -8,6 +8,7 @@
 //! is run, once; older ones are skipped. A fire time before the pipeline's current version was
 //! saved never runs.
 
+use super::pause;
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use orbit_store::{NewRun, Store, StoreError, StoredPipeline};
@@ -75,35 +76,45 @@ async fn fire(
 /// one saved through another server sharing the database is seen within this.
 const RESCAN: Duration = Duration::from_secs(10);
 
-/// Fires schedules until `shutdown`: sleeps until the next fire time of any schedule, and
-/// looks again at least every [`RESCAN`] for new or changed pipelines, or when `saved` says
-/// this server saved one. With no schedule it only rescans.
-pub async fn run(store: Arc<dyn Store>, saved: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        let wait = match store.list_pipelines().await {
-            Ok(pipelines) => {
-                let schedules = scheduled(&pipelines);
-                if let Err(e) = fire(store.as_ref(), &schedules, Utc::now()).await {
-                    tracing::warn!(error = %e, "cron tick failed");
-                }
-                let now = Utc::now();
-                schedules
-                    .iter()
-                    .filter_map(|(_, c)| c.find_next_occurrence(&now, false).ok())
-                    .min()
-                    .and_then(|next| (next - now).to_std().ok())
-                    // A little after the fire time, so `find_previous_occurrence` sees it.
-                    .map_or(RESCAN, |w| (w + Duration::from_millis(5)).min(RESCAN))
-            }
-            Err(e) => {
+/// Cron as a role: [`Scheduler::tick`] fires what is due at `now`; [`Scheduler::run`] sleeps
+/// until the next fire time of any schedule, and looks again at least every [`RESCAN`] for new
+/// or changed pipelines, or when `saved` says this server saved one.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    saved: Arc<Notify>,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn Store>, saved: Arc<Notify>) -> Scheduler {
+        Scheduler { store, saved }
+    }
+
+    /// Fires every schedule due at `now`; how long until the next fire time (at most
+    /// [`RESCAN`]).
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<Duration, StoreError> {
+        let pipelines = self.store.list_pipelines().await?;
+        let schedules = scheduled(&pipelines);
+        fire(self.store.as_ref(), &schedules, now).await?;
+        Ok(schedules
+            .iter()
+            .filter_map(|(_, c)| c.find_next_occurrence(&now, false).ok())
+            .min()
+            .and_then(|next| (next - now).to_std().ok())
+            // A little after the fire time, so `find_previous_occurrence` sees it.
+            .map_or(RESCAN, |w| (w + Duration::from_millis(5)).min(RESCAN)))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let wait = self.tick(Utc::now()).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cron tick failed");
                 RESCAN
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = pause(&shutdown, wait) => {}
+                _ = self.saved.notified() => {}
             }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = saved.notified() => {}
         }
     }
 }
