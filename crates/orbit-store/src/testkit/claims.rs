@@ -1,0 +1,268 @@
+//! Conformance: claims (order, filters, sharing one commit), leases and their fencing.
+
+use crate::{ClaimRequest, Store};
+use chrono::Duration;
+use orbit_core::transition::Outcome;
+use orbit_core::{RunState, TaskState};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+
+pub async fn claims_by_priority_then_age(store: &dyn Store) {
+    let p = pipeline(
+        "prio",
+        &[("low", &[], 1), ("high", &[], 9), ("mid", &[], 5)],
+    );
+    let (_, older) = start(store, &p, t0()).await;
+    let (_, newer) = start(store, &p, t0() + Duration::seconds(1)).await;
+    let got = claim(store, None, 4, t0() + Duration::seconds(2)).await;
+    let order: Vec<(&str, Uuid)> = got
+        .iter()
+        .map(|t| (t.task_name.as_str(), t.run_id))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("high", older),
+            ("high", newer),
+            ("mid", older),
+            ("mid", newer)
+        ]
+    );
+    assert!(got.iter().all(|t| t.attempt == 1 && t.lease_epoch == 1));
+    assert_eq!(store.run(older).await.unwrap().state, RunState::Running);
+    let rest = claim(store, None, 10, t0() + Duration::seconds(2)).await;
+    assert_eq!(names(&rest), vec!["low", "low"]);
+    assert!(
+        claim(store, None, 10, t0() + Duration::seconds(2))
+            .await
+            .is_empty(),
+        "nothing is claimed twice"
+    );
+}
+
+pub async fn claims_only_the_requested_run(store: &dyn Store) {
+    let p = pipeline("two", &[("a", &[], 0)]);
+    let (_, r1) = start(store, &p, t0()).await;
+    let (_, r2) = start(store, &p, t0()).await;
+    let got = claim(store, Some(r2), 10, t0()).await;
+    assert_eq!(got.iter().map(|t| t.run_id).collect::<Vec<_>>(), vec![r2]);
+    assert_eq!(store.run(r1).await.unwrap().state, RunState::Pending);
+}
+
+pub async fn fences_writes_by_lease_epoch(store: &dyn Store) {
+    let p = pipeline("fence", &[("a", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    let mut stale = got[0].clone();
+    stale.lease_epoch += 7;
+    let out = record(
+        store,
+        finish(&p, &stale, Outcome::Succeeded(json!("zombie")), t0()),
+    )
+    .await;
+    assert_eq!(out.lease_lost, vec![stale.id]);
+    let tr = &store.task_runs(run).await.unwrap()[0];
+    assert_eq!(
+        (tr.state, tr.output.clone()),
+        (TaskState::Running, None),
+        "a refused write changes nothing"
+    );
+    assert!(store.attempts(run, None).await.unwrap().is_empty());
+    let out = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!("real")), t0()),
+    )
+    .await;
+    assert!(out.lease_lost.is_empty());
+    let again = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!("twice")), t0()),
+    )
+    .await;
+    assert_eq!(
+        again.lease_lost.len(),
+        1,
+        "a finished task cannot finish twice"
+    );
+    assert_eq!(
+        store.task_runs(run).await.unwrap()[0].output,
+        Some(json!("real"))
+    );
+}
+
+pub async fn extends_only_held_leases(store: &dyn Store) {
+    let p = pipeline("lease", &[("a", &[], 0), ("b", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 2, t0()).await;
+    let later = t0() + Duration::seconds(5);
+    let lost = store
+        .extend_leases(
+            &[
+                (got[0].id, got[0].lease_epoch),
+                (got[1].id, got[1].lease_epoch + 1),
+            ],
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![got[1].id]);
+    let trs = store.task_runs(run).await.unwrap();
+    assert_eq!(
+        trs[0].lease_expires_at,
+        Some(later + Duration::seconds(20)),
+        "lease is twice the heartbeat interval"
+    );
+    assert_eq!(trs[1].lease_expires_at, Some(t0() + Duration::seconds(20)));
+}
+
+pub async fn lists_expired_leases(store: &dyn Store) {
+    let p = pipeline("leases", &[("a", &[], 0), ("b", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 2, t0()).await;
+    let all = store
+        .leased(&crate::LeaseFilter {
+            run: Some(run),
+            expired_before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|l| l.owner == "test-worker" && l.task.claimed_at == t0())
+    );
+    store
+        .extend_leases(
+            &[(got[0].id, got[0].lease_epoch)],
+            t0() + Duration::seconds(15),
+        )
+        .await
+        .unwrap();
+    let expired = store
+        .leased(&crate::LeaseFilter {
+            run: None,
+            expired_before: Some(t0() + Duration::seconds(21)),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|l| l.task.id).collect::<Vec<_>>(),
+        vec![got[1].id],
+        "only b's lease expired"
+    );
+    assert_eq!(expired[0].task.lease_epoch, got[1].lease_epoch);
+}
+
+pub async fn claims_filter_by_queue_and_type(store: &dyn Store) {
+    let mut p = pipeline("queues", &[("cpu", &[], 0), ("gpu", &[], 0)]);
+    p.tasks[1].queue = Some("gpu".into());
+    let (_, run) = start(store, &p, t0()).await;
+    let mut req = ClaimRequest::any("w", 10);
+    req.types = vec!["shell".into()];
+    let none = store.finish_and_claim(&[], Some(&req), t0()).await.unwrap();
+    assert!(none.claimed.is_empty(), "no shell tasks here");
+    req.types = vec!["sleep".into()];
+    req.queues = vec!["gpu".into()];
+    let gpu = store.finish_and_claim(&[], Some(&req), t0()).await.unwrap();
+    assert_eq!(names(&gpu.claimed), vec!["gpu"]);
+    let rest = claim(store, Some(run), 10, t0()).await;
+    assert_eq!(names(&rest), vec!["cpu"]);
+    let tr = store.task_runs(run).await.unwrap();
+    assert_eq!(tr[0].queue, "default");
+    assert_eq!(tr[1].queue, "gpu");
+    assert_eq!(tr[1].task_type, "sleep");
+}
+
+pub async fn progress_is_fenced_by_lease(store: &dyn Store) {
+    let p = pipeline("progress", &[("a", &[], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let a = &claim(store, Some(run), 1, t0()).await[0];
+    assert!(
+        store
+            .set_progress(a.id, a.lease_epoch, 0.5, Some("half"), t0())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_progress(a.id, a.lease_epoch + 1, 0.9, None, t0())
+            .await
+            .unwrap(),
+        "a stale epoch changes nothing"
+    );
+    let tr = store.task_run(&a.id.to_string()).await.unwrap();
+    assert_eq!(tr.progress, Some(0.5));
+    assert_eq!(tr.progress_message.as_deref(), Some("half"));
+}
+
+/// A group commit: finished attempts of several requests and several claimers' claims in one
+/// commit. Each claim gets its own tasks, never one another got, in priority order across
+/// them; each finished attempt is fenced on its own.
+pub async fn many_claims_share_one_commit(store: &dyn Store) {
+    let p = pipeline(
+        "group",
+        &[
+            ("a", &[], 9),
+            ("b", &[], 8),
+            ("c", &[], 7),
+            ("d", &[], 6),
+            ("e", &[], 5),
+            ("after", &["a"], 0),
+        ],
+    );
+    let (_, run) = start(store, &p, t0()).await;
+    let first = claim(store, Some(run), 1, t0()).await;
+    assert_eq!(names(&first), vec!["a"]);
+    let mut stale = first[0].clone();
+    stale.lease_epoch += 1;
+    let done = [
+        finish(&p, &first[0], Outcome::Succeeded(json!(1)), t0()),
+        finish(&p, &stale, Outcome::Succeeded(json!(2)), t0()),
+    ];
+    let req = |owner: &str, limit| ClaimRequest {
+        owner: owner.into(),
+        limit,
+        run: Some(run),
+        queues: Vec::new(),
+        types: Vec::new(),
+    };
+    let claims = [req("w1", 2), req("w2", 0), req("w3", 10)];
+    let (outcome, each) = store
+        .finish_and_claim_many(&done, &claims, t0())
+        .await
+        .expect("group commit");
+    assert_eq!(
+        outcome.lease_lost,
+        vec![stale.id],
+        "only the stale attempt is refused"
+    );
+    assert_eq!(each.len(), 3, "an answer per claim, in order");
+    assert_eq!(names(&each[0]), vec!["b", "c"]);
+    assert!(each[1].is_empty(), "a claim for none gets none");
+    // `after` became ready in this very commit, from `a`'s success: the later claim sees it.
+    assert_eq!(names(&each[2]), vec!["d", "e", "after"]);
+    let by_owner = store
+        .leased(&crate::LeaseFilter {
+            run: Some(run),
+            expired_before: None,
+            limit: 100,
+        })
+        .await
+        .expect("leases");
+    let owner_of = |task: &str| {
+        by_owner
+            .iter()
+            .find(|l| l.task.task_name == task)
+            .map(|l| l.owner.clone())
+    };
+    assert_eq!(owner_of("b").as_deref(), Some("w1"));
+    assert_eq!(owner_of("after").as_deref(), Some("w3"));
+    assert!(
+        claim(store, Some(run), 10, t0()).await.is_empty(),
+        "nothing was claimed twice"
+    );
+}

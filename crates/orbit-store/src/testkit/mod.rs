@@ -1,0 +1,196 @@
+//! The conformance suite: behaviour every [`Store`] backend must show. A backend's tests call
+//! [`conformance_tests!`](crate::conformance_tests) with a function that makes a fresh store.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "the conformance suite is test code: a failed step should fail the test loudly"
+)]
+
+mod claims;
+mod finish;
+mod registry;
+mod runs;
+
+pub use claims::*;
+pub use finish::*;
+pub use registry::*;
+pub use runs::*;
+
+use crate::{ClaimRequest, ClaimedTask, FinishedAttempt, NewRun, Store, StoredPipeline};
+use chrono::{DateTime, Utc};
+use orbit_core::dag::Dag;
+use orbit_core::retry::RetryPolicy;
+use orbit_core::transition::{Outcome, on_attempt_finished};
+use orbit_core::{Pipeline, TaskDef, TaskState, TaskType};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Generates one `#[tokio::test]` per conformance case, each on a fresh store from `$setup`,
+/// an async fn returning `(store, guard)`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@cases $setup;
+            saves_pipeline_versions_by_content,
+            creates_runs_with_roots_ready,
+            claims_by_priority_then_age,
+            claims_only_the_requested_run,
+            success_promotes_when_all_needs_succeeded,
+            fences_writes_by_lease_epoch,
+            retries_become_claimable_after_backoff,
+            a_lost_attempt_keeps_its_place_in_the_queue,
+            dead_task_cancels_downstream_and_fails_run,
+            idempotency_key_returns_existing_run,
+            finds_runs_by_prefix_and_filters,
+            finds_runs_and_task_runs_by_short_id,
+            extends_only_held_leases,
+            records_attempts_with_logs,
+            lists_expired_leases,
+            cancel_stops_every_unsettled_task,
+            requeue_gives_fresh_tries_and_reopens_the_run,
+            joins_promote_once_when_upstreams_finish_together,
+            claims_filter_by_queue_and_type,
+            queue_stats_count_task_runs_by_state,
+            deleted_pipelines_are_hidden_until_saved_again,
+            nodes_are_listed_with_what_they_hold,
+            task_runs_are_found_by_prefix,
+            routing_skips_branches_not_chosen,
+            registration_versions_task_code,
+            progress_is_fenced_by_lease,
+            events_are_read_in_commit_order,
+            settled_runs_are_deleted_with_what_hangs_off_them,
+            many_claims_share_one_commit,
+        );
+    };
+    (@cases $setup:path; $($case:ident),* $(,)?) => {
+        mod conformance {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _guard) = $setup().await;
+                    $crate::testkit::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(1_800_000_000_000_000).expect("valid time")
+}
+
+/// A pipeline of sleep tasks: `(name, needs, priority)`.
+pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
+    Pipeline {
+        name: name.into(),
+        description: None,
+        schedule: None,
+        tasks: tasks
+            .iter()
+            .map(|(n, needs, prio)| TaskDef {
+                name: (*n).into(),
+                task_type: TaskType::Sleep,
+                params: json!({"duration": "0s"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                needs: needs.iter().map(|s| (*s).into()).collect(),
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    jitter: false,
+                    ..RetryPolicy::default()
+                },
+                timeout: None,
+                priority: *prio,
+                heartbeat_interval: std::time::Duration::from_secs(10),
+                idempotency_key: None,
+                queue: None,
+                allowed_next: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPipeline, Uuid) {
+    let stored = store
+        .save_pipeline(p, None, at)
+        .await
+        .expect("save pipeline");
+    let run = store
+        .create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
+            pipeline: &stored,
+            input: json!({"n": 1}),
+            priority: 0,
+            idempotency_key: None,
+            idempotency_ttl: std::time::Duration::from_secs(3600),
+            request_hash: None,
+            triggered_by: crate::TriggeredBy::Cli,
+            now: at,
+        })
+        .await
+        .expect("create run");
+    (stored, run.run.id)
+}
+
+async fn claim(
+    store: &dyn Store,
+    run: Option<Uuid>,
+    limit: usize,
+    at: DateTime<Utc>,
+) -> Vec<ClaimedTask> {
+    let req = ClaimRequest {
+        owner: "test-worker".into(),
+        limit,
+        run,
+        queues: Vec::new(),
+        types: Vec::new(),
+    };
+    store
+        .finish_and_claim(&[], Some(&req), at)
+        .await
+        .expect("claim")
+        .claimed
+}
+
+fn finish(
+    p: &Pipeline,
+    task: &ClaimedTask,
+    outcome: Outcome,
+    at: DateTime<Utc>,
+) -> FinishedAttempt {
+    let dag = Dag::new(p).expect("dag");
+    let idx = dag.index_of(&task.task_name).expect("task in dag");
+    let policy = &p.tasks[idx].retry;
+    FinishedAttempt {
+        task: task.clone(),
+        worker: "test-worker".into(),
+        started_at: at,
+        finished_at: at,
+        log: format!("log of {}", task.task_name),
+        transition: on_attempt_finished(&dag, idx, policy, task.tries, outcome, at, 0.0),
+        idempotency_key: None,
+        reused: false,
+        code_version: Some(7),
+    }
+}
+
+/// Records one finished attempt, claiming nothing.
+async fn record(store: &dyn Store, f: FinishedAttempt) -> crate::BatchOutcome {
+    store.finish_and_claim(&[f], None, t0()).await.unwrap()
+}
+
+async fn states(store: &dyn Store, run: Uuid) -> Vec<(String, TaskState)> {
+    store
+        .task_runs(run)
+        .await
+        .expect("task runs")
+        .into_iter()
+        .map(|t| (t.task_name, t.state))
+        .collect()
+}
+
+fn names(tasks: &[ClaimedTask]) -> Vec<&str> {
+    tasks.iter().map(|t| t.task_name.as_str()).collect()
+}
