@@ -12,6 +12,8 @@
 //! - [`echo`] repeats user input in messages safely; [`retry`] is the backoff math; [`template`] renders task parameters over the run context.
 //!
 //! The engine drives, the store persists, this crate decides.
+//!
+//! It depends on no other Orbit crate and does no I/O: never a database, a network or a runtime.
 
 pub mod dag;
 pub mod duration;

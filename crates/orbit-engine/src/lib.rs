@@ -9,6 +9,10 @@
 //! ends it computes its transition with `orbit-core`'s state machine and sends it back to the
 //! loop. The loop sleeps until a task finishes, a lease needs renewing, a retry's backoff ends,
 //! or (as a fallback for work created elsewhere) the poll interval passes.
+//!
+//! The node's other background work are [`roles`] (heartbeat, reaper, cron, retention, push),
+//! each a `tick(now)` round and a `run(shutdown)` loop. This crate depends on `orbit-core` and
+//! `orbit-store` (the trait, never a backend: the caller picks one), never on the server or CLI.
 
 mod commit_queue;
 pub mod dispatch;

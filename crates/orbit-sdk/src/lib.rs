@@ -26,6 +26,9 @@
 //! worker.run(tokio_util::sync::CancellationToken::new()).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! It depends on `orbit-core` (the protocol's messages) only: never on the store, the engine or
+//! the server, which it reaches over HTTP.
 
 mod handler;
 mod objects;

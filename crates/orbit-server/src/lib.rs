@@ -1,8 +1,12 @@
 //! `orbit server`: the HTTP API under `/api/v1`, Prometheus metrics, the OpenAPI document and
-//! the loops a server node runs (embedded workers, reaper, cron, its own heartbeat).
+//! which of the engine's roles a server node starts (embedded workers, reaper, cron, retention,
+//! push dispatch, its own heartbeat).
 //!
 //! Handlers are thin: parse, call one store or engine function, render. Every error is JSON
 //! ([`error::ApiError`]).
+//!
+//! It depends on the engine and the store trait; it never names a backend (the caller opens one)
+//! and holds no background loop of its own: it starts the engine's [`orbit_engine::roles`].
 
 mod auth;
 mod dashboard;

@@ -6,6 +6,9 @@
 //! server has it (on by default). A transaction that leaves claimable work behind sends
 //! `NOTIFY orbit_work`; every store listens and wakes its claimers, and they still poll in case
 //! a notification is lost with a connection.
+//!
+//! It depends on `orbit-core` and `orbit-store` only (it executes `orbit_store::plan`'s plans);
+//! never on the engine, the server or the other backend.
 
 mod rows;
 mod write;

@@ -5,6 +5,9 @@
 //! pool and take the write lock up front (`BEGIN IMMEDIATE`) instead of upgrading mid-transaction;
 //! reads use their own small pool and never wait for the writer. Throughput comes from the
 //! engine handing many state changes to one [`Store::finish_and_claim`] commit.
+//!
+//! It depends on `orbit-core` and `orbit-store` only (it executes `orbit_store::plan`'s plans);
+//! never on the engine, the server or the other backend.
 
 mod rows;
 mod write;

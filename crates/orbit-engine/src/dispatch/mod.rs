@@ -140,7 +140,7 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a poll should write its worker's liveness now (at most every [`SEEN_EVERY`]).
+    /// Whether a poll should write its worker's liveness now (at most every `SEEN_EVERY`, 5 s).
     pub fn due_seen(&self, worker: &str) -> bool {
         let now = std::time::Instant::now();
         let mut m = self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -77,7 +77,7 @@ async fn fire(
 const RESCAN: Duration = Duration::from_secs(10);
 
 /// Cron as a role: [`Scheduler::tick`] fires what is due at `now`; [`Scheduler::run`] sleeps
-/// until the next fire time of any schedule, and looks again at least every [`RESCAN`] for new
+/// until the next fire time of any schedule, and looks again at least every `RESCAN` (10 s) for new
 /// or changed pipelines, or when `saved` says this server saved one.
 pub struct Scheduler {
     store: Arc<dyn Store>,
@@ -90,7 +90,7 @@ impl Scheduler {
     }
 
     /// Fires every schedule due at `now`; how long until the next fire time (at most
-    /// [`RESCAN`]).
+    /// `RESCAN` (10 s)).
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Duration, StoreError> {
         let pipelines = self.store.list_pipelines().await?;
         let schedules = scheduled(&pipelines);
