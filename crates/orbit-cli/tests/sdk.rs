@@ -796,3 +796,75 @@ async fn callbacks_acknowledged_before_a_server_kill_are_all_kept() {
     assert_eq!(by_task.len(), TASKS, "every task succeeded");
     assert!(by_task.values().all(|n| *n == 1), "no task succeeded twice");
 }
+
+/// The Rust SDK's API client against a real server: trigger (idempotent), follow, list,
+/// cancel, retry, and a refused request's status.
+#[tokio::test]
+async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = start(dir.path(), &db);
+    let api = Api::new(&s);
+    let pipeline = "name: nap\ntasks:\n  - {name: quick, type: sleep, duration: 10ms}\n  - {name: long, type: sleep, duration: 60s, needs: quick}\n";
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines",
+            None,
+            Some(json!({"yaml": pipeline})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let client = orbit_sdk::Client::new(&s.base);
+    let run = client
+        .trigger("nap", json!({"day": 1}), Some("nap-1"))
+        .await
+        .expect("trigger");
+    assert_eq!(run.pipeline_name, "nap");
+    assert_eq!(run.input, json!({"day": 1}));
+    let again = client
+        .trigger("nap", json!({"day": 1}), Some("nap-1"))
+        .await
+        .expect("trigger again");
+    assert_eq!(
+        again.id, run.id,
+        "the idempotency key returned the same run"
+    );
+    // Follow it until `quick` is done and `long` runs, then cancel it.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let detail = client.get_run(&run.id).await.expect("get_run");
+        if detail.task("long").is_some_and(|t| t.state == "running") {
+            assert_eq!(detail.task("quick").expect("quick").state, "succeeded");
+            break;
+        }
+        assert!(Instant::now() < end, "long never started: {detail:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = client.cancel(&run.id).await.expect("cancel");
+    assert_eq!(cancelled.state, "cancelled");
+    let settled = client
+        .wait_for_run(&run.id, Duration::from_secs(10), Duration::from_millis(50))
+        .await
+        .expect("wait");
+    assert!(settled.run.is_settled());
+    let listed = client
+        .list_runs(&orbit_sdk::RunFilter {
+            pipeline: Some("nap".into()),
+            limit: Some(5),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed[0].id, run.id);
+    assert_eq!(client.retry(&run.id).await.expect("retry"), ["long"]);
+    client.cancel(&run.id).await.expect("cancel again");
+    let refused = client
+        .trigger("no-such-pipeline", json!({}), None)
+        .await
+        .expect_err("unknown pipeline");
+    assert!(
+        matches!(refused, orbit_sdk::SdkError::Refused { status: 404, .. }),
+        "{refused}"
+    );
+}

@@ -30,10 +30,12 @@
 //! It depends on `orbit-core` (the protocol's messages) only: never on the store, the engine or
 //! the server, which it reaches over HTTP.
 
+mod client;
 mod handler;
 mod objects;
 mod worker;
 
+pub use client::{Client, Run, RunDetail, RunFilter, TaskRun};
 pub use handler::{Context, Handler, HandlerFuture, Logger, TaskError, TaskResult};
 pub use orbit_sdk_macros::task;
 pub use worker::{SdkError, TaskOptions, Worker, WorkerBuilder};

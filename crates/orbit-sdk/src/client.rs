@@ -1,0 +1,236 @@
+//! A small client of Orbit's HTTP API (the TypeScript SDK's `OrbitClient`, the Python SDK's
+//! `Client`): trigger a pipeline, follow, list, cancel and retry runs. Answers are the API's
+//! camelCase JSON; the fields a caller needs most are typed, the rest kept in `extra`.
+
+use crate::SdkError;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// A run as the API lists it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: String,
+    pub pipeline_name: String,
+    pub pipeline_version: i64,
+    /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub input: Value,
+    pub tasks_total: i64,
+    pub tasks_pending: i64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Run {
+    /// Whether the run succeeded, failed or was cancelled.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// One task run of a run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRun {
+    pub id: String,
+    pub task_name: String,
+    pub state: String,
+    pub attempt: i64,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A run with one page of its task runs (`GET /api/v1/runs/{id}`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDetail {
+    pub run: Run,
+    pub tasks: Vec<TaskRun>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl RunDetail {
+    /// The task run of pipeline task `name`, if it is on this page.
+    pub fn task(&self, name: &str) -> Option<&TaskRun> {
+        self.tasks.iter().find(|t| t.task_name == name)
+    }
+}
+
+#[derive(Deserialize)]
+struct Triggered {
+    run: Run,
+}
+
+#[derive(Deserialize)]
+struct RunPage {
+    runs: Vec<Run>,
+}
+
+/// Which runs [`Client::list_runs`] returns, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub pipeline: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the server at `url` (e.g. `http://127.0.0.1:3000`).
+    pub fn new(url: impl Into<String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1", url.into().trim_end_matches('/')),
+            token: None,
+        }
+    }
+
+    /// The server's ORBIT_API_TOKEN, when it has one.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// ORBIT_URL, with ORBIT_API_TOKEN when set.
+    pub fn from_env() -> Result<Client, SdkError> {
+        let url = std::env::var("ORBIT_URL")
+            .map_err(|_| SdkError::Config("set ORBIT_URL to the server's address".into()))?;
+        let client = Client::new(url);
+        Ok(match std::env::var("ORBIT_API_TOKEN") {
+            Ok(t) if !t.is_empty() => client.with_token(t),
+            _ => client,
+        })
+    }
+
+    /// Starts a run of a saved pipeline; `idempotency_key` returns the existing run instead.
+    pub async fn trigger(
+        &self,
+        pipeline: &str,
+        input: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Run, SdkError> {
+        let mut body = json!({ "input": input });
+        if let Some(key) = idempotency_key {
+            body["idempotencyKey"] = json!(key);
+        }
+        let path = format!("/pipelines/{pipeline}/trigger");
+        let t: Triggered = self
+            .send(reqwest::Method::POST, &path, Some(body), &[])
+            .await?;
+        Ok(t.run)
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<RunDetail, SdkError> {
+        let page = [("taskLimit", "1000".to_owned())];
+        self.send(reqwest::Method::GET, &format!("/runs/{id}"), None, &page)
+            .await
+    }
+
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, SdkError> {
+        let mut query = Vec::new();
+        if let Some(s) = &filter.status {
+            query.push(("status", s.clone()));
+        }
+        if let Some(p) = &filter.pipeline {
+            query.push(("pipeline", p.clone()));
+        }
+        if let Some(l) = filter.limit {
+            query.push(("limit", l.to_string()));
+        }
+        let page: RunPage = self
+            .send(reqwest::Method::GET, "/runs", None, &query)
+            .await?;
+        Ok(page.runs)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Run, SdkError> {
+        let path = format!("/runs/{id}/cancel");
+        self.send(reqwest::Method::POST, &path, None, &[]).await
+    }
+
+    /// Puts the run's dead and cancelled tasks back in the queue; the names of those requeued.
+    pub async fn retry(&self, id: &str) -> Result<Vec<String>, SdkError> {
+        let path = format!("/runs/{id}/retry");
+        let answer: Value = self.send(reqwest::Method::POST, &path, None, &[]).await?;
+        Ok(serde_json::from_value(answer["requeued"].clone()).unwrap_or_default())
+    }
+
+    /// Waits until the run is settled (looking every `every`), at most `timeout`.
+    pub async fn wait_for_run(
+        &self,
+        id: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<RunDetail, SdkError> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let detail = self.get_run(id).await?;
+            if detail.run.is_settled() {
+                return Ok(detail);
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(SdkError::Config(format!(
+                    "run {id} is still {} after {timeout:?}",
+                    detail.run.state
+                )));
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        query: &[(&str, String)],
+    ) -> Result<T, SdkError> {
+        let mut address = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| SdkError::Config(format!("the server's address: {e}")))?;
+        if !query.is_empty() {
+            let mut pairs = address.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        let url = address.to_string();
+        let mut req = self.http.request(method, address);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.map_err(|e| SdkError::Unreachable {
+            url: url.clone(),
+            error: e.to_string(),
+        })?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(SdkError::Refused {
+                url,
+                what: "the request",
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| SdkError::Unreachable {
+            url,
+            error: format!("the answer is not what the API describes: {e}"),
+        })
+    }
+}
