@@ -164,8 +164,12 @@ impl Client {
     /// Puts the run's dead and cancelled tasks back in the queue; the names of those requeued.
     pub async fn retry(&self, id: &str) -> Result<Vec<String>, SdkError> {
         let path = format!("/runs/{id}/retry");
-        let answer: Value = self.send(reqwest::Method::POST, &path, None, &[]).await?;
-        Ok(serde_json::from_value(answer["requeued"].clone()).unwrap_or_default())
+        #[derive(Deserialize)]
+        struct Retried {
+            requeued: Vec<String>,
+        }
+        let answer: Retried = self.send(reqwest::Method::POST, &path, None, &[]).await?;
+        Ok(answer.requeued)
     }
 
     /// Waits until the run is settled (looking every `every`), at most `timeout`.

@@ -201,7 +201,6 @@ pub struct RunCounters {
 /// `counts`, whose values it reads back for [`FinishPlan::settle`]; then `events`.
 #[derive(Debug, Default)]
 pub struct FinishPlan<'a> {
-    pub kept: Vec<&'a FinishedAttempt>,
     pub events: Vec<Event>,
     pub skips: Vec<Mark<'a>>,
     pub cancels: Vec<Mark<'a>>,
@@ -217,10 +216,10 @@ pub struct FinishPlan<'a> {
 }
 
 impl<'a> FinishPlan<'a> {
-    pub fn new(kept: Vec<&'a FinishedAttempt>) -> FinishPlan<'a> {
+    pub fn new(kept: &[&'a FinishedAttempt]) -> FinishPlan<'a> {
         let mut plan = FinishPlan::default();
         let mut keyed: BTreeMap<&'a str, (Uuid, &'a Value)> = BTreeMap::new();
-        for f in &kept {
+        for &f in kept {
             let t = &f.task;
             plan.events.push(Event::finished(f));
             match &f.transition {
@@ -263,7 +262,6 @@ impl<'a> FinishPlan<'a> {
             }
         }
         plan.results = keyed.into_iter().map(|(k, (id, o))| (k, id, o)).collect();
-        plan.kept = kept;
         plan
     }
 
@@ -360,13 +358,12 @@ pub fn claimed_events(claimed: &[ClaimedTask], owner: &str) -> Vec<Event> {
 /// backend starts them (`pending` → `running`) and adds [`EventKind::RunStarted`] for each it
 /// changed. In claim order, each once.
 pub fn runs_to_start(claimed: &[ClaimedTask], running: &HashSet<Uuid>) -> Vec<Uuid> {
-    let mut runs: Vec<Uuid> = Vec::new();
-    for t in claimed {
-        if !running.contains(&t.run_id) && !runs.contains(&t.run_id) {
-            runs.push(t.run_id);
-        }
-    }
-    runs
+    let mut seen = HashSet::new();
+    claimed
+        .iter()
+        .map(|t| t.run_id)
+        .filter(|run| !running.contains(run) && seen.insert(*run))
+        .collect()
 }
 
 #[cfg(test)]
@@ -433,7 +430,8 @@ mod tests {
             },
         );
         let batch = [keyed_a, keyed_b, dead, retry];
-        let mut plan = FinishPlan::new(batch.iter().collect());
+        let kept: Vec<&FinishedAttempt> = batch.iter().collect();
+        let mut plan = FinishPlan::new(&kept);
         assert_eq!(
             plan.skips,
             vec![Mark {

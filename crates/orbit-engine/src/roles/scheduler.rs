@@ -8,7 +8,6 @@
 //! is run, once; older ones are skipped. A fire time before the pipeline's current version was
 //! saved never runs.
 
-use super::pause;
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use orbit_store::{NewRun, Store, StoreError, StoredPipeline};
@@ -112,7 +111,7 @@ impl Scheduler {
             });
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pause(&shutdown, wait) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.saved.notified() => {}
             }
         }

@@ -29,7 +29,7 @@ pub async fn finish_and_claim(
     let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
     out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
-    let mut plan = FinishPlan::new(kept);
+    let mut plan = FinishPlan::new(&kept);
     apply_plan(&mut tx, &mut plan, now).await?;
     let mut running: HashSet<Uuid> = HashSet::new();
     if !plan.counts.is_empty() {
