@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from .models import Retried, RunDetail, RunPage, RunRecord, Triggered
-from .types import OrbitError
+from .worker import answer
 
 _SETTLED = ("succeeded", "failed", "cancelled")
 
@@ -35,15 +35,7 @@ def _trigger_body(input: Any, idempotency_key: str | None, priority: int | None)
 
 
 def _answer(method: str, path: str, response: httpx.Response) -> Any:
-    try:
-        body = response.json() if response.content else None
-    except ValueError:
-        body = response.text
-    if response.status_code >= 400:
-        error = body.get("error") if isinstance(body, dict) else None
-        error = error if isinstance(error, dict) else {}
-        raise OrbitError(f"{method} {path}: {response.status_code} {error.get('message') or response.text}", response.status_code, error.get("code"), body)
-    return body
+    return answer(f"{method} {path}", response.status_code, response.content)
 
 
 def _id(run: str) -> str:

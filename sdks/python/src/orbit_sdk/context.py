@@ -66,7 +66,6 @@ class Context:
         effect_key: str,
         loop: asyncio.AbstractEventLoop,
         report: Report,
-        lines: list[str] | None = None,
     ) -> None:
         self.input = input
         self.upstreams = upstream
@@ -77,7 +76,7 @@ class Context:
         self.attempt = attempt
         self.code_version = code_version
         self.effect_key = effect_key
-        self.lines: list[str] = [] if lines is None else lines
+        self.lines: list[str] = []
         self.cancelled = threading.Event()
         """Set when the attempt's lease is lost, it times out or the worker hands it back: a `def`
         handler should check it in long loops (an `async def` one is cancelled instead)."""

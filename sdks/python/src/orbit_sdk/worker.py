@@ -548,8 +548,9 @@ class Worker:
             return answer(path, response.status, await response.read())
 
 
-def answer(path: str, status: int, content: bytes) -> Any:
-    """The parsed body of an answer, or the OrbitError it says."""
+def answer(what: str, status: int, content: bytes) -> Any:
+    """The parsed body of an answer to `what` (a path, or a method and path), or the OrbitError
+    it says; the worker's and the clients' answers alike."""
     try:
         parsed = json.loads(content) if content else None
     except ValueError:
@@ -558,7 +559,7 @@ def answer(path: str, status: int, content: bytes) -> Any:
         error = parsed.get("error", {}) if isinstance(parsed, dict) else {}
         error = error if isinstance(error, dict) else {}
         text = error.get("message") or content.decode(errors="replace")
-        raise OrbitError(f"{path}: {status} {text}", status, error.get("code"), parsed)
+        raise OrbitError(f"{what}: {status} {text}", status, error.get("code"), parsed)
     return parsed
 
 
