@@ -493,8 +493,13 @@ impl Engine {
                 }
                 if let Some(run) = scope {
                     let state = self.store.run(run).await?.state;
-                    // Settled elsewhere (cancelled by a user): stop what still runs.
-                    if state.is_terminal() {
+                    // Settled elsewhere (cancelled by a user, or finished by a worker that took
+                    // over a lease this one lost): stop what still runs. Attempts that finished
+                    // meanwhile are committed first, so the store's fence says what became of
+                    // them rather than this loop dropping them unreported.
+                    if state.is_terminal() && !finished.is_empty() {
+                        next_poll = now;
+                    } else if state.is_terminal() {
                         for f in inflight.into_values() {
                             f.abort.abort();
                             let lost = EngineEvent::LeaseLost {
