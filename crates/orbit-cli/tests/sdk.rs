@@ -5,7 +5,7 @@
 mod support;
 
 use jsonwebtoken::{EncodingKey, Header};
-use orbit_store::Store;
+use orbit_store::prelude::*;
 use orbit_store_postgres::testing::TestDb;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

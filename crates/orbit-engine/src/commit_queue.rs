@@ -3,8 +3,8 @@
 //! cost one fsync, not a hundred. Each request still gets its answer only after the commit
 //! that holds it is durable.
 
-use chrono::Utc;
-use orbit_store::{ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError};
+use crate::clock::Clock;
+use orbit_store::{ClaimRequest, ClaimedTask, Claims, FinishedAttempt, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -37,14 +37,14 @@ pub struct CommitQueue {
 }
 
 /// The writer's half, until the first request starts it.
-type Idle = (mpsc::UnboundedReceiver<Job>, Arc<dyn Store>);
+type Idle = (mpsc::UnboundedReceiver<Job>, Arc<dyn Claims>, Clock);
 
 impl CommitQueue {
-    pub fn new(store: Arc<dyn Store>) -> CommitQueue {
+    pub fn new(store: Arc<dyn Claims>, clock: Clock) -> CommitQueue {
         let (tx, rx) = mpsc::unbounded_channel();
         CommitQueue {
             tx,
-            rx: Mutex::new(Some((rx, store))),
+            rx: Mutex::new(Some((rx, store, clock))),
         }
     }
 
@@ -55,8 +55,8 @@ impl CommitQueue {
         finished: Vec<FinishedAttempt>,
         claim: Option<ClaimRequest>,
     ) -> Result<Committed, StoreError> {
-        if let Some((rx, store)) = self.rx.lock().ok().and_then(|mut r| r.take()) {
-            tokio::spawn(writer(rx, store));
+        if let Some((rx, store, clock)) = self.rx.lock().ok().and_then(|mut r| r.take()) {
+            tokio::spawn(writer(rx, store, clock));
         }
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -76,7 +76,7 @@ impl CommitQueue {
 /// that arrive meanwhile form the next group. Two reports on one task run (a stale worker and
 /// the current one) never share a commit: the later waits for the next, so the store's answer
 /// per task run is unambiguous.
-async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>) {
+async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, clock: Clock) {
     let mut pending: Vec<Job> = Vec::with_capacity(64);
     let mut jobs: Vec<Job> = Vec::with_capacity(64);
     let mut ids: HashSet<Uuid> = HashSet::new();
@@ -118,7 +118,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>) {
             parts.push((from..finished.len(), claim));
         }
         match store
-            .finish_and_claim_many(&finished, &claims, Utc::now())
+            .finish_and_claim_many(&finished, &claims, clock.now())
             .await
         {
             Ok((outcome, mut each)) => {
@@ -144,7 +144,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>) {
                     let claim: Vec<ClaimRequest> =
                         claim.map(|i| claims[i].clone()).into_iter().collect();
                     let result = store
-                        .finish_and_claim_many(&finished[range], &claim, Utc::now())
+                        .finish_and_claim_many(&finished[range], &claim, clock.now())
                         .await
                         .map(|(outcome, mut each)| Committed {
                             claimed: each.pop().unwrap_or_default(),

@@ -14,6 +14,7 @@
 //! each a `tick(now)` round and a `run(shutdown)` loop. This crate depends on `orbit-core` and
 //! `orbit-store` (the trait, never a backend: the caller picks one), never on the server or CLI.
 
+pub mod clock;
 mod commit_queue;
 pub mod dispatch;
 mod engine;

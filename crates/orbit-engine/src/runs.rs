@@ -6,7 +6,7 @@ use crate::EngineError;
 use crate::storage::{self, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
-use orbit_store::{CreatedRun, NewRun, Store};
+use orbit_store::{CreatedRun, NewRun, Runs};
 use uuid::Uuid;
 
 /// Creates a run; its input goes to object storage when it is over the threshold. When an
@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// when that run was created for a different request (another pipeline or input), the key's
 /// reuse is refused ([`EngineError::IdempotencyKeyReused`]).
 pub async fn create_run(
-    store: &dyn Store,
+    store: &dyn Runs,
     storage: &Storage,
     mut new: NewRun<'_>,
 ) -> Result<CreatedRun, EngineError> {
@@ -39,7 +39,7 @@ pub async fn create_run(
 
 /// Deletes a settled run, then every object it left in any backend. Returns how many objects.
 pub async fn delete_run(
-    store: &dyn Store,
+    store: &dyn orbit_store::Retention,
     storage: &Storage,
     id: Uuid,
 ) -> Result<usize, EngineError> {
@@ -62,7 +62,7 @@ pub struct Retention {
 /// Dead-letter retention: entries created before `before` go, and so does every failed run that
 /// is left with none (its rows and its objects): nobody retried it within the retention.
 pub async fn purge_dead_letters(
-    store: &dyn Store,
+    store: &dyn orbit_store::Retention,
     storage: &Storage,
     before: DateTime<Utc>,
 ) -> Result<Retention, EngineError> {

@@ -9,6 +9,7 @@ use orbit_core::RunState;
 use orbit_engine::storage::Storage;
 use orbit_engine::{Engine, EngineConfig, EngineEvent};
 use orbit_store::faults::{Fault, Faulty};
+use orbit_store::prelude::*;
 use orbit_store::testkit::pipeline;
 use orbit_store::{NewRun, Store};
 use orbit_store_sqlite::{Durability, SqliteStore};

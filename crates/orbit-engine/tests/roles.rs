@@ -81,6 +81,9 @@ async fn a_node_heartbeat_records_the_time_it_is_given_and_the_stop() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].last_seen_at, at + Span::seconds(5));
     assert!(nodes[0].stopped_at.is_none());
-    beat.stopped().await.unwrap();
-    assert!(store.nodes(10).await.unwrap()[0].stopped_at.is_some());
+    beat.stopped(at + Span::seconds(6)).await.unwrap();
+    assert_eq!(
+        store.nodes(10).await.unwrap()[0].stopped_at,
+        Some(at + Span::seconds(6))
+    );
 }

@@ -130,7 +130,8 @@ impl AppState {
                     key,
                     config.engine.idempotency_ttl,
                 )
-                .with_max_retry_delay(config.engine.max_retry_delay),
+                .with_max_retry_delay(config.engine.max_retry_delay)
+                .with_clock(config.engine.clock),
             )
         });
         Ok(AppState {
@@ -251,11 +252,12 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let config = state.config.clone();
     let node = node_info(&config);
+    let clock = config.engine.clock;
     let beat = roles::NodeHeartbeat::new(state.store.clone(), node, config.node_heartbeat);
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        beat.run(stop).await;
-        let _ = beat.stopped().await;
+        beat.run(stop, clock).await;
+        let _ = beat.stopped(clock.now()).await;
     });
     if config.mode == Mode::Standalone {
         let engine = state.engine.clone();
@@ -271,14 +273,14 @@ pub async fn serve(
             tasks.spawn(reaper.run(stop));
         }
         let cron = roles::Scheduler::new(state.store.clone(), state.pipelines_saved.clone());
-        tasks.spawn(cron.run(shutdown.clone()));
+        tasks.spawn(cron.run(shutdown.clone(), clock));
         let retention = roles::Retention::new(
             state.store.clone(),
             state.engine.storage().clone(),
             config.dlq_retention,
             Duration::from_secs(3600),
         );
-        tasks.spawn(retention.run(shutdown.clone()));
+        tasks.spawn(retention.run(shutdown.clone(), clock));
         if let Some(dispatcher) = state.dispatcher.clone() {
             match roles::PushDispatch::new(dispatcher) {
                 Ok(push) => {

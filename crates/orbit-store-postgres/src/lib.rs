@@ -20,7 +20,7 @@ use orbit_store::{
     AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
     EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
     PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
-    ServiceTask, Store, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
+    ServiceTask, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;
@@ -314,7 +314,7 @@ const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, sta
      tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at";
 
 #[async_trait]
-impl Store for PgStore {
+impl orbit_store::Registry for PgStore {
     async fn save_pipeline(
         &self,
         pipeline: &Pipeline,
@@ -369,6 +369,74 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
+        write::delete_pipeline(&self.pool, name, now).await
+    }
+
+    async fn register_service(
+        &self,
+        registration: &orbit_core::protocol::Registration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ServiceTask>> {
+        write::register_service(&self.pool, registration, now).await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceRecord>> {
+        sqlx::query(
+            "SELECT s.id, s.version, s.url, s.registered_at, \
+             COALESCE((SELECT MAX(n.last_seen_at) FROM nodes n WHERE n.service = s.id AND n.last_seen_at > s.last_seen_at), \
+             s.last_seen_at) AS last_seen_at FROM services s ORDER BY last_seen_at DESC",
+        )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::service_from_row)
+            .collect()
+    }
+
+    async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>> {
+        sqlx::query(
+            "SELECT * FROM service_tasks WHERE $1::text IS NULL OR service_id = $1 ORDER BY service_id, name",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::service_task_from_row)
+        .collect()
+    }
+
+    async fn service_task(&self, name: &str) -> Result<ServiceTask> {
+        let row = sqlx::query("SELECT * FROM service_tasks WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "registered task `{}`",
+                    orbit_core::echo::echo(name)
+                ))
+            })?;
+        rows::service_task_from_row(&row)
+    }
+
+    async fn task_history(&self, name: &str) -> Result<Vec<orbit_store::CodeChange>> {
+        sqlx::query("SELECT * FROM task_code_history WHERE task_name = $1 ORDER BY code_version")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::code_change_from_row)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl orbit_store::Runs for PgStore {
     async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun> {
         let (id, created, same_request) = match write::create_run(&self.pool, &new).await? {
             Ok(id) => {
@@ -382,32 +450,6 @@ impl Store for PgStore {
             created,
             same_request,
         })
-    }
-
-    async fn finish_and_claim(
-        &self,
-        finished: &[FinishedAttempt],
-        claim: Option<&ClaimRequest>,
-        now: DateTime<Utc>,
-    ) -> Result<BatchOutcome> {
-        let claims = claim.map_or(&[][..], std::slice::from_ref);
-        let (mut out, mut each) =
-            write::finish_and_claim(&self.pool, finished, claims, now).await?;
-        out.claimed = each.pop().unwrap_or_default();
-        Ok(out)
-    }
-
-    async fn finish_and_claim_many(
-        &self,
-        finished: &[FinishedAttempt],
-        claims: &[ClaimRequest],
-        now: DateTime<Utc>,
-    ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
-        write::finish_and_claim(&self.pool, finished, claims, now).await
-    }
-
-    async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
-        write::extend_leases(&self.pool, leases, now).await
     }
 
     async fn run(&self, id: Uuid) -> Result<RunRecord> {
@@ -533,22 +575,6 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>> {
-        sqlx::query(
-            "SELECT * FROM task_runs WHERE state = 'running' AND ($1::uuid IS NULL OR run_id = $1) \
-             AND ($2::timestamptz IS NULL OR lease_expires_at < $2) ORDER BY lease_expires_at LIMIT $3",
-        )
-        .bind(filter.run)
-        .bind(filter.expired_before)
-        .bind(i64::from(filter.limit.max(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(rows::leased_from_row)
-        .collect()
-    }
-
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord> {
         write::cancel_run(&self.pool, run, now).await?;
         self.run(run).await
@@ -568,38 +594,6 @@ impl Store for PgStore {
         Ok(Requeued { tasks })
     }
 
-    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
-        sqlx::query("SELECT * FROM dead_letters ORDER BY created_at DESC LIMIT $1")
-            .bind(i64::from(limit.max(1)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(rows::dead_letter_from_row)
-            .collect()
-    }
-
-    async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
-        rows::dead_letter_from_row(
-            &self
-                .by_prefix(
-                    "dead_letters",
-                    "task_run_id",
-                    id_or_prefix,
-                    "dead-letter entry",
-                )
-                .await?,
-        )
-    }
-
-    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters> {
-        write::purge_dead_letters(&self.pool, before).await
-    }
-
-    async fn delete_run(&self, id: Uuid) -> Result<()> {
-        write::delete_run(&self.pool, id, Utc::now()).await
-    }
-
     async fn keyed_output(&self, key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>> {
         let row = sqlx::query("SELECT task_run_id, output FROM task_results WHERE idempotency_key = $1 AND created_at >= $2")
             .bind(key)
@@ -616,6 +610,59 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord> {
+        task_run_from_row(
+            &self
+                .by_prefix("task_runs", "id", id_or_prefix, "task run")
+                .await?,
+        )
+    }
+}
+
+#[async_trait]
+impl orbit_store::Claims for PgStore {
+    async fn finish_and_claim(
+        &self,
+        finished: &[FinishedAttempt],
+        claim: Option<&ClaimRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome> {
+        let claims = claim.map_or(&[][..], std::slice::from_ref);
+        let (mut out, mut each) =
+            write::finish_and_claim(&self.pool, finished, claims, now).await?;
+        out.claimed = each.pop().unwrap_or_default();
+        Ok(out)
+    }
+
+    async fn finish_and_claim_many(
+        &self,
+        finished: &[FinishedAttempt],
+        claims: &[ClaimRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
+        write::finish_and_claim(&self.pool, finished, claims, now).await
+    }
+
+    async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+        write::extend_leases(&self.pool, leases, now).await
+    }
+
+    async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>> {
+        sqlx::query(
+            "SELECT * FROM task_runs WHERE state = 'running' AND ($1::uuid IS NULL OR run_id = $1) \
+             AND ($2::timestamptz IS NULL OR lease_expires_at < $2) ORDER BY lease_expires_at LIMIT $3",
+        )
+        .bind(filter.run)
+        .bind(filter.expired_before)
+        .bind(i64::from(filter.limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::leased_from_row)
+        .collect()
+    }
+
     async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND ($1::uuid IS NULL OR run_id = $1)")
             .bind(run)
@@ -624,18 +671,32 @@ impl Store for PgStore {
             .map_err(unavailable)
     }
 
-    async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
-        write::delete_pipeline(&self.pool, name, now).await
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        progress: f64,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let kept = write::set_progress(&self.pool, id, epoch, progress, message, now).await?;
+        if kept {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(kept)
     }
 
-    async fn task_run(&self, id_or_prefix: &str) -> Result<TaskRunRecord> {
-        task_run_from_row(
-            &self
-                .by_prefix("task_runs", "id", id_or_prefix, "task run")
-                .await?,
-        )
+    fn work_signal(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
+    fn control_signal(&self) -> watch::Receiver<u64> {
+        self.control.subscribe()
+    }
+}
+
+#[async_trait]
+impl orbit_store::Queues for PgStore {
     async fn queue_stats(&self) -> Result<QueueStats> {
         let row = sqlx::query(
             "SELECT \
@@ -700,113 +761,10 @@ impl Store for PgStore {
         .map(rows::attempt_summary_from_row)
         .collect()
     }
+}
 
-    async fn node_heartbeat(&self, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
-        write::node_heartbeat(&self.pool, node, now).await
-    }
-
-    async fn node_stopped(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
-        write::node_stopped(&self.pool, id, now).await
-    }
-
-    async fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>> {
-        sqlx::query(
-            "SELECT n.*, (SELECT COUNT(*) FROM task_runs t WHERE t.state = 'running' AND t.lease_owner = n.id) AS running \
-             FROM nodes n ORDER BY last_seen_at DESC LIMIT $1",
-        )
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(rows::node_from_row)
-        .collect()
-    }
-
-    async fn register_service(
-        &self,
-        registration: &orbit_core::protocol::Registration,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ServiceTask>> {
-        write::register_service(&self.pool, registration, now).await
-    }
-
-    async fn services(&self) -> Result<Vec<ServiceRecord>> {
-        sqlx::query(
-            "SELECT s.id, s.version, s.url, s.registered_at, \
-             COALESCE((SELECT MAX(n.last_seen_at) FROM nodes n WHERE n.service = s.id AND n.last_seen_at > s.last_seen_at), \
-             s.last_seen_at) AS last_seen_at FROM services s ORDER BY last_seen_at DESC",
-        )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(rows::service_from_row)
-            .collect()
-    }
-
-    async fn service_tasks(&self, service: Option<&str>) -> Result<Vec<ServiceTask>> {
-        sqlx::query(
-            "SELECT * FROM service_tasks WHERE $1::text IS NULL OR service_id = $1 ORDER BY service_id, name",
-        )
-        .bind(service)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(rows::service_task_from_row)
-        .collect()
-    }
-
-    async fn service_task(&self, name: &str) -> Result<ServiceTask> {
-        let row = sqlx::query("SELECT * FROM service_tasks WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "registered task `{}`",
-                    orbit_core::echo::echo(name)
-                ))
-            })?;
-        rows::service_task_from_row(&row)
-    }
-
-    async fn task_history(&self, name: &str) -> Result<Vec<orbit_store::CodeChange>> {
-        sqlx::query("SELECT * FROM task_code_history WHERE task_name = $1 ORDER BY code_version")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(rows::code_change_from_row)
-            .collect()
-    }
-
-    async fn set_progress(
-        &self,
-        id: Uuid,
-        epoch: i64,
-        progress: f64,
-        message: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let kept = write::set_progress(&self.pool, id, epoch, progress, message, now).await?;
-        if kept {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        Ok(kept)
-    }
-
-    fn work_signal(&self) -> watch::Receiver<u64> {
-        self.work.subscribe()
-    }
-
-    fn control_signal(&self) -> watch::Receiver<u64> {
-        self.control.subscribe()
-    }
-
+#[async_trait]
+impl orbit_store::Events for PgStore {
     async fn events(&self, after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>> {
         let limit = i64::from(limit.max(1));
         let query = match run {
@@ -840,12 +798,73 @@ impl Store for PgStore {
     }
 }
 
+#[async_trait]
+impl orbit_store::Nodes for PgStore {
+    async fn node_heartbeat(&self, node: &NodeInfo, now: DateTime<Utc>) -> Result<()> {
+        write::node_heartbeat(&self.pool, node, now).await
+    }
+
+    async fn node_stopped(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        write::node_stopped(&self.pool, id, now).await
+    }
+
+    async fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>> {
+        sqlx::query(
+            "SELECT n.*, (SELECT COUNT(*) FROM task_runs t WHERE t.state = 'running' AND t.lease_owner = n.id) AS running \
+             FROM nodes n ORDER BY last_seen_at DESC LIMIT $1",
+        )
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::node_from_row)
+        .collect()
+    }
+}
+
+#[async_trait]
+impl orbit_store::Retention for PgStore {
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        sqlx::query("SELECT * FROM dead_letters ORDER BY created_at DESC LIMIT $1")
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::dead_letter_from_row)
+            .collect()
+    }
+
+    async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
+        rows::dead_letter_from_row(
+            &self
+                .by_prefix(
+                    "dead_letters",
+                    "task_run_id",
+                    id_or_prefix,
+                    "dead-letter entry",
+                )
+                .await?,
+        )
+    }
+
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters> {
+        write::purge_dead_letters(&self.pool, before).await
+    }
+
+    async fn delete_run(&self, id: Uuid) -> Result<()> {
+        write::delete_run(&self.pool, id, Utc::now()).await
+    }
+}
+
 /// Test databases on the server `ORBIT_TEST_PG_URL` names.
 pub mod testing;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orbit_store::prelude::*;
     use testing::TestDb;
 
     async fn store() -> (PgStore, TestDb) {

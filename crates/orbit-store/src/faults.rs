@@ -2,6 +2,11 @@
 //! store misbehaves (the engine's "store unavailable: retry the batch" and "cannot renew the
 //! lease for half of it: stop the attempt" paths). Feature `testkit`.
 //!
+//! It also serves tests under tokio's paused clock: [`Faulty::on_runtime`] runs every verb on
+//! another (real-time) runtime while the caller's waits, so the paused clock cannot jump ahead
+//! while the database works (tokio advances a paused clock whenever its runtime is idle, and a
+//! runtime waiting for a socket or a database thread is idle).
+//!
 //! ```ignore
 //! let store = Faulty::new(real);
 //! store.set("extend_leases", Fault::Fail);                    // every call fails
@@ -29,6 +34,8 @@ pub enum Fault {
 /// Wraps a store; verbs without a fault pass straight through.
 pub struct Faulty {
     inner: Arc<dyn Store>,
+    /// Where verbs run, when not on the caller's runtime.
+    runtime: Option<tokio::runtime::Handle>,
     faults: Mutex<HashMap<&'static str, Fault>>,
     /// How many calls each verb has had, faulty or not.
     calls: Mutex<HashMap<&'static str, u64>>,
@@ -38,9 +45,34 @@ impl Faulty {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Faulty> {
         Arc::new(Faulty {
             inner,
+            runtime: None,
             faults: Mutex::default(),
             calls: Mutex::default(),
         })
+    }
+
+    /// Runs every verb on `runtime` (where `inner` was opened), blocking the caller's thread
+    /// until it is done.
+    pub fn on_runtime(inner: Arc<dyn Store>, runtime: tokio::runtime::Handle) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            runtime: Some(runtime),
+            faults: Mutex::default(),
+            calls: Mutex::default(),
+        })
+    }
+
+    /// Runs `call` where verbs run: awaited here, or on the other runtime from a scoped thread
+    /// (a runtime cannot be blocked on from inside another).
+    async fn call<T: Send>(
+        &self,
+        call: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + '_>>,
+    ) -> Result<T> {
+        match &self.runtime {
+            None => call.await,
+            Some(rt) => std::thread::scope(|s| s.spawn(|| rt.block_on(call)).join())
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("a store call panicked".into()))),
+        }
     }
 
     pub fn set(&self, verb: &'static str, fault: Fault) {
@@ -99,43 +131,46 @@ impl Faulty {
     }
 }
 
-/// The `Store` impl: each verb counts its call, applies its fault, then delegates. (The whole
-/// impl is generated, so `async_trait` sees the expanded methods.)
+/// The role impls: each verb counts its call, applies its fault, then delegates; signals pass
+/// straight through. (Each impl is generated whole, so `async_trait` sees the expanded methods.)
 macro_rules! delegate {
-    ($( $verb:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+    ($role:ident { $( $verb:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )* } $( fn $signal:ident; )*) => {
         #[async_trait]
-        impl Store for Faulty {
+        impl $role for Faulty {
             $(
                 async fn $verb(&self, $($arg: $ty),*) -> $ret {
                     self.enter(stringify!($verb)).await?;
-                    self.inner.$verb($($arg),*).await
+                    self.call(self.inner.$verb($($arg),*)).await
                 }
             )*
-
-            fn work_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.inner.work_signal()
-            }
-
-            fn change_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.inner.change_signal()
-            }
-
-            fn control_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.inner.control_signal()
-            }
+            $(
+                fn $signal(&self) -> tokio::sync::watch::Receiver<u64> {
+                    self.inner.$signal()
+                }
+            )*
         }
     };
 }
 
 delegate! {
+    Registry {
         save_pipeline(pipeline: &Pipeline, source: Option<&str>, now: DateTime<Utc>) -> Result<StoredPipeline>;
         pipeline(name: &str) -> Result<StoredPipeline>;
         pipeline_version(id: Uuid) -> Result<StoredPipeline>;
         pipeline_versions(name: &str) -> Result<Vec<StoredPipeline>>;
         list_pipelines() -> Result<Vec<StoredPipeline>>;
+        delete_pipeline(name: &str, now: DateTime<Utc>) -> Result<u64>;
+        register_service(registration: &orbit_core::protocol::Registration, now: DateTime<Utc>) -> Result<Vec<ServiceTask>>;
+        services() -> Result<Vec<ServiceRecord>>;
+        service_tasks(service: Option<&str>) -> Result<Vec<ServiceTask>>;
+        service_task(name: &str) -> Result<ServiceTask>;
+        task_history(name: &str) -> Result<Vec<CodeChange>>;
+    }
+}
+
+delegate! {
+    Runs {
         create_run(new: NewRun<'_>) -> Result<CreatedRun>;
-        finish_and_claim(finished: &[FinishedAttempt], claim: Option<&ClaimRequest>, now: DateTime<Utc>) -> Result<BatchOutcome>;
-        extend_leases(leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>>;
         run(id: Uuid) -> Result<RunRecord>;
         find_run(id_or_prefix: &str) -> Result<RunRecord>;
         list_runs(filter: &RunFilter) -> Result<Vec<RunRecord>>;
@@ -144,29 +179,54 @@ delegate! {
         task_run_counts(run: Uuid) -> Result<Vec<(orbit_core::TaskState, u64)>>;
         attempts(run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
-        leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
         cancel_run(run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
         requeue(run: Uuid, tasks: &[String], by: TriggeredBy, now: DateTime<Utc>) -> Result<Requeued>;
+        keyed_output(key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>>;
+        task_run(id_or_prefix: &str) -> Result<TaskRunRecord>;
+    }
+}
+
+delegate! {
+    Claims {
+        finish_and_claim(finished: &[FinishedAttempt], claim: Option<&ClaimRequest>, now: DateTime<Utc>) -> Result<BatchOutcome>;
+        extend_leases(leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>>;
+        leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
+        next_ready_at(run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
+        set_progress(id: Uuid, epoch: i64, progress: f64, message: Option<&str>, now: DateTime<Utc>) -> Result<bool>;
+    }
+    fn work_signal;
+    fn control_signal;
+}
+
+delegate! {
+    Queues {
+        queue_stats() -> Result<QueueStats>;
+        queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
+        recent_attempts(since: DateTime<Utc>, limit: u32) -> Result<Vec<AttemptSummary>>;
+    }
+}
+
+delegate! {
+    Events {
+        events(after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>>;
+        latest_event_id() -> Result<i64>;
+    }
+    fn change_signal;
+}
+
+delegate! {
+    Nodes {
+        node_heartbeat(node: &NodeInfo, now: DateTime<Utc>) -> Result<()>;
+        node_stopped(id: &str, now: DateTime<Utc>) -> Result<()>;
+        nodes(limit: u32) -> Result<Vec<NodeRecord>>;
+    }
+}
+
+delegate! {
+    Retention {
         dead_letters(limit: u32) -> Result<Vec<DeadLetter>>;
         dead_letter(id_or_prefix: &str) -> Result<DeadLetter>;
         purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;
         delete_run(id: Uuid) -> Result<()>;
-        keyed_output(key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>>;
-        next_ready_at(run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
-        delete_pipeline(name: &str, now: DateTime<Utc>) -> Result<u64>;
-        task_run(id_or_prefix: &str) -> Result<TaskRunRecord>;
-        queue_stats() -> Result<QueueStats>;
-        queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
-        recent_attempts(since: DateTime<Utc>, limit: u32) -> Result<Vec<AttemptSummary>>;
-        node_heartbeat(node: &NodeInfo, now: DateTime<Utc>) -> Result<()>;
-        node_stopped(id: &str, now: DateTime<Utc>) -> Result<()>;
-        nodes(limit: u32) -> Result<Vec<NodeRecord>>;
-        register_service(registration: &orbit_core::protocol::Registration, now: DateTime<Utc>) -> Result<Vec<ServiceTask>>;
-        services() -> Result<Vec<ServiceRecord>>;
-        service_tasks(service: Option<&str>) -> Result<Vec<ServiceTask>>;
-        service_task(name: &str) -> Result<ServiceTask>;
-        task_history(name: &str) -> Result<Vec<CodeChange>>;
-        set_progress(id: Uuid, epoch: i64, progress: f64, message: Option<&str>, now: DateTime<Utc>) -> Result<bool>;
-        events(after: i64, run: Option<Uuid>, limit: u32) -> Result<Vec<EventRecord>>;
-        latest_event_id() -> Result<i64>;
+    }
 }

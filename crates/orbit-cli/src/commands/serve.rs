@@ -4,6 +4,7 @@ use super::{Connected, connect};
 use crate::BadInput;
 use crate::cli::{DbAction, ServerArgs, WorkOptions, WorkerArgs};
 use crate::commands::run::{idempotency_ttl, max_retry_delay, owner, supervisor};
+use orbit_engine::clock::Clock;
 use orbit_engine::roles::NodeHeartbeat;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_server::{AppState, Mode, ServerConfig};
@@ -60,6 +61,7 @@ fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<Engin
         grace: work.grace,
         supervisor: Some(supervisor()),
         max_retry_delay: max_retry_delay()?,
+        clock: Clock::System,
     })
 }
 
@@ -179,7 +181,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
     ));
     let beating = {
         let (beat, stop) = (beat.clone(), shutdown.clone());
-        tokio::spawn(async move { beat.run(stop).await })
+        tokio::spawn(async move { beat.run(stop, Clock::System).await })
     };
     println!(
         "orbit worker {} claiming from {kind} (concurrency {}, queues: {}, types: {})",
@@ -200,7 +202,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
     let result = engine.drive_all(shutdown.clone()).await;
     shutdown.cancel();
     let _ = beating.await;
-    beat.stopped().await?;
+    beat.stopped(Clock::System.now()).await?;
     result?;
     eprintln!("worker stopped");
     Ok(0)

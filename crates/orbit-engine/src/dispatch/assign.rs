@@ -1,7 +1,7 @@
 //! Handing attempts out: claims for a service, each made an assignment (or a reused output).
 
 use crate::EngineError;
-use crate::engine::{Keyed, hydrated, input_failure, keyed};
+use crate::engine::{Keyed, hydrated, input_failure, keyed, keys_since};
 use crate::storage::{self, RunValues, Shared, StorageError};
 use chrono::Utc;
 use object_store::signer::Method;
@@ -158,12 +158,12 @@ impl Dispatcher {
             &self.storage,
             template,
             &ctx,
-            self.idempotency_ttl,
+            keys_since(self.clock.now(), self.idempotency_ttl),
             &to,
         )
         .await?;
         if let Some((line, output)) = reused {
-            let now = Utc::now();
+            let now = self.clock.now();
             return Ok(Assigned::Reused(Box::new(FinishedAttempt {
                 task: task.clone(),
                 worker: owner.to_owned(),

@@ -71,7 +71,7 @@ impl Dispatcher {
         failure: Failure,
     ) -> Result<FinishedAttempt, EngineError> {
         let loaded = self.loaded(task.pipeline_id).await?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let transition = match loaded.1.index_of(&task.task_name) {
             Some(i) => {
                 let def = &loaded.0.pipeline.tasks[i];
@@ -133,7 +133,7 @@ impl Dispatcher {
     pub async fn heartbeat(&self, claims: &TaskClaims) -> Result<Recorded, EngineError> {
         let lost = self
             .store
-            .extend_leases(&[(claims.trid, claims.epoch)], Utc::now())
+            .extend_leases(&[(claims.trid, claims.epoch)], self.clock.now())
             .await?;
         Ok(if lost.is_empty() {
             Recorded::Kept
@@ -154,7 +154,7 @@ impl Dispatcher {
         } else {
             0.0
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         if !self
             .store
             .set_progress(claims.trid, claims.epoch, fraction, message, now)
@@ -182,7 +182,7 @@ impl Dispatcher {
             attempt: claims.attempt,
             tries: claims.tries,
             lease_epoch: claims.epoch,
-            lease_expires_at: Utc::now(),
+            lease_expires_at: self.clock.now(),
             claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         };
         // By the DAG's index: a scan of the task list per callback is quadratic in big runs.
@@ -246,7 +246,7 @@ impl Dispatcher {
                 ))
             }
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut log = callback.logs.join("\n");
         if !log.is_empty() {
             log.push('\n');

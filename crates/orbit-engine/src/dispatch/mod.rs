@@ -16,6 +16,7 @@ use tokens::now_secs;
 pub use tokens::{AuthError, SecretKey};
 
 use crate::EngineError;
+use crate::clock::Clock;
 use crate::commit_queue::CommitQueue;
 use crate::storage::Storage;
 use orbit_core::dag::Dag;
@@ -32,6 +33,7 @@ pub struct Dispatcher {
     storage: Arc<Storage>,
     key: SecretKey,
     idempotency_ttl: Duration,
+    clock: Clock,
     /// No retry waits longer (MAX_RETRY_DELAY_MS).
     max_retry_delay: Duration,
     /// Pipeline versions never change: parse each once.
@@ -92,10 +94,11 @@ impl Dispatcher {
             storage,
             key,
             idempotency_ttl,
+            clock: Clock::System,
             max_retry_delay: orbit_core::retry::DEFAULT_MAX_DELAY,
             pipelines: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
-            commits: CommitQueue::new(store.clone()),
+            commits: CommitQueue::new(store.clone(), Clock::System),
             pollers: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             no_push_since: Mutex::new(None),
@@ -105,6 +108,13 @@ impl Dispatcher {
     /// No retry of a worker task waits longer than `cap` (MAX_RETRY_DELAY_MS).
     pub fn with_max_retry_delay(mut self, cap: Duration) -> Dispatcher {
         self.max_retry_delay = cap;
+        self
+    }
+
+    /// Leases, retries and attempt times read `clock` (a test's paused one).
+    pub fn with_clock(mut self, clock: Clock) -> Dispatcher {
+        self.clock = clock;
+        self.commits = CommitQueue::new(self.store.clone(), clock);
         self
     }
 

@@ -1,7 +1,6 @@
 //! Push mode: attempts POSTed to the services that registered a URL, within their limits.
 
 use crate::EngineError;
-use chrono::Utc;
 use orbit_core::protocol::{Assignment, Callback, CallbackStatus};
 use serde_json::Value;
 use std::time::Duration;
@@ -33,7 +32,7 @@ impl Dispatcher {
         {
             return Ok(None);
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let services = self.store.services().await?;
         if services.iter().all(|s| s.url.is_none()) {
             if let Ok(mut n) = self.no_push_since.lock() {

@@ -3,7 +3,7 @@
 use crate::executor::{self, Invocation};
 use crate::log::{LiveLogs, LogBuffer};
 use crate::storage::{self, RunValues, Storage};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
@@ -12,12 +12,11 @@ use orbit_store::{ClaimedTask, FinishedAttempt, Store};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use super::{Engine, Keyed, Loaded, hydrated, input_failure, keyed};
+use super::{Engine, Keyed, Loaded, hydrated, input_failure, keyed, keys_since};
 
 impl Engine {
     pub(super) fn spawn(
@@ -35,8 +34,9 @@ impl Engine {
         let storage = self.storage.clone();
         let supervisor = self.config.supervisor.clone();
         let max_retry_delay = self.config.max_retry_delay;
+        let clock = self.config.clock;
         tokio::spawn(async move {
-            let started_at = Utc::now();
+            let started_at = clock.now();
             let log = live.start(task.run_id, task.id, &task.task_name);
             // Forgets the live log however the attempt ends, aborted included.
             let _forget = Forget(&live, task.id);
@@ -44,11 +44,11 @@ impl Engine {
                 store: store.as_ref(),
                 storage: &storage,
                 http: &http,
-                idempotency_ttl: ttl,
+                keys_since: keys_since(started_at, ttl),
                 supervisor: supervisor.as_deref(),
             };
             let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
-            let mut finished_at = Utc::now();
+            let mut finished_at = clock.now();
             let transition = match loaded.dag.index_of(&task.task_name) {
                 Some(i) => {
                     let def = &loaded.stored.pipeline.tasks[i];
@@ -64,7 +64,7 @@ impl Engine {
                         }
                         Err(f) => Outcome::Failed(f),
                     };
-                    finished_at = Utc::now();
+                    finished_at = clock.now();
                     on_attempt_finished(
                         &loaded.dag,
                         i,
@@ -167,7 +167,8 @@ struct Io<'a> {
     store: &'a dyn Store,
     storage: &'a Storage,
     http: &'a reqwest::Client,
-    idempotency_ttl: Duration,
+    /// Idempotency keys return outputs stored at or after this.
+    keys_since: DateTime<Utc>,
     supervisor: Option<&'a std::path::Path>,
 }
 
@@ -242,7 +243,7 @@ async fn attempt(
         io.storage,
         def.idempotency_key.as_deref(),
         &ctx,
-        io.idempotency_ttl,
+        io.keys_since,
         &to,
     )
     .await

@@ -2,28 +2,32 @@
 //! idempotency key (and a reused output), and its input and upstream outputs from storage.
 
 use crate::storage::{self, RunValues, Shared, Storage};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
 use orbit_core::template::{self, Context};
 use orbit_core::transition::Failure;
-use orbit_store::Store;
 use serde_json::Value;
 use std::time::Duration;
 
 /// A task's rendered idempotency key, and the output an earlier task run stored under it within
 /// the TTL (with the log line that says so), if any.
+/// The oldest stored output an idempotency key still returns at `now`.
+pub(crate) fn keys_since(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
+}
+
 pub(crate) struct Keyed {
     pub key: Option<String>,
     pub reused: Option<(String, Value)>,
 }
 
-/// `to` is where a reused output that lives in object storage is copied for this attempt.
+/// Outputs stored at or after `since` count (see [`keys_since`]); `to` is where a reused output that lives in object storage is copied for this attempt.
 pub(crate) async fn keyed(
-    store: &dyn Store,
+    store: &dyn orbit_store::Runs,
     storage: &Storage,
     template: Option<&str>,
     ctx: &Context<'_>,
-    ttl: Duration,
+    since: DateTime<Utc>,
     to: &str,
 ) -> Result<Keyed, Failure> {
     let Some(template) = template else {
@@ -34,7 +38,6 @@ pub(crate) async fn keyed(
     };
     let k = template::render_str(template, ctx)
         .map_err(|e| Failure::fatal(format!("idempotency_key: {e}")))?;
-    let since = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let found = store
         .keyed_output(&k, since)
         .await

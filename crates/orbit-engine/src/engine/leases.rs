@@ -1,6 +1,5 @@
 //! Leases: renewed while attempts run, taken back when they expire (the reaper).
 
-use chrono::{DateTime, Utc};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
 use orbit_store::{FinishedAttempt, LeaseFilter, LeasedTask};
 use std::collections::HashMap;
@@ -24,7 +23,11 @@ impl Engine {
             return;
         }
         let mut stop = Vec::new();
-        match self.store.extend_leases(&due, Utc::now()).await {
+        match self
+            .store
+            .extend_leases(&due, self.config.clock.now())
+            .await
+        {
             Ok(lost) => {
                 for (id, _) in &due {
                     if let Some(f) = inflight.get_mut(id) {
@@ -67,7 +70,7 @@ impl Engine {
     ) -> Result<usize, EngineError> {
         let filter = LeaseFilter {
             run: None,
-            expired_before: Some(Utc::now()),
+            expired_before: Some(self.config.clock.now()),
             limit: 500,
         };
         let expired = self.store.leased(&filter).await?;
@@ -107,7 +110,7 @@ impl Engine {
         if leased.is_empty() {
             return Ok(0);
         }
-        let now = Utc::now();
+        let now = self.config.clock.now();
         let mut finished = Vec::with_capacity(leased.len());
         for l in leased {
             let loaded = self.loaded(pipelines, l.task.pipeline_id).await?;
@@ -149,10 +152,6 @@ impl Engine {
         self.report(&finished, &outcome);
         Ok(finished.len() - outcome.lease_lost.len())
     }
-}
-
-pub(super) fn instant_of(at: DateTime<Utc>) -> Instant {
-    Instant::now() + (at - Utc::now()).to_std().unwrap_or_default()
 }
 
 /// Whether a lease holder named `host:pid` was a process on `this_host` that has exited.

@@ -4,10 +4,10 @@ mod attempt;
 mod context;
 mod leases;
 
-pub(crate) use context::{Keyed, hydrated, input_failure, keyed};
+pub(crate) use context::{Keyed, hydrated, input_failure, keyed, keys_since};
 pub(crate) use leases::holder_is_gone;
-use leases::instant_of;
 
+use crate::clock::Clock;
 use crate::log::LiveLogs;
 use crate::storage::{RunValues, Storage};
 use chrono::{DateTime, Utc};
@@ -49,6 +49,8 @@ pub struct EngineConfig {
     pub supervisor: Option<std::path::PathBuf>,
     /// No retry waits longer than this, whatever a task's policy says (MAX_RETRY_DELAY_MS).
     pub max_retry_delay: Duration,
+    /// Where leases, backoff, the reaper and attempt times read the time.
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +65,7 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(30),
             supervisor: None,
             max_retry_delay: orbit_core::retry::DEFAULT_MAX_DELAY,
+            clock: Clock::System,
         }
     }
 }
@@ -324,7 +327,7 @@ impl Engine {
             if !finished.is_empty() || claim.is_some() {
                 let outcome = match self
                     .store
-                    .finish_and_claim(&finished, claim.as_ref(), Utc::now())
+                    .finish_and_claim(&finished, claim.as_ref(), self.config.clock.now())
                     .await
                 {
                     Ok(o) => {
@@ -346,7 +349,7 @@ impl Engine {
                 done.count(&finished, &outcome);
                 for f in &finished {
                     if let Transition::Retry { ready_at, .. } = &f.transition {
-                        let at = instant_of(*ready_at);
+                        let at = self.config.clock.instant_of(*ready_at);
                         retry_wake = Some(retry_wake.map_or(at, |w| w.min(at)));
                     }
                 }
@@ -421,7 +424,7 @@ impl Engine {
                                 attempt: f.attempt,
                                 tries: f.tries,
                                 lease_epoch: f.epoch,
-                                lease_expires_at: Utc::now(),
+                                lease_expires_at: self.config.clock.now(),
                                 claimed_at: f.claimed_at,
                             },
                             owner: self.config.owner.clone(),

@@ -1,5 +1,5 @@
 //! The background work of a node, as named roles: each does one round in `tick(now)` (so a test
-//! drives it with the time it chooses) and loops in `run(shutdown)`. `orbit server` and `orbit
+//! drives it with the time it chooses) and loops in `run(shutdown, clock)`. `orbit server` and `orbit
 //! worker` only choose which roles to start; the claimer/committer is the [`crate::Engine`].
 
 mod node;

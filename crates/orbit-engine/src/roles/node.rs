@@ -1,20 +1,21 @@
 //! A node's own heartbeat: `orbit services` and the API list it as healthy while it beats.
 
 use super::pause;
+use crate::clock::Clock;
 use chrono::{DateTime, Utc};
-use orbit_store::{NodeInfo, Store, StoreError};
+use orbit_store::{NodeInfo, Nodes, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub struct NodeHeartbeat {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Nodes>,
     node: NodeInfo,
     every: Duration,
 }
 
 impl NodeHeartbeat {
-    pub fn new(store: Arc<dyn Store>, node: NodeInfo, every: Duration) -> NodeHeartbeat {
+    pub fn new(store: Arc<dyn Nodes>, node: NodeInfo, every: Duration) -> NodeHeartbeat {
         NodeHeartbeat { store, node, every }
     }
 
@@ -23,9 +24,9 @@ impl NodeHeartbeat {
     }
 
     /// Beats until `shutdown`.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken, clock: Clock) {
         loop {
-            if let Err(e) = self.tick(Utc::now()).await {
+            if let Err(e) = self.tick(clock.now()).await {
                 tracing::warn!(error = %e, node = %self.node.id, "cannot record this node's heartbeat");
             }
             if !pause(&shutdown, self.every).await {
@@ -35,7 +36,7 @@ impl NodeHeartbeat {
     }
 
     /// Records that the node stopped (once its work is settled).
-    pub async fn stopped(&self) -> Result<(), StoreError> {
-        self.store.node_stopped(&self.node.id, Utc::now()).await
+    pub async fn stopped(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.store.node_stopped(&self.node.id, now).await
     }
 }

@@ -2,16 +2,16 @@
 
 use super::pause;
 use crate::EngineError;
+use crate::clock::Clock;
 use crate::runs::purge_dead_letters;
 use crate::storage::Storage;
 use chrono::{DateTime, Utc};
-use orbit_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub struct Retention {
-    store: Arc<dyn Store>,
+    store: Arc<dyn orbit_store::Retention>,
     storage: Arc<Storage>,
     keep: chrono::Duration,
     every: Duration,
@@ -20,7 +20,7 @@ pub struct Retention {
 impl Retention {
     /// Keeps dead letters for `keep`; looks once per `every`.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn orbit_store::Retention>,
         storage: Arc<Storage>,
         keep: chrono::Duration,
         every: Duration,
@@ -48,9 +48,9 @@ impl Retention {
         Ok(purged.entries)
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken, clock: Clock) {
         loop {
-            if let Err(e) = self.tick(Utc::now()).await {
+            if let Err(e) = self.tick(clock.now()).await {
                 tracing::warn!(error = %e, "dead-letter retention failed");
             }
             if !pause(&shutdown, self.every).await {

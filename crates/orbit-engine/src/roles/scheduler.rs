@@ -8,9 +8,10 @@
 //! is run, once; older ones are skipped. A fire time before the pipeline's current version was
 //! saved never runs.
 
+use crate::clock::Clock;
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use orbit_store::{NewRun, Store, StoreError, StoredPipeline};
+use orbit_store::{NewRun, Registry, Runs, Store, StoreError, StoredPipeline};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ fn scheduled(pipelines: &[StoredPipeline]) -> Vec<(&StoredPipeline, Cron)> {
 
 /// Creates the run of every schedule's latest fire time at or before `now` that has none yet.
 async fn fire(
-    store: &dyn Store,
+    store: &dyn Runs,
     schedules: &[(&StoredPipeline, Cron)],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -79,21 +80,26 @@ const RESCAN: Duration = Duration::from_secs(10);
 /// until the next fire time of any schedule, and looks again at least every `RESCAN` (10 s) for new
 /// or changed pipelines, or when `saved` says this server saved one.
 pub struct Scheduler {
-    store: Arc<dyn Store>,
+    registry: Arc<dyn Registry>,
+    runs: Arc<dyn Runs>,
     saved: Arc<Notify>,
 }
 
 impl Scheduler {
     pub fn new(store: Arc<dyn Store>, saved: Arc<Notify>) -> Scheduler {
-        Scheduler { store, saved }
+        Scheduler {
+            registry: store.clone(),
+            runs: store,
+            saved,
+        }
     }
 
     /// Fires every schedule due at `now`; how long until the next fire time (at most
     /// `RESCAN` (10 s)).
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Duration, StoreError> {
-        let pipelines = self.store.list_pipelines().await?;
+        let pipelines = self.registry.list_pipelines().await?;
         let schedules = scheduled(&pipelines);
-        fire(self.store.as_ref(), &schedules, now).await?;
+        fire(self.runs.as_ref(), &schedules, now).await?;
         Ok(schedules
             .iter()
             .filter_map(|(_, c)| c.find_next_occurrence(&now, false).ok())
@@ -103,9 +109,9 @@ impl Scheduler {
             .map_or(RESCAN, |w| (w + Duration::from_millis(5)).min(RESCAN)))
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken, clock: Clock) {
         loop {
-            let wait = self.tick(Utc::now()).await.unwrap_or_else(|e| {
+            let wait = self.tick(clock.now()).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cron tick failed");
                 RESCAN
             });
