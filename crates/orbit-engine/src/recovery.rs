@@ -7,9 +7,10 @@
 //! what is left. Succeeded tasks are never executed again; their stored outputs are the
 //! context of the tasks that need them.
 
+use crate::engine::ContextIds;
 use crate::{Engine, EngineError};
 use chrono::{DateTime, Duration, Utc};
-use orbit_core::template::{Context, RunInfo, TaskInfo, TaskOutput};
+use orbit_core::template::TaskInfo;
 use orbit_core::{RunState, TaskState};
 use orbit_store::{LeaseFilter, RunFilter, RunRecord, Store, StoreError, TaskRunRecord};
 use serde::Serialize;
@@ -224,26 +225,18 @@ pub async fn reconstruct_context(
             ))
         })?;
     let outputs = store.outputs(run, &def.needs).await?;
-    let run_id = run.to_string();
-    let effect_key = task_run.id.to_string();
-    // The engine's own context type, so the two cannot drift apart.
-    let ctx = Context {
-        input: &record.input,
-        tasks: outputs
-            .iter()
-            .map(|(name, output)| (name.as_str(), TaskOutput { output }))
-            .collect(),
-        run: RunInfo {
-            id: &run_id,
-            pipeline: &pipeline.name,
-        },
-        task: TaskInfo {
+    // The engine's own builder, so the two cannot drift apart.
+    let ids = ContextIds::new(run, task_run.id);
+    let ctx = ids.context(
+        &record.input,
+        outputs.iter().map(|(name, output)| (name.as_str(), output)),
+        &pipeline.name,
+        TaskInfo {
             name: task,
             attempt: task_run.attempt + 1,
         },
-        effect_key: &effect_key,
-        code_version: pipeline.version,
-    };
+        pipeline.version,
+    );
     serde_json::to_value(&ctx).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 

@@ -1,7 +1,7 @@
 //! Handing attempts out: claims for a service, each made an assignment (or a reused output).
 
 use crate::EngineError;
-use crate::engine::{Keyed, hydrated, input_failure, keyed, keys_since};
+use crate::engine::{ContextIds, Keyed, hydrated, input_failure, keyed, keys_since};
 use crate::storage::{self, RunValues, Shared, StorageError};
 use chrono::Utc;
 use object_store::signer::Method;
@@ -10,7 +10,7 @@ use orbit_core::object::ObjectRef;
 use orbit_core::protocol::{
     Assignment, OutputGrant, STORAGE_AUDIENCE, StorageClaims, TASK_AUDIENCE, TaskClaims,
 };
-use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
+use orbit_core::template::{self, Context, TaskInfo};
 use orbit_core::transition::{Failure, Outcome};
 use orbit_store::{ClaimRequest, ClaimedTask, FinishedAttempt, ServiceTask, StoreError};
 use serde_json::{Map, Value};
@@ -69,7 +69,6 @@ impl Dispatcher {
         task: &ClaimedTask,
         seen: &mut Seen,
     ) -> Result<Assigned, Failure> {
-        let registered = &mut seen.registered;
         let loaded = self
             .loaded(task.pipeline_id)
             .await
@@ -81,45 +80,11 @@ impl Dispatcher {
             .ok_or_else(|| {
                 Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name))
             })?;
-        let name = def.service_task().to_owned();
-        if !registered.contains_key(&name) {
-            let found = match self.store.service_task(&name).await {
-                Ok(t) => Some(t),
-                Err(StoreError::NotFound(_)) => None,
-                Err(e) => return Err(Failure::error(e.to_string())),
-            };
-            registered.insert(name.clone(), found);
-        }
-        let code_version = registered
-            .get(&name)
-            .and_then(|t| t.as_ref())
-            .map_or(0, |t| t.code_version);
-        let options = registered
-            .get(&name)
-            .and_then(|t| t.as_ref())
-            .map(|t| &t.options);
-        let input = match seen.inputs.get(&task.run_id) {
-            Some(input) => input.clone(),
-            None => {
-                let input = self
-                    .store
-                    .run(task.run_id)
-                    .await
-                    .map_err(|e| Failure::error(e.to_string()))?
-                    .input;
-                seen.inputs.insert(task.run_id, input.clone());
-                input
-            }
-        };
-        let values = RunValues::new(input);
-        let outputs = if def.needs.is_empty() {
-            Vec::new()
-        } else {
-            self.store
-                .outputs(task.run_id, &def.needs)
-                .await
-                .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))?
-        };
+        let values = RunValues::new(self.run_input(task.run_id, seen).await?);
+        let registered = self.registration(def.service_task(), seen).await?;
+        let code_version = registered.map_or(0, |t| t.code_version);
+        let options = registered.map(|t| &t.options);
+        let outputs = self.upstream(task.run_id, &def.needs).await?;
         let template = def
             .idempotency_key
             .as_deref()
@@ -133,77 +98,150 @@ impl Dispatcher {
         } else {
             (Shared::Inline(&null), Vec::new())
         };
-        let run_id = task.run_id.to_string();
-        let effect_key = task.id.to_string();
-        let ctx = Context {
-            input: &ctx_input,
-            tasks: ctx_outputs
-                .iter()
-                .map(|(n, output)| (*n, TaskOutput { output }))
-                .collect::<BTreeMap<_, _>>(),
-            run: RunInfo {
-                id: &run_id,
-                pipeline: &stored.name,
-            },
-            task: TaskInfo {
+        let ids = ContextIds::new(task.run_id, task.id);
+        let ctx = ids.context(
+            &ctx_input,
+            ctx_outputs.iter().map(|(n, output)| (*n, &**output)),
+            &stored.name,
+            TaskInfo {
                 name: &def.name,
                 attempt: task.attempt,
             },
-            effect_key: &effect_key,
             code_version,
-        };
+        );
         let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
-        let Keyed { key, reused } = keyed(
+        let now = self.clock.now();
+        let keyed = keyed(
             self.store.as_ref(),
             &self.storage,
             template,
             &ctx,
-            keys_since(self.clock.now(), self.idempotency_ttl),
+            keys_since(now, self.idempotency_ttl),
             &to,
         )
         .await?;
-        if let Some((line, output)) = reused {
-            let now = self.clock.now();
-            return Ok(Assigned::Reused(Box::new(FinishedAttempt {
-                task: task.clone(),
-                worker: owner.to_owned(),
-                started_at: task.claimed_at,
-                finished_at: now,
-                log: format!("{line}\n"),
-                transition: self.transition(
-                    dag,
-                    def,
-                    options,
-                    task,
-                    Outcome::Succeeded(output),
-                    now,
-                ),
-                idempotency_key: key,
-                reused: true,
-                code_version: Some(code_version),
-            })));
-        }
-        // After the key lookup: a reused output needs no input written for a worker.
-        let handler_input = match def.params.get("input") {
-            None => values.into_input(),
-            Some(template_value) => {
-                let mut one = Map::new();
-                one.insert("input".into(), template_value.clone());
-                let rendered = template::render_params(&one, &ctx)
-                    .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
-                    .remove("input")
-                    .unwrap_or(Value::Null);
-                let key = storage::handler_input_key(task.run_id, &def.name, task.attempt);
-                self.storage
-                    .offload(rendered, &key)
-                    .await
-                    .map_err(|e| Failure::error(format!("cannot store the task's input: {e}")))?
+        let key = match keyed {
+            Keyed {
+                key,
+                reused: Some((line, output)),
+            } => {
+                let transition =
+                    self.transition(dag, def, options, task, Outcome::Succeeded(output), now);
+                return Ok(Assigned::Reused(Box::new(FinishedAttempt {
+                    log: format!("{line}\n"),
+                    idempotency_key: key,
+                    code_version: Some(code_version),
+                    ..reused(task, owner, transition, now)
+                })));
             }
+            Keyed { key, reused: None } => key,
+        };
+        // After the key lookup: a reused output needs no input written for a worker.
+        let input = match def.params.get("input") {
+            None => values.into_input(),
+            Some(template) => self.rendered_input(template, &ctx, def, task).await?,
         };
         let timeout = match (def.timeout, options.and_then(|o| o.timeout_ms)) {
             (Some(a), Some(b)) => Some(a.min(Duration::from_millis(b))),
             (a, b) => a.or(b.map(Duration::from_millis)),
         };
+        let token = self.task_token(service, owner, task, timeout, code_version, key)?;
+        let objects = self.object_urls(&input, &outputs).await?;
+        Ok(Assigned::Hand(Box::new(Assignment {
+            task_run_id: task.id,
+            run_id: task.run_id,
+            pipeline: stored.name.clone(),
+            task: def.name.clone(),
+            service_task: def.service_task().to_owned(),
+            attempt: task.attempt,
+            code_version,
+            input,
+            upstream: outputs.into_iter().collect(),
+            objects,
+            output_threshold: Some(self.storage.threshold() as u64),
+            effect_key: task.id.to_string(),
+            heartbeat_interval_ms: def.heartbeat_interval.as_millis() as u64,
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            token,
+        })))
+    }
+
+    /// The outputs of the tasks `needs` names.
+    async fn upstream(&self, run: Uuid, needs: &[String]) -> Result<Vec<(String, Value)>, Failure> {
+        if needs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store
+            .outputs(run, needs)
+            .await
+            .map_err(|e| Failure::error(format!("cannot read upstream outputs: {e}")))
+    }
+
+    /// The run's input (read once per claim round).
+    async fn run_input(&self, run: Uuid, seen: &mut Seen) -> Result<Value, Failure> {
+        if let Some(input) = seen.inputs.get(&run) {
+            return Ok(input.clone());
+        }
+        let input = self
+            .store
+            .run(run)
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?
+            .input;
+        seen.inputs.insert(run, input.clone());
+        Ok(input)
+    }
+
+    /// The registration of the task `name` (read once per claim round), if any.
+    async fn registration<'s>(
+        &self,
+        name: &str,
+        seen: &'s mut Seen,
+    ) -> Result<Option<&'s ServiceTask>, Failure> {
+        if !seen.registered.contains_key(name) {
+            let found = match self.store.service_task(name).await {
+                Ok(t) => Some(t),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => return Err(Failure::error(e.to_string())),
+            };
+            seen.registered.insert(name.to_owned(), found);
+        }
+        Ok(seen.registered.get(name).and_then(|t| t.as_ref()))
+    }
+
+    /// The handler's input from the task's `input` template (kept in object storage when
+    /// large); without one it gets the run's input.
+    async fn rendered_input(
+        &self,
+        template: &Value,
+        ctx: &Context<'_>,
+        def: &orbit_core::pipeline::TaskDef,
+        task: &ClaimedTask,
+    ) -> Result<Value, Failure> {
+        let mut one = Map::new();
+        one.insert("input".into(), template.clone());
+        let rendered = template::render_params(&one, ctx)
+            .map_err(|e| Failure::fatal(format!("`input`: {e}")))?
+            .remove("input")
+            .unwrap_or(Value::Null);
+        let key = storage::handler_input_key(task.run_id, &def.name, task.attempt);
+        self.storage
+            .offload(rendered, &key)
+            .await
+            .map_err(|e| Failure::error(format!("cannot store the task's input: {e}")))
+    }
+
+    /// The token a worker presents for this attempt: valid past its timeout (a day without
+    /// one) plus ten minutes to report.
+    fn task_token(
+        &self,
+        service: &str,
+        owner: &str,
+        task: &ClaimedTask,
+        timeout: Option<Duration>,
+        code_version: i64,
+        key: Option<String>,
+    ) -> Result<String, Failure> {
         let exp = now_secs() + timeout.unwrap_or(Duration::from_secs(24 * 3600)).as_secs() + 600;
         let claims = TaskClaims {
             sub: service.to_owned(),
@@ -221,9 +259,17 @@ impl Dispatcher {
             owner: owner.to_owned(),
             key,
         };
-        let token = self.key.sign(&claims).map_err(Failure::error)?;
+        self.key.sign(&claims).map_err(Failure::error)
+    }
+
+    /// Read access to every object the assignment refers to (its input, upstream outputs).
+    async fn object_urls(
+        &self,
+        input: &Value,
+        outputs: &[(String, Value)],
+    ) -> Result<BTreeMap<String, String>, Failure> {
         let mut objects = BTreeMap::new();
-        for value in std::iter::once(&handler_input).chain(outputs.iter().map(|(_, v)| v)) {
+        for value in std::iter::once(input).chain(outputs.iter().map(|(_, v)| v)) {
             if let Some(r) = ObjectRef::of(value) {
                 let url = self
                     .grant(&r.backend, &r.key, Method::GET)
@@ -233,23 +279,7 @@ impl Dispatcher {
                 objects.insert(r.id(), url);
             }
         }
-        Ok(Assigned::Hand(Box::new(Assignment {
-            task_run_id: task.id,
-            run_id: task.run_id,
-            pipeline: stored.name.clone(),
-            task: def.name.clone(),
-            service_task: name,
-            attempt: task.attempt,
-            code_version,
-            input: handler_input,
-            upstream: outputs.into_iter().collect(),
-            objects,
-            output_threshold: Some(self.storage.threshold() as u64),
-            effect_key,
-            heartbeat_interval_ms: def.heartbeat_interval.as_millis() as u64,
-            timeout_ms: timeout.map(|t| t.as_millis() as u64),
-            token,
-        })))
+        Ok(objects)
     }
 
     /// Access to one object for `grant_ttl`: a pre-signed URL when the backend can sign one,
@@ -306,6 +336,26 @@ impl Dispatcher {
 }
 
 /// What one claim's assignments read once and share: registrations by task name, run inputs.
+/// An attempt finished at claim time with the output its idempotency key already holds.
+fn reused(
+    task: &ClaimedTask,
+    owner: &str,
+    transition: orbit_core::transition::Transition,
+    now: chrono::DateTime<chrono::Utc>,
+) -> FinishedAttempt {
+    FinishedAttempt {
+        task: task.clone(),
+        worker: owner.to_owned(),
+        started_at: task.claimed_at,
+        finished_at: now,
+        log: String::new(),
+        transition,
+        idempotency_key: None,
+        reused: true,
+        code_version: None,
+    }
+}
+
 #[derive(Default)]
 struct Seen {
     registered: HashMap<String, Option<ServiceTask>>,

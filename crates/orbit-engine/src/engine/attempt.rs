@@ -6,17 +6,16 @@ use crate::storage::{self, RunValues, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
 use orbit_core::params::Params;
-use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
+use orbit_core::template::{self, Context, TaskInfo};
 use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
 use orbit_store::{ClaimedTask, FinishedAttempt, Store};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use super::{Engine, Keyed, Loaded, hydrated, input_failure, keyed, keys_since};
+use super::{ContextIds, Engine, Keyed, Loaded, hydrated, input_failure, keyed, keys_since};
 
 impl Engine {
     pub(super) fn spawn(
@@ -218,25 +217,17 @@ async fn attempt(
             return fail(f);
         }
     };
-    let run_id = task.run_id.to_string();
-    let effect_key = task.id.to_string();
-    let ctx = Context {
-        input: &input,
-        tasks: hydrated
-            .iter()
-            .map(|(name, output)| (*name, TaskOutput { output }))
-            .collect::<BTreeMap<_, _>>(),
-        run: RunInfo {
-            id: &run_id,
-            pipeline: &loaded.stored.name,
-        },
-        task: TaskInfo {
+    let ids = ContextIds::new(task.run_id, task.id);
+    let ctx = ids.context(
+        &input,
+        hydrated.iter().map(|(name, output)| (*name, &**output)),
+        &loaded.stored.name,
+        TaskInfo {
             name: &def.name,
             attempt: task.attempt,
         },
-        effect_key: &effect_key,
-        code_version: loaded.stored.version,
-    };
+        loaded.stored.version,
+    );
     let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
     let key = match keyed(
         io.store,
@@ -262,7 +253,7 @@ async fn attempt(
         }
         Err(f) => return fail(f),
     };
-    let result = execute(def, &ctx, task, &effect_key, &run_id, log, io).await;
+    let result = execute(def, &ctx, task, ctx.effect_key, ctx.run.id, log, io).await;
     if let Err(f) = &result {
         log.line(&format!(
             "[orbit] attempt {} failed: {}",

@@ -4,10 +4,11 @@
 use crate::storage::{self, RunValues, Shared, Storage};
 use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
-use orbit_core::template::{self, Context};
+use orbit_core::template::{self, Context, RunInfo, TaskInfo, TaskOutput};
 use orbit_core::transition::Failure;
 use serde_json::Value;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// A task's rendered idempotency key, and the output an earlier task run stored under it within
 /// the TTL (with the log line that says so), if any.
@@ -86,4 +87,47 @@ pub(crate) async fn hydrated<'a>(
         hydrated.push((name.as_str(), output));
     }
     Ok(hydrated)
+}
+
+/// The strings a task's template context borrows: its run's id and its effect key (the task
+/// run's id, stable across attempts).
+pub(crate) struct ContextIds {
+    run: String,
+    effect_key: String,
+}
+
+impl ContextIds {
+    pub(crate) fn new(run: Uuid, task_run: Uuid) -> ContextIds {
+        ContextIds {
+            run: run.to_string(),
+            effect_key: task_run.to_string(),
+        }
+    }
+
+    /// The context one attempt of `task` renders its templates with: the engine's parameters,
+    /// the dispatcher's worker input and idempotency key, and what recovery shows, all built
+    /// here so they cannot drift apart.
+    pub(crate) fn context<'a>(
+        &'a self,
+        input: &'a Value,
+        upstream: impl IntoIterator<Item = (&'a str, &'a Value)>,
+        pipeline: &'a str,
+        task: TaskInfo<'a>,
+        code_version: i64,
+    ) -> Context<'a> {
+        Context {
+            input,
+            tasks: upstream
+                .into_iter()
+                .map(|(name, output)| (name, TaskOutput { output }))
+                .collect(),
+            run: RunInfo {
+                id: &self.run,
+                pipeline,
+            },
+            task,
+            effect_key: &self.effect_key,
+            code_version,
+        }
+    }
 }

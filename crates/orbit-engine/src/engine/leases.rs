@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Engine, EngineError, EngineEvent, InFlight, Loaded};
+use super::{Engine, EngineError, InFlight, Loaded};
 
 impl Engine {
     /// Renews the leases that are due; stops attempts whose lease is lost, or could not be
@@ -17,7 +17,7 @@ impl Engine {
         let due: Vec<(Uuid, i64)> = inflight
             .iter()
             .filter(|(_, f)| f.next_beat <= now)
-            .map(|(id, f)| (*id, f.epoch))
+            .map(|(id, f)| (*id, f.task.lease_epoch))
             .collect();
         if due.is_empty() {
             return;
@@ -51,12 +51,9 @@ impl Engine {
         for id in stop {
             if let Some(f) = inflight.remove(&id) {
                 f.abort.abort();
-                tracing::warn!(run = %f.run, task = %f.task, attempt = f.attempt, "lease lost; attempt stopped");
-                let _ = self.events.send(EngineEvent::LeaseLost {
-                    run: f.run,
-                    task: f.task,
-                    attempt: f.attempt,
-                });
+                let t = &f.task;
+                tracing::warn!(run = %t.run_id, task = %t.task_name, attempt = t.attempt, "lease lost; attempt stopped");
+                self.lost(t);
             }
         }
     }

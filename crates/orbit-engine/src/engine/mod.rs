@@ -1,10 +1,11 @@
-//! The engine loop: claim, execute, group-commit, heartbeat.
+//! The engine: claims tasks, executes them, group-commits what they did, keeps their leases.
 
 mod attempt;
 mod context;
+mod drive;
 mod leases;
 
-pub(crate) use context::{Keyed, hydrated, input_failure, keyed, keys_since};
+pub(crate) use context::{ContextIds, Keyed, hydrated, input_failure, keyed, keys_since};
 pub(crate) use leases::holder_is_gone;
 
 use crate::clock::Clock;
@@ -14,14 +15,11 @@ use chrono::{DateTime, Utc};
 use orbit_core::dag::Dag;
 use orbit_core::transition::Transition;
 use orbit_core::{RunState, TaskType};
-use orbit_store::{
-    BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, LeasedTask, Store, StoreError,
-    StoredPipeline,
-};
+use orbit_store::{BatchOutcome, ClaimedTask, FinishedAttempt, Store, StoreError, StoredPipeline};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -181,14 +179,9 @@ struct Loaded {
     dag: Dag,
 }
 
+/// An attempt running here, and its lease.
 struct InFlight {
-    run: Uuid,
-    pipeline_id: Uuid,
-    task: String,
-    attempt: u32,
-    tries: u32,
-    claimed_at: DateTime<Utc>,
-    epoch: i64,
+    task: ClaimedTask,
     interval: Duration,
     lease: Duration,
     next_beat: Instant,
@@ -290,245 +283,31 @@ impl Engine {
 
     async fn drive(
         &self,
-        scope: Option<Uuid>,
+        run: Option<Uuid>,
         shutdown: CancellationToken,
         budget: Option<usize>,
         done: &mut Processed,
     ) -> Result<Option<RunState>, EngineError> {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<FinishedAttempt>();
-        let mut pipelines: HashMap<Uuid, Arc<Loaded>> = HashMap::new();
-        let mut inputs: HashMap<Uuid, Arc<RunValues>> = HashMap::new();
-        let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
-        let mut finished: Vec<FinishedAttempt> = Vec::new();
-        let mut received: Vec<FinishedAttempt> = Vec::with_capacity(256);
-        let mut claim_due = true;
-        let mut retry_wake: Option<Instant> = None;
-        let mut stopping = false;
-        let mut grace_ends: Option<Instant> = None;
-        let mut work = self.store.work_signal();
-        let mut control = self.store.control_signal();
-        let mut next_poll = Instant::now() + self.config.poll_interval;
-        let mut store_down: u32 = 0;
-        loop {
-            let mut free = self.config.concurrency.saturating_sub(inflight.len());
-            if let Some(b) = budget {
-                free = free.min(b.saturating_sub(done.claimed));
-                if free == 0 && inflight.is_empty() && finished.is_empty() {
-                    return Ok(None);
-                }
-            }
-            let claim = (claim_due && !stopping && free > 0).then(|| ClaimRequest {
-                owner: self.config.owner.clone(),
-                limit: free,
-                run: scope,
-                queues: self.config.queues.clone(),
-                types: self.types.clone(),
-            });
-            if !finished.is_empty() || claim.is_some() {
-                let outcome = match self
-                    .store
-                    .finish_and_claim(&finished, claim.as_ref(), self.config.clock.now())
-                    .await
-                {
-                    Ok(o) => {
-                        store_down = 0;
-                        o
-                    }
-                    // A database restart or a deadlock victim: the commit did not happen, so
-                    // try the same batch again. Leases keep running out meanwhile; a batch
-                    // that comes back too late is refused by its fence, not applied twice.
-                    Err(StoreError::Unavailable(e)) if scope.is_none() && budget.is_none() => {
-                        store_down += 1;
-                        let wait = Duration::from_millis(50 << store_down.min(6));
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "store unavailable; retrying the batch");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                done.count(&finished, &outcome);
-                for f in &finished {
-                    if let Transition::Retry { ready_at, .. } = &f.transition {
-                        let at = self.config.clock.instant_of(*ready_at);
-                        retry_wake = Some(retry_wake.map_or(at, |w| w.min(at)));
-                    }
-                }
-                self.report(&finished, &outcome);
-                finished.clear();
-                // A full claim means more may be waiting; finishing tasks will free slots for them.
-                claim_due = claim
-                    .as_ref()
-                    .is_some_and(|c| outcome.claimed.len() >= c.limit);
-                for task in outcome.claimed {
-                    let loaded = self.loaded(&mut pipelines, task.pipeline_id).await?;
-                    let input = self.input(&mut inputs, task.run_id).await?;
-                    let def = loaded
-                        .dag
-                        .index_of(&task.task_name)
-                        .map(|i| &loaded.stored.pipeline.tasks[i]);
-                    let interval = def
-                        .map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |d| {
-                            d.heartbeat_interval
-                        });
-                    let now = Instant::now();
-                    let flight = InFlight {
-                        run: task.run_id,
-                        pipeline_id: task.pipeline_id,
-                        task: task.task_name.clone(),
-                        attempt: task.attempt,
-                        tries: task.tries,
-                        claimed_at: task.claimed_at,
-                        epoch: task.lease_epoch,
-                        interval,
-                        lease: interval * 2,
-                        next_beat: now + interval,
-                        last_renewed: now,
-                        abort: self.spawn(task.clone(), loaded, input, done_tx.clone()),
-                    };
-                    // The same task run claimed again (cancelled and retried while its old
-                    // attempt ran here): the old attempt is over, whatever it was doing.
-                    if let Some(old) = inflight.insert(task.id, flight) {
-                        old.abort.abort();
-                        let _ = self.events.send(EngineEvent::LeaseLost {
-                            run: old.run,
-                            task: old.task,
-                            attempt: old.attempt,
-                        });
-                    }
-                }
-                for (run, state) in outcome.settled_runs {
-                    inputs.remove(&run);
-                    if scope == Some(run) {
-                        return Ok(Some(state));
-                    }
-                }
-            }
-            if stopping && inflight.is_empty() {
-                return Ok(None);
-            }
-            if budget.is_some() && inflight.is_empty() && finished.is_empty() && !claim_due {
-                return Ok(None);
-            }
-            if grace_ends.is_some_and(|g| g <= Instant::now()) {
-                // Grace is over: hand the rest back now rather than let their leases run out.
-                let held: Vec<LeasedTask> = inflight
-                    .drain()
-                    .map(|(id, f)| {
-                        f.abort.abort();
-                        LeasedTask {
-                            task: ClaimedTask {
-                                id,
-                                run_id: f.run,
-                                pipeline_id: f.pipeline_id,
-                                task_name: f.task,
-                                attempt: f.attempt,
-                                tries: f.tries,
-                                lease_epoch: f.epoch,
-                                lease_expires_at: self.config.clock.now(),
-                                claimed_at: f.claimed_at,
-                            },
-                            owner: self.config.owner.clone(),
-                        }
-                    })
-                    .collect();
-                let released = self
-                    .lose(
-                        held,
-                        &mut pipelines,
-                        "it shut down before the attempt finished",
-                    )
-                    .await?;
-                tracing::info!(released, "shutdown grace over; leases handed back");
-                return Ok(None);
-            }
-            self.running
-                .store(inflight.len(), std::sync::atomic::Ordering::Relaxed);
-            let beat_at = inflight.values().map(|f| f.next_beat).min();
-            let deadline = [Some(next_poll), beat_at, retry_wake, grace_ends]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_poll);
-            tokio::select! {
-                biased;
-                _ = done_rx.recv_many(&mut received, 1024) => {
-                    for f in received.drain(..) {
-                        // Attempts dropped for a lost lease may still report, and so may an
-                        // attempt whose task run was claimed again since: only the attempt this
-                        // engine holds now (same lease epoch) counts.
-                        let current = inflight
-                            .get(&f.task.id)
-                            .is_some_and(|held| held.epoch == f.task.lease_epoch);
-                        if current {
-                            inflight.remove(&f.task.id);
-                            finished.push(f);
-                        }
-                    }
-                    claim_due = true;
-                }
-                _ = shutdown.cancelled(), if !stopping => {
-                    stopping = true;
-                    grace_ends = Some(Instant::now() + self.config.grace);
-                }
-                Ok(()) = work.changed(), if !stopping && budget.is_none() => claim_due = true,
-                // A run was cancelled: whatever of it runs here stops now, not at its next beat.
-                Ok(()) = control.changed(), if !inflight.is_empty() => {
-                    let now = Instant::now();
-                    for f in inflight.values_mut() {
-                        f.next_beat = now;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-            // Timed work is checked on every round, not only when the timer wins the select:
-            // under load finished attempts arrive without pause, and neither heartbeats nor
-            // the reaper may wait for a lull.
-            let now = Instant::now();
-            if retry_wake.is_some_and(|w| w <= now) {
-                retry_wake = None;
-                claim_due = true;
-            }
-            if next_poll <= now {
-                next_poll = now + self.config.poll_interval;
-                claim_due = true;
-                if let Err(e) = self.reap(&mut pipelines).await {
-                    tracing::warn!(error = %e, "reaping expired leases failed");
-                }
-                if let Some(run) = scope {
-                    let state = self.store.run(run).await?.state;
-                    // Settled elsewhere (cancelled by a user, or finished by a worker that took
-                    // over a lease this one lost): stop what still runs. Attempts that finished
-                    // meanwhile are committed first, so the store's fence says what became of
-                    // them rather than this loop dropping them unreported.
-                    if state.is_terminal() && !finished.is_empty() {
-                        next_poll = now;
-                    } else if state.is_terminal() {
-                        for f in inflight.into_values() {
-                            f.abort.abort();
-                            let lost = EngineEvent::LeaseLost {
-                                run: f.run,
-                                task: f.task,
-                                attempt: f.attempt,
-                            };
-                            let _ = self.events.send(lost);
-                        }
-                        return Ok(Some(state));
-                    }
-                }
-            }
-            self.heartbeat(&mut inflight, now).await;
-        }
+        drive::Drive::new(self, drive::Scope { run, budget })
+            .run(shutdown, done)
+            .await
     }
+
+    /// Tells displays that an attempt was stopped and its result will not be kept.
+    fn lost(&self, task: &ClaimedTask) {
+        let _ = self.events.send(EngineEvent::LeaseLost {
+            run: task.run_id,
+            task: task.task_name.clone(),
+            attempt: task.attempt,
+        });
+    }
+
     fn report(&self, finished: &[FinishedAttempt], outcome: &BatchOutcome) {
         for f in finished {
             let t = &f.task;
             if outcome.lease_lost.contains(&t.id) {
                 tracing::warn!(run = %t.run_id, task = %t.task_name, "result refused: lease was taken over");
-                let _ = self.events.send(EngineEvent::LeaseLost {
-                    run: t.run_id,
-                    task: t.task_name.clone(),
-                    attempt: t.attempt,
-                });
+                self.lost(t);
                 continue;
             }
             let event = match &f.transition {
