@@ -16,6 +16,9 @@
 
 use crate::*;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use orbit_core::Pipeline;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -33,9 +33,6 @@ pub mod testkit;
 pub use model::*;
 pub use roles::*;
 
-use chrono::{DateTime, Utc};
-use orbit_core::Pipeline;
-use serde_json::Value;
 use uuid::Uuid;
 
 /// Splits a batch of finished attempts by the fence: those whose `(task run, lease epoch)` the

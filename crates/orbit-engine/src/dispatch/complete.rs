@@ -171,20 +171,8 @@ impl Dispatcher {
         claims: &TaskClaims,
         callback: Callback,
     ) -> Result<Recorded, EngineError> {
-        let worker = claims.owner.as_str();
         let loaded = self.loaded(claims.pid).await?;
         let (stored, dag) = (&loaded.0, &loaded.1);
-        let task = ClaimedTask {
-            id: claims.trid,
-            run_id: claims.run,
-            pipeline_id: claims.pid,
-            task_name: claims.task.clone(),
-            attempt: claims.attempt,
-            tries: claims.tries,
-            lease_epoch: claims.epoch,
-            lease_expires_at: self.clock.now(),
-            claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
-        };
         // By the DAG's index: a scan of the task list per callback is quadratic in big runs.
         let Some(def) = dag
             .index_of(&claims.task)
@@ -209,59 +197,40 @@ impl Dispatcher {
         } else {
             None
         };
-        let (output, stored_line) = match callback.status {
-            CallbackStatus::Succeeded => self.output_of(claims, callback.output).await?,
+        let Callback {
+            status,
+            output,
+            run_next,
+            error,
+            retryable,
+            logs,
+            ..
+        } = callback;
+        let (output, stored_line) = match status {
+            CallbackStatus::Succeeded => self.output_of(claims, output).await?,
             _ => (Value::Null, None),
         };
-        let outcome = match callback.status {
-            CallbackStatus::Succeeded => match callback.run_next {
-                None => Outcome::Succeeded(output),
-                Some(run_next) => {
-                    let allowed = if def.allowed_next.is_empty() {
-                        options
-                            .as_ref()
-                            .map(|o| o.allowed_next.clone())
-                            .unwrap_or_default()
-                    } else {
-                        def.allowed_next.clone()
-                    };
-                    Outcome::Routed {
-                        output,
-                        allowed,
-                        run_next,
-                    }
-                }
-            },
+        let outcome = match status {
+            CallbackStatus::Succeeded => succeeded(output, run_next, def, options.as_ref()),
             CallbackStatus::Failed | CallbackStatus::Timeout => {
-                let kind = match (callback.status, callback.retryable) {
+                let kind = match (status, retryable) {
                     (CallbackStatus::Timeout, _) => FailureKind::Timeout,
                     (_, true) => FailureKind::Error,
                     (_, false) => FailureKind::Fatal,
                 };
-                Outcome::Failed(Failure::new(
-                    kind,
-                    callback
-                        .error
-                        .unwrap_or_else(|| "the handler failed".into()),
-                ))
+                let message = error.unwrap_or_else(|| "the handler failed".into());
+                Outcome::Failed(Failure::new(kind, message))
             }
         };
         let now = self.clock.now();
-        let mut log = callback.logs.join("\n");
-        if !log.is_empty() {
-            log.push('\n');
-        }
-        if let Some(line) = stored_line {
-            log.push_str(&line);
-            log.push('\n');
-        }
+        let task = held(claims, now);
         let finished = FinishedAttempt {
             transition: self.transition(dag, def, options.as_ref(), &task, outcome, now),
             started_at: task.claimed_at,
             task,
-            worker: worker.to_owned(),
+            worker: claims.owner.clone(),
             finished_at: now,
-            log,
+            log: attempt_log(logs, stored_line),
             idempotency_key: claims.key.clone(),
             reused: false,
             code_version: Some(claims.code_version),
@@ -281,4 +250,55 @@ impl Dispatcher {
             Recorded::LeaseLost
         })
     }
+}
+
+/// The claim a task token carries, as the store's fence checks it.
+fn held(claims: &TaskClaims, now: DateTime<Utc>) -> ClaimedTask {
+    ClaimedTask {
+        id: claims.trid,
+        run_id: claims.run,
+        pipeline_id: claims.pid,
+        task_name: claims.task.clone(),
+        attempt: claims.attempt,
+        tries: claims.tries,
+        lease_epoch: claims.epoch,
+        lease_expires_at: now,
+        claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
+    }
+}
+
+/// A success, routed when the handler chose what runs next (within the pipeline's
+/// `allowed_next`, else the registration's).
+fn succeeded(
+    output: Value,
+    run_next: Option<Vec<String>>,
+    def: &TaskDef,
+    options: Option<&orbit_core::protocol::TaskRegistration>,
+) -> Outcome {
+    let Some(run_next) = run_next else {
+        return Outcome::Succeeded(output);
+    };
+    let allowed = if def.allowed_next.is_empty() {
+        options.map(|o| o.allowed_next.clone()).unwrap_or_default()
+    } else {
+        def.allowed_next.clone()
+    };
+    Outcome::Routed {
+        output,
+        allowed,
+        run_next,
+    }
+}
+
+/// The handler's log lines, then the line saying where a large output went.
+fn attempt_log(lines: Vec<String>, stored_line: Option<String>) -> String {
+    let mut log = lines.join("\n");
+    if !log.is_empty() {
+        log.push('\n');
+    }
+    if let Some(line) = stored_line {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    log
 }

@@ -280,160 +280,25 @@ fn required(spec: &Spec, value: &Option<String>, field: &str) -> Result<String, 
     })
 }
 
+/// A backend's store, its URL signer (when it can pre-sign) and where it keeps objects.
+type Built = (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, String);
+
 fn build(spec: Spec) -> Result<Backend, StorageError> {
     let fail = |e: object_store::Error| {
         // object_store's builder errors name settings, not secrets.
         bad(format!("{} (backend `{}`): {e}", spec.origin, spec.id))
     };
-    let (store, signer, location): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, String) =
-        match spec.provider.as_str() {
-            "local" => {
-                let dir =
-                    PathBuf::from(spec.path.clone().unwrap_or_else(|| ".orbit/objects".into()));
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    bad(format!(
-                        "{}: cannot create `{}`: {e}",
-                        spec.field("path"),
-                        dir.display()
-                    ))
-                })?;
-                let fs = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(fail)?
-                    .with_automatic_cleanup(true);
-                (Arc::new(fs), None, dir.display().to_string())
-            }
-            "aws-s3" | "minio" => {
-                let bucket = required(&spec, &spec.bucket, "bucket")?;
-                let minio = spec.provider == "minio";
-                let mut b = if minio {
-                    AmazonS3Builder::new()
-                } else {
-                    // Plain AWS may take its credentials and region from the usual AWS_* variables.
-                    AmazonS3Builder::from_env()
-                };
-                b = b.with_bucket_name(&bucket);
-                let region = spec.region.clone().unwrap_or_else(|| "us-east-1".into());
-                b = b.with_region(region);
-                let endpoint = if minio {
-                    Some(required(&spec, &spec.endpoint, "endpoint")?)
-                } else {
-                    spec.endpoint
-                        .clone()
-                        .filter(|e| e.trim_end_matches('/') != "https://s3.amazonaws.com")
-                };
-                if let Some(e) = &endpoint {
-                    let is_url = object_store::signer::Url::parse(e)
-                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-                    if !is_url {
-                        return Err(bad(format!(
-                            "{} `{e}` is not a URL such as http://127.0.0.1:9000",
-                            spec.field("endpoint")
-                        )));
-                    }
-                    b = b
-                        .with_endpoint(e)
-                        .with_allow_http(e.starts_with("http://"))
-                        .with_virtual_hosted_style_request(false);
-                }
-                // MinIO's own names (the PipeWeave seed's example) as well as AWS's.
-                let key = credential(&spec, "accessKeyId")?.or(credential(&spec, "accessKey")?);
-                let secret =
-                    credential(&spec, "secretAccessKey")?.or(credential(&spec, "secretKey")?);
-                match (key, secret) {
-                    (Some(k), Some(s)) => {
-                        b = b.with_access_key_id(k).with_secret_access_key(s);
-                    }
-                    (None, None) if !minio => {}
-                    (None, _) => {
-                        return Err(bad(format!(
-                            "{} is required for provider `{}`",
-                            spec.field("credentials.accessKeyId"),
-                            spec.provider
-                        )));
-                    }
-                    (_, None) => {
-                        return Err(bad(format!(
-                            "{} is required for provider `{}`",
-                            spec.field("credentials.secretAccessKey"),
-                            spec.provider
-                        )));
-                    }
-                }
-                if let Some(t) = credential(&spec, "sessionToken")? {
-                    b = b.with_token(t);
-                }
-                let s3 = Arc::new(b.build().map_err(fail)?);
-                let location = format!(
-                    "s3://{bucket}{}",
-                    endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
-                );
-                (s3.clone(), Some(s3), location)
-            }
-            "gcs" => {
-                let bucket = required(&spec, &spec.bucket, "bucket")?;
-                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
-                if let Some(e) = spec
-                    .endpoint
-                    .as_deref()
-                    .filter(|e| e.trim_end_matches('/') != "https://storage.googleapis.com")
-                {
-                    b = b.with_base_url(e);
-                }
-                let without_key = b.clone();
-                let email = credential(&spec, "clientEmail")?;
-                let private_key = credential(&spec, "privateKey")?;
-                match (email, private_key) {
-                    (Some(email), Some(key)) => {
-                        // The seed's form gives no key id; Google finds the key without one.
-                        let mut account = serde_json::json!({
-                            "type": "service_account",
-                            "client_email": email,
-                            "private_key": key,
-                            "private_key_id": credential(&spec, "privateKeyId")?.unwrap_or_default(),
-                        });
-                        if let Some(p) = credential(&spec, "projectId")? {
-                            account["project_id"] = Value::String(p);
-                        }
-                        b = b.with_service_account_key(account.to_string());
-                    }
-                    (None, None) => {}
-                    (None, _) => {
-                        return Err(bad(format!(
-                            "{}.credentials.clientEmail is required with credentials.privateKey",
-                            spec.origin
-                        )));
-                    }
-                    (_, None) => {
-                        return Err(bad(format!(
-                            "{}.credentials.privateKey is required with credentials.clientEmail",
-                            spec.origin
-                        )));
-                    }
-                }
-                // A key that does not parse (the seed's example holds a placeholder) does not
-                // stop the server: the backend is there, and fails on use, as said at start.
-                let built = match b.build() {
-                    Ok(gcs) => gcs,
-                    Err(e) => {
-                        tracing::warn!(
-                            backend = %spec.id,
-                            error = %e,
-                            "{}: the service-account key cannot be used; requests to this backend will fail until it is fixed",
-                            spec.origin
-                        );
-                        without_key.build().map_err(fail)?
-                    }
-                };
-                let gcs = Arc::new(built);
-                (gcs.clone(), Some(gcs), format!("gs://{bucket}"))
-            }
-            other => {
-                return Err(bad(format!(
-                    "{} `{other}` is not one of {PROVIDERS}",
-                    spec.field("provider")
-                )));
-            }
-        };
+    let (store, signer, location) = match spec.provider.as_str() {
+        "local" => local(&spec, &fail)?,
+        "aws-s3" | "minio" => s3(&spec, &fail)?,
+        "gcs" => gcs(&spec, &fail)?,
+        other => {
+            return Err(bad(format!(
+                "{} `{other}` is not one of {PROVIDERS}",
+                spec.field("provider")
+            )));
+        }
+    };
     Ok(Backend {
         id: spec.id,
         provider: spec.provider,
@@ -441,6 +306,159 @@ fn build(spec: Spec) -> Result<Backend, StorageError> {
         store,
         signer,
     })
+}
+
+/// A directory on this machine.
+fn local(
+    spec: &Spec,
+    fail: &dyn Fn(object_store::Error) -> StorageError,
+) -> Result<Built, StorageError> {
+    let dir = PathBuf::from(spec.path.clone().unwrap_or_else(|| ".orbit/objects".into()));
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        bad(format!(
+            "{}: cannot create `{}`: {e}",
+            spec.field("path"),
+            dir.display()
+        ))
+    })?;
+    let fs = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(fail)?
+        .with_automatic_cleanup(true);
+    Ok((Arc::new(fs), None, dir.display().to_string()))
+}
+
+/// AWS S3, or MinIO (and any S3-compatible server) at its endpoint.
+fn s3(
+    spec: &Spec,
+    fail: &dyn Fn(object_store::Error) -> StorageError,
+) -> Result<Built, StorageError> {
+    let bucket = required(&spec, &spec.bucket, "bucket")?;
+    let minio = spec.provider == "minio";
+    let mut b = if minio {
+        AmazonS3Builder::new()
+    } else {
+        // Plain AWS may take its credentials and region from the usual AWS_* variables.
+        AmazonS3Builder::from_env()
+    };
+    b = b.with_bucket_name(&bucket);
+    let region = spec.region.clone().unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(region);
+    let endpoint = if minio {
+        Some(required(&spec, &spec.endpoint, "endpoint")?)
+    } else {
+        spec.endpoint
+            .clone()
+            .filter(|e| e.trim_end_matches('/') != "https://s3.amazonaws.com")
+    };
+    if let Some(e) = &endpoint {
+        let is_url = object_store::signer::Url::parse(e)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if !is_url {
+            return Err(bad(format!(
+                "{} `{e}` is not a URL such as http://127.0.0.1:9000",
+                spec.field("endpoint")
+            )));
+        }
+        b = b
+            .with_endpoint(e)
+            .with_allow_http(e.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    // MinIO's own names (the PipeWeave seed's example) as well as AWS's.
+    let key = credential(&spec, "accessKeyId")?.or(credential(&spec, "accessKey")?);
+    let secret = credential(&spec, "secretAccessKey")?.or(credential(&spec, "secretKey")?);
+    match (key, secret) {
+        (Some(k), Some(s)) => {
+            b = b.with_access_key_id(k).with_secret_access_key(s);
+        }
+        (None, None) if !minio => {}
+        (None, _) => {
+            return Err(bad(format!(
+                "{} is required for provider `{}`",
+                spec.field("credentials.accessKeyId"),
+                spec.provider
+            )));
+        }
+        (_, None) => {
+            return Err(bad(format!(
+                "{} is required for provider `{}`",
+                spec.field("credentials.secretAccessKey"),
+                spec.provider
+            )));
+        }
+    }
+    if let Some(t) = credential(&spec, "sessionToken")? {
+        b = b.with_token(t);
+    }
+    let s3 = Arc::new(b.build().map_err(fail)?);
+    let location = format!(
+        "s3://{bucket}{}",
+        endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
+    );
+    Ok((s3.clone(), Some(s3), location))
+}
+
+/// Google Cloud Storage.
+fn gcs(
+    spec: &Spec,
+    fail: &dyn Fn(object_store::Error) -> StorageError,
+) -> Result<Built, StorageError> {
+    let bucket = required(&spec, &spec.bucket, "bucket")?;
+    let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
+    if let Some(e) = spec
+        .endpoint
+        .as_deref()
+        .filter(|e| e.trim_end_matches('/') != "https://storage.googleapis.com")
+    {
+        b = b.with_base_url(e);
+    }
+    let without_key = b.clone();
+    let email = credential(&spec, "clientEmail")?;
+    let private_key = credential(&spec, "privateKey")?;
+    match (email, private_key) {
+        (Some(email), Some(key)) => {
+            // The seed's form gives no key id; Google finds the key without one.
+            let mut account = serde_json::json!({
+                "type": "service_account",
+                "client_email": email,
+                "private_key": key,
+                "private_key_id": credential(&spec, "privateKeyId")?.unwrap_or_default(),
+            });
+            if let Some(p) = credential(&spec, "projectId")? {
+                account["project_id"] = Value::String(p);
+            }
+            b = b.with_service_account_key(account.to_string());
+        }
+        (None, None) => {}
+        (None, _) => {
+            return Err(bad(format!(
+                "{}.credentials.clientEmail is required with credentials.privateKey",
+                spec.origin
+            )));
+        }
+        (_, None) => {
+            return Err(bad(format!(
+                "{}.credentials.privateKey is required with credentials.clientEmail",
+                spec.origin
+            )));
+        }
+    }
+    // A key that does not parse (the seed's example holds a placeholder) does not
+    // stop the server: the backend is there, and fails on use, as said at start.
+    let built = match b.build() {
+        Ok(gcs) => gcs,
+        Err(e) => {
+            tracing::warn!(
+                backend = %spec.id,
+                error = %e,
+                "{}: the service-account key cannot be used; requests to this backend will fail until it is fixed",
+                spec.origin
+            );
+            without_key.build().map_err(fail)?
+        }
+    };
+    let gcs = Arc::new(built);
+    Ok((gcs.clone(), Some(gcs), format!("gs://{bucket}")))
 }
 
 /// `65536`, `64KiB`, `64kb`, `1MiB`, `1m`: a number of bytes.
