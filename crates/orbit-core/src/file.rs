@@ -11,7 +11,7 @@ use crate::retry::RetryPolicy;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -179,26 +179,7 @@ impl Checker {
     }
 
     fn pipeline(&mut self, raw: RawFile, path: &str) -> Option<Pipeline> {
-        let name = match &raw.name {
-            Some(n) => self.name(n, "pipeline"),
-            None => {
-                let stem = std::path::Path::new(path)
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("");
-                let stem = stem.strip_suffix(".pipeline").unwrap_or(stem);
-                if is_valid_name(stem) {
-                    Some(stem.to_owned())
-                } else {
-                    self.diagnostics.push(Diagnostic {
-                        line: 0,
-                        column: 0,
-                        message: "missing `name`".into(),
-                    });
-                    None
-                }
-            }
-        };
+        let name = self.pipeline_name(raw.name.as_ref(), path);
         let description = raw
             .description
             .as_ref()
@@ -246,9 +227,44 @@ impl Checker {
                 defs.push(def);
             }
         }
-        for (def, (_, needs_spans)) in defs.iter().zip(&lines) {
+        self.references(&defs, &lines);
+        let pipeline = Pipeline {
+            name: name?,
+            description,
+            schedule,
+            tasks: defs,
+        };
+        self.cycles(&pipeline, &lines);
+        Some(pipeline)
+    }
+
+    /// The pipeline's `name`, else its file's name (`etl.yaml`, `etl.pipeline.json`: `etl`).
+    fn pipeline_name(&mut self, name: Option<&Located>, path: &str) -> Option<String> {
+        if let Some(n) = name {
+            return self.name(n, "pipeline");
+        }
+        let stem = std::path::Path::new(path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("");
+        let stem = stem.strip_suffix(".pipeline").unwrap_or(stem);
+        if is_valid_name(stem) {
+            return Some(stem.to_owned());
+        }
+        self.diagnostics.push(Diagnostic {
+            line: 0,
+            column: 0,
+            message: "missing `name`".into(),
+        });
+        None
+    }
+
+    /// Every `needs` names another task; every `allowed_next` names a task that needs this one.
+    fn references(&mut self, defs: &[TaskDef], lines: &[(Location, Vec<Located>)]) {
+        let seen: std::collections::HashSet<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        for (def, (_, needs_spans)) in defs.iter().zip(lines) {
             for (need, span) in def.needs.iter().zip(needs_spans) {
-                if !seen.contains_key(need) {
+                if !seen.contains(need.as_str()) {
                     let msg = if need == &def.name {
                         format!("task `{need}` needs itself")
                     } else {
@@ -261,7 +277,7 @@ impl Checker {
                 }
             }
         }
-        for (def, (loc, _)) in defs.iter().zip(&lines) {
+        for (def, (loc, _)) in defs.iter().zip(lines) {
             for next in &def.allowed_next {
                 let chosen = defs.iter().find(|d| &d.name == next);
                 if !chosen.is_some_and(|d| d.needs.contains(&def.name)) {
@@ -276,13 +292,11 @@ impl Checker {
                 }
             }
         }
-        let pipeline = Pipeline {
-            name: name?,
-            description,
-            schedule,
-            tasks: defs,
-        };
-        if let Err(cycles) = Dag::new(&pipeline) {
+    }
+
+    /// Each cycle, at its first task.
+    fn cycles(&mut self, pipeline: &Pipeline, lines: &[(Location, Vec<Located>)]) {
+        if let Err(cycles) = Dag::new(pipeline) {
             for cycle in cycles.0 {
                 let first = pipeline
                     .tasks
@@ -297,7 +311,6 @@ impl Checker {
                 });
             }
         }
-        Some(pipeline)
     }
 
     fn defaults(&mut self, raw: Option<&Spanned<Fields>>) -> Defaults {
@@ -339,24 +352,7 @@ impl Checker {
             return None;
         };
         let name = self.name(name, "task")?;
-        let task_type = match field("type") {
-            None => {
-                self.at(
-                    raw,
-                    format!(
-                        "task `{name}` has no `type` (one of: shell, http, sleep, script, worker)"
-                    ),
-                );
-                None
-            }
-            Some(t) => match t.value.as_str().and_then(TaskType::parse) {
-                Some(tt) => Some(tt),
-                None => {
-                    self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script, worker)", short(&t.value)));
-                    None
-                }
-            },
-        };
+        let task_type = self.task_type(raw, field("type"), &name);
         let (needs, needs_spans) = match field("needs") {
             None => (Vec::new(), Vec::new()),
             Some(n) => self.names(n, &name, "needs"),
@@ -392,26 +388,7 @@ impl Checker {
             self.lint_shell(&name, field("command"), field("shell"));
         }
         if let Err(e) = Params::from_json(task_type, &params, false) {
-            // Point at the key the message names first (`unknown parameter `comand`, expected `command``).
-            let loc = raw
-                .value
-                .0
-                .iter()
-                .filter_map(|(k, _)| {
-                    e.find(&format!("`{}`", k.value))
-                        .map(|pos| (pos, k.referenced))
-                })
-                .min_by_key(|(pos, _)| *pos)
-                .map(|(_, loc)| loc);
-            let msg = format!("task `{name}` ({task_type}): {e}");
-            match loc {
-                Some(loc) => self.diagnostics.push(Diagnostic {
-                    line: loc.line(),
-                    column: loc.column(),
-                    message: msg,
-                }),
-                None => self.at(raw, msg),
-            }
+            self.bad_params(raw, &format!("task `{name}` ({task_type}): {e}"));
         }
         Some((
             TaskDef {
@@ -429,6 +406,49 @@ impl Checker {
             },
             needs_spans,
         ))
+    }
+
+    fn task_type(
+        &mut self,
+        raw: &Spanned<Fields>,
+        field: Option<&Located>,
+        name: &str,
+    ) -> Option<TaskType> {
+        let Some(t) = field else {
+            self.at(
+                raw,
+                format!("task `{name}` has no `type` (one of: shell, http, sleep, script, worker)"),
+            );
+            return None;
+        };
+        let parsed = t.value.as_str().and_then(TaskType::parse);
+        if parsed.is_none() {
+            self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script, worker)", short(&t.value)));
+        }
+        parsed
+    }
+
+    /// A parameter error, at the key its message names first (`unknown parameter `comand`,
+    /// expected `command``), else at the task.
+    fn bad_params(&mut self, raw: &Spanned<Fields>, msg: &str) {
+        let loc = raw
+            .value
+            .0
+            .iter()
+            .filter_map(|(k, _)| {
+                msg.find(&format!("`{}`", k.value))
+                    .map(|pos| (pos, k.referenced))
+            })
+            .min_by_key(|(pos, _)| *pos)
+            .map(|(_, loc)| loc);
+        match loc {
+            Some(loc) => self.diagnostics.push(Diagnostic {
+                line: loc.line(),
+                column: loc.column(),
+                message: msg.to_owned(),
+            }),
+            None => self.at(raw, msg),
+        }
     }
 
     /// Warns about a command string that looks like shell code but runs without a shell, and

@@ -6,9 +6,10 @@
 //! backend executes a plan with its own primitive statements and decides nothing, so a new
 //! state-changing feature is written here once.
 
-use crate::{ClaimedTask, FinishedAttempt};
-use orbit_core::RunState;
+use crate::{ClaimedTask, FinishedAttempt, NewRun};
+use chrono::{DateTime, Utc};
 use orbit_core::transition::{FailureKind, Transition, settled_run_state};
+use orbit_core::{RunState, TaskState};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
@@ -292,6 +293,74 @@ impl<'a> FinishPlan<'a> {
             }
         }
         (settled, running)
+    }
+}
+
+/// A new run's task runs, decided once for every backend: roots `ready` at once, the rest
+/// `waiting` for their needs; priorities include the run's.
+#[derive(Clone, Debug)]
+pub struct NewTaskRow<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub task_type: &'static str,
+    pub queue: &'a str,
+    /// Its place in the pipeline file: the order task runs are listed in.
+    pub seq: i32,
+    pub state: TaskState,
+    pub priority: i32,
+    pub pending_needs: i32,
+    pub max_attempts: i32,
+    pub lease_ms: i64,
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+/// What creating `new` writes besides its run row: the task runs, the `run_created` event,
+/// and whether any task is claimable at once (wake the claimers).
+pub struct CreatePlan<'a> {
+    pub tasks: Vec<NewTaskRow<'a>>,
+    pub event: Event,
+    pub any_ready: bool,
+    /// Runs created before this hold the idempotency key no longer: it expired.
+    pub key_expired_before: Option<DateTime<Utc>>,
+}
+
+pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
+    let p = &new.pipeline.pipeline;
+    let tasks: Vec<NewTaskRow<'a>> = p
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(seq, task)| {
+            let ready = task.needs.is_empty();
+            NewTaskRow {
+                id: Uuid::now_v7(),
+                name: &task.name,
+                task_type: task.task_type.as_str(),
+                queue: task.queue(),
+                seq: i32::try_from(seq).unwrap_or(i32::MAX),
+                state: if ready {
+                    TaskState::Ready
+                } else {
+                    TaskState::Waiting
+                },
+                priority: task.priority.saturating_add(new.priority),
+                pending_needs: i32::try_from(task.needs.len()).unwrap_or(i32::MAX),
+                max_attempts: i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX),
+                lease_ms: task.lease().as_millis() as i64,
+                ready_at: ready.then_some(new.now),
+            }
+        })
+        .collect();
+    let key_expired_before = new.idempotency_key.as_ref().and_then(|_| {
+        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
+        new.now.checked_sub_signed(ttl)
+    });
+    CreatePlan {
+        any_ready: tasks.iter().any(|t| t.state == TaskState::Ready),
+        tasks,
+        event: Event::run(new.id, EventKind::RunCreated)
+            .with_data(json!({"pipeline": p.name, "version": new.pipeline.version})),
+        key_expired_before,
     }
 }
 

@@ -66,33 +66,7 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
             Err(e) => return Err(Failure::error(e)),
         }
     }
-    let setup = |c: &mut tokio::process::Command| {
-        c.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(dir) = &spec.cwd {
-            c.current_dir(dir);
-        }
-    };
-    let mut cmd = match inv.supervisor {
-        Some(supervisor) => CommandWrap::with_new(supervisor, |c| {
-            c.arg0("orbit")
-                .arg(supervisor::SUBCOMMAND)
-                .arg(registry.as_deref().unwrap_or(Path::new("-")))
-                .arg(&spec.program)
-                .args(&spec.args)
-                .stdin(Stdio::piped());
-            setup(c);
-        }),
-        None => CommandWrap::with_new(&spec.program, |c| {
-            c.args(&spec.args).stdin(if spec.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-            setup(c);
-        }),
-    };
+    let mut cmd = command(&spec, inv.supervisor, registry.as_deref());
     cmd.wrap(ProcessGroup::leader());
     let child = cmd
         .spawn()
@@ -102,30 +76,13 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
         registry,
         lifeline: None,
     };
-    if let Some(mut stdin) = group.child.stdin().take() {
+    if let Some(stdin) = group.child.stdin().take() {
         let framed = inv.supervisor.is_some();
         let (release, released) = oneshot::channel::<()>();
         if framed {
             group.lifeline = Some(release);
         }
-        let input = spec.stdin;
-        tokio::spawn(async move {
-            if framed {
-                let len = input
-                    .as_ref()
-                    .map_or(supervisor::NO_STDIN, |i| i.len() as u64);
-                let _ = stdin.write_all(&len.to_le_bytes()).await;
-            }
-            // A program that does not read its stdin closes the pipe; that is its business.
-            if let Some(input) = input {
-                let _ = stdin.write_all(&input).await;
-            }
-            if framed {
-                // The supervisor's lifeline: held open until the attempt ends.
-                let _ = stdin.flush().await;
-                let _ = released.await;
-            }
-        });
+        tokio::spawn(feed(stdin, spec.stdin, framed.then_some(released)));
     }
     let stdout = group.child.stdout().take();
     let stderr = group.child.stderr().take();
@@ -145,15 +102,85 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
     if status.success() {
         return Ok(stdout);
     }
+    Err(failed(
+        &spec.program,
+        status,
+        last_err,
+        inv.supervisor.is_some(),
+    ))
+}
+
+/// The program, run by the supervisor when there is one (it takes the program's stdin framed,
+/// then holds the pipe as its lifeline).
+fn command(spec: &Spec, supervisor: Option<&Path>, registry: Option<&Path>) -> CommandWrap {
+    let setup = |c: &mut tokio::process::Command| {
+        c.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = &spec.cwd {
+            c.current_dir(dir);
+        }
+    };
+    match supervisor {
+        Some(supervisor) => CommandWrap::with_new(supervisor, |c| {
+            c.arg0("orbit")
+                .arg(supervisor::SUBCOMMAND)
+                .arg(registry.unwrap_or(Path::new("-")))
+                .arg(&spec.program)
+                .args(&spec.args)
+                .stdin(Stdio::piped());
+            setup(c);
+        }),
+        None => CommandWrap::with_new(&spec.program, |c| {
+            c.args(&spec.args).stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+            setup(c);
+        }),
+    }
+}
+
+/// Writes the program's stdin; under a supervisor, framed by its length first, and the pipe
+/// then held open (the supervisor's lifeline) until `released`.
+async fn feed<W: AsyncWriteExt + Unpin>(
+    mut stdin: W,
+    input: Option<Vec<u8>>,
+    released: Option<oneshot::Receiver<()>>,
+) {
+    if released.is_some() {
+        let len = input
+            .as_ref()
+            .map_or(supervisor::NO_STDIN, |i| i.len() as u64);
+        let _ = stdin.write_all(&len.to_le_bytes()).await;
+    }
+    // A program that does not read its stdin closes the pipe; that is its business.
+    if let Some(input) = input {
+        let _ = stdin.write_all(&input).await;
+    }
+    if let Some(released) = released {
+        let _ = stdin.flush().await;
+        let _ = released.await;
+    }
+}
+
+/// Why a program that ran did not succeed.
+fn failed(
+    program: &str,
+    status: std::process::ExitStatus,
+    last_err: Option<String>,
+    supervised: bool,
+) -> Failure {
     // The supervisor could not start the program: as fatal as a failed spawn here.
     let cannot_start = last_err
         .as_deref()
         .and_then(|l| l.strip_prefix("[orbit] "))
         .filter(|why| why.starts_with(supervisor::CANNOT_START.trim_start_matches("[orbit] ")));
-    if let (Some(_), Some(supervisor::CANNOT_START_STATUS), Some(why)) =
-        (inv.supervisor, status.code(), cannot_start)
+    if let (true, Some(supervisor::CANNOT_START_STATUS), Some(why)) =
+        (supervised, status.code(), cannot_start)
     {
-        return Err(Failure::fatal(why.to_owned()));
+        return Failure::fatal(why.to_owned());
     }
     let how = match status.code() {
         Some(code) => format!("exited with status {code}"),
@@ -163,7 +190,7 @@ pub async fn run(spec: Spec, inv: &Invocation<'_>) -> Result<String, Failure> {
         }
     };
     let detail = last_err.map(|l| format!(": {l}")).unwrap_or_default();
-    Err(Failure::error(format!("`{}` {how}{detail}", spec.program)))
+    Failure::error(format!("`{program}` {how}{detail}"))
 }
 
 /// Longest line copied into the log.

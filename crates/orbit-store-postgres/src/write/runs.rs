@@ -1,9 +1,9 @@
 //! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
 
-use super::{begin, flush_events, locked_run_state, notify};
+use super::{Tx, begin, flush_events, locked_run_state, notify};
 use crate::unavailable;
 use chrono::{DateTime, Utc};
-use orbit_store::plan::{self, Event, EventKind};
+use orbit_store::plan::{self, Event, EventKind, NewTaskRow};
 use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
 use serde_json::json;
 use sqlx::PgPool;
@@ -12,28 +12,41 @@ use uuid::Uuid;
 /// `Ok(new_id)`, or `Err((existing_id, same_request))` when the idempotency key already names a
 /// run.
 pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
-    let now = new.now;
-    let id = new.id;
-    let p = &new.pipeline.pipeline;
+    let plan = plan::create(new);
     let mut tx = begin(pool).await?;
-    if let Some(key) = &new.idempotency_key {
-        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
-        if let Some(cutoff) = now.checked_sub_signed(ttl) {
-            sqlx::query("UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = $1 AND created_at < $2")
-                .bind(key)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+    if let (Some(key), Some(cutoff)) = (&new.idempotency_key, plan.key_expired_before) {
+        sqlx::query(
+            "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = $1 AND created_at < $2",
+        )
+        .bind(key)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
     }
+    if let Some(existing) = insert_run(&mut tx, new).await? {
+        return Ok(Err(existing));
+    }
+    insert_tasks(&mut tx, new, &plan.tasks).await?;
+    flush_events(&mut tx, &[plan.event], new.now).await?;
+    if plan.any_ready {
+        notify(&mut tx).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(new.id))
+}
+
+/// The run row, unless its idempotency key names a run already: then that run, and whether it
+/// was created for the same request.
+async fn insert_run(tx: &mut Tx, new: &NewRun<'_>) -> Result<Option<(Uuid, bool)>> {
+    let p = &new.pipeline.pipeline;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
          tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
          VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
-    .bind(id)
+    .bind(new.id)
     .bind(new.pipeline.id)
     .bind(&p.name)
     .bind(new.pipeline.version)
@@ -41,49 +54,31 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     .bind(new.priority)
     .bind(new.idempotency_key.as_deref())
     .bind(p.tasks.len() as i64)
-    .bind(now)
+    .bind(new.now)
     .bind(new.request_hash())
     .bind(new.triggered_by.as_str())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
-    if inserted.rows_affected() == 0 {
-        let (existing, hash): (Uuid, Option<String>) =
-            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = $1")
-                .bind(new.idempotency_key.as_deref())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        // Runs from before request hashes were kept count as the same request.
-        let same = hash.is_none_or(|h| h == new.request_hash());
-        return Ok(Err((existing, same)));
+    if inserted.rows_affected() > 0 {
+        return Ok(None);
     }
-    let n = p.tasks.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut seqs = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut prios = Vec::with_capacity(n);
-    let mut needs = Vec::with_capacity(n);
-    let mut maxes = Vec::with_capacity(n);
-    let mut leases = Vec::with_capacity(n);
-    let mut ready_ats = Vec::with_capacity(n);
-    for (seq, task) in p.tasks.iter().enumerate() {
-        let ready = task.needs.is_empty();
-        ids.push(Uuid::now_v7());
-        names.push(task.name.as_str());
-        types.push(task.task_type.as_str());
-        queues.push(task.queue());
-        seqs.push(seq as i32);
-        states.push(if ready { "ready" } else { "waiting" });
-        prios.push(task.priority.saturating_add(new.priority));
-        needs.push(task.needs.len() as i32);
-        maxes.push(i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX));
-        leases.push(task.lease().as_millis() as i64);
-        ready_ats.push(ready.then_some(now));
-    }
+    let (existing, hash): (Uuid, Option<String>) =
+        sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = $1")
+            .bind(new.idempotency_key.as_deref())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+    // Runs from before request hashes were kept count as the same request.
+    Ok(Some((
+        existing,
+        hash.is_none_or(|h| h == new.request_hash()),
+    )))
+}
+
+/// The planned task runs, in one statement over arrays.
+async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) -> Result<()> {
+    let col = |f: fn(&NewTaskRow<'_>) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
          max_attempts, lease_ms, ready_at, updated_at) \
@@ -91,31 +86,24 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
          $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[]) \
          AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra)",
     )
-    .bind(id)
+    .bind(new.id)
     .bind(new.pipeline.id)
-    .bind(now)
-    .bind(&ids)
-    .bind(&names)
-    .bind(&types)
-    .bind(&queues)
-    .bind(&seqs)
-    .bind(&states)
-    .bind(&prios)
-    .bind(&needs)
-    .bind(&maxes)
-    .bind(&leases)
-    .bind(&ready_ats)
-    .execute(&mut *tx)
+    .bind(new.now)
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.task_type).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.queue).collect::<Vec<_>>())
+    .bind(col(|r| r.seq))
+    .bind(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
+    .bind(col(|r| r.priority))
+    .bind(col(|r| r.pending_needs))
+    .bind(col(|r| r.max_attempts))
+    .bind(rows.iter().map(|r| r.lease_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.ready_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
-    let created = Event::run(id, EventKind::RunCreated)
-        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
-    flush_events(&mut tx, &[created], now).await?;
-    if states.contains(&"ready") {
-        notify(&mut tx).await?;
-    }
-    tx.commit().await.map_err(unavailable)?;
-    Ok(Ok(id))
+    Ok(())
 }
 
 pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {

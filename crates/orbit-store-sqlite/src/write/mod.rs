@@ -17,7 +17,9 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use uuid::Uuid;
 
-async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+type Tx = sqlx::Transaction<'static, Sqlite>;
+
+async fn begin(pool: &SqlitePool) -> Result<Tx> {
     pool.begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(unavailable)

@@ -1,9 +1,9 @@
 //! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
 
-use super::{CHUNK, begin, flush_events, run_state};
+use super::{CHUNK, Tx, begin, flush_events, run_state};
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
-use orbit_store::plan::{self, Event, EventKind};
+use orbit_store::plan::{self, Event, EventKind, NewTaskRow};
 use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
 use serde_json::json;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
@@ -11,13 +11,11 @@ use uuid::Uuid;
 
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
 pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
-    let now = us(new.now);
-    let id = new.id;
-    let p = &new.pipeline.pipeline;
+    let plan = plan::create(new);
     let mut tx = begin(pool).await?;
     if let Some(key) = &new.idempotency_key {
-        let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
-        let cutoff = new.now.checked_sub_signed(ttl).map_or(i64::MIN, us);
+        // No cutoff (a TTL past the calendar's start): every earlier run keeps the key.
+        let cutoff = plan.key_expired_before.map_or(i64::MIN, us);
         sqlx::query(
             "UPDATE runs SET idempotency_key = NULL WHERE idempotency_key = ?1 AND created_at < ?2",
         )
@@ -27,13 +25,27 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
         .await
         .map_err(unavailable)?;
     }
+    if let Some(existing) = insert_run(&mut tx, new).await? {
+        return Ok(Err(existing));
+    }
+    insert_tasks(&mut tx, new, &plan.tasks).await?;
+    flush_events(&mut tx, &[plan.event], us(new.now)).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Ok(new.id))
+}
+
+/// The run row, unless its idempotency key names a run already: then that run, and whether it
+/// was created for the same request.
+async fn insert_run(tx: &mut Tx, new: &NewRun<'_>) -> Result<Option<(Uuid, bool)>> {
+    let p = &new.pipeline.pipeline;
+    let now = us(new.now);
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
          tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
-    .bind(id.to_string())
+    .bind(new.id.to_string())
     .bind(new.pipeline.id.to_string())
     .bind(&p.name)
     .bind(new.pipeline.version)
@@ -44,58 +56,59 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     .bind(now)
     .bind(new.request_hash())
     .bind(new.triggered_by.as_str())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
-    if inserted.rows_affected() == 0 {
-        let (existing, hash): (String, Option<String>) =
-            sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = ?1")
-                .bind(new.idempotency_key.as_deref())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        let existing =
-            Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // Runs from before request hashes were kept count as the same request.
-        let same = hash.is_none_or(|h| h == new.request_hash());
-        return Ok(Err((existing, same)));
+    if inserted.rows_affected() > 0 {
+        return Ok(None);
     }
+    let (existing, hash): (String, Option<String>) =
+        sqlx::query_as("SELECT id, request_hash FROM runs WHERE idempotency_key = ?1")
+            .bind(new.idempotency_key.as_deref())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+    let existing = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // Runs from before request hashes were kept count as the same request.
+    Ok(Some((
+        existing,
+        hash.is_none_or(|h| h == new.request_hash()),
+    )))
+}
+
+/// The planned task runs, in chunked multi-row inserts.
+async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) -> Result<()> {
     let pipeline_id = new.pipeline.id.to_string();
-    let run_id = id.to_string();
-    let tasks: Vec<(usize, &orbit_core::TaskDef)> = p.tasks.iter().enumerate().collect();
-    for chunk in tasks.chunks(CHUNK) {
+    let run_id = new.id.to_string();
+    let now = us(new.now);
+    for chunk in rows.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
              max_attempts, lease_ms, ready_at, updated_at, task_type, queue) ",
         );
-        q.push_values(chunk, |mut b, (seq, task)| {
-            let ready = task.needs.is_empty();
-            b.push_bind(Uuid::now_v7().to_string())
+        q.push_values(chunk, |mut b, row| {
+            b.push_bind(row.id.to_string())
                 .push_bind(&run_id)
                 .push_bind(&pipeline_id)
-                .push_bind(&task.name)
-                .push_bind(*seq as i64)
-                .push_bind(if ready { "ready" } else { "waiting" })
-                .push_bind(task.priority.saturating_add(new.priority))
-                .push_bind(task.needs.len() as i64)
-                .push_bind(i64::from(task.retry.max_attempts))
-                .push_bind(task.lease().as_millis() as i64)
-                .push_bind(ready.then_some(now))
+                .push_bind(row.name)
+                .push_bind(row.seq)
+                .push_bind(row.state.as_str())
+                .push_bind(row.priority)
+                .push_bind(row.pending_needs)
+                .push_bind(row.max_attempts)
+                .push_bind(row.lease_ms)
+                .push_bind(row.ready_at.map(us))
                 .push_bind(now)
-                .push_bind(task.task_type.as_str())
-                .push_bind(task.queue());
+                .push_bind(row.task_type)
+                .push_bind(row.queue);
         });
         q.build()
             .persistent(chunk.len() <= 16)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(unavailable)?;
     }
-    let created = Event::run(id, EventKind::RunCreated)
-        .with_data(json!({"pipeline": p.name, "version": new.pipeline.version}));
-    flush_events(&mut tx, &[created], now).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(Ok(id))
+    Ok(())
 }
 
 pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
