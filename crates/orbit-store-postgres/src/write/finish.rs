@@ -6,8 +6,9 @@ use super::{begin, flush_events, lock_runs, notify};
 use crate::rows::claimed_from_row;
 use crate::unavailable;
 use chrono::{DateTime, Utc};
+use orbit_core::TaskState;
 use orbit_core::transition::Transition;
-use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
+use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, Mark, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
@@ -226,104 +227,140 @@ async fn apply_plan(
     plan: &mut FinishPlan<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for state in ["skipped", "cancelled"] {
-        let marks = if state == "skipped" {
-            &plan.skips
-        } else {
-            &plan.cancels
-        };
-        if marks.is_empty() {
-            continue;
-        }
-        let runs: Vec<Uuid> = marks.iter().map(|m| m.run).collect();
-        let names: Vec<&str> = marks.iter().map(|m| m.task).collect();
-        let reasons: Vec<&str> = marks.iter().map(|m| m.reason.as_str()).collect();
-        let ended: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE task_runs t SET state = $5, error = v.reason, finished_at = $4, updated_at = $4 \
-             FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
-             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
-        )
-        .bind(&runs)
-        .bind(&names)
-        .bind(&reasons)
-        .bind(now)
-        .bind(state)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        for run in ended {
-            plan.ended(run);
-        }
+    for run in end_waiting(conn, &plan.skips, TaskState::Skipped, now).await? {
+        plan.ended(run);
     }
-    if !plan.promotions.is_empty() {
-        let runs: Vec<Uuid> = plan.promotions.iter().map(|p| p.0).collect();
-        let names: Vec<&str> = plan.promotions.iter().map(|p| p.1).collect();
-        // Two upstreams of one task may finish in the same batch: count them before updating,
-        // since an UPDATE changes each row once.
-        let became_ready: Vec<bool> = sqlx::query_scalar(
-            "UPDATE task_runs t SET pending_needs = t.pending_needs - v.n, \
-             state = CASE WHEN t.pending_needs <= v.n THEN 'ready' ELSE t.state END, \
-             ready_at = CASE WHEN t.pending_needs <= v.n THEN $3 ELSE t.ready_at END, updated_at = $3 \
-             FROM (SELECT r, name, COUNT(*)::int AS n FROM UNNEST($1::uuid[], $2::text[]) AS u(r, name) GROUP BY r, name) v \
-             WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.state = 'ready'",
-        )
-        .bind(&runs)
-        .bind(&names)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        plan.ready += became_ready.iter().filter(|r| **r).count();
+    for run in end_waiting(conn, &plan.cancels, TaskState::Cancelled, now).await? {
+        plan.ended(run);
     }
-    if !plan.results.is_empty() {
-        let keys: Vec<&str> = plan.results.iter().map(|r| r.0).collect();
-        let ids: Vec<Uuid> = plan.results.iter().map(|r| r.1).collect();
-        let outputs: Vec<&Value> = plan.results.iter().map(|r| r.2).collect();
-        sqlx::query(
-            "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) \
-             SELECT k, id, o, $4 FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) AS v(k, id, o) \
-             ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
-             output = excluded.output, created_at = excluded.created_at",
-        )
-        .bind(&keys)
-        .bind(&ids)
-        .bind(&outputs)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    plan.ready += promote(conn, &plan.promotions, now).await?;
+    keep_results(conn, &plan.results, now).await?;
+    dead_letters(conn, &plan.dead, now).await
+}
+
+/// Waiting task runs that will never run (`skipped`, `cancelled`), with why; returns the run of
+/// each row changed.
+async fn end_waiting(
+    conn: &mut PgConnection,
+    marks: &[Mark<'_>],
+    state: TaskState,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    if marks.is_empty() {
+        return Ok(Vec::new());
     }
-    let dead = &plan.dead;
-    if !dead.is_empty() {
-        let ids: Vec<Uuid> = dead.iter().map(|f| f.task.id).collect();
-        let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
-        let pipes: Vec<Uuid> = dead.iter().map(|f| f.task.pipeline_id).collect();
-        let names: Vec<&str> = dead.iter().map(|f| f.task.task_name.as_str()).collect();
-        let errors: Vec<Option<&str>> = dead
-            .iter()
-            .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
-            .collect();
-        let attempts: Vec<i32> = dead
-            .iter()
-            .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
-            .collect();
-        sqlx::query(
-            "INSERT INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
-             SELECT id, r, p, n, e, a, $7 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
-             AS v(id, r, p, n, e, a) \
-             ON CONFLICT (task_run_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, created_at = excluded.created_at",
-        )
-        .bind(&ids)
-        .bind(&runs)
-        .bind(&pipes)
-        .bind(&names)
-        .bind(&errors)
-        .bind(&attempts)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    let runs: Vec<Uuid> = marks.iter().map(|m| m.run).collect();
+    let names: Vec<&str> = marks.iter().map(|m| m.task).collect();
+    let reasons: Vec<&str> = marks.iter().map(|m| m.reason.as_str()).collect();
+    sqlx::query_scalar(
+        "UPDATE task_runs t SET state = $5, error = v.reason, finished_at = $4, updated_at = $4 \
+         FROM (SELECT DISTINCT ON (r, name) r, name, reason FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(r, name, reason)) v \
+         WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.run_id",
+    )
+    .bind(&runs)
+    .bind(&names)
+    .bind(&reasons)
+    .bind(now)
+    .bind(state.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)
+}
+
+/// One upstream fewer for each pair; a task with none left becomes `ready`. Returns how many.
+async fn promote(
+    conn: &mut PgConnection,
+    promotions: &[(Uuid, &str)],
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    if promotions.is_empty() {
+        return Ok(0);
     }
+    let runs: Vec<Uuid> = promotions.iter().map(|p| p.0).collect();
+    let names: Vec<&str> = promotions.iter().map(|p| p.1).collect();
+    // Two upstreams of one task may finish in the same batch: count them before updating,
+    // since an UPDATE changes each row once.
+    let became_ready: Vec<bool> = sqlx::query_scalar(
+        "UPDATE task_runs t SET pending_needs = t.pending_needs - v.n, \
+         state = CASE WHEN t.pending_needs <= v.n THEN 'ready' ELSE t.state END, \
+         ready_at = CASE WHEN t.pending_needs <= v.n THEN $3 ELSE t.ready_at END, updated_at = $3 \
+         FROM (SELECT r, name, COUNT(*)::int AS n FROM UNNEST($1::uuid[], $2::text[]) AS u(r, name) GROUP BY r, name) v \
+         WHERE t.run_id = v.r AND t.task_name = v.name AND t.state = 'waiting' RETURNING t.state = 'ready'",
+    )
+    .bind(&runs)
+    .bind(&names)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(became_ready.iter().filter(|r| **r).count())
+}
+
+/// Outputs kept under their idempotency keys.
+async fn keep_results(
+    conn: &mut PgConnection,
+    results: &[(&str, Uuid, &Value)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = results.iter().map(|r| r.0).collect();
+    let ids: Vec<Uuid> = results.iter().map(|r| r.1).collect();
+    let outputs: Vec<&Value> = results.iter().map(|r| r.2).collect();
+    sqlx::query(
+        "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) \
+         SELECT k, id, o, $4 FROM UNNEST($1::text[], $2::uuid[], $3::jsonb[]) AS v(k, id, o) \
+         ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
+         output = excluded.output, created_at = excluded.created_at",
+    )
+    .bind(&keys)
+    .bind(&ids)
+    .bind(&outputs)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// A dead-letter entry per dead attempt (a task run dead again replaces its entry).
+async fn dead_letters(
+    conn: &mut PgConnection,
+    dead: &[&FinishedAttempt],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = dead.iter().map(|f| f.task.id).collect();
+    let runs: Vec<Uuid> = dead.iter().map(|f| f.task.run_id).collect();
+    let pipes: Vec<Uuid> = dead.iter().map(|f| f.task.pipeline_id).collect();
+    let names: Vec<&str> = dead.iter().map(|f| f.task.task_name.as_str()).collect();
+    let errors: Vec<Option<&str>> = dead
+        .iter()
+        .map(|f| f.transition.failure().map(|fl| fl.message.as_str()))
+        .collect();
+    let attempts: Vec<i32> = dead
+        .iter()
+        .map(|f| i32::try_from(f.task.attempt).unwrap_or(i32::MAX))
+        .collect();
+    sqlx::query(
+        "INSERT INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
+         SELECT id, r, p, n, e, a, $7 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[]) \
+         AS v(id, r, p, n, e, a) \
+         ON CONFLICT (task_run_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, created_at = excluded.created_at",
+    )
+    .bind(&ids)
+    .bind(&runs)
+    .bind(&pipes)
+    .bind(&names)
+    .bind(&errors)
+    .bind(&attempts)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
     Ok(())
 }
 
