@@ -192,24 +192,9 @@ async fn run_scenario(
         db: _db,
         label,
     } = fresh_store(args, durability, dir.path()).await?;
-    let mut workers = Vec::new();
-    for _ in 0..args.workers {
-        workers.push(
-            tokio::process::Command::new(std::env::current_exe()?)
-                .args([
-                    "worker",
-                    "--concurrency",
-                    &concurrency.to_string(),
-                    "--database-url",
-                    &url,
-                ])
-                .env("ORBIT_LOG", "error")
-                .current_dir(dir.path())
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-    }
+    let workers = (0..args.workers)
+        .map(|_| start_worker(&url, concurrency, dir.path()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.workers > 0 {
         // Let them connect and start listening before the clock starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -218,20 +203,7 @@ async fn run_scenario(
     let tasks = pipeline.tasks.len();
     let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
     let enqueue_started = Instant::now();
-    let run = store
-        .create_run(NewRun {
-            id: uuid::Uuid::now_v7(),
-            pipeline: &stored,
-            input: json!({}),
-            priority: 0,
-            idempotency_key: None,
-            idempotency_ttl: Duration::from_secs(60),
-            request_hash: None,
-            triggered_by: orbit_store::TriggeredBy::Cli,
-            now: Utc::now(),
-        })
-        .await?
-        .run;
+    let run = store.create_run(bench_run(&stored)).await?.run;
     let enqueue = enqueue_started.elapsed();
     // The harness's copies of a 10k-task pipeline are not the engine's memory.
     drop((pipeline, stored));
@@ -279,6 +251,41 @@ async fn run_scenario(
         "p99_ms": pct(0.99),
         "peak_rss_bytes": peak_rss,
     }))
+}
+
+/// An `orbit worker` process claiming from the bench database.
+fn start_worker(
+    url: &str,
+    concurrency: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "worker",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--database-url",
+            url,
+        ])
+        .env("ORBIT_LOG", "error")
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+fn bench_run(stored: &orbit_store::StoredPipeline) -> NewRun<'_> {
+    NewRun {
+        id: uuid::Uuid::now_v7(),
+        pipeline: stored,
+        input: json!({}),
+        priority: 0,
+        idempotency_key: None,
+        idempotency_ttl: Duration::from_secs(60),
+        request_hash: None,
+        triggered_by: orbit_store::TriggeredBy::Cli,
+        now: Utc::now(),
+    }
 }
 
 pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {

@@ -34,44 +34,12 @@ pub async fn run_scenario(
     let secret = format!("bench-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let exe = std::env::current_exe()?;
-    let server = Command::new(&exe)
-        .args(["server", "--bind", &format!("127.0.0.1:{port}")])
-        .env("ORBIT_DATABASE_URL", &url)
-        .env("ORBIT_SECRET_KEY", &secret)
-        .env("ORBIT_WORKERS", "0")
-        .env("ORBIT_SQLITE_SYNCHRONOUS", args.durability.as_str())
-        .env("ORBIT_LOG", "error")
-        .env_remove("ORBIT_API_TOKEN")
-        .env_remove("MODE")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("server.log"))?)
-        .kill_on_drop(true)
-        .spawn()?;
+    let server = start_server(&url, &secret, port, args, dir.path())?;
     let http = reqwest::Client::new();
     wait_for(&http, &format!("{base}/api/v1/health"), |_| true).await?;
-    let mut children: Vec<Child> = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut cmd = Command::new(&worker_program[0]);
-        cmd.args(&worker_program[1..]).args([
-            "--url",
-            &base,
-            "--concurrency",
-            &args.concurrency.to_string(),
-        ]);
-        if args.push {
-            cmd.arg("--push");
-        }
-        children.push(
-            cmd.env("ORBIT_SECRET_KEY", &secret)
-                .env("ORBIT_LOG", "error")
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-    }
+    let children = (0..workers)
+        .map(|_| start_worker(&worker_program, &base, &secret, args, dir.path()))
+        .collect::<std::io::Result<Vec<Child>>>()?;
     // Every worker process registered (a node of the service) before the clock starts.
     wait_for(&http, &format!("{base}/api/v1/services"), |v| {
         v.as_array()
@@ -133,17 +101,7 @@ pub async fn run_scenario(
         "tasks": tasks,
         "concurrency": args.concurrency,
         "durability": label,
-        "drained_by": format!(
-            "{workers} {} SDK worker process{} x {} ({})",
-            match sdk {
-                "rust" => "Rust",
-                "python" | "py" => "Python",
-                _ => "TypeScript",
-            },
-            if workers == 1 { "" } else { "es" },
-            args.concurrency,
-            if args.push { "push" } else { "pull" }
-        ),
+        "drained_by": drained_by(sdk, workers, args),
         "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
         "tasks_per_sec": tasks as f64 / elapsed.as_secs_f64(),
         "latency": latency,
@@ -153,6 +111,71 @@ pub async fn run_scenario(
         "server_cpu_pct": pct_of_core(cpu_after.0.saturating_sub(cpu_before.0)),
         "workers_cpu_pct": pct_of_core(cpu_after.1.saturating_sub(cpu_before.1)),
     }))
+}
+
+/// `orbit server` with no workers of its own, on `port`, over `url`.
+fn start_server(
+    url: &str,
+    secret: &str,
+    port: u16,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .env("ORBIT_DATABASE_URL", url)
+        .env("ORBIT_SECRET_KEY", secret)
+        .env("ORBIT_WORKERS", "0")
+        .env("ORBIT_SQLITE_SYNCHRONOUS", args.durability.as_str())
+        .env("ORBIT_LOG", "error")
+        .env_remove("ORBIT_API_TOKEN")
+        .env_remove("MODE")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// One SDK worker process of the bench service, against the server at `base`.
+fn start_worker(
+    program: &[String],
+    base: &str,
+    secret: &str,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&program[0]);
+    cmd.args(&program[1..]).args([
+        "--url",
+        base,
+        "--concurrency",
+        &args.concurrency.to_string(),
+    ]);
+    if args.push {
+        cmd.arg("--push");
+    }
+    cmd.env("ORBIT_SECRET_KEY", secret)
+        .env("ORBIT_LOG", "error")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// `2 Rust SDK worker processes x 32 (pull)`.
+fn drained_by(sdk: &str, workers: usize, args: &BenchArgs) -> String {
+    format!(
+        "{workers} {} SDK worker process{} x {} ({})",
+        match sdk {
+            "rust" => "Rust",
+            "python" | "py" => "Python",
+            _ => "TypeScript",
+        },
+        if workers == 1 { "" } else { "es" },
+        args.concurrency,
+        if args.push { "push" } else { "pull" }
+    )
 }
 
 /// The command that runs one worker process of `sdk`: this binary for Rust; for TypeScript,

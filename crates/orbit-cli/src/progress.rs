@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orbit_engine::EngineEvent;
 use orbit_store::plan::EventKind;
 use orbit_store::{RunRecord, StoredPipeline};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -106,88 +106,21 @@ struct View {
 
 impl View {
     fn show(&mut self, ev: EngineEvent) {
-        let (line, json, done) = match &ev {
-            EngineEvent::TaskStarted { run, task, attempt } if *run == self.run => {
-                self.running.insert(task.clone());
-                let line = if *attempt > 1 {
-                    format!("▶ {task} (attempt {attempt})")
-                } else {
-                    format!("▶ {task}")
-                };
-                (
-                    Some(line),
-                    json!({"event": EventKind::TaskStarted.as_str(), "task": task, "attempt": attempt}),
-                    0,
-                )
-            }
-            EngineEvent::TaskSucceeded {
-                run,
-                task,
-                attempt,
-                took,
-            } if *run == self.run => {
-                self.running.remove(task);
-                (
-                    Some(format!(
-                        "✓ {task}  {}",
-                        orbit_core::duration::display(*took)
-                    )),
-                    json!({"event": EventKind::TaskSucceeded.as_str(), "task": task, "attempt": attempt, "tookMs": took.as_millis() as u64}),
-                    1,
-                )
-            }
-            EngineEvent::TaskRetrying {
-                run,
-                task,
-                attempt,
-                error,
-                at,
-            } if *run == self.run => {
-                self.running.remove(task);
-                let wait = (*at - chrono::Utc::now()).to_std().unwrap_or_default();
-                (
-                    Some(format!(
-                        "↻ {task}  attempt {attempt} failed: {}; retrying in {}",
-                        crate::output::brief(error, 120),
-                        orbit_core::duration::display(wait)
-                    )),
-                    json!({"event": EventKind::TaskRetrying.as_str(), "task": task, "attempt": attempt, "error": error, "retryAt": at}),
-                    0,
-                )
-            }
-            EngineEvent::TaskDead {
-                run,
-                task,
-                attempt,
-                error,
-                cancelled,
-            } if *run == self.run => {
-                self.running.remove(task);
-                let mut line = format!(
-                    "✗ {task}  dead after attempt {attempt}: {}",
-                    crate::output::brief(error, 160)
-                );
-                if !cancelled.is_empty() {
-                    line.push_str(&format!("\n⊘ not started: {}", cancelled.join(", ")));
-                }
-                (
-                    Some(line),
-                    json!({"event": EventKind::TaskDead.as_str(), "task": task, "attempt": attempt, "error": error, "cancelled": cancelled}),
-                    1 + cancelled.len() as u64,
-                )
-            }
-            EngineEvent::LeaseLost { run, task, attempt } if *run == self.run => {
-                self.running.remove(task);
-                (
-                    Some(format!(
-                        "! {task}  attempt {attempt}: lease lost, result discarded"
-                    )),
-                    json!({"event": "lease_lost", "task": task, "attempt": attempt}),
-                    0,
-                )
-            }
-            _ => return,
+        let Some((line, json, done)) = describe(&ev, self.run) else {
+            return;
         };
+        match &ev {
+            EngineEvent::TaskStarted { task, .. } => {
+                self.running.insert(task.clone());
+            }
+            EngineEvent::TaskSucceeded { task, .. }
+            | EngineEvent::TaskRetrying { task, .. }
+            | EngineEvent::TaskDead { task, .. }
+            | EngineEvent::LeaseLost { task, .. } => {
+                self.running.remove(task);
+            }
+            EngineEvent::RunSettled { .. } => {}
+        }
         match &self.mode {
             Mode::Json => println!("{}", json),
             Mode::Plain => {
@@ -209,4 +142,82 @@ impl View {
             }
         }
     }
+}
+
+/// An event of run `this` as a line for people, an object for `--json`, and how many tasks it
+/// finished (the bar's progress); `None` for other runs' events and for settling.
+fn describe(ev: &EngineEvent, this: Uuid) -> Option<(Option<String>, Value, u64)> {
+    Some(match ev {
+        EngineEvent::TaskStarted { run, task, attempt } if *run == this => {
+            let line = if *attempt > 1 {
+                format!("▶ {task} (attempt {attempt})")
+            } else {
+                format!("▶ {task}")
+            };
+            (
+                Some(line),
+                json!({"event": EventKind::TaskStarted.as_str(), "task": task, "attempt": attempt}),
+                0,
+            )
+        }
+        EngineEvent::TaskSucceeded {
+            run,
+            task,
+            attempt,
+            took,
+        } if *run == this => (
+            Some(format!(
+                "✓ {task}  {}",
+                orbit_core::duration::display(*took)
+            )),
+            json!({"event": EventKind::TaskSucceeded.as_str(), "task": task, "attempt": attempt, "tookMs": took.as_millis() as u64}),
+            1,
+        ),
+        EngineEvent::TaskRetrying {
+            run,
+            task,
+            attempt,
+            error,
+            at,
+        } if *run == this => {
+            let wait = (*at - chrono::Utc::now()).to_std().unwrap_or_default();
+            (
+                Some(format!(
+                    "↻ {task}  attempt {attempt} failed: {}; retrying in {}",
+                    crate::output::brief(error, 120),
+                    orbit_core::duration::display(wait)
+                )),
+                json!({"event": EventKind::TaskRetrying.as_str(), "task": task, "attempt": attempt, "error": error, "retryAt": at}),
+                0,
+            )
+        }
+        EngineEvent::TaskDead {
+            run,
+            task,
+            attempt,
+            error,
+            cancelled,
+        } if *run == this => {
+            let mut line = format!(
+                "✗ {task}  dead after attempt {attempt}: {}",
+                crate::output::brief(error, 160)
+            );
+            if !cancelled.is_empty() {
+                line.push_str(&format!("\n⊘ not started: {}", cancelled.join(", ")));
+            }
+            (
+                Some(line),
+                json!({"event": EventKind::TaskDead.as_str(), "task": task, "attempt": attempt, "error": error, "cancelled": cancelled}),
+                1 + cancelled.len() as u64,
+            )
+        }
+        EngineEvent::LeaseLost { run, task, attempt } if *run == this => (
+            Some(format!(
+                "! {task}  attempt {attempt}: lease lost, result discarded"
+            )),
+            json!({"event": "lease_lost", "task": task, "attempt": attempt}),
+            0,
+        ),
+        _ => return None,
+    })
 }

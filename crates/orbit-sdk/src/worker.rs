@@ -327,22 +327,6 @@ impl Worker {
             (x, y) => x.or(y),
         };
         let log = Logger::default();
-        let progress: ProgressSink = {
-            let (client, a) = (client.clone(), a.clone());
-            Arc::new(move |fraction, message| {
-                let (client, a) = (client.clone(), a.clone());
-                Box::pin(async move {
-                    let p = Progress {
-                        task_run_id: a.task_run_id,
-                        progress: fraction,
-                        message,
-                    };
-                    if let Err(e) = client.task_call("/api/v1/progress", &a.token, &p).await {
-                        tracing::warn!(error = %e, "progress not recorded");
-                    }
-                })
-            })
-        };
         let (input, upstream) = match crate::objects::hydrate(client, &a).await {
             Ok(x) => x,
             Err(e) => {
@@ -363,28 +347,15 @@ impl Worker {
             code_version: a.code_version,
             effect_key: a.effect_key.clone(),
             log: log.clone(),
-            progress,
+            progress: progress_sink(client, &a),
         };
         let lost = CancellationToken::new();
-        let beats = {
-            let (client, a, lost) = (client.clone(), a.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(interval).await;
-                    let beat = TaskHeartbeat {
-                        task_run_id: a.task_run_id,
-                    };
-                    match client.task_call("/api/v1/heartbeat", &a.token, &beat).await {
-                        Err(SdkError::Refused { status: 409, .. }) => {
-                            lost.cancel();
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                        Ok(()) => {}
-                    }
-                }
-            })
-        };
+        let beats = tokio::spawn(heartbeats(
+            client.clone(),
+            a.clone(),
+            interval,
+            lost.clone(),
+        ));
         let run = task.handler.call(ctx);
         let result = tokio::select! {
             _ = lost.cancelled() => {
@@ -400,35 +371,82 @@ impl Worker {
             } => r,
         };
         beats.abort();
-        let cb = match result {
-            Ok(Ok(TaskResult { output, run_next })) => {
-                match crate::objects::store_output(client, &a, output).await {
-                    Ok(output) => Callback {
-                        task_run_id: a.task_run_id,
-                        status: CallbackStatus::Succeeded,
-                        output,
-                        run_next,
-                        error: None,
-                        retryable: true,
-                        logs: log.lines(),
-                    },
-                    Err(e) => failure(&a, e, true, log.lines()),
-                }
-            }
-            Ok(Err(e)) => failure(&a, e.message, e.retryable, log.lines()),
-            Err(t) => Callback {
-                status: CallbackStatus::Timeout,
-                ..failure(
-                    &a,
-                    format!("timed out after {} ms", t.as_millis()),
-                    true,
-                    log.lines(),
-                )
-            },
-        };
+        let cb = callback(client, &a, result, log.lines()).await;
         if let Err(e) = client.callback(&a, &cb).await {
             tracing::warn!(error = %e, task = %a.task, "callback not recorded");
         }
+    }
+}
+
+/// What `ctx.progress` sends: the attempt's progress, recorded by the orchestrator.
+fn progress_sink(client: &Client, a: &Assignment) -> ProgressSink {
+    let (client, a) = (client.clone(), a.clone());
+    Arc::new(move |fraction, message| {
+        let (client, a) = (client.clone(), a.clone());
+        Box::pin(async move {
+            let p = Progress {
+                task_run_id: a.task_run_id,
+                progress: fraction,
+                message,
+            };
+            if let Err(e) = client.task_call("/api/v1/progress", &a.token, &p).await {
+                tracing::warn!(error = %e, "progress not recorded");
+            }
+        })
+    })
+}
+
+/// Beats every `interval` until aborted; a refused beat (409: the lease was taken over)
+/// cancels `lost`.
+async fn heartbeats(client: Client, a: Assignment, interval: Duration, lost: CancellationToken) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let beat = TaskHeartbeat {
+            task_run_id: a.task_run_id,
+        };
+        match client.task_call("/api/v1/heartbeat", &a.token, &beat).await {
+            Err(SdkError::Refused { status: 409, .. }) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Ok(()) => {}
+        }
+    }
+}
+
+/// The callback for how the handler ended (a large output uploaded first).
+async fn callback(
+    client: &Client,
+    a: &Assignment,
+    result: Result<Result<TaskResult, TaskError>, Duration>,
+    logs: Vec<String>,
+) -> Callback {
+    match result {
+        Ok(Ok(TaskResult { output, run_next })) => {
+            match crate::objects::store_output(client, a, output).await {
+                Ok(output) => Callback {
+                    task_run_id: a.task_run_id,
+                    status: CallbackStatus::Succeeded,
+                    output,
+                    run_next,
+                    error: None,
+                    retryable: true,
+                    logs,
+                },
+                Err(e) => failure(a, e, true, logs),
+            }
+        }
+        Ok(Err(e)) => failure(a, e.message, e.retryable, logs),
+        Err(t) => Callback {
+            status: CallbackStatus::Timeout,
+            ..failure(
+                a,
+                format!("timed out after {} ms", t.as_millis()),
+                true,
+                logs,
+            )
+        },
     }
 }
 

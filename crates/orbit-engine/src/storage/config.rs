@@ -332,7 +332,7 @@ fn s3(
     spec: &Spec,
     fail: &dyn Fn(object_store::Error) -> StorageError,
 ) -> Result<Built, StorageError> {
-    let bucket = required(&spec, &spec.bucket, "bucket")?;
+    let bucket = required(spec, &spec.bucket, "bucket")?;
     let minio = spec.provider == "minio";
     let mut b = if minio {
         AmazonS3Builder::new()
@@ -344,7 +344,7 @@ fn s3(
     let region = spec.region.clone().unwrap_or_else(|| "us-east-1".into());
     b = b.with_region(region);
     let endpoint = if minio {
-        Some(required(&spec, &spec.endpoint, "endpoint")?)
+        Some(required(spec, &spec.endpoint, "endpoint")?)
     } else {
         spec.endpoint
             .clone()
@@ -365,8 +365,8 @@ fn s3(
             .with_virtual_hosted_style_request(false);
     }
     // MinIO's own names (the PipeWeave seed's example) as well as AWS's.
-    let key = credential(&spec, "accessKeyId")?.or(credential(&spec, "accessKey")?);
-    let secret = credential(&spec, "secretAccessKey")?.or(credential(&spec, "secretKey")?);
+    let key = credential(spec, "accessKeyId")?.or(credential(spec, "accessKey")?);
+    let secret = credential(spec, "secretAccessKey")?.or(credential(spec, "secretKey")?);
     match (key, secret) {
         (Some(k), Some(s)) => {
             b = b.with_access_key_id(k).with_secret_access_key(s);
@@ -387,7 +387,7 @@ fn s3(
             )));
         }
     }
-    if let Some(t) = credential(&spec, "sessionToken")? {
+    if let Some(t) = credential(spec, "sessionToken")? {
         b = b.with_token(t);
     }
     let s3 = Arc::new(b.build().map_err(fail)?);
@@ -403,7 +403,7 @@ fn gcs(
     spec: &Spec,
     fail: &dyn Fn(object_store::Error) -> StorageError,
 ) -> Result<Built, StorageError> {
-    let bucket = required(&spec, &spec.bucket, "bucket")?;
+    let bucket = required(spec, &spec.bucket, "bucket")?;
     let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
     if let Some(e) = spec
         .endpoint
@@ -413,8 +413,8 @@ fn gcs(
         b = b.with_base_url(e);
     }
     let without_key = b.clone();
-    let email = credential(&spec, "clientEmail")?;
-    let private_key = credential(&spec, "privateKey")?;
+    let email = credential(spec, "clientEmail")?;
+    let private_key = credential(spec, "privateKey")?;
     match (email, private_key) {
         (Some(email), Some(key)) => {
             // The seed's form gives no key id; Google finds the key without one.
@@ -422,9 +422,9 @@ fn gcs(
                 "type": "service_account",
                 "client_email": email,
                 "private_key": key,
-                "private_key_id": credential(&spec, "privateKeyId")?.unwrap_or_default(),
+                "private_key_id": credential(spec, "privateKeyId")?.unwrap_or_default(),
             });
-            if let Some(p) = credential(&spec, "projectId")? {
+            if let Some(p) = credential(spec, "projectId")? {
                 account["project_id"] = Value::String(p);
             }
             b = b.with_service_account_key(account.to_string());

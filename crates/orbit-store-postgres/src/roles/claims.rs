@@ -1,0 +1,79 @@
+//! The engine's fenced commit, leases, progress and wake-up signals.
+
+use crate::*;
+
+#[async_trait]
+impl orbit_store::Claims for PgStore {
+    async fn finish_and_claim(
+        &self,
+        finished: &[FinishedAttempt],
+        claim: Option<&ClaimRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome> {
+        let claims = claim.map_or(&[][..], std::slice::from_ref);
+        let (mut out, mut each) =
+            write::finish_and_claim(&self.pool, finished, claims, now).await?;
+        out.claimed = each.pop().unwrap_or_default();
+        Ok(out)
+    }
+
+    async fn finish_and_claim_many(
+        &self,
+        finished: &[FinishedAttempt],
+        claims: &[ClaimRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
+        write::finish_and_claim(&self.pool, finished, claims, now).await
+    }
+
+    async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+        write::extend_leases(&self.pool, leases, now).await
+    }
+
+    async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>> {
+        sqlx::query(
+            "SELECT * FROM task_runs WHERE state = 'running' AND ($1::uuid IS NULL OR run_id = $1) \
+             AND ($2::timestamptz IS NULL OR lease_expires_at < $2) ORDER BY lease_expires_at LIMIT $3",
+        )
+        .bind(filter.run)
+        .bind(filter.expired_before)
+        .bind(i64::from(filter.limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(rows::leased_from_row)
+        .collect()
+    }
+
+    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND ($1::uuid IS NULL OR run_id = $1)")
+            .bind(run)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        epoch: i64,
+        progress: f64,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let kept = write::set_progress(&self.pool, id, epoch, progress, message, now).await?;
+        if kept {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(kept)
+    }
+
+    fn work_signal(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
+    }
+
+    fn control_signal(&self) -> watch::Receiver<u64> {
+        self.control.subscribe()
+    }
+}

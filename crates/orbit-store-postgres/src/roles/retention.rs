@@ -1,0 +1,38 @@
+//! Dead letters and deleting settled runs.
+
+use crate::*;
+
+#[async_trait]
+impl orbit_store::Retention for PgStore {
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        sqlx::query("SELECT * FROM dead_letters ORDER BY created_at DESC LIMIT $1")
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(rows::dead_letter_from_row)
+            .collect()
+    }
+
+    async fn dead_letter(&self, id_or_prefix: &str) -> Result<DeadLetter> {
+        rows::dead_letter_from_row(
+            &self
+                .by_prefix(
+                    "dead_letters",
+                    "task_run_id",
+                    id_or_prefix,
+                    "dead-letter entry",
+                )
+                .await?,
+        )
+    }
+
+    async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters> {
+        write::purge_dead_letters(&self.pool, before).await
+    }
+
+    async fn delete_run(&self, id: Uuid) -> Result<()> {
+        write::delete_run(&self.pool, id, Utc::now()).await
+    }
+}
