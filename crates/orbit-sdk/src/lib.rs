@@ -33,6 +33,7 @@
 mod client;
 mod handler;
 mod objects;
+mod protocol;
 mod worker;
 
 pub use client::{Client, Run, RunDetail, RunFilter, TaskRun};

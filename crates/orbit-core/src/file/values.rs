@@ -1,0 +1,153 @@
+//! Reading one located value as a name, string, list of names, retry policy, duration or
+//! priority, each problem reported at its line.
+
+use super::*;
+
+impl Checker {
+    pub(super) fn name(&mut self, v: &Located, what: &str) -> Option<String> {
+        match v.value.as_str() {
+            Some(s) if is_valid_name(s) => Some(s.to_owned()),
+            Some(s) => {
+                self.at(v, format!("{what} name `{}` may only use letters, digits, `-`, `_` and `.` (at most 128)", crate::echo::echo(s)));
+                None
+            }
+            None => {
+                self.at(
+                    v,
+                    format!("{what} name must be a string, not {}", short(&v.value)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn string(&mut self, v: &Located, key: &str) -> Option<String> {
+        match &v.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => {
+                self.at(v, format!("`{key}` must be a string, not {}", short(other)));
+                None
+            }
+        }
+    }
+
+    /// A task name or a list of them (`needs`, `allowed_next`), each with its location.
+    pub(super) fn names(
+        &mut self,
+        v: &Located,
+        task: &str,
+        key: &str,
+    ) -> (Vec<String>, Vec<Located>) {
+        let items: Vec<Value> = match &v.value {
+            Value::String(s) => vec![Value::String(s.clone())],
+            Value::Array(a) => a.clone(),
+            Value::Null => Vec::new(),
+            other => {
+                self.at(
+                    v,
+                    format!(
+                        "task `{task}`: `{key}` must be a task name or a list of them, not {}",
+                        short(other)
+                    ),
+                );
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let mut names = Vec::new();
+        let mut spans = Vec::new();
+        for item in items {
+            match item {
+                Value::String(s) if !names.contains(&s) => {
+                    names.push(s);
+                    spans.push(v.clone());
+                }
+                Value::String(_) => {}
+                other => self.at(
+                    v,
+                    format!(
+                        "task `{task}`: `{key}` holds {}, not a task name",
+                        short(&other)
+                    ),
+                ),
+            }
+        }
+        (names, spans)
+    }
+
+    pub(super) fn retry(&mut self, v: &Located, base: &RetryPolicy) -> RetryPolicy {
+        let mut p = base.clone();
+        let Value::Object(map) = &v.value else {
+            self.at(v, format!("`retry` must be a mapping (max_attempts, initial, factor, max_delay, jitter), not {}", short(&v.value)));
+            return p;
+        };
+        for (key, value) in map {
+            let here = Spanned {
+                value: value.clone(),
+                referenced: v.referenced,
+                defined: v.defined,
+            };
+            match key.as_str() {
+                "max_attempts" => match value.as_u64() {
+                    Some(n @ 1..=10_000) => p.max_attempts = n as u32,
+                    _ => self.at(v, format!("`retry.max_attempts` must be a whole number from 1 to 10000, not {}", short(value))),
+                },
+                "initial" => p.initial = self.duration(&here, "retry.initial").unwrap_or(p.initial),
+                "max_delay" => p.max_delay = self.duration(&here, "retry.max_delay").unwrap_or(p.max_delay),
+                "factor" => match value.as_f64() {
+                    Some(f) if (1.0..=100.0).contains(&f) => p.factor = f,
+                    _ => self.at(v, format!("`retry.factor` must be a number from 1 to 100, not {}", short(value))),
+                },
+                "jitter" => match value.as_bool() {
+                    Some(b) => p.jitter = b,
+                    None => self.at(v, format!("`retry.jitter` must be true or false, not {}", short(value))),
+                },
+                other => self.at(v, format!("unknown key `{other}` in `retry` (expected max_attempts, initial, factor, max_delay, jitter)")),
+            }
+        }
+        p
+    }
+
+    pub(super) fn duration(&mut self, v: &Located, key: &str) -> Option<Duration> {
+        let parsed = match &v.value {
+            Value::String(s) => crate::duration::parse(s),
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(crate::duration::seconds)
+                .ok_or_else(|| format!("{n} is not a valid number of seconds")),
+            other => Err(format!(
+                "expected a duration such as `30s`, not {}",
+                short(other)
+            )),
+        };
+        match parsed {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(v, format!("`{key}`: {e}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn positive_duration(&mut self, v: &Located, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d < Duration::from_millis(10) {
+            self.at(v, format!("`{key}` must be at least 10ms"));
+            return None;
+        }
+        Some(d)
+    }
+
+    pub(super) fn priority(&mut self, v: &Located) -> Option<i32> {
+        match v.value.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(p) => Some(p),
+            None => {
+                self.at(
+                    v,
+                    format!("`priority` must be a whole number, not {}", short(&v.value)),
+                );
+                None
+            }
+        }
+    }
+}
