@@ -5,87 +5,11 @@
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
-use axum::body::Body;
-use axum::http::Request;
-use orbit_engine::EngineConfig;
-use orbit_engine::storage::Storage;
-use orbit_server::guard::Access;
-use orbit_server::{AppState, Mode, ServerConfig, router};
-use orbit_store_sqlite::{Durability, SqliteStore};
-use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::Duration;
-use tower::ServiceExt;
+#[macro_use]
+mod support;
 
-async fn app() -> (tempfile::TempDir, axum::Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("orbit.db").display());
-    let store = Arc::new(SqliteStore::open(&url, Durability::Normal).await.unwrap());
-    let storage = Arc::new(Storage::local(&dir.path().join("objects")).unwrap());
-    let config = ServerConfig {
-        mode: Mode::Serverless,
-        workers: 0,
-        engine: EngineConfig::default(),
-        api_token: None,
-        public_health: false,
-        process_batch: 5,
-        store_kind: "sqlite",
-        node_heartbeat: Duration::from_secs(5),
-        secret_key: None,
-        dlq_retention: chrono::Duration::days(30),
-        access: Access::default(),
-    };
-    let state = AppState::new(store, storage, config).unwrap();
-    (dir, router(state))
-}
-
-/// `(status, body)` of one request, its body JSON.
-async fn call(app: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1:3000");
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
-        .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status().as_u16();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status, body)
-}
-
-/// The body with what changes on every run replaced: UUIDs by `[id]`, RFC 3339 times by
-/// `[time]`, content hashes by `[hash]`.
-fn stable(value: Value) -> Value {
-    match value {
-        Value::String(s) if uuid::Uuid::parse_str(&s).is_ok() => json!("[id]"),
-        Value::String(s) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => json!("[time]"),
-        Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            json!("[hash]")
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(stable).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, stable(v))).collect()),
-        other => other,
-    }
-}
-
-macro_rules! snapshot {
-    ($name:literal, $app:expr, $method:literal, $path:expr, $body:expr) => {{
-        let (status, body) = call($app, $method, &$path, $body).await;
-        insta::assert_json_snapshot!($name, json!({"status": status, "body": stable(body.clone())}));
-        body
-    }};
-}
+use serde_json::json;
+use support::app;
 
 const PIPELINE: &str = "name: shop\ndescription: checkout\ntasks:\n  - {name: pay, type: sleep, duration: 0s}\n  - {name: ship, type: sleep, duration: 0s, needs: pay, retry: {max_attempts: 3}}\n";
 
