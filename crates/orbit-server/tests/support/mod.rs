@@ -53,6 +53,26 @@ pub async fn call(
     call_with(app, method, path, body, None).await
 }
 
+/// A request whose body is sent as it is (not JSON, maybe), with `content-type: application/json`.
+pub async fn call_raw(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1:3000");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(body.map_or(Body::empty(), |b| Body::from(b.to_owned())))
+        .unwrap();
+    answer(app, req).await
+}
+
 /// [`call`] with a bearer token.
 pub async fn call_with(
     app: &axum::Router,
@@ -74,6 +94,11 @@ pub async fn call_with(
     let req = req
         .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
         .unwrap();
+    answer(app, req).await
+}
+
+/// `(status, body)`: the body as JSON, or as a string when it is not JSON.
+async fn answer(app: &axum::Router, req: Request<Body>) -> (u16, Value) {
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status().as_u16();
     let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
@@ -82,7 +107,8 @@ pub async fn call_with(
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap()
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     (status, body)
 }
@@ -137,6 +163,7 @@ pub fn shape(value: Value) -> Value {
 }
 
 /// Asserts a snapshot of `(status, body)` made stable by `f`; returns the raw body.
+#[allow(unused_macros, reason = "not every test file snapshots")]
 macro_rules! snapshot {
     ($name:literal, $app:expr, $method:literal, $path:expr, $body:expr) => {
         snapshot!($name, $app, $method, $path, $body, $crate::support::stable)
