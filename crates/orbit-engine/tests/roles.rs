@@ -1,5 +1,5 @@
-//! The node roles driven in-process with the time each test chooses (`tick(now)`): no sleeps,
-//! no processes.
+//! The node roles driven in-process with the time each test chooses (`tick(now)`): cron, the node
+//! heartbeat and dead-letter retention, with no sleeps and no processes.
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
@@ -86,4 +86,78 @@ async fn a_node_heartbeat_records_the_time_it_is_given_and_the_stop() {
         store.nodes(10).await.unwrap()[0].stopped_at,
         Some(at + Span::seconds(6))
     );
+}
+
+#[tokio::test]
+async fn retention_purges_dead_letters_older_than_it_keeps_at_the_time_it_is_given() {
+    use orbit_core::transition::{Failure, Transition};
+    use orbit_engine::roles::Retention;
+    use orbit_store::{ClaimRequest, FinishedAttempt, NewRun};
+
+    let (dir, store) = store().await;
+    let died_at = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
+    let stored = store
+        .save_pipeline(&pipeline("fails", &[("a", &[], 0)]), None, died_at)
+        .await
+        .unwrap();
+    let run = store
+        .create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
+            pipeline: &stored,
+            input: serde_json::json!({}),
+            priority: 0,
+            idempotency_key: None,
+            idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
+            now: died_at,
+        })
+        .await
+        .unwrap()
+        .run;
+    let claim = ClaimRequest {
+        owner: "w".into(),
+        limit: 1,
+        run: Some(run.id),
+        queues: vec![],
+        types: vec![],
+    };
+    let task = store
+        .finish_and_claim(&[], Some(&claim), died_at)
+        .await
+        .unwrap()
+        .claimed
+        .remove(0);
+    let dead = FinishedAttempt {
+        task,
+        worker: "w".into(),
+        started_at: died_at,
+        finished_at: died_at,
+        log: String::new(),
+        transition: Transition::Dead {
+            failure: Failure::fatal("boom"),
+            cancel: vec![],
+        },
+        idempotency_key: None,
+        reused: false,
+        code_version: None,
+    };
+    store
+        .finish_and_claim(&[dead], None, died_at)
+        .await
+        .unwrap();
+    let storage =
+        Arc::new(orbit_engine::storage::Storage::local(&dir.path().join("objects")).unwrap());
+    let retention = Retention::new(
+        store.clone(),
+        storage,
+        Span::days(7),
+        Duration::from_secs(3600),
+    );
+    // Six days on, the entry is kept; eight days on, it goes with the run nobody retried.
+    assert_eq!(retention.tick(died_at + Span::days(6)).await.unwrap(), 0);
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+    assert_eq!(retention.tick(died_at + Span::days(8)).await.unwrap(), 1);
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    assert!(store.run(run.id).await.is_err(), "the failed run went too");
 }
