@@ -200,3 +200,46 @@ async fn an_expired_lease_is_taken_back_and_the_task_runs_again() {
         "taken back once the lease ran out, not before: {rescued_after}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_takes_back_at_once_what_its_dead_process_held() {
+    let t = setup().await;
+    let run = t
+        .start(
+            "name: orphan\ntasks:\n  - name: work\n    type: sleep\n    duration: 0s\n    heartbeat_interval: 30s\n",
+        )
+        .await;
+    // This host's earlier process (no such pid: it is gone) held the task; its lease has a
+    // minute to run.
+    let dead = ClaimRequest {
+        owner: "testhost:4999999".into(),
+        limit: 1,
+        run: Some(run),
+        queues: vec![],
+        types: vec![],
+    };
+    let claimed_at = t.clock.now();
+    t.store
+        .finish_and_claim(&[], Some(&dead), claimed_at)
+        .await
+        .unwrap();
+    let node = Arc::new(t.engine("testhost:1"));
+    let stop = CancellationToken::new();
+    let driving = tokio::spawn({
+        let (node, stop) = (node.clone(), stop.clone());
+        async move { node.drive_all(stop).await }
+    });
+    while !t.store.run(run).await.unwrap().state.is_terminal() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    driving.await.unwrap().unwrap();
+    let attempts = t.store.attempts(run, None).await.unwrap();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["worker_lost", "succeeded"]);
+    let rescued_after = secs(claimed_at, attempts[1].started_at);
+    assert!(
+        rescued_after < 1.0,
+        "taken back at start, not after the 60 s lease: {rescued_after}"
+    );
+}

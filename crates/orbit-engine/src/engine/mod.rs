@@ -261,8 +261,13 @@ impl Engine {
             .await
     }
 
-    /// Executes tasks of any run until `shutdown`.
+    /// Executes tasks of any run until `shutdown`. Tasks still leased by a process of this host
+    /// that is gone (this node killed with -9 and restarted) are taken back at once, not when
+    /// their leases run out.
     pub async fn drive_all(&self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        if let Err(e) = self.reap_orphans(None).await {
+            tracing::warn!(error = %e, "taking back the leases of gone processes failed");
+        }
         self.drive(None, shutdown, None, &mut Processed::default())
             .await
             .map(|_| ())
