@@ -24,71 +24,30 @@ pub async fn finish_and_claim(
 ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let mut out = BatchOutcome::default();
     let mut tx = begin(pool).await?;
-    let runs: BTreeSet<Uuid> = finished.iter().map(|f| f.task.run_id).collect();
-    lock_runs(&mut tx, &runs).await?;
     let accepted = apply_fenced(&mut tx, finished, now).await?;
     let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
     out.lease_lost = lease_lost;
     insert_attempts(&mut tx, &kept).await?;
     let mut plan = FinishPlan::new(&kept);
     apply_plan(&mut tx, &mut plan, now).await?;
-    let mut running: HashSet<Uuid> = HashSet::new();
-    if !plan.counts.is_empty() {
-        let ids: Vec<Uuid> = plan.counts.keys().copied().collect();
-        let done: Vec<i64> = plan.counts.values().map(|v| v.0).collect();
-        let dead: Vec<i64> = plan.counts.values().map(|v| v.1).collect();
-        let rows = sqlx::query(
-            "UPDATE runs r SET tasks_pending = r.tasks_pending - v.done, tasks_dead = r.tasks_dead + v.dead, updated_at = $4 \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, done, dead) WHERE r.id = v.id \
-             RETURNING r.id, r.tasks_pending, r.tasks_dead, r.state",
-        )
-        .bind(&ids)
-        .bind(&done)
-        .bind(&dead)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let mut counters = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: String = row.try_get(3).map_err(unavailable)?;
-            counters.push(RunCounters {
-                run: row.try_get(0).map_err(unavailable)?,
-                pending: row.try_get(1).map_err(unavailable)?,
-                dead: row.try_get(2).map_err(unavailable)?,
-                state: state
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
-            });
-        }
-        let settled;
-        (settled, running) = plan.settle(counters);
-        if !settled.is_empty() {
-            let ids: Vec<Uuid> = settled.iter().map(|(run, _)| *run).collect();
-            let states: Vec<&str> = settled.iter().map(|(_, state)| state.as_str()).collect();
-            sqlx::query(
-                "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
-                 FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
-            )
-            .bind(&ids)
-            .bind(&states)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        out.settled_runs = settled;
-    }
-    // Claims in one commit see each other's: no task is handed out twice.
-    let mut events = std::mem::take(&mut plan.events);
+    // Claims in one commit see each other's: no task is handed out twice. A run with a task
+    // finishing here has started: claiming more of it needs no start.
+    let started: HashSet<Uuid> = kept.iter().map(|f| f.task.run_id).collect();
+    let mut claimed_events = Vec::new();
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         each.push(if c.limit > 0 {
-            claim_ready(&mut tx, c, now, &running, &mut events).await?
+            claim_ready(&mut tx, c, now, &started, &mut claimed_events).await?
         } else {
             Vec::new()
         });
     }
+    // The run rows last: a run's counters are one row that every worker finishing its tasks
+    // changes, so its lock is taken at the end and held only through the commit, not for the
+    // whole transaction (workers on one run would otherwise commit one after another).
+    out.settled_runs = count_and_settle(&mut tx, &mut plan, now).await?;
+    let mut events = std::mem::take(&mut plan.events);
+    events.append(&mut claimed_events);
     flush_events(&mut tx, &events, now).await?;
     out.left_work = plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
@@ -96,6 +55,63 @@ pub async fn finish_and_claim(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok((out, each))
+}
+
+/// Moves the counters of the runs the batch finished tasks of (their rows locked in id order,
+/// so two batches never wait for each other in a cycle) and settles those with nothing left.
+async fn count_and_settle(
+    conn: &mut PgConnection,
+    plan: &mut FinishPlan<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, orbit_core::RunState)>> {
+    if plan.counts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let runs: BTreeSet<Uuid> = plan.counts.keys().copied().collect();
+    lock_runs(&mut *conn, &runs).await?;
+    let ids: Vec<Uuid> = plan.counts.keys().copied().collect();
+    let done: Vec<i64> = plan.counts.values().map(|v| v.0).collect();
+    let dead: Vec<i64> = plan.counts.values().map(|v| v.1).collect();
+    let rows = sqlx::query(
+        "UPDATE runs r SET tasks_pending = r.tasks_pending - v.done, tasks_dead = r.tasks_dead + v.dead, updated_at = $4 \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, done, dead) WHERE r.id = v.id \
+         RETURNING r.id, r.tasks_pending, r.tasks_dead, r.state",
+    )
+    .bind(&ids)
+    .bind(&done)
+    .bind(&dead)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut counters = Vec::with_capacity(rows.len());
+    for row in rows {
+        let state: String = row.try_get(3).map_err(unavailable)?;
+        counters.push(RunCounters {
+            run: row.try_get(0).map_err(unavailable)?,
+            pending: row.try_get(1).map_err(unavailable)?,
+            dead: row.try_get(2).map_err(unavailable)?,
+            state: state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
+        });
+    }
+    let (settled, _running) = plan.settle(counters);
+    if !settled.is_empty() {
+        let ids: Vec<Uuid> = settled.iter().map(|(run, _)| *run).collect();
+        let states: Vec<&str> = settled.iter().map(|(_, state)| state.as_str()).collect();
+        sqlx::query(
+            "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
+             FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(settled)
 }
 
 /// Whether every claim got all it asked for (so more may be ready); true with no claim.
@@ -227,6 +243,7 @@ async fn apply_plan(
     plan: &mut FinishPlan<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    lock_downstream(conn, plan).await?;
     for run in end_waiting(conn, &plan.skips, TaskState::Skipped, now).await? {
         plan.ended(run);
     }
@@ -236,6 +253,34 @@ async fn apply_plan(
     plan.ready += promote(conn, &plan.promotions, now).await?;
     keep_results(conn, &plan.results, now).await?;
     dead_letters(conn, &plan.dead, now).await
+}
+
+/// Locks, in id order, the waiting task runs the plan changes when there are several: batches
+/// committing at once (no run row serialises them) may touch the same downstream tasks, and
+/// taking them in one order keeps them from waiting for each other in a cycle.
+async fn lock_downstream(conn: &mut PgConnection, plan: &FinishPlan<'_>) -> Result<()> {
+    let mut rows: BTreeSet<(Uuid, &str)> = plan.promotions.iter().copied().collect();
+    rows.extend(
+        plan.skips
+            .iter()
+            .chain(&plan.cancels)
+            .map(|m| (m.run, m.task)),
+    );
+    if rows.len() < 2 {
+        return Ok(());
+    }
+    let runs: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    sqlx::query(
+        "SELECT t.id FROM task_runs t JOIN UNNEST($1::uuid[], $2::text[]) AS v(r, name) \
+         ON t.run_id = v.r AND t.task_name = v.name ORDER BY t.id FOR UPDATE OF t",
+    )
+    .bind(&runs)
+    .bind(&names)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Waiting task runs that will never run (`skipped`, `cancelled`), with why; returns the run of

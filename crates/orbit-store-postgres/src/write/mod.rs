@@ -1,8 +1,11 @@
 //! The write transactions. Batches travel as arrays (`UNNEST`), so every statement has one
 //! shape whatever the batch size and stays prepared.
 //!
-//! Lock order, to keep concurrent writers from deadlocking: the `runs` rows a transaction will
-//! change are locked first, in id order; task runs after.
+//! Lock order: cancel, retry and delete lock the run's row first, then its task runs. The
+//! engine's commit changes task runs first (the downstream ones it touches in id order, when
+//! several) and the `runs` rows last, in id order: a run's row is the one row every worker on
+//! that run changes, so it is held only through the commit. A cancel racing a commit on the same
+//! run may still meet it in a cycle; PostgreSQL then aborts one, and the engine retries it.
 
 mod finish;
 mod registry;
