@@ -67,8 +67,11 @@ async fn count_and_settle(
     if plan.counts.is_empty() {
         return Ok(Vec::new());
     }
-    let runs: BTreeSet<Uuid> = plan.counts.keys().copied().collect();
-    lock_runs(&mut *conn, &runs).await?;
+    // One run (a chain's step, most batches) needs no order: its UPDATE takes the one lock.
+    if plan.counts.len() > 1 {
+        let runs: BTreeSet<Uuid> = plan.counts.keys().copied().collect();
+        lock_runs(&mut *conn, &runs).await?;
+    }
     let ids: Vec<Uuid> = plan.counts.keys().copied().collect();
     let done: Vec<i64> = plan.counts.values().map(|v| v.0).collect();
     let dead: Vec<i64> = plan.counts.values().map(|v| v.1).collect();
