@@ -141,6 +141,13 @@ pub const SETTINGS: &[Setting] = &[
         "how long dead-letter entries are kept",
     ),
     s(
+        "ORBIT_RUN_RETENTION",
+        &[],
+        "off",
+        false,
+        "how long settled runs are kept after they finish (e.g. 30d); off keeps them",
+    ),
+    s(
         "INTERRUPTED_RUN_THRESHOLD_MINUTES",
         &[],
         "0.5",

@@ -87,6 +87,24 @@ pub async fn purge_dead_letters(
     Ok(done)
 }
 
+/// `ORBIT_RUN_RETENTION` (off unless set; `30d`, `12h`, `off`): how long settled runs are kept
+/// after they finished.
+pub fn run_retention(env: Option<String>) -> Result<Option<chrono::Duration>, String> {
+    let Some(v) = env
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v != "off")
+    else {
+        return Ok(None);
+    };
+    let d = orbit_core::duration::parse(&v).map_err(|e| format!("ORBIT_RUN_RETENTION: {e}"))?;
+    if d < std::time::Duration::from_secs(60) {
+        return Err(format!(
+            "ORBIT_RUN_RETENTION `{v}` is under a minute: runs would go before anyone saw them"
+        ));
+    }
+    Ok(chrono::Duration::from_std(d).ok())
+}
+
 /// `DLQ_RETENTION_DAYS` (30 unless set): how long dead letters are kept.
 pub fn dlq_retention(env: Option<String>) -> Result<chrono::Duration, String> {
     let days = match env {

@@ -88,14 +88,11 @@ async fn a_node_heartbeat_records_the_time_it_is_given_and_the_stop() {
     );
 }
 
-#[tokio::test]
-async fn retention_purges_dead_letters_older_than_it_keeps_at_the_time_it_is_given() {
+/// A run whose one task died (fatal) at `died_at`: the run failed then, with a dead letter.
+async fn failed_run(store: &dyn Store, died_at: chrono::DateTime<Utc>) -> uuid::Uuid {
     use orbit_core::transition::{Failure, Transition};
-    use orbit_engine::roles::Retention;
     use orbit_store::{ClaimRequest, FinishedAttempt, NewRun};
 
-    let (dir, store) = store().await;
-    let died_at = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
     let stored = store
         .save_pipeline(&pipeline("fails", &[("a", &[], 0)]), None, died_at)
         .await
@@ -146,6 +143,16 @@ async fn retention_purges_dead_letters_older_than_it_keeps_at_the_time_it_is_giv
         .finish_and_claim(&[dead], None, died_at)
         .await
         .unwrap();
+    run.id
+}
+
+#[tokio::test]
+async fn retention_purges_dead_letters_older_than_it_keeps_at_the_time_it_is_given() {
+    use orbit_engine::roles::Retention;
+
+    let (dir, store) = store().await;
+    let died_at = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
+    let run = failed_run(store.as_ref(), died_at).await;
     let storage =
         Arc::new(orbit_engine::storage::Storage::local(&dir.path().join("objects")).unwrap());
     let retention = Retention::new(
@@ -159,5 +166,38 @@ async fn retention_purges_dead_letters_older_than_it_keeps_at_the_time_it_is_giv
     assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
     assert_eq!(retention.tick(died_at + Span::days(8)).await.unwrap(), 1);
     assert!(store.dead_letters(10).await.unwrap().is_empty());
-    assert!(store.run(run.id).await.is_err(), "the failed run went too");
+    assert!(store.run(run).await.is_err(), "the failed run went too");
+}
+
+#[tokio::test]
+async fn run_retention_deletes_runs_finished_before_what_it_keeps() {
+    use orbit_engine::roles::RunRetention;
+
+    let (dir, store) = store().await;
+    let old_day = Utc.with_ymd_and_hms(2026, 10, 1, 12, 0, 0).unwrap();
+    let old = failed_run(store.as_ref(), old_day).await;
+    let recent = failed_run(store.as_ref(), old_day + Span::days(20)).await;
+    let storage =
+        Arc::new(orbit_engine::storage::Storage::local(&dir.path().join("objects")).unwrap());
+    let retention = RunRetention::new(
+        store.clone(),
+        storage,
+        Span::days(30),
+        Duration::from_secs(60),
+    );
+    assert_eq!(retention.tick(old_day + Span::days(29)).await.unwrap(), 0);
+    assert_eq!(retention.tick(old_day + Span::days(31)).await.unwrap(), 1);
+    assert!(store.run(old).await.is_err(), "finished 31 days ago: gone");
+    assert!(
+        store
+            .attempts(old, None)
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(
+        store.run(recent).await.is_ok(),
+        "finished 11 days ago: kept"
+    );
+    assert_eq!(retention.tick(old_day + Span::days(31)).await.unwrap(), 0);
 }

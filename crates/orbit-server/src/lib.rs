@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// Dead letters older than this are purged, with the failed runs left without any
     /// (`DLQ_RETENTION_DAYS`).
     pub dlq_retention: chrono::Duration,
+    /// Settled runs that finished longer ago are deleted (`ORBIT_RUN_RETENTION`; kept forever
+    /// when `None`).
+    pub run_retention: Option<chrono::Duration>,
     /// Which `Host` names and page origins are served ([`guard`]).
     pub access: guard::Access,
 }
@@ -281,6 +284,15 @@ pub async fn serve(
             Duration::from_secs(3600),
         );
         tasks.spawn(retention.run(shutdown.clone(), clock));
+        if let Some(keep) = config.run_retention {
+            let runs = roles::RunRetention::new(
+                state.store.clone(),
+                state.engine.storage().clone(),
+                keep,
+                Duration::from_secs(60),
+            );
+            tasks.spawn(runs.run(shutdown.clone(), clock));
+        }
         if let Some(dispatcher) = state.dispatcher.clone() {
             match roles::PushDispatch::new(dispatcher) {
                 Ok(push) => {

@@ -70,6 +70,7 @@ async fn env(token: Option<&str>) -> Env {
         node_heartbeat: Duration::from_secs(5),
         secret_key: Some(SecretKey::new("fuzz-secret-key-0123456789").unwrap()),
         dlq_retention: chrono::Duration::days(30),
+        run_retention: None,
         access: Access::default(),
     };
     let state = AppState::new(store.clone(), storage, config).unwrap();

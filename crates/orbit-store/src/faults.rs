@@ -231,5 +231,6 @@ delegate! {
         dead_letter(id_or_prefix: &str) -> Result<DeadLetter>;
         purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;
         delete_run(id: Uuid) -> Result<()>;
+        settled_before(before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
     }
 }

@@ -241,6 +241,10 @@ pub trait Retention: Send + Sync + 'static {
     /// idempotency results its tasks stored. A run still pending or running is a `Conflict`
     /// (cancel it first). Its objects in object storage are the caller's to delete.
     async fn delete_run(&self, id: Uuid) -> Result<()>;
+
+    /// Settled runs (succeeded, failed, cancelled) that finished before `before`, oldest first,
+    /// at most `limit`: what run retention deletes next.
+    async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
 }
 
 /// Every role: what a backend implements, and what a caller holds when it needs several.

@@ -110,6 +110,8 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         secret_key,
         dlq_retention: orbit_engine::runs::dlq_retention(std::env::var("DLQ_RETENTION_DAYS").ok())
             .map_err(BadInput)?,
+        run_retention: orbit_engine::runs::run_retention(std::env::var("ORBIT_RUN_RETENTION").ok())
+            .map_err(BadInput)?,
         access: orbit_server::guard::Access::from_lists(
             std::env::var("ORBIT_ALLOWED_HOSTS").ok().as_deref(),
             std::env::var("ORBIT_CORS_ORIGINS").ok().as_deref(),

@@ -6,12 +6,14 @@ mod node;
 mod push;
 mod reaper;
 mod retention;
+mod run_retention;
 mod scheduler;
 
 pub use node::NodeHeartbeat;
 pub use push::PushDispatch;
 pub use reaper::Reaper;
 pub use retention::Retention;
+pub use run_retention::RunRetention;
 pub use scheduler::Scheduler;
 
 use std::time::Duration;

@@ -37,6 +37,7 @@ pub async fn app_with(secret: Option<&str>) -> (tempfile::TempDir, axum::Router)
         node_heartbeat: Duration::from_secs(5),
         secret_key: secret.map(|k| SecretKey::new(k).unwrap()),
         dlq_retention: chrono::Duration::days(30),
+        run_retention: None,
         access: Access::default(),
     };
     let state = AppState::new(store, storage, config).unwrap();

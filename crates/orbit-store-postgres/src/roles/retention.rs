@@ -35,4 +35,16 @@ impl orbit_store::Retention for PgStore {
     async fn delete_run(&self, id: Uuid) -> Result<()> {
         write::delete_run(&self.pool, id, Utc::now()).await
     }
+
+    async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {
+        sqlx::query_scalar(
+            "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+             AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
 }

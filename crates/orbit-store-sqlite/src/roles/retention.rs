@@ -38,4 +38,19 @@ impl orbit_store::Retention for SqliteStore {
         self.changed();
         Ok(())
     }
+
+    async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+             AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2",
+        )
+        .bind(us(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
 }

@@ -384,6 +384,25 @@ pub async fn settled_runs_are_deleted_with_what_hangs_off_them(store: &dyn Store
         Err(StoreError::NotFound(_))
     ));
 
+    // Run retention's list: settled runs finished before the time, never a pending one.
+    assert!(store.settled_before(t0(), 10).await.unwrap().is_empty());
+    let mut old = store
+        .settled_before(t0() + Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    old.sort();
+    let mut want = vec![failed, done];
+    want.sort();
+    assert_eq!(old, want);
+    assert_eq!(
+        store
+            .settled_before(t0() + Duration::seconds(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
     store.delete_run(done).await.unwrap();
     assert!(matches!(
         store.run(done).await,
