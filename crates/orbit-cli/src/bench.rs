@@ -32,6 +32,19 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
         ],
     };
     for scenario in scenarios {
+        if matches!(scenario, Scenario::Scale { .. }) {
+            anyhow::ensure!(
+                args.sdk.is_none() && args.workers == 0,
+                BadInput(
+                    "bench scale drains with the in-process engine (no --sdk, no --workers)".into()
+                )
+            );
+            println!(
+                "{}",
+                crate::bench_scale::run(&scenario, &args, durability).await?
+            );
+            continue;
+        }
         let result = match &args.sdk {
             Some(sdk) => crate::bench_sdk::run_scenario(sdk, &scenario, &args, durability).await?,
             None => run_scenario(&scenario, &args, durability).await?,
@@ -97,7 +110,7 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
 /// The scenario's pipeline, of SDK worker tasks when `worker`.
 pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
     let tasks = match *scenario {
-        Scenario::Throughput { tasks } => (0..tasks)
+        Scenario::Throughput { tasks } | Scenario::Scale { drain: tasks, .. } => (0..tasks)
             .map(|i| noop(format!("t{i:06}"), vec![], worker))
             .collect(),
         Scenario::Chain { length } => (0..length)
@@ -293,6 +306,7 @@ pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::Throughput { .. } => "throughput",
         Scenario::Chain { .. } => "chain",
         Scenario::Fanout { .. } => "fanout",
+        Scenario::Scale { .. } => "scale",
     }
 }
 
@@ -369,7 +383,7 @@ async fn sqlx_free_setting(store: &PgStore) -> String {
 }
 
 /// The process's peak resident set (VmHWM), in bytes.
-fn peak_rss_bytes() -> u64 {
+pub(crate) fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

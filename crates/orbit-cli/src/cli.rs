@@ -360,6 +360,18 @@ pub enum Scenario {
         #[arg(long, default_value_t = 200)]
         width: usize,
     },
+    /// Costs with big tables: drains --drain tasks on an empty store, then again with --runs x
+    /// --tasks and one run of --big tasks queued; times the API's main views in-process
+    Scale {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 100_000)]
+        big: usize,
+        #[arg(long, default_value_t = 10_000)]
+        drain: usize,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
