@@ -52,6 +52,9 @@ pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Task runs created between two `ANALYZE task_runs` of this process.
+const ANALYZE_EVERY: u64 = 50_000;
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -59,6 +62,8 @@ pub struct PgStore {
     changes: Arc<watch::Sender<u64>>,
     control: Arc<watch::Sender<u64>>,
     listener: Arc<tokio::task::AbortHandle>,
+    /// Task runs created since `task_runs` was last analyzed (see [`PgStore::created`]).
+    unanalyzed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -115,7 +120,26 @@ impl PgStore {
             changes,
             control,
             listener: Arc::new(listener),
+            unanalyzed: Arc::default(),
         })
+    }
+
+    /// Counts `n` task runs just created; past [`ANALYZE_EVERY`], analyzes `task_runs` in the
+    /// background. The claim's plan depends on the table's statistics: planned on stale ones
+    /// (a table that grew by a bulk enqueue, before autovacuum got to it, or with autovacuum
+    /// off), a claim sorted every ready task run — 370 ms with 300,000 queued, 0.17 ms after.
+    fn created(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if self.unanalyzed.fetch_add(n, Ordering::Relaxed) + n < ANALYZE_EVERY {
+            return;
+        }
+        self.unanalyzed.store(0, Ordering::Relaxed);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sqlx::query("ANALYZE task_runs").execute(&pool).await {
+                tracing::warn!(error = %e, "cannot analyze task_runs");
+            }
+        });
     }
 
     /// Applies pending migrations; returns how many it applied and the schema version now.

@@ -8,6 +8,7 @@ impl orbit_store::Runs for PgStore {
         let (id, created, same_request) = match write::create_run(&self.pool, &new).await? {
             Ok(id) => {
                 self.signal();
+                self.created(new.pipeline.pipeline.tasks.len() as u64);
                 (id, true, true)
             }
             Err((existing, same)) => (existing, false, same),
