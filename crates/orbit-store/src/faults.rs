@@ -194,7 +194,6 @@ delegate! {
         finish_and_claim(finished: &[FinishedAttempt], claim: Option<&ClaimRequest>, now: DateTime<Utc>) -> Result<BatchOutcome>;
         extend_leases(leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>>;
         leased(filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
-        next_ready_at(run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
         set_progress(id: Uuid, epoch: i64, progress: f64, message: Option<&str>, now: DateTime<Utc>) -> Result<bool>;
     }
     fn work_signal;

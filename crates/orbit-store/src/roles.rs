@@ -154,10 +154,6 @@ pub trait Claims: Send + Sync + 'static {
     /// Running task runs and their lease holders.
     async fn leased(&self, filter: &LeaseFilter) -> Result<Vec<LeasedTask>>;
 
-    /// The earliest `ready_at` among ready tasks of `run` (any run when `None`): when the next
-    /// retry becomes claimable.
-    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>>;
-
     /// Records a running attempt's progress, if `(id, epoch)` still holds its lease; returns
     /// whether it did.
     async fn set_progress(

@@ -46,14 +46,6 @@ impl orbit_store::Claims for PgStore {
         .collect()
     }
 
-    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND ($1::uuid IS NULL OR run_id = $1)")
-            .bind(run)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)
-    }
-
     async fn set_progress(
         &self,
         id: Uuid,

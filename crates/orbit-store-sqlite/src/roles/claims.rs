@@ -58,26 +58,6 @@ impl orbit_store::Claims for SqliteStore {
             .collect()
     }
 
-    async fn next_ready_at(&self, run: Option<Uuid>) -> Result<Option<DateTime<Utc>>> {
-        let min: Option<i64> = match run {
-            Some(r) => {
-                sqlx::query_scalar(
-                    "SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND run_id = ?1",
-                )
-                .bind(r.to_string())
-                .fetch_one(&self.reader)
-                .await
-            }
-            None => {
-                sqlx::query_scalar("SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready'")
-                    .fetch_one(&self.reader)
-                    .await
-            }
-        }
-        .map_err(unavailable)?;
-        Ok(min.and_then(DateTime::from_timestamp_micros))
-    }
-
     async fn set_progress(
         &self,
         id: Uuid,
