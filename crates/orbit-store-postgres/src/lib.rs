@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::{Pipeline, TaskState};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, BatchOutcome, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
+    AttemptRecord, BatchOutcome, Cell, CellKey, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
     EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
     PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
     ServiceTask, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,

@@ -3,9 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask,
-    NodeInfo, NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError,
-    StoredPipeline, TaskRunRecord,
+    AttemptRecord, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask, NodeInfo,
+    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -145,14 +145,6 @@ pub fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
         error: get(row, "error")?,
         attempts: count(row, "attempts")?,
         created_at: get(row, "created_at")?,
-    })
-}
-
-pub fn attempt_summary_from_row(row: &PgRow) -> Result<AttemptSummary> {
-    Ok(AttemptSummary {
-        outcome: get(row, "outcome")?,
-        started_at: get(row, "started_at")?,
-        finished_at: get(row, "finished_at")?,
     })
 }
 

@@ -3,9 +3,9 @@
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_store::{
-    AttemptRecord, AttemptSummary, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask,
-    NodeInfo, NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError,
-    StoredPipeline, TaskRunRecord,
+    AttemptRecord, ClaimedTask, CodeChange, DeadLetter, EventRecord, LeasedTask, NodeInfo,
+    NodeRecord, Result, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
+    TaskRunRecord,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -159,14 +159,6 @@ pub fn dead_letter_from_row(row: &SqliteRow) -> Result<DeadLetter> {
         error: get(row, "error")?,
         attempts: count(row, "attempts")?,
         created_at: time(row, "created_at")?,
-    })
-}
-
-pub fn attempt_summary_from_row(row: &SqliteRow) -> Result<AttemptSummary> {
-    Ok(AttemptSummary {
-        outcome: get(row, "outcome")?,
-        started_at: time(row, "started_at")?,
-        finished_at: time(row, "finished_at")?,
     })
 }
 

@@ -204,7 +204,7 @@ delegate! {
     Queues {
         queue_stats() -> Result<QueueStats>;
         queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
-        recent_attempts(since: DateTime<Utc>, limit: u32) -> Result<Vec<AttemptSummary>>;
+        attempt_cells(since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
     }
 }
 
@@ -231,5 +231,6 @@ delegate! {
         purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;
         delete_run(id: Uuid) -> Result<()>;
         settled_before(before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
+        forget_attempt_cells(before: DateTime<Utc>) -> Result<u64>;
     }
 }

@@ -27,11 +27,13 @@ pub mod faults;
 mod model;
 pub mod plan;
 mod roles;
+pub mod tally;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use model::*;
 pub use roles::*;
+pub use tally::{Cell, CellKey};
 
 use uuid::Uuid;
 

@@ -341,14 +341,6 @@ pub struct TaskRunPage {
     pub offset: u32,
 }
 
-/// One finished attempt, for throughput and duration figures.
-#[derive(Clone, Debug)]
-pub struct AttemptSummary {
-    pub outcome: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-}
-
 /// A running `orbit server` or `orbit worker` process, as it announces itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

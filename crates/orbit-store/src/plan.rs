@@ -6,6 +6,7 @@
 //! backend executes a plan with its own primitive statements and decides nothing, so a new
 //! state-changing feature is written here once.
 
+use crate::tally::Tally;
 use crate::{ClaimedTask, FinishedAttempt, NewRun};
 use chrono::{DateTime, Utc};
 use orbit_core::transition::{FailureKind, Transition, settled_run_state};
@@ -214,6 +215,9 @@ pub struct FinishPlan<'a> {
     pub counts: BTreeMap<Uuid, (i64, i64)>,
     /// Task runs this commit made claimable (retried, or promoted to `ready`).
     pub ready: usize,
+    /// The counts this commit moves; the backend adds what only its statements learn
+    /// (skips, cancels and promotions that changed a row, claims).
+    pub tally: Tally,
 }
 
 impl<'a> FinishPlan<'a> {
@@ -223,6 +227,7 @@ impl<'a> FinishPlan<'a> {
         for &f in kept {
             let t = &f.task;
             plan.events.push(Event::finished(f));
+            plan.tally.finished(f);
             match &f.transition {
                 Transition::Succeed {
                     promote,
@@ -266,9 +271,16 @@ impl<'a> FinishPlan<'a> {
         plan
     }
 
-    /// A skip or cancel of the plan changed a task run of `run`: it reached a terminal state.
-    pub fn ended(&mut self, run: Uuid) {
+    /// A skip or cancel of the plan changed a waiting task run of `run` to `state`.
+    pub fn ended(&mut self, run: Uuid, state: TaskState) {
         self.counts.entry(run).or_default().0 += 1;
+        self.tally.moved(TaskState::Waiting, state, 1);
+    }
+
+    /// A promotion made a waiting task run ready.
+    pub fn promoted(&mut self) {
+        self.ready += 1;
+        self.tally.moved(TaskState::Waiting, TaskState::Ready, 1);
     }
 
     /// How the runs whose counters moved settle: each run left with nothing pending, and not
@@ -322,6 +334,7 @@ pub struct CreatePlan<'a> {
     pub any_ready: bool,
     /// Runs created before this hold the idempotency key no longer: it expired.
     pub key_expired_before: Option<DateTime<Utc>>,
+    pub tally: Tally,
 }
 
 pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
@@ -355,9 +368,14 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
         let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
         new.now.checked_sub_signed(ttl)
     });
+    let mut tally = Tally::default();
+    for t in &tasks {
+        tally.entered(t.state, 1);
+    }
     CreatePlan {
         any_ready: tasks.iter().any(|t| t.state == TaskState::Ready),
         tasks,
+        tally,
         event: Event::run(new.id, EventKind::RunCreated)
             .with_data(json!({"pipeline": p.name, "version": new.pipeline.version})),
         key_expired_before,
@@ -539,7 +557,7 @@ mod tests {
         );
         assert_eq!(plan.events[3].data.as_ref().unwrap()["kind"], "timeout");
         assert_eq!(AttemptOutcome::of(&batch[2]).as_str(), "fatal");
-        plan.ended(r2);
+        plan.ended(r2, TaskState::Cancelled);
         assert_eq!(
             plan.counts[&r2],
             (2, 1),

@@ -184,12 +184,9 @@ pub trait Queues: Send + Sync + 'static {
     /// Task runs in the queue, highest priority and oldest first.
     async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
 
-    /// Attempts that finished at or after `since`, newest first, at most `limit`.
-    async fn recent_attempts(
-        &self,
-        since: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptSummary>>;
+    /// The attempt figures of every minute from `since` (kept by the commits, see
+    /// [`crate::tally`]), in key order.
+    async fn attempt_cells(&self, since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
 }
 
 /// The event log every commit appends to, in commit order.
@@ -241,6 +238,9 @@ pub trait Retention: Send + Sync + 'static {
     /// Settled runs (succeeded, failed, cancelled) that finished before `before`, oldest first,
     /// at most `limit`: what run retention deletes next.
     async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
+
+    /// Forgets the attempt figures of minutes before `before`; how many cells went.
+    async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Every role: what a backend implements, and what a caller holds when it needs several.

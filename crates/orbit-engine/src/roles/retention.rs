@@ -37,6 +37,10 @@ impl Retention {
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<u64, EngineError> {
         let purged =
             purge_dead_letters(self.store.as_ref(), &self.storage, now - self.keep).await?;
+        // The dashboard's series reach back a day; keep two.
+        self.store
+            .forget_attempt_cells(now - chrono::Duration::days(2))
+            .await?;
         if purged.entries > 0 {
             tracing::info!(
                 entries = purged.entries,

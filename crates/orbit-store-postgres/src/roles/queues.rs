@@ -5,28 +5,29 @@ use crate::*;
 #[async_trait]
 impl orbit_store::Queues for PgStore {
     async fn queue_stats(&self) -> Result<QueueStats> {
-        let row = sqlx::query(
-            "SELECT \
-             (SELECT COUNT(*) FROM task_runs WHERE state = 'ready'), \
-             (SELECT COUNT(*) FROM task_runs WHERE state = 'running'), \
-             (SELECT COUNT(*) FROM task_runs WHERE state = 'waiting'), \
-             (SELECT COUNT(*) FROM task_runs WHERE state = 'succeeded'), \
-             (SELECT COUNT(*) FROM task_runs WHERE state = 'dead'), \
-             (SELECT COUNT(*) FROM dead_letters), \
-             (SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let n = |i: usize| row.try_get::<i64, _>(i).map_err(unavailable);
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, SUM(n)::bigint FROM task_counts GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let n = |state: &str| {
+            counts
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        let row = sqlx::query(DLQ_AND_OLDEST_READY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(QueueStats {
-            pending: n(0)?,
-            running: n(1)?,
-            waiting: n(2)?,
-            completed: n(3)?,
-            failed: n(4)?,
-            dlq: n(5)?,
-            oldest_pending: row.try_get(6).map_err(unavailable)?,
+            pending: n("ready"),
+            running: n("running"),
+            waiting: n("waiting"),
+            completed: n("succeeded"),
+            failed: n("dead"),
+            dlq: row.try_get(0).map_err(unavailable)?,
+            oldest_pending: row.try_get(1).map_err(unavailable)?,
         })
     }
 
@@ -51,21 +52,25 @@ impl orbit_store::Queues for PgStore {
         .collect()
     }
 
-    async fn recent_attempts(
-        &self,
-        since: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptSummary>> {
-        sqlx::query(
-            "SELECT outcome, started_at, finished_at FROM attempts WHERE finished_at >= $1 ORDER BY finished_at DESC LIMIT $2",
+    async fn attempt_cells(&self, since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>> {
+        let rows: Vec<(i64, bool, i16, i64, i64, i64)> = sqlx::query_as(
+            "SELECT minute, ok, bucket, SUM(attempts)::bigint, SUM(sum_us)::bigint, MAX(max_us) \
+             FROM attempt_cells WHERE minute >= $1 GROUP BY minute, ok, bucket ORDER BY minute, ok, bucket",
         )
-        .bind(since)
-        .bind(i64::from(limit.max(1)))
+        .bind(since.timestamp().div_euclid(60))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?
-        .iter()
-        .map(rows::attempt_summary_from_row)
-        .collect()
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
 }
+
+/// The dead-letter queue's size, and the oldest ready task run's `ready_at` found by one index
+/// seek per distinct priority on the claim index (a skip scan) instead of reading every ready
+/// row.
+const DLQ_AND_OLDEST_READY: &str = "WITH RECURSIVE p (v) AS ( \
+     SELECT MAX(priority) FROM task_runs WHERE state = 'ready' \
+     UNION ALL \
+     SELECT (SELECT MAX(priority) FROM task_runs WHERE state = 'ready' AND priority < p.v) FROM p WHERE p.v IS NOT NULL) \
+     SELECT (SELECT COUNT(*) FROM dead_letters), \
+     (SELECT MIN((SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND priority = p.v)) FROM p WHERE p.v IS NOT NULL)";

@@ -47,4 +47,13 @@ impl orbit_store::Retention for PgStore {
         .await
         .map_err(unavailable)
     }
+
+    async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM attempt_cells WHERE minute < $1")
+            .bind(before.timestamp().div_euclid(60))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
 }

@@ -2,7 +2,7 @@
 //! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
 //! lease extensions.
 
-use super::{begin, flush_events, lock_runs, notify};
+use super::{begin, flush_events, flush_tally, lock_runs, notify};
 use crate::rows::claimed_from_row;
 use crate::unavailable;
 use chrono::{DateTime, Utc};
@@ -36,11 +36,14 @@ pub async fn finish_and_claim(
     let mut claimed_events = Vec::new();
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
-        each.push(if c.limit > 0 {
+        let claimed = if c.limit > 0 {
             claim_ready(&mut tx, c, now, &started, &mut claimed_events).await?
         } else {
             Vec::new()
-        });
+        };
+        plan.tally
+            .moved(TaskState::Ready, TaskState::Running, claimed.len() as i64);
+        each.push(claimed);
     }
     // The run rows last: a run's counters are one row that every worker finishing its tasks
     // changes, so its lock is taken at the end and held only through the commit, not for the
@@ -49,6 +52,7 @@ pub async fn finish_and_claim(
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
     flush_events(&mut tx, &events, now).await?;
+    flush_tally(&mut tx, &plan.tally).await?;
     out.left_work = plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
@@ -248,12 +252,14 @@ async fn apply_plan(
 ) -> Result<()> {
     lock_downstream(conn, plan).await?;
     for run in end_waiting(conn, &plan.skips, TaskState::Skipped, now).await? {
-        plan.ended(run);
+        plan.ended(run, TaskState::Skipped);
     }
     for run in end_waiting(conn, &plan.cancels, TaskState::Cancelled, now).await? {
-        plan.ended(run);
+        plan.ended(run, TaskState::Cancelled);
     }
-    plan.ready += promote(conn, &plan.promotions, now).await?;
+    for _ in 0..promote(conn, &plan.promotions, now).await? {
+        plan.promoted();
+    }
     keep_results(conn, &plan.results, now).await?;
     dead_letters(conn, &plan.dead, now).await
 }

@@ -6,6 +6,7 @@
 //! several) and the `runs` rows last, in id order: a run's row is the one row every worker on
 //! that run changes, so it is held only through the commit. A cancel racing a commit on the same
 //! run may still meet it in a cycle; PostgreSQL then aborts one, and the engine retries it.
+//! Every transaction writes its counter rows (`task_counts`, `attempt_cells`) last of all.
 
 mod finish;
 mod registry;
@@ -17,9 +18,10 @@ pub use runs::*;
 
 use crate::{CHANGES, CHANNEL, unavailable};
 use chrono::{DateTime, Utc};
-use orbit_core::RunState;
+use orbit_core::{RunState, TaskState};
 use orbit_store::plan::Event;
-use orbit_store::{Result, StoreError};
+use orbit_store::tally::Tally;
+use orbit_store::{Cell, CellKey, Result, StoreError};
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -57,6 +59,60 @@ async fn flush_events(conn: &mut PgConnection, events: &[Event], at: DateTime<Ut
     .await
     .map_err(unavailable)?;
     Ok(())
+}
+
+/// Adds a commit's changes to the counters: the transaction's last writes, so their rows are
+/// locked only through the commit. Each connection writes its own shard of rows (its backend
+/// pid, modulo [`SHARDS`]) so commits of different workers seldom meet on one row; rows are
+/// taken in one order (state, then cell key), so two that do meet never wait in a cycle.
+async fn flush_tally(conn: &mut PgConnection, tally: &Tally) -> Result<()> {
+    let (states, deltas): (Vec<&str>, Vec<i64>) =
+        tally.states().map(|(s, n)| (s.as_str(), n)).unzip();
+    if !states.is_empty() {
+        sqlx::query(
+            "INSERT INTO task_counts (state, shard, n) \
+             SELECT s, (pg_backend_pid() % $3)::smallint, d FROM UNNEST($1::text[], $2::bigint[]) AS v(s, d) \
+             ON CONFLICT (state, shard) DO UPDATE SET n = task_counts.n + excluded.n",
+        )
+        .bind(&states)
+        .bind(&deltas)
+        .bind(SHARDS)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    let cells: Vec<_> = tally.cells().collect();
+    if !cells.is_empty() {
+        let col = |f: fn(&CellKey, &Cell) -> i64| -> Vec<i64> {
+            cells.iter().map(|(k, c)| f(k, c)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO attempt_cells (minute, shard, ok, bucket, attempts, sum_us, max_us) \
+             SELECT m, (pg_backend_pid() % $7)::smallint, ok, b, a, s, x \
+             FROM UNNEST($1::bigint[], $2::bool[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[]) AS v(m, ok, b, a, s, x) \
+             ON CONFLICT (minute, shard, ok, bucket) DO UPDATE SET attempts = attempt_cells.attempts + excluded.attempts, \
+             sum_us = attempt_cells.sum_us + excluded.sum_us, max_us = GREATEST(attempt_cells.max_us, excluded.max_us)",
+        )
+        .bind(col(|k, _| k.minute))
+        .bind(cells.iter().map(|(k, _)| k.ok).collect::<Vec<bool>>())
+        .bind(cells.iter().map(|(k, _)| k.bucket).collect::<Vec<i16>>())
+        .bind(col(|_, c| c.attempts))
+        .bind(col(|_, c| c.sum_us))
+        .bind(col(|_, c| c.max_us))
+        .bind(SHARDS)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// How many rows each count is spread over.
+const SHARDS: i32 = 16;
+
+fn task_state(s: &str) -> Result<TaskState> {
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))
 }
 
 async fn notify(conn: &mut PgConnection) -> Result<()> {

@@ -1,9 +1,11 @@
 //! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
 
-use super::{Tx, begin, flush_events, locked_run_state, notify};
+use super::{Tx, begin, flush_events, flush_tally, locked_run_state, notify, task_state};
 use crate::unavailable;
 use chrono::{DateTime, Utc};
+use orbit_core::TaskState;
 use orbit_store::plan::{self, Event, EventKind, NewTaskRow};
+use orbit_store::tally::Tally;
 use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
 use serde_json::json;
 use sqlx::PgPool;
@@ -29,6 +31,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     }
     insert_tasks(&mut tx, new, &plan.tasks).await?;
     flush_events(&mut tx, &[plan.event], new.now).await?;
+    flush_tally(&mut tx, &plan.tally).await?;
     if plan.any_ready {
         notify(&mut tx).await?;
     }
@@ -109,22 +112,40 @@ async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) ->
 pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<()> {
     let mut tx = begin(pool).await?;
     let cancel = plan::cancel(run, locked_run_state(&mut tx, run).await?)?;
+    // The unfinished task runs, locked (a commit finishing one waits, then finds it
+    // cancelled), so the counts move by exactly what the UPDATE below changes.
+    let unfinished: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM (SELECT state FROM task_runs WHERE run_id = $1 AND state = ANY($2) \
+         ORDER BY id FOR UPDATE) t GROUP BY state",
+    )
+    .bind(run)
+    .bind(&cancel.unfinished[..])
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut tally = Tally::default();
+    for (state, n) in unfinished {
+        tally.moved(task_state(&state)?, TaskState::Cancelled, n);
+    }
     // A running attempt ends here: its record says so (its holder's late result is fenced
     // out), and every node checks its leases at once.
-    sqlx::query(
+    let started: Vec<DateTime<Utc>> = sqlx::query_scalar(
         "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
          SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, $1), $1, \
          $3, $4, $5 \
-         FROM task_runs WHERE run_id = $2 AND state = 'running' ON CONFLICT DO NOTHING",
+         FROM task_runs WHERE run_id = $2 AND state = 'running' ON CONFLICT DO NOTHING RETURNING started_at",
     )
     .bind(now)
     .bind(run)
     .bind(cancel.outcome.as_str())
     .bind(cancel.error)
     .bind(cancel.log)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
+    for at in started {
+        tally.attempt(false, at, now);
+    }
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(crate::CONTROL)
         .execute(&mut *tx)
@@ -150,6 +171,7 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .await
         .map_err(unavailable)?;
     flush_events(&mut tx, &[cancel.event], now).await?;
+    flush_tally(&mut tx, &tally).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -169,11 +191,14 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    let requeued: Vec<String> = sqlx::query_scalar(
-        "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
-         ready_at = CASE WHEN pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = attempt, \
-         error = NULL, output = NULL, finished_at = NULL, updated_at = $1 \
-         WHERE run_id = $2 AND task_name = ANY($3) AND state = ANY($4) RETURNING task_name",
+    // Only terminal task runs change here, and nothing else changes those: the old row's
+    // state (`o`) is the state each left.
+    let changed: Vec<(String, String, String)> = sqlx::query_as(
+        "UPDATE task_runs t SET state = CASE WHEN t.pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
+         ready_at = CASE WHEN t.pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = t.attempt, \
+         error = NULL, output = NULL, finished_at = NULL, updated_at = $1 FROM task_runs o \
+         WHERE o.id = t.id AND t.run_id = $2 AND t.task_name = ANY($3) AND t.state = ANY($4) \
+         RETURNING t.task_name, o.state, t.state",
     )
     .bind(now)
     .bind(run)
@@ -182,6 +207,11 @@ pub async fn requeue(
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
+    let mut tally = Tally::default();
+    for (_, was, is) in &changed {
+        tally.moved(task_state(was)?, task_state(is)?, 1);
+    }
+    let requeued: Vec<&String> = changed.iter().map(|c| &c.0).collect();
     // Keep the caller's order.
     let requeued: Vec<String> = tasks
         .iter()
@@ -214,38 +244,68 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
         flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
+        flush_tally(&mut tx, &tally).await?;
         notify(&mut tx).await?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)
 }
 
-/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
-/// go by `ON DELETE CASCADE`).
+/// Deletes a settled run and everything that hangs off it, a slice of task runs (with their
+/// attempts, dead letters and kept results) and events per transaction and the run row last:
+/// a run of 100,000 task runs never holds its locks or a huge transaction for long.
 pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-    let mut tx = begin(pool).await?;
-    let state = locked_run_state(&mut tx, id).await?;
-    if !state.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "run {id} is {state}; cancel it before deleting it"
-        )));
+    loop {
+        let mut tx = begin(pool).await?;
+        let state = locked_run_state(&mut tx, id).await?;
+        if !state.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "run {id} is {state}; cancel it before deleting it"
+            )));
+        }
+        let states: Vec<String> = sqlx::query_scalar(
+            "WITH slice AS (SELECT id FROM task_runs WHERE run_id = $1 ORDER BY seq LIMIT $2), \
+             results AS (DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM slice)) \
+             DELETE FROM task_runs WHERE id IN (SELECT id FROM slice) RETURNING state",
+        )
+        .bind(id)
+        .bind(DELETE_SLICE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let events = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = $1 LIMIT $2)",
+        )
+        .bind(id)
+        .bind(3 * DELETE_SLICE)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let more = states.len() as i64 == DELETE_SLICE
+            || events.rows_affected() as i64 == 3 * DELETE_SLICE;
+        let mut tally = Tally::default();
+        for state in &states {
+            tally.left(task_state(state)?, 1);
+        }
+        if !more {
+            sqlx::query("DELETE FROM runs WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+            flush_events(&mut tx, &[deleted], now).await?;
+        }
+        flush_tally(&mut tx, &tally).await?;
+        tx.commit().await.map_err(unavailable)?;
+        if !more {
+            return Ok(());
+        }
     }
-    for sql in [
-        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = $1)",
-        "DELETE FROM events WHERE run_id = $1",
-        "DELETE FROM runs WHERE id = $1",
-    ] {
-        sqlx::query(sql)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
-    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
-    flush_events(&mut tx, &[deleted], now).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(())
 }
+
+/// Task runs deleted per transaction when a run is deleted.
+const DELETE_SLICE: i64 = 1_000;
 
 /// Deletes dead letters created before `before`; reports the failed runs left without any.
 pub async fn purge_dead_letters(pool: &PgPool, before: DateTime<Utc>) -> Result<PurgedLetters> {

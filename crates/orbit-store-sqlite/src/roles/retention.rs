@@ -53,4 +53,13 @@ impl orbit_store::Retention for SqliteStore {
             .map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect()
     }
+
+    async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM attempt_cells WHERE minute < ?1")
+            .bind(before.timestamp().div_euclid(60))
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
 }

@@ -2,9 +2,10 @@
 //! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
 //! lease extensions.
 
-use super::{CHUNK, begin, flush_events};
+use super::{CHUNK, begin, flush_events, flush_tally};
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
+use orbit_core::TaskState;
 use orbit_core::transition::Transition;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
@@ -66,13 +67,17 @@ pub async fn finish_and_claim(
     let mut events = plan.events;
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
-        each.push(if c.limit > 0 {
+        let claimed = if c.limit > 0 {
             claim_ready(&mut tx, c, now, &running, &mut events).await?
         } else {
             Vec::new()
-        });
+        };
+        plan.tally
+            .moved(TaskState::Ready, TaskState::Running, claimed.len() as i64);
+        each.push(claimed);
     }
     flush_events(&mut tx, &events, now).await?;
+    flush_tally(&mut tx, &plan.tally).await?;
     tx.commit().await.map_err(unavailable)?;
     // Work these claimers may leave for others: tell them.
     out.left_work = plan.ready > 0 && all_full(claims, &each);
@@ -189,13 +194,16 @@ async fn apply_plan(
     now: i64,
 ) -> Result<()> {
     let mut ended = Vec::new();
-    for (marks, state) in [(&plan.skips, "skipped"), (&plan.cancels, "cancelled")] {
+    for (marks, state) in [
+        (&plan.skips, TaskState::Skipped),
+        (&plan.cancels, TaskState::Cancelled),
+    ] {
         for m in marks {
             let changed = sqlx::query(
                 "UPDATE task_runs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3 \
                  WHERE run_id = ?4 AND task_name = ?5 AND state = 'waiting'",
             )
-            .bind(state)
+            .bind(state.as_str())
             .bind(&m.reason)
             .bind(now)
             .bind(m.run.to_string())
@@ -204,13 +212,14 @@ async fn apply_plan(
             .await
             .map_err(unavailable)?;
             if changed.rows_affected() > 0 {
-                ended.push(m.run);
+                ended.push((m.run, state));
             }
         }
     }
-    for run in ended {
-        plan.ended(run);
+    for (run, state) in ended {
+        plan.ended(run, state);
     }
+    let mut promoted = 0;
     for (run, name) in &plan.promotions {
         let state: Option<String> = sqlx::query_scalar(
             "UPDATE task_runs SET pending_needs = pending_needs - 1, \
@@ -225,8 +234,11 @@ async fn apply_plan(
         .await
         .map_err(unavailable)?;
         if state.as_deref() == Some("ready") {
-            plan.ready += 1;
+            promoted += 1;
         }
+    }
+    for _ in 0..promoted {
+        plan.promoted();
     }
     for (key, task_run, output) in &plan.results {
         sqlx::query(

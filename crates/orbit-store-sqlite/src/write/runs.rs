@@ -1,9 +1,11 @@
 //! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
 
-use super::{CHUNK, Tx, begin, flush_events, run_state};
+use super::{CHUNK, Tx, begin, flush_events, flush_tally, run_state, run_task_states, task_state};
 use crate::{unavailable, us};
 use chrono::{DateTime, Utc};
+use orbit_core::TaskState;
 use orbit_store::plan::{self, Event, EventKind, NewTaskRow};
+use orbit_store::tally::Tally;
 use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
 use serde_json::json;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
@@ -30,6 +32,7 @@ pub async fn create_run(pool: &SqlitePool, new: &NewRun<'_>) -> Result<Result<Uu
     }
     insert_tasks(&mut tx, new, &plan.tasks).await?;
     flush_events(&mut tx, &[plan.event], us(new.now)).await?;
+    flush_tally(&mut tx, &plan.tally).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(Ok(new.id))
 }
@@ -115,21 +118,31 @@ pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Res
     let now = us(now);
     let mut tx = begin(pool).await?;
     let cancel = plan::cancel(run, run_state(&mut tx, run).await?)?;
+    let mut tally = Tally::default();
+    for (state, n) in run_task_states(&mut tx, run).await? {
+        if !state.is_terminal() {
+            tally.moved(state, TaskState::Cancelled, n);
+        }
+    }
     // A running attempt ends here: its record says so (its holder's late result is fenced out).
-    sqlx::query(
+    let started: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log) \
          SELECT id, attempt, run_id, task_name, COALESCE(lease_owner, ''), COALESCE(claimed_at, started_at, ?1), ?1, \
          ?3, ?4, ?5 \
-         FROM task_runs WHERE run_id = ?2 AND state = 'running' ON CONFLICT DO NOTHING",
+         FROM task_runs WHERE run_id = ?2 AND state = 'running' ON CONFLICT DO NOTHING RETURNING started_at",
     )
     .bind(now)
     .bind(run.to_string())
     .bind(cancel.outcome.as_str())
     .bind(cancel.error)
     .bind(cancel.log)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
+    let at = |us| DateTime::from_timestamp_micros(us).unwrap_or_default();
+    for s in started {
+        tally.attempt(false, at(s), at(now));
+    }
     sqlx::query(
         "UPDATE task_runs SET state = 'cancelled', error = ?3, finished_at = ?1, updated_at = ?1, \
          lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN (?4, ?5, ?6)",
@@ -150,6 +163,7 @@ pub async fn cancel_run(pool: &SqlitePool, run: Uuid, now: DateTime<Utc>) -> Res
         .await
         .map_err(unavailable)?;
     flush_events(&mut tx, &[cancel.event], now).await?;
+    flush_tally(&mut tx, &tally).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -172,22 +186,31 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
     let mut requeued = Vec::new();
+    let mut tally = Tally::default();
     for name in tasks {
-        let changed = sqlx::query(
+        let was: Option<String> =
+            sqlx::query_scalar("SELECT state FROM task_runs WHERE run_id = ?1 AND task_name = ?2")
+                .bind(&run_s)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let now_state: Option<String> = sqlx::query_scalar(
             "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
              ready_at = CASE WHEN pending_needs <= 0 THEN ?1 ELSE NULL END, attempt_base = attempt, \
              error = NULL, output = NULL, finished_at = NULL, updated_at = ?1 \
-             WHERE run_id = ?2 AND task_name = ?3 AND state IN (?4, ?5)",
+             WHERE run_id = ?2 AND task_name = ?3 AND state IN (?4, ?5) RETURNING state",
         )
         .bind(now)
         .bind(&run_s)
         .bind(name)
         .bind(plan::REQUEUEABLE[0])
         .bind(plan::REQUEUEABLE[1])
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?;
-        if changed.rows_affected() > 0 {
+        if let (Some(was), Some(now_state)) = (was, now_state) {
+            tally.moved(task_state(&was)?, task_state(&now_state)?, 1);
             sqlx::query("DELETE FROM dead_letters WHERE run_id = ?1 AND task_name = ?2")
                 .bind(&run_s)
                 .bind(name)
@@ -217,37 +240,82 @@ pub async fn requeue(
         .await
         .map_err(unavailable)?;
         flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
+        flush_tally(&mut tx, &tally).await?;
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(requeued)
 }
 
-/// Deletes a settled run and everything that hangs off it (task runs, attempts and dead letters
-/// go by `ON DELETE CASCADE`).
+/// Deletes a settled run and everything that hangs off it, a slice of task runs (with their
+/// attempts, dead letters and kept results) per transaction and the run row last: a run of
+/// 100,000 task runs never holds the write lock for long, so claims go on meanwhile.
 pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-    let mut tx = begin(pool).await?;
     let run = id.to_string();
-    let state = run_state(&mut tx, id).await?;
-    if !state.is_terminal() {
-        return Err(StoreError::Conflict(format!(
+    loop {
+        let mut tx = begin(pool).await?;
+        settled(&mut tx, id).await?;
+        sqlx::query(
+            "DELETE FROM task_results WHERE task_run_id IN \
+             (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2)",
+        )
+        .bind(&run)
+        .bind(DELETE_SLICE)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let states: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM task_runs WHERE id IN \
+             (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2) RETURNING state",
+        )
+        .bind(&run)
+        .bind(DELETE_SLICE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let events = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = ?1 LIMIT ?2)",
+        )
+        .bind(&run)
+        .bind(3 * DELETE_SLICE)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let more = states.len() as i64 == DELETE_SLICE
+            || events.rows_affected() as i64 == 3 * DELETE_SLICE;
+        let mut tally = Tally::default();
+        for state in &states {
+            tally.left(task_state(state)?, 1);
+        }
+        if !more {
+            sqlx::query("DELETE FROM runs WHERE id = ?1")
+                .bind(&run)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+            flush_events(&mut tx, &[deleted], us(now)).await?;
+        }
+        flush_tally(&mut tx, &tally).await?;
+        tx.commit().await.map_err(unavailable)?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Task runs deleted per transaction when a run is deleted.
+const DELETE_SLICE: i64 = 1_000;
+
+/// Refuses to delete a run that is not settled (it may have been retried since a slice went).
+async fn settled(tx: &mut Tx, id: Uuid) -> Result<()> {
+    let state = run_state(tx, id).await?;
+    if state.is_terminal() {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
             "run {id} is {state}; cancel it before deleting it"
-        )));
+        )))
     }
-    for sql in [
-        "DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM task_runs WHERE run_id = ?1)",
-        "DELETE FROM events WHERE run_id = ?1",
-        "DELETE FROM runs WHERE id = ?1",
-    ] {
-        sqlx::query(sql)
-            .bind(&run)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
-    let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
-    flush_events(&mut tx, &[deleted], us(now)).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(())
 }
 
 /// Deletes dead letters created before `before`; reports the failed runs left without any.

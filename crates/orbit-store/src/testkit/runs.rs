@@ -317,12 +317,28 @@ pub async fn queue_stats_count_task_runs_by_state(store: &dyn Store) {
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].task_name, "a");
-    let recent = store
-        .recent_attempts(t0() - Duration::seconds(1), 10)
+    let cells = store
+        .attempt_cells(t0() - Duration::minutes(1))
         .await
         .unwrap();
-    assert_eq!(recent.len(), 1);
-    assert_eq!(recent[0].outcome, "fatal");
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    let (key, cell) = cells[0];
+    assert!(!key.ok, "the fatal attempt failed");
+    assert_eq!(cell.attempts, 1);
+    assert_eq!(key.minute, t0().timestamp() / 60);
+    assert_eq!(
+        store.forget_attempt_cells(t0()).await.unwrap(),
+        0,
+        "its minute is kept"
+    );
+    assert_eq!(
+        store
+            .forget_attempt_cells(t0() + Duration::minutes(2))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.attempt_cells(t0()).await.unwrap().is_empty());
 }
 
 pub async fn task_runs_are_found_by_prefix(store: &dyn Store) {
@@ -446,4 +462,29 @@ pub async fn settled_runs_are_deleted_with_what_hangs_off_them(store: &dyn Store
     assert_eq!(store.run(failed).await.unwrap().state, RunState::Failed);
     store.delete_run(failed).await.unwrap();
     assert!(store.dead_letter(&failed.to_string()).await.is_err());
+}
+
+pub async fn a_big_run_is_deleted_in_slices(store: &dyn Store) {
+    // More task runs than one deletion slice, half of them finished.
+    let names: Vec<String> = (0..2_500).map(|i| format!("t{i}")).collect();
+    let tasks: Vec<(&str, &[&str], i32)> = names.iter().map(|n| (n.as_str(), &[][..], 0)).collect();
+    let p = pipeline("big", &tasks);
+    let (_, big) = start(store, &p, t0()).await;
+    let done: Vec<_> = claim(store, Some(big), 1_250, t0())
+        .await
+        .iter()
+        .map(|t| finish(&p, t, Outcome::Succeeded(json!(1)), t0()))
+        .collect();
+    store.finish_and_claim(&done, None, t0()).await.unwrap();
+    let (_, kept) = start(store, &pipeline("kept", &[("a", &[], 0)]), t0()).await;
+    store.cancel_run(big, t0()).await.unwrap();
+    let before = store.queue_stats().await.unwrap();
+    assert_eq!((before.completed, before.pending), (1_250, 1));
+    store.delete_run(big).await.unwrap();
+    assert!(matches!(store.run(big).await, Err(StoreError::NotFound(_))));
+    assert!(store.task_runs(big).await.unwrap_or_default().is_empty());
+    assert!(store.events(0, Some(big), 10).await.unwrap().is_empty());
+    let after = store.queue_stats().await.unwrap();
+    assert_eq!((after.completed, after.pending), (0, 1));
+    assert_eq!(store.task_runs(kept).await.unwrap().len(), 1, "others stay");
 }
