@@ -23,63 +23,139 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         return Err(BadInput("--concurrency must be at least 1".into()).into());
     }
-    let scenarios = match args.scenario.clone() {
-        Some(s) => vec![s],
-        None => vec![
-            Scenario::Throughput { tasks: 10_000 },
-            Scenario::Chain { length: 500 },
-            Scenario::Fanout { width: 200 },
-        ],
-    };
-    for scenario in scenarios {
-        if matches!(scenario, Scenario::Scale { .. }) {
-            anyhow::ensure!(
-                args.sdk.is_none() && args.workers == 0,
-                BadInput(
-                    "bench scale drains with the in-process engine (no --sdk, no --workers)".into()
-                )
-            );
-            println!(
-                "{}",
-                crate::bench_scale::run(&scenario, &args, durability).await?
-            );
-            continue;
+    match args.scenario.clone() {
+        Some(Scenario::All { quick }) => {
+            for (scenario, args, durability) in the_set(&args, quick) {
+                one(&scenario, &args, durability, true).await?;
+            }
         }
-        let result = match &args.sdk {
-            Some(sdk) => crate::bench_sdk::run_scenario(sdk, &scenario, &args, durability).await?,
-            None => run_scenario(&scenario, &args, durability).await?,
-        };
-        if json {
-            println!("{}", result);
-        } else {
-            println!(
-                "{:<10} {:>6} tasks  {:>8.0} tasks/s  {} p50 {:.3} ms  p99 {:.3} ms  total {:.1} ms  peak RSS {}  [{}, {}]",
-                result["scenario"].as_str().unwrap_or_default(),
-                result["tasks"],
-                result["tasks_per_sec"].as_f64().unwrap_or_default(),
-                result["latency"].as_str().unwrap_or_default(),
-                result["p50_ms"].as_f64().unwrap_or_default(),
-                result["p99_ms"].as_f64().unwrap_or_default(),
-                result["elapsed_ms"].as_f64().unwrap_or_default(),
-                result["peak_rss_bytes"]
-                    .as_f64()
-                    .map_or("n/a (workers)".to_string(), |b| format!(
-                        "{:.1} MB",
-                        b / 1_048_576.0
-                    )),
-                result["durability"].as_str().unwrap_or_default(),
-                result["drained_by"].as_str().unwrap_or_default(),
-            );
-            if let Some(cpu) = result["server_cpu_pct"].as_f64() {
-                println!(
-                    "{:<10} server CPU {cpu:.0} %, workers CPU {:.0} % (of one core, while draining)",
-                    "",
-                    result["workers_cpu_pct"].as_f64().unwrap_or_default()
-                );
+        Some(scenario) => one(&scenario, &args, durability, json).await?,
+        None => {
+            for scenario in [
+                Scenario::Throughput { tasks: 10_000 },
+                Scenario::Chain { length: 500 },
+                Scenario::Fanout { width: 200 },
+            ] {
+                one(&scenario, &args, durability, json).await?;
             }
         }
     }
     Ok(0)
+}
+
+/// What `orbit bench all` runs: the configurations the README's figures come from.
+fn the_set(args: &BenchArgs, quick: bool) -> Vec<(Scenario, BenchArgs, Durability)> {
+    let basic = [
+        Scenario::Throughput { tasks: 10_000 },
+        Scenario::Chain { length: 500 },
+        Scenario::Fanout { width: 200 },
+    ];
+    let big = [
+        Scenario::Scale {
+            runs: 100,
+            tasks: 10_000,
+            big: 100_000,
+            drain: 10_000,
+        },
+        Scenario::Retention {
+            runs: 100,
+            tasks: 10_000,
+            drain: 10_000,
+        },
+    ];
+    let with = |postgres: Option<String>, workers: usize| BenchArgs {
+        scenario: None,
+        postgres,
+        workers,
+        sdk: None,
+        push: false,
+        ..args.clone()
+    };
+    let mut set = Vec::new();
+    for durability in [Durability::Full, Durability::Normal] {
+        for s in &basic {
+            set.push((s.clone(), with(None, 0), durability));
+        }
+    }
+    if let Some(pg) = &args.postgres {
+        for s in &basic {
+            set.push((s.clone(), with(Some(pg.clone()), 0), Durability::Full));
+        }
+        for workers in [1, 2, 4] {
+            let s = Scenario::Throughput { tasks: 10_000 };
+            set.push((s, with(Some(pg.clone()), workers), Durability::Full));
+        }
+    }
+    if !quick {
+        for s in &big {
+            set.push((s.clone(), with(None, 0), Durability::Full));
+            if let Some(pg) = &args.postgres {
+                set.push((s.clone(), with(Some(pg.clone()), 0), Durability::Full));
+            }
+        }
+    }
+    set
+}
+
+async fn one(
+    scenario: &Scenario,
+    args: &BenchArgs,
+    durability: Durability,
+    json: bool,
+) -> anyhow::Result<()> {
+    if matches!(
+        scenario,
+        Scenario::Scale { .. } | Scenario::Retention { .. }
+    ) {
+        anyhow::ensure!(
+            args.sdk.is_none() && args.workers == 0,
+            BadInput(
+                "bench scale and retention drain with the in-process engine (no --sdk, no --workers)"
+                    .into()
+            )
+        );
+        let result = if matches!(scenario, Scenario::Scale { .. }) {
+            crate::bench_scale::run(scenario, args, durability).await?
+        } else {
+            crate::bench_retention::run(scenario, args, durability).await?
+        };
+        println!("{result}");
+        return Ok(());
+    }
+    let result = match &args.sdk {
+        Some(sdk) => crate::bench_sdk::run_scenario(sdk, scenario, args, durability).await?,
+        None => run_scenario(scenario, args, durability).await?,
+    };
+    if json {
+        println!("{result}");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>6} tasks  {:>8.0} tasks/s  {} p50 {:.3} ms  p99 {:.3} ms  total {:.1} ms  peak RSS {}  [{}, {}]",
+        result["scenario"].as_str().unwrap_or_default(),
+        result["tasks"],
+        result["tasks_per_sec"].as_f64().unwrap_or_default(),
+        result["latency"].as_str().unwrap_or_default(),
+        result["p50_ms"].as_f64().unwrap_or_default(),
+        result["p99_ms"].as_f64().unwrap_or_default(),
+        result["elapsed_ms"].as_f64().unwrap_or_default(),
+        result["peak_rss_bytes"]
+            .as_f64()
+            .map_or("n/a (workers)".to_string(), |b| format!(
+                "{:.1} MB",
+                b / 1_048_576.0
+            )),
+        result["durability"].as_str().unwrap_or_default(),
+        result["drained_by"].as_str().unwrap_or_default(),
+    );
+    if let Some(cpu) = result["server_cpu_pct"].as_f64() {
+        println!(
+            "{:<10} server CPU {cpu:.0} %, workers CPU {:.0} % (of one core, while draining)",
+            "",
+            result["workers_cpu_pct"].as_f64().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// A task that does nothing: a zero sleep, or for an SDK worker its `noop` handler.
@@ -110,7 +186,9 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
 /// The scenario's pipeline, of SDK worker tasks when `worker`.
 pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
     let tasks = match *scenario {
-        Scenario::Throughput { tasks } | Scenario::Scale { drain: tasks, .. } => (0..tasks)
+        Scenario::Throughput { tasks }
+        | Scenario::Scale { drain: tasks, .. }
+        | Scenario::Retention { drain: tasks, .. } => (0..tasks)
             .map(|i| noop(format!("t{i:06}"), vec![], worker))
             .collect(),
         Scenario::Chain { length } => (0..length)
@@ -136,6 +214,7 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
             ));
             v
         }
+        Scenario::All { .. } => Vec::new(),
     };
     Pipeline {
         name: "bench".into(),
@@ -307,6 +386,8 @@ pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::Chain { .. } => "chain",
         Scenario::Fanout { .. } => "fanout",
         Scenario::Scale { .. } => "scale",
+        Scenario::Retention { .. } => "retention",
+        Scenario::All { .. } => "all",
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn run(
         store,
         db: _db,
         label,
-        ..
+        url,
     } = fresh_store(args, durability, dir.path()).await?;
     let engine = engine(&store, args.concurrency, dir.path())?;
     let empty = drained(&store, &engine, drain).await?;
@@ -64,6 +64,9 @@ pub async fn run(
         ),
         ("queue_status", "/api/v1/queue/status".to_string()),
         ("metrics", "/metrics".to_string()),
+        ("worker_stats", "/api/v1/workers/stats".to_string()),
+        ("worker_metrics", "/api/v1/workers/metrics".to_string()),
+        ("worker_series", "/api/v1/workers/series".to_string()),
     ] {
         routes.insert(name.into(), timed(&app, &path).await?);
     }
@@ -80,11 +83,11 @@ pub async fn run(
         "cost_ratio": loaded.as_secs_f64() / empty.as_secs_f64(),
         "routes_ms": routes,
         "peak_rss_bytes": crate::bench::peak_rss_bytes(),
-        "disk_bytes_per_task_run": disk_bytes(&label, dir.path()).map(|b| b / task_runs),
+        "disk_bytes_per_task_run": disk_bytes(&url, dir.path()).await?.map(|b| b / task_runs),
     }))
 }
 
-fn engine(
+pub(crate) fn engine(
     store: &Arc<dyn Store>,
     concurrency: usize,
     dir: &std::path::Path,
@@ -102,7 +105,7 @@ fn engine(
 }
 
 /// A pipeline of `tasks` independent no-op tasks, saved as `name`.
-async fn pipeline_of(
+pub(crate) async fn pipeline_of(
     store: &Arc<dyn Store>,
     name: &str,
     tasks: usize,
@@ -112,7 +115,7 @@ async fn pipeline_of(
     Ok(store.save_pipeline(&p, None, Utc::now()).await?)
 }
 
-fn new_run(stored: &StoredPipeline, priority: i32) -> NewRun<'_> {
+pub(crate) fn new_run(stored: &StoredPipeline, priority: i32) -> NewRun<'_> {
     NewRun {
         id: uuid::Uuid::now_v7(),
         pipeline: stored,
@@ -128,7 +131,7 @@ fn new_run(stored: &StoredPipeline, priority: i32) -> NewRun<'_> {
 
 /// Queues a run of `tasks` no-op tasks ahead of everything else and times the engine claiming
 /// and completing exactly those (it claims by priority across every queued task run).
-async fn drained(
+pub(crate) async fn drained(
     store: &Arc<dyn Store>,
     engine: &Engine,
     tasks: usize,
@@ -200,15 +203,16 @@ async fn timed(app: &axum::Router, path: &str) -> anyhow::Result<Value> {
     Ok(json!({"p50": percentile(&ms, 0.5), "p99": percentile(&ms, 0.99)}))
 }
 
-/// SQLite's file and its WAL on disk (PostgreSQL's size is the server's to report: `None`).
-fn disk_bytes(label: &str, dir: &std::path::Path) -> Option<f64> {
-    if label.starts_with("postgres") {
-        return None;
+/// The database on disk: SQLite's file and its WAL, or PostgreSQL's database size.
+async fn disk_bytes(url: &str, dir: &std::path::Path) -> anyhow::Result<Option<f64>> {
+    if url.starts_with("postgres") {
+        let pg = orbit_store_postgres::PgStore::connect(url, 1).await?;
+        return Ok(Some(pg.database_bytes().await? as f64));
     }
     let file = |name: &str| {
         std::fs::metadata(dir.join(name))
             .map(|m| m.len())
             .unwrap_or(0)
     };
-    Some((file("bench.db") + file("bench.db-wal")) as f64)
+    Ok(Some((file("bench.db") + file("bench.db-wal")) as f64))
 }

@@ -316,7 +316,7 @@ pub struct RunsArgs {
     pub remote: Remote,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Option<Scenario>,
@@ -371,6 +371,23 @@ pub enum Scenario {
         big: usize,
         #[arg(long, default_value_t = 10_000)]
         drain: usize,
+    },
+    /// Claims while run retention deletes a backlog: runs --runs x --tasks to the end, then
+    /// drains --drain tasks again and again while retention deletes all of it
+    Retention {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10_000)]
+        drain: usize,
+    },
+    /// The whole set behind the README's figures, one JSON line each: SQLite at FULL and
+    /// NORMAL, and with --postgres PostgreSQL in-process and with 1, 2 and 4 worker processes;
+    /// then scale and retention on each store (skipped with --quick)
+    All {
+        #[arg(long)]
+        quick: bool,
     },
 }
 

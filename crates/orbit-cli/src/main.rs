@@ -16,6 +16,7 @@ macro_rules! eprintln {
 }
 
 mod bench;
+mod bench_retention;
 mod bench_scale;
 mod bench_sdk;
 mod cli;

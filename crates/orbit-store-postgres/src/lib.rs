@@ -142,6 +142,15 @@ impl PgStore {
         });
     }
 
+    /// The database's size on disk (tables, indexes, TOAST): what `orbit bench scale` divides
+    /// by the task runs it wrote.
+    pub async fn database_bytes(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
     /// Applies pending migrations; returns how many it applied and the schema version now.
     /// Safe when several nodes start at once: sqlx holds an advisory lock while it migrates.
     pub async fn migrate(&self) -> Result<(usize, i64)> {

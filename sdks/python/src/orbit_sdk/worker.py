@@ -186,12 +186,13 @@ class Worker:
     async def start(self) -> None:
         """Pull mode in the running event loop, until `stop()` (or SIGTERM when no one else
         handles it)."""
-        await self.register_with_server()
-        self._on_signals()
-        self._beat = asyncio.create_task(self._heartbeats())
-        self._pulling = True
         backoff = 0.2
         try:
+            # Inside the try: a first registration that fails still closes the HTTP session.
+            await self.register_with_server()
+            self._on_signals()
+            self._beat = asyncio.create_task(self._heartbeats())
+            self._pulling = True
             while not self._stopping:
                 free = self.concurrency - len(self._running)
                 if free <= 0:
