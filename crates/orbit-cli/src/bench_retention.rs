@@ -64,8 +64,9 @@ pub async fn run(
     }
     let deleted = rounds.await??;
     let delete_s = deleting.elapsed().as_secs_f64();
+    // The drains' runs finished too, and may have gone with the backlog.
     anyhow::ensure!(
-        deleted == runs,
+        deleted >= runs,
         "retention deleted {deleted} of {runs} runs"
     );
     let left = store.queue_stats().await?;
@@ -74,7 +75,7 @@ pub async fn run(
         "scenario": "retention",
         "durability": label,
         "deleted_runs": deleted,
-        "deleted_task_runs": runs * tasks,
+        "backlog_task_runs": runs * tasks,
         "fill_ms": fill_ms,
         "drain_tasks": drain,
         "tasks_per_sec_before": before,

@@ -83,6 +83,8 @@ pub async fn run(
         "cost_ratio": loaded.as_secs_f64() / empty.as_secs_f64(),
         "routes_ms": routes,
         "peak_rss_bytes": crate::bench::peak_rss_bytes(),
+        // What the process holds once the fill is over and the views were served.
+        "rss_bytes_end": crate::bench::rss_bytes(),
         "disk_bytes_per_task_run": disk_bytes(&url, dir.path()).await?.map(|b| b / task_runs),
     }))
 }

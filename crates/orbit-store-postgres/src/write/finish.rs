@@ -2,7 +2,7 @@
 //! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
 //! lease extensions.
 
-use super::{begin, flush_events, flush_tally, lock_runs, notify};
+use super::{begin, flush, lock_runs, notify};
 use crate::rows::claimed_from_row;
 use crate::unavailable;
 use chrono::{DateTime, Utc};
@@ -51,8 +51,7 @@ pub async fn finish_and_claim(
     out.settled_runs = count_and_settle(&mut tx, &mut plan, now).await?;
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
-    flush_events(&mut tx, &events, now).await?;
-    flush_tally(&mut tx, &plan.tally).await?;
+    flush(&mut tx, &events, &plan.tally, now).await?;
     out.left_work = plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;

@@ -61,49 +61,59 @@ async fn flush_events(conn: &mut PgConnection, events: &[Event], at: DateTime<Ut
     Ok(())
 }
 
-/// Adds a commit's changes to the counters: the transaction's last writes, so their rows are
-/// locked only through the commit. Each connection writes its own shard of rows (its backend
-/// pid, modulo [`SHARDS`]) so commits of different workers seldom meet on one row; rows are
-/// taken in one order (state, then cell key), so two that do meet never wait in a cycle.
-async fn flush_tally(conn: &mut PgConnection, tally: &Tally) -> Result<()> {
+/// Writes a transaction's events and adds its changes to the counters, in one statement (one
+/// round trip), the transaction's last: the counter rows are locked only through the commit.
+/// Each connection writes its own shard of counter rows (its backend pid, modulo [`SHARDS`]) so
+/// commits of different workers seldom meet on one; every transaction runs this one statement,
+/// so rows of a shard are always taken in the same order and two that meet never wait in a
+/// cycle. Live pages are woken when there are events.
+async fn flush(
+    conn: &mut PgConnection,
+    events: &[Event],
+    tally: &Tally,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    let runs: Vec<Option<Uuid>> = events.iter().map(|e| e.run).collect();
+    let tasks: Vec<Option<&str>> = events.iter().map(|e| e.task.as_deref()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<Option<&Value>> = events.iter().map(|e| e.data.as_ref()).collect();
     let (states, deltas): (Vec<&str>, Vec<i64>) =
         tally.states().map(|(s, n)| (s.as_str(), n)).unzip();
-    if !states.is_empty() {
-        sqlx::query(
-            "INSERT INTO task_counts (state, shard, n) \
-             SELECT s, (pg_backend_pid() % $3)::smallint, d FROM UNNEST($1::text[], $2::bigint[]) AS v(s, d) \
-             ON CONFLICT (state, shard) DO UPDATE SET n = task_counts.n + excluded.n",
-        )
-        .bind(&states)
-        .bind(&deltas)
-        .bind(SHARDS)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    }
-    let cells: Vec<_> = tally.cells().collect();
-    if !cells.is_empty() {
-        let col = |f: fn(&CellKey, &Cell) -> i64| -> Vec<i64> {
-            cells.iter().map(|(k, c)| f(k, c)).collect()
-        };
-        sqlx::query(
-            "INSERT INTO attempt_cells (minute, shard, ok, bucket, attempts, sum_us, max_us) \
-             SELECT m, (pg_backend_pid() % $7)::smallint, ok, b, a, s, x \
-             FROM UNNEST($1::bigint[], $2::bool[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[]) AS v(m, ok, b, a, s, x) \
-             ON CONFLICT (minute, shard, ok, bucket) DO UPDATE SET attempts = attempt_cells.attempts + excluded.attempts, \
-             sum_us = attempt_cells.sum_us + excluded.sum_us, max_us = GREATEST(attempt_cells.max_us, excluded.max_us)",
-        )
-        .bind(col(|k, _| k.minute))
-        .bind(cells.iter().map(|(k, _)| k.ok).collect::<Vec<bool>>())
-        .bind(cells.iter().map(|(k, _)| k.bucket).collect::<Vec<i16>>())
-        .bind(col(|_, c| c.attempts))
-        .bind(col(|_, c| c.sum_us))
-        .bind(col(|_, c| c.max_us))
-        .bind(SHARDS)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    }
+    let cells: Vec<(&CellKey, &Cell)> = tally.cells().collect();
+    let col = |f: fn(&CellKey, &Cell) -> i64| -> Vec<i64> {
+        cells.iter().map(|(k, c)| f(k, c)).collect()
+    };
+    sqlx::query(
+        "WITH added AS (INSERT INTO events (run_id, task_name, kind, data, at) \
+           SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)), \
+         counted AS (INSERT INTO task_counts (state, shard, n) \
+           SELECT s, (pg_backend_pid() % $9)::smallint, d FROM UNNEST($7::text[], $8::bigint[]) AS v(s, d) \
+           ON CONFLICT (state, shard) DO UPDATE SET n = task_counts.n + excluded.n), \
+         timed AS (INSERT INTO attempt_cells (minute, shard, ok, bucket, attempts, sum_us, max_us) \
+           SELECT m, (pg_backend_pid() % $9)::smallint, ok, b, a, s, x \
+           FROM UNNEST($10::bigint[], $11::bool[], $12::smallint[], $13::bigint[], $14::bigint[], $15::bigint[]) AS v(m, ok, b, a, s, x) \
+           ON CONFLICT (minute, shard, ok, bucket) DO UPDATE SET attempts = attempt_cells.attempts + excluded.attempts, \
+           sum_us = attempt_cells.sum_us + excluded.sum_us, max_us = GREATEST(attempt_cells.max_us, excluded.max_us)) \
+         SELECT pg_notify($6, '') WHERE cardinality($3::text[]) > 0",
+    )
+    .bind(&runs)
+    .bind(&tasks)
+    .bind(&kinds)
+    .bind(&data)
+    .bind(at)
+    .bind(CHANGES)
+    .bind(&states)
+    .bind(&deltas)
+    .bind(SHARDS)
+    .bind(col(|k, _| k.minute))
+    .bind(cells.iter().map(|(k, _)| k.ok).collect::<Vec<bool>>())
+    .bind(cells.iter().map(|(k, _)| k.bucket).collect::<Vec<i16>>())
+    .bind(col(|_, c| c.attempts))
+    .bind(col(|_, c| c.sum_us))
+    .bind(col(|_, c| c.max_us))
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Runs: created with their task runs, cancelled, retried, deleted; dead letters purged.
 
-use super::{Tx, begin, flush_events, flush_tally, locked_run_state, notify, task_state};
+use super::{Tx, begin, flush, locked_run_state, notify, task_state};
 use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
@@ -30,8 +30,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
         return Ok(Err(existing));
     }
     insert_tasks(&mut tx, new, &plan.tasks).await?;
-    flush_events(&mut tx, &[plan.event], new.now).await?;
-    flush_tally(&mut tx, &plan.tally).await?;
+    flush(&mut tx, &[plan.event], &plan.tally, new.now).await?;
     if plan.any_ready {
         notify(&mut tx).await?;
     }
@@ -170,8 +169,7 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-    flush_events(&mut tx, &[cancel.event], now).await?;
-    flush_tally(&mut tx, &tally).await?;
+    flush(&mut tx, &[cancel.event], &tally, now).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(())
 }
@@ -243,8 +241,7 @@ pub async fn requeue(
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        flush_events(&mut tx, &plan::requeued_events(run, &requeued), now).await?;
-        flush_tally(&mut tx, &tally).await?;
+        flush(&mut tx, &plan::requeued_events(run, &requeued), &tally, now).await?;
         notify(&mut tx).await?;
     }
     tx.commit().await.map_err(unavailable)?;
@@ -287,16 +284,16 @@ pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<(
         for state in &states {
             tally.left(task_state(state)?, 1);
         }
+        let mut deleted = Vec::new();
         if !more {
             sqlx::query("DELETE FROM runs WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
-            flush_events(&mut tx, &[deleted], now).await?;
+            deleted.push(Event::global(EventKind::RunDeleted, json!({ "run": id })));
         }
-        flush_tally(&mut tx, &tally).await?;
+        flush(&mut tx, &deleted, &tally, now).await?;
         tx.commit().await.map_err(unavailable)?;
         if !more {
             return Ok(());
