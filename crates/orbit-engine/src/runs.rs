@@ -47,6 +47,24 @@ pub async fn delete_run(
     Ok(storage.delete_run(id).await?)
 }
 
+/// Deletes a settled run as [`delete_run`] does, but in the background's manner: after each
+/// slice it pauses three times as long as the slice took, so it holds the store's writer (one
+/// at a time on SQLite) at most a quarter of the time and claims keep their pace.
+pub async fn delete_run_gently(
+    store: &dyn orbit_store::Retention,
+    storage: &Storage,
+    id: Uuid,
+) -> Result<usize, EngineError> {
+    loop {
+        let started = std::time::Instant::now();
+        if store.delete_run_slice(id).await? {
+            break;
+        }
+        tokio::time::sleep(started.elapsed() * 3).await;
+    }
+    Ok(storage.delete_run(id).await?)
+}
+
 /// What dead-letter retention removed.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,7 +90,7 @@ pub async fn purge_dead_letters(
         ..Retention::default()
     };
     for run in purged.runs {
-        match delete_run(store, storage, run).await {
+        match delete_run_gently(store, storage, run).await {
             Ok(n) => {
                 done.runs += 1;
                 done.objects += n;

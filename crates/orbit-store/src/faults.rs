@@ -229,7 +229,7 @@ delegate! {
         dead_letters(limit: u32) -> Result<Vec<DeadLetter>>;
         dead_letter(id_or_prefix: &str) -> Result<DeadLetter>;
         purge_dead_letters(before: DateTime<Utc>) -> Result<PurgedLetters>;
-        delete_run(id: Uuid) -> Result<()>;
+        delete_run_slice(id: Uuid) -> Result<bool>;
         settled_before(before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
         forget_attempt_cells(before: DateTime<Utc>) -> Result<u64>;
     }

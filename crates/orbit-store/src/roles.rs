@@ -230,10 +230,18 @@ pub trait Retention: Send + Sync + 'static {
     /// the failed runs left with no entry at all.
     async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<PurgedLetters>;
 
-    /// Deletes a settled run with its task runs, attempts, dead letters, events and the
-    /// idempotency results its tasks stored. A run still pending or running is a `Conflict`
-    /// (cancel it first). Its objects in object storage are the caller's to delete.
-    async fn delete_run(&self, id: Uuid) -> Result<()>;
+    /// Deletes part of a settled run: a slice of its task runs (with their attempts, dead
+    /// letters and the idempotency results they stored) and events, in one short transaction;
+    /// the run row goes with the last slice. `Ok(true)` once the run is gone. A run still
+    /// pending or running is a `Conflict` (cancel it first). Its objects in object storage are
+    /// the caller's to delete.
+    async fn delete_run_slice(&self, id: Uuid) -> Result<bool>;
+
+    /// Deletes a settled run, slice after slice (see [`Retention::delete_run_slice`]).
+    async fn delete_run(&self, id: Uuid) -> Result<()> {
+        while !self.delete_run_slice(id).await? {}
+        Ok(())
+    }
 
     /// Settled runs (succeeded, failed, cancelled) that finished before `before`, oldest first,
     /// at most `limit`: what run retention deletes next.

@@ -6,7 +6,7 @@
 use super::pause;
 use crate::EngineError;
 use crate::clock::Clock;
-use crate::runs::delete_run;
+use crate::runs::delete_run_gently;
 use crate::storage::Storage;
 use chrono::{DateTime, Utc};
 use orbit_store::StoreError;
@@ -55,7 +55,7 @@ impl RunRetention {
                 break;
             }
             for run in runs {
-                match delete_run(self.store.as_ref(), &self.storage, run).await {
+                match delete_run_gently(self.store.as_ref(), &self.storage, run).await {
                     Ok(_) => deleted += 1,
                     // Retried (running again) or deleted by someone else meanwhile.
                     Err(EngineError::Store(StoreError::Conflict(_) | StoreError::NotFound(_))) => {}

@@ -32,8 +32,8 @@ impl orbit_store::Retention for PgStore {
         write::purge_dead_letters(&self.pool, before).await
     }
 
-    async fn delete_run(&self, id: Uuid) -> Result<()> {
-        write::delete_run(&self.pool, id, Utc::now()).await
+    async fn delete_run_slice(&self, id: Uuid) -> Result<bool> {
+        write::delete_run_slice(&self.pool, id, Utc::now()).await
     }
 
     async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {

@@ -248,61 +248,59 @@ pub async fn requeue(
     Ok(requeued)
 }
 
-/// Deletes a settled run and everything that hangs off it, a slice of task runs (with their
-/// attempts, dead letters and kept results) and events per transaction and the run row last:
-/// a run of 100,000 task runs never holds its locks or a huge transaction for long.
-pub async fn delete_run(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-    loop {
-        let mut tx = begin(pool).await?;
-        let state = locked_run_state(&mut tx, id).await?;
-        if !state.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "run {id} is {state}; cancel it before deleting it"
-            )));
-        }
-        let states: Vec<String> = sqlx::query_scalar(
-            "WITH slice AS (SELECT id FROM task_runs WHERE run_id = $1 ORDER BY seq LIMIT $2), \
-             results AS (DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM slice)) \
-             DELETE FROM task_runs WHERE id IN (SELECT id FROM slice) RETURNING state",
-        )
-        .bind(id)
-        .bind(DELETE_SLICE)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let events = sqlx::query(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = $1 LIMIT $2)",
-        )
-        .bind(id)
-        .bind(3 * DELETE_SLICE)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let more = states.len() as i64 == DELETE_SLICE
-            || events.rows_affected() as i64 == 3 * DELETE_SLICE;
-        let mut tally = Tally::default();
-        for state in &states {
-            tally.left(task_state(state)?, 1);
-        }
-        let mut deleted = Vec::new();
-        if !more {
-            sqlx::query("DELETE FROM runs WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            deleted.push(Event::global(EventKind::RunDeleted, json!({ "run": id })));
-        }
-        flush(&mut tx, &deleted, &tally, now).await?;
-        tx.commit().await.map_err(unavailable)?;
-        if !more {
-            return Ok(());
-        }
+/// One slice of deleting a settled run, in one short transaction: up to [`DELETE_SLICE`] of
+/// its task runs (with their attempts, dead letters and kept results) and events; the run row
+/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs never
+/// holds the write lock (or a huge transaction) for long, and the caller may pause between
+/// slices so claims go on meanwhile.
+pub async fn delete_run_slice(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
+    let mut tx = begin(pool).await?;
+    let state = locked_run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
     }
+    let states: Vec<String> = sqlx::query_scalar(
+        "WITH slice AS (SELECT id FROM task_runs WHERE run_id = $1 ORDER BY seq LIMIT $2), \
+         results AS (DELETE FROM task_results WHERE task_run_id IN (SELECT id FROM slice)) \
+         DELETE FROM task_runs WHERE id IN (SELECT id FROM slice) RETURNING state",
+    )
+    .bind(id)
+    .bind(DELETE_SLICE)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let events = sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = $1 LIMIT $2)",
+    )
+    .bind(id)
+    .bind(3 * DELETE_SLICE)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let more =
+        states.len() as i64 == DELETE_SLICE || events.rows_affected() as i64 == 3 * DELETE_SLICE;
+    let mut tally = Tally::default();
+    for state in &states {
+        tally.left(task_state(state)?, 1);
+    }
+    let mut deleted = Vec::new();
+    if !more {
+        sqlx::query("DELETE FROM runs WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        deleted.push(Event::global(EventKind::RunDeleted, json!({ "run": id })));
+    }
+    flush(&mut tx, &deleted, &tally, now).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(!more)
 }
 
 /// Task runs deleted per transaction when a run is deleted.
-const DELETE_SLICE: i64 = 1_000;
+const DELETE_SLICE: i64 = 500;
 
 /// Deletes dead letters created before `before`; reports the failed runs left without any.
 pub async fn purge_dead_letters(pool: &PgPool, before: DateTime<Utc>) -> Result<PurgedLetters> {

@@ -33,10 +33,12 @@ impl orbit_store::Retention for SqliteStore {
         write::purge_dead_letters(&self.writer, before).await
     }
 
-    async fn delete_run(&self, id: Uuid) -> Result<()> {
-        write::delete_run(&self.writer, id, Utc::now()).await?;
-        self.changed();
-        Ok(())
+    async fn delete_run_slice(&self, id: Uuid) -> Result<bool> {
+        let gone = write::delete_run_slice(&self.writer, id, Utc::now()).await?;
+        if gone {
+            self.changed();
+        }
+        Ok(gone)
     }
 
     async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>> {

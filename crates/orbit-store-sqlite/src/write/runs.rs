@@ -246,65 +246,63 @@ pub async fn requeue(
     Ok(requeued)
 }
 
-/// Deletes a settled run and everything that hangs off it, a slice of task runs (with their
-/// attempts, dead letters and kept results) per transaction and the run row last: a run of
-/// 100,000 task runs never holds the write lock for long, so claims go on meanwhile.
-pub async fn delete_run(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+/// One slice of deleting a settled run, in one short transaction: up to [`DELETE_SLICE`] of
+/// its task runs (with their attempts, dead letters and kept results) and events; the run row
+/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs never
+/// holds the write lock (or a huge transaction) for long, and the caller may pause between
+/// slices so claims go on meanwhile.
+pub async fn delete_run_slice(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
     let run = id.to_string();
-    loop {
-        let mut tx = begin(pool).await?;
-        settled(&mut tx, id).await?;
-        sqlx::query(
-            "DELETE FROM task_results WHERE task_run_id IN \
-             (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2)",
-        )
-        .bind(&run)
-        .bind(DELETE_SLICE)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let states: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM task_runs WHERE id IN \
-             (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2) RETURNING state",
-        )
-        .bind(&run)
-        .bind(DELETE_SLICE)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let events = sqlx::query(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = ?1 LIMIT ?2)",
-        )
-        .bind(&run)
-        .bind(3 * DELETE_SLICE)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let more = states.len() as i64 == DELETE_SLICE
-            || events.rows_affected() as i64 == 3 * DELETE_SLICE;
-        let mut tally = Tally::default();
-        for state in &states {
-            tally.left(task_state(state)?, 1);
-        }
-        if !more {
-            sqlx::query("DELETE FROM runs WHERE id = ?1")
-                .bind(&run)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
-            flush_events(&mut tx, &[deleted], us(now)).await?;
-        }
-        flush_tally(&mut tx, &tally).await?;
-        tx.commit().await.map_err(unavailable)?;
-        if !more {
-            return Ok(());
-        }
+    let mut tx = begin(pool).await?;
+    settled(&mut tx, id).await?;
+    sqlx::query(
+        "DELETE FROM task_results WHERE task_run_id IN \
+         (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2)",
+    )
+    .bind(&run)
+    .bind(DELETE_SLICE)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let states: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM task_runs WHERE id IN \
+         (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2) RETURNING state",
+    )
+    .bind(&run)
+    .bind(DELETE_SLICE)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let events = sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = ?1 LIMIT ?2)",
+    )
+    .bind(&run)
+    .bind(3 * DELETE_SLICE)
+    .execute(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let more =
+        states.len() as i64 == DELETE_SLICE || events.rows_affected() as i64 == 3 * DELETE_SLICE;
+    let mut tally = Tally::default();
+    for state in &states {
+        tally.left(task_state(state)?, 1);
     }
+    if !more {
+        sqlx::query("DELETE FROM runs WHERE id = ?1")
+            .bind(&run)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let deleted = Event::global(EventKind::RunDeleted, json!({ "run": id }));
+        flush_events(&mut tx, &[deleted], us(now)).await?;
+    }
+    flush_tally(&mut tx, &tally).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(!more)
 }
 
 /// Task runs deleted per transaction when a run is deleted.
-const DELETE_SLICE: i64 = 1_000;
+const DELETE_SLICE: i64 = 500;
 
 /// Refuses to delete a run that is not settled (it may have been retried since a slice went).
 async fn settled(tx: &mut Tx, id: Uuid) -> Result<()> {
