@@ -53,6 +53,40 @@ pub struct CellKey {
     pub bucket: i16,
 }
 
+/// The dead-letter queue's size, and the oldest ready task run's `ready_at` found by one index
+/// seek per distinct priority on the claim index (a skip scan) instead of reading every ready
+/// row. The same SQL on SQLite and PostgreSQL.
+pub const DLQ_AND_OLDEST_READY: &str = "WITH RECURSIVE p (v) AS ( \
+     SELECT MAX(priority) FROM task_runs WHERE state = 'ready' \
+     UNION ALL \
+     SELECT (SELECT MAX(priority) FROM task_runs WHERE state = 'ready' AND priority < p.v) FROM p WHERE p.v IS NOT NULL) \
+     SELECT (SELECT COUNT(*) FROM dead_letters), \
+     (SELECT MIN((SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND priority = p.v)) FROM p WHERE p.v IS NOT NULL)";
+
+/// Queue status from the per-state counters (`(state, n)` rows), the dead-letter queue's size
+/// and the oldest ready task run.
+pub fn queue_stats(
+    counts: &[(String, i64)],
+    dlq: i64,
+    oldest_pending: Option<DateTime<Utc>>,
+) -> crate::QueueStats {
+    let n = |state: TaskState| {
+        counts
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
+    crate::QueueStats {
+        pending: n(TaskState::Ready),
+        running: n(TaskState::Running),
+        waiting: n(TaskState::Waiting),
+        completed: n(TaskState::Succeeded),
+        failed: n(TaskState::Dead),
+        dlq,
+        oldest_pending,
+    }
+}
+
 /// A stored cell: `(minute, ok, bucket, attempts, sum_us, max_us)`.
 pub fn from_row(row: (i64, bool, i16, i64, i64, i64)) -> (CellKey, Cell) {
     let (minute, ok, bucket, attempts, sum_us, max_us) = row;

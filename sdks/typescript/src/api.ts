@@ -1042,7 +1042,11 @@ export interface components {
             durationAvgMs: number;
             /** Format: double */
             durationMaxMs: number;
-            /** Format: double */
+            /**
+             * Format: double
+             * @description Percentiles come from a histogram of durations kept per minute: within 10 % of the
+             *     exact value.
+             */
             durationP50Ms: number;
             /** Format: double */
             durationP95Ms: number;

@@ -10,25 +10,15 @@ impl orbit_store::Queues for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-        let n = |state: &str| {
-            counts
-                .iter()
-                .find(|(s, _)| s == state)
-                .map_or(0, |(_, n)| *n)
-        };
-        let row = sqlx::query(DLQ_AND_OLDEST_READY)
+        let row = sqlx::query(orbit_store::tally::DLQ_AND_OLDEST_READY)
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(QueueStats {
-            pending: n("ready"),
-            running: n("running"),
-            waiting: n("waiting"),
-            completed: n("succeeded"),
-            failed: n("dead"),
-            dlq: row.try_get(0).map_err(unavailable)?,
-            oldest_pending: row.try_get(1).map_err(unavailable)?,
-        })
+        Ok(orbit_store::tally::queue_stats(
+            &counts,
+            row.try_get(0).map_err(unavailable)?,
+            row.try_get(1).map_err(unavailable)?,
+        ))
     }
 
     async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>> {
@@ -64,13 +54,3 @@ impl orbit_store::Queues for PgStore {
         Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
 }
-
-/// The dead-letter queue's size, and the oldest ready task run's `ready_at` found by one index
-/// seek per distinct priority on the claim index (a skip scan) instead of reading every ready
-/// row.
-const DLQ_AND_OLDEST_READY: &str = "WITH RECURSIVE p (v) AS ( \
-     SELECT MAX(priority) FROM task_runs WHERE state = 'ready' \
-     UNION ALL \
-     SELECT (SELECT MAX(priority) FROM task_runs WHERE state = 'ready' AND priority < p.v) FROM p WHERE p.v IS NOT NULL) \
-     SELECT (SELECT COUNT(*) FROM dead_letters), \
-     (SELECT MIN((SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND priority = p.v)) FROM p WHERE p.v IS NOT NULL)";

@@ -34,31 +34,9 @@ async fn begin(pool: &PgPool) -> Result<Tx> {
     pool.begin().await.map_err(unavailable)
 }
 
-/// Writes the events of one transaction together, and wakes the live pages.
+/// Writes the events of a transaction that moves no count.
 async fn flush_events(conn: &mut PgConnection, events: &[Event], at: DateTime<Utc>) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let runs: Vec<Option<Uuid>> = events.iter().map(|e| e.run).collect();
-    let tasks: Vec<Option<&str>> = events.iter().map(|e| e.task.as_deref()).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let data: Vec<Option<&Value>> = events.iter().map(|e| e.data.as_ref()).collect();
-    // Live pages wait on the notification; one statement, so it costs no extra round trip.
-    sqlx::query(
-        "WITH added AS (INSERT INTO events (run_id, task_name, kind, data, at) \
-         SELECT r, t, k, d, $5 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS v(r, t, k, d)) \
-         SELECT pg_notify($6, '')",
-    )
-    .bind(&runs)
-    .bind(&tasks)
-    .bind(&kinds)
-    .bind(&data)
-    .bind(at)
-    .bind(CHANGES)
-    .execute(conn)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
+    flush(conn, events, &Tally::default(), at).await
 }
 
 /// Writes a transaction's events and adds its changes to the counters, in one statement (one
