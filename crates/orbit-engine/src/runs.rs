@@ -37,30 +37,33 @@ pub async fn create_run(
     Ok(created)
 }
 
-/// Deletes a settled run, then every object it left in any backend. Returns how many objects.
+/// How a deletion shares the store with claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Slice after slice: someone asked, and waits for it.
+    AtOnce,
+    /// A background role's: after each slice it pauses three times as long as the slice took,
+    /// so it holds the store's writer (one at a time on SQLite) at most a quarter of the time
+    /// and claims keep their pace.
+    Gently,
+}
+
+/// Deletes a settled run slice by slice, then every object it left in any backend. Returns how
+/// many objects.
 pub async fn delete_run(
     store: &dyn orbit_store::Retention,
     storage: &Storage,
     id: Uuid,
-) -> Result<usize, EngineError> {
-    store.delete_run(id).await?;
-    Ok(storage.delete_run(id).await?)
-}
-
-/// Deletes a settled run as [`delete_run`] does, but in the background's manner: after each
-/// slice it pauses three times as long as the slice took, so it holds the store's writer (one
-/// at a time on SQLite) at most a quarter of the time and claims keep their pace.
-pub async fn delete_run_gently(
-    store: &dyn orbit_store::Retention,
-    storage: &Storage,
-    id: Uuid,
+    pace: Pace,
 ) -> Result<usize, EngineError> {
     loop {
         let started = std::time::Instant::now();
         if store.delete_run_slice(id).await? {
             break;
         }
-        tokio::time::sleep(started.elapsed() * 3).await;
+        if pace == Pace::Gently {
+            tokio::time::sleep(started.elapsed() * 3).await;
+        }
     }
     Ok(storage.delete_run(id).await?)
 }
@@ -83,6 +86,7 @@ pub async fn purge_dead_letters(
     store: &dyn orbit_store::Retention,
     storage: &Storage,
     before: DateTime<Utc>,
+    pace: Pace,
 ) -> Result<Retention, EngineError> {
     let purged = store.purge_dead_letters(before).await?;
     let mut done = Retention {
@@ -90,7 +94,7 @@ pub async fn purge_dead_letters(
         ..Retention::default()
     };
     for run in purged.runs {
-        match delete_run_gently(store, storage, run).await {
+        match delete_run(store, storage, run, pace).await {
             Ok(n) => {
                 done.runs += 1;
                 done.objects += n;

@@ -277,10 +277,11 @@ impl<'a> FinishPlan<'a> {
         self.tally.moved(TaskState::Waiting, state, 1);
     }
 
-    /// A promotion made a waiting task run ready.
-    pub fn promoted(&mut self) {
-        self.ready += 1;
-        self.tally.moved(TaskState::Waiting, TaskState::Ready, 1);
+    /// Promotions made `n` waiting task runs ready.
+    pub fn promoted(&mut self, n: usize) {
+        self.ready += n;
+        self.tally
+            .moved(TaskState::Waiting, TaskState::Ready, n as i64);
     }
 
     /// How the runs whose counters moved settle: each run left with nothing pending, and not
@@ -306,6 +307,23 @@ impl<'a> FinishPlan<'a> {
         }
         (settled, running)
     }
+}
+
+/// Task runs deleted per transaction when a run is deleted; its events go three times as many
+/// at a time.
+pub const DELETE_SLICE: i64 = 500;
+pub const DELETE_EVENTS: i64 = 3 * DELETE_SLICE;
+
+/// What one slice of a run's deletion moves: the counts of the task runs it deleted (their
+/// states), and whether it was the last (fewer task runs and events than a slice were left),
+/// so the run row goes in the same transaction.
+pub fn deleted_slice(states: &[TaskState], events: u64) -> (Tally, bool) {
+    let mut tally = Tally::default();
+    for state in states {
+        tally.left(*state, 1);
+    }
+    let last = (states.len() as i64) < DELETE_SLICE && (events as i64) < DELETE_EVENTS;
+    (tally, last)
 }
 
 /// A new run's task runs, decided once for every backend: roots `ready` at once, the rest
@@ -602,5 +620,24 @@ mod tests {
         for state in [RunState::Pending, RunState::Running, RunState::Succeeded] {
             assert!(EventKind::of_run(state).as_str().starts_with("run_"));
         }
+    }
+
+    #[test]
+    fn a_deletion_slice_is_the_last_when_less_than_a_slice_was_left() {
+        let full = vec![TaskState::Succeeded; DELETE_SLICE as usize];
+        assert!(
+            !deleted_slice(&full, 0).1,
+            "a full slice of task runs: more may follow"
+        );
+        assert!(
+            !deleted_slice(&[], DELETE_EVENTS as u64).1,
+            "a full slice of events"
+        );
+        let (tally, last) = deleted_slice(&[TaskState::Dead, TaskState::Succeeded], 7);
+        assert!(last);
+        assert_eq!(
+            tally.states().collect::<Vec<_>>(),
+            [(TaskState::Succeeded, -1), (TaskState::Dead, -1)]
+        );
     }
 }

@@ -38,7 +38,13 @@ pub async fn delete(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
         ))
         .into());
     }
-    let objects = orbit_engine::runs::delete_run(store, super::storage()?.as_ref(), run.id).await?;
+    let objects = orbit_engine::runs::delete_run(
+        store,
+        super::storage()?.as_ref(),
+        run.id,
+        orbit_engine::runs::Pace::AtOnce,
+    )
+    .await?;
     if json {
         crate::output::json(&json!({"run": run.id, "deleted": true, "objects": objects}))?;
     } else {

@@ -8,7 +8,7 @@ use chrono::Utc;
 use orbit_core::TaskState;
 use orbit_core::dag::Dag;
 use orbit_engine::recovery::{DeadLetterDetail, dead_letter_detail};
-use orbit_engine::runs::purge_dead_letters;
+use orbit_engine::runs::{Pace, purge_dead_letters};
 use orbit_store::Store;
 use serde_json::json;
 use std::sync::Arc;
@@ -22,7 +22,13 @@ fn retention() -> anyhow::Result<chrono::Duration> {
 
 pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyhow::Result<u8> {
     let storage = super::storage()?;
-    purge_dead_letters(store.as_ref(), &storage, Utc::now() - retention()?).await?;
+    purge_dead_letters(
+        store.as_ref(),
+        &storage,
+        Utc::now() - retention()?,
+        Pace::AtOnce,
+    )
+    .await?;
     match action {
         DlqAction::List { limit } => list(store.as_ref(), limit, json).await,
         DlqAction::Show { id } => show(store.as_ref(), &id, json).await,
@@ -30,7 +36,7 @@ pub async fn dlq(store: &Arc<dyn Store>, action: DlqAction, json: bool) -> anyho
         DlqAction::Purge { older_than } => {
             let cutoff = Utc::now()
                 - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-            let done = purge_dead_letters(store.as_ref(), &storage, cutoff).await?;
+            let done = purge_dead_letters(store.as_ref(), &storage, cutoff, Pace::AtOnce).await?;
             render_purged(&done, json)
         }
     }

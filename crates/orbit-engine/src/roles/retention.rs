@@ -3,7 +3,7 @@
 use super::pause;
 use crate::EngineError;
 use crate::clock::Clock;
-use crate::runs::purge_dead_letters;
+use crate::runs::{Pace, purge_dead_letters};
 use crate::storage::Storage;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -35,8 +35,13 @@ impl Retention {
 
     /// Purges what is older than `now - keep`; how many entries went.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<u64, EngineError> {
-        let purged =
-            purge_dead_letters(self.store.as_ref(), &self.storage, now - self.keep).await?;
+        let purged = purge_dead_letters(
+            self.store.as_ref(),
+            &self.storage,
+            now - self.keep,
+            Pace::Gently,
+        )
+        .await?;
         // The dashboard's series reach back a day; keep two.
         self.store
             .forget_attempt_cells(now - chrono::Duration::days(2))

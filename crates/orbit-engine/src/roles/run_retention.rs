@@ -1,12 +1,12 @@
 //! Run retention (`ORBIT_RUN_RETENTION`): settled runs that finished longer ago than it are
 //! deleted with everything that hangs off them (task runs, attempts, events, dead letters, their
-//! objects), a few at a time, so the tables stay the size of the window and claims never wait
-//! behind one big delete.
+//! objects), a slice of each run per short transaction with pauses between, so the tables stay
+//! the size of the window and claims keep their pace meanwhile.
 
 use super::pause;
 use crate::EngineError;
 use crate::clock::Clock;
-use crate::runs::delete_run_gently;
+use crate::runs::{Pace, delete_run};
 use crate::storage::Storage;
 use chrono::{DateTime, Utc};
 use orbit_store::StoreError;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs deleted per store round trip for the list; each run is its own short transaction.
+/// Runs listed per store round trip.
 const BATCH: u32 = 100;
 
 /// At most this many runs per round: a backlog (retention switched on over a year of runs)
@@ -55,7 +55,7 @@ impl RunRetention {
                 break;
             }
             for run in runs {
-                match delete_run_gently(self.store.as_ref(), &self.storage, run).await {
+                match delete_run(self.store.as_ref(), &self.storage, run, Pace::Gently).await {
                     Ok(_) => deleted += 1,
                     // Retried (running again) or deleted by someone else meanwhile.
                     Err(EngineError::Store(StoreError::Conflict(_) | StoreError::NotFound(_))) => {}

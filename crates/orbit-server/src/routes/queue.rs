@@ -210,6 +210,7 @@ pub async fn dlq_purge(
             s.store.as_ref(),
             s.engine.storage(),
             Utc::now() - age,
+            orbit_engine::runs::Pace::AtOnce,
         )
         .await?,
     ))

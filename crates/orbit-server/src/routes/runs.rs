@@ -328,8 +328,13 @@ pub async fn delete(
 ) -> ApiResult<Json<Deleted>> {
     let Path(id) = id?;
     let run = s.store.find_run(&id).await?;
-    let objects =
-        orbit_engine::runs::delete_run(s.store.as_ref(), s.engine.storage(), run.id).await?;
+    let objects = orbit_engine::runs::delete_run(
+        s.store.as_ref(),
+        s.engine.storage(),
+        run.id,
+        orbit_engine::runs::Pace::AtOnce,
+    )
+    .await?;
     Ok(Json(Deleted {
         run: run.id,
         objects,

@@ -256,9 +256,8 @@ async fn apply_plan(
     for run in end_waiting(conn, &plan.cancels, TaskState::Cancelled, now).await? {
         plan.ended(run, TaskState::Cancelled);
     }
-    for _ in 0..promote(conn, &plan.promotions, now).await? {
-        plan.promoted();
-    }
+    let promoted = promote(conn, &plan.promotions, now).await?;
+    plan.promoted(promoted);
     keep_results(conn, &plan.results, now).await?;
     dead_letters(conn, &plan.dead, now).await
 }

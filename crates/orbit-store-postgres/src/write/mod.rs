@@ -51,6 +51,9 @@ async fn flush(
     tally: &Tally,
     at: DateTime<Utc>,
 ) -> Result<()> {
+    if events.is_empty() && tally.is_empty() {
+        return Ok(());
+    }
     let runs: Vec<Option<Uuid>> = events.iter().map(|e| e.run).collect();
     let tasks: Vec<Option<&str>> = events.iter().map(|e| e.task.as_deref()).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();

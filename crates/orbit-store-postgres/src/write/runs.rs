@@ -248,11 +248,10 @@ pub async fn requeue(
     Ok(requeued)
 }
 
-/// One slice of deleting a settled run, in one short transaction: up to [`DELETE_SLICE`] of
+/// One slice of deleting a settled run, in one short transaction: up to [`plan::DELETE_SLICE`] of
 /// its task runs (with their attempts, dead letters and kept results) and events; the run row
-/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs never
-/// holds the write lock (or a huge transaction) for long, and the caller may pause between
-/// slices so claims go on meanwhile.
+/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs is never
+/// one long transaction, and the caller may pause between slices so claims go on meanwhile.
 pub async fn delete_run_slice(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
     let mut tx = begin(pool).await?;
     let state = locked_run_state(&mut tx, id).await?;
@@ -267,7 +266,7 @@ pub async fn delete_run_slice(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Re
          DELETE FROM task_runs WHERE id IN (SELECT id FROM slice) RETURNING state",
     )
     .bind(id)
-    .bind(DELETE_SLICE)
+    .bind(plan::DELETE_SLICE)
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -275,18 +274,17 @@ pub async fn delete_run_slice(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Re
         "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = $1 LIMIT $2)",
     )
     .bind(id)
-    .bind(3 * DELETE_SLICE)
+    .bind(plan::DELETE_EVENTS)
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    let more =
-        states.len() as i64 == DELETE_SLICE || events.rows_affected() as i64 == 3 * DELETE_SLICE;
-    let mut tally = Tally::default();
-    for state in &states {
-        tally.left(task_state(state)?, 1);
-    }
+    let states = states
+        .iter()
+        .map(|s| task_state(s))
+        .collect::<Result<Vec<_>>>()?;
+    let (tally, last) = plan::deleted_slice(&states, events.rows_affected());
     let mut deleted = Vec::new();
-    if !more {
+    if last {
         sqlx::query("DELETE FROM runs WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -296,11 +294,8 @@ pub async fn delete_run_slice(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Re
     }
     flush(&mut tx, &deleted, &tally, now).await?;
     tx.commit().await.map_err(unavailable)?;
-    Ok(!more)
+    Ok(last)
 }
-
-/// Task runs deleted per transaction when a run is deleted.
-const DELETE_SLICE: i64 = 500;
 
 /// Deletes dead letters created before `before`; reports the failed runs left without any.
 pub async fn purge_dead_letters(pool: &PgPool, before: DateTime<Utc>) -> Result<PurgedLetters> {

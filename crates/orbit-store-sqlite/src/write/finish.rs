@@ -237,9 +237,7 @@ async fn apply_plan(
             promoted += 1;
         }
     }
-    for _ in 0..promoted {
-        plan.promoted();
-    }
+    plan.promoted(promoted);
     for (key, task_run, output) in &plan.results {
         sqlx::query(
             "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \

@@ -246,21 +246,26 @@ pub async fn requeue(
     Ok(requeued)
 }
 
-/// One slice of deleting a settled run, in one short transaction: up to [`DELETE_SLICE`] of
+/// One slice of deleting a settled run, in one short transaction: up to [`plan::DELETE_SLICE`] of
 /// its task runs (with their attempts, dead letters and kept results) and events; the run row
-/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs never
-/// holds the write lock (or a huge transaction) for long, and the caller may pause between
-/// slices so claims go on meanwhile.
+/// goes with the last slice. `Ok(true)` once the run is gone. A run of 100,000 task runs is never
+/// one long transaction, and the caller may pause between slices so claims go on meanwhile.
 pub async fn delete_run_slice(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
     let run = id.to_string();
     let mut tx = begin(pool).await?;
-    settled(&mut tx, id).await?;
+    // Checked at each slice: the run may have been retried since the last one.
+    let state = run_state(&mut tx, id).await?;
+    if !state.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {state}; cancel it before deleting it"
+        )));
+    }
     sqlx::query(
         "DELETE FROM task_results WHERE task_run_id IN \
          (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2)",
     )
     .bind(&run)
-    .bind(DELETE_SLICE)
+    .bind(plan::DELETE_SLICE)
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -269,7 +274,7 @@ pub async fn delete_run_slice(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -
          (SELECT id FROM task_runs WHERE run_id = ?1 ORDER BY seq LIMIT ?2) RETURNING state",
     )
     .bind(&run)
-    .bind(DELETE_SLICE)
+    .bind(plan::DELETE_SLICE)
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -277,17 +282,16 @@ pub async fn delete_run_slice(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -
         "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE run_id = ?1 LIMIT ?2)",
     )
     .bind(&run)
-    .bind(3 * DELETE_SLICE)
+    .bind(plan::DELETE_EVENTS)
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;
-    let more =
-        states.len() as i64 == DELETE_SLICE || events.rows_affected() as i64 == 3 * DELETE_SLICE;
-    let mut tally = Tally::default();
-    for state in &states {
-        tally.left(task_state(state)?, 1);
-    }
-    if !more {
+    let states = states
+        .iter()
+        .map(|s| task_state(s))
+        .collect::<Result<Vec<_>>>()?;
+    let (tally, last) = plan::deleted_slice(&states, events.rows_affected());
+    if last {
         sqlx::query("DELETE FROM runs WHERE id = ?1")
             .bind(&run)
             .execute(&mut *tx)
@@ -298,22 +302,7 @@ pub async fn delete_run_slice(pool: &SqlitePool, id: Uuid, now: DateTime<Utc>) -
     }
     flush_tally(&mut tx, &tally).await?;
     tx.commit().await.map_err(unavailable)?;
-    Ok(!more)
-}
-
-/// Task runs deleted per transaction when a run is deleted.
-const DELETE_SLICE: i64 = 500;
-
-/// Refuses to delete a run that is not settled (it may have been retried since a slice went).
-async fn settled(tx: &mut Tx, id: Uuid) -> Result<()> {
-    let state = run_state(tx, id).await?;
-    if state.is_terminal() {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict(format!(
-            "run {id} is {state}; cancel it before deleting it"
-        )))
-    }
+    Ok(last)
 }
 
 /// Deletes dead letters created before `before`; reports the failed runs left without any.

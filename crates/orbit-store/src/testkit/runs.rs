@@ -480,6 +480,12 @@ pub async fn a_big_run_is_deleted_in_slices(store: &dyn Store) {
     store.cancel_run(big, t0()).await.unwrap();
     let before = store.queue_stats().await.unwrap();
     assert_eq!((before.completed, before.pending), (1_250, 1));
+    // One slice leaves the run, fewer task runs, and the counts moved by what went.
+    assert!(!store.delete_run_slice(big).await.unwrap());
+    assert_eq!(store.run(big).await.unwrap().state, RunState::Cancelled);
+    let left = store.task_runs(big).await.unwrap().len() as i64;
+    assert_eq!(left, 2_500 - crate::plan::DELETE_SLICE);
+    counts_match_rows(store).await;
     store.delete_run(big).await.unwrap();
     assert!(matches!(store.run(big).await, Err(StoreError::NotFound(_))));
     assert!(store.task_runs(big).await.unwrap_or_default().is_empty());
