@@ -1,9 +1,9 @@
 //! The embedded SQLite store, Orbit's zero-set-up default (`.orbit/orbit.db`).
 //!
 //! WAL mode with `synchronous=FULL` by default: a commit is on disk before anything is said to
-//! have happened. SQLite has one writer at a time, so all writes go through a single-connection
-//! pool and take the write lock up front (`BEGIN IMMEDIATE`) instead of upgrading mid-transaction;
-//! reads use their own small pool and never wait for the writer. Throughput comes from the
+//! have happened. SQLite has one writer at a time, so all writes go through one connection on a
+//! thread of its own ([`writer`]) and take the write lock up front (`BEGIN IMMEDIATE`) instead of
+//! upgrading mid-transaction; reads use their own small pool and never wait for the writer. Throughput comes from the
 //! engine handing many state changes to one [`Store::finish_and_claim`] commit.
 //!
 //! It depends on `orbit-core` and `orbit-store` only (it executes `orbit_store::plan`'s plans);
@@ -12,6 +12,7 @@
 mod roles;
 mod rows;
 mod write;
+mod writer;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -63,7 +64,7 @@ impl FromStr for Durability {
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<writer::Writer>,
     reader: SqlitePool,
     path: PathBuf,
     /// One process owns the file's writes, so an in-process signal reaches every claimer that
@@ -148,16 +149,17 @@ impl SqliteStore {
         // before the first connection: switching a new file to WAL fails at once ("database is
         // locked", no busy wait) while another process holds it.
         let lock = migration_lock(&path).await?;
-        let writer = SqlitePoolOptions::new()
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        MIGRATOR.run(&writer).await.map_err(|e| {
+        MIGRATOR.run(&migrator).await.map_err(|e| {
             StoreError::Unavailable(format!("cannot migrate {}: {e}", path.display()))
         })?;
+        migrator.close().await;
         drop(lock);
+        let writer = Arc::new(writer::Writer::open(&path, durability)?);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -192,7 +194,6 @@ impl SqliteStore {
 
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
     }
 }
 
@@ -263,12 +264,12 @@ impl SqliteStore {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    async fn run_on(&self, pool: &SqlitePool, id: Uuid) -> Result<RunRecord> {
+    async fn run_on(&self, id: Uuid) -> Result<RunRecord> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
         )))
         .bind(id.to_string())
-        .fetch_optional(pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(unavailable)?
         .map(|r| run_from_row(&r))

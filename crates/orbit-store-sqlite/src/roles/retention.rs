@@ -57,11 +57,6 @@ impl orbit_store::Retention for SqliteStore {
     }
 
     async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM attempt_cells WHERE minute < ?1")
-            .bind(before.timestamp().div_euclid(60))
-            .execute(&self.writer)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected())
+        write::forget_attempt_cells(&self.writer, before).await
     }
 }

@@ -11,13 +11,13 @@ impl orbit_store::Runs for SqliteStore {
                 run: {
                     self.signal();
                     self.changed();
-                    self.run_on(&self.writer, id).await?
+                    self.run_on(id).await?
                 },
                 created: true,
                 same_request: true,
             }),
             Err((existing, same_request)) => Ok(CreatedRun {
-                run: self.run_on(&self.writer, existing).await?,
+                run: self.run_on(existing).await?,
                 created: false,
                 same_request,
             }),
@@ -25,7 +25,7 @@ impl orbit_store::Runs for SqliteStore {
     }
 
     async fn run(&self, id: Uuid) -> Result<RunRecord> {
-        self.run_on(&self.reader, id).await
+        self.run_on(id).await
     }
 
     async fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
@@ -163,7 +163,7 @@ impl orbit_store::Runs for SqliteStore {
         write::cancel_run(&self.writer, run, now).await?;
         self.changed();
         self.control.send_modify(|n| *n = n.wrapping_add(1));
-        self.run_on(&self.writer, run).await
+        self.run_on(run).await
     }
 
     async fn requeue(

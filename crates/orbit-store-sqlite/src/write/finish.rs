@@ -2,51 +2,63 @@
 //! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
 //! lease extensions.
 
-use super::{CHUNK, begin, flush_events, flush_tally};
-use crate::{unavailable, us};
+use super::{
+    CHUNK, exec, flush_events, flush_tally, insert_rows, int, opt_int, opt_text, text, uuid,
+};
+use crate::us;
+use crate::writer::{Writer, sql, values_sql};
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_core::transition::Transition;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashSet;
 use uuid::Uuid;
 
 pub async fn finish_and_claim(
-    pool: &SqlitePool,
+    writer: &Writer,
     finished: &[FinishedAttempt],
     claims: &[ClaimRequest],
     now: DateTime<Utc>,
 ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
-    let now = us(now);
+    let finished = finished.to_vec();
+    let claims = claims.to_vec();
+    writer
+        .transaction(move |t| commit_round(t, &finished, &claims, us(now)))
+        .await
+}
+
+fn commit_round(
+    conn: &Connection,
+    finished: &[FinishedAttempt],
+    claims: &[ClaimRequest],
+    now: i64,
+) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
     let mut out = BatchOutcome::default();
-    let mut tx = begin(pool).await?;
-    let accepted = apply_fenced(&mut tx, finished, now).await?;
+    let accepted = apply_fenced(conn, finished, now)?;
     let (kept, lease_lost) = orbit_store::fenced(finished, &accepted);
     out.lease_lost = lease_lost;
-    insert_attempts(&mut tx, &kept).await?;
+    insert_attempts(conn, &kept)?;
     let mut plan = FinishPlan::new(&kept);
-    apply_plan(&mut tx, &mut plan, now).await?;
+    apply_plan(conn, &mut plan, now)?;
     let mut counters = Vec::with_capacity(plan.counts.len());
     for (run, (done, dead)) in &plan.counts {
-        let row = sqlx::query(
-            "UPDATE runs SET tasks_pending = tasks_pending - ?1, tasks_dead = tasks_dead + ?2, updated_at = ?3 \
-             WHERE id = ?4 RETURNING tasks_pending, tasks_dead, state",
-        )
-        .bind(done)
-        .bind(dead)
-        .bind(now)
-        .bind(run.to_string())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let state: String = row.try_get(2).map_err(unavailable)?;
+        let (pending, dead, state) = conn
+            .prepare_cached(
+                "UPDATE runs SET tasks_pending = tasks_pending - ?1, tasks_dead = tasks_dead + ?2, updated_at = ?3 \
+                 WHERE id = ?4 RETURNING tasks_pending, tasks_dead, state",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![done, dead, now, run.to_string()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                })
+            })
+            .map_err(sql)?;
         counters.push(RunCounters {
             run: *run,
-            pending: row.try_get(0).map_err(unavailable)?,
-            dead: row.try_get(1).map_err(unavailable)?,
+            pending,
+            dead,
             state: state
                 .parse()
                 .map_err(|e| StoreError::Corrupt(format!("run state: {e}")))?,
@@ -54,13 +66,11 @@ pub async fn finish_and_claim(
     }
     let (settled, running) = plan.settle(counters);
     for (run, state) in &settled {
-        sqlx::query("UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3")
-            .bind(state.as_str())
-            .bind(now)
-            .bind(run.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        exec(
+            conn,
+            "UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3",
+            params![state.as_str(), now, run.to_string()],
+        )?;
     }
     out.settled_runs = settled;
     // Claims in one commit see each other's: no task is handed out twice.
@@ -68,7 +78,7 @@ pub async fn finish_and_claim(
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         let claimed = if c.limit > 0 {
-            claim_ready(&mut tx, c, now, &running, &mut events).await?
+            claim_ready(conn, c, now, &running, &mut events)?
         } else {
             Vec::new()
         };
@@ -76,9 +86,8 @@ pub async fn finish_and_claim(
             .moved(TaskState::Ready, TaskState::Running, claimed.len() as i64);
         each.push(claimed);
     }
-    flush_events(&mut tx, &events, now).await?;
-    flush_tally(&mut tx, &plan.tally).await?;
-    tx.commit().await.map_err(unavailable)?;
+    flush_events(conn, &events, now)?;
+    flush_tally(conn, &plan.tally)?;
     // Work these claimers may leave for others: tell them.
     out.left_work = plan.ready > 0 && all_full(claims, &each);
     Ok((out, each))
@@ -91,16 +100,15 @@ fn all_full(claims: &[ClaimRequest], each: &[Vec<ClaimedTask>]) -> bool {
 
 /// Moves every finished task run out of `running`, each only if its `lease_epoch` still
 /// matches: one statement for the whole batch. Returns the ids it changed.
-async fn apply_fenced(
-    conn: &mut SqliteConnection,
+fn apply_fenced(
+    conn: &Connection,
     finished: &[FinishedAttempt],
     now: i64,
 ) -> Result<HashSet<(Uuid, i64)>> {
     let mut accepted = HashSet::with_capacity(finished.len());
     for chunk in finished.chunks(CHUNK) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("WITH v (id, epoch, state, output, error, ready_at) AS (");
-        q.push_values(chunk, |mut b, f| {
+        let mut values = Vec::with_capacity(chunk.len() * 6 + 1);
+        for f in chunk {
             let (state, output, error, ready_at) = match &f.transition {
                 Transition::Succeed { output, .. } => {
                     ("succeeded", Some(output.to_string()), None, None)
@@ -120,98 +128,84 @@ async fn apply_fenced(
                     ("dead", None, Some(failure.message.clone()), None)
                 }
             };
-            b.push_bind(f.task.id.to_string())
-                .push_bind(f.task.lease_epoch)
-                .push_bind(state)
-                .push_bind(output)
-                .push_bind(error)
-                .push_bind(ready_at);
-        });
-        q.push(
-            ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
-             ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
-             finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ",
-        )
-        .push_bind(now)
-        .push(" END, updated_at = ")
-        .push_bind(now)
-        .push(
-            ", lease_owner = NULL, lease_expires_at = NULL FROM v \
-             WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
-             RETURNING task_runs.id, task_runs.lease_epoch",
+            values.extend([
+                text(f.task.id.to_string()),
+                int(f.task.lease_epoch),
+                text(state),
+                opt_text(output),
+                opt_text(error),
+                opt_int(ready_at),
+            ]);
+        }
+        // The time is the last value, after the rows'.
+        values.push(int(now));
+        let text = values_sql(
+            "WITH v (id, epoch, state, output, error, ready_at) AS (",
+            6,
+            chunk.len(),
+            &format!(
+                ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
+                 ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
+                 finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ?{now} END, \
+                 updated_at = ?{now}, lease_owner = NULL, lease_expires_at = NULL FROM v \
+                 WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
+                 RETURNING task_runs.id, task_runs.lease_epoch",
+                now = values.len()
+            ),
         );
-        for row in q
-            .build()
-            .persistent(chunk.len() <= 16)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?
-        {
-            let id: String = row.try_get(0).map_err(unavailable)?;
-            let epoch: i64 = row.try_get(1).map_err(unavailable)?;
-            accepted.insert((
-                Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                epoch,
-            ));
+        let mut stmt = conn.prepare_cached(&text).map_err(sql)?;
+        let mut rows = stmt.query(params_from_iter(&values)).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let id: String = row.get(0).map_err(sql)?;
+            accepted.insert((uuid(&id)?, row.get(1).map_err(sql)?));
         }
     }
     Ok(accepted)
 }
 
-async fn insert_attempts(conn: &mut SqliteConnection, kept: &[&FinishedAttempt]) -> Result<()> {
-    for chunk in kept.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log, code_version) ",
-        );
-        q.push_values(chunk, |mut b, f| {
-            let failure = f.transition.failure();
-            b.push_bind(f.task.id.to_string())
-                .push_bind(i64::from(f.task.attempt))
-                .push_bind(f.task.run_id.to_string())
-                .push_bind(f.task.task_name.clone())
-                .push_bind(f.worker.clone())
-                .push_bind(us(f.started_at))
-                .push_bind(us(f.finished_at))
-                .push_bind(AttemptOutcome::of(f).as_str())
-                .push_bind(failure.map(|fl| fl.message.clone()))
-                .push_bind(f.log.clone())
-                .push_bind(f.code_version);
-        });
-        q.build()
-            .persistent(chunk.len() <= 16)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+fn insert_attempts(conn: &Connection, kept: &[&FinishedAttempt]) -> Result<()> {
+    let mut values = Vec::with_capacity(kept.len() * 11);
+    for f in kept {
+        let failure = f.transition.failure();
+        values.extend([
+            text(f.task.id.to_string()),
+            int(f.task.attempt),
+            text(f.task.run_id.to_string()),
+            text(f.task.task_name.clone()),
+            text(f.worker.clone()),
+            int(us(f.started_at)),
+            int(us(f.finished_at)),
+            text(AttemptOutcome::of(f).as_str()),
+            opt_text(failure.map(|fl| fl.message.clone())),
+            text(f.log.clone()),
+            opt_int(f.code_version),
+        ]);
     }
-    Ok(())
+    insert_rows(
+        conn,
+        "INSERT INTO attempts (task_run_id, attempt, run_id, task_name, worker, started_at, finished_at, outcome, error, log, code_version)",
+        11,
+        &values,
+        "",
+    )
 }
 
 /// The plan's changes to other task runs, in its order: skips and cancels of waiting tasks,
 /// promotions, kept results, dead letters.
-async fn apply_plan(
-    conn: &mut SqliteConnection,
-    plan: &mut FinishPlan<'_>,
-    now: i64,
-) -> Result<()> {
+fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<()> {
     let mut ended = Vec::new();
     for (marks, state) in [
         (&plan.skips, TaskState::Skipped),
         (&plan.cancels, TaskState::Cancelled),
     ] {
         for m in marks {
-            let changed = sqlx::query(
+            let changed = exec(
+                conn,
                 "UPDATE task_runs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3 \
                  WHERE run_id = ?4 AND task_name = ?5 AND state = 'waiting'",
-            )
-            .bind(state.as_str())
-            .bind(&m.reason)
-            .bind(now)
-            .bind(m.run.to_string())
-            .bind(m.task)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-            if changed.rows_affected() > 0 {
+                params![state.as_str(), &m.reason, now, m.run.to_string(), m.task],
+            )?;
+            if changed > 0 {
                 ended.push((m.run, state));
             }
         }
@@ -220,139 +214,123 @@ async fn apply_plan(
         plan.ended(run, state);
     }
     let mut promoted = 0;
-    for (run, name) in &plan.promotions {
-        let state: Option<String> = sqlx::query_scalar(
+    let mut promote = conn
+        .prepare_cached(
             "UPDATE task_runs SET pending_needs = pending_needs - 1, \
              state = CASE WHEN pending_needs <= 1 THEN 'ready' ELSE state END, \
              ready_at = CASE WHEN pending_needs <= 1 THEN ?1 ELSE ready_at END, updated_at = ?1 \
              WHERE run_id = ?2 AND task_name = ?3 AND state = 'waiting' RETURNING state",
         )
-        .bind(now)
-        .bind(run.to_string())
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        .map_err(sql)?;
+    for (run, name) in &plan.promotions {
+        let state: Option<String> = promote
+            .query_row(params![now, run.to_string(), name], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
         if state.as_deref() == Some("ready") {
             promoted += 1;
         }
     }
     plan.promoted(promoted);
     for (key, task_run, output) in &plan.results {
-        sqlx::query(
+        exec(
+            conn,
             "INSERT INTO task_results (idempotency_key, task_run_id, output, created_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (idempotency_key) DO UPDATE SET task_run_id = excluded.task_run_id, \
              output = excluded.output, created_at = excluded.created_at",
-        )
-        .bind(key)
-        .bind(task_run.to_string())
-        .bind(output.to_string())
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+            params![key, task_run.to_string(), output.to_string(), now],
+        )?;
     }
     for f in &plan.dead {
         let t = &f.task;
-        sqlx::query(
+        exec(
+            conn,
             "INSERT OR REPLACE INTO dead_letters (task_run_id, run_id, pipeline_id, task_name, error, attempts, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(t.id.to_string())
-        .bind(t.run_id.to_string())
-        .bind(t.pipeline_id.to_string())
-        .bind(&t.task_name)
-        .bind(f.transition.failure().map(|fl| fl.message.as_str()))
-        .bind(i64::from(t.attempt))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+            params![
+                t.id.to_string(),
+                t.run_id.to_string(),
+                t.pipeline_id.to_string(),
+                &t.task_name,
+                f.transition.failure().map(|fl| fl.message.as_str()),
+                i64::from(t.attempt),
+                now
+            ],
+        )?;
     }
     Ok(())
 }
 
-async fn claim_ready(
-    conn: &mut SqliteConnection,
+fn claim_ready(
+    conn: &Connection,
     c: &ClaimRequest,
     now: i64,
     running: &HashSet<Uuid>,
     events: &mut Vec<Event>,
 ) -> Result<Vec<ClaimedTask>> {
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, lease_owner = ",
+    // ?1 the owner, ?2 the time, ?3 the limit; then the filters' values.
+    let mut query = String::from(
+        "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
+         lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), \
+         claimed_at = ?2, updated_at = ?2 \
+         WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2",
     );
-    q.push_bind(&c.owner)
-        .push(", lease_expires_at = ")
-        .push_bind(now)
-        .push(" + lease_ms * 1000, started_at = COALESCE(started_at, ")
-        .push_bind(now)
-        .push("), claimed_at = ")
-        .push_bind(now)
-        .push(", updated_at = ")
-        .push_bind(now)
-        .push(" WHERE id IN (SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ")
-        .push_bind(now);
+    let mut values = vec![
+        text(c.owner.clone()),
+        int(now),
+        int(i64::try_from(c.limit).unwrap_or(i64::MAX)),
+    ];
     if let Some(run) = c.run {
-        q.push(" AND run_id = ").push_bind(run.to_string());
+        values.push(text(run.to_string()));
+        query.push_str(&format!(" AND run_id = ?{}", values.len()));
     }
-    for (column, values) in [("queue", &c.queues), ("task_type", &c.types)] {
-        if !values.is_empty() {
-            q.push(format_args!(" AND {column} IN ("));
-            let mut list = q.separated(", ");
-            for v in values {
-                list.push_bind(v.clone());
+    for (column, list) in [("queue", &c.queues), ("task_type", &c.types)] {
+        if !list.is_empty() {
+            query.push_str(&format!(" AND {column} IN ("));
+            for (i, v) in list.iter().enumerate() {
+                values.push(text(v.clone()));
+                let sep = if i == 0 { "" } else { ", " };
+                query.push_str(&format!("{sep}?{}", values.len()));
             }
-            q.push(")");
+            query.push(')');
         }
     }
-    q.push(" ORDER BY priority DESC, ready_at, id LIMIT ")
-        .push_bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
-        .push(
-            ") RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
-        );
-    let rows = q.build().fetch_all(&mut *conn).await.map_err(unavailable)?;
+    query.push_str(
+        " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
+         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
+    );
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
-    let mut claimed = Vec::with_capacity(rows.len());
-    let mut order = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let parse = |col: usize| -> Result<Uuid> {
-            let s: String = row.try_get(col).map_err(unavailable)?;
-            Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))
-        };
-        let expires: i64 = row.try_get(6).map_err(unavailable)?;
-        let priority: i64 = row.try_get(7).map_err(unavailable)?;
-        let ready_at: i64 = row.try_get(8).map_err(unavailable)?;
-        let attempt: i64 = row.try_get(4).map_err(unavailable)?;
-        let base: i64 = row.try_get(9).map_err(unavailable)?;
-        order.push((-priority, ready_at));
-        claimed.push(ClaimedTask {
-            id: parse(0)?,
-            run_id: parse(1)?,
-            pipeline_id: parse(2)?,
-            task_name: row.try_get(3).map_err(unavailable)?,
+    let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
+    let mut rows = stmt.query(params_from_iter(&values)).map_err(sql)?;
+    let mut indexed = Vec::with_capacity(c.limit.min(1024));
+    while let Some(row) = rows.next().map_err(sql)? {
+        let id = |col: usize| -> Result<Uuid> { uuid(&row.get::<_, String>(col).map_err(sql)?) };
+        let get = |col: usize| -> Result<i64> { row.get(col).map_err(sql) };
+        let attempt = get(4)?;
+        let task = ClaimedTask {
+            id: id(0)?,
+            run_id: id(1)?,
+            pipeline_id: id(2)?,
+            task_name: row.get(3).map_err(sql)?,
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-            tries: u32::try_from(attempt - base).unwrap_or(1),
-            lease_epoch: row.try_get(5).map_err(unavailable)?,
-            lease_expires_at: DateTime::from_timestamp_micros(expires).unwrap_or_default(),
+            tries: u32::try_from(attempt - get(9)?).unwrap_or(1),
+            lease_epoch: get(5)?,
+            lease_expires_at: DateTime::from_timestamp_micros(get(6)?).unwrap_or_default(),
             claimed_at,
-        });
+        };
+        indexed.push(((-get(7)?, get(8)?), task));
     }
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
-    let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();
     indexed.sort_by_key(|(k, t)| (*k, t.id));
     let claimed: Vec<ClaimedTask> = indexed.into_iter().map(|(_, t)| t).collect();
     events.extend(plan::claimed_events(&claimed, &c.owner));
     for run in plan::runs_to_start(&claimed, running) {
-        let changed = sqlx::query(
+        let changed = exec(
+            conn,
             "UPDATE runs SET state = 'running', started_at = ?1, updated_at = ?1 WHERE id = ?2 AND state = 'pending'",
-        )
-        .bind(now)
-        .bind(run.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        if changed.rows_affected() > 0 {
+            params![now, run.to_string()],
+        )?;
+        if changed > 0 {
             events.push(Event::run(run, EventKind::RunStarted));
         }
     }
@@ -360,7 +338,7 @@ async fn claim_ready(
 }
 
 pub async fn extend_leases(
-    pool: &SqlitePool,
+    writer: &Writer,
     leases: &[(Uuid, i64)],
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>> {
@@ -368,23 +346,22 @@ pub async fn extend_leases(
         return Ok(Vec::new());
     }
     let now = us(now);
-    let mut lost = Vec::new();
-    let mut tx = begin(pool).await?;
-    for (id, epoch) in leases {
-        let changed = sqlx::query(
-            "UPDATE task_runs SET lease_expires_at = ?1 + lease_ms * 1000, updated_at = ?1 \
-             WHERE id = ?2 AND state = 'running' AND lease_epoch = ?3",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .bind(epoch)
-        .execute(&mut *tx)
+    let leases = leases.to_vec();
+    writer
+        .transaction(move |t| {
+            let mut lost = Vec::new();
+            for (id, epoch) in &leases {
+                let changed = exec(
+                    t,
+                    "UPDATE task_runs SET lease_expires_at = ?1 + lease_ms * 1000, updated_at = ?1 \
+                     WHERE id = ?2 AND state = 'running' AND lease_epoch = ?3",
+                    params![now, id.to_string(), epoch],
+                )?;
+                if changed == 0 {
+                    lost.push(*id);
+                }
+            }
+            Ok(lost)
+        })
         .await
-        .map_err(unavailable)?;
-        if changed.rows_affected() == 0 {
-            lost.push(*id);
-        }
-    }
-    tx.commit().await.map_err(unavailable)?;
-    Ok(lost)
 }
