@@ -474,7 +474,12 @@ pub(crate) fn rss_bytes() -> u64 {
 }
 
 fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_status_kb("self", field)
+}
+
+/// A `/proc/<pid>/status` figure in kB (0 when unreadable).
+pub(crate) fn process_status_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

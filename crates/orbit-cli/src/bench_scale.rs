@@ -2,8 +2,9 @@
 //! `--drain` no-op tasks on an empty store, then queues `--runs` runs of `--tasks` tasks and
 //! one run of `--big` tasks (a million task runs by default), drains such a run twice more with
 //! all of that waiting behind it (right after the fill, then steady), and times the API's run list, the big run's page, queue
-//! status and `/metrics` in-process. One JSON line: the two drain rates and their ratio, each
-//! route's p50/p99, the peak memory, and the disk bytes per task run.
+//! status and `/metrics` in-process, then starts a real `orbit server` process on that store and
+//! requests the same views from it. One JSON line: the drain rates and their ratio, each
+//! route's p50/p99, the bench's and the server process's memory, and the disk bytes per task run.
 
 use crate::bench::{Fresh, fresh_store, percentile, pipeline};
 use crate::cli::{BenchArgs, Scenario};
@@ -56,20 +57,10 @@ pub async fn run(
     let loaded = drained(&store, &engine, drain).await?;
     let app = api(&store, &engine, &label)?;
     let mut routes = serde_json::Map::new();
-    for (name, path) in [
-        ("run_list", "/api/v1/runs?limit=50".to_string()),
-        (
-            "big_run_page",
-            format!("/api/v1/runs/{big_run}?taskLimit=50"),
-        ),
-        ("queue_status", "/api/v1/queue/status".to_string()),
-        ("metrics", "/metrics".to_string()),
-        ("worker_stats", "/api/v1/workers/stats".to_string()),
-        ("worker_metrics", "/api/v1/workers/metrics".to_string()),
-        ("worker_series", "/api/v1/workers/series".to_string()),
-    ] {
+    for (name, path) in views(big_run) {
         routes.insert(name.into(), timed(&app, &path).await?);
     }
+    let server = served(&url, args, dir.path(), big_run).await?;
     let task_runs = (runs * tasks + big + 3 * drain) as f64;
     Ok(json!({
         "scenario": "scale",
@@ -82,10 +73,69 @@ pub async fn run(
         "tasks_per_sec_loaded": drain as f64 / loaded.as_secs_f64(),
         "cost_ratio": loaded.as_secs_f64() / empty.as_secs_f64(),
         "routes_ms": routes,
+        "server": server,
         "peak_rss_bytes": crate::bench::peak_rss_bytes(),
         // What the process holds once the fill is over and the views were served.
         "rss_bytes_end": crate::bench::rss_bytes(),
         "disk_bytes_per_task_run": disk_bytes(&url, dir.path()).await?.map(|b| b / task_runs),
+    }))
+}
+
+/// The views timed, by name.
+fn views(big_run: uuid::Uuid) -> [(&'static str, String); 7] {
+    [
+        ("run_list", "/api/v1/runs?limit=50".to_string()),
+        (
+            "big_run_page",
+            format!("/api/v1/runs/{big_run}?taskLimit=50"),
+        ),
+        ("queue_status", "/api/v1/queue/status".to_string()),
+        ("metrics", "/metrics".to_string()),
+        ("worker_stats", "/api/v1/workers/stats".to_string()),
+        ("worker_metrics", "/api/v1/workers/metrics".to_string()),
+        ("worker_series", "/api/v1/workers/series".to_string()),
+    ]
+}
+
+/// A real `orbit server` process (no workers of its own) started on the filled store, each
+/// view requested [`REQUESTS`] times over HTTP: the server's own memory with the tables big
+/// (its start-up included), apart from the bench's fill.
+async fn served(
+    url: &str,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    big_run: uuid::Uuid,
+) -> anyhow::Result<Value> {
+    use crate::bench_sdk::{free_port, start_server, wait_for};
+    let secret = format!("bench-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let server = start_server(url, &secret, port, args, dir)?;
+    let http = reqwest::Client::new();
+    wait_for(&http, &format!("{base}/api/v1/health"), |_| true).await?;
+    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut slowest = 0.0f64;
+    for (_, path) in views(big_run) {
+        for _ in 0..REQUESTS {
+            let t = Instant::now();
+            let response = http.get(format!("{base}{path}")).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+            response.bytes().await?;
+            slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let pid = server.id().unwrap_or(0).to_string();
+    let kb = |field| crate::bench::process_status_kb(&pid, field) * 1024;
+    Ok(json!({
+        "start_ms": start_ms,
+        "slowest_request_ms": slowest,
+        "peak_rss_bytes": kb("VmHWM:"),
+        "rss_bytes_end": kb("VmRSS:"),
     }))
 }
 

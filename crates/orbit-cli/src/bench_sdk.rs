@@ -114,7 +114,7 @@ pub async fn run_scenario(
 }
 
 /// `orbit server` with no workers of its own, on `port`, over `url`.
-fn start_server(
+pub(crate) fn start_server(
     url: &str,
     secret: &str,
     port: u16,
@@ -260,14 +260,14 @@ pub async fn worker(url: String, concurrency: usize, push: bool) -> anyhow::Resu
     Ok(0)
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// GETs `url` until it answers 200 with a body `ready` accepts (10 s at most).
-async fn wait_for(
+pub(crate) async fn wait_for(
     http: &reqwest::Client,
     url: &str,
     ready: impl Fn(&Value) -> bool,
