@@ -162,6 +162,7 @@ delegate! {
         pipeline_version(id: Uuid) -> Result<StoredPipeline>;
         pipeline_versions(name: &str) -> Result<Vec<StoredPipeline>>;
         list_pipelines() -> Result<Vec<StoredPipeline>>;
+        scheduled_pipelines() -> Result<Vec<StoredPipeline>>;
         delete_pipeline(name: &str, now: DateTime<Utc>) -> Result<u64>;
         register_service(registration: &orbit_core::protocol::Registration, now: DateTime<Utc>) -> Result<Vec<ServiceTask>>;
         services() -> Result<Vec<ServiceRecord>>;

@@ -32,6 +32,10 @@ pub trait Registry: Send + Sync + 'static {
     /// The latest version of every pipeline, by name.
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>>;
 
+    /// The latest version of every pipeline that has a `schedule` (cron reads these every few
+    /// seconds): no other pipeline's definition is read, however big.
+    async fn scheduled_pipelines(&self) -> Result<Vec<StoredPipeline>>;
+
     /// Hides every version of the pipeline `name` from lists and triggers; its runs stay.
     /// Saving it again brings it back with the next version number. Returns the versions hidden.
     async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64>;

@@ -70,8 +70,7 @@ async fn fire(
     Ok(())
 }
 
-/// How often the loop looks for new or changed schedules. Reading every pipeline is not free
-/// (a big one takes milliseconds to parse), so this is also the longest an idle server goes
+/// How often the loop looks for new or changed schedules: the longest an idle server goes
 /// without touching the store for cron. A pipeline saved through this server wakes it at once;
 /// one saved through another server sharing the database is seen within this.
 const RESCAN: Duration = Duration::from_secs(10);
@@ -97,7 +96,7 @@ impl Scheduler {
     /// Fires every schedule due at `now`; how long until the next fire time (at most
     /// `RESCAN` (10 s)).
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Duration, StoreError> {
-        let pipelines = self.registry.list_pipelines().await?;
+        let pipelines = self.registry.scheduled_pipelines().await?;
         let schedules = scheduled(&pipelines);
         fire(self.runs.as_ref(), &schedules, now).await?;
         Ok(schedules

@@ -58,6 +58,20 @@ impl orbit_store::Registry for PgStore {
         .collect()
     }
 
+    async fn scheduled_pipelines(&self) -> Result<Vec<StoredPipeline>> {
+        // `->>` on jsonb finds a top-level key without reading the rest of the document.
+        sqlx::query(
+            "SELECT * FROM (SELECT DISTINCT ON (name) * FROM pipelines WHERE deleted_at IS NULL \
+             ORDER BY name, version DESC) latest WHERE definition->>'schedule' IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(pipeline_from_row)
+        .collect()
+    }
+
     async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
         write::delete_pipeline(&self.pool, name, now).await
     }

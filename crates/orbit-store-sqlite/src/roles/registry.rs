@@ -59,6 +59,20 @@ impl orbit_store::Registry for SqliteStore {
         .collect()
     }
 
+    async fn scheduled_pipelines(&self) -> Result<Vec<StoredPipeline>> {
+        sqlx::query(
+            "SELECT p.* FROM pipelines p \
+             WHERE p.schedule IS NOT NULL AND p.deleted_at IS NULL \
+             AND p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(pipeline_from_row)
+        .collect()
+    }
+
     async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
         write::delete_pipeline(&self.writer, name, now).await
     }

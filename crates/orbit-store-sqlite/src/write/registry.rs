@@ -23,6 +23,7 @@ pub async fn save_pipeline(
         serde_json::to_string(pipeline).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let name = pipeline.name.clone();
     let source = source.map(str::to_owned);
+    let schedule = pipeline.schedule.clone();
     let (id, version, hash, source, created_at) = writer
         .transaction(move |t| {
             let latest = t
@@ -53,8 +54,8 @@ pub async fn save_pipeline(
             let id = Uuid::now_v7();
             exec(
                 t,
-                "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO pipelines (id, name, version, hash, definition, source, created_at, schedule) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id.to_string(),
                     &name,
@@ -62,7 +63,8 @@ pub async fn save_pipeline(
                     &hash,
                     &definition,
                     &source,
-                    us(now)
+                    us(now),
+                    &schedule
                 ],
             )?;
             let saved = json!({"pipeline": name, "version": version});

@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             claims_filter_by_queue_and_type,
             queue_stats_count_task_runs_by_state,
             deleted_pipelines_are_hidden_until_saved_again,
+            only_scheduled_pipelines_are_read_for_cron,
             nodes_are_listed_with_what_they_hold,
             task_runs_are_found_by_prefix,
             routing_skips_branches_not_chosen,

@@ -74,6 +74,36 @@ pub async fn deleted_pipelines_are_hidden_until_saved_again(store: &dyn Store) {
     assert_eq!(store.pipeline("gone").await.unwrap().id, again.id);
 }
 
+pub async fn only_scheduled_pipelines_are_read_for_cron(store: &dyn Store) {
+    let names = |list: Vec<StoredPipeline>| -> Vec<(String, i64)> {
+        list.into_iter().map(|p| (p.name, p.version)).collect()
+    };
+    let mut nightly = pipeline("nightly", &[("a", &[], 0)]);
+    nightly.schedule = Some("0 3 * * *".into());
+    store.save_pipeline(&nightly, None, t0()).await.unwrap();
+    store
+        .save_pipeline(&pipeline("adhoc", &[("a", &[], 0)]), None, t0())
+        .await
+        .unwrap();
+    let mut hourly = pipeline("hourly", &[("a", &[], 0)]);
+    hourly.schedule = Some("0 * * * *".into());
+    store.save_pipeline(&hourly, None, t0()).await.unwrap();
+    assert_eq!(
+        names(store.scheduled_pipelines().await.unwrap()),
+        vec![("hourly".into(), 1), ("nightly".into(), 1)]
+    );
+    // The latest version decides: a schedule taken away (or the pipeline deleted) stops cron.
+    hourly.schedule = None;
+    store.save_pipeline(&hourly, None, t0()).await.unwrap();
+    store.delete_pipeline("nightly", t0()).await.unwrap();
+    assert!(store.scheduled_pipelines().await.unwrap().is_empty());
+    hourly.schedule = Some("*/5 * * * *".into());
+    let again = store.save_pipeline(&hourly, None, t0()).await.unwrap();
+    let scheduled = store.scheduled_pipelines().await.unwrap();
+    assert_eq!(names(scheduled.clone()), vec![("hourly".into(), 3)]);
+    assert_eq!(scheduled[0].pipeline, again.pipeline);
+}
+
 pub async fn nodes_are_listed_with_what_they_hold(store: &dyn Store) {
     let node = NodeInfo {
         id: "test-worker".into(),
