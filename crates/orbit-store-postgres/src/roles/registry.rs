@@ -47,29 +47,11 @@ impl orbit_store::Registry for PgStore {
     }
 
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
-        sqlx::query(
-            "SELECT DISTINCT ON (name) * FROM pipelines WHERE deleted_at IS NULL ORDER BY name, version DESC",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(pipeline_from_row)
-        .collect()
+        self.latest_pipelines(false).await
     }
 
     async fn scheduled_pipelines(&self) -> Result<Vec<StoredPipeline>> {
-        // `->>` on jsonb finds a top-level key without reading the rest of the document.
-        sqlx::query(
-            "SELECT * FROM (SELECT DISTINCT ON (name) * FROM pipelines WHERE deleted_at IS NULL \
-             ORDER BY name, version DESC) latest WHERE definition->>'schedule' IS NOT NULL ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(pipeline_from_row)
-        .collect()
+        self.latest_pipelines(true).await
     }
 
     async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
@@ -135,5 +117,24 @@ impl orbit_store::Registry for PgStore {
             .iter()
             .map(rows::code_change_from_row)
             .collect()
+    }
+}
+
+impl PgStore {
+    /// The latest version of every pipeline not deleted (only those with a schedule when
+    /// `scheduled`; `->>` finds a top-level key of a jsonb document without reading the rest).
+    async fn latest_pipelines(&self, scheduled: bool) -> Result<Vec<StoredPipeline>> {
+        sqlx::query(
+            "SELECT * FROM (SELECT DISTINCT ON (name) * FROM pipelines WHERE deleted_at IS NULL \
+             ORDER BY name, version DESC) latest WHERE NOT $1 OR definition->>'schedule' IS NOT NULL \
+             ORDER BY name",
+        )
+        .bind(scheduled)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(pipeline_from_row)
+        .collect()
     }
 }

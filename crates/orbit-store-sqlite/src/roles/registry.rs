@@ -47,30 +47,11 @@ impl orbit_store::Registry for SqliteStore {
     }
 
     async fn list_pipelines(&self) -> Result<Vec<StoredPipeline>> {
-        sqlx::query(
-            "SELECT p.* FROM pipelines p \
-             WHERE p.deleted_at IS NULL AND p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(pipeline_from_row)
-        .collect()
+        self.latest_pipelines(false).await
     }
 
     async fn scheduled_pipelines(&self) -> Result<Vec<StoredPipeline>> {
-        sqlx::query(
-            "SELECT p.* FROM pipelines p \
-             WHERE p.schedule IS NOT NULL AND p.deleted_at IS NULL \
-             AND p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(pipeline_from_row)
-        .collect()
+        self.latest_pipelines(true).await
     }
 
     async fn delete_pipeline(&self, name: &str, now: DateTime<Utc>) -> Result<u64> {
@@ -136,5 +117,24 @@ impl orbit_store::Registry for SqliteStore {
             .iter()
             .map(rows::code_change_from_row)
             .collect()
+    }
+}
+
+impl SqliteStore {
+    /// The latest version of every pipeline not deleted (only those with a schedule when
+    /// `scheduled`).
+    async fn latest_pipelines(&self, scheduled: bool) -> Result<Vec<StoredPipeline>> {
+        sqlx::query(
+            "SELECT p.* FROM pipelines p \
+             WHERE p.deleted_at IS NULL AND (NOT ?1 OR p.schedule IS NOT NULL) \
+             AND p.version = (SELECT MAX(version) FROM pipelines q WHERE q.name = p.name) ORDER BY p.name",
+        )
+        .bind(scheduled)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(pipeline_from_row)
+        .collect()
     }
 }
