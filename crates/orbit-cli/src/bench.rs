@@ -180,6 +180,7 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
         idempotency_key: None,
         queue: None,
         allowed_next: Vec::new(),
+        concurrency: None,
     }
 }
 

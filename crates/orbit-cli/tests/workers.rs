@@ -34,6 +34,7 @@ fn sleep_task(name: String, ms: u64, heartbeat: Duration) -> TaskDef {
         idempotency_key: None,
         queue: None,
         allowed_next: Vec::new(),
+        concurrency: None,
     }
 }
 

@@ -6,7 +6,9 @@
 
 use crate::dag::Dag;
 use crate::params::Params;
-use crate::pipeline::{DEFAULT_HEARTBEAT_INTERVAL, Pipeline, TaskDef, TaskType, is_valid_name};
+use crate::pipeline::{
+    Concurrency, DEFAULT_HEARTBEAT_INTERVAL, Pipeline, TaskDef, TaskType, is_valid_name,
+};
 use crate::retry::RetryPolicy;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -155,7 +157,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 10] = [
+const TASK_KEYS: [&str; 11] = [
     "name",
     "type",
     "needs",
@@ -166,6 +168,7 @@ const TASK_KEYS: [&str; 10] = [
     "idempotency_key",
     "queue",
     "allowed_next",
+    "concurrency",
 ];
 
 impl Checker {
@@ -377,6 +380,7 @@ impl Checker {
         }
         let allowed_next =
             field("allowed_next").map_or_else(Vec::new, |a| self.names(a, &name, "allowed_next").0);
+        let concurrency = field("concurrency").and_then(|c| self.concurrency(c, &name));
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -403,6 +407,7 @@ impl Checker {
                 idempotency_key,
                 queue,
                 allowed_next,
+                concurrency,
             },
             needs_spans,
         ))

@@ -55,6 +55,50 @@ pub struct TaskDef {
     /// `run_next`; the ones it does not choose, and what only they lead to, are skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_next: Vec<String>,
+    /// At most so many attempts of tasks with the same rendered key run at once, across every
+    /// engine and server sharing the store; the others wait `ready`, in their order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A task's concurrency key: `concurrency: { key: "{{ input.customerId }}", limit: 2 }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// A template over the run's `input` and `run` (`id`, `pipeline`), rendered when the run is
+    /// created; a plain string is one key shared by every run.
+    pub key: String,
+    /// Attempts with this key running at once, at least 1.
+    pub limit: u32,
+}
+
+/// The longest rendered concurrency key.
+pub const MAX_CONCURRENCY_KEY: usize = 256;
+
+impl Concurrency {
+    /// The key for one run: rendered over its input and identity. Fails on a template error
+    /// (an input field the template names is missing) or a key longer than
+    /// [`MAX_CONCURRENCY_KEY`] bytes.
+    pub fn render(
+        &self,
+        input: &serde_json::Value,
+        run: &str,
+        pipeline: &str,
+    ) -> Result<String, String> {
+        let key = if crate::template::is_template(&self.key) {
+            let ctx =
+                serde_json::json!({ "input": input, "run": { "id": run, "pipeline": pipeline } });
+            crate::template::render_str(&self.key, &ctx)?
+        } else {
+            self.key.clone()
+        };
+        if key.is_empty() || key.len() > MAX_CONCURRENCY_KEY {
+            return Err(format!(
+                "concurrency key `{}` must be 1 to {MAX_CONCURRENCY_KEY} bytes once rendered",
+                crate::echo::echo(&key)
+            ));
+        }
+        Ok(key)
+    }
 }
 
 /// The queue of tasks that name none.

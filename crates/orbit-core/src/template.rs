@@ -66,6 +66,24 @@ pub fn render_str<S: Serialize>(template: &str, ctx: &S) -> Result<String, Strin
         })
 }
 
+/// The top-level names `template` uses that are not among `allowed` (`input`, `tasks`, ...);
+/// an error names them, or the template's syntax error.
+pub fn check_names(template: &str, allowed: &[&str]) -> Result<(), String> {
+    let parsed = env()
+        .template_from_str(template)
+        .map_err(|e| format!("template `{template}`: {e}"))?;
+    let mut unknown: Vec<String> = parsed
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !allowed.contains(&name.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort();
+    Err(format!("`{template}` uses {}", unknown.join(", ")))
+}
+
 /// Renders every string inside `params`. A string that is exactly one `{{ expr }}` whose result
 /// is JSON-like keeps its type, so `body: "{{ tasks.fetch.output }}"` passes an object on.
 pub fn render_params<S: Serialize>(

@@ -404,4 +404,88 @@ mod tests {
             .expect("another node's store hears of the new run")
             .expect("signal open");
     }
+
+    /// Four stores (as four engines would) claim and finish one run's keyed tasks side by side:
+    /// the number running with the key, read after every commit, never passes its limit.
+    #[tokio::test]
+    async fn concurrency_keys_hold_across_engines() {
+        const LIMIT: i64 = 3;
+        let (a, db) = store().await;
+        let names: Vec<String> = (0..60).map(|i| format!("t{i}")).collect();
+        let spec: Vec<(&str, &[&str], i32)> =
+            names.iter().map(|n| (n.as_str(), &[][..], 0)).collect();
+        let mut p = orbit_store::testkit::pipeline("shared", &spec);
+        for t in p.tasks.iter_mut().take(40) {
+            t.concurrency = Some(orbit_core::pipeline::Concurrency {
+                key: "shared".into(),
+                limit: LIMIT as u32,
+            });
+        }
+        let stored = a.save_pipeline(&p, None, Utc::now()).await.expect("save");
+        a.create_run(NewRun {
+            id: uuid::Uuid::now_v7(),
+            pipeline: &stored,
+            input: serde_json::json!({}),
+            priority: 0,
+            idempotency_key: None,
+            idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
+            now: Utc::now(),
+        })
+        .await
+        .expect("run");
+        let mut engines = Vec::new();
+        for e in 0..4 {
+            let store = PgStore::connect(&db.url, 2).await.expect("connect");
+            let p = p.clone();
+            engines.push(tokio::spawn(async move {
+                let mut held: Vec<ClaimedTask> = Vec::new();
+                let mut most = 0;
+                let mut idle = 0;
+                while idle < 20 {
+                    let now = Utc::now();
+                    let done: Vec<_> = held
+                        .iter()
+                        .map(|t| {
+                            let ok = orbit_core::transition::Outcome::Succeeded(serde_json::json!(1));
+                            orbit_store::testkit::finish(&p, t, ok, now)
+                        })
+                        .collect();
+                    let req = ClaimRequest::any(format!("engine-{e}"), 4);
+                    let out = loop {
+                        match store.finish_and_claim(&done, Some(&req), now).await {
+                            Ok(out) => break out,
+                            // A deadlock victim: the engine tries the same batch again.
+                            Err(StoreError::Unavailable(_)) => continue,
+                            Err(other) => panic!("commit: {other}"),
+                        }
+                    };
+                    let running: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM task_runs WHERE state = 'running' AND concurrency_key = 'shared'",
+                    )
+                    .fetch_one(&store.pool)
+                    .await
+                    .expect("count");
+                    assert!(running <= LIMIT, "{running} running with key `shared`");
+                    most = most.max(running);
+                    idle = if out.claimed.is_empty() && held.is_empty() { idle + 1 } else { 0 };
+                    held = out.claimed;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                most
+            }));
+        }
+        let mut most = 0;
+        for e in engines {
+            most = most.max(e.await.expect("engine"));
+        }
+        assert_eq!(most, LIMIT, "the key was saturated at some point");
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM task_runs WHERE state <> 'succeeded'")
+                .fetch_one(&a.pool)
+                .await
+                .expect("count");
+        assert_eq!(left, 0, "every task ran");
+    }
 }

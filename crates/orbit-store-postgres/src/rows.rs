@@ -89,6 +89,8 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         error: get(row, "error")?,
         progress: get(row, "progress")?,
         progress_message: get(row, "progress_message")?,
+        concurrency_key: get(row, "concurrency_key")?,
+        concurrency_limit: concurrency_limit(row)?,
     })
 }
 
@@ -214,4 +216,17 @@ pub fn event_from_row(row: &PgRow) -> Result<EventRecord> {
         data: get(row, "data")?,
         at: get(row, "at")?,
     })
+}
+
+/// A keyed task run's limit (0, for none, is no limit).
+fn concurrency_limit<R>(row: &R) -> Result<Option<u32>>
+where
+    R: sqlx::Row,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let n: i32 = row
+        .try_get("concurrency_limit")
+        .map_err(crate::unavailable)?;
+    Ok(u32::try_from(n).ok().filter(|n| *n > 0))
 }

@@ -112,6 +112,8 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         error: get(row, "error")?,
         progress: get(row, "progress")?,
         progress_message: get(row, "progress_message")?,
+        concurrency_key: get(row, "concurrency_key")?,
+        concurrency_limit: concurrency_limit(row)?,
     })
 }
 
@@ -232,4 +234,17 @@ pub fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
         data: json(row, "data")?,
         at: time(row, "at")?,
     })
+}
+
+/// A keyed task run's limit (0, for none, is no limit).
+fn concurrency_limit<R>(row: &R) -> Result<Option<u32>>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let n: i64 = row
+        .try_get("concurrency_limit")
+        .map_err(crate::unavailable)?;
+    Ok(u32::try_from(n).ok().filter(|n| *n > 0))
 }

@@ -75,6 +75,10 @@ pub enum StoreError {
     /// Stored data could not be read back (a bad state string, invalid JSON).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The request cannot be carried out as given (a run input a task's concurrency key
+    /// cannot be rendered from).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {
@@ -85,6 +89,7 @@ impl StoreError {
             StoreError::Conflict(_) => "conflict",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Corrupt(_) => "corrupt",
+            StoreError::Invalid(_) => "invalid",
         }
     }
 }

@@ -148,6 +148,12 @@ pub struct TaskRunRecord {
     pub progress: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_message: Option<String>,
+    /// Its rendered concurrency key: at most `concurrencyLimit` task runs with this key run at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

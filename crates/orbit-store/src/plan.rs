@@ -342,6 +342,8 @@ pub struct NewTaskRow<'a> {
     pub max_attempts: i32,
     pub lease_ms: i64,
     pub ready_at: Option<DateTime<Utc>>,
+    /// The rendered concurrency key and its limit.
+    pub concurrency: Option<(String, i32)>,
 }
 
 /// What creating `new` writes besides its run row: the task runs, the `run_created` event,
@@ -355,15 +357,26 @@ pub struct CreatePlan<'a> {
     pub tally: Tally,
 }
 
-pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
+/// Fails when a task's concurrency key cannot be rendered from the run's input.
+pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
     let p = &new.pipeline.pipeline;
-    let tasks: Vec<NewTaskRow<'a>> = p
+    let run = new.id.to_string();
+    let tasks = p
         .tasks
         .iter()
         .enumerate()
         .map(|(seq, task)| {
             let ready = task.needs.is_empty();
-            NewTaskRow {
+            let concurrency = match &task.concurrency {
+                Some(c) => Some((
+                    c.render(&new.input, &run, &p.name).map_err(|e| {
+                        crate::StoreError::Invalid(format!("task `{}`: {e}", task.name))
+                    })?,
+                    i32::try_from(c.limit).unwrap_or(i32::MAX),
+                )),
+                None => None,
+            };
+            Ok(NewTaskRow {
                 id: Uuid::now_v7(),
                 name: &task.name,
                 task_type: task.task_type.as_str(),
@@ -379,9 +392,10 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
                 max_attempts: i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX),
                 lease_ms: task.lease().as_millis() as i64,
                 ready_at: ready.then_some(new.now),
-            }
+                concurrency,
+            })
         })
-        .collect();
+        .collect::<crate::Result<Vec<NewTaskRow<'a>>>>()?;
     let key_expired_before = new.idempotency_key.as_ref().and_then(|_| {
         let ttl = chrono::Duration::from_std(new.idempotency_ttl).unwrap_or(chrono::Duration::MAX);
         new.now.checked_sub_signed(ttl)
@@ -390,14 +404,14 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> CreatePlan<'a> {
     for t in &tasks {
         tally.entered(t.state, 1);
     }
-    CreatePlan {
+    Ok(CreatePlan {
         any_ready: tasks.iter().any(|t| t.state == TaskState::Ready),
         tasks,
         tally,
         event: Event::run(new.id, EventKind::RunCreated)
             .with_data(json!({"pipeline": p.name, "version": new.pipeline.version})),
         key_expired_before,
-    }
+    })
 }
 
 /// What cancelling a run writes. Each running attempt gets an `attempts` row with

@@ -403,3 +403,44 @@ fn orbit_py_task_types_work_in_orbit_files() {
     assert_eq!(p.tasks[1].params["file"], "b.py");
     assert_eq!(p.tasks[2].task_type, TaskType::Http);
 }
+
+#[test]
+fn concurrency_keys_are_read_and_checked() {
+    let p = parse_pipeline(
+        "c.yaml",
+        "name: c\ntasks:\n  - name: call\n    type: sleep\n    duration: 0s\n    concurrency: { key: \"cust-{{ input.customerId }}\", limit: 2 }\n",
+    )
+    .unwrap();
+    let c = p.tasks[0].concurrency.clone().unwrap();
+    assert_eq!(
+        (c.key.as_str(), c.limit),
+        ("cust-{{ input.customerId }}", 2)
+    );
+    assert_eq!(
+        c.render(&serde_json::json!({"customerId": 42}), "r1", "c"),
+        Ok("cust-42".to_string())
+    );
+    assert!(
+        c.render(&serde_json::json!({}), "r1", "c")
+            .unwrap_err()
+            .contains("undefined")
+    );
+    let bad = errors(
+        "name: c\ntasks:\n  - name: a\n    type: sleep\n    duration: 0s\n    concurrency: { key: \"{{ tasks.x.output }}\", limit: 2 }\n  - name: b\n    type: sleep\n    duration: 0s\n    concurrency: { key: k, limit: 0 }\n  - name: d\n    type: sleep\n    duration: 0s\n    concurrency: { limit: 3, per: 1 }\n",
+    );
+    assert_eq!(bad.len(), 4, "{bad:?}");
+    assert_eq!(bad[0].0, 6);
+    assert!(
+        bad[0].1.contains("may use `input` and `run` only") && bad[0].1.contains("tasks"),
+        "{bad:?}"
+    );
+    assert_eq!(bad[1].0, 10);
+    assert!(
+        bad[1]
+            .1
+            .contains("`concurrency.limit` must be a whole number"),
+        "{bad:?}"
+    );
+    assert!(bad[2].1.contains("unknown key `per`"), "{bad:?}");
+    assert!(bad[3].1.contains("needs a `key`"), "{bad:?}");
+}

@@ -138,6 +138,64 @@ impl Checker {
         Some(d)
     }
 
+    /// `concurrency: { key, limit }`; the key may use the run's `input` and `run` only (it is
+    /// rendered when the run is created, before any task has an output).
+    pub(super) fn concurrency(&mut self, v: &Located, task: &str) -> Option<Concurrency> {
+        let Value::Object(map) = &v.value else {
+            self.at(
+                v,
+                format!(
+                    "task `{task}`: `concurrency` must be a mapping (key, limit), not {}",
+                    short(&v.value)
+                ),
+            );
+            return None;
+        };
+        for other in map.keys().filter(|k| *k != "key" && *k != "limit") {
+            self.at(
+                v,
+                format!(
+                    "task `{task}`: unknown key `{other}` in `concurrency` (expected key, limit)"
+                ),
+            );
+        }
+        let key = match map.get("key") {
+            Some(Value::String(k)) if !k.trim().is_empty() => k.clone(),
+            Some(other) => {
+                self.at(
+                    v,
+                    format!(
+                        "task `{task}`: `concurrency.key` must be a non-empty string, not {}",
+                        short(other)
+                    ),
+                );
+                return None;
+            }
+            None => {
+                self.at(v, format!("task `{task}`: `concurrency` needs a `key`"));
+                return None;
+            }
+        };
+        if crate::template::is_template(&key) {
+            if let Err(e) = crate::template::check_names(&key, &["input", "run"]) {
+                self.at(v, format!("task `{task}`: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
+                return None;
+            }
+        }
+        let limit = match map.get("limit").map(|l| l.as_u64()) {
+            Some(Some(n @ 1..=1_000_000)) => n as u32,
+            Some(_) => {
+                self.at(v, format!("task `{task}`: `concurrency.limit` must be a whole number from 1 to 1000000, not {}", short(&map["limit"])));
+                return None;
+            }
+            None => {
+                self.at(v, format!("task `{task}`: `concurrency` needs a `limit`"));
+                return None;
+            }
+        };
+        Some(Concurrency { key, limit })
+    }
+
     pub(super) fn priority(&mut self, v: &Located) -> Option<i32> {
         match v.value.as_i64().and_then(|n| i32::try_from(n).ok()) {
             Some(p) => Some(p),

@@ -416,6 +416,9 @@ async fn dead_letters(
     Ok(())
 }
 
+/// The advisory lock keyed claims take (any constant not used elsewhere: "orbit-ck").
+const CONCURRENCY_KEYS_LOCK: i64 = 0x6f72_6269_742d_636b;
+
 const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
      t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at";
 
@@ -430,12 +433,51 @@ async fn claim_ready(
     // per claimer.
     let queues = (!c.queues.is_empty()).then_some(&c.queues);
     let types = (!c.types.is_empty()).then_some(&c.types);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH picked AS ( \
-           SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 \
+    // Task runs with a concurrency key are claimed one claimer at a time: under the advisory
+    // lock, the claim's statement starts after every earlier keyed claim committed, so the
+    // running task runs it counts per key are all there are. Without ready keyed task runs
+    // (the partial index answers at once) claims go side by side as before.
+    let keyed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL \
+         AND ready_at <= $1)",
+    )
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let picked = if keyed {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CONCURRENCY_KEYS_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        // Keys at their limit are passed over, so their backlog does not hold up other keys;
+        // of the next candidates, a key gets only the slots it has left.
+        "cand AS ( \
+           SELECT id, priority, ready_at, concurrency_key, concurrency_limit FROM task_runs \
+           WHERE state = 'ready' AND ready_at <= $2 \
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
-           ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+           AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
+             WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
+             HAVING COUNT(*) >= MAX(concurrency_limit))) \
+           ORDER BY priority DESC, ready_at, id LIMIT $3 * 2 FOR UPDATE SKIP LOCKED), \
+         picked AS ( \
+           SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit, \
+             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth \
+             FROM cand) c \
+           WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
+             WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit \
+           ORDER BY priority DESC, ready_at, id LIMIT $3)"
+    } else {
+        "picked AS ( \
+           SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 AND concurrency_key IS NULL \
+           AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
+           AND ($6::text[] IS NULL OR task_type = ANY($6)) \
+           ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH {picked} \
          UPDATE task_runs t SET state = 'running', attempt = t.attempt + 1, lease_epoch = t.lease_epoch + 1, \
            lease_owner = $1, lease_expires_at = $2 + t.lease_ms * interval '1 millisecond', \
            started_at = COALESCE(t.started_at, $2), claimed_at = $2, updated_at = $2 \

@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// `Ok(new_id)`, or `Err((existing_id, same_request))` when the idempotency key already names a
 /// run.
 pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
-    let plan = plan::create(new);
+    let plan = plan::create(new)?;
     let mut tx = begin(pool).await?;
     if let (Some(key), Some(cutoff)) = (&new.idempotency_key, plan.key_expired_before) {
         sqlx::query(
@@ -83,10 +83,10 @@ async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) ->
     let col = |f: fn(&NewTaskRow<'_>) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
-         max_attempts, lease_ms, ready_at, updated_at) \
-         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3 FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
-         $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[]) \
-         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra)",
+         max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
+         $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[], \
+         $15::text[], $16::int[]) AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl)",
     )
     .bind(new.id)
     .bind(new.pipeline.id)
@@ -102,6 +102,12 @@ async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) ->
     .bind(col(|r| r.max_attempts))
     .bind(rows.iter().map(|r| r.lease_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.ready_at).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.concurrency.as_ref().map(|c| c.0.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|r| r.concurrency.as_ref().map_or(0, |c| c.1)))
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

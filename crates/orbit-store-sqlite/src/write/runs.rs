@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
 pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid, (Uuid, bool)>> {
-    let plan = plan::create(new);
+    let plan = plan::create(new)?;
     let p = &new.pipeline.pipeline;
     let now = us(new.now);
     let id = new.id;
@@ -39,7 +39,7 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         text(new.triggered_by.as_str()),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
-    let mut tasks = Vec::with_capacity(plan.tasks.len() * 14);
+    let mut tasks = Vec::with_capacity(plan.tasks.len() * 16);
     for row in &plan.tasks {
         tasks.extend([
             text(row.id.to_string()),
@@ -56,6 +56,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             int(now),
             text(row.task_type),
             text(row.queue),
+            opt_text(row.concurrency.as_ref().map(|c| c.0.clone())),
+            int(row.concurrency.as_ref().map_or(0, |c| c.1)),
         ]);
     }
     let (event, tally) = (plan.event, plan.tally);
@@ -74,8 +76,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             insert_rows(
                 t,
                 "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
-                 max_attempts, lease_ms, ready_at, updated_at, task_type, queue)",
-                14,
+                 max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit)",
+                16,
                 &tasks,
                 "",
             )?;

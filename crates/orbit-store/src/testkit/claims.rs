@@ -266,3 +266,110 @@ pub async fn many_claims_share_one_commit(store: &dyn Store) {
         "nothing was claimed twice"
     );
 }
+
+fn keyed(p: &mut Pipeline, task: usize, key: &str, limit: u32) {
+    p.tasks[task].concurrency = Some(orbit_core::pipeline::Concurrency {
+        key: key.into(),
+        limit,
+    });
+}
+
+pub async fn concurrency_keys_cap_running_attempts(store: &dyn Store) {
+    // Five tasks share key `k` (2 at once), two share `{{ input.c }}` (1 at once); one has none.
+    // The keyed ones come first in the queue, so a backlog of a full key is passed over.
+    let tasks: Vec<(String, i32)> = (0..5)
+        .map(|i| (format!("k{i}"), 10))
+        .chain([("c0".to_string(), 5), ("c1".to_string(), 5)])
+        .chain([("free".to_string(), 0)])
+        .collect();
+    let spec: Vec<(&str, &[&str], i32)> = tasks
+        .iter()
+        .map(|(n, prio)| (n.as_str(), &[][..], *prio))
+        .collect();
+    let mut p = pipeline("keyed", &spec);
+    for i in 0..5 {
+        keyed(&mut p, i, "k", 2);
+    }
+    keyed(&mut p, 5, "cust-{{ input.n }}", 1);
+    keyed(&mut p, 6, "cust-{{ input.n }}", 1);
+    let (_, run) = start(store, &p, t0()).await;
+    let first = claim(store, None, 10, t0()).await;
+    assert_eq!(names(&first), ["k0", "k1", "c0", "free"]);
+    assert!(
+        claim(store, None, 10, t0()).await.is_empty(),
+        "every key is full"
+    );
+    let keys: Vec<Option<String>> = store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.task_name == "c0")
+        .map(|t| t.concurrency_key)
+        .collect();
+    assert_eq!(
+        keys,
+        [Some("cust-1".to_string())],
+        "rendered from the input"
+    );
+    // A finished attempt frees its key's slot, for the next task of that key only.
+    let at = t0() + Duration::seconds(1);
+    store
+        .finish_and_claim(
+            &[finish(&p, &first[0], Outcome::Succeeded(json!(1)), at)],
+            None,
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&claim(store, None, 10, at).await), ["k2"]);
+    // So does a lost one (the reaper's failure of an expired lease).
+    let gone = orbit_core::transition::Failure::new(
+        orbit_core::transition::FailureKind::WorkerLost,
+        "gone",
+    );
+    store
+        .finish_and_claim(
+            &[finish(&p, &first[2], Outcome::Failed(gone), at)],
+            None,
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&claim(store, None, 10, at).await),
+        ["c0"],
+        "the lost task keeps its place, ahead of c1"
+    );
+}
+
+pub async fn a_key_that_cannot_be_rendered_refuses_the_run(store: &dyn Store) {
+    let mut p = pipeline("needs-input", &[("a", &[], 0)]);
+    keyed(&mut p, 0, "{{ input.customerId }}", 1);
+    let stored = store.save_pipeline(&p, None, t0()).await.unwrap();
+    let err = store
+        .create_run(crate::NewRun {
+            id: Uuid::now_v7(),
+            pipeline: &stored,
+            input: json!({}),
+            priority: 0,
+            idempotency_key: None,
+            idempotency_ttl: std::time::Duration::from_secs(60),
+            request_hash: None,
+            triggered_by: crate::TriggeredBy::Cli,
+            now: t0(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, crate::StoreError::Invalid(m) if m.contains("task `a`") && m.contains("customerId")),
+        "{err}"
+    );
+    assert!(
+        store
+            .list_runs(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -50,6 +50,8 @@ macro_rules! conformance_tests {
             requeue_gives_fresh_tries_and_reopens_the_run,
             joins_promote_once_when_upstreams_finish_together,
             claims_filter_by_queue_and_type,
+            concurrency_keys_cap_running_attempts,
+            a_key_that_cannot_be_rendered_refuses_the_run,
             queue_stats_count_task_runs_by_state,
             deleted_pipelines_are_hidden_until_saved_again,
             only_scheduled_pipelines_are_read_for_cron,
@@ -147,6 +149,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 idempotency_key: None,
                 queue: None,
                 allowed_next: Vec::new(),
+                concurrency: None,
             })
             .collect(),
     }
@@ -194,7 +197,8 @@ async fn claim(
         .claimed
 }
 
-fn finish(
+/// `task`'s attempt ended with `outcome` at `at`, as the engine would record it.
+pub fn finish(
     p: &Pipeline,
     task: &ClaimedTask,
     outcome: Outcome,
