@@ -176,11 +176,11 @@ impl Checker {
                 return None;
             }
         };
-        if crate::template::is_template(&key) {
-            if let Err(e) = crate::template::check_names(&key, &["input", "run"]) {
-                self.at(v, format!("task `{task}`: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
-                return None;
-            }
+        if crate::template::is_template(&key)
+            && let Err(e) = crate::template::check_names(&key, &["input", "run"])
+        {
+            self.at(v, format!("task `{task}`: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
+            return None;
         }
         let limit = match map.get("limit").map(|l| l.as_u64()) {
             Some(Some(n @ 1..=1_000_000)) => n as u32,
