@@ -1481,6 +1481,13 @@ export interface components {
              * @description Attempts started so far, over the task run's whole life.
              */
             attempt: number;
+            /**
+             * @description Its rendered concurrency key: at most `concurrencyLimit` task runs with this key run at
+             *     once.
+             */
+            concurrencyKey?: string | null;
+            /** Format: int32 */
+            concurrencyLimit?: number | null;
             error?: string | null;
             /** Format: date-time */
             finishedAt?: string | null;

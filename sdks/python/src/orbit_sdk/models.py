@@ -434,6 +434,8 @@ class TaskRunDetail(TypedDict):
 
 class TaskRunRecord(TypedDict):
     attempt: int
+    concurrencyKey: NotRequired[str | None]
+    concurrencyLimit: NotRequired[int | None]
     error: NotRequired[str | None]
     finishedAt: NotRequired[str | None]
     id: str
