@@ -205,9 +205,9 @@ def test_pipelines_in_code_give_the_file_format() -> None:
         return [1, 2]
 
     etl.add("pause", "sleep", duration=1.5, needs="extract")
-    etl.add("hook", "http", url="https://example.com", method="POST", needs="pause", timeout=10, retry={"max_attempts": 2})
+    etl.add("hook", "http", url="https://example.com", method="POST", needs="pause", timeout=10, retry={"max_attempts": 2}, concurrency={"key": "example.com", "limit": 4})
 
-    @etl.task("load", needs=["extract"], priority=5, allowed_next=["hook"], code_version="7")
+    @etl.task("load", needs=["extract"], priority=5, allowed_next=["hook"], code_version="7", concurrency={"key": "load-{{ input.customer }}", "limit": 1})
     async def load(ctx: Context) -> int:
         return sum(ctx.upstream("extract"))
 
@@ -218,8 +218,8 @@ def test_pipelines_in_code_give_the_file_format() -> None:
         "tasks": [
             {"name": "extract", "type": "worker", "task": "etl.extract"},
             {"name": "pause", "type": "sleep", "duration": 1.5, "needs": "extract"},
-            {"name": "hook", "type": "http", "url": "https://example.com", "method": "POST", "needs": "pause", "retry": {"max_attempts": 2}, "timeout": "10000ms"},
-            {"name": "load", "type": "worker", "task": "etl.load", "needs": ["extract"], "priority": 5, "allowed_next": ["hook"]},
+            {"name": "hook", "type": "http", "url": "https://example.com", "method": "POST", "needs": "pause", "retry": {"max_attempts": 2}, "timeout": "10000ms", "concurrency": {"key": "example.com", "limit": 4}},
+            {"name": "load", "type": "worker", "task": "etl.load", "needs": ["extract"], "priority": 5, "allowed_next": ["hook"], "concurrency": {"key": "load-{{ input.customer }}", "limit": 1}},
         ],
     }
     etl.attach(w)

@@ -25,6 +25,9 @@ export interface PipelineTask {
   timeout?: string;
   priority?: number;
   allowedNext?: string[];
+  /** At most `limit` attempts of tasks with the same rendered `key` run at once, on every
+   * worker (the key may use `input` and `run`: `"{{ input.customerId }}"`). */
+  concurrency?: { key: string; limit: number };
 }
 
 export interface PipelineSpec {
@@ -78,6 +81,7 @@ export function definePipeline(spec: PipelineSpec): Pipeline {
         if (t.timeout !== undefined) out.timeout = t.timeout;
         if (t.priority !== undefined) out.priority = t.priority;
         if (t.allowedNext !== undefined) out.allowed_next = t.allowedNext;
+        if (t.concurrency !== undefined) out.concurrency = t.concurrency;
         return out;
       });
       return doc;

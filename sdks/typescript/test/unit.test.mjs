@@ -105,7 +105,7 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
     steps: [
       { name: "import-data", handler: async () => ({ success: true }) },
       { name: "transform", handler: async (ctx) => ctx.upstream["import-data"] },
-      { name: "wait", type: "sleep", params: { duration: "1s" } },
+      { name: "wait", type: "sleep", params: { duration: "1s" }, concurrency: { key: "{{ input.tenant }}", limit: 2 } },
     ],
   });
   assert.deepEqual(p.document(), {
@@ -113,7 +113,13 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
     tasks: [
       { name: "import-data", type: "worker", task: "data-import.import-data" },
       { name: "transform", type: "worker", task: "data-import.transform", needs: ["import-data"] },
-      { name: "wait", type: "sleep", duration: "1s", needs: ["import-data", "transform"] },
+      {
+        name: "wait",
+        type: "sleep",
+        duration: "1s",
+        needs: ["import-data", "transform"],
+        concurrency: { key: "{{ input.tenant }}", limit: 2 },
+      },
     ],
   });
   const w = worker();

@@ -6,11 +6,12 @@ from .context import Context
 from .hashing import code_hash
 from .idempotency import key_template
 from .local import LocalResult, run_local, run_local_async
-from .pipeline import Pipeline, handler_name
+from .pipeline import Concurrency, Pipeline, handler_name
 from .types import Fatal, LeaseLost, OrbitError, RegisteredVersion, TaskOptions, TaskResult
 from .worker import Worker
 
 __all__ = [
+    "Concurrency",
     "AsyncClient",
     "Client",
     "Context",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from .types import Handler, KeyFunction, TaskOptions
 
@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 H = TypeVar("H", bound=Handler)
 Duration = str | float
 """`"30s"`, `"10ms"`, or a number of seconds."""
+
+
+class Concurrency(TypedDict):
+    """At most `limit` attempts of tasks with the same rendered `key` run at once, on every
+    worker: `{"key": "{{ input.customerId }}", "limit": 2}` (the key may use `input` and `run`)."""
+
+    key: str
+    limit: int
 
 
 def handler_name(pipeline: str, task: str) -> str:
@@ -60,13 +68,14 @@ class Pipeline:
         retries: int | None = None,
         heartbeat_interval: float | None = None,
         code_version: str | None = None,
+        concurrency: Concurrency | None = None,
     ) -> Callable[[H], H]:
         """A task run by the decorated handler (named after it unless `name` is given).
         `retry` is the pipeline file's policy (`{"max_attempts": 3, "initial": "1s"}`)."""
 
         def decorate(handler: H) -> H:
             task = name or handler.__name__
-            fields = self._fields(needs, retry, timeout, priority, allowed_next, input)
+            fields = self._fields(needs, retry, timeout, priority, allowed_next, input, concurrency)
             options = TaskOptions(list(allowed_next or []), idempotency_key, retries, None, heartbeat_interval, code_version)
             self._add(_Task(task, {"type": "worker", "task": handler_name(self.name, task), **fields}, handler, options))
             return handler
@@ -82,14 +91,15 @@ class Pipeline:
         retry: dict[str, Any] | None = None,
         timeout: Duration | None = None,
         priority: int | None = None,
+        concurrency: Concurrency | None = None,
         **params: Any,
     ) -> Pipeline:
         """A built-in task with its parameters as the pipeline file names them:
         `add("fetch", "http", url="https://…", needs="extract")`."""
-        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None)}))
+        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None, concurrency)}))
         return self
 
-    def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any) -> dict[str, Any]:
+    def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any, concurrency: Concurrency | None) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "needs": needs,
             "retry": retry,
@@ -97,6 +107,7 @@ class Pipeline:
             "priority": priority,
             "allowed_next": allowed_next,
             "input": input,
+            "concurrency": None if concurrency is None else dict(concurrency),
         }
         return {k: v for k, v in fields.items() if v is not None}
 
