@@ -80,20 +80,26 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    use orbit_engine::EngineError;
     use orbit_store::StoreError;
+    // What the caller asked for cannot be done as asked: exit 2, like a malformed file.
+    let refused = |s: &StoreError| {
+        matches!(
+            s,
+            StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_)
+        )
+    };
     for cause in e.chain() {
         if cause.is::<BadInput>() || cause.is::<orbit_core::file::FileError>() {
             return 2;
         }
-        if let Some(StoreError::NotFound(_) | StoreError::Conflict(_)) =
-            cause.downcast_ref::<StoreError>()
-        {
+        if cause.downcast_ref::<StoreError>().is_some_and(refused) {
             return 2;
         }
-        if let Some(orbit_engine::EngineError::IdempotencyKeyReused { .. }) =
-            cause.downcast_ref::<orbit_engine::EngineError>()
-        {
-            return 2;
+        match cause.downcast_ref::<EngineError>() {
+            Some(EngineError::IdempotencyKeyReused { .. }) => return 2,
+            Some(EngineError::Store(s)) if refused(s) => return 2,
+            _ => {}
         }
     }
     1

@@ -1183,3 +1183,68 @@ fn status_says_when_nobody_claims_a_queue() {
             .contains("waiting: no worker is claiming queue `gpu`")
     );
 }
+
+#[test]
+fn a_concurrency_key_runs_its_tasks_one_at_a_time() {
+    let env = setup();
+    env.file(
+        "k.yaml",
+        "name: k\ntasks:\n\
+         \x20 - {name: a, type: sleep, duration: 300ms, concurrency: {key: \"acct-{{ input.acct }}\", limit: 1}}\n\
+         \x20 - {name: b, type: sleep, duration: 300ms, concurrency: {key: \"acct-{{ input.acct }}\", limit: 1}}\n\
+         \x20 - {name: c, type: sleep, duration: 300ms, concurrency: {key: \"acct-{{ input.acct }}\", limit: 1}}\n\
+         \x20 - {name: free, type: sleep, duration: 300ms}\n",
+    );
+    env.orbit()
+        .args([
+            "run",
+            "k.yaml",
+            "--concurrency",
+            "4",
+            "-i",
+            r#"{"acct": 9}"#,
+        ])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .success();
+    let run = env.last_run()["id"].as_str().expect("run").to_owned();
+    let s = env.json(&["status", &run]);
+    let span = |name: &str| {
+        let t = s["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .find(|t| t["taskName"] == name)
+            .expect("task")
+            .clone();
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let at = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(t[k].as_str().expect("time")).expect("rfc3339")
+        };
+        (
+            at("startedAt"),
+            at("finishedAt"),
+            t["concurrencyKey"].clone(),
+        )
+    };
+    let mut keyed: Vec<_> = ["a", "b", "c"].iter().map(|n| span(n)).collect();
+    assert!(keyed.iter().all(|k| k.2 == "acct-9"), "{s}");
+    keyed.sort_by_key(|k| k.0);
+    for pair in keyed.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two attempts of key acct-9 overlapped: {s}"
+        );
+    }
+    // The task without a key did not wait for them.
+    assert!(span("free").0 < keyed[1].0, "{s}");
+    // A run whose input cannot render the key is refused, naming the task.
+    let out = env
+        .orbit()
+        .args(["trigger", "k.yaml", "-i", "{}"])
+        .output()
+        .expect("trigger");
+    assert_eq!(out.status.code(), Some(2), "bad input");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("task `a`") && err.contains("acct"), "{err}");
+}

@@ -1,11 +1,46 @@
-//! Why a run's ready tasks may sit unclaimed: no live server, worker or worker service takes
-//! their queue. Said by `orbit status`, the API's run detail and the dashboard, so nobody
-//! stares at a `pending` run wondering.
+//! Why a run's ready tasks may sit unclaimed: their concurrency key is at its limit, or no live
+//! server, worker or worker service takes their queue. Said by `orbit status`, the API's run
+//! detail and the dashboard, so nobody stares at a `pending` run wondering.
 
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_store::{Store, StoreError, TaskRunRecord};
 use std::collections::BTreeSet;
+
+/// Ready task runs held back by a concurrency key at its limit, one line per key:
+/// "3 tasks wait for concurrency key `c-42` (2/2 in use)".
+pub async fn full_keys(
+    store: &dyn Store,
+    tasks: &[TaskRunRecord],
+) -> Result<Vec<String>, StoreError> {
+    let mut waiting: std::collections::BTreeMap<&str, (usize, u32)> = Default::default();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Ready) {
+        if let (Some(key), Some(limit)) = (&t.concurrency_key, t.concurrency_limit) {
+            let entry = waiting.entry(key.as_str()).or_insert((0, limit));
+            entry.0 += 1;
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = waiting.keys().map(|k| (*k).to_owned()).collect();
+    let running: std::collections::HashMap<String, u64> =
+        store.running_with_keys(&keys).await?.into_iter().collect();
+    Ok(waiting
+        .into_iter()
+        .filter_map(|(key, (n, limit))| {
+            let in_use = running.get(key).copied().unwrap_or(0);
+            (in_use >= u64::from(limit)).then(|| {
+                let tasks = if n == 1 {
+                    "1 task waits"
+                } else {
+                    &format!("{n} tasks wait")
+                };
+                format!("{tasks} for concurrency key `{key}` ({in_use}/{limit} in use)")
+            })
+        })
+        .collect())
+}
 
 /// One line per queue of `tasks` that has ready work and nobody to claim it, e.g.
 /// ``no worker is claiming queue `default` ``. Empty while any task of the run is running

@@ -201,3 +201,52 @@ async fn run_retention_deletes_runs_finished_before_what_it_keeps() {
     );
     assert_eq!(retention.tick(old_day + Span::days(31)).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn ready_tasks_behind_a_full_key_are_explained() {
+    let (_dir, store) = store().await;
+    let mut p = pipeline("keyed", &[("a", &[], 0), ("b", &[], 0), ("c", &[], 0)]);
+    for t in &mut p.tasks {
+        t.concurrency = Some(orbit_core::pipeline::Concurrency {
+            key: "tenant-{{ input.n }}".into(),
+            limit: 1,
+        });
+    }
+    let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();
+    let run = store
+        .create_run(orbit_store::NewRun {
+            id: uuid::Uuid::now_v7(),
+            pipeline: &stored,
+            input: serde_json::json!({"n": 7}),
+            priority: 0,
+            idempotency_key: None,
+            idempotency_ttl: Duration::from_secs(60),
+            request_hash: None,
+            triggered_by: orbit_store::TriggeredBy::Cli,
+            now: Utc::now(),
+        })
+        .await
+        .unwrap()
+        .run;
+    let tasks = store.task_runs(run.id).await.unwrap();
+    assert!(
+        orbit_engine::waiting::full_keys(store.as_ref(), &tasks)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing runs yet: the key has room"
+    );
+    let claim = orbit_store::ClaimRequest::any("w", 10);
+    let got = store
+        .finish_and_claim(&[], Some(&claim), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(got.claimed.len(), 1);
+    let tasks = store.task_runs(run.id).await.unwrap();
+    assert_eq!(
+        orbit_engine::waiting::full_keys(store.as_ref(), &tasks)
+            .await
+            .unwrap(),
+        ["2 tasks wait for concurrency key `tenant-7` (1/1 in use)"]
+    );
+}

@@ -206,6 +206,7 @@ delegate! {
         queue_stats() -> Result<QueueStats>;
         queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
         attempt_cells(since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
+        running_with_keys(keys: &[String]) -> Result<Vec<(String, u64)>>;
     }
 }
 

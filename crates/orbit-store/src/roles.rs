@@ -191,6 +191,9 @@ pub trait Queues: Send + Sync + 'static {
     /// The attempt figures of every minute from `since` (kept by the commits, see
     /// [`crate::tally`]), in key order.
     async fn attempt_cells(&self, since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
+
+    /// How many task runs of each of `keys` (concurrency keys) are running.
+    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>>;
 }
 
 /// The event log every commit appends to, in commit order.

@@ -106,7 +106,8 @@ pub fn render_runs(runs: &[orbit_store::RunRecord], json: bool) -> anyhow::Resul
 pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     let tasks = store.task_runs(run.id).await?;
-    let waiting = orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?;
+    let mut waiting = orbit_engine::waiting::full_keys(store, &tasks).await?;
+    waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
     render_status(&run, &tasks, &waiting, json)
 }
 

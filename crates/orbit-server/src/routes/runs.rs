@@ -169,14 +169,20 @@ pub async fn get(
     } else {
         None
     };
-    let waiting = if count(TaskState::Ready) > 0 && count(TaskState::Running) == 0 {
+    let waiting = if count(TaskState::Ready) > 0 {
         let ready = orbit_store::TaskRunPage {
             state: Some(TaskState::Ready),
             limit: 200,
             offset: 0,
         };
         let ready = s.store.task_runs_page(run.id, &ready).await?;
-        orbit_engine::waiting::unclaimed(s.store.as_ref(), &ready, Utc::now()).await?
+        let mut lines = orbit_engine::waiting::full_keys(s.store.as_ref(), &ready).await?;
+        if count(TaskState::Running) == 0 {
+            lines.extend(
+                orbit_engine::waiting::unclaimed(s.store.as_ref(), &ready, Utc::now()).await?,
+            );
+        }
+        lines
     } else {
         Vec::new()
     };

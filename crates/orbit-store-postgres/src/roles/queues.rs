@@ -53,4 +53,19 @@ impl orbit_store::Queues for PgStore {
         .map_err(unavailable)?;
         Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
+
+    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT concurrency_key, COUNT(*) FROM task_runs WHERE state = 'running' \
+             AND concurrency_key = ANY($1) GROUP BY concurrency_key",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
 }

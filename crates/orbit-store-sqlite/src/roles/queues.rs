@@ -57,4 +57,27 @@ impl orbit_store::Queues for SqliteStore {
         .map_err(unavailable)?;
         Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
+
+    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT concurrency_key, COUNT(*) FROM task_runs WHERE state = 'running' AND concurrency_key IN (",
+        );
+        let mut list = q.separated(", ");
+        for k in keys {
+            list.push_bind(k);
+        }
+        q.push(") GROUP BY concurrency_key");
+        let rows: Vec<(String, i64)> = q
+            .build_query_as()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
 }
