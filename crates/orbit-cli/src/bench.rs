@@ -32,7 +32,11 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
         Some(scenario) => one(&scenario, &args, durability, json).await?,
         None => {
             for scenario in [
-                Scenario::Throughput { tasks: 10_000 },
+                Scenario::Throughput {
+                    tasks: 10_000,
+                    keys: 0,
+                    key_limit: 1,
+                },
                 Scenario::Chain { length: 500 },
                 Scenario::Fanout { width: 200 },
             ] {
@@ -46,7 +50,11 @@ pub async fn bench(args: BenchArgs, json: bool) -> anyhow::Result<u8> {
 /// What `orbit bench all` runs: the configurations the README's figures come from.
 fn the_set(args: &BenchArgs, quick: bool) -> Vec<(Scenario, BenchArgs, Durability)> {
     let basic = [
-        Scenario::Throughput { tasks: 10_000 },
+        Scenario::Throughput {
+            tasks: 10_000,
+            keys: 0,
+            key_limit: 1,
+        },
         Scenario::Chain { length: 500 },
         Scenario::Fanout { width: 200 },
     ];
@@ -82,7 +90,11 @@ fn the_set(args: &BenchArgs, quick: bool) -> Vec<(Scenario, BenchArgs, Durabilit
             set.push((s.clone(), with(Some(pg.clone()), 0), Durability::Full));
         }
         for workers in [1, 2, 4] {
-            let s = Scenario::Throughput { tasks: 10_000 };
+            let s = Scenario::Throughput {
+                tasks: 10_000,
+                keys: 0,
+                key_limit: 1,
+            };
             set.push((s, with(Some(pg.clone()), workers), Durability::Full));
         }
     }
@@ -187,9 +199,22 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
 /// The scenario's pipeline, of SDK worker tasks when `worker`.
 pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
     let tasks = match *scenario {
-        Scenario::Throughput { tasks }
-        | Scenario::Scale { drain: tasks, .. }
-        | Scenario::Retention { drain: tasks, .. } => (0..tasks)
+        Scenario::Throughput {
+            tasks,
+            keys,
+            key_limit,
+        } => (0..tasks)
+            .map(|i| {
+                let mut t = noop(format!("t{i:06}"), vec![], worker);
+                t.concurrency = (keys > 0).then(|| orbit_core::pipeline::Concurrency {
+                    key: format!("k{}", i % keys),
+                    limit: key_limit,
+                });
+                t
+            })
+            .collect(),
+        Scenario::Scale { drain: tasks, .. } | Scenario::Retention { drain: tasks, .. } => (0
+            ..tasks)
             .map(|i| noop(format!("t{i:06}"), vec![], worker))
             .collect(),
         Scenario::Chain { length } => (0..length)
@@ -330,9 +355,18 @@ async fn run_scenario(
     let task_runs = store.task_runs(run.id).await?;
     let (latency, samples) = latency(scenario, &attempts, &task_runs);
     let pct = |p: f64| percentile(&samples, p);
+    let keys = match *scenario {
+        Scenario::Throughput {
+            keys, key_limit, ..
+        } if keys > 0 => {
+            json!({"keys": keys, "limit": key_limit})
+        }
+        _ => serde_json::Value::Null,
+    };
     Ok(json!({
         "scenario": scenario_name(scenario),
         "tasks": tasks,
+        "concurrency_keys": keys,
         "concurrency": concurrency,
         "durability": label,
         "drained_by": drained_by,

@@ -164,7 +164,14 @@ pub(crate) async fn pipeline_of(
     name: &str,
     tasks: usize,
 ) -> anyhow::Result<StoredPipeline> {
-    let mut p = pipeline(&Scenario::Throughput { tasks }, false);
+    let mut p = pipeline(
+        &Scenario::Throughput {
+            tasks,
+            keys: 0,
+            key_limit: 1,
+        },
+        false,
+    );
     p.name = name.into();
     Ok(store.save_pipeline(&p, None, Utc::now()).await?)
 }

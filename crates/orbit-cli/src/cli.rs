@@ -349,6 +349,13 @@ pub enum Scenario {
     Throughput {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
+        /// Give the tasks this many distinct concurrency keys (task i gets key i mod N), each
+        /// with --key-limit: what counting per key costs a claim
+        #[arg(long, default_value_t = 0)]
+        keys: usize,
+        /// Attempts of one key running at once, with --keys
+        #[arg(long, default_value_t = 1)]
+        key_limit: u32,
     },
     /// N dependent no-op tasks: latency from one task's completion to the next one's start
     Chain {

@@ -268,16 +268,31 @@ fn claim_ready(
     running: &HashSet<Uuid>,
     events: &mut Vec<Event>,
 ) -> Result<Vec<ClaimedTask>> {
+    // Keyed task runs need the claim that counts per key; without any ready (the partial index
+    // answers at once, and SQLite's one writer keeps it so until this commit) the plain claim
+    // reads the claim index alone.
+    let keyed = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL)",
+        )
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+        .map_err(sql)?;
     // ?1 the owner, ?2 the time, ?3 the limit; then the filters' values.
     let mut query = String::from(
         "UPDATE task_runs SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
          lease_owner = ?1, lease_expires_at = ?2 + lease_ms * 1000, started_at = COALESCE(started_at, ?2), \
-         claimed_at = ?2, updated_at = ?2 \
-         WHERE id IN (SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, \
-         ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
-         concurrency_limit FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit \
-         FROM task_runs WHERE state = 'ready' AND ready_at <= ?2",
+         claimed_at = ?2, updated_at = ?2 WHERE id IN (",
     );
+    if keyed {
+        query.push_str(
+            "SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, \
+             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
+             concurrency_limit FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit \
+             FROM task_runs WHERE state = 'ready' AND ready_at <= ?2",
+        );
+    } else {
+        query.push_str("SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2");
+    }
     let mut values = vec![
         text(c.owner.clone()),
         int(now),
@@ -298,17 +313,20 @@ fn claim_ready(
             query.push(')');
         }
     }
-    // Keys already at their limit are passed over, so their backlog does not hold up other
-    // keys; of the next candidates, a key gets only the slots it has left (SQLite has one
-    // writer: what this transaction counts stays true until it commits).
+    if keyed {
+        // Keys already at their limit are passed over, so their backlog does not hold up
+        // other keys; of the next candidates, a key gets only the slots it has left.
+        query.push_str(
+            " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
+             WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
+             HAVING COUNT(*) >= MAX(concurrency_limit))) \
+             ORDER BY priority DESC, ready_at, id LIMIT ?3 * 2)) AS c \
+             WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
+             WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit",
+        );
+    }
     query.push_str(
-        " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
-         WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-         HAVING COUNT(*) >= MAX(concurrency_limit))) \
-         ORDER BY priority DESC, ready_at, id LIMIT ?3 * 2)) AS c \
-         WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
-         WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit \
-         ORDER BY priority DESC, ready_at, id LIMIT ?3) \
+        " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
          RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
     );
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
