@@ -89,6 +89,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_)
         )
     };
+    // A context (a server's 4xx answer) is found by anyhow's downcast, not in the chain.
+    if e.downcast_ref::<BadInput>().is_some() {
+        return 2;
+    }
     for cause in e.chain() {
         if cause.is::<BadInput>() || cause.is::<orbit_core::file::FileError>() {
             return 2;

@@ -734,4 +734,15 @@ async fn a_big_runs_detail_is_paged() {
         Some(TASKS),
         "{status:#}"
     );
+    // What the server refuses (a 4xx) is bad input to the CLI: exit status 2, as without --url.
+    let out = std::process::Command::new(support::orbit_bin())
+        .args(["trigger", "no-such-pipeline", "--url", &s.base])
+        .output()
+        .expect("orbit trigger");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
