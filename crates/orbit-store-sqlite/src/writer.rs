@@ -56,9 +56,7 @@ impl Writer {
                 let mut conn = conn;
                 // Ends when every sender is gone (the store was dropped).
                 while let Ok(job) = rx.recv() {
-                    // A panic fails its own caller (its reply is dropped), not the writes after it.
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    job(&mut conn);
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
@@ -74,14 +72,21 @@ impl Writer {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn: &mut Connection| {
-            let result = (|| {
+            // A panic fails its own caller (the transaction rolls back as it unwinds), not the
+            // writes after it.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let t = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(sql)?;
                 let value = f(&t)?;
                 t.commit().map_err(sql)?;
                 Ok(value)
-            })();
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "a SQLite write panicked and was rolled back".into(),
+                ))
+            });
             let _ = tx.send(result);
         });
         self.jobs
