@@ -208,7 +208,7 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
                 let mut t = noop(format!("t{i:06}"), vec![], worker);
                 t.concurrency = (keys > 0).then(|| orbit_core::pipeline::Concurrency {
                     key: format!("k{}", i % keys),
-                    limit: key_limit,
+                    limit: Some(key_limit),
                 });
                 t
             })

@@ -67,8 +67,11 @@ pub struct Concurrency {
     /// A template over the run's `input` and `run` (`id`, `pipeline`), rendered when the run is
     /// created; a plain string is one key shared by every run.
     pub key: String,
-    /// Attempts with this key running at once, at least 1.
-    pub limit: u32,
+    /// Attempts with this key running at once, at least 1. Without it, the key's named limit
+    /// (`orbit limits set KEY N`) applies, and until there is one its tasks wait. A named
+    /// limit also overrides this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// The longest rendered concurrency key.

@@ -13,10 +13,12 @@ pub async fn full_keys(
     store: &dyn Store,
     tasks: &[TaskRunRecord],
 ) -> Result<Vec<String>, StoreError> {
-    let mut waiting: std::collections::BTreeMap<&str, (usize, u32)> = Default::default();
+    let mut waiting: std::collections::BTreeMap<&str, (usize, Option<u32>)> = Default::default();
     for t in tasks.iter().filter(|t| t.state == TaskState::Ready) {
-        if let (Some(key), Some(limit)) = (&t.concurrency_key, t.concurrency_limit) {
-            let entry = waiting.entry(key.as_str()).or_insert((0, limit));
+        if let Some(key) = &t.concurrency_key {
+            let entry = waiting
+                .entry(key.as_str())
+                .or_insert((0, t.concurrency_limit));
             entry.0 += 1;
         }
     }
@@ -24,20 +26,32 @@ pub async fn full_keys(
         return Ok(Vec::new());
     }
     let keys: Vec<String> = waiting.keys().map(|k| (*k).to_owned()).collect();
-    let running: std::collections::HashMap<String, u64> =
-        store.running_with_keys(&keys).await?.into_iter().collect();
+    let usage: std::collections::HashMap<String, orbit_store::KeyUsage> = store
+        .key_usage(&keys)
+        .await?
+        .into_iter()
+        .map(|u| (u.key.clone(), u))
+        .collect();
     Ok(waiting
         .into_iter()
-        .filter_map(|(key, (n, limit))| {
-            let in_use = running.get(key).copied().unwrap_or(0);
-            (in_use >= u64::from(limit)).then(|| {
-                let tasks = if n == 1 {
-                    "1 task waits"
-                } else {
-                    &format!("{n} tasks wait")
-                };
-                format!("{tasks} for concurrency key `{key}` ({in_use}/{limit} in use)")
-            })
+        .filter_map(|(key, (n, declared))| {
+            let u = usage.get(key);
+            let in_use = u.map_or(0, |u| u.running);
+            // A named limit (`orbit limits set`) wins over what the tasks declare.
+            let limit = u.and_then(|u| u.limit).or(declared);
+            let tasks = if n == 1 {
+                "1 task waits".to_owned()
+            } else {
+                format!("{n} tasks wait")
+            };
+            match limit {
+                None => Some(format!(
+                    "{tasks} for concurrency key `{key}`, which has no limit yet: orbit limits set {key} N"
+                )),
+                Some(limit) => (in_use >= u64::from(limit)).then(|| {
+                    format!("{tasks} for concurrency key `{key}` ({in_use}/{limit} in use)")
+                }),
+            }
         })
         .collect())
 }

@@ -209,7 +209,7 @@ async fn ready_tasks_behind_a_full_key_are_explained() {
     for t in &mut p.tasks {
         t.concurrency = Some(orbit_core::pipeline::Concurrency {
             key: "tenant-{{ input.n }}".into(),
-            limit: 1,
+            limit: Some(1),
         });
     }
     let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();

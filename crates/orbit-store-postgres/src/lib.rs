@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use orbit_core::{Pipeline, TaskState};
 use orbit_store::{
     AttemptRecord, BatchOutcome, Cell, CellKey, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
-    EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
+    EventRecord, FinishedAttempt, KeyUsage, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
     PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
     ServiceTask, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
 };
@@ -418,7 +418,7 @@ mod tests {
         for t in p.tasks.iter_mut().take(40) {
             t.concurrency = Some(orbit_core::pipeline::Concurrency {
                 key: "shared".into(),
-                limit: LIMIT as u32,
+                limit: Some(LIMIT as u32),
             });
         }
         let stored = a.save_pipeline(&p, None, Utc::now()).await.expect("save");

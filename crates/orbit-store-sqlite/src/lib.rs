@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use orbit_core::{Pipeline, TaskState};
 use orbit_store::{
     AttemptRecord, BatchOutcome, Cell, CellKey, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
-    EventRecord, FinishedAttempt, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
+    EventRecord, FinishedAttempt, KeyUsage, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
     PurgedLetters, QueueFilter, QueueStats, Requeued, Result, RunFilter, RunRecord, ServiceRecord,
     ServiceTask, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
 };

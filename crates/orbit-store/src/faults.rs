@@ -206,7 +206,9 @@ delegate! {
         queue_stats() -> Result<QueueStats>;
         queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
         attempt_cells(since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
-        running_with_keys(keys: &[String]) -> Result<Vec<(String, u64)>>;
+        key_usage(keys: &[String]) -> Result<Vec<KeyUsage>>;
+        set_key_limit(key: &str, limit: Option<u32>, now: DateTime<Utc>) -> Result<bool>;
+        key_limits() -> Result<Vec<KeyUsage>>;
     }
 }
 

@@ -310,6 +310,17 @@ pub struct PurgedLetters {
     pub runs: Vec<Uuid>,
 }
 
+/// A concurrency key: its task runs running, and its named limit (`orbit limits set`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyUsage {
+    pub key: String,
+    pub running: u64,
+    /// The named limit; `None`: the limit each task declares applies.
+    pub limit: Option<u32>,
+}
+
 /// Task runs by state, in the seed's `GET /api/queue/status` shape.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

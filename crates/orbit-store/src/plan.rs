@@ -372,7 +372,8 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                     c.render(&new.input, &run, &p.name).map_err(|e| {
                         crate::StoreError::Invalid(format!("task `{}`: {e}", task.name))
                     })?,
-                    i32::try_from(c.limit).unwrap_or(i32::MAX),
+                    // 0: none declared; the key's named limit decides.
+                    c.limit.map_or(0, |l| i32::try_from(l).unwrap_or(i32::MAX)),
                 )),
                 None => None,
             };

@@ -192,8 +192,21 @@ pub trait Queues: Send + Sync + 'static {
     /// [`crate::tally`]), in key order.
     async fn attempt_cells(&self, since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
 
-    /// How many task runs of each of `keys` (concurrency keys) are running.
-    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>>;
+    /// Each of `keys` (concurrency keys) with its task runs running and its named limit.
+    async fn key_usage(&self, keys: &[String]) -> Result<Vec<KeyUsage>>;
+
+    /// Sets (`Some`) or removes (`None`) the named limit of a concurrency key: at most so many
+    /// of its task runs run at once, whatever limit their tasks declare. Returns whether a
+    /// limit was there before.
+    async fn set_key_limit(
+        &self,
+        key: &str,
+        limit: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Every named limit, by key, with its task runs running.
+    async fn key_limits(&self) -> Result<Vec<KeyUsage>>;
 }
 
 /// The event log every commit appends to, in commit order.

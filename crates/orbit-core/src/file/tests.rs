@@ -414,7 +414,7 @@ fn concurrency_keys_are_read_and_checked() {
     let c = p.tasks[0].concurrency.clone().unwrap();
     assert_eq!(
         (c.key.as_str(), c.limit),
-        ("cust-{{ input.customerId }}", 2)
+        ("cust-{{ input.customerId }}", Some(2))
     );
     assert_eq!(
         c.render(&serde_json::json!({"customerId": 42}), "r1", "c"),

@@ -138,8 +138,8 @@ impl Checker {
         Some(d)
     }
 
-    /// `concurrency: { key, limit }`; the key may use the run's `input` and `run` only (it is
-    /// rendered when the run is created, before any task has an output).
+    /// `concurrency: { key, limit }` (`limit` optional); the key may use the run's `input` and
+    /// `run` only (it is rendered when the run is created, before any task has an output).
     pub(super) fn concurrency(&mut self, v: &Located, task: &str) -> Option<Concurrency> {
         let Value::Object(map) = &v.value else {
             self.at(
@@ -182,16 +182,14 @@ impl Checker {
             self.at(v, format!("task `{task}`: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
             return None;
         }
+        // Without a limit the key's named limit (`orbit limits set`) applies.
         let limit = match map.get("limit").map(|l| l.as_u64()) {
-            Some(Some(n @ 1..=1_000_000)) => n as u32,
+            Some(Some(n @ 1..=1_000_000)) => Some(n as u32),
             Some(_) => {
                 self.at(v, format!("task `{task}`: `concurrency.limit` must be a whole number from 1 to 1000000, not {}", short(&map["limit"])));
                 return None;
             }
-            None => {
-                self.at(v, format!("task `{task}`: `concurrency` needs a `limit`"));
-                return None;
-            }
+            None => None,
         };
         Some(Concurrency { key, limit })
     }

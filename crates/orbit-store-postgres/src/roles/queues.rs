@@ -54,18 +54,73 @@ impl orbit_store::Queues for PgStore {
         Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
 
-    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT concurrency_key, COUNT(*) FROM task_runs WHERE state = 'running' \
-             AND concurrency_key = ANY($1) GROUP BY concurrency_key",
+    async fn key_usage(&self, keys: &[String]) -> Result<Vec<KeyUsage>> {
+        usage(
+            sqlx::query_as(
+                "SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+                 l.max_running FROM UNNEST($1::text[]) AS k(key) LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
+            )
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
         )
-        .bind(keys)
-        .fetch_all(&self.pool)
+    }
+
+    async fn set_key_limit(
+        &self,
+        key: &str,
+        limit: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let existed: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM concurrency_limits WHERE key = $1)")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        match limit {
+            Some(n) => sqlx::query(
+                "INSERT INTO concurrency_limits (key, max_running, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET max_running = excluded.max_running, updated_at = excluded.updated_at",
+            )
+            .bind(key)
+            .bind(i32::try_from(n).unwrap_or(i32::MAX))
+            .bind(now),
+            None => sqlx::query("DELETE FROM concurrency_limits WHERE key = $1").bind(key),
+        }
+        .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
-            .collect())
+        // A raised limit may free slots: claimers look again.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::CHANNEL)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(existed)
     }
+
+    async fn key_limits(&self) -> Result<Vec<KeyUsage>> {
+        usage(
+            sqlx::query_as(
+                "SELECT l.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
+                 l.max_running FROM concurrency_limits l ORDER BY l.key",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
+        )
+    }
+}
+
+fn usage(rows: Vec<(String, i64, Option<i32>)>) -> Result<Vec<KeyUsage>> {
+    Ok(rows
+        .into_iter()
+        .map(|(key, running, limit)| KeyUsage {
+            key,
+            running: u64::try_from(running).unwrap_or(0),
+            limit: limit.and_then(|l| u32::try_from(l).ok()),
+        })
+        .collect())
 }

@@ -454,13 +454,16 @@ async fn claim_ready(
         // Keys at their limit are passed over, so their backlog does not hold up other keys;
         // of the next candidates, a key gets only the slots it has left.
         "cand AS ( \
-           SELECT id, priority, ready_at, concurrency_key, concurrency_limit FROM task_runs \
+           SELECT id, priority, ready_at, concurrency_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = task_runs.concurrency_key), \
+             concurrency_limit) AS concurrency_limit FROM task_runs \
            WHERE state = 'ready' AND ready_at <= $2 \
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
            AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
              WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= MAX(concurrency_limit))) \
+             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+             WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
            ORDER BY priority DESC, ready_at, id LIMIT $3 * 2 FOR UPDATE SKIP LOCKED), \
          picked AS ( \
            SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit, \

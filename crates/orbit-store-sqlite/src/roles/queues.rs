@@ -58,26 +58,59 @@ impl orbit_store::Queues for SqliteStore {
         Ok(rows.into_iter().map(orbit_store::tally::from_row).collect())
     }
 
-    async fn running_with_keys(&self, keys: &[String]) -> Result<Vec<(String, u64)>> {
+    async fn key_usage(&self, keys: &[String]) -> Result<Vec<KeyUsage>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT concurrency_key, COUNT(*) FROM task_runs WHERE state = 'running' AND concurrency_key IN (",
+        // One row per key asked about, from a VALUES list of them.
+        let mut q = QueryBuilder::<Sqlite>::new("WITH k (key) AS (");
+        q.push_values(keys, |mut b, k| {
+            b.push_bind(k);
+        });
+        q.push(
+            ") SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+             l.max_running FROM k LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
         );
-        let mut list = q.separated(", ");
-        for k in keys {
-            list.push_bind(k);
-        }
-        q.push(") GROUP BY concurrency_key");
-        let rows: Vec<(String, i64)> = q
-            .build_query_as()
+        usage(
+            q.build_query_as()
+                .fetch_all(&self.reader)
+                .await
+                .map_err(unavailable)?,
+        )
+    }
+
+    async fn set_key_limit(
+        &self,
+        key: &str,
+        limit: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let existed = write::set_key_limit(&self.writer, key, limit, now).await?;
+        // A raised limit may free slots: claimers look again.
+        self.signal();
+        Ok(existed)
+    }
+
+    async fn key_limits(&self) -> Result<Vec<KeyUsage>> {
+        usage(
+            sqlx::query_as(
+                "SELECT l.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
+                 l.max_running FROM concurrency_limits l ORDER BY l.key",
+            )
             .fetch_all(&self.reader)
             .await
-            .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, n)| (k, u64::try_from(n).unwrap_or(0)))
-            .collect())
+            .map_err(unavailable)?,
+        )
     }
+}
+
+fn usage(rows: Vec<(String, i64, Option<i64>)>) -> Result<Vec<KeyUsage>> {
+    Ok(rows
+        .into_iter()
+        .map(|(key, running, limit)| KeyUsage {
+            key,
+            running: u64::try_from(running).unwrap_or(0),
+            limit: limit.and_then(|l| u32::try_from(l).ok()),
+        })
+        .collect())
 }

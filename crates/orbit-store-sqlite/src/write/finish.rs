@@ -287,7 +287,9 @@ fn claim_ready(
         query.push_str(
             "SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, \
              ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
-             concurrency_limit FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit \
+             concurrency_limit FROM (SELECT id, priority, ready_at, concurrency_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = task_runs.concurrency_key), concurrency_limit) \
+             AS concurrency_limit \
              FROM task_runs WHERE state = 'ready' AND ready_at <= ?2",
         );
     } else {
@@ -319,7 +321,8 @@ fn claim_ready(
         query.push_str(
             " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
              WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= MAX(concurrency_limit))) \
+             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+             WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
              ORDER BY priority DESC, ready_at, id LIMIT ?3 * 2)) AS c \
              WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
              WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit",

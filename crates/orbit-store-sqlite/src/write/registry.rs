@@ -244,3 +244,26 @@ pub async fn forget_attempt_cells(writer: &Writer, before: DateTime<Utc>) -> Res
         })
         .await
 }
+
+/// Sets or removes a concurrency key's named limit; whether one was there before.
+pub async fn set_key_limit(
+    writer: &Writer,
+    key: &str,
+    limit: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let key = key.to_owned();
+    writer
+        .transaction(move |t| {
+            let existed = exec(t, "DELETE FROM concurrency_limits WHERE key = ?1", [&key])? > 0;
+            if let Some(n) = limit {
+                exec(
+                    t,
+                    "INSERT INTO concurrency_limits (key, max_running, updated_at) VALUES (?1, ?2, ?3)",
+                    params![&key, n, us(now)],
+                )?;
+            }
+            Ok(existed)
+        })
+        .await
+}

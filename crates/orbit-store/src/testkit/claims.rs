@@ -267,10 +267,10 @@ pub async fn many_claims_share_one_commit(store: &dyn Store) {
     );
 }
 
-fn keyed(p: &mut Pipeline, task: usize, key: &str, limit: u32) {
+fn keyed(p: &mut Pipeline, task: usize, key: &str, limit: impl Into<Option<u32>>) {
     p.tasks[task].concurrency = Some(orbit_core::pipeline::Concurrency {
         key: key.into(),
-        limit,
+        limit: limit.into(),
     });
 }
 
@@ -371,5 +371,60 @@ pub async fn a_key_that_cannot_be_rendered_refuses_the_run(store: &dyn Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+pub async fn named_key_limits_decide_what_runs(store: &dyn Store) {
+    // `api` declares no limit: it waits for a named one. `k2` declares 2.
+    let mut p = pipeline(
+        "named",
+        &[
+            ("a0", &[], 9),
+            ("a1", &[], 9),
+            ("a2", &[], 9),
+            ("b0", &[], 0),
+            ("b1", &[], 0),
+            ("b2", &[], 0),
+        ],
+    );
+    for i in 0..3 {
+        keyed(&mut p, i, "api", None);
+        keyed(&mut p, i + 3, "k2", 2);
+    }
+    start(store, &p, t0()).await;
+    assert_eq!(names(&claim(store, None, 10, t0()).await), ["b0", "b1"]);
+    assert!(
+        !store.set_key_limit("api", Some(2), t0()).await.unwrap(),
+        "new"
+    );
+    assert_eq!(names(&claim(store, None, 10, t0()).await), ["a0", "a1"]);
+    // A named limit overrides the declared one, down as well as up.
+    store.set_key_limit("k2", Some(3), t0()).await.unwrap();
+    assert_eq!(names(&claim(store, None, 10, t0()).await), ["b2"]);
+    assert!(
+        store.set_key_limit("k2", Some(1), t0()).await.unwrap(),
+        "replaced"
+    );
+    let usage = |key: &str, running, limit| crate::KeyUsage {
+        key: key.into(),
+        running,
+        limit,
+    };
+    assert_eq!(
+        store.key_limits().await.unwrap(),
+        [usage("api", 2, Some(2)), usage("k2", 3, Some(1))]
+    );
+    assert_eq!(
+        store
+            .key_usage(&["api".into(), "nope".into()])
+            .await
+            .unwrap(),
+        [usage("api", 2, Some(2)), usage("nope", 0, None)]
+    );
+    assert!(store.set_key_limit("api", None, t0()).await.unwrap());
+    assert_eq!(store.key_limits().await.unwrap(), [usage("k2", 3, Some(1))]);
+    assert!(
+        claim(store, None, 10, t0()).await.is_empty(),
+        "a2 waits again"
     );
 }

@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             claims_filter_by_queue_and_type,
             concurrency_keys_cap_running_attempts,
             a_key_that_cannot_be_rendered_refuses_the_run,
+            named_key_limits_decide_what_runs,
             queue_stats_count_task_runs_by_state,
             deleted_pipelines_are_hidden_until_saved_again,
             only_scheduled_pipelines_are_read_for_cron,
