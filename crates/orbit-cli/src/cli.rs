@@ -143,6 +143,13 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         idle: Option<std::time::Duration>,
     },
+    /// Named limits of concurrency keys: list them, set one, delete one
+    Limits {
+        #[command(subcommand)]
+        action: Option<LimitsAction>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The dead-letter queue: tasks whose attempts are spent or that failed for good
     Dlq {
         #[command(subcommand)]
@@ -182,7 +189,8 @@ impl Command {
             | Command::Delete { remote, .. }
             | Command::Retry { remote, .. }
             | Command::Resume { remote, .. }
-            | Command::Dlq { remote, .. } => Some(remote),
+            | Command::Dlq { remote, .. }
+            | Command::Limits { remote, .. } => Some(remote),
             Command::Tasks {
                 action: TasksAction::History { remote, .. },
             } => Some(remote),
@@ -400,6 +408,21 @@ pub enum Scenario {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     orbit_core::duration::parse(s)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Every named limit, with the task runs of its key running now
+    List,
+    /// At most LIMIT task runs with concurrency key KEY run at once, whatever their tasks
+    /// declare (tasks that declare no limit wait for this one)
+    Set {
+        key: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        limit: u32,
+    },
+    /// Remove KEY's named limit
+    Delete { key: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -373,6 +373,54 @@ async fn every_route(api: &Api) {
         .call(Method::POST, "/api/v1/pipelines/slow/trigger", None)
         .await;
     assert_eq!((status, &gone["error"]["code"]), (404, &json!("not_found")));
+
+    // named limits of concurrency keys, over the API and `orbit limits --url`
+    let (status, set) = api
+        .call(
+            Method::PUT,
+            "/api/v1/limits/openai",
+            Some(json!({"limit": 3})),
+        )
+        .await;
+    assert_eq!(
+        (status, set),
+        (200, json!({"key": "openai", "running": 0, "limit": 3}))
+    );
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": "x"}),
+        json!({"max": 2}),
+    ] {
+        let (status, body) = api
+            .call(Method::PUT, "/api/v1/limits/openai", Some(bad.clone()))
+            .await;
+        assert!(
+            (400..500).contains(&status) && body["error"]["message"].is_string(),
+            "{bad}: {status} {body}"
+        );
+    }
+    let out = std::process::Command::new(support::orbit_bin())
+        .args(["limits", "set", "anthropic", "2", "--url", &api.base])
+        .env("ORBIT_API_TOKEN", api.token.clone().unwrap_or_default())
+        .output()
+        .expect("orbit limits set");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        api.get("/api/v1/limits").await,
+        json!([{"key": "anthropic", "running": 0, "limit": 2}, {"key": "openai", "running": 0, "limit": 3}])
+    );
+    let (status, _) = api
+        .call(Method::DELETE, "/api/v1/limits/openai", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, gone) = api
+        .call(Method::DELETE, "/api/v1/limits/openai", None)
+        .await;
+    assert_eq!((status, &gone["error"]["code"]), (404, &json!("not_found")));
 }
 
 #[tokio::test]

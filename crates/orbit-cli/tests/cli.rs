@@ -1,7 +1,7 @@
 //! The `orbit` binary end to end: real files, a real SQLite database, real processes.
 
 use assert_cmd::Command;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1247,4 +1247,34 @@ fn a_concurrency_key_runs_its_tasks_one_at_a_time() {
     assert_eq!(out.status.code(), Some(2), "bad input");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("task `a`") && err.contains("acct"), "{err}");
+}
+
+#[test]
+fn named_limits_are_set_listed_and_deleted() {
+    let env = setup();
+    assert_eq!(
+        env.json(&["limits", "set", "openai", "10"]),
+        json!([{"key": "openai", "running": 0, "limit": 10}])
+    );
+    env.orbit()
+        .args(["limits", "set", "acct-9", "1"])
+        .assert()
+        .success();
+    let listed = env.json(&["limits"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed[0]["key"], "acct-9");
+    let text = env.orbit().args(["limits", "list"]).output().expect("list");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("KEY") && text.contains("openai"), "{text}");
+    env.orbit()
+        .args(["limits", "delete", "openai"])
+        .assert()
+        .success();
+    for args in [
+        &["limits", "delete", "openai"][..],
+        &["limits", "set", "x", "0"][..],
+    ] {
+        let out = env.orbit().args(args).output().expect("orbit limits");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
 }

@@ -203,6 +203,44 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every named limit, by key, with its task runs running now. */
+        get: operations["limits_list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/limits/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Sets a concurrency key's named limit: it overrides what tasks declare, and tasks that
+         *     declare none wait for it. Answers the key's usage.
+         */
+        put: operations["limits_set"];
+        post?: never;
+        /** Removes a key's named limit (tasks that declare a limit keep it; the others wait). */
+        delete: operations["limits_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/pipelines": {
         parameters: {
             query?: never;
@@ -1100,6 +1138,17 @@ export interface components {
             /** @description Embedded worker slots. */
             workers: number;
         };
+        /** @description A concurrency key: its task runs running, and its named limit (`orbit limits set`). */
+        KeyUsage: {
+            key: string;
+            /**
+             * Format: int32
+             * @description The named limit; `None`: the limit each task declares applies.
+             */
+            limit?: number | null;
+            /** Format: int64 */
+            running: number;
+        };
         /** @description A running `orbit server` or `orbit worker` process, as it announces itself. */
         NodeInfo: {
             /** Format: int32 */
@@ -1403,6 +1452,13 @@ export interface components {
             serviceId: string;
             /** Format: date-time */
             updatedAt: string;
+        };
+        SetLimit: {
+            /**
+             * Format: int32
+             * @description At most so many task runs with this key run at once (1 to 1000000).
+             */
+            limit: number;
         };
         Stats: {
             /** @description The last hour. */
@@ -1897,6 +1953,85 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Info"];
+                };
+            };
+        };
+    };
+    limits_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyUsage"][];
+                };
+            };
+        };
+    };
+    limits_set: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SetLimit"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyUsage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    limits_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

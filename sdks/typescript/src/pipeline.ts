@@ -26,8 +26,9 @@ export interface PipelineTask {
   priority?: number;
   allowedNext?: string[];
   /** At most `limit` attempts of tasks with the same rendered `key` run at once, on every
-   * worker (the key may use `input` and `run`: `"{{ input.customerId }}"`). */
-  concurrency?: { key: string; limit: number };
+   * worker (the key may use `input` and `run`: `"{{ input.customerId }}"`). Without `limit`,
+   * the key's named limit (`orbit limits set KEY N`) applies. */
+  concurrency?: { key: string; limit?: number };
 }
 
 export interface PipelineSpec {

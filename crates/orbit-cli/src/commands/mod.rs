@@ -5,6 +5,7 @@ mod control;
 mod dlq;
 mod graph;
 mod inspect;
+mod limits;
 mod over_url;
 mod recover;
 mod remote;
@@ -15,7 +16,7 @@ mod validate;
 pub use serve::redact;
 
 use crate::BadInput;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LimitsAction};
 use anyhow::Context as _;
 use orbit_core::Pipeline;
 use orbit_core::file::parse_pipeline;
@@ -134,6 +135,13 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Recover { auto_resume, idle } => {
             recover::recover(&open_store(&url).await?, auto_resume, idle_for(idle)?, json).await
+        }
+        Command::Limits { action, remote } => {
+            let action = action.unwrap_or(LimitsAction::List);
+            match &remote.url {
+                Some(server) => over_url::limits(server, action, json).await,
+                None => limits::limits(open_store(&url).await?.as_ref(), action, json).await,
+            }
         }
         Command::Dlq { action, remote } => match &remote.url {
             Some(server) => over_url::dlq(server, action, json).await,

@@ -5,7 +5,7 @@
 use super::client::Client;
 use super::{inspect, is_file_argument, load_file};
 use crate::BadInput;
-use crate::cli::DlqAction;
+use crate::cli::{DlqAction, LimitsAction};
 use crate::output;
 use orbit_store::{AttemptRecord, RunRecord};
 use reqwest::Method;
@@ -222,6 +222,32 @@ pub async fn resume(server: &str, run: &str, json: bool) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+pub async fn limits(server: &str, action: LimitsAction, json: bool) -> anyhow::Result<u8> {
+    let client = Client::new(server)?;
+    match action {
+        LimitsAction::List => {
+            let all: Vec<orbit_store::KeyUsage> = client.call(Method::GET, "/limits", None).await?;
+            super::limits::render(&all, json)
+        }
+        LimitsAction::Set { key, limit } => {
+            let usage: orbit_store::KeyUsage = client
+                .call(
+                    Method::PUT,
+                    &format!("/limits/{}", segment(&key)),
+                    Some(serde_json::json!({ "limit": limit })),
+                )
+                .await?;
+            super::limits::render(&[usage], json)
+        }
+        LimitsAction::Delete { key } => {
+            let _: Value = client
+                .call(Method::DELETE, &format!("/limits/{}", segment(&key)), None)
+                .await?;
+            super::limits::deleted(&key, json)
+        }
+    }
 }
 
 pub async fn dlq(server: &str, action: DlqAction, json: bool) -> anyhow::Result<u8> {

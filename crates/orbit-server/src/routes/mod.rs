@@ -1,6 +1,7 @@
 //! The `/api/v1` routes, one module per resource.
 
 pub mod health;
+pub mod limits;
 pub mod live;
 pub mod pipelines;
 pub mod protocol;
@@ -40,6 +41,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(queue::queue_task))
         .routes(routes!(queue::queue_batch))
         .routes(routes!(queue::status))
+        .routes(routes!(limits::list))
+        .routes(routes!(limits::set, limits::delete))
         .routes(routes!(queue::items))
         .routes(routes!(queue::dlq))
         .routes(routes!(queue::dlq_retry))

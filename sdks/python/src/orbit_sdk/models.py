@@ -183,6 +183,13 @@ class Info(TypedDict):
     workers: int
 
 
+class KeyUsage(TypedDict):
+    """A concurrency key: its task runs running, and its named limit (`orbit limits set`)."""
+    key: str
+    limit: NotRequired[int | None]
+    running: int
+
+
 class NodeInfo(TypedDict):
     """A running `orbit server` or `orbit worker` process, as it announces itself."""
     concurrency: int
@@ -379,6 +386,10 @@ class ServiceTask(TypedDict):
     options: TaskRegistration
     serviceId: str
     updatedAt: str
+
+
+class SetLimit(TypedDict):
+    limit: int
 
 
 class Stats(TypedDict):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from typing_extensions import NotRequired, TypedDict
 
 from .types import Handler, KeyFunction, TaskOptions
 
@@ -21,10 +23,11 @@ Duration = str | float
 
 class Concurrency(TypedDict):
     """At most `limit` attempts of tasks with the same rendered `key` run at once, on every
-    worker: `{"key": "{{ input.customerId }}", "limit": 2}` (the key may use `input` and `run`)."""
+    worker: `{"key": "{{ input.customerId }}", "limit": 2}` (the key may use `input` and `run`).
+    Without `limit`, the key's named limit (`orbit limits set KEY N`) applies."""
 
     key: str
-    limit: int
+    limit: NotRequired[int]
 
 
 def handler_name(pipeline: str, task: str) -> str:
