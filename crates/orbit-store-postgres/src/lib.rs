@@ -405,17 +405,19 @@ mod tests {
             .expect("signal open");
     }
 
-    /// Four stores (as four engines would) claim and finish one run's keyed tasks side by side:
-    /// the number running with the key, read after every commit, never passes its limit.
+    /// Four stores (as four engines would) claim and finish one run's 150 keyed tasks side by
+    /// side: the number running with the key, read after every commit, never passes its limit,
+    /// and neither do the attempts' recorded spans. (Without the advisory lock each check
+    /// alone fails most runs.)
     #[tokio::test]
     async fn concurrency_keys_hold_across_engines() {
         const LIMIT: i64 = 3;
         let (a, db) = store().await;
-        let names: Vec<String> = (0..60).map(|i| format!("t{i}")).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
         let spec: Vec<(&str, &[&str], i32)> =
             names.iter().map(|n| (n.as_str(), &[][..], 0)).collect();
         let mut p = orbit_store::testkit::pipeline("shared", &spec);
-        for t in p.tasks.iter_mut().take(40) {
+        for t in p.tasks.iter_mut().take(150) {
             t.concurrency = Some(orbit_core::pipeline::Concurrency {
                 key: "shared".into(),
                 limit: Some(LIMIT as u32),
@@ -449,7 +451,9 @@ mod tests {
                         .iter()
                         .map(|t| {
                             let ok = orbit_core::transition::Outcome::Succeeded(serde_json::json!(1));
-                            orbit_store::testkit::finish(&p, t, ok, now)
+                            let mut f = orbit_store::testkit::finish(&p, t, ok, now);
+                            f.started_at = t.claimed_at;
+                            f
                         })
                         .collect();
                     let req = ClaimRequest::any(format!("engine-{e}"), 4);
@@ -481,6 +485,27 @@ mod tests {
             most = most.max(e.await.expect("engine"));
         }
         assert_eq!(most, LIMIT, "the key was saturated at some point");
+        // The attempts' own times say the same: at no instant were more than LIMIT of the
+        // key's attempts between their claim and their end.
+        let spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT a.started_at, a.finished_at FROM attempts a JOIN task_runs t ON t.id = a.task_run_id \
+             WHERE t.concurrency_key = 'shared'",
+        )
+        .fetch_all(&a.pool)
+        .await
+        .expect("attempts");
+        assert_eq!(spans.len(), 150);
+        let mut edges: Vec<(DateTime<Utc>, i64)> = spans
+            .iter()
+            .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
+            .collect();
+        // An attempt that ends at the instant another starts does not overlap it.
+        edges.sort_by_key(|(at, delta)| (*at, *delta));
+        let mut open = 0;
+        for (_, delta) in edges {
+            open += delta;
+            assert!(open <= LIMIT, "{open} attempts of key `shared` overlapped");
+        }
         let left: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM task_runs WHERE state <> 'succeeded'")
                 .fetch_one(&a.pool)
