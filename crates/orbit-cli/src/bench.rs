@@ -246,6 +246,7 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
         name: "bench".into(),
         description: None,
         schedule: None,
+        concurrency: None,
         tasks,
     }
 }

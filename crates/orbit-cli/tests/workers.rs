@@ -56,6 +56,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
         name: "many".into(),
         description: None,
         schedule: None,
+        concurrency: None,
         tasks,
     };
     let stored = store

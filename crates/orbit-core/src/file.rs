@@ -113,6 +113,7 @@ struct RawFile {
     name: Option<Spanned<Value>>,
     description: Option<Spanned<Value>>,
     schedule: Option<Spanned<Value>>,
+    concurrency: Option<Spanned<Value>>,
     defaults: Option<Spanned<Fields>>,
     tasks: Option<Spanned<Vec<Spanned<Fields>>>>,
 }
@@ -197,6 +198,10 @@ impl Checker {
                 }
             }
         });
+        let concurrency = raw
+            .concurrency
+            .as_ref()
+            .and_then(|c| self.concurrency(c, "the pipeline"));
         let defaults = self.defaults(raw.defaults.as_ref());
         let Some(tasks) = raw.tasks else {
             self.diagnostics.push(Diagnostic {
@@ -235,6 +240,7 @@ impl Checker {
             name: name?,
             description,
             schedule,
+            concurrency,
             tasks: defs,
         };
         self.cycles(&pipeline, &lines);
@@ -380,7 +386,8 @@ impl Checker {
         }
         let allowed_next =
             field("allowed_next").map_or_else(Vec::new, |a| self.names(a, &name, "allowed_next").0);
-        let concurrency = field("concurrency").and_then(|c| self.concurrency(c, &name));
+        let concurrency =
+            field("concurrency").and_then(|c| self.concurrency(c, &format!("task `{name}`")));
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {

@@ -21,6 +21,10 @@ pub struct Pipeline {
     /// Cron expression; when set, `orbit server` creates runs on that schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// At most so many runs with the same rendered key run at once; the others stay `pending`
+    /// (a run holds its slot from its first claimed task until it settles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     /// Tasks in the order the file lists them.
     pub tasks: Vec<TaskDef>,
 }

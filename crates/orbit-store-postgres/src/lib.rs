@@ -345,7 +345,7 @@ async fn listen(pool: PgPool, signals: Signals) {
 }
 
 const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
-     tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at";
+     tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at, concurrency_key, concurrency_limit";
 
 /// Test databases on the server `ORBIT_TEST_PG_URL` names.
 pub mod testing;

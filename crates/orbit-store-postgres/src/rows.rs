@@ -64,6 +64,8 @@ pub fn run_from_row(row: &PgRow) -> Result<RunRecord> {
         started_at: get(row, "started_at")?,
         finished_at: get(row, "finished_at")?,
         updated_at: get(row, "updated_at")?,
+        concurrency_key: get(row, "concurrency_key")?,
+        concurrency_limit: concurrency_limit(row)?,
     })
 }
 

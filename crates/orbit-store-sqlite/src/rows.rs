@@ -87,6 +87,8 @@ pub fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
         updated_at: time(row, "updated_at")?,
+        concurrency_key: get(row, "concurrency_key")?,
+        concurrency_limit: concurrency_limit(row)?,
     })
 }
 

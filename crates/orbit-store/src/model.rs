@@ -113,6 +113,12 @@ pub struct RunRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The pipeline's rendered concurrency key: at most `concurrencyLimit` runs with it run at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

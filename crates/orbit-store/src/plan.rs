@@ -355,28 +355,39 @@ pub struct CreatePlan<'a> {
     /// Runs created before this hold the idempotency key no longer: it expired.
     pub key_expired_before: Option<DateTime<Utc>>,
     pub tally: Tally,
+    /// The pipeline's rendered concurrency key and its limit (0: the named limit decides).
+    pub concurrency: Option<(String, i32)>,
 }
 
-/// Fails when a task's concurrency key cannot be rendered from the run's input.
+/// Fails when a concurrency key (the pipeline's or a task's) cannot be rendered from the run's
+/// input.
 pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
     let p = &new.pipeline.pipeline;
     let run = new.id.to_string();
+    let rendered = |c: &orbit_core::pipeline::Concurrency, whose: &str| {
+        Ok::<_, crate::StoreError>((
+            c.render(&new.input, &run, &p.name)
+                .map_err(|e| crate::StoreError::Invalid(format!("{whose}: {e}")))?,
+            // 0: none declared; the key's named limit decides.
+            c.limit.map_or(0, |l| i32::try_from(l).unwrap_or(i32::MAX)),
+        ))
+    };
+    let concurrency = p
+        .concurrency
+        .as_ref()
+        .map(|c| rendered(c, "the pipeline"))
+        .transpose()?;
     let tasks = p
         .tasks
         .iter()
         .enumerate()
         .map(|(seq, task)| {
             let ready = task.needs.is_empty();
-            let concurrency = match &task.concurrency {
-                Some(c) => Some((
-                    c.render(&new.input, &run, &p.name).map_err(|e| {
-                        crate::StoreError::Invalid(format!("task `{}`: {e}", task.name))
-                    })?,
-                    // 0: none declared; the key's named limit decides.
-                    c.limit.map_or(0, |l| i32::try_from(l).unwrap_or(i32::MAX)),
-                )),
-                None => None,
-            };
+            let concurrency = task
+                .concurrency
+                .as_ref()
+                .map(|c| rendered(c, &format!("task `{}`", task.name)))
+                .transpose()?;
             Ok(NewTaskRow {
                 id: Uuid::now_v7(),
                 name: &task.name,
@@ -412,6 +423,7 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
         event: Event::run(new.id, EventKind::RunCreated)
             .with_data(json!({"pipeline": p.name, "version": new.pipeline.version})),
         key_expired_before,
+        concurrency,
     })
 }
 

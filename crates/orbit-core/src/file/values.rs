@@ -140,12 +140,12 @@ impl Checker {
 
     /// `concurrency: { key, limit }` (`limit` optional); the key may use the run's `input` and
     /// `run` only (it is rendered when the run is created, before any task has an output).
-    pub(super) fn concurrency(&mut self, v: &Located, task: &str) -> Option<Concurrency> {
+    pub(super) fn concurrency(&mut self, v: &Located, whose: &str) -> Option<Concurrency> {
         let Value::Object(map) = &v.value else {
             self.at(
                 v,
                 format!(
-                    "task `{task}`: `concurrency` must be a mapping (key, limit), not {}",
+                    "{whose}: `concurrency` must be a mapping (key, limit), not {}",
                     short(&v.value)
                 ),
             );
@@ -154,9 +154,7 @@ impl Checker {
         for other in map.keys().filter(|k| *k != "key" && *k != "limit") {
             self.at(
                 v,
-                format!(
-                    "task `{task}`: unknown key `{other}` in `concurrency` (expected key, limit)"
-                ),
+                format!("{whose}: unknown key `{other}` in `concurrency` (expected key, limit)"),
             );
         }
         let key = match map.get("key") {
@@ -165,28 +163,28 @@ impl Checker {
                 self.at(
                     v,
                     format!(
-                        "task `{task}`: `concurrency.key` must be a non-empty string, not {}",
+                        "{whose}: `concurrency.key` must be a non-empty string, not {}",
                         short(other)
                     ),
                 );
                 return None;
             }
             None => {
-                self.at(v, format!("task `{task}`: `concurrency` needs a `key`"));
+                self.at(v, format!("{whose}: `concurrency` needs a `key`"));
                 return None;
             }
         };
         if crate::template::is_template(&key)
             && let Err(e) = crate::template::check_names(&key, &["input", "run"])
         {
-            self.at(v, format!("task `{task}`: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
+            self.at(v, format!("{whose}: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
             return None;
         }
         // Without a limit the key's named limit (`orbit limits set`) applies.
         let limit = match map.get("limit").map(|l| l.as_u64()) {
             Some(Some(n @ 1..=1_000_000)) => Some(n as u32),
             Some(_) => {
-                self.at(v, format!("task `{task}`: `concurrency.limit` must be a whole number from 1 to 1000000, not {}", short(&map["limit"])));
+                self.at(v, format!("{whose}: `concurrency.limit` must be a whole number from 1 to 1000000, not {}", short(&map["limit"])));
                 return None;
             }
             None => None,

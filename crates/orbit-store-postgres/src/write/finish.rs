@@ -439,7 +439,7 @@ async fn claim_ready(
     // (the partial index answers at once) claims go side by side as before.
     let keyed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL \
-         AND ready_at <= $1)",
+         AND ready_at <= $1) OR EXISTS (SELECT 1 FROM runs WHERE state = 'pending' AND concurrency_key IS NOT NULL)",
     )
     .bind(now)
     .fetch_one(&mut *conn)
@@ -453,28 +453,46 @@ async fn claim_ready(
             .map_err(unavailable)?;
         // Keys at their limit are passed over, so their backlog does not hold up other keys;
         // of the next candidates, a key gets only the slots it has left.
+        // A pending run's tasks start it, so they need one of its key's run slots; DENSE_RANK
+        // numbers a key's pending runs, so one run's tasks share one slot.
         "cand AS ( \
-           SELECT id, priority, ready_at, concurrency_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = task_runs.concurrency_key), \
-             concurrency_limit) AS concurrency_limit FROM task_runs \
-           WHERE state = 'ready' AND ready_at <= $2 \
-           AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
-           AND ($6::text[] IS NULL OR task_type = ANY($6)) \
-           AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
+           SELECT t.id, t.priority, t.ready_at, t.concurrency_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), \
+             t.concurrency_limit) AS concurrency_limit, r.concurrency_key AS run_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), \
+             r.concurrency_limit) AS run_limit, r.state = 'pending' AS run_pending, \
+             r.created_at AS run_created, r.id AS run_id \
+           FROM task_runs t JOIN runs r ON r.id = t.run_id \
+           WHERE t.state = 'ready' AND t.ready_at <= $2 \
+           AND ($4::uuid IS NULL OR t.run_id = $4) AND ($5::text[] IS NULL OR t.queue = ANY($5)) \
+           AND ($6::text[] IS NULL OR t.task_type = ANY($6)) \
+           AND (t.concurrency_key IS NULL OR t.concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
              WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
              HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
              WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
-           ORDER BY priority DESC, ready_at, id LIMIT $3 * 2 FOR UPDATE SKIP LOCKED), \
+           AND (r.concurrency_key IS NULL OR r.state <> 'pending' OR r.concurrency_key NOT IN (SELECT concurrency_key \
+             FROM runs WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
+             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+             WHERE l.key = runs.concurrency_key), MAX(concurrency_limit)))) \
+           ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $3 * 2 FOR UPDATE OF t SKIP LOCKED), \
          picked AS ( \
-           SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, concurrency_limit, \
-             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth \
+           SELECT id FROM (SELECT *, \
+             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
+             DENSE_RANK() OVER (PARTITION BY CASE WHEN run_pending THEN run_key END \
+               ORDER BY run_created, run_id) AS run_nth \
              FROM cand) c \
-           WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
-             WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit \
+           WHERE (c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs k \
+             WHERE k.state = 'running' AND k.concurrency_key = c.concurrency_key) <= c.concurrency_limit) \
+           AND (c.run_key IS NULL OR NOT c.run_pending OR c.run_nth + (SELECT COUNT(*) FROM runs k \
+             WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit) \
            ORDER BY priority DESC, ready_at, id LIMIT $3)"
     } else {
+        // Neither a keyed task run nor one of a keyed run not started yet (either may have
+        // become ready since the probe above).
         "picked AS ( \
            SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 AND concurrency_key IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = task_runs.run_id AND r.state = 'pending' \
+             AND r.concurrency_key IS NOT NULL) \
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
            ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"

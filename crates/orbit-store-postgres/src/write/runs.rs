@@ -26,7 +26,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
         .await
         .map_err(unavailable)?;
     }
-    if let Some(existing) = insert_run(&mut tx, new).await? {
+    if let Some(existing) = insert_run(&mut tx, new, plan.concurrency.as_ref()).await? {
         return Ok(Err(existing));
     }
     insert_tasks(&mut tx, new, &plan.tasks).await?;
@@ -40,12 +40,16 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
 
 /// The run row, unless its idempotency key names a run already: then that run, and whether it
 /// was created for the same request.
-async fn insert_run(tx: &mut Tx, new: &NewRun<'_>) -> Result<Option<(Uuid, bool)>> {
+async fn insert_run(
+    tx: &mut Tx,
+    new: &NewRun<'_>,
+    concurrency: Option<&(String, i32)>,
+) -> Result<Option<(Uuid, bool)>> {
     let p = &new.pipeline.pipeline;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11, $12, $13) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(new.id)
@@ -59,6 +63,8 @@ async fn insert_run(tx: &mut Tx, new: &NewRun<'_>) -> Result<Option<(Uuid, bool)
     .bind(new.now)
     .bind(new.request_hash())
     .bind(new.triggered_by.as_str())
+    .bind(concurrency.map(|c| c.0.as_str()))
+    .bind(concurrency.map_or(0, |c| c.1))
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

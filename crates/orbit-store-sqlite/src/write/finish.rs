@@ -273,7 +273,8 @@ fn claim_ready(
     // reads the claim index alone.
     let keyed = conn
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL)",
+            "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM runs WHERE state = 'pending' AND concurrency_key IS NOT NULL)",
         )
         .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
         .map_err(sql)?;
@@ -284,13 +285,20 @@ fn claim_ready(
          claimed_at = ?2, updated_at = ?2 WHERE id IN (",
     );
     if keyed {
+        // Each candidate with its task's key and limit, and its run's (a pending run's tasks
+        // start it, so they need one of its key's run slots; DENSE_RANK numbers the pending
+        // runs of a key, so one run's tasks share a slot).
         query.push_str(
-            "SELECT id FROM (SELECT id, priority, ready_at, concurrency_key, \
+            "SELECT id FROM (SELECT *, \
              ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
-             concurrency_limit FROM (SELECT id, priority, ready_at, concurrency_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = task_runs.concurrency_key), concurrency_limit) \
-             AS concurrency_limit \
-             FROM task_runs WHERE state = 'ready' AND ready_at <= ?2",
+             DENSE_RANK() OVER (PARTITION BY CASE WHEN run_pending THEN run_key END \
+               ORDER BY run_created, run_id) AS run_nth \
+             FROM (SELECT t.id, t.priority, t.ready_at, t.concurrency_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), t.concurrency_limit) \
+             AS concurrency_limit, r.concurrency_key AS run_key, \
+             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), r.concurrency_limit) \
+             AS run_limit, r.state = 'pending' AS run_pending, r.created_at AS run_created, r.id AS run_id \
+             FROM task_runs t JOIN runs r ON r.id = t.run_id WHERE t.state = 'ready' AND t.ready_at <= ?2",
         );
     } else {
         query.push_str("SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2");
@@ -319,13 +327,19 @@ fn claim_ready(
         // Keys already at their limit are passed over, so their backlog does not hold up
         // other keys; of the next candidates, a key gets only the slots it has left.
         query.push_str(
-            " AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
+            " AND (t.concurrency_key IS NULL OR t.concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
              WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
              HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
              WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
-             ORDER BY priority DESC, ready_at, id LIMIT ?3 * 2)) AS c \
-             WHERE c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs r \
-             WHERE r.state = 'running' AND r.concurrency_key = c.concurrency_key) <= c.concurrency_limit",
+             AND (r.concurrency_key IS NULL OR r.state <> 'pending' OR r.concurrency_key NOT IN (SELECT concurrency_key \
+             FROM runs WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
+             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+             WHERE l.key = runs.concurrency_key), MAX(concurrency_limit)))) \
+             ORDER BY t.priority DESC, t.ready_at, t.id LIMIT ?3 * 2)) AS c \
+             WHERE (c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs k \
+             WHERE k.state = 'running' AND k.concurrency_key = c.concurrency_key) <= c.concurrency_limit) \
+             AND (c.run_key IS NULL OR NOT c.run_pending OR c.run_nth + (SELECT COUNT(*) FROM runs k \
+             WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit)",
         );
     }
     query.push_str(

@@ -37,6 +37,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         int(now),
         text(hash.clone()),
         text(new.triggered_by.as_str()),
+        opt_text(plan.concurrency.as_ref().map(|c| c.0.clone())),
+        int(plan.concurrency.as_ref().map_or(0, |c| c.1)),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
     let mut tasks = Vec::with_capacity(plan.tasks.len() * 16);
@@ -99,8 +101,8 @@ fn insert_run(
     let inserted = exec(
         conn,
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (idempotency_key) DO NOTHING",
         rusqlite::params_from_iter(run),
     )?;

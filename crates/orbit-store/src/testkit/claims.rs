@@ -428,3 +428,39 @@ pub async fn named_key_limits_decide_what_runs(store: &dyn Store) {
         "a2 waits again"
     );
 }
+
+pub async fn a_pipeline_key_holds_further_runs_pending(store: &dyn Store) {
+    let mut p = pipeline("batch", &[("a", &[], 0), ("b", &["a"], 0)]);
+    p.concurrency = Some(orbit_core::pipeline::Concurrency {
+        key: "tenant-{{ input.n }}".into(),
+        limit: Some(1),
+    });
+    let (_, first) = start(store, &p, t0()).await;
+    let (_, second) = start(store, &p, t0() + Duration::seconds(1)).await;
+    let at = t0() + Duration::seconds(2);
+    let got = claim(store, None, 10, at).await;
+    assert_eq!(names(&got), ["a"]);
+    assert_eq!(
+        got[0].run_id, first,
+        "the older run takes the key's one slot"
+    );
+    let run = store.run(second).await.unwrap();
+    assert_eq!(run.state, RunState::Pending);
+    assert_eq!(run.concurrency_key.as_deref(), Some("tenant-1"));
+    // The running run goes on; the other waits until it settles.
+    let out = |t: &ClaimedTask| finish(&p, t, Outcome::Succeeded(json!(1)), at);
+    store
+        .finish_and_claim(&[out(&got[0])], None, at)
+        .await
+        .unwrap();
+    let b = claim(store, None, 10, at).await;
+    assert_eq!((names(&b), b[0].run_id), (vec!["b"], first));
+    store
+        .finish_and_claim(&[out(&b[0])], None, at)
+        .await
+        .unwrap();
+    assert_eq!(store.run(first).await.unwrap().state, RunState::Succeeded);
+    let next = claim(store, None, 10, at).await;
+    assert_eq!((names(&next), next[0].run_id), (vec!["a"], second));
+    assert_eq!(store.run(second).await.unwrap().state, RunState::Running);
+}

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             concurrency_keys_cap_running_attempts,
             a_key_that_cannot_be_rendered_refuses_the_run,
             named_key_limits_decide_what_runs,
+            a_pipeline_key_holds_further_runs_pending,
             queue_stats_count_task_runs_by_state,
             deleted_pipelines_are_hidden_until_saved_again,
             only_scheduled_pipelines_are_read_for_cron,
@@ -129,6 +130,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
         name: name.into(),
         description: None,
         schedule: None,
+        concurrency: None,
         tasks: tasks
             .iter()
             .map(|(n, needs, prio)| TaskDef {

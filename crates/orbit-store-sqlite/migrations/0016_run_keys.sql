@@ -1,0 +1,8 @@
+-- A pipeline's concurrency key, rendered for each run: claims count the running runs of a key
+-- (the first index) and look for pending keyed runs (the second) only when there are any.
+ALTER TABLE runs ADD COLUMN concurrency_key TEXT;
+ALTER TABLE runs ADD COLUMN concurrency_limit INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_running_by_key ON runs (concurrency_key)
+    WHERE state = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX runs_pending_by_key ON runs (concurrency_key)
+    WHERE state = 'pending' AND concurrency_key IS NOT NULL;
