@@ -384,7 +384,10 @@ async fn every_route(api: &Api) {
         .await;
     assert_eq!(
         (status, set),
-        (200, json!({"key": "openai", "running": 0, "limit": 3}))
+        (
+            200,
+            json!({"key": "openai", "running": 0, "runsRunning": 0, "limit": 3})
+        )
     );
     for bad in [
         json!({"limit": 0}),
@@ -411,7 +414,10 @@ async fn every_route(api: &Api) {
     );
     assert_eq!(
         api.get("/api/v1/limits").await,
-        json!([{"key": "anthropic", "running": 0, "limit": 2}, {"key": "openai", "running": 0, "limit": 3}])
+        json!([
+            {"key": "anthropic", "running": 0, "runsRunning": 0, "limit": 2},
+            {"key": "openai", "running": 0, "runsRunning": 0, "limit": 3}
+        ])
     );
     let (status, _) = api
         .call(Method::DELETE, "/api/v1/limits/openai", None)

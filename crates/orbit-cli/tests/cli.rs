@@ -1254,7 +1254,7 @@ fn named_limits_are_set_listed_and_deleted() {
     let env = setup();
     assert_eq!(
         env.json(&["limits", "set", "openai", "10"]),
-        json!([{"key": "openai", "running": 0, "limit": 10}])
+        json!([{"key": "openai", "running": 0, "runsRunning": 0, "limit": 10}])
     );
     env.orbit()
         .args(["limits", "set", "acct-9", "1"])

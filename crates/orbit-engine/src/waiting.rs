@@ -3,9 +3,33 @@
 //! detail and the dashboard, so nobody stares at a `pending` run wondering.
 
 use chrono::{DateTime, Utc};
-use orbit_core::TaskState;
-use orbit_store::{Store, StoreError, TaskRunRecord};
+use orbit_core::{RunState, TaskState};
+use orbit_store::{RunRecord, Store, StoreError, TaskRunRecord};
 use std::collections::BTreeSet;
+
+/// A pending run held back by its pipeline's concurrency key:
+/// "the run waits for concurrency key `tenant-1` (1/1 runs in use)".
+pub async fn run_key(store: &dyn Store, run: &RunRecord) -> Result<Option<String>, StoreError> {
+    let Some(key) = run
+        .concurrency_key
+        .as_ref()
+        .filter(|_| run.state == RunState::Pending)
+    else {
+        return Ok(None);
+    };
+    let usage = store.key_usage(std::slice::from_ref(key)).await?.pop();
+    let in_use = usage.as_ref().map_or(0, |u| u.runs_running);
+    Ok(
+        match usage.and_then(|u| u.limit).or(run.concurrency_limit) {
+            None => Some(format!(
+                "the run waits for concurrency key `{key}`, which has no limit yet: orbit limits set {key} N"
+            )),
+            Some(limit) => (in_use >= u64::from(limit)).then(|| {
+                format!("the run waits for concurrency key `{key}` ({in_use}/{limit} runs in use)")
+            }),
+        },
+    )
+}
 
 /// Ready task runs held back by a concurrency key at its limit, one line per key:
 /// "3 tasks wait for concurrency key `c-42` (2/2 in use)".

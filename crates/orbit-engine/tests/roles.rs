@@ -250,3 +250,53 @@ async fn ready_tasks_behind_a_full_key_are_explained() {
         ["2 tasks wait for concurrency key `tenant-7` (1/1 in use)"]
     );
 }
+
+#[tokio::test]
+async fn a_run_held_by_its_pipelines_key_is_explained() {
+    let (_dir, store) = store().await;
+    let mut p = pipeline("tenant", &[("a", &[], 0)]);
+    p.concurrency = Some(orbit_core::pipeline::Concurrency {
+        key: "tenant-{{ input.n }}".into(),
+        limit: Some(1),
+    });
+    let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let run = store
+            .create_run(orbit_store::NewRun {
+                id: uuid::Uuid::now_v7(),
+                pipeline: &stored,
+                input: serde_json::json!({"n": 7}),
+                priority: 0,
+                idempotency_key: None,
+                idempotency_ttl: Duration::from_secs(60),
+                request_hash: None,
+                triggered_by: orbit_store::TriggeredBy::Cli,
+                now: Utc::now(),
+            })
+            .await
+            .unwrap()
+            .run;
+        runs.push(run.id);
+    }
+    let claim = orbit_store::ClaimRequest::any("w", 10);
+    let got = store
+        .finish_and_claim(&[], Some(&claim), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(got.claimed.len(), 1, "one run's task: the key has one slot");
+    let why = |id| {
+        let store = store.clone();
+        async move {
+            let run = store.run(id).await.unwrap();
+            orbit_engine::waiting::run_key(store.as_ref(), &run)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(why(runs[0]).await, None, "it runs");
+    assert_eq!(
+        why(runs[1]).await.as_deref(),
+        Some("the run waits for concurrency key `tenant-7` (1/1 runs in use)")
+    );
+}

@@ -322,7 +322,11 @@ pub struct PurgedLetters {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyUsage {
     pub key: String,
+    /// Task runs with this key (a task's `concurrency`) running now.
     pub running: u64,
+    /// Runs with this key (a pipeline's `concurrency`) running now.
+    #[serde(default)]
+    pub runs_running: u64,
     /// The named limit; `None`: the limit each task declares applies.
     pub limit: Option<u32>,
 }

@@ -198,7 +198,7 @@ def test_bad_settings_are_refused_at_once(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_pipelines_in_code_give_the_file_format() -> None:
     w = worker()
-    etl = Pipeline("etl", schedule="0 * * * *", description="hourly")
+    etl = Pipeline("etl", schedule="0 * * * *", description="hourly", concurrency={"key": "etl-{{ input.region }}", "limit": 1})
 
     @etl.task()
     def extract(ctx: Context) -> list[int]:
@@ -215,6 +215,7 @@ def test_pipelines_in_code_give_the_file_format() -> None:
         "name": "etl",
         "description": "hourly",
         "schedule": "0 * * * *",
+        "concurrency": {"key": "etl-{{ input.region }}", "limit": 1},
         "tasks": [
             {"name": "extract", "type": "worker", "task": "etl.extract"},
             {"name": "pause", "type": "sleep", "duration": 1.5, "needs": "extract"},

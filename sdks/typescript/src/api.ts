@@ -1146,8 +1146,16 @@ export interface components {
              * @description The named limit; `None`: the limit each task declares applies.
              */
             limit?: number | null;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Task runs with this key (a task's `concurrency`) running now.
+             */
             running: number;
+            /**
+             * Format: int64
+             * @description Runs with this key (a pipeline's `concurrency`) running now.
+             */
+            runsRunning?: number;
         };
         /** @description A running `orbit server` or `orbit worker` process, as it announces itself. */
         NodeInfo: {
@@ -1397,6 +1405,13 @@ export interface components {
             runs: components["schemas"]["RunRecord"][];
         };
         RunRecord: {
+            /**
+             * @description The pipeline's rendered concurrency key: at most `concurrencyLimit` runs with it run at
+             *     once.
+             */
+            concurrencyKey?: string | null;
+            /** Format: int32 */
+            concurrencyLimit?: number | null;
             /** Format: date-time */
             createdAt: string;
             /** Format: date-time */

@@ -35,6 +35,8 @@ export interface PipelineSpec {
   name: string;
   description?: string;
   schedule?: string;
+  /** At most `limit` runs with the same rendered `key` run at once; the others wait pending. */
+  concurrency?: { key: string; limit?: number };
   tasks?: PipelineTask[];
   /** orbit-pipeline's form: steps run one after the other, each seeing the ones before. */
   steps?: Array<Omit<PipelineTask, "needs">>;
@@ -68,6 +70,7 @@ export function definePipeline(spec: PipelineSpec): Pipeline {
       const doc: Record<string, unknown> = { name: spec.name };
       if (spec.description !== undefined) doc.description = spec.description;
       if (spec.schedule !== undefined) doc.schedule = spec.schedule;
+      if (spec.concurrency !== undefined) doc.concurrency = spec.concurrency;
       doc.tasks = tasks.map((t) => {
         const out: Record<string, unknown> = { name: t.name };
         if (t.handler) {

@@ -102,6 +102,7 @@ test("bad options are refused at once", () => {
 test("pipelines in code: tasks and the seed's steps give the file format", () => {
   const p = definePipeline({
     name: "data-import",
+    concurrency: { key: "import-{{ input.source }}" },
     steps: [
       { name: "import-data", handler: async () => ({ success: true }) },
       { name: "transform", handler: async (ctx) => ctx.upstream["import-data"] },
@@ -110,6 +111,7 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
   });
   assert.deepEqual(p.document(), {
     name: "data-import",
+    concurrency: { key: "import-{{ input.source }}" },
     tasks: [
       { name: "import-data", type: "worker", task: "data-import.import-data" },
       { name: "transform", type: "worker", task: "data-import.transform", needs: ["import-data"] },

@@ -83,6 +83,7 @@ async fn usage(s: &AppState, key: String) -> ApiResult<Json<KeyUsage>> {
     Ok(Json(found.pop().unwrap_or(KeyUsage {
         key,
         running: 0,
+        runs_running: 0,
         limit: None,
     })))
 }

@@ -58,6 +58,7 @@ impl orbit_store::Queues for PgStore {
         usage(
             sqlx::query_as(
                 "SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+             (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
                  l.max_running FROM UNNEST($1::text[]) AS k(key) LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
             )
             .bind(keys)
@@ -105,6 +106,7 @@ impl orbit_store::Queues for PgStore {
         usage(
             sqlx::query_as(
                 "SELECT l.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
+                 (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
                  l.max_running FROM concurrency_limits l ORDER BY l.key",
             )
             .fetch_all(&self.pool)
@@ -114,12 +116,13 @@ impl orbit_store::Queues for PgStore {
     }
 }
 
-fn usage(rows: Vec<(String, i64, Option<i32>)>) -> Result<Vec<KeyUsage>> {
+fn usage(rows: Vec<(String, i64, i64, Option<i32>)>) -> Result<Vec<KeyUsage>> {
     Ok(rows
         .into_iter()
-        .map(|(key, running, limit)| KeyUsage {
+        .map(|(key, running, runs, limit)| KeyUsage {
             key,
             running: u64::try_from(running).unwrap_or(0),
+            runs_running: u64::try_from(runs).unwrap_or(0),
             limit: limit.and_then(|l| u32::try_from(l).ok()),
         })
         .collect())

@@ -69,6 +69,7 @@ impl orbit_store::Queues for SqliteStore {
         });
         q.push(
             ") SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+             (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
              l.max_running FROM k LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
         );
         usage(
@@ -95,6 +96,7 @@ impl orbit_store::Queues for SqliteStore {
         usage(
             sqlx::query_as(
                 "SELECT l.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
+                 (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
                  l.max_running FROM concurrency_limits l ORDER BY l.key",
             )
             .fetch_all(&self.reader)
@@ -104,12 +106,13 @@ impl orbit_store::Queues for SqliteStore {
     }
 }
 
-fn usage(rows: Vec<(String, i64, Option<i64>)>) -> Result<Vec<KeyUsage>> {
+fn usage(rows: Vec<(String, i64, i64, Option<i64>)>) -> Result<Vec<KeyUsage>> {
     Ok(rows
         .into_iter()
-        .map(|(key, running, limit)| KeyUsage {
+        .map(|(key, running, runs, limit)| KeyUsage {
             key,
             running: u64::try_from(running).unwrap_or(0),
+            runs_running: u64::try_from(runs).unwrap_or(0),
             limit: limit.and_then(|l| u32::try_from(l).ok()),
         })
         .collect())

@@ -408,6 +408,7 @@ pub async fn named_key_limits_decide_what_runs(store: &dyn Store) {
     let usage = |key: &str, running, limit| crate::KeyUsage {
         key: key.into(),
         running,
+        runs_running: 0,
         limit,
     };
     assert_eq!(

@@ -188,6 +188,7 @@ class KeyUsage(TypedDict):
     key: str
     limit: NotRequired[int | None]
     running: int
+    runsRunning: NotRequired[int]
 
 
 class NodeInfo(TypedDict):
@@ -353,6 +354,8 @@ class RunPage(TypedDict):
 
 
 class RunRecord(TypedDict):
+    concurrencyKey: NotRequired[str | None]
+    concurrencyLimit: NotRequired[int | None]
     createdAt: str
     finishedAt: NotRequired[str | None]
     id: str

@@ -51,10 +51,13 @@ class Pipeline:
     """A pipeline defined in Python: `@pipeline.task(needs=[...])` handlers run by the worker it is
     attached to, and built-in tasks (`shell`, `http`, `sleep`, `script`, `worker`) by `add`."""
 
-    def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None) -> None:
+    def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None, concurrency: Concurrency | None = None) -> None:
+        """`concurrency` caps the runs with the same rendered key running at once; the others
+        wait pending."""
         self.name = name
         self.schedule = schedule
         self.description = description
+        self.concurrency = concurrency
         self._tasks: dict[str, _Task] = {}
 
     def task(
@@ -126,6 +129,8 @@ class Pipeline:
             doc["description"] = self.description
         if self.schedule is not None:
             doc["schedule"] = self.schedule
+        if self.concurrency is not None:
+            doc["concurrency"] = dict(self.concurrency)
         doc["tasks"] = [{"name": t.name, **t.fields} for t in self._tasks.values()]
         return doc
 
