@@ -43,10 +43,11 @@ pub fn render(all: &[KeyUsage], json: bool) -> anyhow::Result<u8> {
                 u.key.clone(),
                 u.limit.map_or_else(|| "-".into(), |l| l.to_string()),
                 u.running.to_string(),
+                u.runs_running.to_string(),
             ]
         })
         .collect();
-    table(&["KEY", "LIMIT", "RUNNING"], &rows);
+    table(&["KEY", "LIMIT", "TASKS RUNNING", "RUNS RUNNING"], &rows);
     Ok(0)
 }
 
