@@ -438,8 +438,8 @@ async fn claim_ready(
     // running task runs it counts per key are all there are. Without ready keyed task runs
     // (the partial index answers at once) claims go side by side as before.
     let keyed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL \
-         AND ready_at <= $1) OR EXISTS (SELECT 1 FROM runs WHERE state = 'pending' AND concurrency_key IS NOT NULL)",
+        "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
+         AND (concurrency_key IS NOT NULL OR run_keyed) AND ready_at <= $1)",
     )
     .bind(now)
     .fetch_one(&mut *conn)
@@ -487,12 +487,11 @@ async fn claim_ready(
              WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit) \
            ORDER BY priority DESC, ready_at, id LIMIT $3)"
     } else {
-        // Neither a keyed task run nor one of a keyed run not started yet (either may have
-        // become ready since the probe above).
+        // Neither a keyed task run nor one of a keyed run (either may have become ready since
+        // the probe above). Plain column tests: the claim index's ordered scan stays the plan.
         "picked AS ( \
            SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 AND concurrency_key IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = task_runs.run_id AND r.state = 'pending' \
-             AND r.concurrency_key IS NOT NULL) \
+           AND NOT run_keyed \
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
            ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"

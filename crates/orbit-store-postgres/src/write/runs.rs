@@ -29,7 +29,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
     if let Some(existing) = insert_run(&mut tx, new, plan.concurrency.as_ref()).await? {
         return Ok(Err(existing));
     }
-    insert_tasks(&mut tx, new, &plan.tasks).await?;
+    insert_tasks(&mut tx, new, &plan.tasks, plan.concurrency.is_some()).await?;
     flush(&mut tx, &[plan.event], &plan.tally, new.now).await?;
     if plan.any_ready {
         notify(&mut tx).await?;
@@ -85,12 +85,17 @@ async fn insert_run(
 }
 
 /// The planned task runs, in one statement over arrays.
-async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) -> Result<()> {
+async fn insert_tasks(
+    tx: &mut Tx,
+    new: &NewRun<'_>,
+    rows: &[NewTaskRow<'_>],
+    run_keyed: bool,
+) -> Result<()> {
     let col = |f: fn(&NewTaskRow<'_>) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
-         max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit) \
-         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
+         max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit, run_keyed) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17 FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
          $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[], \
          $15::text[], $16::int[]) AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl)",
     )
@@ -114,6 +119,7 @@ async fn insert_tasks(tx: &mut Tx, new: &NewRun<'_>, rows: &[NewTaskRow<'_>]) ->
             .collect::<Vec<_>>(),
     )
     .bind(col(|r| r.concurrency.as_ref().map_or(0, |c| c.1)))
+    .bind(run_keyed)
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

@@ -273,8 +273,8 @@ fn claim_ready(
     // reads the claim index alone.
     let keyed = conn
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND concurrency_key IS NOT NULL) \
-             OR EXISTS (SELECT 1 FROM runs WHERE state = 'pending' AND concurrency_key IS NOT NULL)",
+            "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
+             AND (concurrency_key IS NOT NULL OR run_keyed = 1))",
         )
         .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
         .map_err(sql)?;

@@ -41,7 +41,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         int(plan.concurrency.as_ref().map_or(0, |c| c.1)),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
-    let mut tasks = Vec::with_capacity(plan.tasks.len() * 16);
+    let mut tasks = Vec::with_capacity(plan.tasks.len() * 17);
+    let run_keyed = int(i64::from(plan.concurrency.is_some()));
     for row in &plan.tasks {
         tasks.extend([
             text(row.id.to_string()),
@@ -60,6 +61,7 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             text(row.queue),
             opt_text(row.concurrency.as_ref().map(|c| c.0.clone())),
             int(row.concurrency.as_ref().map_or(0, |c| c.1)),
+            run_keyed.clone(),
         ]);
     }
     let (event, tally) = (plan.event, plan.tally);
@@ -78,8 +80,9 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             insert_rows(
                 t,
                 "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
-                 max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit)",
-                16,
+                 max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
+                 run_keyed)",
+                17,
                 &tasks,
                 "",
             )?;
