@@ -438,10 +438,11 @@ async fn claim_ready(
     // running task runs it counts per key are all there are. Without ready keyed task runs
     // (the partial index answers at once) claims go side by side as before.
     let keyed: bool = sqlx::query_scalar(
+        // Exactly the partial index's predicate, so the plan is its index-only scan whatever
+        // the statistics (with `ready_at` in it, an unanalyzed table was scanned row by row).
         "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
-         AND (concurrency_key IS NOT NULL OR run_keyed) AND ready_at <= $1)",
+         AND (concurrency_key IS NOT NULL OR run_keyed))",
     )
-    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(unavailable)?;
