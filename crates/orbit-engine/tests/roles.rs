@@ -213,18 +213,9 @@ async fn ready_tasks_behind_a_full_key_are_explained() {
         });
     }
     let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();
+    let input = serde_json::json!({"n": 7});
     let run = store
-        .create_run(orbit_store::NewRun {
-            id: uuid::Uuid::now_v7(),
-            pipeline: &stored,
-            input: serde_json::json!({"n": 7}),
-            priority: 0,
-            idempotency_key: None,
-            idempotency_ttl: Duration::from_secs(60),
-            request_hash: None,
-            triggered_by: orbit_store::TriggeredBy::Cli,
-            now: Utc::now(),
-        })
+        .create_run(orbit_store::testkit::new_run(&stored, input, Utc::now()))
         .await
         .unwrap()
         .run;
@@ -262,18 +253,9 @@ async fn a_run_held_by_its_pipelines_key_is_explained() {
     let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();
     let mut runs = Vec::new();
     for _ in 0..2 {
+        let input = serde_json::json!({"n": 7});
         let run = store
-            .create_run(orbit_store::NewRun {
-                id: uuid::Uuid::now_v7(),
-                pipeline: &stored,
-                input: serde_json::json!({"n": 7}),
-                priority: 0,
-                idempotency_key: None,
-                idempotency_ttl: Duration::from_secs(60),
-                request_hash: None,
-                triggered_by: orbit_store::TriggeredBy::Cli,
-                now: Utc::now(),
-            })
+            .create_run(orbit_store::testkit::new_run(&stored, input, Utc::now()))
             .await
             .unwrap()
             .run;

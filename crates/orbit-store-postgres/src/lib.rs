@@ -439,17 +439,11 @@ mod tests {
             });
         }
         let stored = a.save_pipeline(&p, None, Utc::now()).await.expect("save");
-        a.create_run(NewRun {
-            id: uuid::Uuid::now_v7(),
-            pipeline: &stored,
-            input: serde_json::json!({}),
-            priority: 0,
-            idempotency_key: None,
-            idempotency_ttl: Duration::from_secs(60),
-            request_hash: None,
-            triggered_by: orbit_store::TriggeredBy::Cli,
-            now: Utc::now(),
-        })
+        a.create_run(orbit_store::testkit::new_run(
+            &stored,
+            serde_json::json!({}),
+            Utc::now(),
+        ))
         .await
         .expect("run");
         let mut engines = Vec::new();

@@ -24,6 +24,7 @@
 
 #[cfg(feature = "testkit")]
 pub mod faults;
+pub mod keys;
 mod model;
 pub mod plan;
 mod roles;

@@ -94,14 +94,10 @@ impl orbit_store::Queues for SqliteStore {
 
     async fn key_limits(&self) -> Result<Vec<KeyUsage>> {
         usage(
-            sqlx::query_as(
-                "SELECT l.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
-                 (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
-                 l.max_running FROM concurrency_limits l ORDER BY l.key",
-            )
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?,
+            sqlx::query_as(orbit_store::keys::KEY_LIMITS)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(unavailable)?,
         )
     }
 }
@@ -109,11 +105,6 @@ impl orbit_store::Queues for SqliteStore {
 fn usage(rows: Vec<(String, i64, i64, Option<i64>)>) -> Result<Vec<KeyUsage>> {
     Ok(rows
         .into_iter()
-        .map(|(key, running, runs, limit)| KeyUsage {
-            key,
-            running: u64::try_from(running).unwrap_or(0),
-            runs_running: u64::try_from(runs).unwrap_or(0),
-            limit: limit.and_then(|l| u32::try_from(l).ok()),
-        })
+        .map(|(key, running, runs, limit)| orbit_store::keys::usage(key, running, runs, limit))
         .collect())
 }

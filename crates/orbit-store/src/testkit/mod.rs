@@ -22,7 +22,7 @@ use orbit_core::dag::Dag;
 use orbit_core::retry::RetryPolicy;
 use orbit_core::transition::{Outcome, on_attempt_finished};
 use orbit_core::{Pipeline, TaskDef, TaskState, TaskType};
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh store from `$setup`,
@@ -158,23 +158,28 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
     }
 }
 
+/// A run of `stored` with `input`, created `at`, triggered from the CLI, no key.
+pub fn new_run(stored: &StoredPipeline, input: Value, at: DateTime<Utc>) -> NewRun<'_> {
+    NewRun {
+        id: uuid::Uuid::now_v7(),
+        pipeline: stored,
+        input,
+        priority: 0,
+        idempotency_key: None,
+        idempotency_ttl: std::time::Duration::from_secs(3600),
+        request_hash: None,
+        triggered_by: crate::TriggeredBy::Cli,
+        now: at,
+    }
+}
+
 async fn start(store: &dyn Store, p: &Pipeline, at: DateTime<Utc>) -> (StoredPipeline, Uuid) {
     let stored = store
         .save_pipeline(p, None, at)
         .await
         .expect("save pipeline");
     let run = store
-        .create_run(NewRun {
-            id: uuid::Uuid::now_v7(),
-            pipeline: &stored,
-            input: json!({"n": 1}),
-            priority: 0,
-            idempotency_key: None,
-            idempotency_ttl: std::time::Duration::from_secs(3600),
-            request_hash: None,
-            triggered_by: crate::TriggeredBy::Cli,
-            now: at,
-        })
+        .create_run(new_run(&stored, json!({"n": 1}), at))
         .await
         .expect("create run");
     (stored, run.run.id)
