@@ -18,3 +18,38 @@ pub fn usage(key: String, running: i64, runs: i64, limit: Option<i64>) -> KeyUsa
         limit: limit.and_then(|l| u32::try_from(l).ok()),
     }
 }
+
+// The keyed claim's parts, the same on both stores (each adds its own placeholders, filters
+// and locking). Candidates are ready task runs `t` of runs `r`:
+
+/// The candidate's columns: its task's key and effective limit (a named limit wins), and its
+/// run's key, effective limit, whether it is pending, its age and id.
+pub const CANDIDATE_COLUMNS: &str = "t.id, t.priority, t.ready_at, t.concurrency_key, \
+     COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), \
+     t.concurrency_limit) AS concurrency_limit, r.concurrency_key AS run_key, \
+     COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), \
+     r.concurrency_limit) AS run_limit, r.state = 'pending' AS run_pending, \
+     r.created_at AS run_created, r.id AS run_id";
+
+/// Keys already at their limit are passed over, so their backlog does not hold up other keys
+/// (a running run's tasks need no run slot).
+pub const NOT_FULL: &str = " AND (t.concurrency_key IS NULL OR t.concurrency_key NOT IN (\
+     SELECT concurrency_key FROM task_runs WHERE state = 'running' AND concurrency_key IS NOT NULL \
+     GROUP BY concurrency_key HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+     WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
+     AND (r.concurrency_key IS NULL OR r.state <> 'pending' OR r.concurrency_key NOT IN (\
+     SELECT concurrency_key FROM runs WHERE state = 'running' AND concurrency_key IS NOT NULL \
+     GROUP BY concurrency_key HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
+     WHERE l.key = runs.concurrency_key), MAX(concurrency_limit))))";
+
+/// Numbers the candidates within their task key, and a key's pending runs (DENSE_RANK: one
+/// run's tasks share one slot).
+pub const RANKS: &str = "ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
+     DENSE_RANK() OVER (PARTITION BY CASE WHEN run_pending THEN run_key END \
+     ORDER BY run_created, run_id) AS run_nth";
+
+/// Of the ranked candidates `c`, those within the slots their keys have left.
+pub const WITHIN_LIMITS: &str = "(c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs k \
+     WHERE k.state = 'running' AND k.concurrency_key = c.concurrency_key) <= c.concurrency_limit) \
+     AND (c.run_key IS NULL OR NOT c.run_pending OR c.run_nth + (SELECT COUNT(*) FROM runs k \
+     WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit)";

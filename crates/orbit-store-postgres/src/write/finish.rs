@@ -8,6 +8,7 @@ use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_core::transition::Transition;
+use orbit_store::keys;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, Mark, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
 use serde_json::Value;
@@ -452,41 +453,19 @@ async fn claim_ready(
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;
-        // Keys at their limit are passed over, so their backlog does not hold up other keys;
-        // of the next candidates, a key gets only the slots it has left.
-        // A pending run's tasks start it, so they need one of its key's run slots; DENSE_RANK
-        // numbers a key's pending runs, so one run's tasks share one slot.
-        "cand AS ( \
-           SELECT t.id, t.priority, t.ready_at, t.concurrency_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), \
-             t.concurrency_limit) AS concurrency_limit, r.concurrency_key AS run_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), \
-             r.concurrency_limit) AS run_limit, r.state = 'pending' AS run_pending, \
-             r.created_at AS run_created, r.id AS run_id \
-           FROM task_runs t JOIN runs r ON r.id = t.run_id \
-           WHERE t.state = 'ready' AND t.ready_at <= $2 \
-           AND ($4::uuid IS NULL OR t.run_id = $4) AND ($5::text[] IS NULL OR t.queue = ANY($5)) \
-           AND ($6::text[] IS NULL OR t.task_type = ANY($6)) \
-           AND (t.concurrency_key IS NULL OR t.concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
-             WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
-             WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
-           AND (r.concurrency_key IS NULL OR r.state <> 'pending' OR r.concurrency_key NOT IN (SELECT concurrency_key \
-             FROM runs WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
-             WHERE l.key = runs.concurrency_key), MAX(concurrency_limit)))) \
-           ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $3 * 2 FOR UPDATE OF t SKIP LOCKED), \
-         picked AS ( \
-           SELECT id FROM (SELECT *, \
-             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
-             DENSE_RANK() OVER (PARTITION BY CASE WHEN run_pending THEN run_key END \
-               ORDER BY run_created, run_id) AS run_nth \
-             FROM cand) c \
-           WHERE (c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs k \
-             WHERE k.state = 'running' AND k.concurrency_key = c.concurrency_key) <= c.concurrency_limit) \
-           AND (c.run_key IS NULL OR NOT c.run_pending OR c.run_nth + (SELECT COUNT(*) FROM runs k \
-             WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit) \
-           ORDER BY priority DESC, ready_at, id LIMIT $3)"
+        format!(
+            "cand AS (SELECT {} FROM task_runs t JOIN runs r ON r.id = t.run_id \
+               WHERE t.state = 'ready' AND t.ready_at <= $2 \
+               AND ($4::uuid IS NULL OR t.run_id = $4) AND ($5::text[] IS NULL OR t.queue = ANY($5)) \
+               AND ($6::text[] IS NULL OR t.task_type = ANY($6)){} \
+               ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $3 * 2 FOR UPDATE OF t SKIP LOCKED), \
+             picked AS (SELECT id FROM (SELECT *, {} FROM cand) c WHERE {} \
+               ORDER BY priority DESC, ready_at, id LIMIT $3)",
+            keys::CANDIDATE_COLUMNS,
+            keys::NOT_FULL,
+            keys::RANKS,
+            keys::WITHIN_LIMITS
+        )
     } else {
         // Neither a keyed task run nor one of a keyed run (either may have become ready since
         // the probe above). Plain column tests: the claim index's ordered scan stays the plan.
@@ -496,6 +475,7 @@ async fn claim_ready(
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
            ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            .to_owned()
     };
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH {picked} \

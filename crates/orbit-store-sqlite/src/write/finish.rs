@@ -10,6 +10,7 @@ use crate::writer::{Writer, sql, values_sql};
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_core::transition::Transition;
+use orbit_store::keys;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -285,21 +286,12 @@ fn claim_ready(
          claimed_at = ?2, updated_at = ?2 WHERE id IN (",
     );
     if keyed {
-        // Each candidate with its task's key and limit, and its run's (a pending run's tasks
-        // start it, so they need one of its key's run slots; DENSE_RANK numbers the pending
-        // runs of a key, so one run's tasks share a slot).
-        query.push_str(
-            "SELECT id FROM (SELECT *, \
-             ROW_NUMBER() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, ready_at, id) AS nth, \
-             DENSE_RANK() OVER (PARTITION BY CASE WHEN run_pending THEN run_key END \
-               ORDER BY run_created, run_id) AS run_nth \
-             FROM (SELECT t.id, t.priority, t.ready_at, t.concurrency_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), t.concurrency_limit) \
-             AS concurrency_limit, r.concurrency_key AS run_key, \
-             COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), r.concurrency_limit) \
-             AS run_limit, r.state = 'pending' AS run_pending, r.created_at AS run_created, r.id AS run_id \
+        query.push_str(&format!(
+            "SELECT id FROM (SELECT *, {} FROM (SELECT {} \
              FROM task_runs t JOIN runs r ON r.id = t.run_id WHERE t.state = 'ready' AND t.ready_at <= ?2",
-        );
+            keys::RANKS,
+            keys::CANDIDATE_COLUMNS
+        ));
     } else {
         query.push_str("SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= ?2");
     }
@@ -324,23 +316,11 @@ fn claim_ready(
         }
     }
     if keyed {
-        // Keys already at their limit are passed over, so their backlog does not hold up
-        // other keys; of the next candidates, a key gets only the slots it has left.
-        query.push_str(
-            " AND (t.concurrency_key IS NULL OR t.concurrency_key NOT IN (SELECT concurrency_key FROM task_runs \
-             WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
-             WHERE l.key = task_runs.concurrency_key), MAX(concurrency_limit)))) \
-             AND (r.concurrency_key IS NULL OR r.state <> 'pending' OR r.concurrency_key NOT IN (SELECT concurrency_key \
-             FROM runs WHERE state = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key \
-             HAVING COUNT(*) >= COALESCE((SELECT max_running FROM concurrency_limits l \
-             WHERE l.key = runs.concurrency_key), MAX(concurrency_limit)))) \
-             ORDER BY t.priority DESC, t.ready_at, t.id LIMIT ?3 * 2)) AS c \
-             WHERE (c.concurrency_key IS NULL OR c.nth + (SELECT COUNT(*) FROM task_runs k \
-             WHERE k.state = 'running' AND k.concurrency_key = c.concurrency_key) <= c.concurrency_limit) \
-             AND (c.run_key IS NULL OR NOT c.run_pending OR c.run_nth + (SELECT COUNT(*) FROM runs k \
-             WHERE k.state = 'running' AND k.concurrency_key = c.run_key) <= c.run_limit)",
-        );
+        query.push_str(&format!(
+            "{} ORDER BY t.priority DESC, t.ready_at, t.id LIMIT ?3 * 2)) AS c WHERE {}",
+            keys::NOT_FULL,
+            keys::WITHIN_LIMITS
+        ));
     }
     query.push_str(
         " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
