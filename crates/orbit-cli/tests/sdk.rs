@@ -859,6 +859,20 @@ async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
     assert_eq!(listed[0].id, run.id);
     assert_eq!(client.retry(&run.id).await.expect("retry"), ["long"]);
     client.cancel(&run.id).await.expect("cancel again");
+    // Named limits of concurrency keys (a key that needs escaping in a path).
+    let set = client.set_limit("api/eu west", 4).await.expect("set_limit");
+    assert_eq!((set.key.as_str(), set.limit), ("api/eu west", Some(4)));
+    let all = client.limits().await.expect("limits");
+    assert_eq!(all, [set]);
+    client
+        .delete_limit("api/eu west")
+        .await
+        .expect("delete_limit");
+    assert!(client.limits().await.expect("limits").is_empty());
+    assert!(
+        client.delete_limit("api/eu west").await.is_err(),
+        "already gone"
+    );
     let refused = client
         .trigger("no-such-pipeline", json!({}), None)
         .await

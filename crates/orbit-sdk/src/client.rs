@@ -1,5 +1,6 @@
 //! A small client of Orbit's HTTP API (the TypeScript SDK's `OrbitClient`, the Python SDK's
-//! `Client`): trigger a pipeline, follow, list, cancel and retry runs. Answers are the API's
+//! `Client`): trigger a pipeline, follow, list, cancel and retry runs; set concurrency keys'
+//! named limits. Answers are the API's
 //! camelCase JSON; the fields a caller needs most are typed, the rest kept in `extra`.
 
 use crate::SdkError;
@@ -28,6 +29,18 @@ impl Run {
     pub fn is_settled(&self) -> bool {
         matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
     }
+}
+
+/// A concurrency key's named limit, with its task runs and runs running now.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyLimit {
+    pub key: String,
+    pub running: u64,
+    #[serde(default)]
+    pub runs_running: u64,
+    /// `None`: no named limit (the tasks' own limits apply).
+    pub limit: Option<u32>,
 }
 
 /// One task run of a run.
@@ -172,6 +185,29 @@ impl Client {
         Ok(answer.requeued)
     }
 
+    /// Every named limit of a concurrency key (`orbit limits`).
+    pub async fn limits(&self) -> Result<Vec<KeyLimit>, SdkError> {
+        self.send(reqwest::Method::GET, "/limits", None, &[]).await
+    }
+
+    /// Sets `key`'s named limit: at most `limit` task runs (or runs) with it run at once.
+    pub async fn set_limit(&self, key: &str, limit: u32) -> Result<KeyLimit, SdkError> {
+        let path = format!("/limits/{}", segment(key));
+        self.send(
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({ "limit": limit })),
+            &[],
+        )
+        .await
+    }
+
+    /// Removes `key`'s named limit.
+    pub async fn delete_limit(&self, key: &str) -> Result<(), SdkError> {
+        let path = format!("/limits/{}", segment(key));
+        self.send(reqwest::Method::DELETE, &path, None, &[]).await
+    }
+
     /// Waits until the run is settled (looking every `every`), at most `timeout`.
     pub async fn wait_for_run(
         &self,
@@ -232,9 +268,23 @@ impl Client {
                 body: text,
             });
         }
+        // An empty answer (204) is JSON's null: `()` for a caller that expects nothing.
+        let text = if text.is_empty() { "null".into() } else { text };
         serde_json::from_str(&text).map_err(|e| SdkError::Unreachable {
             url,
             error: format!("the answer is not what the API describes: {e}"),
         })
     }
+}
+
+/// `key` as one URL path segment: every byte outside RFC 3986's unreserved set escaped.
+fn segment(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
