@@ -266,6 +266,9 @@ async def test_a_pipeline_in_code_is_saved_when_its_worker_starts_and_the_client
             assert task(d, "report")["output"] == "got 42"
             listed = await client.list_runs(pipeline="coded", limit=5)
             assert listed["runs"][0]["id"] == run["id"]
+            assert (await client.set_limit("coded", 2))["limit"] == 2
+            assert [u["key"] for u in await client.limits()] == ["coded"]
+            await client.delete_limit("coded")
             # Errors say what the server said.
             with pytest.raises(OrbitError) as missing:
                 await client.get_run("nope")
@@ -309,6 +312,14 @@ def test_the_sync_client(server: Server) -> None:
         with pytest.raises(OrbitError) as refused:
             client.trigger("no-such-pipeline")
         assert refused.value.status == 404 and refused.value.code
+        # Named limits of concurrency keys (a key that needs escaping in a path).
+        assert client.set_limit("api/eu west", 4) == {"key": "api/eu west", "running": 0, "runsRunning": 0, "limit": 4}
+        assert [u["key"] for u in client.limits()] == ["api/eu west"]
+        client.delete_limit("api/eu west")
+        assert client.limits() == []
+        with pytest.raises(OrbitError) as gone:
+            client.delete_limit("api/eu west")
+        assert gone.value.status == 404
 
 
 @pytest.mark.anyio

@@ -8,6 +8,7 @@ export type RunDetail = Schemas["RunDetail"];
 export type RunPage = Schemas["RunPage"];
 export type Triggered = Schemas["Triggered"];
 export type Retried = Schemas["Retried"];
+export type KeyUsage = Schemas["KeyUsage"];
 
 export interface ClientOptions {
   /** Where `orbit server` listens (ORBIT_URL when absent). */
@@ -53,6 +54,20 @@ export class OrbitClient {
 
   retry(id: string): Promise<Retried> {
     return this.request("POST", `/runs/${encodeURIComponent(id)}/retry`);
+  }
+
+  /** Every named limit of a concurrency key (`orbit limits`). */
+  limits(): Promise<KeyUsage[]> {
+    return this.request("GET", "/limits");
+  }
+
+  /** At most `limit` task runs (or runs) with concurrency key `key` run at once. */
+  setLimit(key: string, limit: number): Promise<KeyUsage> {
+    return this.request("PUT", `/limits/${encodeURIComponent(key)}`, { limit });
+  }
+
+  async deleteLimit(key: string): Promise<void> {
+    await this.request("DELETE", `/limits/${encodeURIComponent(key)}`);
   }
 
   /** Waits until the run succeeded, failed or was cancelled (default: up to 5 minutes). */

@@ -267,6 +267,12 @@ describe("workers in this process", () => {
     assert.equal(cancelled.state, "cancelled");
     const retried = await client.retry(failed.run.id);
     assert.ok(Array.isArray(retried.requeued));
+    // Named limits of concurrency keys (a key that needs escaping in a path).
+    assert.deepEqual(await client.setLimit("api/eu west", 4), { key: "api/eu west", running: 0, runsRunning: 0, limit: 4 });
+    assert.deepEqual((await client.limits()).map((u) => u.key), ["api/eu west"]);
+    await client.deleteLimit("api/eu west");
+    assert.deepEqual(await client.limits(), []);
+    await assert.rejects(client.deleteLimit("api/eu west"), /404/);
   });
 
   test("a fatal error thrown as FatalError is not retried", async () => {

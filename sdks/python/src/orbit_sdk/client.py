@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .models import Retried, RunDetail, RunPage, RunRecord, Triggered
+from .models import KeyUsage, Retried, RunDetail, RunPage, RunRecord, Triggered
 from .worker import answer
 
 _SETTLED = ("succeeded", "failed", "cancelled")
@@ -83,6 +83,17 @@ class Client:
         """Puts a failed run's dead and cancelled tasks back in the queue."""
         return cast(Retried, self._request("POST", f"/runs/{_id(run)}/retry"))
 
+    def limits(self) -> list[KeyUsage]:
+        """Every named limit of a concurrency key (`orbit limits`)."""
+        return cast(list[KeyUsage], self._request("GET", "/limits"))
+
+    def set_limit(self, key: str, limit: int) -> KeyUsage:
+        """At most `limit` task runs (or runs) with concurrency key `key` run at once."""
+        return cast(KeyUsage, self._request("PUT", f"/limits/{_id(key)}", {"limit": limit}))
+
+    def delete_limit(self, key: str) -> None:
+        self._request("DELETE", f"/limits/{_id(key)}")
+
     def wait_for_run(self, run: str, *, timeout: float = 300.0, interval: float = 0.25) -> RunDetail:
         """Waits until the run succeeded, failed or was cancelled; its detail."""
         end = time.monotonic() + timeout
@@ -131,6 +142,15 @@ class AsyncClient:
 
     async def retry(self, run: str) -> Retried:
         return cast(Retried, await self._request("POST", f"/runs/{_id(run)}/retry"))
+
+    async def limits(self) -> list[KeyUsage]:
+        return cast(list[KeyUsage], await self._request("GET", "/limits"))
+
+    async def set_limit(self, key: str, limit: int) -> KeyUsage:
+        return cast(KeyUsage, await self._request("PUT", f"/limits/{_id(key)}", {"limit": limit}))
+
+    async def delete_limit(self, key: str) -> None:
+        await self._request("DELETE", f"/limits/{_id(key)}")
 
     async def wait_for_run(self, run: str, *, timeout: float = 300.0, interval: float = 0.25) -> RunDetail:
         end = time.monotonic() + timeout
