@@ -5,79 +5,72 @@
 use chrono::{DateTime, Utc};
 use orbit_core::{RunState, TaskState};
 use orbit_store::{RunRecord, Store, StoreError, TaskRunRecord};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// A pending run held back by its pipeline's concurrency key:
-/// "the run waits for concurrency key `tenant-1` (1/1 runs in use)".
-pub async fn run_key(store: &dyn Store, run: &RunRecord) -> Result<Option<String>, StoreError> {
-    let Some(key) = run
-        .concurrency_key
-        .as_ref()
-        .filter(|_| run.state == RunState::Pending)
-    else {
-        return Ok(None);
-    };
-    let usage = store.key_usage(std::slice::from_ref(key)).await?.pop();
-    let in_use = usage.as_ref().map_or(0, |u| u.runs_running);
-    Ok(
-        match usage.and_then(|u| u.limit).or(run.concurrency_limit) {
-            None => Some(format!(
-                "the run waits for concurrency key `{key}`, which has no limit yet: orbit limits set {key} N"
-            )),
-            Some(limit) => (in_use >= u64::from(limit)).then(|| {
-                format!("the run waits for concurrency key `{key}` ({in_use}/{limit} runs in use)")
-            }),
-        },
-    )
-}
-
-/// Ready task runs held back by a concurrency key at its limit, one line per key:
-/// "3 tasks wait for concurrency key `c-42` (2/2 in use)".
-pub async fn full_keys(
+/// What holds `run` and its ready `tasks` back by a concurrency key at its limit, one line per
+/// key: its pipeline's key while it is pending ("the run waits for concurrency key `tenant-1`
+/// (1/1 runs in use)"), and each key of its ready tasks ("3 tasks wait for concurrency key
+/// `c-42` (2/2 in use)"). One look at the keys' usage for all of them.
+pub async fn held_by_keys(
     store: &dyn Store,
+    run: &RunRecord,
     tasks: &[TaskRunRecord],
 ) -> Result<Vec<String>, StoreError> {
-    let mut waiting: std::collections::BTreeMap<&str, (usize, Option<u32>)> = Default::default();
+    let run_key = run
+        .concurrency_key
+        .as_deref()
+        .filter(|_| run.state == RunState::Pending);
+    // Per task key: how many ready task runs wait on it, and the limit they declare.
+    let mut waiting: BTreeMap<&str, (usize, Option<u32>)> = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.state == TaskState::Ready) {
         if let Some(key) = &t.concurrency_key {
-            let entry = waiting
-                .entry(key.as_str())
-                .or_insert((0, t.concurrency_limit));
-            entry.0 += 1;
+            waiting.entry(key).or_insert((0, t.concurrency_limit)).0 += 1;
         }
     }
-    if waiting.is_empty() {
+    let keys: BTreeSet<&str> = waiting.keys().copied().chain(run_key).collect();
+    if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<String> = waiting.keys().map(|k| (*k).to_owned()).collect();
-    let usage: std::collections::HashMap<String, orbit_store::KeyUsage> = store
+    let keys: Vec<String> = keys.into_iter().map(str::to_owned).collect();
+    let usage: HashMap<String, orbit_store::KeyUsage> = store
         .key_usage(&keys)
         .await?
         .into_iter()
         .map(|u| (u.key.clone(), u))
         .collect();
-    Ok(waiting
-        .into_iter()
-        .filter_map(|(key, (n, declared))| {
-            let u = usage.get(key);
-            let in_use = u.map_or(0, |u| u.running);
-            // A named limit (`orbit limits set`) wins over what the tasks declare.
-            let limit = u.and_then(|u| u.limit).or(declared);
-            let tasks = if n == 1 {
-                "1 task waits".to_owned()
-            } else {
-                format!("{n} tasks wait")
-            };
-            match limit {
-                None => Some(format!(
-                    "{tasks} for concurrency key `{key}`, which has no limit yet: orbit limits set {key} N"
-                )),
-                Some(limit) => (in_use >= u64::from(limit)).then(|| {
-                    format!("{tasks} for concurrency key `{key}` ({in_use}/{limit} in use)")
-                }),
-            }
-        })
-        .collect())
+    // A named limit (`orbit limits set`) wins over the declared one.
+    let line = |who: &str, key: &str, in_use: u64, declared: Option<u32>, unit: &str| match usage
+        .get(key)
+        .and_then(|u| u.limit)
+        .or(declared)
+    {
+        None => Some(format!(
+            "{who} for concurrency key `{key}`, which has no limit yet: orbit limits set {key} N"
+        )),
+        Some(limit) => (in_use >= u64::from(limit))
+            .then(|| format!("{who} for concurrency key `{key}` ({in_use}/{limit}{unit} in use)")),
+    };
+    let running = |key: &str, of: fn(&orbit_store::KeyUsage) -> u64| usage.get(key).map_or(0, of);
+    let mut lines = Vec::new();
+    if let Some(key) = run_key {
+        let in_use = running(key, |u| u.runs_running);
+        lines.extend(line(
+            "the run waits",
+            key,
+            in_use,
+            run.concurrency_limit,
+            " runs",
+        ));
+    }
+    for (key, (n, declared)) in waiting {
+        let who = if n == 1 {
+            "1 task waits".to_owned()
+        } else {
+            format!("{n} tasks wait")
+        };
+        lines.extend(line(&who, key, running(key, |u| u.running), declared, ""));
+    }
+    Ok(lines)
 }
 
 /// One line per queue of `tasks` that has ready work and nobody to claim it, e.g.

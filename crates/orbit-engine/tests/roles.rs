@@ -221,7 +221,7 @@ async fn ready_tasks_behind_a_full_key_are_explained() {
         .run;
     let tasks = store.task_runs(run.id).await.unwrap();
     assert!(
-        orbit_engine::waiting::full_keys(store.as_ref(), &tasks)
+        orbit_engine::waiting::held_by_keys(store.as_ref(), &run, &tasks)
             .await
             .unwrap()
             .is_empty(),
@@ -235,7 +235,7 @@ async fn ready_tasks_behind_a_full_key_are_explained() {
     assert_eq!(got.claimed.len(), 1);
     let tasks = store.task_runs(run.id).await.unwrap();
     assert_eq!(
-        orbit_engine::waiting::full_keys(store.as_ref(), &tasks)
+        orbit_engine::waiting::held_by_keys(store.as_ref(), &run, &tasks)
             .await
             .unwrap(),
         ["2 tasks wait for concurrency key `tenant-7` (1/1 in use)"]
@@ -271,14 +271,15 @@ async fn a_run_held_by_its_pipelines_key_is_explained() {
         let store = store.clone();
         async move {
             let run = store.run(id).await.unwrap();
-            orbit_engine::waiting::run_key(store.as_ref(), &run)
+            let tasks = store.task_runs(id).await.unwrap();
+            orbit_engine::waiting::held_by_keys(store.as_ref(), &run, &tasks)
                 .await
                 .unwrap()
         }
     };
-    assert_eq!(why(runs[0]).await, None, "it runs");
+    assert!(why(runs[0]).await.is_empty(), "it runs");
     assert_eq!(
-        why(runs[1]).await.as_deref(),
-        Some("the run waits for concurrency key `tenant-7` (1/1 runs in use)")
+        why(runs[1]).await,
+        ["the run waits for concurrency key `tenant-7` (1/1 runs in use)"]
     );
 }

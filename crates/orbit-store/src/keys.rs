@@ -2,12 +2,17 @@
 
 use crate::KeyUsage;
 
-/// Every named limit with the task runs and runs of its key running now, by key: the
-/// columns [`usage`] reads.
-pub const KEY_LIMITS: &str = "SELECT l.key, \
-     (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
-     (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = l.key), \
-     l.max_running FROM concurrency_limits l ORDER BY l.key";
+/// The usage of the keys in `keys` (a relation with a `key` column, aliased `k`), by key: the
+/// task runs and runs of each running now and its named limit, the columns [`usage`] reads.
+/// Every named limit's: `usage_sql("concurrency_limits k")`.
+pub fn usage_sql(keys: &str) -> String {
+    format!(
+        "SELECT k.key, \
+         (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+         (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
+         l.max_running FROM {keys} LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key"
+    )
+}
 
 /// One key's row: the key, its task runs running, its runs running, its named limit.
 pub fn usage(key: String, running: i64, runs: i64, limit: Option<i64>) -> KeyUsage {

@@ -76,8 +76,8 @@ pub enum StoreError {
     /// Stored data could not be read back (a bad state string, invalid JSON).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// The request cannot be carried out as given (a run input a task's concurrency key
-    /// cannot be rendered from).
+    /// The request cannot be carried out as given (a run input a concurrency key cannot be
+    /// rendered from).
     #[error("{0}")]
     Invalid(String),
 }

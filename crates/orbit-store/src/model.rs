@@ -316,7 +316,7 @@ pub struct PurgedLetters {
     pub runs: Vec<Uuid>,
 }
 
-/// A concurrency key: its task runs running, and its named limit (`orbit limits set`).
+/// A concurrency key: its task runs and runs running, and its named limit (`orbit limits set`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -327,7 +327,7 @@ pub struct KeyUsage {
     /// Runs with this key (a pipeline's `concurrency`) running now.
     #[serde(default)]
     pub runs_running: u64,
-    /// The named limit; `None`: the limit each task declares applies.
+    /// The named limit; `None`: the limit each task (or pipeline) declares applies.
     pub limit: Option<u32>,
 }
 

@@ -192,12 +192,13 @@ pub trait Queues: Send + Sync + 'static {
     /// [`crate::tally`]), in key order.
     async fn attempt_cells(&self, since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
 
-    /// Each of `keys` (concurrency keys) with its task runs running and its named limit.
+    /// Each of `keys` (concurrency keys) with its task runs and runs running and its named
+    /// limit.
     async fn key_usage(&self, keys: &[String]) -> Result<Vec<KeyUsage>>;
 
     /// Sets (`Some`) or removes (`None`) the named limit of a concurrency key: at most so many
-    /// of its task runs run at once, whatever limit their tasks declare. Returns whether a
-    /// limit was there before.
+    /// of its task runs (or runs) run at once, whatever limit their tasks (or pipelines)
+    /// declare. Returns whether a limit was there before.
     async fn set_key_limit(
         &self,
         key: &str,
@@ -205,7 +206,7 @@ pub trait Queues: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
-    /// Every named limit, by key, with its task runs running.
+    /// Every named limit, by key, with its task runs and runs running.
     async fn key_limits(&self) -> Result<Vec<KeyUsage>>;
 }
 

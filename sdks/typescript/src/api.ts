@@ -1138,12 +1138,12 @@ export interface components {
             /** @description Embedded worker slots. */
             workers: number;
         };
-        /** @description A concurrency key: its task runs running, and its named limit (`orbit limits set`). */
+        /** @description A concurrency key: its task runs and runs running, and its named limit (`orbit limits set`). */
         KeyUsage: {
             key: string;
             /**
              * Format: int32
-             * @description The named limit; `None`: the limit each task declares applies.
+             * @description The named limit; `None`: the limit each task (or pipeline) declares applies.
              */
             limit?: number | null;
             /**

@@ -106,11 +106,7 @@ pub fn render_runs(runs: &[orbit_store::RunRecord], json: bool) -> anyhow::Resul
 pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
     let tasks = store.task_runs(run.id).await?;
-    let mut waiting: Vec<String> = orbit_engine::waiting::run_key(store, &run)
-        .await?
-        .into_iter()
-        .collect();
-    waiting.extend(orbit_engine::waiting::full_keys(store, &tasks).await?);
+    let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &tasks).await?;
     waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
     render_status(&run, &tasks, &waiting, json)
 }

@@ -176,11 +176,7 @@ pub async fn get(
             offset: 0,
         };
         let ready = s.store.task_runs_page(run.id, &ready).await?;
-        let mut lines: Vec<String> = orbit_engine::waiting::run_key(s.store.as_ref(), &run)
-            .await?
-            .into_iter()
-            .collect();
-        lines.extend(orbit_engine::waiting::full_keys(s.store.as_ref(), &ready).await?);
+        let mut lines = orbit_engine::waiting::held_by_keys(s.store.as_ref(), &run, &ready).await?;
         if count(TaskState::Running) == 0 {
             lines.extend(
                 orbit_engine::waiting::unclaimed(s.store.as_ref(), &ready, Utc::now()).await?,

@@ -56,11 +56,9 @@ impl orbit_store::Queues for PgStore {
 
     async fn key_usage(&self, keys: &[String]) -> Result<Vec<KeyUsage>> {
         usage(
-            sqlx::query_as(
-                "SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
-             (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
-                 l.max_running FROM UNNEST($1::text[]) AS k(key) LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(orbit_store::keys::usage_sql(
+                "UNNEST($1::text[]) AS k(key)",
+            )))
             .bind(keys)
             .fetch_all(&self.pool)
             .await
@@ -104,10 +102,12 @@ impl orbit_store::Queues for PgStore {
 
     async fn key_limits(&self) -> Result<Vec<KeyUsage>> {
         usage(
-            sqlx::query_as(orbit_store::keys::KEY_LIMITS)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?,
+            sqlx::query_as(sqlx::AssertSqlSafe(orbit_store::keys::usage_sql(
+                "concurrency_limits k",
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
         )
     }
 }

@@ -67,11 +67,7 @@ impl orbit_store::Queues for SqliteStore {
         q.push_values(keys, |mut b, k| {
             b.push_bind(k);
         });
-        q.push(
-            ") SELECT k.key, (SELECT COUNT(*) FROM task_runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
-             (SELECT COUNT(*) FROM runs r WHERE r.state = 'running' AND r.concurrency_key = k.key), \
-             l.max_running FROM k LEFT JOIN concurrency_limits l ON l.key = k.key ORDER BY k.key",
-        );
+        q.push(") ").push(orbit_store::keys::usage_sql("k"));
         usage(
             q.build_query_as()
                 .fetch_all(&self.reader)
@@ -94,10 +90,12 @@ impl orbit_store::Queues for SqliteStore {
 
     async fn key_limits(&self) -> Result<Vec<KeyUsage>> {
         usage(
-            sqlx::query_as(orbit_store::keys::KEY_LIMITS)
-                .fetch_all(&self.reader)
-                .await
-                .map_err(unavailable)?,
+            sqlx::query_as(sqlx::AssertSqlSafe(orbit_store::keys::usage_sql(
+                "concurrency_limits k",
+            )))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?,
         )
     }
 }

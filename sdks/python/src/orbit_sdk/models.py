@@ -184,7 +184,7 @@ class Info(TypedDict):
 
 
 class KeyUsage(TypedDict):
-    """A concurrency key: its task runs running, and its named limit (`orbit limits set`)."""
+    """A concurrency key: its task runs and runs running, and its named limit (`orbit limits set`)."""
     key: str
     limit: NotRequired[int | None]
     running: int
