@@ -193,6 +193,7 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
         queue: None,
         allowed_next: Vec::new(),
         concurrency: None,
+        rate_limit: None,
     }
 }
 

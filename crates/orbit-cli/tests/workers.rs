@@ -35,6 +35,7 @@ fn sleep_task(name: String, ms: u64, heartbeat: Duration) -> TaskDef {
         queue: None,
         allowed_next: Vec::new(),
         concurrency: None,
+        rate_limit: None,
     }
 }
 

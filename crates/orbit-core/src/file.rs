@@ -7,7 +7,7 @@
 use crate::dag::Dag;
 use crate::params::Params;
 use crate::pipeline::{
-    Concurrency, DEFAULT_HEARTBEAT_INTERVAL, Pipeline, TaskDef, TaskType, is_valid_name,
+    Concurrency, DEFAULT_HEARTBEAT_INTERVAL, Pipeline, RateLimit, TaskDef, TaskType, is_valid_name,
 };
 use crate::retry::RetryPolicy;
 use serde::Deserialize;
@@ -158,7 +158,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 11] = [
+const TASK_KEYS: [&str; 12] = [
     "name",
     "type",
     "needs",
@@ -170,6 +170,7 @@ const TASK_KEYS: [&str; 11] = [
     "queue",
     "allowed_next",
     "concurrency",
+    "rate_limit",
 ];
 
 impl Checker {
@@ -388,6 +389,8 @@ impl Checker {
             field("allowed_next").map_or_else(Vec::new, |a| self.names(a, &name, "allowed_next").0);
         let concurrency =
             field("concurrency").and_then(|c| self.concurrency(c, &format!("task `{name}`")));
+        let rate_limit =
+            field("rate_limit").and_then(|r| self.rate_limit(r, &format!("task `{name}`")));
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -415,6 +418,7 @@ impl Checker {
                 queue,
                 allowed_next,
                 concurrency,
+                rate_limit,
             },
             needs_spans,
         ))

@@ -63,6 +63,34 @@ pub struct TaskDef {
     /// engine and server sharing the store; the others wait `ready`, in their order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// At most `limit` attempts of tasks with the same rendered key start in any `per`
+    /// (a token bucket shared through the store); a task over the rate stays `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A task's rate limit: `rate_limit: { key: "openai", per: 1s, limit: 10 }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// A template over the run's `input` and `run`, rendered when the run is created.
+    pub key: String,
+    /// The bucket holds `limit` tokens and refills them evenly over `per`.
+    #[serde(with = "crate::duration::millis")]
+    pub per: Duration,
+    /// Attempts that may start in one `per`, at least 1; also the largest burst.
+    pub limit: u32,
+}
+
+impl RateLimit {
+    /// The key for one run (see [`Concurrency::render`]).
+    pub fn render(
+        &self,
+        input: &serde_json::Value,
+        run: &str,
+        pipeline: &str,
+    ) -> Result<String, String> {
+        render_key(&self.key, "rate limit key", input, run, pipeline)
+    }
 }
 
 /// A task's concurrency key: `concurrency: { key: "{{ input.customerId }}", limit: 2 }`.
@@ -91,21 +119,32 @@ impl Concurrency {
         run: &str,
         pipeline: &str,
     ) -> Result<String, String> {
-        let key = if crate::template::is_template(&self.key) {
-            let ctx =
-                serde_json::json!({ "input": input, "run": { "id": run, "pipeline": pipeline } });
-            crate::template::render_str(&self.key, &ctx)?
-        } else {
-            self.key.clone()
-        };
-        if key.is_empty() || key.len() > MAX_CONCURRENCY_KEY {
-            return Err(format!(
-                "concurrency key `{}` must be 1 to {MAX_CONCURRENCY_KEY} bytes once rendered",
-                crate::echo::echo(&key)
-            ));
-        }
-        Ok(key)
+        render_key(&self.key, "concurrency key", input, run, pipeline)
     }
+}
+
+/// A key template rendered over a run's input and identity, at most [`MAX_CONCURRENCY_KEY`]
+/// bytes.
+fn render_key(
+    template: &str,
+    what: &str,
+    input: &serde_json::Value,
+    run: &str,
+    pipeline: &str,
+) -> Result<String, String> {
+    let key = if crate::template::is_template(template) {
+        let ctx = serde_json::json!({ "input": input, "run": { "id": run, "pipeline": pipeline } });
+        crate::template::render_str(template, &ctx)?
+    } else {
+        template.to_owned()
+    };
+    if key.is_empty() || key.len() > MAX_CONCURRENCY_KEY {
+        return Err(format!(
+            "{what} `{}` must be 1 to {MAX_CONCURRENCY_KEY} bytes once rendered",
+            crate::echo::echo(&key)
+        ));
+    }
+    Ok(key)
 }
 
 /// The queue of tasks that name none.

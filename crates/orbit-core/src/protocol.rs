@@ -240,6 +240,11 @@ pub struct Callback {
     /// A failure the handler marked as permanent goes to the dead-letter queue at once.
     #[serde(default = "yes")]
     pub retryable: bool,
+    /// A failed attempt that asks to be tried again after so many milliseconds (a quota, an
+    /// upstream's `Retry-After`): it waits that long and does not count against the task's
+    /// retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     /// The handler's log lines, kept as the attempt's log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,

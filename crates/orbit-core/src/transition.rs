@@ -57,6 +57,9 @@ pub enum FailureKind {
     Timeout,
     /// Its worker stopped heartbeating; the lease expired.
     WorkerLost,
+    /// Asked to wait (`429` with `Retry-After`, an SDK's `retry_after`): tried again after its
+    /// `retry_after` without spending one of its attempts.
+    Throttled,
 }
 
 impl FailureKind {
@@ -66,6 +69,7 @@ impl FailureKind {
             FailureKind::Fatal => "fatal",
             FailureKind::Timeout => "timeout",
             FailureKind::WorkerLost => "worker_lost",
+            FailureKind::Throttled => "throttled",
         }
     }
 
@@ -89,6 +93,20 @@ impl Failure {
 
     pub fn fatal(message: impl Into<String>) -> Failure {
         Failure::new(FailureKind::Fatal, message)
+    }
+
+    /// Try again after `after`, without spending an attempt.
+    pub fn throttled(message: impl Into<String>, after: Duration) -> Failure {
+        Failure {
+            kind: FailureKind::Throttled,
+            message: message.into(),
+            retry_after: Some(after),
+        }
+    }
+
+    /// Whether the attempt it ends counts against the task's retries.
+    pub fn counts(&self) -> bool {
+        self.kind != FailureKind::Throttled
     }
 }
 
@@ -184,13 +202,17 @@ pub fn on_attempt_finished(
             }
         }
         Outcome::Failed(failure)
-            if failure.kind.is_retryable() && policy.allows_another(attempt) =>
+            if failure.kind.is_retryable()
+                && (!failure.counts() || policy.allows_another(attempt)) =>
         {
             // A lost worker is not the task's fault: waiting, or queueing again behind newer
             // work, would only delay recovery.
             let keep_place = failure.kind == FailureKind::WorkerLost;
             let delay = if keep_place {
                 Duration::ZERO
+            } else if let (false, Some(after)) = (failure.counts(), failure.retry_after) {
+                // The other side said when: backing off further would only lose time.
+                after
             } else {
                 policy
                     .delay_after(attempt, random)
@@ -447,6 +469,38 @@ mod tests {
         assert!(
             matches!(t, Transition::Retry { ready_at, .. } if ready_at - now >= chrono::Duration::seconds(60))
         );
+    }
+
+    #[test]
+    fn a_throttled_attempt_waits_as_told_even_with_no_retries_left() {
+        let now = Utc::now();
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let t = on_attempt_finished(
+            &chain(),
+            0,
+            &policy,
+            1,
+            Outcome::Failed(Failure::throttled("429", Duration::from_millis(1500))),
+            now,
+            0.9,
+        );
+        assert!(
+            matches!(t, Transition::Retry { ready_at, keep_place: false, .. } if ready_at - now == chrono::Duration::milliseconds(1500)),
+            "{t:?}"
+        );
+        let spent = on_attempt_finished(
+            &chain(),
+            0,
+            &policy,
+            1,
+            Outcome::Failed(Failure::error("500")),
+            now,
+            0.9,
+        );
+        assert!(matches!(spent, Transition::Dead { .. }));
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl From<Value> for TaskResult {
 pub struct TaskError {
     pub message: String,
     pub retryable: bool,
+    /// Set by [`TaskError::retry_after`]: try again after this long, without spending a retry.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl TaskError {
@@ -79,6 +81,7 @@ impl TaskError {
         TaskError {
             message: message.to_string(),
             retryable: true,
+            retry_after: None,
         }
     }
 
@@ -87,6 +90,17 @@ impl TaskError {
         TaskError {
             message: message.to_string(),
             retryable: false,
+            retry_after: None,
+        }
+    }
+
+    /// Not now: try again after `after` (a quota, an upstream's `Retry-After`). The attempt
+    /// does not count against the task's retries, however often it happens.
+    pub fn retry_after(after: std::time::Duration, message: impl fmt::Display) -> TaskError {
+        TaskError {
+            message: message.to_string(),
+            retryable: true,
+            retry_after: Some(after),
         }
     }
 }

@@ -433,12 +433,18 @@ async fn callback(
                     run_next,
                     error: None,
                     retryable: true,
+                    retry_after_ms: None,
                     logs,
                 },
                 Err(e) => failure(a, e, true, logs),
             }
         }
-        Ok(Err(e)) => failure(a, e.message, e.retryable, logs),
+        Ok(Err(e)) => Callback {
+            retry_after_ms: e
+                .retry_after
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..failure(a, e.message, e.retryable, logs)
+        },
         Err(t) => Callback {
             status: CallbackStatus::Timeout,
             ..failure(
@@ -459,6 +465,7 @@ fn failure(a: &Assignment, error: String, retryable: bool, logs: Vec<String>) ->
         run_next: None,
         error: Some(error),
         retryable,
+        retry_after_ms: None,
         logs,
     }
 }

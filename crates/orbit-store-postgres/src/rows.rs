@@ -93,6 +93,7 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         progress_message: get(row, "progress_message")?,
         concurrency_key: get(row, "concurrency_key")?,
         concurrency_limit: concurrency_limit(row)?,
+        rate_key: get(row, "rate_key")?,
     })
 }
 

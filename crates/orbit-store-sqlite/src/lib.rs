@@ -74,6 +74,8 @@ pub struct SqliteStore {
     changes: Arc<watch::Sender<u64>>,
     /// Ticks on a cancel: engines check their leases at once.
     control: Arc<watch::Sender<u64>>,
+    /// Wakes claimers when a rate limit's next token comes.
+    alarm: orbit_store::alarm::Alarm,
 }
 
 /// An exclusive lock on `<database>-migrate.lock`, held while migrations run.
@@ -172,6 +174,7 @@ impl SqliteStore {
             work: Arc::new(watch::channel(0).0),
             changes: Arc::new(watch::channel(0).0),
             control: Arc::new(watch::channel(0).0),
+            alarm: Default::default(),
         })
     }
 

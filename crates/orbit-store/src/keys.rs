@@ -27,14 +27,15 @@ pub fn usage(key: String, running: i64, runs: i64, limit: Option<i64>) -> KeyUsa
 // The keyed claim's parts, the same on both stores (each adds its own placeholders, filters
 // and locking). Candidates are ready task runs `t` of runs `r`:
 
-/// The candidate's columns: its task's key and effective limit (a named limit wins), and its
-/// run's key, effective limit, whether it is pending, its age and id.
+/// The candidate's columns: its task's key and effective limit (a named limit wins), its
+/// run's key, effective limit, whether it is pending, its age and id, and its rate key and
+/// limit ([`crate::rates`]).
 pub const CANDIDATE_COLUMNS: &str = "t.id, t.priority, t.ready_at, t.concurrency_key, \
      COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = t.concurrency_key), \
      t.concurrency_limit) AS concurrency_limit, r.concurrency_key AS run_key, \
      COALESCE((SELECT max_running FROM concurrency_limits l WHERE l.key = r.concurrency_key), \
      r.concurrency_limit) AS run_limit, r.state = 'pending' AS run_pending, \
-     r.created_at AS run_created, r.id AS run_id";
+     r.created_at AS run_created, r.id AS run_id, t.rate_key, t.rate_limit";
 
 /// Keys already at their limit are passed over, so their backlog does not hold up other keys
 /// (a running run's tasks need no run slot).

@@ -22,11 +22,13 @@
 //!
 //! This crate depends on `orbit-core` only: never on a backend, the engine or the server.
 
+pub mod alarm;
 #[cfg(feature = "testkit")]
 pub mod faults;
 pub mod keys;
 mod model;
 pub mod plan;
+pub mod rates;
 mod roles;
 pub mod tally;
 #[cfg(feature = "testkit")]

@@ -160,6 +160,10 @@ pub struct TaskRunRecord {
     pub concurrency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<u32>,
+    /// Its rendered rate limit key: attempts with this key start no faster than its
+    /// `rate_limit` allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -254,6 +258,9 @@ pub struct BatchOutcome {
     /// The commit made tasks claimable that its own claim did not take; the store has
     /// signalled other claimers.
     pub left_work: bool,
+    /// Ready task runs wait for a rate limit's token until then; the store wakes claimers at
+    /// that time.
+    pub throttled_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -344,6 +344,8 @@ pub struct NewTaskRow<'a> {
     pub ready_at: Option<DateTime<Utc>>,
     /// The rendered concurrency key and its limit.
     pub concurrency: Option<(String, i32)>,
+    /// The rendered rate limit key, its limit and its period in ms.
+    pub rate: Option<(String, i32, i64)>,
 }
 
 /// What creating `new` writes besides its run row: the task runs, the `run_created` event,
@@ -388,6 +390,20 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                 .as_ref()
                 .map(|c| rendered(c, &format!("task `{}`", task.name)))
                 .transpose()?;
+            let rate = task
+                .rate_limit
+                .as_ref()
+                .map(|r| {
+                    let key = r.render(&new.input, &run, &p.name).map_err(|e| {
+                        crate::StoreError::Invalid(format!("task `{}`: {e}", task.name))
+                    })?;
+                    Ok::<_, crate::StoreError>((
+                        key,
+                        i32::try_from(r.limit).unwrap_or(i32::MAX),
+                        i64::try_from(r.per.as_millis()).unwrap_or(i64::MAX).max(1),
+                    ))
+                })
+                .transpose()?;
             Ok(NewTaskRow {
                 id: Uuid::now_v7(),
                 name: &task.name,
@@ -405,6 +421,7 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                 lease_ms: task.lease().as_millis() as i64,
                 ready_at: ready.then_some(new.now),
                 concurrency,
+                rate,
             })
         })
         .collect::<crate::Result<Vec<NewTaskRow<'a>>>>()?;

@@ -444,3 +444,40 @@ fn concurrency_keys_are_read_and_checked() {
     assert!(bad[2].1.contains("unknown key `per`"), "{bad:?}");
     assert!(bad[3].1.contains("needs a `key`"), "{bad:?}");
 }
+
+#[test]
+fn rate_limits_are_read_and_checked() {
+    let p = parse_pipeline(
+        "r.yaml",
+        "name: r\ntasks:\n  - name: call\n    type: sleep\n    duration: 0s\n    rate_limit: { key: \"openai-{{ input.org }}\", per: 1m, limit: 60 }\n",
+    )
+    .unwrap();
+    let r = p.tasks[0].rate_limit.clone().unwrap();
+    assert_eq!(
+        (r.key.as_str(), r.per, r.limit),
+        ("openai-{{ input.org }}", Duration::from_secs(60), 60)
+    );
+    assert_eq!(
+        r.render(&serde_json::json!({"org": "acme"}), "r1", "r"),
+        Ok("openai-acme".to_string())
+    );
+    let bad = errors(
+        "name: r\ntasks:\n  - name: a\n    type: sleep\n    duration: 0s\n    rate_limit: { key: k, limit: 5 }\n  - name: b\n    type: sleep\n    duration: 0s\n    rate_limit: { key: \"{{ tasks.a.output }}\", per: soon, limit: 0, burst: 2 }\n",
+    );
+    assert_eq!(bad.len(), 5, "{bad:?}");
+    assert_eq!(bad[0].0, 6);
+    assert!(bad[0].1.contains("needs `per`"), "{bad:?}");
+    assert!(bad.iter().all(|b| b.0 == 6 || b.0 == 10), "{bad:?}");
+    let text: Vec<&str> = bad.iter().map(|b| b.1.as_str()).collect();
+    for expected in [
+        "unknown key `burst`",
+        "`rate_limit.key` may use `input` and `run` only",
+        "`rate_limit.per`",
+        "`rate_limit.limit` must be a whole number",
+    ] {
+        assert!(
+            text.iter().any(|t| t.contains(expected)),
+            "{expected}: {bad:?}"
+        );
+    }
+}

@@ -157,29 +157,7 @@ impl Checker {
                 format!("{whose}: unknown key `{other}` in `concurrency` (expected key, limit)"),
             );
         }
-        let key = match map.get("key") {
-            Some(Value::String(k)) if !k.trim().is_empty() => k.clone(),
-            Some(other) => {
-                self.at(
-                    v,
-                    format!(
-                        "{whose}: `concurrency.key` must be a non-empty string, not {}",
-                        short(other)
-                    ),
-                );
-                return None;
-            }
-            None => {
-                self.at(v, format!("{whose}: `concurrency` needs a `key`"));
-                return None;
-            }
-        };
-        if crate::template::is_template(&key)
-            && let Err(e) = crate::template::check_names(&key, &["input", "run"])
-        {
-            self.at(v, format!("{whose}: `concurrency.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
-            return None;
-        }
+        let key = self.key_template(v, map, whose, "concurrency")?;
         // Without a limit the key's named limit (`orbit limits set`) applies.
         let limit = match map.get("limit").map(|l| l.as_u64()) {
             Some(Some(n @ 1..=1_000_000)) => Some(n as u32),
@@ -190,6 +168,121 @@ impl Checker {
             None => None,
         };
         Some(Concurrency { key, limit })
+    }
+
+    /// `rate_limit: { key, per, limit }`, all three required; the key as `concurrency`'s.
+    pub(super) fn rate_limit(&mut self, v: &Located, whose: &str) -> Option<RateLimit> {
+        let Value::Object(map) = &v.value else {
+            self.at(
+                v,
+                format!(
+                    "{whose}: `rate_limit` must be a mapping (key, per, limit), not {}",
+                    short(&v.value)
+                ),
+            );
+            return None;
+        };
+        for other in map
+            .keys()
+            .filter(|k| !["key", "per", "limit"].contains(&k.as_str()))
+        {
+            self.at(
+                v,
+                format!(
+                    "{whose}: unknown key `{other}` in `rate_limit` (expected key, per, limit)"
+                ),
+            );
+        }
+        let key = self.key_template(v, map, whose, "rate_limit");
+        let per = match map.get("per").map(|p| match p {
+            Value::String(s) => crate::duration::parse(s),
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(crate::duration::seconds)
+                .ok_or_else(|| format!("{n} is not a valid number of seconds")),
+            other => Err(format!(
+                "expected a duration such as `1s`, not {}",
+                short(other)
+            )),
+        }) {
+            Some(Ok(d))
+                if d >= Duration::from_millis(1) && d <= Duration::from_secs(86_400 * 366) =>
+            {
+                Some(d)
+            }
+            Some(Ok(_)) => {
+                self.at(
+                    v,
+                    format!("{whose}: `rate_limit.per` must be from 1ms to 366d"),
+                );
+                None
+            }
+            Some(Err(e)) => {
+                self.at(v, format!("{whose}: `rate_limit.per`: {e}"));
+                None
+            }
+            None => {
+                self.at(
+                    v,
+                    format!("{whose}: `rate_limit` needs `per` (a duration such as `1s`)"),
+                );
+                None
+            }
+        };
+        let limit = match map.get("limit").map(|l| l.as_u64()) {
+            Some(Some(n @ 1..=1_000_000)) => Some(n as u32),
+            Some(_) => {
+                self.at(v, format!("{whose}: `rate_limit.limit` must be a whole number from 1 to 1000000, not {}", short(&map["limit"])));
+                None
+            }
+            None => {
+                self.at(
+                    v,
+                    format!("{whose}: `rate_limit` needs `limit` (attempts per `per`)"),
+                );
+                None
+            }
+        };
+        Some(RateLimit {
+            key: key?,
+            per: per?,
+            limit: limit?,
+        })
+    }
+
+    /// A mapping's `key`: a non-empty template over the run's `input` and `run` only (it is
+    /// rendered when the run is created, before any task has an output).
+    fn key_template(
+        &mut self,
+        v: &Located,
+        map: &serde_json::Map<String, Value>,
+        whose: &str,
+        field: &str,
+    ) -> Option<String> {
+        let key = match map.get("key") {
+            Some(Value::String(k)) if !k.trim().is_empty() => k.clone(),
+            Some(other) => {
+                self.at(
+                    v,
+                    format!(
+                        "{whose}: `{field}.key` must be a non-empty string, not {}",
+                        short(other)
+                    ),
+                );
+                return None;
+            }
+            None => {
+                self.at(v, format!("{whose}: `{field}` needs a `key`"));
+                return None;
+            }
+        };
+        if crate::template::is_template(&key)
+            && let Err(e) = crate::template::check_names(&key, &["input", "run"])
+        {
+            self.at(v, format!("{whose}: `{field}.key` may use `input` and `run` only (it is rendered when the run is created): {e}"));
+            return None;
+        }
+        Some(key)
     }
 
     pub(super) fn priority(&mut self, v: &Located) -> Option<i32> {

@@ -203,6 +203,7 @@ impl Dispatcher {
             run_next,
             error,
             retryable,
+            retry_after_ms,
             logs,
             ..
         } = callback;
@@ -219,7 +220,12 @@ impl Dispatcher {
                     (_, false) => FailureKind::Fatal,
                 };
                 let message = error.unwrap_or_else(|| "the handler failed".into());
-                Outcome::Failed(Failure::new(kind, message))
+                match retry_after_ms {
+                    Some(ms) if status == CallbackStatus::Failed => Outcome::Failed(
+                        Failure::throttled(message, std::time::Duration::from_millis(ms)),
+                    ),
+                    _ => Outcome::Failed(Failure::new(kind, message)),
+                }
             }
         };
         let now = self.clock.now();

@@ -131,6 +131,7 @@ impl Dispatcher {
                 run_next: None,
                 error: Some(format!("push failed: {why}")),
                 retryable: true,
+                retry_after_ms: None,
                 logs: Vec::new(),
             };
             self.complete(&claims, failed).await?;

@@ -38,8 +38,7 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(retry_after);
     let text = resp
         .text()
         .await
@@ -63,6 +62,10 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
             p.url,
             preview.chars().take(200).collect::<String>()
         );
+        // Told when to come back: that is not the task failing, and costs no attempt.
+        if let (429 | 503, Some(after)) = (status, retry_after) {
+            return Err(Failure::throttled(msg, after));
+        }
         // A client error will not go away by asking again, except these two.
         let mut failure = if (400..500).contains(&status) && status != 408 && status != 429 {
             Failure::fatal(msg)
@@ -75,6 +78,20 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
     Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110); a date in the past is now.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default(),
+    )
+}
+
 /// reqwest's error with its causes, which hold the useful part ("connection refused").
 fn describe(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
@@ -85,4 +102,26 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after(" 30 "), Some(Duration::from_secs(30)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
 }

@@ -11,8 +11,7 @@ impl orbit_store::Claims for PgStore {
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome> {
         let claims = claim.map_or(&[][..], std::slice::from_ref);
-        let (mut out, mut each) =
-            write::finish_and_claim(&self.pool, finished, claims, now).await?;
+        let (mut out, mut each) = self.finish_and_claim_many(finished, claims, now).await?;
         out.claimed = each.pop().unwrap_or_default();
         Ok(out)
     }
@@ -23,7 +22,11 @@ impl orbit_store::Claims for PgStore {
         claims: &[ClaimRequest],
         now: DateTime<Utc>,
     ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
-        write::finish_and_claim(&self.pool, finished, claims, now).await
+        let (out, each) = write::finish_and_claim(&self.pool, finished, claims, now).await?;
+        if let Some(at) = out.throttled_until {
+            self.alarm.set(at, now, self.work.clone());
+        }
+        Ok((out, each))
     }
 
     async fn extend_leases(&self, leases: &[(Uuid, i64)], now: DateTime<Utc>) -> Result<Vec<Uuid>> {

@@ -8,9 +8,9 @@ use crate::unavailable;
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_core::transition::Transition;
-use orbit_store::keys;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, Mark, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
+use orbit_store::{keys, rates};
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
@@ -38,7 +38,7 @@ pub async fn finish_and_claim(
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         let claimed = if c.limit > 0 {
-            claim_ready(&mut tx, c, now, &started, &mut claimed_events).await?
+            claim_ready(&mut tx, c, now, &started, &mut claimed_events, &mut out).await?
         } else {
             Vec::new()
         };
@@ -53,7 +53,7 @@ pub async fn finish_and_claim(
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
     flush(&mut tx, &events, &plan.tally, now).await?;
-    out.left_work = plan.ready > 0 && all_full(claims, &each);
+    out.left_work |= plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
     }
@@ -143,6 +143,7 @@ async fn apply_fenced(
     let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut ready_ats = Vec::with_capacity(n);
+    let mut uncounted = Vec::with_capacity(n);
     for f in finished {
         let (state, output, error, ready_at) = match &f.transition {
             Transition::Succeed { output, .. } => ("succeeded", Some(output), None, None),
@@ -167,14 +168,18 @@ async fn apply_fenced(
         outputs.push(output);
         errors.push(error);
         ready_ats.push(ready_at);
+        // An attempt that does not count moves the base with it: its retry has as many left.
+        uncounted.push(i32::from(
+            f.transition.failure().is_some_and(|x| !x.counts()),
+        ));
     }
     let rows = sqlx::query(
         "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
-         ready_at = COALESCE(v.ready_at, t.ready_at), \
+         ready_at = COALESCE(v.ready_at, t.ready_at), attempt_base = t.attempt_base + v.uncounted, \
          finished_at = CASE WHEN v.state = 'ready' THEN t.finished_at ELSE $7 END, updated_at = $7, \
          lease_owner = NULL, lease_expires_at = NULL \
-         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[]) \
-         AS v(id, epoch, state, output, error, ready_at) \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[], $8::int[]) \
+         AS v(id, epoch, state, output, error, ready_at, uncounted) \
          WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
     )
     .bind(&ids)
@@ -184,6 +189,7 @@ async fn apply_fenced(
     .bind(&errors)
     .bind(&ready_ats)
     .bind(now)
+    .bind(&uncounted)
     .fetch_all(conn)
     .await
     .map_err(unavailable)?;
@@ -421,7 +427,7 @@ async fn dead_letters(
 const CONCURRENCY_KEYS_LOCK: i64 = 0x6f72_6269_742d_636b;
 
 const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
-     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at";
+     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at, t.rate_key, t.rate_limit, t.rate_per_ms";
 
 async fn claim_ready(
     conn: &mut PgConnection,
@@ -429,20 +435,22 @@ async fn claim_ready(
     now: DateTime<Utc>,
     running: &HashSet<Uuid>,
     events: &mut Vec<Event>,
+    out: &mut BatchOutcome,
 ) -> Result<Vec<ClaimedTask>> {
     // Every filter is always bound (NULL = any), so the statement has one shape and one plan
     // per claimer.
     let queues = (!c.queues.is_empty()).then_some(&c.queues);
     let types = (!c.types.is_empty()).then_some(&c.types);
-    // Task runs with a concurrency key are claimed one claimer at a time: under the advisory
-    // lock, the claim's statement starts after every earlier keyed claim committed, so the
-    // running task runs it counts per key are all there are. Without ready keyed task runs
-    // (the partial index answers at once) claims go side by side as before.
+    // Task runs with a concurrency or rate key are claimed one claimer at a time: under the
+    // advisory lock, the claim's statement starts after every earlier keyed claim committed,
+    // so the running task runs it counts per key, and the tokens left, are all there are.
+    // Without ready keyed task runs (the partial index answers at once) claims go side by side
+    // as before.
     let keyed: bool = sqlx::query_scalar(
         // Exactly the partial index's predicate, so the plan is its index-only scan whatever
         // the statistics (with `ready_at` in it, an unanalyzed table was scanned row by row).
         "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
-         AND (concurrency_key IS NOT NULL OR run_keyed))",
+         AND (concurrency_key IS NOT NULL OR run_keyed OR rate_key IS NOT NULL))",
     )
     .fetch_one(&mut *conn)
     .await
@@ -457,21 +465,24 @@ async fn claim_ready(
             "cand AS (SELECT {} FROM task_runs t JOIN runs r ON r.id = t.run_id \
                WHERE t.state = 'ready' AND t.ready_at <= $2 \
                AND ($4::uuid IS NULL OR t.run_id = $4) AND ($5::text[] IS NULL OR t.queue = ANY($5)) \
-               AND ($6::text[] IS NULL OR t.task_type = ANY($6)){} \
+               AND ($6::text[] IS NULL OR t.task_type = ANY($6)){}{} \
                ORDER BY t.priority DESC, t.ready_at, t.id LIMIT $3 * 2 FOR UPDATE OF t SKIP LOCKED), \
-             picked AS (SELECT id FROM (SELECT *, {} FROM cand) c WHERE {} \
+             picked AS (SELECT id FROM (SELECT *, {}, {} FROM cand) c WHERE {}{} \
                ORDER BY priority DESC, ready_at, id LIMIT $3)",
             keys::CANDIDATE_COLUMNS,
             keys::NOT_FULL,
+            rates::not_spent("$7"),
             keys::RANKS,
-            keys::WITHIN_LIMITS
+            rates::RANK,
+            keys::WITHIN_LIMITS,
+            rates::within("$7")
         )
     } else {
         // Neither a keyed task run nor one of a keyed run (either may have become ready since
         // the probe above). Plain column tests: the claim index's ordered scan stays the plan.
         "picked AS ( \
            SELECT id FROM task_runs WHERE state = 'ready' AND ready_at <= $2 AND concurrency_key IS NULL \
-           AND NOT run_keyed \
+           AND NOT run_keyed AND rate_key IS NULL \
            AND ($4::uuid IS NULL OR run_id = $4) AND ($5::text[] IS NULL OR queue = ANY($5)) \
            AND ($6::text[] IS NULL OR task_type = ANY($6)) \
            ORDER BY priority DESC, ready_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
@@ -490,14 +501,32 @@ async fn claim_ready(
     .bind(c.run)
     .bind(queues)
     .bind(types)
+    .bind(now.timestamp_micros())
     .fetch_all(&mut *conn)
     .await
     .map_err(unavailable)?;
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut rated: Vec<(String, i64, i64)> = Vec::new();
     for row in &rows {
+        if let Some(key) = row
+            .try_get::<Option<String>, _>("rate_key")
+            .map_err(unavailable)?
+        {
+            let limit: i32 = row.try_get("rate_limit").map_err(unavailable)?;
+            let per: i64 = row.try_get("rate_per_ms").map_err(unavailable)?;
+            rated.push((key, i64::from(limit), per));
+        }
         let priority: i32 = row.try_get("priority").map_err(unavailable)?;
         let ready_at: Option<DateTime<Utc>> = row.try_get("ready_at").map_err(unavailable)?;
         claimed.push(((-priority, ready_at), claimed_from_row(row)?));
+    }
+    if keyed {
+        spend_tokens(conn, &rated, now.timestamp_micros(), out).await?;
+        // Candidates are a window of the queue's head: when keys cut a claim short, the head
+        // may hold more of their backlog. Claim again: the keys now full are passed over.
+        if !claimed.is_empty() && claimed.len() < c.limit {
+            out.left_work = true;
+        }
     }
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
     claimed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
@@ -521,6 +550,50 @@ async fn claim_ready(
         }
     }
     Ok(claimed)
+}
+
+/// Spends a token per claimed task run of each rate key, and notes when the next token of a
+/// key that still has ready task runs comes.
+async fn spend_tokens(
+    conn: &mut PgConnection,
+    rated: &[(String, i64, i64)],
+    now: i64,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    for (key, n, capacity, per_ms) in
+        rates::tally(rated.iter().map(|(k, c, p)| (k.as_str(), *c, *p)))
+    {
+        sqlx::query(sqlx::AssertSqlSafe(rates::spend(
+            "$1",
+            "$2::double precision",
+            "$3::double precision",
+            "$4::double precision",
+            "$5::bigint",
+        )))
+        .bind(key)
+        .bind(n)
+        .bind(capacity)
+        .bind(per_ms)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    let next: Option<f64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(rates::next_token("$1::bigint")))
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    if let Some(next) = next {
+        // A microsecond late rather than early: the claim then finds the token whole.
+        let at = DateTime::from_timestamp_micros(next.ceil() as i64 + 1);
+        out.throttled_until = match (out.throttled_until, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
 }
 
 pub async fn extend_leases(

@@ -94,10 +94,12 @@ async fn insert_tasks(
     let col = |f: fn(&NewTaskRow<'_>) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
-         max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit, run_keyed) \
-         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17 FROM UNNEST($4::uuid[], $5::text[], $6::text[], \
-         $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], $14::timestamptz[], \
-         $15::text[], $16::int[]) AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl)",
+         max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit, run_keyed, \
+         rate_key, rate_limit, rate_per_ms) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17, rk, rl, rp FROM UNNEST($4::uuid[], \
+         $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], \
+         $14::timestamptz[], $15::text[], $16::int[], $18::text[], $19::int[], $20::bigint[]) \
+         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl, rk, rl, rp)",
     )
     .bind(new.id)
     .bind(new.pipeline.id)
@@ -120,6 +122,17 @@ async fn insert_tasks(
     )
     .bind(col(|r| r.concurrency.as_ref().map_or(0, |c| c.1)))
     .bind(run_keyed)
+    .bind(
+        rows.iter()
+            .map(|r| r.rate.as_ref().map(|x| x.0.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|r| r.rate.as_ref().map_or(0, |x| x.1)))
+    .bind(
+        rows.iter()
+            .map(|r| r.rate.as_ref().map_or(0, |x| x.2))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

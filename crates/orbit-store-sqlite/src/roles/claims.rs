@@ -26,6 +26,9 @@ impl orbit_store::Claims for SqliteStore {
         if out.left_work {
             self.signal();
         }
+        if let Some(at) = out.throttled_until {
+            self.alarm.set(at, now, self.work.clone());
+        }
         if !finished.is_empty() || each.iter().any(|c| !c.is_empty()) {
             self.changed();
         }

@@ -10,9 +10,9 @@ use crate::writer::{Writer, sql, values_sql};
 use chrono::{DateTime, Utc};
 use orbit_core::TaskState;
 use orbit_core::transition::Transition;
-use orbit_store::keys;
 use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunCounters};
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
+use orbit_store::{keys, rates};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -79,7 +79,7 @@ fn commit_round(
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         let claimed = if c.limit > 0 {
-            claim_ready(conn, c, now, &running, &mut events)?
+            claim_ready(conn, c, now, &running, &mut events, &mut out)?
         } else {
             Vec::new()
         };
@@ -90,7 +90,7 @@ fn commit_round(
     flush_events(conn, &events, now)?;
     flush_tally(conn, &plan.tally)?;
     // Work these claimers may leave for others: tell them.
-    out.left_work = plan.ready > 0 && all_full(claims, &each);
+    out.left_work |= plan.ready > 0 && all_full(claims, &each);
     Ok((out, each))
 }
 
@@ -108,7 +108,7 @@ fn apply_fenced(
 ) -> Result<HashSet<(Uuid, i64)>> {
     let mut accepted = HashSet::with_capacity(finished.len());
     for chunk in finished.chunks(CHUNK) {
-        let mut values = Vec::with_capacity(chunk.len() * 6 + 1);
+        let mut values = Vec::with_capacity(chunk.len() * 7 + 1);
         for f in chunk {
             let (state, output, error, ready_at) = match &f.transition {
                 Transition::Succeed { output, .. } => {
@@ -136,18 +136,23 @@ fn apply_fenced(
                 opt_text(output),
                 opt_text(error),
                 opt_int(ready_at),
+                // An attempt that does not count moves the base with it: its retry has as
+                // many left.
+                int(i64::from(
+                    f.transition.failure().is_some_and(|x| !x.counts()),
+                )),
             ]);
         }
         // The time is the last value, after the rows'.
         values.push(int(now));
         let text = values_sql(
-            "WITH v (id, epoch, state, output, error, ready_at) AS (",
-            6,
+            "WITH v (id, epoch, state, output, error, ready_at, uncounted) AS (",
+            7,
             chunk.len(),
             &format!(
                 ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
                  ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
-                 finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ?{now} END, \
+                 attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ?{now} END, \
                  updated_at = ?{now}, lease_owner = NULL, lease_expires_at = NULL FROM v \
                  WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
                  RETURNING task_runs.id, task_runs.lease_epoch",
@@ -268,14 +273,15 @@ fn claim_ready(
     now: i64,
     running: &HashSet<Uuid>,
     events: &mut Vec<Event>,
+    out: &mut BatchOutcome,
 ) -> Result<Vec<ClaimedTask>> {
-    // Keyed task runs need the claim that counts per key; without any ready (the partial index
-    // answers at once, and SQLite's one writer keeps it so until this commit) the plain claim
-    // reads the claim index alone.
+    // Keyed task runs (a concurrency key, a keyed run, a rate key) need the claim that counts
+    // per key; without any ready (the partial index answers at once, and SQLite's one writer
+    // keeps it so until this commit) the plain claim reads the claim index alone.
     let keyed = conn
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
-             AND (concurrency_key IS NOT NULL OR run_keyed = 1))",
+             AND (concurrency_key IS NOT NULL OR run_keyed = 1 OR rate_key IS NOT NULL))",
         )
         .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
         .map_err(sql)?;
@@ -287,9 +293,10 @@ fn claim_ready(
     );
     if keyed {
         query.push_str(&format!(
-            "SELECT id FROM (SELECT *, {} FROM (SELECT {} \
+            "SELECT id FROM (SELECT *, {}, {} FROM (SELECT {} \
              FROM task_runs t JOIN runs r ON r.id = t.run_id WHERE t.state = 'ready' AND t.ready_at <= ?2",
             keys::RANKS,
+            rates::RANK,
             keys::CANDIDATE_COLUMNS
         ));
     } else {
@@ -317,20 +324,27 @@ fn claim_ready(
     }
     if keyed {
         query.push_str(&format!(
-            "{} ORDER BY t.priority DESC, t.ready_at, t.id LIMIT ?3 * 2)) AS c WHERE {}",
+            "{}{} ORDER BY t.priority DESC, t.ready_at, t.id LIMIT ?3 * 2)) AS c WHERE {}{}",
             keys::NOT_FULL,
-            keys::WITHIN_LIMITS
+            rates::not_spent("?2"),
+            keys::WITHIN_LIMITS,
+            rates::within("?2")
         ));
     }
     query.push_str(
         " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
-         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base",
+         RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base, \
+         rate_key, rate_limit, rate_per_ms",
     );
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
     let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
     let mut rows = stmt.query(params_from_iter(&values)).map_err(sql)?;
     let mut indexed = Vec::with_capacity(c.limit.min(1024));
+    let mut rated: Vec<(String, i64, i64)> = Vec::new();
     while let Some(row) = rows.next().map_err(sql)? {
+        if let Some(key) = row.get::<_, Option<String>>(10).map_err(sql)? {
+            rated.push((key, row.get(11).map_err(sql)?, row.get(12).map_err(sql)?));
+        }
         let id = |col: usize| -> Result<Uuid> { uuid(&row.get::<_, String>(col).map_err(sql)?) };
         let get = |col: usize| -> Result<i64> { row.get(col).map_err(sql) };
         let attempt = get(4)?;
@@ -347,6 +361,16 @@ fn claim_ready(
         };
         indexed.push(((-get(7)?, get(8)?), task));
     }
+    drop(rows);
+    drop(stmt);
+    if keyed {
+        spend_tokens(conn, &rated, now, out)?;
+        // Candidates are a window of the queue's head: when keys cut a claim short, the head
+        // may hold more of their backlog. Claim again: the keys now full are passed over.
+        if !indexed.is_empty() && indexed.len() < c.limit {
+            out.left_work = true;
+        }
+    }
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
     indexed.sort_by_key(|(k, t)| (*k, t.id));
     let claimed: Vec<ClaimedTask> = indexed.into_iter().map(|(_, t)| t).collect();
@@ -362,6 +386,36 @@ fn claim_ready(
         }
     }
     Ok(claimed)
+}
+
+/// Spends a token per claimed task run of each rate key, and notes when the next token of a
+/// key that still has ready task runs comes.
+fn spend_tokens(
+    conn: &Connection,
+    rated: &[(String, i64, i64)],
+    now: i64,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    for (key, n, capacity, per_ms) in
+        rates::tally(rated.iter().map(|(k, c, p)| (k.as_str(), *c, *p)))
+    {
+        conn.prepare_cached(&rates::spend("?1", "?2", "?3", "?4", "?5"))
+            .and_then(|mut s| s.execute(params![key, n, capacity, per_ms, now]))
+            .map_err(sql)?;
+    }
+    let next: Option<f64> = conn
+        .prepare_cached(&rates::next_token("?1"))
+        .and_then(|mut s| s.query_row([now], |r| r.get(0)))
+        .map_err(sql)?;
+    if let Some(next) = next {
+        // A microsecond late rather than early: the claim then finds the token whole.
+        let at = DateTime::from_timestamp_micros(next.ceil() as i64 + 1);
+        out.throttled_until = match (out.throttled_until, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
 }
 
 pub async fn extend_leases(

@@ -41,7 +41,7 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         int(plan.concurrency.as_ref().map_or(0, |c| c.1)),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
-    let mut tasks = Vec::with_capacity(plan.tasks.len() * 17);
+    let mut tasks = Vec::with_capacity(plan.tasks.len() * 20);
     let run_keyed = int(i64::from(plan.concurrency.is_some()));
     for row in &plan.tasks {
         tasks.extend([
@@ -62,6 +62,9 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             opt_text(row.concurrency.as_ref().map(|c| c.0.clone())),
             int(row.concurrency.as_ref().map_or(0, |c| c.1)),
             run_keyed.clone(),
+            opt_text(row.rate.as_ref().map(|r| r.0.clone())),
+            int(row.rate.as_ref().map_or(0, |r| r.1)),
+            int(row.rate.as_ref().map_or(0, |r| r.2)),
         ]);
     }
     let (event, tally) = (plan.event, plan.tally);
@@ -81,8 +84,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
                 t,
                 "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
                  max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
-                 run_keyed)",
-                17,
+                 run_keyed, rate_key, rate_limit, rate_per_ms)",
+                20,
                 &tasks,
                 "",
             )?;

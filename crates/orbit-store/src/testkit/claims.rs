@@ -465,3 +465,115 @@ pub async fn a_pipeline_key_holds_further_runs_pending(store: &dyn Store) {
     assert_eq!((names(&next), next[0].run_id), (vec!["a"], second));
     assert_eq!(store.run(second).await.unwrap().state, RunState::Running);
 }
+
+fn rated(p: &mut Pipeline, task: usize, key: &str, limit: u32, per_ms: u64) {
+    p.tasks[task].rate_limit = Some(orbit_core::pipeline::RateLimit {
+        key: key.into(),
+        per: std::time::Duration::from_millis(per_ms),
+        limit,
+    });
+}
+
+pub async fn rate_limits_spend_tokens_and_refill(store: &dyn Store) {
+    // Six tasks share `api-{{ input.n }}` at 2 per second, ahead of two without a limit.
+    let tasks: Vec<(String, i32)> = (0..6)
+        .map(|i| (format!("r{i}"), 10))
+        .chain((0..2).map(|i| (format!("free{i}"), 0)))
+        .collect();
+    let spec: Vec<(&str, &[&str], i32)> = tasks
+        .iter()
+        .map(|(n, prio)| (n.as_str(), &[][..], *prio))
+        .collect();
+    let mut p = pipeline("rated", &spec);
+    for i in 0..6 {
+        rated(&mut p, i, "api-{{ input.n }}", 2, 1000);
+    }
+    let (_, run) = start(store, &p, t0()).await;
+    let keys: Vec<Option<String>> = store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.rate_key)
+        .collect();
+    assert_eq!(keys[0].as_deref(), Some("api-1"), "rendered from the input");
+    let req = |limit| ClaimRequest::any("test-worker", limit);
+    let first = store
+        .finish_and_claim(&[], Some(&req(3)), t0())
+        .await
+        .unwrap();
+    assert_eq!(names(&first.claimed), ["r0", "r1"], "a full bucket");
+    assert!(first.left_work, "cut short by a key: claim again");
+    assert_eq!(
+        first.throttled_until.map(|t| (t - t0()).num_milliseconds()),
+        Some(500),
+        "the next token comes after half a second"
+    );
+    assert_eq!(
+        names(&claim(store, None, 10, t0()).await),
+        ["free0", "free1"],
+        "a spent key's backlog is passed over"
+    );
+    let at = |ms| t0() + Duration::milliseconds(ms);
+    assert!(
+        claim(store, None, 10, at(499)).await.is_empty(),
+        "no whole token yet"
+    );
+    assert_eq!(names(&claim(store, None, 10, at(500)).await), ["r2"]);
+    assert_eq!(
+        names(&claim(store, None, 10, at(1500)).await),
+        ["r3", "r4"],
+        "two tokens in the second after"
+    );
+    let last = store
+        .finish_and_claim(&[], Some(&req(10)), at(60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&last.claimed),
+        ["r5"],
+        "a bucket never holds more than its limit"
+    );
+    assert_eq!(last.throttled_until, None, "no task waits for a token");
+}
+
+pub async fn a_throttled_attempt_costs_no_retry(store: &dyn Store) {
+    let mut p = pipeline("throttled", &[("call", &[], 0)]);
+    p.tasks[0].retry.max_attempts = 1;
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    let later =
+        orbit_core::transition::Failure::throttled("429", std::time::Duration::from_secs(2));
+    store
+        .finish_and_claim(
+            &[finish(&p, &got[0], Outcome::Failed(later), t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let tr = &store.task_runs(run).await.unwrap()[0];
+    assert_eq!(tr.state, TaskState::Ready, "not dead with no retries left");
+    assert_eq!(tr.ready_at, Some(t0() + Duration::seconds(2)));
+    let at = t0() + Duration::seconds(2);
+    let again = claim(store, Some(run), 1, at).await;
+    assert_eq!(
+        (again[0].attempt, again[0].tries),
+        (2, 1),
+        "the second attempt is its first try"
+    );
+    let err = orbit_core::transition::Failure::error("500");
+    store
+        .finish_and_claim(&[finish(&p, &again[0], Outcome::Failed(err), at)], None, at)
+        .await
+        .unwrap();
+    let tr = &store.task_runs(run).await.unwrap()[0];
+    assert_eq!(
+        tr.state,
+        TaskState::Dead,
+        "a real failure spends the only try"
+    );
+    let attempts = store.attempts(run, Some("call")).await.unwrap();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["throttled", "error"]);
+}

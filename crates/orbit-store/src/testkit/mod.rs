@@ -51,6 +51,8 @@ macro_rules! conformance_tests {
             joins_promote_once_when_upstreams_finish_together,
             claims_filter_by_queue_and_type,
             concurrency_keys_cap_running_attempts,
+            rate_limits_spend_tokens_and_refill,
+            a_throttled_attempt_costs_no_retry,
             a_key_that_cannot_be_rendered_refuses_the_run,
             named_key_limits_decide_what_runs,
             a_pipeline_key_holds_further_runs_pending,
@@ -153,6 +155,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 queue: None,
                 allowed_next: Vec::new(),
                 concurrency: None,
+                rate_limit: None,
             })
             .collect(),
     }
