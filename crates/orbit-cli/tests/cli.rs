@@ -1278,3 +1278,112 @@ fn named_limits_are_set_listed_and_deleted() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+/// A server that answers `429` with `Retry-After: 1` to its first `busy` requests, then `200`.
+fn busy_server(busy: usize) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let reply = if n < busy {
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy"
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}"
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_429_with_retry_after_waits_without_spending_retries() {
+    let env = setup();
+    let port = busy_server(2);
+    let file = env.file(
+        "busy.yaml",
+        &format!(
+            "name: busy\ntasks:\n  - name: call\n    type: http\n    url: http://127.0.0.1:{port}/\n    retry: {{max_attempts: 1}}\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = env.orbit().arg("run").arg(&file).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "waited as told: {:?}",
+        started.elapsed()
+    );
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let attempts = env.json(&["logs", &id, "call"]);
+    let outcomes: Vec<&str> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["throttled", "throttled", "succeeded"]);
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("returned 429"),
+        "{attempts}"
+    );
+}
+
+#[test]
+fn a_rate_limit_spaces_the_starts_and_wakes_on_time() {
+    let env = setup();
+    // Five tasks at one per 300 ms: the first at once, the last about 1.2 s later. A claimer
+    // that polled for tokens instead of waking at the next one would take seconds.
+    let tasks: String = (0..5)
+        .map(|i| format!("  - name: t{i}\n    type: sleep\n    duration: 0s\n    rate_limit: {{ key: \"api-{{{{ input.org }}}}\", per: 300ms, limit: 1 }}\n"))
+        .collect();
+    let file = env.file("rated.yaml", &format!("name: rated\ntasks:\n{tasks}"));
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"org": "acme"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let status = env.json(&["status", &id]);
+    let mut starts: Vec<chrono::DateTime<chrono::Utc>> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["rateKey"], "api-acme", "{t}");
+            t["startedAt"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        let gap = (pair[1] - pair[0]).num_milliseconds();
+        assert!(gap >= 299, "starts {gap} ms apart: {starts:?}");
+    }
+    let span = (starts[4] - starts[0]).num_milliseconds();
+    assert!(
+        span < 2_000,
+        "woken at each token, not by a poll: {span} ms"
+    );
+}

@@ -882,3 +882,64 @@ async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
         "{refused}"
     );
 }
+
+/// The Rust SDK's `TaskError::retry_after`: the attempt comes back after the wait it asked for
+/// and costs no retry (the task has none).
+#[tokio::test]
+async fn retry_after_from_a_rust_handler_waits_without_spending_a_retry() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = start(dir.path(), &db);
+    let api = Api::new(&s);
+    let mut worker = orbit_sdk::Worker::builder()
+        .orchestrator_url(&s.base)
+        .service_id("quota")
+        .secret_key(KEY)
+        .build()
+        .expect("worker");
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    worker.register("quota", move |_ctx: orbit_sdk::Context| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                Err(orbit_sdk::TaskError::retry_after(
+                    Duration::from_millis(300),
+                    "quota exceeded",
+                ))
+            } else {
+                Ok(json!("done"))
+            }
+        }
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let pipeline =
+        "name: quota\ntasks:\n  - {name: quota, type: worker, retry: {max_attempts: 1}}\n";
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines",
+            None,
+            Some(json!({"yaml": pipeline})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let started = Instant::now();
+    let run = api.trigger("quota", json!({})).await;
+    let done = api.settled(&run, Duration::from_secs(30)).await;
+    stop.cancel();
+    let _ = running.await;
+    assert_eq!(task(&done, "quota")["state"], "succeeded", "{done:#}");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let id = task(&done, "quota")["id"].as_str().expect("id").to_owned();
+    let tr = api.get(&format!("/api/v1/task-runs/{id}")).await;
+    let outcomes: Vec<&str> = tr["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, ["throttled", "throttled", "succeeded"]);
+}

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orbit_sdk import AsyncClient, Client, Context, Fatal, OrbitError, Pipeline, Worker
+from orbit_sdk import AsyncClient, Client, Context, Fatal, OrbitError, Pipeline, RetryAfter, Worker
 from support import KEY, ROOT, Api, Server, start_postgres, start_server, task
 
 EXAMPLE = ROOT / "examples" / "worker-py"
@@ -337,6 +337,30 @@ async def test_a_fatal_error_is_not_retried(server: Server) -> None:
     assert task(d, "fatal")["state"] == "dead"
     assert task(d, "fatal")["attempt"] == 1
     assert task(d, "fatal")["error"] == "no such customer"
+
+
+@pytest.mark.anyio
+async def test_retry_after_waits_without_spending_a_retry(server: Server) -> None:
+    api = Api(server.base)
+    w = make(server, "quota")
+    calls: list[float] = []
+
+    @w.task("quota")
+    def quota(ctx: Context) -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise RetryAfter("quota exceeded", 0.3)
+        return "done"
+
+    # No retries at all: only attempts that do not count can come back.
+    await api.save({"name": "quota", "tasks": [{"name": "quota", "type": "worker", "retry": {"max_attempts": 1}}]})
+    async with running(w):
+        d = await api.settled(await api.trigger("quota", {}))
+    assert task(d, "quota")["state"] == "succeeded", d
+    assert task(d, "quota")["output"] == "done"
+    assert [round(b - a, 1) >= 0.3 for a, b in zip(calls, calls[1:])] == [True, True], calls
+    attempts = await api.get(f"/api/v1/task-runs/{task(d, 'quota')['id']}")
+    assert [a["outcome"] for a in attempts["attempts"]] == ["throttled", "throttled", "succeeded"]
 
 
 def test_the_models_are_what_the_servers_openapi_document_describes() -> None:

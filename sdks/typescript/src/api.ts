@@ -963,6 +963,13 @@ export interface components {
             /** @description The handler's log lines, kept as the attempt's log. */
             logs?: string[];
             output?: unknown;
+            /**
+             * Format: int64
+             * @description A failed attempt that asks to be tried again after so many milliseconds (a quota, an
+             *     upstream's `Retry-After`): it waits that long and does not count against the task's
+             *     retries.
+             */
+            retryAfterMs?: number | null;
             /** @description A failure the handler marked as permanent goes to the dead-letter queue at once. */
             retryable?: boolean;
             /** @description Dynamic routing: the chosen subset of the task's `allowed_next`. */
@@ -1581,6 +1588,11 @@ export interface components {
             progress?: number | null;
             progressMessage?: string | null;
             queue: string;
+            /**
+             * @description Its rendered rate limit key: attempts with this key start no faster than its
+             *     `rate_limit` allows.
+             */
+            rateKey?: string | null;
             /** Format: date-time */
             readyAt?: string | null;
             /** Format: uuid */

@@ -29,6 +29,9 @@ export interface PipelineTask {
    * worker (the key may use `input` and `run`: `"{{ input.customerId }}"`). Without `limit`,
    * the key's named limit (`orbit limits set KEY N`) applies. */
   concurrency?: { key: string; limit?: number };
+  /** At most `limit` attempts of tasks with the same rendered `key` start in any `per` (a
+   * duration such as `"1s"`; a token bucket shared by every worker). */
+  rateLimit?: { key: string; per: string; limit: number };
 }
 
 export interface PipelineSpec {
@@ -86,6 +89,7 @@ export function definePipeline(spec: PipelineSpec): Pipeline {
         if (t.priority !== undefined) out.priority = t.priority;
         if (t.allowedNext !== undefined) out.allowed_next = t.allowedNext;
         if (t.concurrency !== undefined) out.concurrency = t.concurrency;
+        if (t.rateLimit !== undefined) out.rate_limit = t.rateLimit;
         return out;
       });
       return doc;

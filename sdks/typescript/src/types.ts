@@ -82,3 +82,14 @@ export class FatalError extends Error {
     this.name = "FatalError";
   }
 }
+
+/** Throw it when the task should be tried again after `afterMs` (a quota, an upstream's
+ * `Retry-After`): it waits that long and does not spend one of its retries. */
+export class RetryAfterError extends Error {
+  readonly afterMs: number;
+  constructor(message: string, afterMs: number) {
+    super(message);
+    this.name = "RetryAfterError";
+    this.afterMs = Math.max(0, Math.round(afterMs));
+  }
+}

@@ -7,7 +7,7 @@ import { codeHash } from "./hash.js";
 import { keyTemplate } from "./idempotency.js";
 import { sign, verify } from "./jwt.js";
 import { hydrate, storeOutput } from "./objects.js";
-import { FatalError, type Assignment, type Handler, type Json, type Logger, type TaskContext, type TaskOptions, type TaskResult } from "./types.js";
+import { FatalError, RetryAfterError, type Assignment, type Handler, type Json, type Logger, type TaskContext, type TaskOptions, type TaskResult } from "./types.js";
 
 export interface WorkerOptions {
   /** Where `orbit server` listens, e.g. `http://127.0.0.1:3000` (PIPEWEAVE_ORCHESTRATOR_URL / ORBIT_URL when absent). */
@@ -312,7 +312,8 @@ export class Worker {
         } else {
           const fatal = e instanceof FatalError || (e as { name?: string })?.name === "FatalError";
           const message = e instanceof Error ? e.message : String(e);
-          await this.callback(a, { status: "failed", error: message, retryable: !fatal, logs: lines });
+          const retryAfterMs = e instanceof RetryAfterError ? e.afterMs : undefined;
+          await this.callback(a, { status: "failed", error: message, retryable: !fatal, retryAfterMs, logs: lines });
         }
         return;
       }

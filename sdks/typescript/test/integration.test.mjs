@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import { createWorker, definePipeline, FatalError, OrbitClient } from "@orbit/sdk";
+import { createWorker, definePipeline, FatalError, OrbitClient, RetryAfterError } from "@orbit/sdk";
 import { KEY, api, settled, startServer, startPostgres } from "./support.mjs";
 
 const root = new URL("../../../", import.meta.url);
@@ -287,6 +287,27 @@ describe("workers in this process", () => {
     await running;
     assert.equal(task(d, "fatal").state, "dead");
     assert.equal(task(d, "fatal").attempt, 1);
+  });
+
+  test("RetryAfterError waits as told without spending a retry", async () => {
+    const w = make("quota");
+    const calls = [];
+    w.register("quota", async () => {
+      calls.push(Date.now());
+      if (calls.length < 3) throw new RetryAfterError("quota exceeded", 300);
+      return "done";
+    });
+    const running = w.start();
+    // No retries at all: only attempts that do not count can come back.
+    await saved({ name: "quota", tasks: [{ name: "quota", type: "worker", retry: { max_attempts: 1 } }] });
+    const d = await settled(s.base, await trigger(s.base, "quota", {}));
+    await w.stop();
+    await running;
+    assert.equal(task(d, "quota").state, "succeeded");
+    assert.equal(task(d, "quota").output, "done");
+    assert.ok(calls[1] - calls[0] >= 290 && calls[2] - calls[1] >= 290, `${calls}`);
+    const tr = await (await fetch(`${s.base}/api/v1/task-runs/${task(d, "quota").id}`)).json();
+    assert.deepEqual(tr.attempts.map((a) => a.outcome), ["throttled", "throttled", "succeeded"]);
   });
 });
 

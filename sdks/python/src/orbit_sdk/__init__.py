@@ -6,16 +6,18 @@ from .context import Context
 from .hashing import code_hash
 from .idempotency import key_template
 from .local import LocalResult, run_local, run_local_async
-from .pipeline import Concurrency, Pipeline, handler_name
-from .types import Fatal, LeaseLost, OrbitError, RegisteredVersion, TaskOptions, TaskResult
+from .pipeline import Concurrency, Pipeline, RateLimit, handler_name
+from .types import Fatal, LeaseLost, OrbitError, RegisteredVersion, RetryAfter, TaskOptions, TaskResult
 from .worker import Worker
 
 __all__ = [
     "Concurrency",
+    "RateLimit",
     "AsyncClient",
     "Client",
     "Context",
     "Fatal",
+    "RetryAfter",
     "LeaseLost",
     "LocalResult",
     "OrbitError",

@@ -66,6 +66,7 @@ class Callback(TypedDict):
     error: NotRequired[str | None]
     logs: NotRequired[list[str]]
     output: NotRequired[Any]
+    retryAfterMs: NotRequired[int | None]
     retryable: NotRequired[bool]
     runNext: NotRequired[list[str] | None]
     status: CallbackStatus
@@ -462,6 +463,7 @@ class TaskRunRecord(TypedDict):
     progress: NotRequired[float | None]
     progressMessage: NotRequired[str | None]
     queue: str
+    rateKey: NotRequired[str | None]
     readyAt: NotRequired[str | None]
     runId: str
     startedAt: NotRequired[str | None]

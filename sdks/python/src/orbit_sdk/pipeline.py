@@ -30,6 +30,15 @@ class Concurrency(TypedDict):
     limit: NotRequired[int]
 
 
+class RateLimit(TypedDict):
+    """At most `limit` attempts of tasks with the same rendered `key` start in any `per` (a
+    token bucket shared by every worker): `{"key": "openai", "per": "1s", "limit": 10}`."""
+
+    key: str
+    per: Duration
+    limit: int
+
+
 def handler_name(pipeline: str, task: str) -> str:
     """The registered task that backs a handler task: `<pipeline>.<task>`."""
     return f"{pipeline}.{task}"
@@ -75,13 +84,14 @@ class Pipeline:
         heartbeat_interval: float | None = None,
         code_version: str | None = None,
         concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[H], H]:
         """A task run by the decorated handler (named after it unless `name` is given).
         `retry` is the pipeline file's policy (`{"max_attempts": 3, "initial": "1s"}`)."""
 
         def decorate(handler: H) -> H:
             task = name or handler.__name__
-            fields = self._fields(needs, retry, timeout, priority, allowed_next, input, concurrency)
+            fields = self._fields(needs, retry, timeout, priority, allowed_next, input, concurrency, rate_limit)
             options = TaskOptions(list(allowed_next or []), idempotency_key, retries, None, heartbeat_interval, code_version)
             self._add(_Task(task, {"type": "worker", "task": handler_name(self.name, task), **fields}, handler, options))
             return handler
@@ -98,14 +108,15 @@ class Pipeline:
         timeout: Duration | None = None,
         priority: int | None = None,
         concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
         **params: Any,
     ) -> Pipeline:
         """A built-in task with its parameters as the pipeline file names them:
         `add("fetch", "http", url="https://…", needs="extract")`."""
-        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None, concurrency)}))
+        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None, concurrency, rate_limit)}))
         return self
 
-    def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any, concurrency: Concurrency | None) -> dict[str, Any]:
+    def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any, concurrency: Concurrency | None, rate_limit: RateLimit | None) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "needs": needs,
             "retry": retry,
@@ -114,6 +125,7 @@ class Pipeline:
             "allowed_next": allowed_next,
             "input": input,
             "concurrency": None if concurrency is None else dict(concurrency),
+            "rate_limit": None if rate_limit is None else {**rate_limit, "per": _duration(rate_limit["per"])},
         }
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -31,6 +31,15 @@ class Fatal(Exception):
     """Raise it for a failure retrying cannot fix: the task goes to the dead-letter queue at once."""
 
 
+class RetryAfter(Exception):
+    """Raise it when the task should be tried again after `seconds` (a quota, an upstream's
+    `Retry-After`): it waits that long and does not spend one of its retries."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = max(0.0, float(seconds))
+
+
 class LeaseLost(Exception):
     """The attempt no longer holds its task (its lease expired or the run was cancelled): stop;
     nothing it sends counts any more."""

@@ -29,7 +29,7 @@ from . import objects
 from .context import Context
 from .hashing import code_hash
 from .idempotency import key_template
-from .types import Fatal, Handler, KeyFunction, LeaseLost, OrbitError, RegisteredTask, RegisteredVersion, TaskOptions, TaskResult
+from .types import Fatal, Handler, KeyFunction, LeaseLost, OrbitError, RegisteredTask, RegisteredVersion, RetryAfter, TaskOptions, TaskResult
 
 if TYPE_CHECKING:
     from .models import Assignment
@@ -402,7 +402,8 @@ class Worker:
                     return
                 fatal = isinstance(error, Fatal)
                 message = str(error) or type(error).__name__
-                await self._callback(a, status="failed", error=message, retryable=not fatal, logs=ctx.lines)
+                later = round(error.seconds * 1000) if isinstance(error, RetryAfter) else None
+                await self._callback(a, status="failed", error=message, retryable=not fatal, retry_after_ms=later, logs=ctx.lines)
                 return
             finally:
                 state.job = None
@@ -478,13 +479,13 @@ class Worker:
         self._jobs.add(beat)
         beat.add_done_callback(self._jobs.discard)
 
-    async def _callback(self, a: Assignment, *, status: str, output: Any = None, run_next: list[str] | None = None, error: str | None = None, retryable: bool = True, logs: list[str] | None = None) -> None:
+    async def _callback(self, a: Assignment, *, status: str, output: Any = None, run_next: list[str] | None = None, error: str | None = None, retryable: bool = True, retry_after_ms: int | None = None, logs: list[str] | None = None) -> None:
         threshold = a.get("outputThreshold")
         if status == "succeeded" and threshold is not None:
             body = json.dumps(output, separators=(",", ":")).encode()
             if len(body) > threshold or objects.reference(output) is not None:
                 output = await objects.store(self, a, body)
-        payload = _compact({"taskRunId": a["taskRunId"], "status": status, "runNext": run_next, "error": error})
+        payload = _compact({"taskRunId": a["taskRunId"], "status": status, "runNext": run_next, "error": error, "retryAfterMs": retry_after_ms})
         payload.update(output=output, retryable=retryable, logs=logs or [])
         await self.call(f"/api/v1/callback/{a['runId']}", a["token"], payload)
 
