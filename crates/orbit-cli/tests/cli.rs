@@ -1282,8 +1282,8 @@ fn named_limits_are_set_listed_and_deleted() {
 /// A server that answers `429` with `Retry-After: 1` to its first `busy` requests, then `200`.
 fn busy_server(busy: usize) -> u16 {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(mut stream) = stream else { continue };
