@@ -1,5 +1,5 @@
-//! Why a run's ready tasks may sit unclaimed: their concurrency key is at its limit, or no live
-//! server, worker or worker service takes their queue. Said by `orbit status`, the API's run
+//! Why a run's ready tasks may sit unclaimed: their concurrency key is at its limit, their rate
+//! limit has no token left, or no live server, worker or worker service takes their queue. Said by `orbit status`, the API's run
 //! detail and the dashboard, so nobody stares at a `pending` run wondering.
 
 use chrono::{DateTime, Utc};
@@ -69,6 +69,49 @@ pub async fn held_by_keys(
             format!("{n} tasks wait")
         };
         lines.extend(line(&who, key, running(key, |u| u.running), declared, ""));
+    }
+    Ok(lines)
+}
+
+/// One line per rate limit key of `tasks` whose ready task runs wait for a token, e.g.
+/// ``3 tasks wait for rate limit `openai` (next token in 0.4 s)``.
+pub async fn held_by_rates(
+    store: &dyn Store,
+    tasks: &[TaskRunRecord],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.state == TaskState::Ready) {
+        // Not yet due (a backoff): not the rate limit's doing.
+        if t.ready_at.is_some_and(|at| at > now) {
+            continue;
+        }
+        if let Some(key) = &t.rate_key {
+            *waiting.entry(key).or_default() += 1;
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = waiting.keys().map(|k| (*k).to_owned()).collect();
+    let buckets = store.rate_buckets(&keys).await?;
+    let mut lines = Vec::new();
+    for b in buckets {
+        let wait = b.next_token_in(now);
+        if wait.is_zero() {
+            continue;
+        }
+        let n = waiting.get(b.key.as_str()).copied().unwrap_or(0);
+        let who = if n == 1 {
+            "1 task waits".to_owned()
+        } else {
+            format!("{n} tasks wait")
+        };
+        lines.push(format!(
+            "{who} for rate limit `{}` (next token in {:.1} s)",
+            b.key,
+            wait.as_secs_f64()
+        ));
     }
     Ok(lines)
 }

@@ -203,6 +203,47 @@ async fn run_retention_deletes_runs_finished_before_what_it_keeps() {
 }
 
 #[tokio::test]
+async fn ready_tasks_without_a_token_are_explained() {
+    let (_dir, store) = store().await;
+    let mut p = pipeline("rated", &[("a", &[], 0), ("b", &[], 0), ("c", &[], 0)]);
+    for t in &mut p.tasks {
+        t.rate_limit = Some(orbit_core::pipeline::RateLimit {
+            key: "api".into(),
+            per: std::time::Duration::from_secs(10),
+            limit: 1,
+        });
+    }
+    let stored = store.save_pipeline(&p, None, Utc::now()).await.unwrap();
+    let t0 = Utc::now();
+    let run = store
+        .create_run(orbit_store::testkit::new_run(
+            &stored,
+            serde_json::json!({}),
+            t0,
+        ))
+        .await
+        .unwrap()
+        .run;
+    let tasks = store.task_runs(run.id).await.unwrap();
+    let why = orbit_engine::waiting::held_by_rates(store.as_ref(), &tasks, t0);
+    assert!(
+        why.await.unwrap().is_empty(),
+        "a full bucket holds nothing back"
+    );
+    let claim = orbit_store::ClaimRequest::any("w", 10);
+    let got = store.finish_and_claim(&[], Some(&claim), t0).await.unwrap();
+    assert_eq!(got.claimed.len(), 1);
+    let tasks = store.task_runs(run.id).await.unwrap();
+    let later = t0 + chrono::Duration::milliseconds(7_500);
+    assert_eq!(
+        orbit_engine::waiting::held_by_rates(store.as_ref(), &tasks, later)
+            .await
+            .unwrap(),
+        ["2 tasks wait for rate limit `api` (next token in 2.5 s)"]
+    );
+}
+
+#[tokio::test]
 async fn ready_tasks_behind_a_full_key_are_explained() {
     let (_dir, store) = store().await;
     let mut p = pipeline("keyed", &[("a", &[], 0), ("b", &[], 0), ("c", &[], 0)]);

@@ -209,6 +209,7 @@ delegate! {
         key_usage(keys: &[String]) -> Result<Vec<KeyUsage>>;
         set_key_limit(key: &str, limit: Option<u32>, now: DateTime<Utc>) -> Result<bool>;
         key_limits() -> Result<Vec<KeyUsage>>;
+        rate_buckets(keys: &[String]) -> Result<Vec<RateBucket>>;
     }
 }
 

@@ -338,6 +338,37 @@ pub struct KeyUsage {
     pub limit: Option<u32>,
 }
 
+/// A rate limit key's token bucket: `tokens` as of `updated_at`, refilled `capacity` per
+/// `per_ms`, never above `capacity`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateBucket {
+    pub key: String,
+    pub tokens: f64,
+    pub capacity: f64,
+    pub per_ms: f64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RateBucket {
+    /// The tokens it holds at `now`.
+    pub fn tokens_at(&self, now: DateTime<Utc>) -> f64 {
+        let elapsed_ms = (now - self.updated_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX) as f64
+            / 1000.0;
+        (self.tokens + elapsed_ms * self.capacity / self.per_ms).min(self.capacity)
+    }
+
+    /// How long from `now` until it holds a whole token (zero if it does).
+    pub fn next_token_in(&self, now: DateTime<Utc>) -> std::time::Duration {
+        let missing = 1.0 - self.tokens_at(now);
+        if missing <= 0.0 || self.capacity <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(missing * self.per_ms / self.capacity / 1000.0)
+    }
+}
+
 /// Task runs by state, in the seed's `GET /api/queue/status` shape.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

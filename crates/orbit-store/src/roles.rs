@@ -208,6 +208,10 @@ pub trait Queues: Send + Sync + 'static {
 
     /// Every named limit, by key, with its task runs and runs running.
     async fn key_limits(&self) -> Result<Vec<KeyUsage>>;
+
+    /// The token buckets of those of `keys` (rate limit keys) that have one: a key without a
+    /// bucket has never been spent from, so it is full.
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucket>>;
 }
 
 /// The event log every commit appends to, in commit order.
@@ -268,7 +272,9 @@ pub trait Retention: Send + Sync + 'static {
     /// at most `limit`: what run retention deletes next.
     async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
 
-    /// Forgets the attempt figures of minutes before `before`; how many cells went.
+    /// Forgets the attempt figures of minutes before `before`, and the rate limits' token
+    /// buckets that were full again by then (a full bucket is as good as none); how many cells
+    /// went.
     async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 

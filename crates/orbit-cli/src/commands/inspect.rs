@@ -107,6 +107,7 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     let run = store.find_run(id).await?;
     let tasks = store.task_runs(run.id).await?;
     let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &tasks).await?;
+    waiting.extend(orbit_engine::waiting::held_by_rates(store, &tasks, chrono::Utc::now()).await?);
     waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
     render_status(&run, &tasks, &waiting, json)
 }

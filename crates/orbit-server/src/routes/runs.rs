@@ -177,6 +177,9 @@ pub async fn get(
         };
         let ready = s.store.task_runs_page(run.id, &ready).await?;
         let mut lines = orbit_engine::waiting::held_by_keys(s.store.as_ref(), &run, &ready).await?;
+        lines.extend(
+            orbit_engine::waiting::held_by_rates(s.store.as_ref(), &ready, Utc::now()).await?,
+        );
         if count(TaskState::Running) == 0 {
             lines.extend(
                 orbit_engine::waiting::unclaimed(s.store.as_ref(), &ready, Utc::now()).await?,

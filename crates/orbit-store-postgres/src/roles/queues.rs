@@ -110,6 +110,28 @@ impl orbit_store::Queues for PgStore {
             .map_err(unavailable)?,
         )
     }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucket>> {
+        sqlx::query_as::<_, (String, f64, f64, f64, i64)>(
+            "SELECT key, tokens, capacity, per_ms, updated_at FROM rate_buckets WHERE key = ANY($1) ORDER BY key",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|(key, tokens, capacity, per_ms, at)| {
+            Ok(RateBucket {
+                key,
+                tokens,
+                capacity,
+                per_ms,
+                updated_at: DateTime::from_timestamp_micros(at)
+                    .ok_or_else(|| StoreError::Corrupt(format!("rate bucket time {at}")))?,
+            })
+        })
+        .collect()
+    }
 }
 
 fn usage(rows: Vec<(String, i64, i64, Option<i32>)>) -> Result<Vec<KeyUsage>> {

@@ -49,6 +49,11 @@ impl orbit_store::Retention for PgStore {
     }
 
     async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64> {
+        sqlx::query("DELETE FROM rate_buckets WHERE updated_at + per_ms * 1000 < $1")
+            .bind(before.timestamp_micros())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         let done = sqlx::query("DELETE FROM attempt_cells WHERE minute < $1")
             .bind(before.timestamp().div_euclid(60))
             .execute(&self.pool)

@@ -98,6 +98,36 @@ impl orbit_store::Queues for SqliteStore {
             .map_err(unavailable)?,
         )
     }
+
+    async fn rate_buckets(&self, keys: &[String]) -> Result<Vec<RateBucket>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT key, tokens, capacity, per_ms, updated_at FROM rate_buckets WHERE key IN (",
+        );
+        let mut list = q.separated(", ");
+        for k in keys {
+            list.push_bind(k);
+        }
+        q.push(") ORDER BY key");
+        q.build_query_as::<(String, f64, f64, f64, i64)>()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|(key, tokens, capacity, per_ms, at)| {
+                Ok(RateBucket {
+                    key,
+                    tokens,
+                    capacity,
+                    per_ms,
+                    updated_at: DateTime::from_timestamp_micros(at)
+                        .ok_or_else(|| StoreError::Corrupt(format!("rate bucket time {at}")))?,
+                })
+            })
+            .collect()
+    }
 }
 
 fn usage(rows: Vec<(String, i64, i64, Option<i64>)>) -> Result<Vec<KeyUsage>> {

@@ -238,8 +238,14 @@ pub async fn set_progress(
 
 pub async fn forget_attempt_cells(writer: &Writer, before: DateTime<Utc>) -> Result<u64> {
     let minute = before.timestamp().div_euclid(60);
+    let before = before.timestamp_micros();
     writer
         .transaction(move |t| {
+            exec(
+                t,
+                "DELETE FROM rate_buckets WHERE updated_at + per_ms * 1000 < ?1",
+                [before],
+            )?;
             exec(t, "DELETE FROM attempt_cells WHERE minute < ?1", [minute]).map(|n| n as u64)
         })
         .await

@@ -535,6 +535,20 @@ pub async fn rate_limits_spend_tokens_and_refill(store: &dyn Store) {
         "a bucket never holds more than its limit"
     );
     assert_eq!(last.throttled_until, None, "no task waits for a token");
+    let key = ["api-1".to_string()];
+    let bucket = &store.rate_buckets(&key).await.unwrap()[0];
+    assert_eq!(bucket.tokens_at(at(60_000)), 1.0, "one token spent of two");
+    store.forget_attempt_cells(at(60_999)).await.unwrap();
+    assert_eq!(
+        store.rate_buckets(&key).await.unwrap().len(),
+        1,
+        "not full yet"
+    );
+    store.forget_attempt_cells(at(61_001)).await.unwrap();
+    assert!(
+        store.rate_buckets(&key).await.unwrap().is_empty(),
+        "a full bucket is forgotten"
+    );
 }
 
 pub async fn a_throttled_attempt_costs_no_retry(store: &dyn Store) {
