@@ -194,6 +194,7 @@ fn noop(name: String, needs: Vec<String>, worker: bool) -> TaskDef {
         allowed_next: Vec::new(),
         concurrency: None,
         rate_limit: None,
+        for_each: None,
     }
 }
 

@@ -106,10 +106,22 @@ struct View {
 
 impl View {
     fn show(&mut self, ev: EngineEvent) {
-        let Some((line, json, done)) = describe(&ev, self.run) else {
+        let Some((mut line, json, done)) = describe(&ev, self.run) else {
             return;
         };
         match &ev {
+            // A `for_each` task's children are counted, not listed one by one: only their
+            // failures get a line.
+            EngineEvent::TaskStarted { task, .. } | EngineEvent::TaskSucceeded { task, .. }
+                if orbit_core::pipeline::parent_of(task).is_some() =>
+            {
+                line = None;
+            }
+            EngineEvent::TaskExpanded { children, .. } => {
+                if let Mode::Bar(bar) = &self.mode {
+                    bar.inc_length(*children as u64);
+                }
+            }
             EngineEvent::TaskStarted { task, .. } => {
                 self.running.insert(task.clone());
             }
@@ -211,6 +223,15 @@ fn describe(ev: &EngineEvent, this: Uuid) -> Option<(Option<String>, Value, u64)
                 1 + cancelled.len() as u64,
             )
         }
+        EngineEvent::TaskExpanded {
+            run,
+            task,
+            children,
+        } if *run == this => (
+            Some(format!("⇉ {task}  {children} children, one per element")),
+            json!({"event": EventKind::TaskExpanded.as_str(), "task": task, "children": children}),
+            0,
+        ),
         EngineEvent::LeaseLost { run, task, attempt } if *run == this => (
             Some(format!(
                 "! {task}  attempt {attempt}: lease lost, result discarded"

@@ -36,6 +36,7 @@ fn sleep_task(name: String, ms: u64, heartbeat: Duration) -> TaskDef {
         allowed_next: Vec::new(),
         concurrency: None,
         rate_limit: None,
+        for_each: None,
     }
 }
 

@@ -7,7 +7,8 @@
 use crate::dag::Dag;
 use crate::params::Params;
 use crate::pipeline::{
-    Concurrency, DEFAULT_HEARTBEAT_INTERVAL, Pipeline, RateLimit, TaskDef, TaskType, is_valid_name,
+    Concurrency, DEFAULT_HEARTBEAT_INTERVAL, ForEach, Pipeline, RateLimit, TaskDef, TaskType,
+    is_valid_name,
 };
 use crate::retry::RetryPolicy;
 use serde::Deserialize;
@@ -158,7 +159,7 @@ struct Defaults {
     priority: i32,
 }
 
-const TASK_KEYS: [&str; 12] = [
+const TASK_KEYS: [&str; 15] = [
     "name",
     "type",
     "needs",
@@ -171,6 +172,9 @@ const TASK_KEYS: [&str; 12] = [
     "allowed_next",
     "concurrency",
     "rate_limit",
+    "for_each",
+    "allow_failures",
+    "fail_fast",
 ];
 
 impl Checker {
@@ -391,6 +395,15 @@ impl Checker {
             field("concurrency").and_then(|c| self.concurrency(c, &format!("task `{name}`")));
         let rate_limit =
             field("rate_limit").and_then(|r| self.rate_limit(r, &format!("task `{name}`")));
+        let for_each = self.for_each(
+            &name,
+            field("for_each"),
+            field("allow_failures"),
+            field("fail_fast"),
+        );
+        if let (Some(_), false) = (&for_each, allowed_next.is_empty()) {
+            self.at(raw, format!("task `{name}`: a `for_each` task cannot choose `allowed_next`; its children's outputs go to every task that needs it"));
+        }
         let mut params = Map::new();
         for (key, value) in &raw.value.0 {
             if !TASK_KEYS.contains(&key.value.as_str()) {
@@ -398,6 +411,9 @@ impl Checker {
             }
         }
         let task_type = task_type?;
+        if let (Some(_), TaskType::Worker) = (&for_each, task_type) {
+            self.at(raw, format!("task `{name}`: `for_each` runs built-in tasks (shell, http, sleep, script); a worker task cannot be mapped yet"));
+        }
         if task_type == TaskType::Shell {
             self.lint_shell(&name, field("command"), field("shell"));
         }
@@ -419,6 +435,7 @@ impl Checker {
                 allowed_next,
                 concurrency,
                 rate_limit,
+                for_each,
             },
             needs_spans,
         ))

@@ -67,6 +67,41 @@ pub struct TaskDef {
     /// (a token bucket shared through the store); a task over the rate stays `ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Fan-out over data: one child task run per element of the list this renders to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+}
+
+/// `for_each: "{{ tasks.list.output.items }}"`: the task runs once per element (`item` and
+/// `index` in its context); what needs it gets the list of the children's outputs, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A template that renders to a list (at most [`MAX_MAP_ITEMS`] elements).
+    pub items: String,
+    /// The share of children (percent) that may fail with the task still succeeding (their
+    /// outputs are `null` in its list).
+    #[serde(default)]
+    pub allow_failures: f64,
+    /// Once more children have failed than allowed, cancel those not started and fail the task
+    /// at once, instead of running every element first.
+    #[serde(default)]
+    pub fail_fast: bool,
+}
+
+/// The most children one `for_each` task may have.
+pub const MAX_MAP_ITEMS: usize = 100_000;
+
+/// The task run name of a `for_each` task's child: `embed[17]`. Task names cannot hold `[`, so
+/// it never clashes with a task.
+pub fn child_name(parent: &str, index: usize) -> String {
+    format!("{parent}[{index}]")
+}
+
+/// A child's task name split into its parent's and its index.
+pub fn parent_of(name: &str) -> Option<(&str, u32)> {
+    let open = name.rfind('[')?;
+    let index = name[open + 1..].strip_suffix(']')?.parse().ok()?;
+    Some((&name[..open], index))
 }
 
 /// A task's rate limit: `rate_limit: { key: "openai", per: 1s, limit: 10 }`.

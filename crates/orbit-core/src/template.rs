@@ -20,6 +20,11 @@ pub struct Context<'a> {
     pub effect_key: &'a str,
     /// The version of the task's code: for pipeline files, the pipeline version.
     pub code_version: i64,
+    /// A `for_each` child's element and its place in the list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,7 +101,8 @@ pub fn render_params<S: Serialize>(
         .collect()
 }
 
-fn render_value<S: Serialize>(v: &Value, ctx: &S) -> Result<Value, String> {
+/// One value rendered: a string that is one expression keeps the value's JSON type.
+pub fn render_value<S: Serialize>(v: &Value, ctx: &S) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) if is_template(s) => {
             if let Some(expr) = single_expression(s) {
@@ -150,6 +156,8 @@ mod tests {
             },
             effect_key: "k1",
             code_version: 3,
+            item: None,
+            index: None,
         }
     }
 

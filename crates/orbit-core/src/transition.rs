@@ -20,6 +20,8 @@ pub enum Outcome {
         run_next: Vec<String>,
     },
     Failed(Failure),
+    /// A `for_each` task rendered its list: one child per element.
+    Expanded(Vec<Value>),
 }
 
 impl Outcome {
@@ -27,7 +29,7 @@ impl Outcome {
     pub fn output_mut(&mut self) -> Option<&mut Value> {
         match self {
             Outcome::Succeeded(output) | Outcome::Routed { output, .. } => Some(output),
-            Outcome::Failed(_) => None,
+            Outcome::Failed(_) | Outcome::Expanded(_) => None,
         }
     }
 }
@@ -136,12 +138,25 @@ pub enum Transition {
         failure: Failure,
         cancel: Vec<String>,
     },
+    /// `running -> waiting` for its children: a `for_each` task gets one `ready` child task
+    /// run per element, and is `ready` again (to gather their outputs) once every child has
+    /// succeeded or died.
+    Expand { items: Vec<Value> },
 }
 
 impl Transition {
+    /// Whether the attempt counts against the task's retries: a throttled one does not, nor
+    /// a `for_each` task's expansion (its gathering is its first try).
+    pub fn spends_a_try(&self) -> bool {
+        match self {
+            Transition::Expand { .. } => false,
+            other => other.failure().is_none_or(Failure::counts),
+        }
+    }
+
     pub fn failure(&self) -> Option<&Failure> {
         match self {
-            Transition::Succeed { .. } => None,
+            Transition::Succeed { .. } | Transition::Expand { .. } => None,
             Transition::Retry { failure, .. } | Transition::Dead { failure, .. } => Some(failure),
         }
     }
@@ -180,6 +195,7 @@ pub fn on_attempt_finished(
         other => other,
     };
     match outcome {
+        Outcome::Expanded(items) => Transition::Expand { items },
         Outcome::Succeeded(output) => Transition::Succeed {
             output,
             promote: dag
@@ -235,6 +251,38 @@ pub fn on_attempt_finished(
                 .map(|d| dag.name(d).to_owned())
                 .collect(),
         },
+    }
+}
+
+/// What an attempt of a `for_each` child of task `parent` does: as one of `parent` would,
+/// except that success and death settle its slot in the parent (which decides the outcome when
+/// it gathers), and only a fail-fast death cancels anything: the parent's descendants.
+pub fn on_child_finished(
+    dag: &Dag,
+    parent: usize,
+    policy: &RetryPolicy,
+    fail_fast: bool,
+    attempt: u32,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+    random: f64,
+) -> Transition {
+    let name = dag.name(parent).to_owned();
+    match on_attempt_finished(dag, parent, policy, attempt, outcome, now, random) {
+        Transition::Succeed { output, .. } => Transition::Succeed {
+            output,
+            promote: vec![name],
+            skip: Vec::new(),
+        },
+        Transition::Dead { failure, cancel } => Transition::Dead {
+            failure,
+            cancel: if fail_fast {
+                std::iter::once(name).chain(cancel).collect()
+            } else {
+                Vec::new()
+            },
+        },
+        other => other,
     }
 }
 

@@ -94,6 +94,8 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         concurrency_key: get(row, "concurrency_key")?,
         concurrency_limit: concurrency_limit(row)?,
         rate_key: get(row, "rate_key")?,
+        map_parent: get(row, "map_parent")?,
+        map_index: get::<Option<i32>>(row, "map_index")?.and_then(|i| u32::try_from(i).ok()),
     })
 }
 
@@ -131,6 +133,7 @@ pub fn claimed_from_row(row: &PgRow) -> Result<ClaimedTask> {
             Some(t) => t,
             None => get(row, "updated_at")?,
         },
+        item: get(row, "map_item")?,
     })
 }
 

@@ -18,10 +18,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orbit_core::{Pipeline, TaskState};
 use orbit_store::{
-    AttemptRecord, BatchOutcome, Cell, CellKey, ClaimRequest, ClaimedTask, CreatedRun, DeadLetter,
-    EventRecord, FinishedAttempt, KeyUsage, LeaseFilter, LeasedTask, NewRun, NodeInfo, NodeRecord,
-    PurgedLetters, QueueFilter, QueueStats, RateBucket, Requeued, Result, RunFilter, RunRecord,
-    ServiceRecord, ServiceTask, StoreError, StoredPipeline, TaskRunPage, TaskRunRecord,
+    AttemptRecord, BatchOutcome, Cell, CellKey, ChildCount, ChildResult, ClaimRequest, ClaimedTask,
+    CreatedRun, DeadLetter, EventRecord, FinishedAttempt, KeyUsage, LeaseFilter, LeasedTask,
+    NewRun, NodeInfo, NodeRecord, PurgedLetters, QueueFilter, QueueStats, RateBucket, Requeued,
+    Result, RunFilter, RunRecord, ServiceRecord, ServiceTask, StoreError, StoredPipeline,
+    TaskRunPage, TaskRunRecord,
 };
 use rows::{attempt_from_row, pipeline_from_row, run_from_row, task_run_from_row};
 use serde_json::Value;

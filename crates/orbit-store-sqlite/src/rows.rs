@@ -117,6 +117,8 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         concurrency_key: get(row, "concurrency_key")?,
         concurrency_limit: concurrency_limit(row)?,
         rate_key: get(row, "rate_key")?,
+        map_parent: get(row, "map_parent")?,
+        map_index: get::<Option<i32>>(row, "map_index")?.and_then(|i| u32::try_from(i).ok()),
     })
 }
 
@@ -150,6 +152,7 @@ pub fn leased_from_row(row: &SqliteRow) -> Result<LeasedTask> {
             lease_epoch: get(row, "lease_epoch")?,
             lease_expires_at: opt_time(row, "lease_expires_at")?.unwrap_or_default(),
             claimed_at: time(row, "claimed_at")?,
+            item: None,
         },
         owner: get::<Option<String>>(row, "lease_owner")?.unwrap_or_default(),
     })

@@ -181,6 +181,8 @@ delegate! {
         task_runs(run: Uuid) -> Result<Vec<TaskRunRecord>>;
         task_runs_page(run: Uuid, page: &TaskRunPage) -> Result<Vec<TaskRunRecord>>;
         task_run_counts(run: Uuid) -> Result<Vec<(orbit_core::TaskState, u64)>>;
+        children(run: Uuid, parent: &str) -> Result<Vec<ChildResult>>;
+        child_counts(run: Uuid) -> Result<Vec<ChildCount>>;
         attempts(run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
         cancel_run(run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;

@@ -164,6 +164,11 @@ pub struct TaskRunRecord {
     /// `rate_limit` allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_key: Option<String>,
+    /// A `for_each` child's parent task and its place in the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_index: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -229,6 +234,8 @@ pub struct ClaimedTask {
     pub lease_epoch: i64,
     pub lease_expires_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
+    /// A `for_each` child's element (set on claims; `None` for any other task run).
+    pub item: Option<Value>,
 }
 
 /// An attempt that ended, with what the state machine decided.
@@ -402,8 +409,30 @@ pub struct QueueFilter {
 pub struct TaskRunPage {
     /// Only task runs in this state.
     pub state: Option<TaskState>,
+    /// The children of this `for_each` task, by index; `None`: the run's own tasks (no
+    /// children).
+    pub children_of: Option<String>,
     pub limit: u32,
     pub offset: u32,
+}
+
+/// How one child of a `for_each` task ended (or where it is), for the parent's gathering.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChildResult {
+    pub index: u32,
+    pub state: TaskState,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// How many children of one `for_each` task are in one state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChildCount {
+    pub task_name: String,
+    pub state: TaskState,
+    pub count: u64,
 }
 
 /// A running `orbit server` or `orbit worker` process, as it announces itself.

@@ -31,12 +31,13 @@ pub enum EventKind {
     TaskRetrying,
     TaskDead,
     TaskRequeued,
+    TaskExpanded,
     PipelineSaved,
     PipelineDeleted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::RunCreated,
         EventKind::RunPending,
         EventKind::RunStarted,
@@ -50,6 +51,7 @@ impl EventKind {
         EventKind::TaskRetrying,
         EventKind::TaskDead,
         EventKind::TaskRequeued,
+        EventKind::TaskExpanded,
         EventKind::PipelineSaved,
         EventKind::PipelineDeleted,
     ];
@@ -69,6 +71,7 @@ impl EventKind {
             EventKind::TaskRetrying => "task_retrying",
             EventKind::TaskDead => "task_dead",
             EventKind::TaskRequeued => "task_requeued",
+            EventKind::TaskExpanded => "task_expanded",
             EventKind::PipelineSaved => "pipeline_saved",
             EventKind::PipelineDeleted => "pipeline_deleted",
         }
@@ -95,12 +98,15 @@ pub enum AttemptOutcome {
     Failed(FailureKind),
     /// Its run was cancelled while it ran.
     Cancelled,
+    /// A `for_each` task rendered its list and made its children.
+    Expanded,
 }
 
 impl AttemptOutcome {
     pub fn of(f: &FinishedAttempt) -> AttemptOutcome {
         match f.transition.failure() {
             Some(failure) => AttemptOutcome::Failed(failure.kind),
+            None if matches!(f.transition, Transition::Expand { .. }) => AttemptOutcome::Expanded,
             None if f.reused => AttemptOutcome::Reused,
             None => AttemptOutcome::Succeeded,
         }
@@ -112,6 +118,7 @@ impl AttemptOutcome {
             AttemptOutcome::Reused => "reused",
             AttemptOutcome::Failed(kind) => kind.as_str(),
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Expanded => "expanded",
         }
     }
 }
@@ -174,6 +181,10 @@ impl Event {
                 EventKind::TaskDead,
                 json!({"attempt": t.attempt, "error": failure.message, "kind": failure.kind.as_str()}),
             ),
+            Transition::Expand { items } => (
+                EventKind::TaskExpanded,
+                json!({"attempt": t.attempt, "children": items.len()}),
+            ),
         };
         Event::task(t.run_id, &t.task_name, kind, Some(data))
     }
@@ -206,6 +217,12 @@ pub struct FinishPlan<'a> {
     pub events: Vec<Event>,
     pub skips: Vec<Mark<'a>>,
     pub cancels: Vec<Mark<'a>>,
+    /// `for_each` parents (by name) whose children not yet started are cancelled: a child
+    /// failed fast.
+    pub sibling_cancels: Vec<Mark<'a>>,
+    /// `for_each` tasks that rendered their lists: the parent's row waits for as many children
+    /// as the list has elements, each a new `ready` task run.
+    pub expansions: Vec<(&'a FinishedAttempt, &'a [Value])>,
     /// Downstream tasks one upstream fewer waits for; a pair appears once per finished upstream.
     pub promotions: Vec<(Uuid, &'a str)>,
     /// Outputs kept under their idempotency key (the last of the batch for a key).
@@ -249,7 +266,32 @@ impl<'a> FinishPlan<'a> {
                         .extend(promote.iter().map(|name| (t.run_id, name.as_str())));
                     plan.counts.entry(t.run_id).or_default().0 += 1;
                 }
+                Transition::Expand { items } => {
+                    plan.expansions.push((f, items));
+                    // The run has that many more task runs to settle.
+                    plan.counts.entry(t.run_id).or_default().0 -= items.len() as i64;
+                    plan.ready += items.len();
+                    plan.tally.entered(TaskState::Ready, items.len() as i64);
+                }
+                // A child that died without failing fast settles its slot in the parent, which
+                // decides at its gathering whether the run fails: no dead-letter entry of its own.
+                Transition::Dead { cancel, .. }
+                    if cancel.is_empty()
+                        && orbit_core::pipeline::parent_of(&t.task_name).is_some() =>
+                {
+                    if let Some((parent, _)) = orbit_core::pipeline::parent_of(&t.task_name) {
+                        plan.promotions.push((t.run_id, parent));
+                    }
+                    plan.counts.entry(t.run_id).or_default().0 += 1;
+                }
                 Transition::Dead { cancel, .. } => {
+                    if let Some((parent, _)) = orbit_core::pipeline::parent_of(&t.task_name) {
+                        plan.sibling_cancels.push(Mark {
+                            run: t.run_id,
+                            task: parent,
+                            reason: format!("not started: `{}` failed fast", t.task_name),
+                        });
+                    }
                     if !cancel.is_empty() {
                         let reason =
                             format!("not started: upstream task `{}` is dead", t.task_name);
@@ -275,6 +317,12 @@ impl<'a> FinishPlan<'a> {
     pub fn ended(&mut self, run: Uuid, state: TaskState) {
         self.counts.entry(run).or_default().0 += 1;
         self.tally.moved(TaskState::Waiting, state, 1);
+    }
+
+    /// A sibling cancel of the plan changed `n` ready children of `run` to `cancelled`.
+    pub fn siblings_cancelled(&mut self, run: Uuid, n: i64) {
+        self.counts.entry(run).or_default().0 += n;
+        self.tally.moved(TaskState::Ready, TaskState::Cancelled, n);
     }
 
     /// Promotions made `n` waiting task runs ready.
@@ -534,6 +582,7 @@ mod tests {
                 lease_epoch: 1,
                 lease_expires_at: now,
                 claimed_at: now,
+                item: None,
             },
             worker: "w".into(),
             started_at: now,

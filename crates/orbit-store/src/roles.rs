@@ -90,6 +90,12 @@ pub trait Runs: Send + Sync + 'static {
     /// Attempts of a run (of one task when given), oldest first.
     async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
 
+    /// Every child of `for_each` task `parent` of `run`, by index.
+    async fn children(&self, run: Uuid, parent: &str) -> Result<Vec<ChildResult>>;
+
+    /// How many children of each `for_each` task of `run` are in each state.
+    async fn child_counts(&self, run: Uuid) -> Result<Vec<ChildCount>>;
+
     /// Outputs of succeeded task runs of `run` among `tasks`.
     async fn outputs(&self, run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
 

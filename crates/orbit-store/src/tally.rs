@@ -138,6 +138,7 @@ impl Tally {
             Transition::Succeed { .. } => TaskState::Succeeded,
             Transition::Retry { .. } => TaskState::Ready,
             Transition::Dead { .. } => TaskState::Dead,
+            Transition::Expand { .. } => TaskState::Waiting,
         };
         self.moved(TaskState::Running, to, 1);
         self.attempt(

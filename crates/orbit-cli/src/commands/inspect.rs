@@ -105,22 +105,31 @@ pub fn render_runs(runs: &[orbit_store::RunRecord], json: bool) -> anyhow::Resul
 
 pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u8> {
     let run = store.find_run(id).await?;
-    let tasks = store.task_runs(run.id).await?;
+    // The run's own tasks; a `for_each` task's children are counted, not listed.
+    let page = orbit_store::TaskRunPage {
+        limit: u32::MAX,
+        ..Default::default()
+    };
+    let tasks = store.task_runs_page(run.id, &page).await?;
+    let children = store.child_counts(run.id).await?;
     let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &tasks).await?;
     waiting.extend(orbit_engine::waiting::held_by_rates(store, &tasks, chrono::Utc::now()).await?);
     waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
-    render_status(&run, &tasks, &waiting, json)
+    render_status(&run, &tasks, &children, &waiting, json)
 }
 
 /// `waiting`: why ready tasks sit unclaimed (see `orbit_engine::waiting`).
 pub fn render_status(
     run: &orbit_store::RunRecord,
     tasks: &[orbit_store::TaskRunRecord],
+    children: &[orbit_store::ChildCount],
     waiting: &[String],
     json: bool,
 ) -> anyhow::Result<u8> {
     if json {
-        output::json(&json!({"run": run, "tasks": tasks, "waiting": waiting}))?;
+        output::json(
+            &json!({"run": run, "tasks": tasks, "children": children, "waiting": waiting}),
+        )?;
         return Ok(0);
     }
     println!("Run       {}", run.id);
@@ -135,9 +144,9 @@ pub fn render_status(
     println!("Duration  {}", span(run.started_at, run.finished_at));
     println!("Input     {}", brief(&run.input.to_string(), 100));
     println!();
-    let rows: Vec<Vec<String>> = tasks
-        .iter()
-        .map(|t| {
+    let mut rows: Vec<Vec<String>> = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        rows.push({
             vec![
                 t.task_name.clone(),
                 t.state.to_string(),
@@ -157,8 +166,24 @@ pub fn render_status(
                 ),
                 t.error.as_deref().map(|e| brief(e, 80)).unwrap_or_default(),
             ]
-        })
-        .collect();
+        });
+        let of: Vec<&orbit_store::ChildCount> =
+            children.iter().filter(|c| c.task_name == t.task_name).collect();
+        if !of.is_empty() {
+            let n: u64 = of.iter().map(|c| c.count).sum();
+            let by_state: Vec<String> = of
+                .iter()
+                .map(|c| format!("{} {}", c.count, c.state))
+                .collect();
+            rows.push(vec![
+                format!("└ {}[…]", t.task_name),
+                format!("{n} children"),
+                String::new(),
+                String::new(),
+                by_state.join(", "),
+            ]);
+        }
+    }
     table(&["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"], &rows);
     for line in waiting {
         println!("waiting: {line}");

@@ -39,13 +39,14 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
         return Err(BadInput(format!("`{id}` is not a run id")).into());
     }
     let d = run_detail(&Client::new(server)?, id).await?;
-    inspect::render_status(&d.run, &d.tasks, &d.waiting, json)
+    inspect::render_status(&d.run, &d.tasks, &d.children, &d.waiting, json)
 }
 
 /// A run with all its task runs, read page by page (the API pages them).
 pub struct FullDetail {
     pub run: RunRecord,
     pub tasks: Vec<TaskRunRecord>,
+    pub children: Vec<orbit_store::ChildCount>,
     pub waiting: Vec<String>,
 }
 
@@ -63,6 +64,8 @@ pub async fn run_detail(client: &Client, id: &str) -> anyhow::Result<FullDetail>
         tasks_page: Page,
         #[serde(default)]
         waiting: Vec<String>,
+        #[serde(default)]
+        children: Vec<orbit_store::ChildCount>,
     }
     const PAGE: usize = 1000;
     let id = super::over_url::segment(id);
@@ -82,6 +85,7 @@ pub async fn run_detail(client: &Client, id: &str) -> anyhow::Result<FullDetail>
                 first = Some(FullDetail {
                     run: d.run,
                     tasks: d.tasks,
+                    children: d.children,
                     waiting: d.waiting,
                 })
             }

@@ -118,8 +118,12 @@ async fn result_lines(
         .iter()
         .flat_map(|t| t.needs.iter().map(String::as_str))
         .collect();
+    let own = orbit_store::TaskRunPage {
+        limit: u32::MAX,
+        ..Default::default()
+    };
     let ends: Vec<_> = store
-        .task_runs(run)
+        .task_runs_page(run, &own)
         .await?
         .into_iter()
         .filter(|t| {

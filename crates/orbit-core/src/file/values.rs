@@ -250,6 +250,79 @@ impl Checker {
         })
     }
 
+    /// `for_each` (a template over `input`, `tasks` and `run` that renders to a list), with its
+    /// `allow_failures` (`10%` or a number of percent) and `fail_fast`, which need it.
+    pub(super) fn for_each(
+        &mut self,
+        task: &str,
+        items: Option<&Located>,
+        allow: Option<&Located>,
+        fail_fast: Option<&Located>,
+    ) -> Option<ForEach> {
+        let Some(items) = items else {
+            for v in [allow, fail_fast].into_iter().flatten() {
+                self.at(
+                    v,
+                    format!("task `{task}`: `allow_failures` and `fail_fast` need `for_each`"),
+                );
+            }
+            return None;
+        };
+        let template = match &items.value {
+            Value::String(t) if crate::template::is_template(t) => t.clone(),
+            other => {
+                self.at(items, format!("task `{task}`: `for_each` must be a template that renders to a list, such as \"{{{{ tasks.list.output.items }}}}\", not {}", short(other)));
+                return None;
+            }
+        };
+        if let Err(e) = crate::template::check_names(&template, &["input", "tasks", "run"]) {
+            self.at(
+                items,
+                format!("task `{task}`: `for_each` may use `input`, `tasks` and `run`: {e}"),
+            );
+            return None;
+        }
+        let allow_failures = match allow.map(|a| &a.value) {
+            None => 0.0,
+            Some(v) => {
+                let n = match v {
+                    Value::String(s) => s
+                        .trim()
+                        .strip_suffix('%')
+                        .and_then(|n| n.trim().parse::<f64>().ok()),
+                    Value::Number(n) => n.as_f64(),
+                    _ => None,
+                };
+                match n {
+                    Some(n) if (0.0..=100.0).contains(&n) => n,
+                    _ => {
+                        self.at(allow?, format!("task `{task}`: `allow_failures` must be a share such as `10%` (0% to 100%), not {}", short(v)));
+                        return None;
+                    }
+                }
+            }
+        };
+        let fail_fast = match fail_fast.map(|f| &f.value) {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.at(
+                    fail_fast?,
+                    format!(
+                        "task `{task}`: `fail_fast` must be true or false, not {}",
+                        short(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(ForEach {
+            items: template,
+            allow_failures,
+            fail_fast,
+        })
+    }
+
     /// A mapping's `key`: a non-empty template over the run's `input` and `run` only (it is
     /// rendered when the run is created, before any task has an output).
     fn key_template(

@@ -270,6 +270,7 @@ fn held(claims: &TaskClaims, now: DateTime<Utc>) -> ClaimedTask {
         lease_epoch: claims.epoch,
         lease_expires_at: now,
         claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
+        item: None,
     }
 }
 

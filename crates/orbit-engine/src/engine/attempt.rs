@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use orbit_core::object::ObjectRef;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, TaskInfo};
-use orbit_core::transition::{Failure, FailureKind, Outcome, Transition, on_attempt_finished};
+use orbit_core::transition::{
+    Failure, FailureKind, Outcome, Transition, on_attempt_finished, on_child_finished,
+};
 use orbit_store::{ClaimedTask, FinishedAttempt, Store};
 use serde_json::Value;
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use super::{ContextIds, Engine, Keyed, Loaded, hydrated, input_failure, keyed, keys_since};
+use super::{
+    ContextIds, Engine, Keyed, Loaded, hydrated, input_failure, keyed, keys_since, task_of,
+};
 
 impl Engine {
     pub(super) fn spawn(
@@ -48,13 +52,16 @@ impl Engine {
             };
             let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
             let mut finished_at = clock.now();
-            let transition = match loaded.dag.index_of(&task.task_name) {
-                Some(i) => {
+            let transition = match task_of(&loaded, &task.task_name) {
+                Some((i, child)) => {
                     let def = &loaded.stored.pipeline.tasks[i];
                     let mut policy = def.retry.clone();
                     policy.max_delay = policy.max_delay.min(max_retry_delay);
                     let policy = &policy;
                     let outcome = match done_attempt.result {
+                        _ if done_attempt.expand.is_some() => {
+                            Outcome::Expanded(done_attempt.expand.unwrap_or_default())
+                        }
                         Ok(v) if done_attempt.reused => routed(def, v),
                         Ok(v) => {
                             let key =
@@ -64,15 +71,27 @@ impl Engine {
                         Err(f) => Outcome::Failed(f),
                     };
                     finished_at = clock.now();
-                    on_attempt_finished(
-                        &loaded.dag,
-                        i,
-                        policy,
-                        task.tries,
-                        outcome,
-                        finished_at,
-                        fastrand::f64(),
-                    )
+                    match (child, &def.for_each) {
+                        (Some(_), Some(fe)) => on_child_finished(
+                            &loaded.dag,
+                            i,
+                            policy,
+                            fe.fail_fast,
+                            task.tries,
+                            outcome,
+                            finished_at,
+                            fastrand::f64(),
+                        ),
+                        _ => on_attempt_finished(
+                            &loaded.dag,
+                            i,
+                            policy,
+                            task.tries,
+                            outcome,
+                            finished_at,
+                            fastrand::f64(),
+                        ),
+                    }
                 }
                 None => Transition::Dead {
                     failure: Failure::fatal(format!(
@@ -176,6 +195,8 @@ struct AttemptResult {
     result: Result<Value, Failure>,
     key: Option<String>,
     reused: bool,
+    /// A `for_each` task's list, to make its children from.
+    expand: Option<Vec<Value>>,
 }
 
 /// One attempt of one task: gather its context, reuse a keyed output or render its parameters
@@ -191,11 +212,10 @@ async fn attempt(
         result: Err(f),
         key: None,
         reused: false,
+        expand: None,
     };
-    let Some(def) = loaded
-        .dag
-        .index_of(&task.task_name)
-        .map(|i| &loaded.stored.pipeline.tasks[i])
+    let Some((def, child)) = task_of(loaded, &task.task_name)
+        .map(|(i, child)| (&loaded.stored.pipeline.tasks[i], child))
     else {
         return fail(Failure::fatal(format!(
             "task `{}` is not in the pipeline",
@@ -218,7 +238,7 @@ async fn attempt(
         }
     };
     let ids = ContextIds::new(task.run_id, task.id);
-    let ctx = ids.context(
+    let mut ctx = ids.context(
         &input,
         hydrated.iter().map(|(name, output)| (*name, &**output)),
         &loaded.stored.name,
@@ -228,6 +248,13 @@ async fn attempt(
         },
         loaded.stored.version,
     );
+    if let (Some(fe), None) = (&def.for_each, child) {
+        return map_step(io, def, fe, &ctx, task, log).await;
+    }
+    if child.is_some() {
+        ctx.item = Some(task.item.as_ref().unwrap_or(&Value::Null));
+        ctx.index = child;
+    }
     let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
     let key = match keyed(
         io.store,
@@ -249,6 +276,7 @@ async fn attempt(
                 result: Ok(output),
                 key,
                 reused: true,
+                expand: None,
             };
         }
         Err(f) => return fail(f),
@@ -264,7 +292,118 @@ async fn attempt(
         result,
         key,
         reused: false,
+        expand: None,
     }
+}
+
+/// A `for_each` task's attempt: the first renders its list and asks for its children; once they
+/// have all settled, the next gathers their outputs, in order, as its own (or fails when more
+/// failed than `allow_failures`).
+async fn map_step(
+    io: &Io<'_>,
+    def: &orbit_core::TaskDef,
+    fe: &orbit_core::pipeline::ForEach,
+    ctx: &Context<'_>,
+    task: &ClaimedTask,
+    log: &LogBuffer,
+) -> AttemptResult {
+    let done = |result: Result<Value, Failure>, expand: Option<Vec<Value>>| {
+        if let Err(f) = &result {
+            log.line(&format!("[orbit] {}", f.message));
+        }
+        AttemptResult {
+            result,
+            key: None,
+            reused: false,
+            expand,
+        }
+    };
+    let children = match io.store.children(task.run_id, &def.name).await {
+        Ok(c) => c,
+        Err(e) => {
+            return done(
+                Err(Failure::error(format!("cannot read the children: {e}"))),
+                None,
+            );
+        }
+    };
+    if children.is_empty() {
+        return match expand(fe, ctx) {
+            Ok(items) if items.is_empty() => {
+                log.line("[orbit] for_each: the list is empty; nothing to run");
+                done(Ok(Value::Array(Vec::new())), None)
+            }
+            Ok(items) => {
+                log.line(&format!(
+                    "[orbit] for_each: {} elements, one child task run each",
+                    items.len()
+                ));
+                done(Ok(Value::Null), Some(items))
+            }
+            Err(f) => done(Err(f), None),
+        };
+    }
+    let result = gather(fe, &def.name, children);
+    if let Ok(Value::Array(list)) = &result {
+        log.line(&format!(
+            "[orbit] for_each: gathered the outputs of {} children",
+            list.len()
+        ));
+    }
+    done(result, None)
+}
+
+/// The list `for_each` renders to.
+fn expand(fe: &orbit_core::pipeline::ForEach, ctx: &Context<'_>) -> Result<Vec<Value>, Failure> {
+    let rendered = template::render_value(&Value::String(fe.items.clone()), ctx)
+        .map_err(|e| Failure::fatal(format!("for_each: {e}")))?;
+    let Value::Array(items) = rendered else {
+        return Err(Failure::fatal(format!(
+            "for_each must render to a list, not {}",
+            orbit_core::echo::echo_within(&rendered.to_string(), 200)
+        )));
+    };
+    if items.len() > orbit_core::pipeline::MAX_MAP_ITEMS {
+        return Err(Failure::fatal(format!(
+            "for_each rendered {} elements; at most {} are allowed",
+            items.len(),
+            orbit_core::pipeline::MAX_MAP_ITEMS
+        )));
+    }
+    Ok(items)
+}
+
+/// The children's outputs in list order (`null` for one that failed), unless more failed than
+/// `allow_failures` lets through.
+fn gather(
+    fe: &orbit_core::pipeline::ForEach,
+    name: &str,
+    children: Vec<orbit_store::ChildResult>,
+) -> Result<Value, Failure> {
+    let n = children.len();
+    let failed: Vec<&orbit_store::ChildResult> = children
+        .iter()
+        .filter(|c| c.state != orbit_core::TaskState::Succeeded)
+        .collect();
+    let share = failed.len() as f64 * 100.0 / n as f64;
+    if let Some(first) = failed.first().filter(|_| share > fe.allow_failures) {
+        return Err(Failure::fatal(format!(
+            "{} of {n} elements failed ({share:.1}%, {}% allowed); the first, `{}`: {}",
+            failed.len(),
+            fe.allow_failures,
+            orbit_core::pipeline::child_name(name, first.index as usize),
+            first.error.as_deref().unwrap_or(first.state.as_str())
+        )));
+    }
+    Ok(Value::Array(
+        children
+            .into_iter()
+            .map(|c| match c.state {
+                orbit_core::TaskState::Succeeded => c.output.unwrap_or(Value::Null),
+                _ => Value::Null,
+            })
+            .collect(),
+    ))
 }
 
 async fn execute(

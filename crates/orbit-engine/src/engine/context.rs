@@ -128,6 +128,8 @@ impl ContextIds {
             task,
             effect_key: &self.effect_key,
             code_version,
+            item: None,
+            index: None,
         }
     }
 }

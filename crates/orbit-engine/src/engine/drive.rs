@@ -203,12 +203,10 @@ impl<'e> Drive<'e> {
         for task in claimed {
             let loaded = engine.loaded(&mut self.pipelines, task.pipeline_id).await?;
             let input = engine.input(&mut self.inputs, task.run_id).await?;
-            let interval = loaded
-                .dag
-                .index_of(&task.task_name)
-                .map_or(orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL, |i| {
-                    loaded.stored.pipeline.tasks[i].heartbeat_interval
-                });
+            let interval = super::task_of(&loaded, &task.task_name).map_or(
+                orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,
+                |(i, _)| loaded.stored.pipeline.tasks[i].heartbeat_interval,
+            );
             let now = Instant::now();
             let id = task.id;
             let abort = engine.spawn(task.clone(), loaded, input, self.done_tx.clone());

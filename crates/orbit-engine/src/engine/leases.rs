@@ -115,18 +115,30 @@ impl Engine {
                 FailureKind::WorkerLost,
                 format!("worker lost: {} held the lease and {why}", l.owner),
             );
-            let transition = match loaded.dag.index_of(&l.task.task_name) {
-                Some(i) => {
-                    let policy = &loaded.stored.pipeline.tasks[i].retry;
-                    on_attempt_finished(
-                        &loaded.dag,
-                        i,
-                        policy,
-                        l.task.tries,
-                        Outcome::Failed(failure),
-                        now,
-                        fastrand::f64(),
-                    )
+            let transition = match super::task_of(&loaded, &l.task.task_name) {
+                Some((i, child)) => {
+                    let def = &loaded.stored.pipeline.tasks[i];
+                    match (child, &def.for_each) {
+                        (Some(_), Some(fe)) => orbit_core::transition::on_child_finished(
+                            &loaded.dag,
+                            i,
+                            &def.retry,
+                            fe.fail_fast,
+                            l.task.tries,
+                            Outcome::Failed(failure),
+                            now,
+                            fastrand::f64(),
+                        ),
+                        _ => on_attempt_finished(
+                            &loaded.dag,
+                            i,
+                            &def.retry,
+                            l.task.tries,
+                            Outcome::Failed(failure),
+                            now,
+                            fastrand::f64(),
+                        ),
+                    }
                 }
                 None => Transition::Dead {
                     failure,

@@ -115,6 +115,12 @@ pub enum EngineEvent {
         error: String,
         cancelled: Vec<String>,
     },
+    /// A `for_each` task made one child task run per element of its list.
+    TaskExpanded {
+        run: Uuid,
+        task: String,
+        children: usize,
+    },
     /// The attempt's lease was taken over; its result was not kept.
     LeaseLost {
         run: Uuid,
@@ -154,6 +160,7 @@ impl Processed {
                 Transition::Succeed { .. } => self.succeeded += 1,
                 Transition::Retry { .. } => self.retrying += 1,
                 Transition::Dead { .. } => self.dead += 1,
+                Transition::Expand { .. } => {}
             }
         }
     }
@@ -174,7 +181,7 @@ pub struct Engine {
 }
 
 /// A pipeline version as the loop needs it.
-struct Loaded {
+pub(super) struct Loaded {
     stored: StoredPipeline,
     dag: Dag,
 }
@@ -338,6 +345,11 @@ impl Engine {
                     error: failure.message.clone(),
                     cancelled: cancel.clone(),
                 },
+                Transition::Expand { items } => EngineEvent::TaskExpanded {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    children: items.len(),
+                },
             };
             let _ = self.events.send(event);
         }
@@ -387,5 +399,14 @@ impl Engine {
         let input = Arc::new(RunValues::new(self.store.run(run).await?.input));
         cache.insert(run, input.clone());
         Ok(input)
+    }
+}
+
+/// The pipeline task a task run runs (its index in the DAG) and, for a `for_each` child, its
+/// index in the list.
+pub(super) fn task_of(loaded: &Loaded, name: &str) -> Option<(usize, Option<u32>)> {
+    match orbit_core::pipeline::parent_of(name) {
+        Some((parent, index)) => loaded.dag.index_of(parent).map(|i| (i, Some(index))),
+        None => loaded.dag.index_of(name).map(|i| (i, None)),
     }
 }

@@ -106,6 +106,9 @@ pub struct RunDetail {
     pub pipeline: Option<super::pipelines::PipelineView>,
     /// Why ready tasks sit unclaimed, one line each (e.g. no worker claims their queue).
     pub waiting: Vec<String>,
+    /// The children of its `for_each` tasks, counted by task and state (`tasks` lists the
+    /// run's own tasks; `GET /runs/{id}/tasks/{task}/children` pages through children).
+    pub children: Vec<orbit_store::ChildCount>,
 }
 
 /// Up to this many tasks, a run detail also compares code versions with the previous run and
@@ -146,17 +149,27 @@ pub async fn get(
     let run = s.store.find_run(&id).await?;
     let page = orbit_store::TaskRunPage {
         state,
+        children_of: None,
         limit: limit(q.task_limit, 50),
         offset: q.task_offset.unwrap_or(0),
     };
     let tasks = s.store.task_runs_page(run.id, &page).await?;
     let counts = s.store.task_run_counts(run.id).await?;
+    let children = s.store.child_counts(run.id).await?;
     let count = |st: TaskState| counts.iter().find(|(c, _)| *c == st).map_or(0, |(_, n)| *n);
+    // The page lists the run's own tasks: children are counted apart.
+    let of_children = |st: Option<TaskState>| -> u64 {
+        children
+            .iter()
+            .filter(|c| st.is_none_or(|st| c.state == st))
+            .map(|c| c.count)
+            .sum()
+    };
     let total = match state {
         Some(st) => count(st),
         None => counts.iter().map(|(_, n)| n).sum(),
-    };
-    let full = run.tasks_total <= FULL_DETAIL_TASKS;
+    } - of_children(state);
+    let full = run.tasks_total - of_children(None) as i64 <= FULL_DETAIL_TASKS;
     let (versions, changed) = if full {
         let versions = code_versions(&s, run.id).await?;
         let changed = changed_since_previous(&s, &run, &versions).await?;
@@ -172,6 +185,7 @@ pub async fn get(
     let waiting = if count(TaskState::Ready) > 0 {
         let ready = orbit_store::TaskRunPage {
             state: Some(TaskState::Ready),
+            children_of: None,
             limit: 200,
             offset: 0,
         };
@@ -205,7 +219,47 @@ pub async fn get(
         changed_since_previous_run: changed,
         pipeline,
         waiting,
+        children,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChildrenQuery {
+    /// Only children in this state.
+    pub state: Option<String>,
+    /// Page size (default 100, at most 1000), in list order.
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+/// A page of the children of a `for_each` task of a run, in the order of its list.
+#[utoipa::path(get, path = "/runs/{id}/tasks/{task}/children", tag = "runs",
+    params(("id" = String, Path), ("task" = String, Path), ChildrenQuery),
+    responses((status = 200, body = Vec<TaskRunRecord>), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn children(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<ChildrenQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<TaskRunRecord>>> {
+    let Path((id, task)) = path?;
+    let Query(q) = q?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|v| {
+            v.parse::<TaskState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))
+        })
+        .transpose()?;
+    let run = s.store.find_run(&id).await?;
+    let page = orbit_store::TaskRunPage {
+        state,
+        children_of: Some(task),
+        limit: limit(q.limit, 100),
+        offset: q.offset.unwrap_or(0),
+    };
+    Ok(Json(s.store.task_runs_page(run.id, &page).await?))
 }
 
 /// Tasks whose code version in `run` differs from the one they ran in the pipeline's run

@@ -161,6 +161,8 @@ async fn apply_fenced(
             Transition::Dead { failure, .. } => {
                 ("dead", None, Some(failure.message.as_str()), None)
             }
+            // Its children are made by the plan (`expansions`), with its count of needs.
+            Transition::Expand { .. } => ("waiting", None, None, None),
         };
         ids.push(f.task.id);
         epochs.push(f.task.lease_epoch);
@@ -169,14 +171,12 @@ async fn apply_fenced(
         errors.push(error);
         ready_ats.push(ready_at);
         // An attempt that does not count moves the base with it: its retry has as many left.
-        uncounted.push(i32::from(
-            f.transition.failure().is_some_and(|x| !x.counts()),
-        ));
+        uncounted.push(i32::from(!f.transition.spends_a_try()));
     }
     let rows = sqlx::query(
         "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
          ready_at = COALESCE(v.ready_at, t.ready_at), attempt_base = t.attempt_base + v.uncounted, \
-         finished_at = CASE WHEN v.state = 'ready' THEN t.finished_at ELSE $7 END, updated_at = $7, \
+         finished_at = CASE WHEN v.state IN ('ready', 'waiting') THEN t.finished_at ELSE $7 END, updated_at = $7, \
          lease_owner = NULL, lease_expires_at = NULL \
          FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[], $8::int[]) \
          AS v(id, epoch, state, output, error, ready_at, uncounted) \
@@ -263,10 +263,86 @@ async fn apply_plan(
     for run in end_waiting(conn, &plan.cancels, TaskState::Cancelled, now).await? {
         plan.ended(run, TaskState::Cancelled);
     }
+    let mut cancelled = Vec::new();
+    for m in &plan.sibling_cancels {
+        let done = sqlx::query(
+            "UPDATE task_runs SET state = 'cancelled', error = $1, finished_at = $2, updated_at = $2 \
+             WHERE run_id = $3 AND map_parent = $4 AND state = 'ready'",
+        )
+        .bind(&m.reason)
+        .bind(now)
+        .bind(m.run)
+        .bind(m.task)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        cancelled.push((m.run, done.rows_affected() as i64));
+    }
+    for (run, n) in cancelled {
+        plan.siblings_cancelled(run, n);
+    }
+    for (f, items) in &plan.expansions {
+        expand(conn, f, items, now).await?;
+    }
     let promoted = promote(conn, &plan.promotions, now).await?;
     plan.promoted(promoted);
     keep_results(conn, &plan.results, now).await?;
     dead_letters(conn, &plan.dead, now).await
+}
+
+/// Children inserted per statement.
+const EXPAND_SLICE: usize = 10_000;
+
+/// A `for_each` task's children, one `ready` task run per element (with the parent's queue,
+/// priority, retries and keys), in slices; the parent waits for all.
+async fn expand(
+    conn: &mut PgConnection,
+    f: &FinishedAttempt,
+    items: &[Value],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let parent = &f.task;
+    let n = i32::try_from(items.len()).unwrap_or(i32::MAX);
+    sqlx::query("UPDATE task_runs SET pending_needs = $1 WHERE id = $2")
+        .bind(n)
+        .bind(parent.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    for (s, slice) in items.chunks(EXPAND_SLICE).enumerate() {
+        let first = s * EXPAND_SLICE;
+        let ids: Vec<Uuid> = slice.iter().map(|_| Uuid::now_v7()).collect();
+        let names: Vec<String> = (first..first + slice.len())
+            .map(|i| orbit_core::pipeline::child_name(&parent.task_name, i))
+            .collect();
+        let indexes: Vec<i32> = (first..first + slice.len()).map(|i| i as i32).collect();
+        sqlx::query(
+            "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
+             max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
+             run_keyed, rate_key, rate_limit, rate_per_ms, map_parent, map_index, map_item) \
+             SELECT v.id, p.run_id, p.pipeline_id, v.name, p.seq, 'ready', p.priority, 0, p.max_attempts, p.lease_ms, \
+             $5, $5, p.task_type, p.queue, p.concurrency_key, p.concurrency_limit, p.run_keyed, p.rate_key, \
+             p.rate_limit, p.rate_per_ms, p.task_name, v.idx, v.item \
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS v(id, name, idx, item) \
+             JOIN task_runs p ON p.id = $6",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(&indexes)
+        .bind(slice)
+        .bind(now)
+        .bind(parent.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    sqlx::query("UPDATE runs SET tasks_total = tasks_total + $1 WHERE id = $2")
+        .bind(i64::from(n))
+        .bind(parent.run_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Locks, in id order, the waiting task runs the plan changes when there are several: batches
@@ -427,7 +503,8 @@ async fn dead_letters(
 const CONCURRENCY_KEYS_LOCK: i64 = 0x6f72_6269_742d_636b;
 
 const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
-     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at, t.rate_key, t.rate_limit, t.rate_per_ms";
+     t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at, t.rate_key, t.rate_limit, t.rate_per_ms, \
+     t.map_item";
 
 async fn claim_ready(
     conn: &mut PgConnection,

@@ -75,8 +75,14 @@ impl orbit_store::Runs for SqliteStore {
         if let Some(state) = page.state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
-        q.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(page.limit.max(1)))
+        match &page.children_of {
+            Some(parent) => q
+                .push(" AND map_parent = ")
+                .push_bind(parent.clone())
+                .push(" ORDER BY map_index LIMIT "),
+            None => q.push(" AND map_parent IS NULL ORDER BY seq LIMIT "),
+        };
+        q.push_bind(i64::from(page.limit.max(1)))
             .push(" OFFSET ")
             .push_bind(i64::from(page.offset));
         q.build()
@@ -86,6 +92,61 @@ impl orbit_store::Runs for SqliteStore {
             .iter()
             .map(task_run_from_row)
             .collect()
+    }
+
+    async fn children(&self, run: Uuid, parent: &str) -> Result<Vec<ChildResult>> {
+        sqlx::query(
+            "SELECT map_index, state, output, error FROM task_runs \
+             WHERE run_id = ?1 AND map_parent = ?2 ORDER BY map_index",
+        )
+        .bind(run.to_string())
+        .bind(parent)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| {
+            let index: i64 = r.try_get(0).map_err(unavailable)?;
+            let state: String = r.try_get(1).map_err(unavailable)?;
+            Ok(ChildResult {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                state: state
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))?,
+                output: match r.try_get::<Option<String>, _>(2).map_err(unavailable)? {
+                    Some(s) => Some(serde_json::from_str(&s).map_err(|e| {
+                        StoreError::Corrupt(format!("output of {parent}[{index}]: {e}"))
+                    })?),
+                    None => None,
+                },
+                error: r.try_get(3).map_err(unavailable)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn child_counts(&self, run: Uuid) -> Result<Vec<ChildCount>> {
+        sqlx::query(
+            "SELECT map_parent, state, COUNT(*) FROM task_runs \
+             WHERE run_id = ?1 AND map_parent IS NOT NULL GROUP BY map_parent, state ORDER BY map_parent, state",
+        )
+        .bind(run.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| {
+            let state: String = r.try_get(1).map_err(unavailable)?;
+            let count: i64 = r.try_get(2).map_err(unavailable)?;
+            Ok(ChildCount {
+                task_name: r.try_get(0).map_err(unavailable)?,
+                state: state
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))?,
+                count: u64::try_from(count).unwrap_or(0),
+            })
+        })
+        .collect()
     }
 
     async fn task_run_counts(&self, run: Uuid) -> Result<Vec<(TaskState, u64)>> {

@@ -14,6 +14,7 @@ use orbit_store::plan::{self, AttemptOutcome, Event, EventKind, FinishPlan, RunC
 use orbit_store::{BatchOutcome, ClaimRequest, ClaimedTask, FinishedAttempt, Result, StoreError};
 use orbit_store::{keys, rates};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use serde_json::Value;
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -128,6 +129,8 @@ fn apply_fenced(
                 Transition::Dead { failure, .. } => {
                     ("dead", None, Some(failure.message.clone()), None)
                 }
+                // Its children are made by the plan (`expansions`), with its count of needs.
+                Transition::Expand { .. } => ("waiting", None, None, None),
             };
             values.extend([
                 text(f.task.id.to_string()),
@@ -138,9 +141,7 @@ fn apply_fenced(
                 opt_int(ready_at),
                 // An attempt that does not count moves the base with it: its retry has as
                 // many left.
-                int(i64::from(
-                    f.transition.failure().is_some_and(|x| !x.counts()),
-                )),
+                int(i64::from(!f.transition.spends_a_try())),
             ]);
         }
         // The time is the last value, after the rows'.
@@ -152,7 +153,7 @@ fn apply_fenced(
             &format!(
                 ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
                  ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
-                 attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state = 'ready' THEN task_runs.finished_at ELSE ?{now} END, \
+                 attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state IN ('ready', 'waiting') THEN task_runs.finished_at ELSE ?{now} END, \
                  updated_at = ?{now}, lease_owner = NULL, lease_expires_at = NULL FROM v \
                  WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
                  RETURNING task_runs.id, task_runs.lease_epoch",
@@ -219,6 +220,22 @@ fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<
     for (run, state) in ended {
         plan.ended(run, state);
     }
+    let mut cancelled = Vec::new();
+    for m in &plan.sibling_cancels {
+        let n = exec(
+            conn,
+            "UPDATE task_runs SET state = 'cancelled', error = ?1, finished_at = ?2, updated_at = ?2 \
+             WHERE run_id = ?3 AND map_parent = ?4 AND state = 'ready'",
+            params![&m.reason, now, m.run.to_string(), m.task],
+        )?;
+        cancelled.push((m.run, n as i64));
+    }
+    for (run, n) in cancelled {
+        plan.siblings_cancelled(run, n);
+    }
+    for (f, items) in &plan.expansions {
+        expand(conn, f, items, now)?;
+    }
     let mut promoted = 0;
     let mut promote = conn
         .prepare_cached(
@@ -264,6 +281,53 @@ fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<
             ],
         )?;
     }
+    Ok(())
+}
+
+/// A `for_each` task's children, one `ready` task run per element (with the parent's queue,
+/// priority, retries and keys), in slices of one statement each; the parent waits for all.
+fn expand(conn: &Connection, f: &FinishedAttempt, items: &[Value], now: i64) -> Result<()> {
+    let parent = &f.task;
+    exec(
+        conn,
+        "UPDATE task_runs SET pending_needs = ?1 WHERE id = ?2",
+        params![items.len() as i64, parent.id.to_string()],
+    )?;
+    for (n, chunk) in items.chunks(CHUNK).enumerate() {
+        let mut values = Vec::with_capacity(chunk.len() * 4 + 2);
+        for (i, item) in chunk.iter().enumerate() {
+            let index = n * CHUNK + i;
+            values.extend([
+                text(Uuid::now_v7().to_string()),
+                text(orbit_core::pipeline::child_name(&parent.task_name, index)),
+                int(index as i64),
+                text(item.to_string()),
+            ]);
+        }
+        values.extend([int(now), text(parent.id.to_string())]);
+        let (at, of) = (values.len() - 1, values.len());
+        let text_of = values_sql(
+            "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
+             max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
+             run_keyed, rate_key, rate_limit, rate_per_ms, map_parent, map_index, map_item) \
+             WITH v (id, name, idx, item) AS (",
+            4,
+            chunk.len(),
+            &format!(
+                ") SELECT v.id, p.run_id, p.pipeline_id, v.name, p.seq, 'ready', p.priority, 0, p.max_attempts, \
+                 p.lease_ms, ?{at}, ?{at}, p.task_type, p.queue, p.concurrency_key, p.concurrency_limit, p.run_keyed, \
+                 p.rate_key, p.rate_limit, p.rate_per_ms, p.task_name, v.idx, v.item FROM v JOIN task_runs p ON p.id = ?{of}"
+            ),
+        );
+        conn.prepare_cached(&text_of)
+            .and_then(|mut s| s.execute(params_from_iter(&values)))
+            .map_err(sql)?;
+    }
+    exec(
+        conn,
+        "UPDATE runs SET tasks_total = tasks_total + ?1 WHERE id = ?2",
+        params![items.len() as i64, parent.run_id.to_string()],
+    )?;
     Ok(())
 }
 
@@ -334,7 +398,7 @@ fn claim_ready(
     query.push_str(
         " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
          RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base, \
-         rate_key, rate_limit, rate_per_ms",
+         rate_key, rate_limit, rate_per_ms, map_item",
     );
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
     let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
@@ -358,6 +422,12 @@ fn claim_ready(
             lease_epoch: get(5)?,
             lease_expires_at: DateTime::from_timestamp_micros(get(6)?).unwrap_or_default(),
             claimed_at,
+            item: row
+                .get::<_, Option<String>>(13)
+                .map_err(sql)?
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("map item: {e}")))?,
         };
         indexed.push(((-get(7)?, get(8)?), task));
     }

@@ -156,6 +156,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
                 allowed_next: Vec::new(),
                 concurrency: None,
                 rate_limit: None,
+                for_each: None,
             })
             .collect(),
     }
