@@ -295,10 +295,15 @@ impl<'a> FinishPlan<'a> {
                     if !cancel.is_empty() {
                         let reason =
                             format!("not started: upstream task `{}` is dead", t.task_name);
+                        let parent = orbit_core::pipeline::parent_of(&t.task_name).map(|p| p.0);
                         plan.cancels.extend(cancel.iter().map(|name| Mark {
                             run: t.run_id,
                             task: name,
-                            reason: reason.clone(),
+                            reason: if Some(name.as_str()) == parent {
+                                format!("failed fast: `{}` is dead", t.task_name)
+                            } else {
+                                reason.clone()
+                            },
                         }));
                     }
                     plan.dead.push(f);

@@ -167,8 +167,10 @@ pub fn render_status(
                 t.error.as_deref().map(|e| brief(e, 80)).unwrap_or_default(),
             ]
         });
-        let of: Vec<&orbit_store::ChildCount> =
-            children.iter().filter(|c| c.task_name == t.task_name).collect();
+        let of: Vec<&orbit_store::ChildCount> = children
+            .iter()
+            .filter(|c| c.task_name == t.task_name)
+            .collect();
         if !of.is_empty() {
             let n: u64 = of.iter().map(|c| c.count).sum();
             let by_state: Vec<String> = of

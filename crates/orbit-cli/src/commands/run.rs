@@ -87,7 +87,12 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
                     .collect();
                 match dead.first() {
                     Some(first) => {
-                        println!("run {} {s} after {took}: dead: {}", run.id, dead.join(", "));
+                        // A `for_each` task may have thousands of dead children.
+                        let mut named = dead.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                        if dead.len() > 5 {
+                            named.push_str(&format!(" and {} more", dead.len() - 5));
+                        }
+                        println!("run {} {s} after {took}: dead: {named}", run.id);
                         println!("see `orbit logs {short} {first}`");
                     }
                     None => println!("run {} {s} after {took}", run.id),

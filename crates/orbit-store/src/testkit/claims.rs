@@ -591,3 +591,239 @@ pub async fn a_throttled_attempt_costs_no_retry(store: &dyn Store) {
     let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["throttled", "error"]);
 }
+
+/// An attempt of `task` that ended with `transition` at `at` (for children and expansions,
+/// which the pipeline's DAG does not name).
+fn ended(
+    task: &ClaimedTask,
+    transition: orbit_core::transition::Transition,
+    at: chrono::DateTime<chrono::Utc>,
+) -> crate::FinishedAttempt {
+    crate::FinishedAttempt {
+        task: task.clone(),
+        worker: "test-worker".into(),
+        started_at: at,
+        finished_at: at,
+        log: String::new(),
+        transition,
+        idempotency_key: None,
+        reused: false,
+        code_version: Some(1),
+    }
+}
+
+pub async fn map_children_are_made_once_and_gathered(store: &dyn Store) {
+    use orbit_core::transition::{Failure, Transition};
+    let p = pipeline("mapped", &[("m", &[], 0), ("after", &["m"], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    let expand = ended(
+        &got[0],
+        Transition::Expand {
+            items: vec![json!({"n": 1}), json!("two"), json!(3)],
+        },
+        t0(),
+    );
+    // The same expansion twice in one commit, then again: children are made once.
+    let out = store
+        .finish_and_claim(&[expand.clone(), expand.clone()], None, t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.lease_lost,
+        [got[0].id],
+        "the duplicate is refused by its fence"
+    );
+    let again = store.finish_and_claim(&[expand], None, t0()).await.unwrap();
+    assert_eq!(again.lease_lost, [got[0].id]);
+    let r = store.run(run).await.unwrap();
+    assert_eq!(
+        (r.tasks_total, r.tasks_pending),
+        (5, 5),
+        "two tasks and three children"
+    );
+    let children = claim(store, Some(run), 10, t0()).await;
+    assert_eq!(names(&children), ["m[0]", "m[1]", "m[2]"]);
+    let items: Vec<_> = children.iter().map(|c| c.item.clone()).collect();
+    assert_eq!(
+        items,
+        [Some(json!({"n": 1})), Some(json!("two")), Some(json!(3))]
+    );
+    let page = crate::TaskRunPage {
+        children_of: Some("m".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let listed = store.task_runs_page(run, &page).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.map_index).collect::<Vec<_>>(),
+        [Some(0), Some(1), Some(2)]
+    );
+    let own = store
+        .task_runs_page(
+            run,
+            &crate::TaskRunPage {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        own.iter().map(|t| t.task_name.as_str()).collect::<Vec<_>>(),
+        ["m", "after"],
+        "children are listed apart"
+    );
+    // Two succeed, one dies without failing fast: the parent is ready to gather.
+    let ok = |i: usize, v: i64| {
+        ended(
+            &children[i],
+            Transition::Succeed {
+                output: json!(v),
+                promote: vec!["m".into()],
+                skip: Vec::new(),
+            },
+            t0(),
+        )
+    };
+    let dead = ended(
+        &children[1],
+        Transition::Dead {
+            failure: Failure::fatal("no"),
+            cancel: Vec::new(),
+        },
+        t0(),
+    );
+    store
+        .finish_and_claim(&[ok(0, 10), dead, ok(2, 30)], None, t0())
+        .await
+        .unwrap();
+    let results = store.children(run, "m").await.unwrap();
+    let states: Vec<(u32, TaskState, Option<serde_json::Value>)> = results
+        .iter()
+        .map(|c| (c.index, c.state, c.output.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (0, TaskState::Succeeded, Some(json!(10))),
+            (1, TaskState::Dead, None),
+            (2, TaskState::Succeeded, Some(json!(30)))
+        ]
+    );
+    let counts = store.child_counts(run).await.unwrap();
+    assert_eq!(
+        counts
+            .iter()
+            .map(|c| (c.state, c.count))
+            .collect::<Vec<_>>(),
+        [(TaskState::Dead, 1), (TaskState::Succeeded, 2)]
+    );
+    assert!(
+        store.dead_letters(10).await.unwrap().is_empty(),
+        "the parent decides: no entry of the child's own"
+    );
+    let gather = claim(store, Some(run), 10, t0()).await;
+    assert_eq!(names(&gather), ["m"]);
+    assert_eq!(
+        (gather[0].attempt, gather[0].tries),
+        (2, 1),
+        "the expansion spent no try"
+    );
+    store
+        .finish_and_claim(
+            &[finish(
+                &p,
+                &gather[0],
+                Outcome::Succeeded(json!([10, null, 30])),
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let last = claim(store, Some(run), 10, t0()).await;
+    store
+        .finish_and_claim(
+            &[finish(&p, &last[0], Outcome::Succeeded(json!(1)), t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run(run).await.unwrap().state,
+        RunState::Succeeded,
+        "a child the parent forgave fails nothing"
+    );
+}
+
+pub async fn a_child_failing_fast_cancels_its_siblings(store: &dyn Store) {
+    use orbit_core::transition::{Failure, Transition};
+    let p = pipeline("fast", &[("m", &[], 0), ("after", &["m"], 0)]);
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    let items = (0..5).map(|i| json!(i)).collect();
+    store
+        .finish_and_claim(
+            &[ended(&got[0], Transition::Expand { items }, t0())],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let two = claim(store, Some(run), 2, t0()).await;
+    let dead = ended(
+        &two[0],
+        Transition::Dead {
+            failure: Failure::fatal("no"),
+            cancel: vec!["m".into(), "after".into()],
+        },
+        t0(),
+    );
+    store.finish_and_claim(&[dead], None, t0()).await.unwrap();
+    let counts = store.child_counts(run).await.unwrap();
+    assert_eq!(
+        counts
+            .iter()
+            .map(|c| (c.state, c.count))
+            .collect::<Vec<_>>(),
+        [
+            (TaskState::Cancelled, 3),
+            (TaskState::Dead, 1),
+            (TaskState::Running, 1)
+        ],
+        "the siblings not started are cancelled"
+    );
+    let tasks = store.task_runs(run).await.unwrap();
+    let parent = tasks.iter().find(|t| t.task_name == "m").unwrap();
+    assert_eq!(parent.state, TaskState::Cancelled);
+    assert!(
+        parent
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("failed fast: `m[0]` is dead"),
+        "{:?}",
+        parent.error
+    );
+    // The one still running finishes; the run fails.
+    store
+        .finish_and_claim(
+            &[ended(
+                &two[1],
+                Transition::Succeed {
+                    output: json!(1),
+                    promote: vec!["m".into()],
+                    skip: Vec::new(),
+                },
+                t0(),
+            )],
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.run(run).await.unwrap().state, RunState::Failed);
+}

@@ -53,6 +53,8 @@ macro_rules! conformance_tests {
             concurrency_keys_cap_running_attempts,
             rate_limits_spend_tokens_and_refill,
             a_throttled_attempt_costs_no_retry,
+            map_children_are_made_once_and_gathered,
+            a_child_failing_fast_cancels_its_siblings,
             a_key_that_cannot_be_rendered_refuses_the_run,
             named_key_limits_decide_what_runs,
             a_pipeline_key_holds_further_runs_pending,
