@@ -254,21 +254,13 @@ pub fn on_attempt_finished(
     }
 }
 
-/// What an attempt of a `for_each` child of task `parent` does: as one of `parent` would,
-/// except that success and death settle its slot in the parent (which decides the outcome when
-/// it gathers), and only a fail-fast death cancels anything: the parent's descendants.
-pub fn on_child_finished(
-    dag: &Dag,
-    parent: usize,
-    policy: &RetryPolicy,
-    fail_fast: bool,
-    attempt: u32,
-    outcome: Outcome,
-    now: DateTime<Utc>,
-    random: f64,
-) -> Transition {
+/// What an attempt of a `for_each` child of task `parent` does, given what `transition` (from
+/// [`on_attempt_finished`] for `parent`) would do to the parent: success and death settle the
+/// child's slot in the parent (which decides the outcome when it gathers), and only a
+/// fail-fast death cancels anything: the parent and its descendants.
+pub fn as_child(dag: &Dag, parent: usize, fail_fast: bool, transition: Transition) -> Transition {
     let name = dag.name(parent).to_owned();
-    match on_attempt_finished(dag, parent, policy, attempt, outcome, now, random) {
+    match transition {
         Transition::Succeed { output, .. } => Transition::Succeed {
             output,
             promote: vec![name],

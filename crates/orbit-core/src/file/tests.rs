@@ -481,3 +481,36 @@ fn rate_limits_are_read_and_checked() {
         );
     }
 }
+
+#[test]
+fn for_each_is_read_and_checked() {
+    let p = parse_pipeline(
+        "m.yaml",
+        "name: m\ntasks:\n  - name: list\n    type: sleep\n    duration: 0s\n  - name: each\n    needs: [list]\n    for_each: \"{{ tasks.list.output.items }}\"\n    allow_failures: 12.5%\n    fail_fast: true\n    type: sleep\n    duration: 0s\n",
+    )
+    .unwrap();
+    let fe = p.tasks[1].for_each.clone().unwrap();
+    assert_eq!(
+        (fe.items.as_str(), fe.allow_failures, fe.fail_fast),
+        ("{{ tasks.list.output.items }}", 12.5, true)
+    );
+    let bad = errors(
+        "name: m\ntasks:\n  - name: a\n    type: sleep\n    duration: 0s\n    for_each: [1, 2]\n  - name: b\n    type: sleep\n    duration: 0s\n    for_each: \"{{ item }}\"\n    allow_failures: 150%\n  - name: c\n    type: sleep\n    duration: 0s\n    fail_fast: yes\n  - name: d\n    type: worker\n    for_each: \"{{ input.xs }}\"\n",
+    );
+    let text: Vec<&str> = bad.iter().map(|b| b.1.as_str()).collect();
+    for expected in [
+        "`for_each` must be a template that renders to a list",
+        "`for_each` may use `input`, `tasks` and `run`",
+        "`allow_failures` and `fail_fast` need `for_each`",
+        "a worker task cannot be mapped yet",
+    ] {
+        assert!(text.iter().any(|t| t.contains(expected)), "{expected}: {bad:?}");
+    }
+    assert_eq!(bad[0].0, 6, "{bad:?}");
+    assert_eq!(
+        crate::pipeline::parent_of("each[17]"),
+        Some(("each", 17)),
+        "a child's name splits back"
+    );
+    assert_eq!(crate::pipeline::parent_of("each"), None);
+}

@@ -8,7 +8,7 @@ use orbit_core::object::ObjectRef;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context, TaskInfo};
 use orbit_core::transition::{
-    Failure, FailureKind, Outcome, Transition, on_attempt_finished, on_child_finished,
+    Failure, FailureKind, Outcome, Transition, as_child, on_attempt_finished,
 };
 use orbit_store::{ClaimedTask, FinishedAttempt, Store};
 use serde_json::Value;
@@ -71,26 +71,18 @@ impl Engine {
                         Err(f) => Outcome::Failed(f),
                     };
                     finished_at = clock.now();
+                    let t = on_attempt_finished(
+                        &loaded.dag,
+                        i,
+                        policy,
+                        task.tries,
+                        outcome,
+                        finished_at,
+                        fastrand::f64(),
+                    );
                     match (child, &def.for_each) {
-                        (Some(_), Some(fe)) => on_child_finished(
-                            &loaded.dag,
-                            i,
-                            policy,
-                            fe.fail_fast,
-                            task.tries,
-                            outcome,
-                            finished_at,
-                            fastrand::f64(),
-                        ),
-                        _ => on_attempt_finished(
-                            &loaded.dag,
-                            i,
-                            policy,
-                            task.tries,
-                            outcome,
-                            finished_at,
-                            fastrand::f64(),
-                        ),
+                        (Some(_), Some(fe)) => as_child(&loaded.dag, i, fe.fail_fast, t),
+                        _ => t,
                     }
                 }
                 None => Transition::Dead {

@@ -118,26 +118,20 @@ impl Engine {
             let transition = match super::task_of(&loaded, &l.task.task_name) {
                 Some((i, child)) => {
                     let def = &loaded.stored.pipeline.tasks[i];
+                    let t = on_attempt_finished(
+                        &loaded.dag,
+                        i,
+                        &def.retry,
+                        l.task.tries,
+                        Outcome::Failed(failure),
+                        now,
+                        fastrand::f64(),
+                    );
                     match (child, &def.for_each) {
-                        (Some(_), Some(fe)) => orbit_core::transition::on_child_finished(
-                            &loaded.dag,
-                            i,
-                            &def.retry,
-                            fe.fail_fast,
-                            l.task.tries,
-                            Outcome::Failed(failure),
-                            now,
-                            fastrand::f64(),
-                        ),
-                        _ => on_attempt_finished(
-                            &loaded.dag,
-                            i,
-                            &def.retry,
-                            l.task.tries,
-                            Outcome::Failed(failure),
-                            now,
-                            fastrand::f64(),
-                        ),
+                        (Some(_), Some(fe)) => {
+                            orbit_core::transition::as_child(&loaded.dag, i, fe.fail_fast, t)
+                        }
+                        _ => t,
                     }
                 }
                 None => Transition::Dead {
