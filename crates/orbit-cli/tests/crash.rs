@@ -260,3 +260,147 @@ fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
          0 task processes alive after any kill (slowest to go: {slowest_cleanup:?}), 0 overlapping attempts"
     );
 }
+
+const ELEMENTS: usize = 200;
+const MAP_KILL_POINTS: usize = 20;
+
+/// Attempts of run `run` by task name: how many succeeded.
+fn succeeded_attempts(dir: &Path, run: &str) -> HashMap<String, usize> {
+    let mut by_task: HashMap<String, usize> = HashMap::new();
+    for a in json(dir, &["logs", run]).as_array().expect("attempts") {
+        if a["outcome"] == "succeeded" {
+            *by_task
+                .entry(a["taskName"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    by_task
+}
+
+/// A `for_each` over 200 elements, killed with SIGKILL at random instants (before, during and
+/// after its expansion, among its children, during its gathering) and resumed until it
+/// succeeds: the children are made once, each element's child succeeds exactly once, none runs
+/// again once its success is recorded, and the gathered list holds every element in order.
+#[test]
+fn sigkill_mid_map_makes_each_child_once_and_runs_none_again_after_success() {
+    let seed = std::env::var("ORBIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("map crash test seed: {seed} (set ORBIT_CRASH_SEED to replay)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "name: mapcrash\ndefaults:\n  retry: {{max_attempts: 1000, initial: 10ms, max_delay: 50ms}}\ntasks:\n\
+         \x20 - name: list\n    type: script\n    interpreter: python3\n    source: |\n      import json\n      print(json.dumps({{\"items\": list(range({ELEMENTS}))}}))\n\
+         \x20 - name: each\n    needs: [list]\n    for_each: \"{{{{ tasks.list.output.items }}}}\"\n    type: shell\n    shell: true\n\
+         \x20   command: 'echo {{{{ index }}}} >> side.log; sleep 0.0$(( {{{{ item }}}} % 9 )); echo \"{{\\\"n\\\": {{{{ item }}}}}}\" > \"$ORBIT_OUTPUT\"'\n"
+    );
+    std::fs::write(dir.path().join("map.yaml"), yaml).expect("write pipeline");
+    let (mut kills, mut rounds, mut runs) = (0usize, 0usize, 0usize);
+    while kills < MAP_KILL_POINTS {
+        runs += 1;
+        let _ = std::fs::remove_file(dir.path().join("side.log"));
+        let before = json(dir.path(), &["runs", "--limit", "1"])[0]["id"].clone();
+        let mut run: Option<String> = None;
+        let mut succeeded_before: HashMap<String, usize> = HashMap::new();
+        let mut seen_lines = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 500, "seed {seed}: the run never succeeded");
+            let mut cmd = orbit(dir.path());
+            match &run {
+                None => cmd.args(["run", "map.yaml", "--concurrency", "8"]),
+                Some(id) => cmd.args(["resume", id]),
+            };
+            let mut child = cmd.spawn().expect("spawn orbit");
+            let delay = 20 + rng.below(400);
+            let finished = (0..delay / 5).any(|_| {
+                std::thread::sleep(Duration::from_millis(5));
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !finished {
+                child.kill().expect("SIGKILL");
+                kills += 1;
+            }
+            child.wait().expect("wait");
+            if run.is_none() {
+                let last = json(dir.path(), &["runs", "--limit", "1"])[0]["id"].clone();
+                run = (last != before)
+                    .then(|| last.as_str().map(str::to_owned))
+                    .flatten();
+                assert!(
+                    run.is_some() || !finished,
+                    "seed {seed}: `orbit run` ended without creating a run"
+                );
+            }
+            let Some(id) = run.clone() else { continue };
+            // An element whose success the store had recorded never runs again.
+            let lines: Vec<String> = std::fs::read_to_string(dir.path().join("side.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| format!("each[{}]", l.trim()))
+                .collect();
+            for element in &lines[seen_lines.min(lines.len())..] {
+                assert!(
+                    !succeeded_before.contains_key(element),
+                    "seed {seed}: {element} ran again after its success was recorded"
+                );
+            }
+            seen_lines = lines.len();
+            succeeded_before = succeeded_attempts(dir.path(), &id);
+            let state = json(dir.path(), &["status", &id])["run"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "succeeded" {
+                break;
+            }
+            assert_ne!(state, "failed", "seed {seed}: run failed");
+        }
+        let id = run.expect("a run");
+        let done = succeeded_attempts(dir.path(), &id);
+        for i in 0..ELEMENTS {
+            assert_eq!(
+                done.get(&format!("each[{i}]")),
+                Some(&1),
+                "seed {seed}: element {i} succeeded once"
+            );
+        }
+        let children = done.keys().filter(|k| k.starts_with("each[")).count();
+        assert_eq!(
+            children, ELEMENTS,
+            "seed {seed}: no child made twice or more"
+        );
+        let status = json(dir.path(), &["status", &id]);
+        let total: u64 = status["children"]
+            .as_array()
+            .expect("children")
+            .iter()
+            .map(|c| c["count"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(total, ELEMENTS as u64, "seed {seed}: {status}");
+        let each = status["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .find(|t| t["taskName"] == "each")
+            .expect("each")
+            .clone();
+        let gathered: Vec<u64> = each["output"]
+            .as_array()
+            .expect("the gathered list")
+            .iter()
+            .map(|o| o["n"].as_u64().expect("n"))
+            .collect();
+        assert_eq!(gathered, (0..ELEMENTS as u64).collect::<Vec<_>>());
+    }
+    println!(
+        "map crash test: seed {seed}, {kills} kills over {rounds} rounds, {runs} runs of {ELEMENTS} children, each child succeeded once"
+    );
+}

@@ -504,7 +504,10 @@ fn for_each_is_read_and_checked() {
         "`allow_failures` and `fail_fast` need `for_each`",
         "a worker task cannot be mapped yet",
     ] {
-        assert!(text.iter().any(|t| t.contains(expected)), "{expected}: {bad:?}");
+        assert!(
+            text.iter().any(|t| t.contains(expected)),
+            "{expected}: {bad:?}"
+        );
     }
     assert_eq!(bad[0].0, 6, "{bad:?}");
     assert_eq!(
