@@ -160,6 +160,15 @@ async fn one(
         result["durability"].as_str().unwrap_or_default(),
         result["drained_by"].as_str().unwrap_or_default(),
     );
+    if let Some(map) = result["map"].as_object() {
+        println!(
+            "{:<10} {} children made in {:.0} ms (expansion's end -> first child claimed); children drained at {:.0}/s",
+            "",
+            map["elements"],
+            map["create_children_ms"].as_f64().unwrap_or_default(),
+            map["children_per_sec"].as_f64().unwrap_or_default()
+        );
+    }
     if let Some(cpu) = result["server_cpu_pct"].as_f64() {
         println!(
             "{:<10} server CPU {cpu:.0} %, workers CPU {:.0} % (of one core, while draining)",
@@ -242,6 +251,15 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
             ));
             v
         }
+        Scenario::Map { .. } => {
+            let mut each = noop("each".into(), vec![], worker);
+            each.for_each = Some(orbit_core::pipeline::ForEach {
+                items: "{{ input.items }}".into(),
+                allow_failures: 0.0,
+                fail_fast: false,
+            });
+            vec![each, noop("after".into(), vec!["each".into()], worker)]
+        }
         Scenario::All { .. } => Vec::new(),
     };
     Pipeline {
@@ -321,10 +339,19 @@ async fn run_scenario(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let pipeline = pipeline(scenario, false);
-    let tasks = pipeline.tasks.len();
+    let mut tasks = pipeline.tasks.len();
     let stored = store.save_pipeline(&pipeline, None, Utc::now()).await?;
     let enqueue_started = Instant::now();
-    let run = store.create_run(bench_run(&stored)).await?.run;
+    let mut new = bench_run(&stored);
+    if let Scenario::Map { elements } = *scenario {
+        anyhow::ensure!(
+            args.sdk.is_none(),
+            BadInput("bench map runs built-in tasks (no --sdk)".into())
+        );
+        new.input = json!({ "items": (0..elements).collect::<Vec<_>>() });
+        tasks += elements;
+    }
+    let run = store.create_run(new).await?.run;
     let enqueue = enqueue_started.elapsed();
     // The harness's copies of a 10k-task pipeline are not the engine's memory.
     drop((pipeline, stored));
@@ -356,6 +383,10 @@ async fn run_scenario(
     }
     let attempts = store.attempts(run.id, None).await?;
     let task_runs = store.task_runs(run.id).await?;
+    let map = match scenario {
+        Scenario::Map { elements } => map_figures(*elements, &attempts),
+        _ => serde_json::Value::Null,
+    };
     let (latency, samples) = latency(scenario, &attempts, &task_runs);
     let pct = |p: f64| percentile(&samples, p);
     let keys = match *scenario {
@@ -380,7 +411,32 @@ async fn run_scenario(
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "peak_rss_bytes": peak_rss,
+        "map": map,
     }))
+}
+
+/// A map run's own figures: from the expanding attempt's end to the first child's claim (the
+/// commit that makes the children, and the claim after it), and the children's drain rate.
+fn map_figures(elements: usize, attempts: &[orbit_store::AttemptRecord]) -> serde_json::Value {
+    let expanded = attempts
+        .iter()
+        .find(|a| a.task_name == "each" && a.outcome == "expanded");
+    let children: Vec<&orbit_store::AttemptRecord> = attempts
+        .iter()
+        .filter(|a| a.task_name.starts_with("each["))
+        .collect();
+    let first = children.iter().map(|a| a.started_at).min();
+    let last = children.iter().map(|a| a.finished_at).max();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    match (expanded, first, last) {
+        (Some(e), Some(first), Some(last)) => json!({
+            "elements": elements,
+            "create_children_ms": ms(first - e.finished_at),
+            "children_drain_ms": ms(last - first),
+            "children_per_sec": elements as f64 / (ms(last - first) / 1000.0),
+        }),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// An `orbit worker` process claiming from the bench database.
@@ -425,6 +481,7 @@ pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::Fanout { .. } => "fanout",
         Scenario::Scale { .. } => "scale",
         Scenario::Retention { .. } => "retention",
+        Scenario::Map { .. } => "map",
         Scenario::All { .. } => "all",
     }
 }

@@ -375,6 +375,12 @@ pub enum Scenario {
         #[arg(long, default_value_t = 200)]
         width: usize,
     },
+    /// A `for_each` over N elements (no-op children) and a task that needs their outputs:
+    /// how long making the children takes, and the children's drain rate
+    Map {
+        #[arg(long, default_value_t = 100_000)]
+        elements: usize,
+    },
     /// Costs with big tables: drains --drain tasks on an empty store, then again with --runs x
     /// --tasks and one run of --big tasks queued; times the API's main views in-process
     Scale {

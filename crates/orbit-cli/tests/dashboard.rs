@@ -937,3 +937,107 @@ async fn a_big_run_is_shown_as_a_paged_table() {
     no_errors(&c, "a big run").await;
     c.close().await.expect("close");
 }
+
+/// A 10,000-element `for_each` is one node in the graph whose counts move while the children
+/// run, and its children open as a paged list, filtered by state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
+    let driver = chromedriver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = server(dir.path(), &db, &["--workers", "1", "--concurrency", "4"], &[]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    let items: Vec<u64> = (0..10_000).collect();
+    api.post(
+        "/api/v1/pipelines",
+        json!({"name": "mapped", "tasks": [
+            {"name": "each", "type": "sleep", "duration": "5ms", "for_each": "{{ input.items }}"},
+            {"name": "report", "type": "sleep", "duration": "0s", "needs": ["each"]}
+        ]}),
+    )
+    .await;
+    let run = api
+        .post(
+            "/api/v1/pipelines/mapped/trigger",
+            json!({"input": {"items": items}}),
+        )
+        .await;
+    let run = run["run"]["id"].as_str().expect("id").to_owned();
+
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+    open(&c, &base, &format!("/runs/{run}"), "#dag svg").await;
+    let nodes = wait_js(
+        &c,
+        "the graph",
+        "return [...document.querySelectorAll('#dag .node')].map((n) => n.dataset.task).join(',')",
+    )
+    .await;
+    assert_eq!(nodes, json!("each,report"), "one node for 10,000 children");
+    let line = "return document.querySelector('#dag .node[data-task=\"each\"] .state').textContent";
+    let first = wait_js(
+        &c,
+        "the children counted on the node",
+        &format!("const t = (() => {{ {line} }})(); return t.includes('/10,000 done') && t"),
+    )
+    .await;
+    // Counts move as children finish, without reloading the page.
+    let later = wait_js(
+        &c,
+        "the counts to move",
+        &format!(
+            "const t = (() => {{ {line} }})(); return t !== {first} && t.includes('/10,000 done') && t"
+        ),
+    )
+    .await;
+    assert_ne!(first, later);
+    c.execute(
+        "document.querySelector('#dag .node[data-task=\"each\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+        vec![],
+    )
+    .await
+    .expect("open the node");
+    let rows = wait_js(
+        &c,
+        "the first page of children",
+        "const r = document.querySelectorAll('#child-rows tr'); return r.length === 100 && r[0].cells[0].textContent",
+    )
+    .await;
+    assert_eq!(rows, json!("0"));
+    let range = wait_js(
+        &c,
+        "the range",
+        "return document.getElementById('children-range').textContent",
+    )
+    .await;
+    assert_eq!(range, json!("1–100 of 10,000"));
+    click(&c, "#children-next").await;
+    wait_js(
+        &c,
+        "the second page",
+        "const r = document.querySelectorAll('#child-rows tr'); return r.length && r[0].cells[0].textContent === '100'",
+    )
+    .await;
+    c.execute(
+        "const s = document.getElementById('child-state'); s.value = 'succeeded'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .expect("filter");
+    wait_js(
+        &c,
+        "succeeded children only",
+        "const r = [...document.querySelectorAll('#child-rows tr')]; return r.length > 0 && r.every((x) => x.textContent.includes('succeeded'))",
+    )
+    .await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots.join("run-map.png"), png).expect("write screenshot");
+    no_errors(&c, "a map run").await;
+    c.close().await.expect("close");
+}

@@ -200,7 +200,8 @@ function drawDag(container, tasks, onPick) {
   const g = new dagre.graphlib.Graph();
   g.setGraph({ rankdir: "LR", nodesep: 24, ranksep: 60, marginx: 16, marginy: 16 });
   g.setDefaultEdgeLabel(() => ({}));
-  for (const t of tasks) g.setNode(t.name, { width: Math.max(120, t.name.length * 8 + 30), height: 46 });
+  // A `for_each` task is one node whose line counts its children: room for the figures.
+  for (const t of tasks) g.setNode(t.name, { width: Math.max(t.for_each ? 250 : 120, t.name.length * 8 + 30), height: 46 });
   for (const t of tasks) for (const n of t.needs || []) g.setEdge(n, t.name);
   dagre.layout(g);
   const { width, height } = g.graph();
@@ -237,13 +238,33 @@ function drawDag(container, tasks, onPick) {
   return nodes;
 }
 
-function paintDag(nodes, states, selected) {
+function paintDag(nodes, states, selected, kids = {}) {
   for (const [name, el] of Object.entries(nodes)) {
     const s = states[name] || "";
     el.setAttribute("class", `node ${s}${name === selected ? " selected" : ""}`);
     el.setAttribute("data-state", s);
-    el.querySelector(".state").textContent = s;
+    const k = kids[name];
+    el.querySelector(".state").textContent = k ? `${s} · ${childLine(k)}` : s;
   }
+}
+
+/// A run detail's `children` (counts by task and state) as, per task: total, done, running,
+/// failed.
+function childTally(children) {
+  const out = {};
+  for (const c of children || []) {
+    const k = (out[c.taskName] ||= { total: 0, done: 0, running: 0, failed: 0 });
+    k.total += c.count;
+    if (c.state === "succeeded") k.done += c.count;
+    else if (c.state === "running") k.running += c.count;
+    else if (["dead", "cancelled"].includes(c.state)) k.failed += c.count;
+  }
+  return out;
+}
+
+function childLine(k) {
+  const n = (x) => x.toLocaleString("en");
+  return `${n(k.done)}/${n(k.total)} done${k.running ? ` · ${n(k.running)} running` : ""}${k.failed ? ` · ${n(k.failed)} failed` : ""}`;
 }
 
 const legend = `<div class="legend">${[
@@ -459,7 +480,7 @@ async function runDetail(id) {
     waiting.innerHTML = (detail.waiting || []).map((w) => `<p>Waiting: ${esc(w)}</p>`).join("");
     if (big) return taskTable();
     const states = Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state]));
-    paintDag(nodes, states, selected);
+    paintDag(nodes, states, selected, childTally(detail.children));
   };
   facts();
   document.getElementById("cancel").addEventListener("click", (ev) =>
@@ -471,9 +492,37 @@ async function runDetail(id) {
 
   async function pick(name) {
     selected = name;
+    childOffset = 0;
+    childState = "";
     if (big) taskTable();
-    else paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state])), selected);
+    else paintDag(nodes, Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state])), selected, childTally(detail.children));
     await showTask();
+  }
+  // A `for_each` task's children: counts, then one page of them, in list order.
+  let childOffset = 0;
+  let childState = "";
+  async function showChildren(name) {
+    const box = document.getElementById("children");
+    if (!box) return;
+    const k = childTally(detail.children)[name];
+    if (!k) {
+      box.innerHTML = `<p class="muted">No children yet: the list is made when the task starts.</p>`;
+      return;
+    }
+    const q = `limit=${TASK_PAGE}&offset=${childOffset}${childState ? `&state=${childState}` : ""}`;
+    const rows = await api("GET", `/runs/${runId}/tasks/${encodeURIComponent(name)}/children?${q}`);
+    const states = (detail.children || []).filter((c) => c.taskName === name);
+    const total = childState ? states.filter((c) => c.state === childState).reduce((a, c) => a + c.count, 0) : k.total;
+    box.innerHTML = `<p id="child-counts">${esc(childLine(k))}: ${states.map((c) => `${badge(c.state)} ${esc(c.count.toLocaleString("en"))}`).join(" ")}</p>
+      <div class="row"><select id="child-state"><option value="">any state</option>${states.map((c) => `<option value="${esc(c.state)}"${c.state === childState ? " selected" : ""}>${esc(c.state)}</option>`).join("")}</select>
+        <span class="muted" id="children-range">${total ? `${childOffset + 1}–${childOffset + rows.length} of ${total.toLocaleString("en")}` : "none"}</span>
+        <button id="children-prev"${childOffset ? "" : " disabled"}>Previous</button><button id="children-next"${childOffset + rows.length >= total ? " disabled" : ""}>Next</button></div>
+      <div class="panel"><table class="tasks"><thead><tr><th>#</th><th>State</th><th>Attempt</th><th>Took</th><th>Output or error</th></tr></thead><tbody id="child-rows">
+      ${rows.map((t) => `<tr><td>${esc(t.mapIndex)}</td><td>${badge(t.state)}</td><td>${esc(t.attempt)}</td><td>${took(t.startedAt, t.finishedAt)}</td><td class="${t.error ? "err" : ""}">${esc(t.error || (t.output === undefined ? "" : JSON.stringify(t.output).slice(0, 120)))}</td></tr>`).join("")}
+      </tbody></table></div>`;
+    box.querySelector("#child-state").addEventListener("change", (ev) => { childState = ev.target.value; childOffset = 0; showChildren(name); });
+    box.querySelector("#children-prev").addEventListener("click", () => { childOffset = Math.max(0, childOffset - TASK_PAGE); showChildren(name); });
+    box.querySelector("#children-next").addEventListener("click", () => { childOffset += TASK_PAGE; showChildren(name); });
   }
   async function showTask() {
     const tr = detail.tasks.find((t) => t.taskName === selected);
@@ -504,8 +553,10 @@ async function runDetail(id) {
       <h3>Log ${t.state === "running" ? `<span class="muted">(live)</span>` : ""}</h3><pre id="task-log">${esc(log || "(no output)")}</pre>
       <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
       ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.startedAt)}</td><td>${took(a.startedAt, a.finishedAt)}</td><td>${a.codeVersion ? `v${a.codeVersion}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
-      </tbody></table></div>`;
+      </tbody></table></div>
+      ${d.definition && d.definition.for_each ? `<h3>Children <span class="muted">(one per element of <code>${esc(d.definition.for_each.items)}</code>)</span></h3><div id="children"></div>` : ""}`;
     fillObjects(box);
+    if (d.definition && d.definition.for_each) await showChildren(t.taskName);
   }
   async function refresh() {
     detail = await api("GET", detailPath());

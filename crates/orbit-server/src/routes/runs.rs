@@ -434,6 +434,9 @@ pub async fn task_run(
         .attempts(task_run.run_id, Some(&task_run.task_name))
         .await?;
     let run = s.store.run(task_run.run_id).await?;
+    // A `for_each` child runs its parent's definition.
+    let name = orbit_core::pipeline::parent_of(&task_run.task_name)
+        .map_or(task_run.task_name.as_str(), |(parent, _)| parent);
     let definition = s
         .store
         .pipeline_version(run.pipeline_id)
@@ -441,7 +444,7 @@ pub async fn task_run(
         .pipeline
         .tasks
         .into_iter()
-        .find(|t| t.name == task_run.task_name);
+        .find(|t| t.name == name);
     let needs = definition.as_ref().map_or(Vec::new(), |d| d.needs.clone());
     let upstream = s
         .store
