@@ -945,7 +945,7 @@ async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
     let driver = chromedriver();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
-    let s = server(dir.path(), &db, &["--workers", "1", "--concurrency", "4"], &[]);
+    let s = server(dir.path(), &db, &["--workers", "4"], &[]);
     let api = Api {
         base: s.base.clone(),
         http: reqwest::Client::new(),
@@ -1011,23 +1011,26 @@ async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
     let range = wait_js(
         &c,
         "the range",
-        "return document.getElementById('children-range').textContent",
+        "const e = document.getElementById('children-range'); return e && e.textContent",
     )
     .await;
     assert_eq!(range, json!("1–100 of 10,000"));
-    click(&c, "#children-next").await;
+    // The panel is redrawn as children finish: click in the page, not through a held element.
+    c.execute("document.getElementById('children-next').click()", vec![])
+        .await
+        .expect("next page");
     wait_js(
         &c,
         "the second page",
         "const r = document.querySelectorAll('#child-rows tr'); return r.length && r[0].cells[0].textContent === '100'",
     )
     .await;
-    c.execute(
-        "const s = document.getElementById('child-state'); s.value = 'succeeded'; s.dispatchEvent(new Event('change'));",
-        vec![],
+    wait_js(
+        &c,
+        "the state filter",
+        "const s = document.getElementById('child-state'); if (!s || ![...s.options].some((o) => o.value === 'succeeded')) return false; s.value = 'succeeded'; s.dispatchEvent(new Event('change')); return true",
     )
-    .await
-    .expect("filter");
+    .await;
     wait_js(
         &c,
         "succeeded children only",

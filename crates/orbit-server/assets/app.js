@@ -240,10 +240,11 @@ function drawDag(container, tasks, onPick) {
 
 function paintDag(nodes, states, selected, kids = {}) {
   for (const [name, el] of Object.entries(nodes)) {
-    const s = states[name] || "";
+    const k = kids[name];
+    // A `for_each` task waits for its children: while they run, it is running.
+    const s = k && states[name] === "waiting" && k.done + k.failed < k.total ? "running" : states[name] || "";
     el.setAttribute("class", `node ${s}${name === selected ? " selected" : ""}`);
     el.setAttribute("data-state", s);
-    const k = kids[name];
     el.querySelector(".state").textContent = k ? `${s} · ${childLine(k)}` : s;
   }
 }
