@@ -534,6 +534,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/runs/{id}/tasks/{task}/children": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A page of the children of a `for_each` task of a run, in the order of its list. */
+        get: operations["runs_children"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/services": {
         parameters: {
             query?: never;
@@ -980,6 +997,13 @@ export interface components {
         };
         /** @enum {string} */
         CallbackStatus: "succeeded" | "failed" | "timeout";
+        /** @description How many children of one `for_each` task are in one state. */
+        ChildCount: {
+            /** Format: int64 */
+            count: number;
+            state: components["schemas"]["TaskState"];
+            taskName: string;
+        };
         CodeVersion: {
             /** Format: date-time */
             changedAt: string;
@@ -1386,6 +1410,11 @@ export interface components {
              */
             changedSincePreviousRun: string[];
             /**
+             * @description The children of its `for_each` tasks, counted by task and state (`tasks` lists the
+             *     run's own tasks; `GET /runs/{id}/tasks/{task}/children` pages through children).
+             */
+            children: components["schemas"]["ChildCount"][];
+            /**
              * @description The code version each task's latest attempt ran (runs of at most
              *     [`FULL_DETAIL_TASKS`] tasks).
              */
@@ -1576,6 +1605,10 @@ export interface components {
             /** Format: date-time */
             leaseExpiresAt?: string | null;
             leaseOwner?: string | null;
+            /** Format: int32 */
+            mapIndex?: number | null;
+            /** @description A `for_each` child's parent task and its place in the list. */
+            mapParent?: string | null;
             /** Format: int32 */
             maxAttempts: number;
             output?: unknown;
@@ -2761,6 +2794,49 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_children: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                task: string;
+                /** @description Only children in this state. */
+                state: string | null;
+                /** @description Page size (default 100, at most 1000), in list order. */
+                limit: number | null;
+                offset: number | null;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskRunRecord"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

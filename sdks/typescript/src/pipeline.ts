@@ -32,6 +32,14 @@ export interface PipelineTask {
   /** At most `limit` attempts of tasks with the same rendered `key` start in any `per` (a
    * duration such as `"1s"`; a token bucket shared by every worker). */
   rateLimit?: { key: string; per: string; limit: number };
+  /** Built-in tasks only: run once per element of the list this template renders to
+   * (`"{{ tasks.list.output.items }}"`), with `item` and `index` in the context; what needs the
+   * task gets the children's outputs in order. */
+  forEach?: string;
+  /** With `forEach`: the share of children that may fail (`"10%"`), `null` in the list. */
+  allowFailures?: string | number;
+  /** With `forEach`: cancel the children not started once more have failed than allowed. */
+  failFast?: boolean;
 }
 
 export interface PipelineSpec {
@@ -90,6 +98,9 @@ export function definePipeline(spec: PipelineSpec): Pipeline {
         if (t.allowedNext !== undefined) out.allowed_next = t.allowedNext;
         if (t.concurrency !== undefined) out.concurrency = t.concurrency;
         if (t.rateLimit !== undefined) out.rate_limit = t.rateLimit;
+        if (t.forEach !== undefined) out.for_each = t.forEach;
+        if (t.allowFailures !== undefined) out.allow_failures = t.allowFailures;
+        if (t.failFast !== undefined) out.fail_fast = t.failFast;
         return out;
       });
       return doc;

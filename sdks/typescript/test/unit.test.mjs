@@ -107,6 +107,15 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
       { name: "import-data", handler: async () => ({ success: true }) },
       { name: "transform", handler: async (ctx) => ctx.upstream["import-data"] },
       { name: "wait", type: "sleep", params: { duration: "1s" }, concurrency: { key: "{{ input.tenant }}", limit: 2 } },
+      {
+        name: "each",
+        type: "http",
+        params: { url: "https://api.example.com/{{ item }}" },
+        forEach: "{{ input.ids }}",
+        allowFailures: "10%",
+        failFast: true,
+        rateLimit: { key: "api", per: "1s", limit: 5 },
+      },
     ],
   });
   assert.deepEqual(p.document(), {
@@ -121,6 +130,16 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
         duration: "1s",
         needs: ["import-data", "transform"],
         concurrency: { key: "{{ input.tenant }}", limit: 2 },
+      },
+      {
+        name: "each",
+        type: "http",
+        url: "https://api.example.com/{{ item }}",
+        needs: ["import-data", "transform", "wait"],
+        rate_limit: { key: "api", per: "1s", limit: 5 },
+        for_each: "{{ input.ids }}",
+        allow_failures: "10%",
+        fail_fast: true,
       },
     ],
   });

@@ -76,6 +76,13 @@ class Callback(TypedDict):
 CallbackStatus = Literal["succeeded", "failed", "timeout"]
 
 
+class ChildCount(TypedDict):
+    """How many children of one `for_each` task are in one state."""
+    count: int
+    state: TaskState
+    taskName: str
+
+
 class CodeVersion(TypedDict):
     changedAt: str
     codeHash: str
@@ -339,6 +346,7 @@ class Retried(TypedDict):
 
 class RunDetail(TypedDict):
     changedSincePreviousRun: list[str]
+    children: list[ChildCount]
     codeVersions: dict[str, int]
     pipeline: NotRequired[PipelineView | None]
     run: RunRecord
@@ -457,6 +465,8 @@ class TaskRunRecord(TypedDict):
     leaseEpoch: int
     leaseExpiresAt: NotRequired[str | None]
     leaseOwner: NotRequired[str | None]
+    mapIndex: NotRequired[int | None]
+    mapParent: NotRequired[str | None]
     maxAttempts: int
     output: NotRequired[Any]
     priority: int

@@ -109,11 +109,19 @@ class Pipeline:
         priority: int | None = None,
         concurrency: Concurrency | None = None,
         rate_limit: RateLimit | None = None,
+        for_each: str | None = None,
+        allow_failures: str | float | None = None,
+        fail_fast: bool | None = None,
         **params: Any,
     ) -> Pipeline:
         """A built-in task with its parameters as the pipeline file names them:
-        `add("fetch", "http", url="https://…", needs="extract")`."""
-        self._add(_Task(name, {"type": type, **params, **self._fields(needs, retry, timeout, priority, None, None, concurrency, rate_limit)}))
+        `add("fetch", "http", url="https://…", needs="extract")`. With `for_each` (a template
+        that renders to a list, such as `"{{ tasks.list.output.items }}"`) it runs once per
+        element, `item` and `index` in its context; `allow_failures` (`"10%"`) and `fail_fast`
+        decide its outcome when children fail."""
+        mapped = {"for_each": for_each, "allow_failures": allow_failures, "fail_fast": fail_fast}
+        fields = self._fields(needs, retry, timeout, priority, None, None, concurrency, rate_limit)
+        self._add(_Task(name, {"type": type, **params, **fields, **{k: v for k, v in mapped.items() if v is not None}}))
         return self
 
     def _fields(self, needs: str | list[str] | None, retry: dict[str, Any] | None, timeout: Duration | None, priority: int | None, allowed_next: list[str] | None, input: Any, concurrency: Concurrency | None, rate_limit: RateLimit | None) -> dict[str, Any]:
