@@ -23,6 +23,19 @@ impl orbit_store::Claims for PgStore {
         now: DateTime<Utc>,
     ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
         let (out, each) = write::finish_and_claim(&self.pool, finished, claims, now).await?;
+        // A `for_each` expansion creates task runs like a new run does: the table's statistics
+        // must follow them (see `created`).
+        let children: usize = finished
+            .iter()
+            .filter(|f| !out.lease_lost.contains(&f.task.id))
+            .map(|f| match &f.transition {
+                orbit_core::transition::Transition::Expand { items } => items.len(),
+                _ => 0,
+            })
+            .sum();
+        if children > 0 {
+            self.created(children as u64);
+        }
         if let Some(at) = out.throttled_until {
             self.alarm.set(at, now, self.work.clone());
         }
