@@ -1015,10 +1015,12 @@ async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
     )
     .await;
     assert_eq!(range, json!("1–100 of 10,000"));
-    // The panel is redrawn as children finish: click in the page, not through a held element.
-    c.execute("document.getElementById('children-next').click()", vec![])
-        .await
-        .expect("next page");
+    wait_js(
+        &c,
+        "the next page button",
+        "const b = document.getElementById('children-next'); if (!b || b.disabled) return false; b.click(); return true",
+    )
+    .await;
     wait_js(
         &c,
         "the second page",

@@ -510,24 +510,38 @@ async function runDetail(id) {
       box.innerHTML = `<p class="muted">No children yet: the list is made when the task starts.</p>`;
       return;
     }
+    // Built once, then only its contents change: live updates must not replace the controls
+    // under the user's pointer.
+    if (!box.querySelector("#child-rows")) {
+      box.innerHTML = `<p id="child-counts"></p>
+        <div class="row"><select id="child-state"><option value="">any state</option></select>
+          <span class="muted" id="children-range"></span>
+          <button id="children-prev">Previous</button><button id="children-next">Next</button></div>
+        <div class="panel"><table class="tasks"><thead><tr><th>#</th><th>State</th><th>Attempt</th><th>Took</th><th>Output or error</th></tr></thead><tbody id="child-rows"></tbody></table></div>`;
+      box.querySelector("#child-state").addEventListener("change", (ev) => { childState = ev.target.value; childOffset = 0; showChildren(name); });
+      box.querySelector("#children-prev").addEventListener("click", () => { childOffset = Math.max(0, childOffset - TASK_PAGE); showChildren(name); });
+      box.querySelector("#children-next").addEventListener("click", () => { childOffset += TASK_PAGE; showChildren(name); });
+    }
     const q = `limit=${TASK_PAGE}&offset=${childOffset}${childState ? `&state=${childState}` : ""}`;
     const rows = await api("GET", `/runs/${runId}/tasks/${encodeURIComponent(name)}/children?${q}`);
     const states = (detail.children || []).filter((c) => c.taskName === name);
     const total = childState ? states.filter((c) => c.state === childState).reduce((a, c) => a + c.count, 0) : k.total;
-    box.innerHTML = `<p id="child-counts">${esc(childLine(k))}: ${states.map((c) => `${badge(c.state)} ${esc(c.count.toLocaleString("en"))}`).join(" ")}</p>
-      <div class="row"><select id="child-state"><option value="">any state</option>${states.map((c) => `<option value="${esc(c.state)}"${c.state === childState ? " selected" : ""}>${esc(c.state)}</option>`).join("")}</select>
-        <span class="muted" id="children-range">${total ? `${childOffset + 1}–${childOffset + rows.length} of ${total.toLocaleString("en")}` : "none"}</span>
-        <button id="children-prev"${childOffset ? "" : " disabled"}>Previous</button><button id="children-next"${childOffset + rows.length >= total ? " disabled" : ""}>Next</button></div>
-      <div class="panel"><table class="tasks"><thead><tr><th>#</th><th>State</th><th>Attempt</th><th>Took</th><th>Output or error</th></tr></thead><tbody id="child-rows">
-      ${rows.map((t) => `<tr><td>${esc(t.mapIndex)}</td><td>${badge(t.state)}</td><td>${esc(t.attempt)}</td><td>${took(t.startedAt, t.finishedAt)}</td><td class="${t.error ? "err" : ""}">${esc(t.error || (t.output === undefined ? "" : JSON.stringify(t.output).slice(0, 120)))}</td></tr>`).join("")}
-      </tbody></table></div>`;
-    box.querySelector("#child-state").addEventListener("change", (ev) => { childState = ev.target.value; childOffset = 0; showChildren(name); });
-    box.querySelector("#children-prev").addEventListener("click", () => { childOffset = Math.max(0, childOffset - TASK_PAGE); showChildren(name); });
-    box.querySelector("#children-next").addEventListener("click", () => { childOffset += TASK_PAGE; showChildren(name); });
+    box.querySelector("#child-counts").innerHTML = `${esc(childLine(k))}: ${states.map((c) => `${badge(c.state)} ${esc(c.count.toLocaleString("en"))}`).join(" ")}`;
+    const select = box.querySelector("#child-state");
+    for (const c of states) {
+      if (![...select.options].some((o) => o.value === c.state)) select.add(new Option(c.state, c.state));
+    }
+    select.value = childState;
+    box.querySelector("#children-range").textContent = total ? `${childOffset + 1}–${childOffset + rows.length} of ${total.toLocaleString("en")}` : "none";
+    box.querySelector("#children-prev").disabled = !childOffset;
+    box.querySelector("#children-next").disabled = childOffset + rows.length >= total;
+    box.querySelector("#child-rows").innerHTML = rows.map((t) => `<tr><td>${esc(t.mapIndex)}</td><td>${badge(t.state)}</td><td>${esc(t.attempt)}</td><td>${took(t.startedAt, t.finishedAt)}</td><td class="${t.error ? "err" : ""}">${esc(t.error || (t.output === undefined ? "" : JSON.stringify(t.output).slice(0, 120)))}</td></tr>`).join("");
   }
   async function showTask() {
     const tr = detail.tasks.find((t) => t.taskName === selected);
     const box = document.getElementById("task");
+    // A map task's children list survives the panel's redraws (see showChildren).
+    const kept = box.querySelector("#children");
     if (!tr) {
       box.innerHTML = `<h2>${esc(selected)}</h2><p class="muted">Not started.</p>`;
       return;
@@ -557,7 +571,12 @@ async function runDetail(id) {
       </tbody></table></div>
       ${d.definition && d.definition.for_each ? `<h3>Children <span class="muted">(one per element of <code>${esc(d.definition.for_each.items)}</code>)</span></h3><div id="children"></div>` : ""}`;
     fillObjects(box);
-    if (d.definition && d.definition.for_each) await showChildren(t.taskName);
+    if (d.definition && d.definition.for_each) {
+      const slot = document.getElementById("children");
+      if (kept && kept.dataset.task === t.taskName) slot.replaceWith(kept);
+      else slot.dataset.task = t.taskName;
+      await showChildren(t.taskName);
+    }
   }
   async function refresh() {
     detail = await api("GET", detailPath());

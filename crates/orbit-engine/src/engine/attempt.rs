@@ -373,6 +373,14 @@ fn gather(
     children: Vec<orbit_store::ChildResult>,
 ) -> Result<Value, Failure> {
     let n = children.len();
+    // Children re-queued by a retry of the run run again: gather once they have settled.
+    let unsettled = children.iter().filter(|c| !c.state.is_terminal()).count();
+    if unsettled > 0 {
+        return Err(Failure::throttled(
+            format!("{unsettled} of {n} children have not finished; gathering again in 1 s"),
+            std::time::Duration::from_secs(1),
+        ));
+    }
     let failed: Vec<&orbit_store::ChildResult> = children
         .iter()
         .filter(|c| c.state != orbit_core::TaskState::Succeeded)
