@@ -267,6 +267,7 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
         description: None,
         schedule: None,
         concurrency: None,
+        output: None,
         tasks,
     }
 }
@@ -470,6 +471,7 @@ fn bench_run(stored: &orbit_store::StoredPipeline) -> NewRun<'_> {
         idempotency_ttl: Duration::from_secs(60),
         request_hash: None,
         triggered_by: orbit_store::TriggeredBy::Cli,
+        parent: None,
         now: Utc::now(),
     }
 }

@@ -186,6 +186,7 @@ pub(crate) fn new_run(stored: &StoredPipeline, priority: i32) -> NewRun<'_> {
         idempotency_ttl: Duration::from_secs(60),
         request_hash: None,
         triggered_by: orbit_store::TriggeredBy::Cli,
+        parent: None,
         now: Utc::now(),
     }
 }

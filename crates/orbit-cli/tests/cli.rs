@@ -1387,3 +1387,183 @@ fn a_rate_limit_spaces_the_starts_and_wakes_on_time() {
         "woken at each token, not by a poll: {span} ms"
     );
 }
+
+const RESIZE: &str = "name: resize\noutput: { width: \"{{ tasks.measure.output.w }}\", name: \"{{ input.file }}\" }\ntasks:\n  - name: measure\n    type: shell\n    retry: {max_attempts: 1}\n    command: [sh, -c, 'test ! -e broken && echo \"{\\\"w\\\": 640}\" > \"$ORBIT_OUTPUT\"']\n  - name: wait\n    needs: [measure]\n    type: sleep\n    duration: \"{{ input.nap | default('0s') }}\"\n";
+
+const GALLERY: &str = "name: gallery\ntasks:\n  - name: thumb\n    type: pipeline\n    pipeline: resize\n    retry: {max_attempts: 1}\n    input: { file: \"{{ input.file }}\", nap: \"{{ input.nap | default('0s') }}\" }\n  - name: report\n    needs: [thumb]\n    type: shell\n    command: [echo, \"width {{ tasks.thumb.output.width }} for {{ tasks.thumb.output.name }}\"]\n";
+
+fn runs_of(env: &TestEnv, pipeline: &str) -> Vec<Value> {
+    env.json(&["runs", "--pipeline", pipeline])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_sub_pipeline_runs_as_a_child_run_and_gives_its_output() {
+    let env = setup();
+    let child = env.file("resize.yaml", RESIZE);
+    assert!(
+        env.orbit()
+            .arg("run")
+            .arg(&child)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let parent = env.file("gallery.yaml", GALLERY);
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&parent)
+        .args(["-i", r#"{"file": "cat.png"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(r#"result: "width 640 for cat.png""#),
+        "{}",
+        stdout(&out)
+    );
+    let gallery = &runs_of(&env, "gallery")[0];
+    let sub = &runs_of(&env, "resize")[0];
+    assert_eq!(sub["parentRunId"], gallery["id"], "{sub}");
+    assert_eq!(sub["parentTask"], "thumb");
+    assert_eq!(sub["triggeredBy"], "pipeline");
+    let status = env.json(&["status", gallery["id"].as_str().unwrap()]);
+    assert_eq!(status["subRuns"][0]["id"], sub["id"], "{status}");
+}
+
+#[test]
+fn pipelines_that_run_each_other_are_refused_when_saved() {
+    let env = setup();
+    let me = env.file(
+        "me.yaml",
+        "name: me\ntasks:\n  - { name: again, type: pipeline, pipeline: me }\n",
+    );
+    let out = env.orbit().arg("validate").arg(&me).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("me.yaml:3:5: task `again`: pipeline `me` cannot run itself"),
+        "{}",
+        stderr(&out)
+    );
+    let a = env.file(
+        "a.yaml",
+        "name: a\ntasks:\n  - { name: call-b, type: pipeline, pipeline: b }\n",
+    );
+    let b = env.file(
+        "b.yaml",
+        "name: b\ntasks:\n  - { name: call-a, type: pipeline, pipeline: a }\n",
+    );
+    let _ = env.orbit().arg("run").arg(&a).output().unwrap();
+    let out = env.orbit().arg("run").arg(&b).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipelines would run each other in a cycle: b → a → b"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn cancelling_a_parent_cancels_its_sub_runs() {
+    let env = setup();
+    let child = env.file("resize.yaml", RESIZE);
+    assert!(
+        env.orbit()
+            .arg("run")
+            .arg(&child)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    env.file("gallery.yaml", GALLERY);
+    let mut running = env.spawn(
+        &[
+            "run",
+            "gallery.yaml",
+            "-i",
+            r#"{"file": "cat.png", "nap": "60s"}"#,
+        ],
+        false,
+    );
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sub = loop {
+        let subs: Vec<Value> = runs_of(&env, "resize")
+            .into_iter()
+            .filter(|r| !r["parentRunId"].is_null())
+            .collect();
+        if let Some(s) = subs.first().filter(|s| s["state"] == "running") {
+            break s.clone();
+        }
+        assert!(std::time::Instant::now() < end, "the sub-run never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let parent_id = sub["parentRunId"].as_str().unwrap().to_owned();
+    let out = env.orbit().args(["cancel", &parent_id]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state = |id: &str| env.json(&["status", id])["run"]["state"].clone();
+    assert_eq!(state(&parent_id), "cancelled");
+    assert_eq!(
+        state(sub["id"].as_str().unwrap()),
+        "cancelled",
+        "the cancel cascaded"
+    );
+    let waited = std::time::Instant::now();
+    running.wait().unwrap();
+    assert!(waited.elapsed() < std::time::Duration::from_secs(15));
+}
+
+#[test]
+fn retrying_a_parent_retries_its_failed_sub_run() {
+    let env = setup();
+    let child = env.file("resize.yaml", RESIZE);
+    assert!(
+        env.orbit()
+            .arg("run")
+            .arg(&child)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    std::fs::write(env.dir.path().join("broken"), "").unwrap();
+    let parent = env.file("gallery.yaml", GALLERY);
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&parent)
+        .args(["-i", r#"{"file": "cat.png"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let gallery = runs_of(&env, "gallery")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(env.dir.path().join("broken")).unwrap();
+    let out = env.orbit().args(["retry", &gallery]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let subs: Vec<Value> = runs_of(&env, "resize")
+        .into_iter()
+        .filter(|r| r["parentRunId"] == gallery.as_str())
+        .collect();
+    assert_eq!(subs.len(), 1, "the same sub-run, retried: {subs:?}");
+    assert_eq!(subs[0]["state"], "succeeded");
+    assert_eq!(env.json(&["status", &gallery])["run"]["state"], "succeeded");
+}

@@ -59,6 +59,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
         description: None,
         schedule: None,
         concurrency: None,
+        output: None,
         tasks,
     };
     let stored = store
@@ -75,6 +76,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
+            parent: None,
             now: Utc::now(),
         })
         .await

@@ -115,6 +115,7 @@ struct RawFile {
     description: Option<Spanned<Value>>,
     schedule: Option<Spanned<Value>>,
     concurrency: Option<Spanned<Value>>,
+    output: Option<Spanned<Value>>,
     defaults: Option<Spanned<Fields>>,
     tasks: Option<Spanned<Vec<Spanned<Fields>>>>,
 }
@@ -207,6 +208,7 @@ impl Checker {
             .concurrency
             .as_ref()
             .and_then(|c| self.concurrency(c, "the pipeline"));
+        let output = raw.output.as_ref().map(|o| o.value.clone());
         let defaults = self.defaults(raw.defaults.as_ref());
         let Some(tasks) = raw.tasks else {
             self.diagnostics.push(Diagnostic {
@@ -236,16 +238,28 @@ impl Checker {
                     continue;
                 }
                 seen.insert(def.name.clone(), raw_task.referenced.line());
+                let runs = def.params.get("pipeline").and_then(|p| p.as_str());
+                if def.task_type == TaskType::Pipeline && runs.is_some() && runs == name.as_deref()
+                {
+                    let msg = format!(
+                        "task `{}`: pipeline `{}` cannot run itself",
+                        def.name,
+                        runs.unwrap_or_default()
+                    );
+                    self.at(raw_task, msg);
+                }
                 lines.push((raw_task.referenced, needs_spans));
                 defs.push(def);
             }
         }
         self.references(&defs, &lines);
+        let name = name?;
         let pipeline = Pipeline {
-            name: name?,
+            name,
             description,
             schedule,
             concurrency,
+            output,
             tasks: defs,
         };
         self.cycles(&pipeline, &lines);

@@ -145,6 +145,17 @@ pub struct WorkerParams {
     pub input: Option<Value>,
 }
 
+/// `type: pipeline`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineParams {
+    /// The pipeline to run (its latest version).
+    pub pipeline: String,
+    /// The child run's input (a template over the context); the run's input when absent.
+    #[serde(default)]
+    pub input: Option<Value>,
+}
+
 /// A task's parameters in their typed shape.
 #[derive(Clone, Debug)]
 pub enum Params {
@@ -153,6 +164,7 @@ pub enum Params {
     Sleep(SleepParams),
     Script(ScriptParams),
     Worker(WorkerParams),
+    Pipeline(PipelineParams),
 }
 
 impl Params {
@@ -171,6 +183,7 @@ impl Params {
             TaskType::Sleep => Params::Sleep(from_value(value)?),
             TaskType::Script => Params::Script(from_value(value)?),
             TaskType::Worker => Params::Worker(from_value(value)?),
+            TaskType::Pipeline => Params::Pipeline(from_value(value)?),
         };
         typed.check(rendered)?;
         Ok(typed)
@@ -224,6 +237,15 @@ impl Params {
                 )),
                 _ => Ok(()),
             },
+            Params::Pipeline(p) => {
+                if settled(&p.pipeline) && !crate::pipeline::is_valid_name(&p.pipeline) {
+                    return Err(format!(
+                        "`pipeline` `{}` is not a pipeline name (letters, digits, `-`, `_`, `.`)",
+                        crate::echo::echo(&p.pipeline)
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }

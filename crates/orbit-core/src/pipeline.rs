@@ -25,6 +25,11 @@ pub struct Pipeline {
     /// (a run holds its slot from its first claimed task until it settles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// What a run of it gives a parent run that runs it as a task (`type: pipeline`): a
+    /// template over its `input`, `tasks` and `run`. Without it, the outputs of the tasks no
+    /// other task needs, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
     /// Tasks in the order the file lists them.
     pub tasks: Vec<TaskDef>,
 }
@@ -223,23 +228,27 @@ pub enum TaskType {
     Script,
     /// A task registered by an SDK worker service, dispatched to it over the worker protocol.
     Worker,
+    /// Another pipeline, run as a child run; its output is the child run's output.
+    Pipeline,
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 5] = [
+    pub const ALL: [TaskType; 6] = [
         TaskType::Shell,
         TaskType::Http,
         TaskType::Sleep,
         TaskType::Script,
         TaskType::Worker,
+        TaskType::Pipeline,
     ];
 
     /// The types `orbit server` and `orbit worker` execute themselves.
-    pub const BUILT_IN: [TaskType; 4] = [
+    pub const BUILT_IN: [TaskType; 5] = [
         TaskType::Shell,
         TaskType::Http,
         TaskType::Sleep,
         TaskType::Script,
+        TaskType::Pipeline,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -249,6 +258,7 @@ impl TaskType {
             TaskType::Sleep => "sleep",
             TaskType::Script => "script",
             TaskType::Worker => "worker",
+            TaskType::Pipeline => "pipeline",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod roles;
 pub mod runs;
 pub mod storage;
+pub mod subruns;
 pub mod waiting;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};

@@ -37,6 +37,7 @@ async fn start(store: &dyn Store, p: &orbit_core::Pipeline) -> uuid::Uuid {
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
+            parent: None,
             now: Utc::now(),
         })
         .await

@@ -107,6 +107,7 @@ async fn failed_run(store: &dyn Store, died_at: chrono::DateTime<Utc>) -> uuid::
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
+            parent: None,
             now: died_at,
         })
         .await

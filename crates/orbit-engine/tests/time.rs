@@ -65,6 +65,7 @@ impl Setup {
                 idempotency_ttl: Duration::from_secs(60),
                 request_hash: None,
                 triggered_by: orbit_store::TriggeredBy::Cli,
+                parent: None,
                 now,
             })
             .await

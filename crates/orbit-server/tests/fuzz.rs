@@ -53,6 +53,7 @@ async fn env(token: Option<&str>) -> Env {
             idempotency_ttl: Duration::from_secs(3600),
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
+            parent: None,
             now: Utc::now(),
         })
         .await

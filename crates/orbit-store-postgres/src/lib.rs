@@ -364,7 +364,8 @@ async fn listen(pool: PgPool, signals: Signals) {
 }
 
 const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
-     tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at, concurrency_key, concurrency_limit";
+     tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at, concurrency_key, concurrency_limit, \
+     parent_run_id, parent_task";
 
 /// Test databases on the server `ORBIT_TEST_PG_URL` names.
 pub mod testing;
@@ -414,6 +415,7 @@ mod tests {
             idempotency_ttl: Duration::from_secs(60),
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
+            parent: None,
             now: Utc::now(),
         })
         .await

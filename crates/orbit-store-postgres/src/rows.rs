@@ -66,6 +66,8 @@ pub fn run_from_row(row: &PgRow) -> Result<RunRecord> {
         updated_at: get(row, "updated_at")?,
         concurrency_key: get(row, "concurrency_key")?,
         concurrency_limit: concurrency_limit(row)?,
+        parent_run_id: get(row, "parent_run_id")?,
+        parent_task: get(row, "parent_task")?,
     })
 }
 

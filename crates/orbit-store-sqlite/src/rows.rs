@@ -89,6 +89,13 @@ pub fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
         updated_at: time(row, "updated_at")?,
         concurrency_key: get(row, "concurrency_key")?,
         concurrency_limit: concurrency_limit(row)?,
+        parent_run_id: get::<Option<String>>(row, "parent_run_id")?
+            .map(|id| {
+                Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Corrupt(format!("parent run id `{id}`: {e}")))
+            })
+            .transpose()?,
+        parent_task: get(row, "parent_task")?,
     })
 }
 

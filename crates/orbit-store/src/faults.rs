@@ -182,6 +182,7 @@ delegate! {
         task_runs_page(run: Uuid, page: &TaskRunPage) -> Result<Vec<TaskRunRecord>>;
         task_run_counts(run: Uuid) -> Result<Vec<(orbit_core::TaskState, u64)>>;
         children(run: Uuid, parent: &str) -> Result<Vec<ChildResult>>;
+        child_runs(run: Uuid) -> Result<Vec<RunRecord>>;
         child_counts(run: Uuid) -> Result<Vec<ChildCount>>;
         attempts(run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;

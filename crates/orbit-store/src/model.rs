@@ -35,6 +35,8 @@ pub struct NewRun<'a> {
     pub idempotency_ttl: std::time::Duration,
     /// Who or what created it.
     pub triggered_by: TriggeredBy,
+    /// The run and task (`type: pipeline`) that made it, for a sub-run.
+    pub parent: Option<(Uuid, String)>,
     /// What an idempotency key's reuse is compared by ([`orbit_core::pipeline::request_hash`] of
     /// the pipeline and the input as given, before a large input went to object storage).
     /// `None`: computed from `pipeline` and `input` here.
@@ -63,6 +65,8 @@ pub enum TriggeredBy {
     Retry,
     Recover,
     Dlq,
+    /// A `type: pipeline` task of another run.
+    Pipeline,
 }
 
 impl TriggeredBy {
@@ -74,6 +78,7 @@ impl TriggeredBy {
             TriggeredBy::Retry => "retry",
             TriggeredBy::Recover => "recover",
             TriggeredBy::Dlq => "dlq",
+            TriggeredBy::Pipeline => "pipeline",
         }
     }
 }
@@ -119,6 +124,11 @@ pub struct RunRecord {
     pub concurrency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<u32>,
+    /// A sub-run's parent run and the task of it that made this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

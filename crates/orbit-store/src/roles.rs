@@ -90,6 +90,9 @@ pub trait Runs: Send + Sync + 'static {
     /// Attempts of a run (of one task when given), oldest first.
     async fn attempts(&self, run: Uuid, task: Option<&str>) -> Result<Vec<AttemptRecord>>;
 
+    /// The runs that tasks of `run` made (`type: pipeline`), oldest first.
+    async fn child_runs(&self, run: Uuid) -> Result<Vec<RunRecord>>;
+
     /// Every child of `for_each` task `parent` of `run`, by index.
     async fn children(&self, run: Uuid, parent: &str) -> Result<Vec<ChildResult>>;
 

@@ -15,7 +15,7 @@ pub async fn cancel(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
         .iter()
         .filter(|t| !t.state.is_terminal())
         .count();
-    let run = store.cancel_run(run.id, Utc::now()).await?;
+    let run = orbit_engine::subruns::cancel_tree(store, run.id, Utc::now()).await?;
     if json {
         crate::output::json(
             &json!({"run": run.id, "state": run.state, "tasksCancelled": stopped}),

@@ -112,10 +112,11 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     };
     let tasks = store.task_runs_page(run.id, &page).await?;
     let children = store.child_counts(run.id).await?;
+    let sub_runs = store.child_runs(run.id).await?;
     let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &tasks).await?;
     waiting.extend(orbit_engine::waiting::held_by_rates(store, &tasks, chrono::Utc::now()).await?);
     waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
-    render_status(&run, &tasks, &children, &waiting, json)
+    render_status(&run, &tasks, &children, &sub_runs, &waiting, json)
 }
 
 /// `waiting`: why ready tasks sit unclaimed (see `orbit_engine::waiting`).
@@ -123,17 +124,24 @@ pub fn render_status(
     run: &orbit_store::RunRecord,
     tasks: &[orbit_store::TaskRunRecord],
     children: &[orbit_store::ChildCount],
+    sub_runs: &[orbit_store::RunRecord],
     waiting: &[String],
     json: bool,
 ) -> anyhow::Result<u8> {
     if json {
         output::json(
-            &json!({"run": run, "tasks": tasks, "children": children, "waiting": waiting}),
+            &json!({"run": run, "tasks": tasks, "children": children, "subRuns": sub_runs, "waiting": waiting}),
         )?;
         return Ok(0);
     }
     println!("Run       {}", run.id);
     println!("Pipeline  {} v{}", run.pipeline_name, run.pipeline_version);
+    if let Some(parent) = run.parent_run_id {
+        println!(
+            "Parent    {parent} (task `{}`)",
+            run.parent_task.as_deref().unwrap_or_default()
+        );
+    }
     println!("State     {}", run.state);
     if let Some(by) = &run.triggered_by {
         println!("Trigger   {by}");
@@ -171,6 +179,18 @@ pub fn render_status(
             .iter()
             .filter(|c| c.task_name == t.task_name)
             .collect();
+        for s in sub_runs
+            .iter()
+            .filter(|s| s.parent_task.as_deref() == Some(t.task_name.as_str()))
+        {
+            rows.push(vec![
+                format!("└ run {}", s.id),
+                s.state.to_string(),
+                String::new(),
+                span(s.started_at, s.finished_at),
+                format!("{} v{}", s.pipeline_name, s.pipeline_version),
+            ]);
+        }
         if !of.is_empty() {
             let n: u64 = of.iter().map(|c| c.count).sum();
             let by_state: Vec<String> = of

@@ -85,6 +85,9 @@ pub async fn apply(
         None => {
             let store = super::open_store(database).await?;
             for (pipeline, text) in &loaded {
+                orbit_engine::subruns::check_cycles(store.as_ref(), pipeline)
+                    .await
+                    .map_err(crate::BadInput)?;
                 let before = store.pipeline(&pipeline.name).await.ok().map(|p| p.id);
                 let stored = store
                     .save_pipeline(pipeline, Some(text), chrono::Utc::now())

@@ -39,7 +39,7 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
         return Err(BadInput(format!("`{id}` is not a run id")).into());
     }
     let d = run_detail(&Client::new(server)?, id).await?;
-    inspect::render_status(&d.run, &d.tasks, &d.children, &d.waiting, json)
+    inspect::render_status(&d.run, &d.tasks, &d.children, &d.sub_runs, &d.waiting, json)
 }
 
 /// A run with all its task runs, read page by page (the API pages them).
@@ -47,6 +47,7 @@ pub struct FullDetail {
     pub run: RunRecord,
     pub tasks: Vec<TaskRunRecord>,
     pub children: Vec<orbit_store::ChildCount>,
+    pub sub_runs: Vec<RunRecord>,
     pub waiting: Vec<String>,
 }
 
@@ -66,6 +67,8 @@ pub async fn run_detail(client: &Client, id: &str) -> anyhow::Result<FullDetail>
         waiting: Vec<String>,
         #[serde(default)]
         children: Vec<orbit_store::ChildCount>,
+        #[serde(default)]
+        sub_runs: Vec<RunRecord>,
     }
     const PAGE: usize = 1000;
     let id = super::over_url::segment(id);
@@ -86,6 +89,7 @@ pub async fn run_detail(client: &Client, id: &str) -> anyhow::Result<FullDetail>
                     run: d.run,
                     tasks: d.tasks,
                     children: d.children,
+                    sub_runs: d.sub_runs,
                     waiting: d.waiting,
                 })
             }
@@ -137,6 +141,9 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
             let store = open_store(database).await?;
             let stored = match &file {
                 Some((pipeline, text)) => {
+                    orbit_engine::subruns::check_cycles(store.as_ref(), pipeline)
+                        .await
+                        .map_err(BadInput)?;
                     store
                         .save_pipeline(pipeline, Some(text), Utc::now())
                         .await?
@@ -155,6 +162,7 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
                     idempotency_ttl: idempotency_ttl()?,
                     request_hash: None,
                     triggered_by: orbit_store::TriggeredBy::Cli,
+                    parent: None,
                     now: Utc::now(),
                 },
             )

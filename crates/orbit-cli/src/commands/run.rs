@@ -21,6 +21,9 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
     }
     let stored = if is_file_argument(&args.pipeline) {
         let (pipeline, source) = load_file(Path::new(&args.pipeline))?;
+        orbit_engine::subruns::check_cycles(store.as_ref(), &pipeline)
+            .await
+            .map_err(BadInput)?;
         store
             .save_pipeline(&pipeline, Some(&source), Utc::now())
             .await?
@@ -41,6 +44,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             idempotency_ttl: idempotency_ttl()?,
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
+            parent: None,
             now: Utc::now(),
         },
     )

@@ -247,6 +247,20 @@ async fn attempt(
         ctx.item = Some(task.item.as_ref().unwrap_or(&Value::Null));
         ctx.index = child;
     }
+    if def.task_type == orbit_core::TaskType::Pipeline {
+        let line = |l: &str| log.line(l);
+        let result =
+            crate::subruns::run_child(io.store, def, &ctx, task.run_id, task.id, &line).await;
+        if let Err(f) = &result {
+            log.line(&format!("[orbit] {}", f.message));
+        }
+        return AttemptResult {
+            result,
+            key: None,
+            reused: false,
+            expand: None,
+        };
+    }
     let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
     let key = match keyed(
         io.store,

@@ -46,6 +46,10 @@ pub(super) struct Drive<'e> {
     next_poll: Instant,
     /// Commits in a row that failed because the store was unavailable.
     store_down: u32,
+    /// A scoped run that runs other pipelines: its sub-runs (not settled yet), claimed from
+    /// alongside it, since no other engine may be running (`orbit run`).
+    nests: bool,
+    sub_runs: Vec<Uuid>,
 }
 
 impl<'e> Drive<'e> {
@@ -69,6 +73,8 @@ impl<'e> Drive<'e> {
             control: engine.store.control_signal(),
             next_poll: Instant::now() + engine.config.poll_interval,
             store_down: 0,
+            nests: false,
+            sub_runs: Vec::new(),
         }
     }
 
@@ -141,21 +147,52 @@ impl<'e> Drive<'e> {
         done: &mut Processed,
     ) -> Result<Option<RunState>, EngineError> {
         let engine = self.engine;
-        let claim = (self.claim_due && !self.stopping && free > 0).then(|| ClaimRequest {
-            owner: engine.config.owner.clone(),
-            limit: free,
-            run: self.scope.run,
-            queues: engine.config.queues.clone(),
-            types: engine.types.clone(),
-        });
-        if self.finished.is_empty() && claim.is_none() {
+        let claiming = self.claim_due && !self.stopping && free > 0;
+        if claiming && self.nests {
+            self.sub_runs = self.open_sub_runs().await?;
+        }
+        // The scoped run's claim, and one per sub-run, sharing the free slots (sub-runs first:
+        // their parents wait for them).
+        let mut claims = Vec::new();
+        if claiming {
+            let runs: Vec<Option<Uuid>> = self
+                .sub_runs
+                .iter()
+                .map(|r| Some(*r))
+                .chain([self.scope.run])
+                .take(free)
+                .collect();
+            let share = free / runs.len();
+            for (i, run) in runs.iter().enumerate() {
+                claims.push(ClaimRequest {
+                    owner: engine.config.owner.clone(),
+                    limit: share + usize::from(i < free % runs.len()),
+                    run: *run,
+                    queues: engine.config.queues.clone(),
+                    types: engine.types.clone(),
+                });
+            }
+        }
+        if self.finished.is_empty() && claims.is_empty() {
             return Ok(None);
         }
-        let outcome = match engine
-            .store
-            .finish_and_claim(&self.finished, claim.as_ref(), engine.config.clock.now())
-            .await
-        {
+        let asked: usize = claims.iter().map(|c| c.limit).sum();
+        let committed = if claims.len() > 1 {
+            engine
+                .store
+                .finish_and_claim_many(&self.finished, &claims, engine.config.clock.now())
+                .await
+                .map(|(mut out, each)| {
+                    out.claimed = each.into_iter().flatten().collect();
+                    out
+                })
+        } else {
+            engine
+                .store
+                .finish_and_claim(&self.finished, claims.first(), engine.config.clock.now())
+                .await
+        };
+        let outcome = match committed {
             Ok(o) => {
                 self.store_down = 0;
                 o
@@ -184,9 +221,7 @@ impl<'e> Drive<'e> {
         engine.report(&self.finished, &outcome);
         self.finished.clear();
         // A full claim means more may be waiting; finishing tasks will free slots for them.
-        self.claim_due = claim
-            .as_ref()
-            .is_some_and(|c| outcome.claimed.len() >= c.limit);
+        self.claim_due = !claims.is_empty() && outcome.claimed.len() >= asked;
         self.start(outcome.claimed).await?;
         for (run, state) in outcome.settled_runs {
             self.inputs.remove(&run);
@@ -197,11 +232,28 @@ impl<'e> Drive<'e> {
         Ok(None)
     }
 
+    /// The scoped run's sub-runs, and theirs, that have not settled.
+    async fn open_sub_runs(&self) -> Result<Vec<Uuid>, EngineError> {
+        let mut open = Vec::new();
+        let mut below: Vec<Uuid> = self.scope.run.into_iter().collect();
+        while let Some(run) = below.pop() {
+            for child in self.engine.store.child_runs(run).await? {
+                below.push(child.id);
+                if !child.state.is_terminal() {
+                    open.push(child.id);
+                }
+            }
+        }
+        Ok(open)
+    }
+
     /// Starts an attempt for each claimed task and holds its lease.
     async fn start(&mut self, claimed: Vec<ClaimedTask>) -> Result<(), EngineError> {
         let engine = self.engine;
         for task in claimed {
             let loaded = engine.loaded(&mut self.pipelines, task.pipeline_id).await?;
+            // A scoped run that runs other pipelines claims from their runs too.
+            self.nests |= self.scope.run.is_some() && loaded.nests;
             let input = engine.input(&mut self.inputs, task.run_id).await?;
             let interval = super::task_of(&loaded, &task.task_name).map_or(
                 orbit_core::pipeline::DEFAULT_HEARTBEAT_INTERVAL,

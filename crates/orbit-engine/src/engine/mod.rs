@@ -184,6 +184,8 @@ pub struct Engine {
 pub(super) struct Loaded {
     stored: StoredPipeline,
     dag: Dag,
+    /// Whether it runs other pipelines (`type: pipeline` tasks).
+    nests: bool,
 }
 
 /// An attempt running here, and its lease.
@@ -383,7 +385,12 @@ impl Engine {
                 stored.name
             ))
         })?;
-        let l = Arc::new(Loaded { stored, dag });
+        let nests = stored
+            .pipeline
+            .tasks
+            .iter()
+            .any(|t| t.task_type == orbit_core::TaskType::Pipeline);
+        let l = Arc::new(Loaded { stored, dag, nests });
         cache.insert(id, l.clone());
         Ok(l)
     }

@@ -48,6 +48,11 @@ pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Fail
             }
             Ok(Value::Null)
         }
+        // The engine runs child runs itself (it needs the store): see `engine::subrun`.
+        Params::Pipeline(p) => Err(Failure::fatal(format!(
+            "pipeline task `{}` (of pipeline `{}`) is run by the engine, not an executor",
+            inv.task_name, p.pipeline
+        ))),
         Params::Worker(p) => Err(Failure::fatal(format!(
             "worker task `{}` runs in an SDK worker service, not here: start `orbit server` with ORBIT_SECRET_KEY and a worker that registers it",
             p.task.as_deref().unwrap_or(inv.task_name)

@@ -59,6 +59,7 @@ async fn fire(
                 idempotency_ttl: Duration::MAX,
                 request_hash: None,
                 triggered_by: orbit_store::TriggeredBy::Cron,
+                parent: None,
                 now,
             })
             .await?;

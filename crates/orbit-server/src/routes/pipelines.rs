@@ -101,6 +101,9 @@ pub async fn create(
 pub(crate) async fn save_document(s: &AppState, body: &Value) -> ApiResult<(bool, StoredPipeline)> {
     let text = document_text(body)?;
     let pipeline = pipeline_from_document("request body", &text)?;
+    orbit_engine::subruns::check_cycles(s.store.as_ref(), &pipeline)
+        .await
+        .map_err(orbit_store::StoreError::Invalid)?;
     let before = s.store.pipeline(&pipeline.name).await.ok().map(|p| p.id);
     let stored = s
         .store
@@ -140,6 +143,9 @@ pub async fn update(
         )));
     }
     s.store.pipeline(&name).await?;
+    orbit_engine::subruns::check_cycles(s.store.as_ref(), &pipeline)
+        .await
+        .map_err(orbit_store::StoreError::Invalid)?;
     let stored = s
         .store
         .save_pipeline(&pipeline, Some(&text), Utc::now())
@@ -251,6 +257,7 @@ pub(crate) async fn trigger_run(
             idempotency_ttl: s.config.engine.idempotency_ttl,
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
+            parent: None,
             now: Utc::now(),
         },
     )

@@ -92,6 +92,7 @@ async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Q
             idempotency_ttl: s.config.engine.idempotency_ttl,
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
+            parent: None,
             now: Utc::now(),
         },
     )

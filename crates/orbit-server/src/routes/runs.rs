@@ -109,6 +109,8 @@ pub struct RunDetail {
     /// The children of its `for_each` tasks, counted by task and state (`tasks` lists the
     /// run's own tasks; `GET /runs/{id}/tasks/{task}/children` pages through children).
     pub children: Vec<orbit_store::ChildCount>,
+    /// The runs its `type: pipeline` tasks made (each names its `parentTask`).
+    pub sub_runs: Vec<RunRecord>,
 }
 
 /// Up to this many tasks, a run detail also compares code versions with the previous run and
@@ -156,6 +158,7 @@ pub async fn get(
     let tasks = s.store.task_runs_page(run.id, &page).await?;
     let counts = s.store.task_run_counts(run.id).await?;
     let children = s.store.child_counts(run.id).await?;
+    let sub_runs = s.store.child_runs(run.id).await?;
     let count = |st: TaskState| counts.iter().find(|(c, _)| *c == st).map_or(0, |(_, n)| *n);
     // The page lists the run's own tasks: children are counted apart.
     let of_children = |st: Option<TaskState>| -> u64 {
@@ -220,6 +223,7 @@ pub async fn get(
         pipeline,
         waiting,
         children,
+        sub_runs,
     }))
 }
 
@@ -370,7 +374,9 @@ pub async fn cancel(
 ) -> ApiResult<Json<RunRecord>> {
     let Path(id) = id?;
     let run = s.store.find_run(&id).await?;
-    Ok(Json(s.store.cancel_run(run.id, Utc::now()).await?))
+    Ok(Json(
+        orbit_engine::subruns::cancel_tree(s.store.as_ref(), run.id, Utc::now()).await?,
+    ))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -95,6 +95,19 @@ impl orbit_store::Runs for PgStore {
             .collect()
     }
 
+    async fn child_runs(&self, run: Uuid) -> Result<Vec<RunRecord>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(run_from_row)
+        .collect()
+    }
+
     async fn children(&self, run: Uuid, parent: &str) -> Result<Vec<ChildResult>> {
         sqlx::query(
             "SELECT map_index, state, output, error FROM task_runs \

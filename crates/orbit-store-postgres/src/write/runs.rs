@@ -48,8 +48,9 @@ async fn insert_run(
     let p = &new.pipeline.pipeline;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11, $12, $13) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit, \
+         parent_run_id, parent_task) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(new.id)
@@ -65,6 +66,8 @@ async fn insert_run(
     .bind(new.triggered_by.as_str())
     .bind(concurrency.map(|c| c.0.as_str()))
     .bind(concurrency.map_or(0, |c| c.1))
+    .bind(new.parent.as_ref().map(|p| p.0))
+    .bind(new.parent.as_ref().map(|p| p.1.as_str()))
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

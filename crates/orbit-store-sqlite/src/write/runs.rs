@@ -39,6 +39,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         text(new.triggered_by.as_str()),
         opt_text(plan.concurrency.as_ref().map(|c| c.0.clone())),
         int(plan.concurrency.as_ref().map_or(0, |c| c.1)),
+        opt_text(new.parent.as_ref().map(|p| p.0.to_string())),
+        opt_text(new.parent.as_ref().map(|p| p.1.clone())),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
     let mut tasks = Vec::with_capacity(plan.tasks.len() * 20);
@@ -107,8 +109,9 @@ fn insert_run(
     let inserted = exec(
         conn,
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
-         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11, ?12, ?13) \
+         tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit, \
+         parent_run_id, parent_task) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (idempotency_key) DO NOTHING",
         rusqlite::params_from_iter(run),
     )?;

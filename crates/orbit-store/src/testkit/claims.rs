@@ -357,6 +357,7 @@ pub async fn a_key_that_cannot_be_rendered_refuses_the_run(store: &dyn Store) {
             idempotency_ttl: std::time::Duration::from_secs(60),
             request_hash: None,
             triggered_by: crate::TriggeredBy::Cli,
+            parent: None,
             now: t0(),
         })
         .await

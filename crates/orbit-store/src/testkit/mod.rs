@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             a_throttled_attempt_costs_no_retry,
             map_children_are_made_once_and_gathered,
             a_child_failing_fast_cancels_its_siblings,
+            sub_runs_name_their_parent,
             a_key_that_cannot_be_rendered_refuses_the_run,
             named_key_limits_decide_what_runs,
             a_pipeline_key_holds_further_runs_pending,
@@ -135,6 +136,7 @@ pub fn pipeline(name: &str, tasks: &[(&str, &[&str], i32)]) -> Pipeline {
         description: None,
         schedule: None,
         concurrency: None,
+        output: None,
         tasks: tasks
             .iter()
             .map(|(n, needs, prio)| TaskDef {
@@ -175,6 +177,7 @@ pub fn new_run(stored: &StoredPipeline, input: Value, at: DateTime<Utc>) -> NewR
         idempotency_ttl: std::time::Duration::from_secs(3600),
         request_hash: None,
         triggered_by: crate::TriggeredBy::Cli,
+        parent: None,
         now: at,
     }
 }

@@ -51,6 +51,7 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         idempotency_ttl: std::time::Duration::from_secs(3600),
         request_hash: None,
         triggered_by: crate::TriggeredBy::Cli,
+        parent: None,
         now: t0(),
     };
     let first = store.create_run(new("order-1")).await.unwrap();
@@ -493,4 +494,32 @@ pub async fn a_big_run_is_deleted_in_slices(store: &dyn Store) {
     let after = store.queue_stats().await.unwrap();
     assert_eq!((after.completed, after.pending), (0, 1));
     assert_eq!(store.task_runs(kept).await.unwrap().len(), 1, "others stay");
+}
+
+pub async fn sub_runs_name_their_parent(store: &dyn Store) {
+    let p = pipeline("inner", &[("a", &[], 0)]);
+    let (stored, parent) = start(store, &p, t0()).await;
+    let mut new = new_run(&stored, json!({"n": 2}), t0());
+    new.idempotency_key = Some("orbit-subrun:x".into());
+    new.triggered_by = crate::TriggeredBy::Pipeline;
+    new.parent = Some((parent, "call".into()));
+    let child = store.create_run(new).await.unwrap().run;
+    assert_eq!(
+        (
+            child.parent_run_id,
+            child.parent_task.as_deref(),
+            child.triggered_by.as_deref()
+        ),
+        (Some(parent), Some("call"), Some("pipeline"))
+    );
+    // The key finds the same child again (a retried attempt does not make another).
+    let mut again = new_run(&stored, json!({"n": 2}), t0());
+    again.idempotency_key = Some("orbit-subrun:x".into());
+    again.parent = Some((parent, "call".into()));
+    let found = store.create_run(again).await.unwrap();
+    assert!(!found.created);
+    assert_eq!(found.run.id, child.id);
+    let subs = store.child_runs(parent).await.unwrap();
+    assert_eq!(subs.iter().map(|r| r.id).collect::<Vec<_>>(), [child.id]);
+    assert!(store.child_runs(child.id).await.unwrap().is_empty());
 }

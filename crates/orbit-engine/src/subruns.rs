@@ -1,0 +1,238 @@
+//! Sub-pipelines: a `type: pipeline` task runs another pipeline as a child run and outputs what
+//! that run outputs. The child is made once per task run (its idempotency key is the task
+//! run's id, so a retried or recovered attempt finds the same run), linked to its parent, and
+//! cancelled and retried with it.
+
+use chrono::Utc;
+use orbit_core::params::Params;
+use orbit_core::template::{self, Context};
+use orbit_core::transition::Failure;
+use orbit_core::{Pipeline, RunState, TaskDef, TaskState, TaskType};
+use orbit_store::{NewRun, RunRecord, Store, StoreError, TriggeredBy};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How deep sub-runs may nest: a cycle that only templates reveal (`pipeline: "{{ ... }}"`)
+/// stops here rather than run forever.
+const MAX_DEPTH: usize = 16;
+
+/// How often a parent attempt looks at its child run.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The pipelines `p`'s tasks run as sub-pipelines, where the name is plain text.
+fn runs_of(p: &Pipeline) -> Vec<String> {
+    p.tasks
+        .iter()
+        .filter(|t| t.task_type == TaskType::Pipeline)
+        .filter_map(|t| t.params.get("pipeline").and_then(Value::as_str))
+        .filter(|name| !template::is_template(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Refuses `p` when saving it would close a cycle of pipelines running each other, naming them
+/// (`a → b → a`). The other pipelines are read as saved (their latest versions); one not saved
+/// yet is checked when it is.
+pub async fn check_cycles(store: &dyn Store, p: &Pipeline) -> Result<(), String> {
+    let mut path = vec![p.name.clone()];
+    let mut stack = vec![runs_of(p)];
+    while let Some(top) = stack.last_mut() {
+        let Some(next) = top.pop() else {
+            stack.pop();
+            path.pop();
+            continue;
+        };
+        if let Some(at) = path.iter().position(|n| *n == next) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(next);
+            return Err(format!(
+                "pipelines would run each other in a cycle: {}",
+                cycle.join(" → ")
+            ));
+        }
+        // A pipeline may run another one twice, or several may run the same one: each is
+        // followed on every path, which stays small for pipelines people write.
+        let Ok(stored) = store.pipeline(&next).await else {
+            continue;
+        };
+        path.push(next);
+        stack.push(runs_of(&stored.pipeline));
+    }
+    Ok(())
+}
+
+/// Cancels `run` and every sub-run under it that has not settled.
+pub async fn cancel_tree(
+    store: &dyn Store,
+    run: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<RunRecord, StoreError> {
+    let cancelled = store.cancel_run(run, now).await?;
+    let mut below = store.child_runs(run).await?;
+    while let Some(child) = below.pop() {
+        if !child.state.is_terminal() {
+            match store.cancel_run(child.id, now).await {
+                // Settled in the meantime: nothing to stop.
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        below.extend(store.child_runs(child.id).await?);
+    }
+    Ok(cancelled)
+}
+
+/// One attempt of `def` (`type: pipeline`) of task run `task_run` in run `run`: makes (or
+/// finds) its child run, retries it when an earlier attempt saw it fail, follows it until it
+/// settles, and gives its output.
+pub(crate) async fn run_child(
+    store: &dyn Store,
+    def: &TaskDef,
+    ctx: &Context<'_>,
+    run: Uuid,
+    task_run: Uuid,
+    log: &impl Fn(&str),
+) -> Result<Value, Failure> {
+    let unavailable = |e: StoreError| Failure::error(format!("sub-pipeline: {e}"));
+    let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
+    let Params::Pipeline(p) = Params::from_json(TaskType::Pipeline, &rendered, true)
+        .map_err(|e| Failure::fatal(format!("parameters after rendering: {e}")))?
+    else {
+        return Err(Failure::fatal("not a pipeline task"));
+    };
+    let stored = match store.pipeline(&p.pipeline).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound(_)) => {
+            return Err(Failure::fatal(format!(
+                "pipeline `{}` is not saved (`orbit pipelines` lists those that are)",
+                p.pipeline
+            )));
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    check_ancestors(store, run, &p.pipeline).await?;
+    let key = format!("orbit-subrun:{task_run}");
+    let created = store
+        .create_run(NewRun {
+            id: Uuid::now_v7(),
+            pipeline: &stored,
+            input: p.input.unwrap_or_else(|| ctx.input.clone()),
+            priority: 0,
+            idempotency_key: Some(key.clone()),
+            // The key is the task run's own: it names this child for as long as both exist.
+            idempotency_ttl: Duration::from_secs(100 * 365 * 86_400),
+            request_hash: Some(key),
+            triggered_by: TriggeredBy::Pipeline,
+            parent: Some((run, def.name.clone())),
+            now: Utc::now(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Invalid(m) => Failure::fatal(m),
+            other => unavailable(other),
+        })?;
+    let mut child = created.run;
+    if created.created {
+        log(&format!(
+            "[orbit] started run {} of pipeline `{}` v{}",
+            child.id, child.pipeline_name, child.pipeline_version
+        ));
+    } else if matches!(child.state, RunState::Failed | RunState::Cancelled) {
+        // An earlier attempt saw it fail: retrying this task retries the child.
+        let again: Vec<String> = store
+            .task_runs(child.id)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|t| matches!(t.state, TaskState::Dead | TaskState::Cancelled))
+            .map(|t| t.task_name)
+            .collect();
+        store
+            .requeue(child.id, &again, TriggeredBy::Retry, Utc::now())
+            .await
+            .map_err(unavailable)?;
+        log(&format!(
+            "[orbit] retrying run {} ({} task(s) again)",
+            child.id,
+            again.len()
+        ));
+        child = store.run(child.id).await.map_err(unavailable)?;
+    } else {
+        log(&format!("[orbit] following run {} again", child.id));
+    }
+    while !child.state.is_terminal() {
+        tokio::time::sleep(POLL).await;
+        child = store.run(child.id).await.map_err(unavailable)?;
+    }
+    if child.state != RunState::Succeeded {
+        return Err(Failure::error(format!(
+            "run {} of pipeline `{}` {}",
+            child.id, child.pipeline_name, child.state
+        )));
+    }
+    log(&format!("[orbit] run {} succeeded", child.id));
+    output(store, &child).await.map_err(|e| match e {
+        StoreError::Invalid(m) => Failure::fatal(m),
+        other => unavailable(other),
+    })
+}
+
+/// Refuses to nest `pipeline` under `run` when it already runs above it, or too deep.
+async fn check_ancestors(store: &dyn Store, run: Uuid, pipeline: &str) -> Result<(), Failure> {
+    let mut chain = Vec::new();
+    let mut at = Some(run);
+    while let Some(id) = at {
+        let r = store
+            .run(id)
+            .await
+            .map_err(|e| Failure::error(format!("sub-pipeline: {e}")))?;
+        chain.push(r.pipeline_name.clone());
+        if r.pipeline_name == pipeline || chain.len() > MAX_DEPTH {
+            chain.reverse();
+            chain.push(pipeline.to_owned());
+            return Err(Failure::fatal(format!(
+                "pipelines run each other in a cycle (or deeper than {MAX_DEPTH}): {}",
+                chain.join(" → ")
+            )));
+        }
+        at = r.parent_run_id;
+    }
+    Ok(())
+}
+
+/// What a settled run gives its parent: its pipeline's `output` template rendered over its
+/// input and tasks' outputs, else the outputs of its tasks no other task needs, by name.
+async fn output(store: &dyn Store, run: &RunRecord) -> Result<Value, StoreError> {
+    let p = store.pipeline_version(run.pipeline_id).await?.pipeline;
+    let names: Vec<String> = p.tasks.iter().map(|t| t.name.clone()).collect();
+    let outputs = store.outputs(run.id, &names).await?;
+    match &p.output {
+        Some(template) => {
+            let tasks: Map<String, Value> = outputs
+                .into_iter()
+                .map(|(name, output)| (name, json!({ "output": output })))
+                .collect();
+            let ctx = json!({
+                "input": run.input,
+                "tasks": tasks,
+                "run": {"id": run.id.to_string(), "pipeline": run.pipeline_name},
+            });
+            template::render_value(template, &ctx)
+                .map_err(|e| StoreError::Invalid(format!("the pipeline's `output`: {e}")))
+        }
+        None => {
+            let needed: std::collections::HashSet<&str> = p
+                .tasks
+                .iter()
+                .flat_map(|t| t.needs.iter().map(String::as_str))
+                .collect();
+            Ok(Value::Object(
+                outputs
+                    .into_iter()
+                    .filter(|(name, _)| !needed.contains(name.as_str()))
+                    .collect(),
+            ))
+        }
+    }
+}
