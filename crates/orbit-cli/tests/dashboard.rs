@@ -1046,3 +1046,70 @@ async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
     no_errors(&c, "a map run").await;
     c.close().await.expect("close");
 }
+
+/// A run whose task runs another pipeline links to that sub-run, and the sub-run back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_run_and_its_parent_link_to_each_other() {
+    let driver = chromedriver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = server(dir.path(), &db, &["--workers", "4"], &[]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    api.post(
+        "/api/v1/pipelines",
+        json!({"name": "inner", "output": "{{ tasks.nap.output }}", "tasks": [
+            {"name": "nap", "type": "sleep", "duration": "10ms"}
+        ]}),
+    )
+    .await;
+    api.post(
+        "/api/v1/pipelines",
+        json!({"name": "outer", "tasks": [
+            {"name": "call", "type": "pipeline", "pipeline": "inner"}
+        ]}),
+    )
+    .await;
+    let run = api.post("/api/v1/pipelines/outer/trigger", json!({})).await;
+    let run = run["run"]["id"].as_str().expect("id").to_owned();
+    api.wait_state(&run, "succeeded").await;
+
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+    open(&c, &base, &format!("/runs/{run}"), "#sub-runs a").await;
+    c.execute(
+        "document.querySelector('#dag .node[data-task=\"call\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+        vec![],
+    )
+    .await
+    .expect("open the task");
+    wait_js(
+        &c,
+        "the task's sub-run",
+        "const p = document.querySelector('#task .sub-run'); return p && p.textContent.includes('inner')",
+    )
+    .await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots.join("run-sub.png"), png).expect("write screenshot");
+    // The facts are redrawn as events arrive: click in the page, not through a held element.
+    wait_js(
+        &c,
+        "the sub-run link",
+        "const a = document.querySelector('#sub-runs a'); if (!a) return false; a.click(); return true",
+    )
+    .await;
+    let parent = wait_js(
+        &c,
+        "the sub-run's page",
+        "const a = document.getElementById('parent-run'); return a && a.getAttribute('href')",
+    )
+    .await;
+    assert_eq!(parent, json!(format!("/runs/{run}")));
+    no_errors(&c, "a sub-run").await;
+    c.close().await.expect("close");
+}

@@ -470,6 +470,8 @@ async function runDetail(id) {
       <dt>Created</dt><dd>${when(r.createdAt)}</dd><dt>Took</dt><dd>${took(r.startedAt, r.finishedAt)}${settled(r.state) ? "" : " so far"}</dd>
       ${r.idempotencyKey ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotencyKey)}</code></dd>` : ""}
       ${r.triggeredBy ? `<dt>Triggered by</dt><dd>${esc(r.triggeredBy)}</dd>` : ""}
+      ${r.parentRunId ? `<dt>Parent run</dt><dd><a id="parent-run" href="/runs/${esc(r.parentRunId)}">${short(r.parentRunId)}</a> (task <code>${esc(r.parentTask || "")}</code>)</dd>` : ""}
+      ${(detail.subRuns || []).length ? `<dt>Sub-runs</dt><dd id="sub-runs">${detail.subRuns.map((c) => `<a href="/runs/${esc(c.id)}">${short(c.id)}</a> ${badge(c.state)} <span class="muted">${esc(c.pipelineName)} for <code>${esc(c.parentTask || "")}</code></span>`).join("<br>")}</dd>` : ""}
       <dt>Changed since last run</dt><dd id="changed">${big ? `<span class="muted">not compared for runs of over 1000 tasks</span>` : detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
     const inputBox = document.getElementById("run-input");
     inputBox.innerHTML = valueHtml(r.input, "run-input-value");
@@ -569,6 +571,7 @@ async function runDetail(id) {
       <h3>Attempts</h3><div class="panel"><table><thead><tr><th>#</th><th>Outcome</th><th class="hide-narrow">Worker</th><th>Started</th><th>Took</th><th>Code</th><th>Error</th></tr></thead><tbody>
       ${d.attempts.map((a) => `<tr><td>${a.attempt}</td><td>${badge(a.outcome)}</td><td class="hide-narrow"><code>${esc(a.worker)}</code></td><td>${when(a.startedAt)}</td><td>${took(a.startedAt, a.finishedAt)}</td><td>${a.codeVersion ? `v${a.codeVersion}` : "—"}</td><td class="err">${esc(a.error || "")}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No attempt has finished yet.</td></tr>`}
       </tbody></table></div>
+      ${(detail.subRuns || []).filter((c) => c.parentTask === t.taskName).map((c) => `<p class="sub-run">Runs pipeline <a href="/pipelines/${encodeURIComponent(c.pipelineName)}">${esc(c.pipelineName)}</a> as run <a href="/runs/${esc(c.id)}">${short(c.id)}</a> ${badge(c.state)}</p>`).join("")}
       ${d.definition && d.definition.for_each ? `<h3>Children <span class="muted">(one per element of <code>${esc(d.definition.for_each.items)}</code>)</span></h3><div id="children"></div>` : ""}`;
     fillObjects(box);
     if (d.definition && d.definition.for_each) {
