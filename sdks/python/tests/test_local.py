@@ -198,7 +198,7 @@ def test_bad_settings_are_refused_at_once(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_pipelines_in_code_give_the_file_format() -> None:
     w = worker()
-    etl = Pipeline("etl", schedule="0 * * * *", description="hourly", concurrency={"key": "etl-{{ input.region }}", "limit": 1})
+    etl = Pipeline("etl", schedule="0 * * * *", description="hourly", concurrency={"key": "etl-{{ input.region }}", "limit": 1}, output="{{ tasks.load.output }}")
 
     @etl.task()
     def extract(ctx: Context) -> list[int]:
@@ -207,6 +207,7 @@ def test_pipelines_in_code_give_the_file_format() -> None:
     etl.add("pause", "sleep", duration=1.5, needs="extract")
     etl.add("hook", "http", url="https://example.com", method="POST", needs="pause", timeout=10, retry={"max_attempts": 2}, concurrency={"key": "example.com", "limit": 4})
 
+    etl.add("thumbs", "pipeline", pipeline="resize", input={"file": "{{ input.file }}"}, needs="extract")
     etl.add("each", "http", url="https://example.com/{{ item }}", needs="extract", for_each="{{ tasks.extract.output }}", allow_failures="10%", fail_fast=True, rate_limit={"key": "example", "per": 0.5, "limit": 5})
 
     @etl.task("load", needs=["extract"], priority=5, allowed_next=["hook"], code_version="7", concurrency={"key": "load-{{ input.customer }}", "limit": 1})
@@ -218,10 +219,12 @@ def test_pipelines_in_code_give_the_file_format() -> None:
         "description": "hourly",
         "schedule": "0 * * * *",
         "concurrency": {"key": "etl-{{ input.region }}", "limit": 1},
+        "output": "{{ tasks.load.output }}",
         "tasks": [
             {"name": "extract", "type": "worker", "task": "etl.extract"},
             {"name": "pause", "type": "sleep", "duration": 1.5, "needs": "extract"},
             {"name": "hook", "type": "http", "url": "https://example.com", "method": "POST", "needs": "pause", "retry": {"max_attempts": 2}, "timeout": "10000ms", "concurrency": {"key": "example.com", "limit": 4}},
+            {"name": "thumbs", "type": "pipeline", "pipeline": "resize", "input": {"file": "{{ input.file }}"}, "needs": "extract"},
             {"name": "each", "type": "http", "url": "https://example.com/{{ item }}", "needs": "extract", "rate_limit": {"key": "example", "per": "500ms", "limit": 5}, "for_each": "{{ tasks.extract.output }}", "allow_failures": "10%", "fail_fast": True},
             {"name": "load", "type": "worker", "task": "etl.load", "needs": ["extract"], "priority": 5, "allowed_next": ["hook"], "concurrency": {"key": "load-{{ input.customer }}", "limit": 1}},
         ],

@@ -1423,6 +1423,8 @@ export interface components {
             };
             pipeline?: components["schemas"]["PipelineView"] | null;
             run: components["schemas"]["RunRecord"];
+            /** @description The runs its `type: pipeline` tasks made (each names its `parentTask`). */
+            subRuns: components["schemas"]["RunRecord"][];
             /** @description How many task runs are in each state. */
             taskCounts: {
                 [key: string]: number;
@@ -1456,6 +1458,12 @@ export interface components {
             id: string;
             idempotencyKey?: string | null;
             input: unknown;
+            /**
+             * Format: uuid
+             * @description A sub-run's parent run and the task of it that made this run.
+             */
+            parentRunId?: string | null;
+            parentTask?: string | null;
             /** Format: uuid */
             pipelineId: string;
             pipelineName: string;

@@ -19,7 +19,9 @@ export interface PipelineTask {
   handler?: Handler;
   /** Options of the handler's registration (code version, idempotency key…). */
   options?: TaskOptions;
-  type?: "shell" | "http" | "sleep" | "script" | "worker";
+  /** A built-in type; `pipeline` runs another pipeline as a sub-run
+   * (`params: { pipeline: "resize", input: {...} }`) and outputs what it outputs. */
+  type?: "shell" | "http" | "sleep" | "script" | "worker" | "pipeline";
   params?: Record<string, unknown>;
   retry?: RetryPolicy;
   timeout?: string;
@@ -48,6 +50,9 @@ export interface PipelineSpec {
   schedule?: string;
   /** At most `limit` runs with the same rendered `key` run at once; the others wait pending. */
   concurrency?: { key: string; limit?: number };
+  /** What a run gives a parent run that runs this pipeline (`type: "pipeline"`): a template
+   * over `input`, `tasks` and `run`; by default the outputs of the tasks nothing needs. */
+  output?: unknown;
   tasks?: PipelineTask[];
   /** orbit-pipeline's form: steps run one after the other, each seeing the ones before. */
   steps?: Array<Omit<PipelineTask, "needs">>;
@@ -82,6 +87,7 @@ export function definePipeline(spec: PipelineSpec): Pipeline {
       if (spec.description !== undefined) doc.description = spec.description;
       if (spec.schedule !== undefined) doc.schedule = spec.schedule;
       if (spec.concurrency !== undefined) doc.concurrency = spec.concurrency;
+      if (spec.output !== undefined) doc.output = spec.output;
       doc.tasks = tasks.map((t) => {
         const out: Record<string, unknown> = { name: t.name };
         if (t.handler) {

@@ -103,6 +103,7 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
   const p = definePipeline({
     name: "data-import",
     concurrency: { key: "import-{{ input.source }}" },
+    output: { rows: "{{ tasks.transform.output }}" },
     steps: [
       { name: "import-data", handler: async () => ({ success: true }) },
       { name: "transform", handler: async (ctx) => ctx.upstream["import-data"] },
@@ -121,6 +122,7 @@ test("pipelines in code: tasks and the seed's steps give the file format", () =>
   assert.deepEqual(p.document(), {
     name: "data-import",
     concurrency: { key: "import-{{ input.source }}" },
+    output: { rows: "{{ tasks.transform.output }}" },
     tasks: [
       { name: "import-data", type: "worker", task: "data-import.import-data" },
       { name: "transform", type: "worker", task: "data-import.transform", needs: ["import-data"] },

@@ -350,6 +350,7 @@ class RunDetail(TypedDict):
     codeVersions: dict[str, int]
     pipeline: NotRequired[PipelineView | None]
     run: RunRecord
+    subRuns: list[RunRecord]
     taskCounts: dict[str, int]
     tasks: list[TaskRunRecord]
     tasksPage: TaskPage
@@ -370,6 +371,8 @@ class RunRecord(TypedDict):
     id: str
     idempotencyKey: NotRequired[str | None]
     input: Any
+    parentRunId: NotRequired[str | None]
+    parentTask: NotRequired[str | None]
     pipelineId: str
     pipelineName: str
     pipelineVersion: int

@@ -60,13 +60,16 @@ class Pipeline:
     """A pipeline defined in Python: `@pipeline.task(needs=[...])` handlers run by the worker it is
     attached to, and built-in tasks (`shell`, `http`, `sleep`, `script`, `worker`) by `add`."""
 
-    def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None, concurrency: Concurrency | None = None) -> None:
+    def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None, concurrency: Concurrency | None = None, output: Any = None) -> None:
         """`concurrency` caps the runs with the same rendered key running at once; the others
-        wait pending."""
+        wait pending. `output` is what a run gives a parent run that runs this pipeline
+        (`add("resize", "pipeline", pipeline="thumbs")`): a template over `input`, `tasks` and
+        `run`; by default the outputs of the tasks nothing needs."""
         self.name = name
         self.schedule = schedule
         self.description = description
         self.concurrency = concurrency
+        self.output = output
         self._tasks: dict[str, _Task] = {}
 
     def task(
@@ -151,6 +154,8 @@ class Pipeline:
             doc["schedule"] = self.schedule
         if self.concurrency is not None:
             doc["concurrency"] = dict(self.concurrency)
+        if self.output is not None:
+            doc["output"] = self.output
         doc["tasks"] = [{"name": t.name, **t.fields} for t in self._tasks.values()]
         return doc
 
