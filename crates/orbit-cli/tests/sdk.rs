@@ -943,3 +943,46 @@ async fn retry_after_from_a_rust_handler_waits_without_spending_a_retry() {
         .collect();
     assert_eq!(outcomes, ["throttled", "throttled", "succeeded"]);
 }
+
+/// A Rust handler mapped over a list (`for_each` on a worker task): each child gets its
+/// element as input; the gathered list holds their outputs in order.
+#[tokio::test]
+async fn a_rust_handler_mapped_over_a_list_gets_one_element_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = start(dir.path(), &db);
+    let api = Api::new(&s);
+    let mut worker = orbit_sdk::Worker::builder()
+        .orchestrator_url(&s.base)
+        .service_id("mapper")
+        .secret_key(KEY)
+        .build()
+        .expect("worker");
+    worker.register("double", |ctx: orbit_sdk::Context| async move {
+        let n = ctx
+            .input
+            .as_i64()
+            .ok_or(orbit_sdk::TaskError::fatal("not a number"))?;
+        Ok::<_, orbit_sdk::TaskError>(json!(n * 2))
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let pipeline = "name: mapped\ntasks:\n  - {name: double, type: worker, for_each: \"{{ input.numbers }}\"}\n";
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines",
+            None,
+            Some(json!({"yaml": pipeline})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let numbers: Vec<i64> = (0..25).collect();
+    let run = api.trigger("mapped", json!({"numbers": numbers})).await;
+    let done = api.settled(&run, Duration::from_secs(30)).await;
+    stop.cancel();
+    let _ = running.await;
+    assert_eq!(done["run"]["state"], "succeeded", "{done:#}");
+    let doubled: Vec<i64> = numbers.iter().map(|n| n * 2).collect();
+    assert_eq!(task(&done, "double")["output"], json!(doubled));
+}

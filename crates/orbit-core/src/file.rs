@@ -425,9 +425,6 @@ impl Checker {
             }
         }
         let task_type = task_type?;
-        if let (Some(_), TaskType::Worker) = (&for_each, task_type) {
-            self.at(raw, format!("task `{name}`: `for_each` runs built-in tasks (shell, http, sleep, script); a worker task cannot be mapped yet"));
-        }
         if task_type == TaskType::Shell {
             self.lint_shell(&name, field("command"), field("shell"));
         }

@@ -93,6 +93,10 @@ pub struct ForEach {
     pub fail_fast: bool,
 }
 
+/// The task run type of a `for_each` worker task: its expansion and gathering run in the
+/// engine (which claims this type), its children (`worker`) in SDK workers.
+pub const MAPPED_WORKER: &str = "for_each";
+
 /// The most children one `for_each` task may have.
 pub const MAX_MAP_ITEMS: usize = 100_000;
 
@@ -191,6 +195,15 @@ fn render_key(
 pub const DEFAULT_QUEUE: &str = "default";
 
 impl TaskDef {
+    /// The type its task runs are stored with: a mapped worker task is `for_each` (see
+    /// [`MAPPED_WORKER`]).
+    pub fn run_type(&self) -> &'static str {
+        match (&self.for_each, self.task_type) {
+            (Some(_), TaskType::Worker) => MAPPED_WORKER,
+            (_, t) => t.as_str(),
+        }
+    }
+
     /// The queue claimers pick it from. A worker task's queue is the service task it names,
     /// so that a worker polls exactly the tasks it serves.
     pub fn queue(&self) -> &str {

@@ -460,7 +460,7 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
             Ok(NewTaskRow {
                 id: Uuid::now_v7(),
                 name: &task.name,
-                task_type: task.task_type.as_str(),
+                task_type: task.run_type(),
                 queue: task.queue(),
                 seq: i32::try_from(seq).unwrap_or(i32::MAX),
                 state: if ready {

@@ -363,6 +363,26 @@ async def test_retry_after_waits_without_spending_a_retry(server: Server) -> Non
     assert [a["outcome"] for a in attempts["attempts"]] == ["throttled", "throttled", "succeeded"]
 
 
+@pytest.mark.anyio
+async def test_a_handler_mapped_over_a_list_gets_one_element_each(server: Server) -> None:
+    api = Api(server.base)
+    w = make(server, "mapper")
+
+    @w.task("double")
+    def double(ctx: Context) -> int:
+        return int(ctx.input) * 2
+
+    await api.save({"name": "mapped", "tasks": [
+        {"name": "double", "type": "worker", "for_each": "{{ input.numbers }}"},
+        {"name": "sum", "type": "sleep", "duration": "0s", "needs": ["double"]},
+    ]})
+    async with running(w):
+        d = await api.settled(await api.trigger("mapped", {"numbers": list(range(25))}))
+    assert d["run"]["state"] == "succeeded", d
+    assert task(d, "double")["output"] == [n * 2 for n in range(25)]
+    assert sum(c["count"] for c in d["children"]) == 25
+
+
 def test_the_models_are_what_the_servers_openapi_document_describes() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "gen_models.py"
     assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0

@@ -34,9 +34,9 @@ export interface PipelineTask {
   /** At most `limit` attempts of tasks with the same rendered `key` start in any `per` (a
    * duration such as `"1s"`; a token bucket shared by every worker). */
   rateLimit?: { key: string; per: string; limit: number };
-  /** Built-in tasks only: run once per element of the list this template renders to
-   * (`"{{ tasks.list.output.items }}"`), with `item` and `index` in the context; what needs the
-   * task gets the children's outputs in order. */
+  /** Run once per element of the list this template renders to
+   * (`"{{ tasks.list.output.items }}"`): a built-in task sees `item` and `index`, a handler gets
+   * the element as its input; what needs the task gets the children's outputs in order. */
   forEach?: string;
   /** With `forEach`: the share of children that may fail (`"10%"`), `null` in the list. */
   allowFailures?: string | number;

@@ -289,6 +289,26 @@ describe("workers in this process", () => {
     assert.equal(task(d, "fatal").attempt, 1);
   });
 
+  test("a handler mapped over a list gets one element each", async () => {
+    const w = make("mapper");
+    w.register("double", async (ctx) => ctx.input * 2);
+    const running = w.start();
+    await saved({
+      name: "mapped",
+      tasks: [
+        { name: "double", type: "worker", for_each: "{{ input.numbers }}" },
+        { name: "sum", type: "sleep", duration: "0s", needs: ["double"] },
+      ],
+    });
+    const numbers = Array.from({ length: 25 }, (_, i) => i);
+    const d = await settled(s.base, await trigger(s.base, "mapped", { numbers }));
+    await w.stop();
+    await running;
+    assert.equal(d.run.state, "succeeded");
+    assert.deepEqual(task(d, "double").output, numbers.map((n) => n * 2));
+    assert.equal(d.children.reduce((a, c) => a + c.count, 0), 25);
+  });
+
   test("RetryAfterError waits as told without spending a retry", async () => {
     const w = make("quota");
     const calls = [];

@@ -495,14 +495,13 @@ fn for_each_is_read_and_checked() {
         ("{{ tasks.list.output.items }}", 12.5, true)
     );
     let bad = errors(
-        "name: m\ntasks:\n  - name: a\n    type: sleep\n    duration: 0s\n    for_each: [1, 2]\n  - name: b\n    type: sleep\n    duration: 0s\n    for_each: \"{{ item }}\"\n    allow_failures: 150%\n  - name: c\n    type: sleep\n    duration: 0s\n    fail_fast: yes\n  - name: d\n    type: worker\n    for_each: \"{{ input.xs }}\"\n",
+        "name: m\ntasks:\n  - name: a\n    type: sleep\n    duration: 0s\n    for_each: [1, 2]\n  - name: b\n    type: sleep\n    duration: 0s\n    for_each: \"{{ item }}\"\n    allow_failures: 150%\n  - name: c\n    type: sleep\n    duration: 0s\n    fail_fast: yes\n",
     );
     let text: Vec<&str> = bad.iter().map(|b| b.1.as_str()).collect();
     for expected in [
         "`for_each` must be a template that renders to a list",
         "`for_each` may use `input`, `tasks` and `run`",
         "`allow_failures` and `fail_fast` need `for_each`",
-        "a worker task cannot be mapped yet",
     ] {
         assert!(
             text.iter().any(|t| t.contains(expected)),

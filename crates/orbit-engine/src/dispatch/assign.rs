@@ -74,8 +74,11 @@ impl Dispatcher {
             .await
             .map_err(|e| Failure::error(e.to_string()))?;
         let (stored, dag) = (&loaded.0, &loaded.1);
+        // A `for_each` child runs its parent's definition, with its element.
+        let (name, index) = orbit_core::pipeline::parent_of(&task.task_name)
+            .map_or((task.task_name.as_str(), None), |(p, i)| (p, Some(i)));
         let def = dag
-            .index_of(&task.task_name)
+            .index_of(name)
             .map(|i| &stored.pipeline.tasks[i])
             .ok_or_else(|| {
                 Failure::fatal(format!("task `{}` is not in the pipeline", task.task_name))
@@ -99,7 +102,7 @@ impl Dispatcher {
             (Shared::Inline(&null), Vec::new())
         };
         let ids = ContextIds::new(task.run_id, task.id);
-        let ctx = ids.context(
+        let mut ctx = ids.context(
             &ctx_input,
             ctx_outputs.iter().map(|(n, output)| (*n, &**output)),
             &stored.name,
@@ -109,6 +112,10 @@ impl Dispatcher {
             },
             code_version,
         );
+        if index.is_some() {
+            ctx.item = Some(task.item.as_ref().unwrap_or(&null));
+            ctx.index = index;
+        }
         let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
         let now = self.clock.now();
         let keyed = keyed(
@@ -138,6 +145,8 @@ impl Dispatcher {
         };
         // After the key lookup: a reused output needs no input written for a worker.
         let input = match def.params.get("input") {
+            // A child's handler gets its element, unless an `input` template says otherwise.
+            None if index.is_some() => task.item.clone().unwrap_or(Value::Null),
             None => values.into_input(),
             Some(template) => self.rendered_input(template, &ctx, def, task).await?,
         };

@@ -72,7 +72,9 @@ impl Dispatcher {
     ) -> Result<FinishedAttempt, EngineError> {
         let loaded = self.loaded(task.pipeline_id).await?;
         let now = self.clock.now();
-        let transition = match loaded.1.index_of(&task.task_name) {
+        let name = orbit_core::pipeline::parent_of(&task.task_name)
+            .map_or(task.task_name.as_str(), |p| p.0);
+        let transition = match loaded.1.index_of(name) {
             Some(i) => {
                 let def = &loaded.0.pipeline.tasks[i];
                 self.transition(
@@ -126,7 +128,14 @@ impl Dispatcher {
         if let Some(retries) = options.and_then(|o| o.retries) {
             policy.max_attempts = retries.saturating_add(1);
         }
-        on_attempt_finished(dag, i, &policy, task.tries, outcome, now, fastrand::f64())
+        let t = on_attempt_finished(dag, i, &policy, task.tries, outcome, now, fastrand::f64());
+        match (
+            &def.for_each,
+            orbit_core::pipeline::parent_of(&task.task_name),
+        ) {
+            (Some(fe), Some(_)) => orbit_core::transition::as_child(dag, i, fe.fail_fast, t),
+            _ => t,
+        }
     }
 
     /// Renews the lease of the attempt the token names.
@@ -174,10 +183,9 @@ impl Dispatcher {
         let loaded = self.loaded(claims.pid).await?;
         let (stored, dag) = (&loaded.0, &loaded.1);
         // By the DAG's index: a scan of the task list per callback is quadratic in big runs.
-        let Some(def) = dag
-            .index_of(&claims.task)
-            .map(|i| &stored.pipeline.tasks[i])
-        else {
+        let name =
+            orbit_core::pipeline::parent_of(&claims.task).map_or(claims.task.as_str(), |p| p.0);
+        let Some(def) = dag.index_of(name).map(|i| &stored.pipeline.tasks[i]) else {
             return Err(StoreError::Corrupt(format!(
                 "task `{}` is not in its pipeline",
                 claims.task

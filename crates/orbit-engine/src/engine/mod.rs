@@ -213,7 +213,9 @@ impl Engine {
         let types = if config.types.is_empty() {
             TaskType::BUILT_IN
                 .iter()
-                .map(|t| t.as_str().to_owned())
+                .map(|t| t.as_str())
+                .chain([orbit_core::pipeline::MAPPED_WORKER])
+                .map(str::to_owned)
                 .collect()
         } else {
             config.types.clone()

@@ -88,13 +88,20 @@ class Pipeline:
         code_version: str | None = None,
         concurrency: Concurrency | None = None,
         rate_limit: RateLimit | None = None,
+        for_each: str | None = None,
+        allow_failures: str | float | None = None,
+        fail_fast: bool | None = None,
     ) -> Callable[[H], H]:
         """A task run by the decorated handler (named after it unless `name` is given).
-        `retry` is the pipeline file's policy (`{"max_attempts": 3, "initial": "1s"}`)."""
+        `retry` is the pipeline file's policy (`{"max_attempts": 3, "initial": "1s"}`). With
+        `for_each` the handler runs once per element of the list it renders to, the element as
+        its input."""
 
         def decorate(handler: H) -> H:
             task = name or handler.__name__
             fields = self._fields(needs, retry, timeout, priority, allowed_next, input, concurrency, rate_limit)
+            mapped = {"for_each": for_each, "allow_failures": allow_failures, "fail_fast": fail_fast}
+            fields.update({k: v for k, v in mapped.items() if v is not None})
             options = TaskOptions(list(allowed_next or []), idempotency_key, retries, None, heartbeat_interval, code_version)
             self._add(_Task(task, {"type": "worker", "task": handler_name(self.name, task), **fields}, handler, options))
             return handler
