@@ -29,6 +29,19 @@ impl Rng {
     }
 }
 
+/// ORBIT_CRASH_SEED, else one from the clock (printed by each test, to replay it).
+fn seed() -> u64 {
+    std::env::var("ORBIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
 fn pipeline() -> String {
     let mut yaml = String::from(
         "name: crash\ndefaults:\n  retry: {max_attempts: 1000, initial: 10ms, max_delay: 50ms}\ntasks:\n",
@@ -95,15 +108,7 @@ fn side_effects(dir: &Path) -> Vec<String> {
 
 #[test]
 fn sigkill_at_random_instants_loses_nothing_and_repeats_no_completed_step() {
-    let seed = std::env::var("ORBIT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let seed = seed();
     println!("crash test seed: {seed} (set ORBIT_CRASH_SEED to replay)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -283,15 +288,7 @@ fn succeeded_attempts(dir: &Path, run: &str) -> HashMap<String, usize> {
 /// again once its success is recorded, and the gathered list holds every element in order.
 #[test]
 fn sigkill_mid_map_makes_each_child_once_and_runs_none_again_after_success() {
-    let seed = std::env::var("ORBIT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(7, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let seed = seed();
     println!("map crash test seed: {seed} (set ORBIT_CRASH_SEED to replay)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -806,15 +806,7 @@ async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
     let s = start(dir.path(), &db);
     let api = Api::new(&s);
     let pipeline = "name: nap\ntasks:\n  - {name: quick, type: sleep, duration: 10ms}\n  - {name: long, type: sleep, duration: 60s, needs: quick}\n";
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/pipelines",
-            None,
-            Some(json!({"yaml": pipeline})),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{body}");
+    save_yaml(&api, pipeline).await;
     let client = orbit_sdk::Client::new(&s.base);
     let run = client
         .trigger("nap", json!({"day": 1}), Some("nap-1"))
@@ -883,6 +875,28 @@ async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
     );
 }
 
+/// An in-process Rust SDK worker of service `service` for server `s`.
+fn rust_worker(s: &Server, service: &str) -> orbit_sdk::Worker {
+    orbit_sdk::Worker::builder()
+        .orchestrator_url(&s.base)
+        .service_id(service)
+        .secret_key(KEY)
+        .build()
+        .expect("worker")
+}
+
+async fn save_yaml(api: &Api, yaml: &str) {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines",
+            None,
+            Some(json!({"yaml": yaml})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+}
+
 /// The Rust SDK's `TaskError::retry_after`: the attempt comes back after the wait it asked for
 /// and costs no retry (the task has none).
 #[tokio::test]
@@ -892,12 +906,7 @@ async fn retry_after_from_a_rust_handler_waits_without_spending_a_retry() {
     let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
     let s = start(dir.path(), &db);
     let api = Api::new(&s);
-    let mut worker = orbit_sdk::Worker::builder()
-        .orchestrator_url(&s.base)
-        .service_id("quota")
-        .secret_key(KEY)
-        .build()
-        .expect("worker");
+    let mut worker = rust_worker(&s, "quota");
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
     worker.register("quota", move |_ctx: orbit_sdk::Context| {
@@ -917,15 +926,7 @@ async fn retry_after_from_a_rust_handler_waits_without_spending_a_retry() {
     let running = tokio::spawn(worker.run(stop.clone()));
     let pipeline =
         "name: quota\ntasks:\n  - {name: quota, type: worker, retry: {max_attempts: 1}}\n";
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/pipelines",
-            None,
-            Some(json!({"yaml": pipeline})),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{body}");
+    save_yaml(&api, pipeline).await;
     let started = Instant::now();
     let run = api.trigger("quota", json!({})).await;
     let done = api.settled(&run, Duration::from_secs(30)).await;
@@ -952,12 +953,7 @@ async fn a_rust_handler_mapped_over_a_list_gets_one_element_each() {
     let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
     let s = start(dir.path(), &db);
     let api = Api::new(&s);
-    let mut worker = orbit_sdk::Worker::builder()
-        .orchestrator_url(&s.base)
-        .service_id("mapper")
-        .secret_key(KEY)
-        .build()
-        .expect("worker");
+    let mut worker = rust_worker(&s, "mapper");
     worker.register("double", |ctx: orbit_sdk::Context| async move {
         let n = ctx
             .input
@@ -968,15 +964,7 @@ async fn a_rust_handler_mapped_over_a_list_gets_one_element_each() {
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop.clone()));
     let pipeline = "name: mapped\ntasks:\n  - {name: double, type: worker, for_each: \"{{ input.numbers }}\"}\n";
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/pipelines",
-            None,
-            Some(json!({"yaml": pipeline})),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{body}");
+    save_yaml(&api, pipeline).await;
     let numbers: Vec<i64> = (0..25).collect();
     let run = api.trigger("mapped", json!({"numbers": numbers})).await;
     let done = api.settled(&run, Duration::from_secs(30)).await;

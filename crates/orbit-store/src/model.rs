@@ -435,6 +435,40 @@ pub struct ChildResult {
     pub error: Option<String>,
 }
 
+impl ChildResult {
+    /// A row of a parent's children: its index, state (by name), output and error.
+    pub fn from_row(
+        index: i64,
+        state: &str,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> crate::Result<ChildResult> {
+        Ok(ChildResult {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            state: parse_state(state)?,
+            output,
+            error,
+        })
+    }
+}
+
+impl ChildCount {
+    /// A row of a run's child counts: the parent task, a state (by name), how many.
+    pub fn from_row(task_name: String, state: &str, count: i64) -> crate::Result<ChildCount> {
+        Ok(ChildCount {
+            task_name,
+            state: parse_state(state)?,
+            count: u64::try_from(count).unwrap_or(0),
+        })
+    }
+}
+
+fn parse_state(state: &str) -> crate::Result<TaskState> {
+    state
+        .parse()
+        .map_err(|e| crate::StoreError::Corrupt(format!("task state: {e}")))
+}
+
 /// How many children of one `for_each` task are in one state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -168,10 +168,12 @@ pub async fn get(
             .map(|c| c.count)
             .sum()
     };
+    // Read apart, the two counts may straddle a commit (an expansion): never below zero.
     let total = match state {
         Some(st) => count(st),
         None => counts.iter().map(|(_, n)| n).sum(),
-    } - of_children(state);
+    }
+    .saturating_sub(of_children(state));
     let full = run.tasks_total - of_children(None) as i64 <= FULL_DETAIL_TASKS;
     let (versions, changed) = if full {
         let versions = code_versions(&s, run.id).await?;

@@ -109,7 +109,7 @@ impl orbit_store::Runs for PgStore {
     }
 
     async fn children(&self, run: Uuid, parent: &str) -> Result<Vec<ChildResult>> {
-        sqlx::query(
+        sqlx::query_as::<_, (i32, String, Option<Value>, Option<String>)>(
             "SELECT map_index, state, output, error FROM task_runs \
              WHERE run_id = $1 AND map_parent = $2 ORDER BY map_index",
         )
@@ -118,24 +118,15 @@ impl orbit_store::Runs for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?
-        .iter()
-        .map(|r| {
-            let index: i32 = r.try_get(0).map_err(unavailable)?;
-            let state: String = r.try_get(1).map_err(unavailable)?;
-            Ok(ChildResult {
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                state: state
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))?,
-                output: r.try_get::<Option<Value>, _>(2).map_err(unavailable)?,
-                error: r.try_get(3).map_err(unavailable)?,
-            })
+        .into_iter()
+        .map(|(index, state, output, error)| {
+            ChildResult::from_row(i64::from(index), &state, output, error)
         })
         .collect()
     }
 
     async fn child_counts(&self, run: Uuid) -> Result<Vec<ChildCount>> {
-        sqlx::query(
+        sqlx::query_as::<_, (String, String, i64)>(
             "SELECT map_parent, state, COUNT(*) FROM task_runs \
              WHERE run_id = $1 AND map_parent IS NOT NULL GROUP BY map_parent, state ORDER BY map_parent, state",
         )
@@ -143,18 +134,8 @@ impl orbit_store::Runs for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?
-        .iter()
-        .map(|r| {
-            let state: String = r.try_get(1).map_err(unavailable)?;
-            let count: i64 = r.try_get(2).map_err(unavailable)?;
-            Ok(ChildCount {
-                task_name: r.try_get(0).map_err(unavailable)?,
-                state: state
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))?,
-                count: u64::try_from(count).unwrap_or(0),
-            })
-        })
+        .into_iter()
+        .map(|(task, state, n)| ChildCount::from_row(task, &state, n))
         .collect()
     }
 
