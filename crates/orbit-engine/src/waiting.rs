@@ -73,6 +73,26 @@ pub async fn held_by_keys(
     Ok(lines)
 }
 
+/// A page of the ready children of each `for_each` task of `run` that has some (`children`:
+/// the run's child counts): what the explanations below read besides the run's own tasks.
+pub async fn ready_children(
+    store: &dyn Store,
+    run: uuid::Uuid,
+    children: &[orbit_store::ChildCount],
+) -> Result<Vec<TaskRunRecord>, StoreError> {
+    let mut ready = Vec::new();
+    for c in children.iter().filter(|c| c.state == TaskState::Ready) {
+        let page = orbit_store::TaskRunPage {
+            state: Some(TaskState::Ready),
+            children_of: Some(c.task_name.clone()),
+            limit: 200,
+            offset: 0,
+        };
+        ready.extend(store.task_runs_page(run, &page).await?);
+    }
+    Ok(ready)
+}
+
 /// One line per rate limit key of `tasks` whose ready task runs wait for a token, e.g.
 /// ``3 tasks wait for rate limit `openai` (next token in 0.4 s)``.
 pub async fn held_by_rates(

@@ -399,6 +399,10 @@ pub struct NewTaskRow<'a> {
     pub concurrency: Option<(String, i32)>,
     /// The rendered rate limit key, its limit and its period in ms.
     pub rate: Option<(String, i32, i64)>,
+    /// A `for_each` task's row holds its keys for its children instead (`{"ck", "cl", "rk",
+    /// "rl", "rp"}`, kept in its `map_item` column, unused by a parent): its own attempts, which
+    /// make and gather the children, take no slot and no token.
+    pub child_keys: Option<Value>,
 }
 
 /// What creating `new` writes besides its run row: the task runs, the `run_created` event,
@@ -473,8 +477,21 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                 max_attempts: i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX),
                 lease_ms: task.lease().as_millis() as i64,
                 ready_at: ready.then_some(new.now),
-                concurrency,
-                rate,
+                child_keys: task.for_each.as_ref().map(|_| {
+                    json!({
+                        "ck": concurrency.as_ref().map(|c| &c.0),
+                        "cl": concurrency.as_ref().map(|c| c.1),
+                        "rk": rate.as_ref().map(|r| &r.0),
+                        "rl": rate.as_ref().map(|r| r.1),
+                        "rp": rate.as_ref().map(|r| r.2),
+                    })
+                }),
+                concurrency: if task.for_each.is_some() {
+                    None
+                } else {
+                    concurrency
+                },
+                rate: if task.for_each.is_some() { None } else { rate },
             })
         })
         .collect::<crate::Result<Vec<NewTaskRow<'a>>>>()?;

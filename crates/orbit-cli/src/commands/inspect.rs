@@ -113,9 +113,11 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     let tasks = store.task_runs_page(run.id, &page).await?;
     let children = store.child_counts(run.id).await?;
     let sub_runs = store.child_runs(run.id).await?;
-    let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &tasks).await?;
-    waiting.extend(orbit_engine::waiting::held_by_rates(store, &tasks, chrono::Utc::now()).await?);
-    waiting.extend(orbit_engine::waiting::unclaimed(store, &tasks, chrono::Utc::now()).await?);
+    let mut ready = tasks.clone();
+    ready.extend(orbit_engine::waiting::ready_children(store, run.id, &children).await?);
+    let mut waiting = orbit_engine::waiting::held_by_keys(store, &run, &ready).await?;
+    waiting.extend(orbit_engine::waiting::held_by_rates(store, &ready, chrono::Utc::now()).await?);
+    waiting.extend(orbit_engine::waiting::unclaimed(store, &ready, chrono::Utc::now()).await?);
     render_status(&run, &tasks, &children, &sub_runs, &waiting, json)
 }
 

@@ -194,7 +194,10 @@ pub async fn get(
             limit: 200,
             offset: 0,
         };
-        let ready = s.store.task_runs_page(run.id, &ready).await?;
+        let mut ready = s.store.task_runs_page(run.id, &ready).await?;
+        ready.extend(
+            orbit_engine::waiting::ready_children(s.store.as_ref(), run.id, &children).await?,
+        );
         let mut lines = orbit_engine::waiting::held_by_keys(s.store.as_ref(), &run, &ready).await?;
         lines.extend(
             orbit_engine::waiting::held_by_rates(s.store.as_ref(), &ready, Utc::now()).await?,

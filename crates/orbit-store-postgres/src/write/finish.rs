@@ -321,8 +321,9 @@ async fn expand(
              max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
              run_keyed, rate_key, rate_limit, rate_per_ms, map_parent, map_index, map_item) \
              SELECT v.id, p.run_id, p.pipeline_id, v.name, p.seq, 'ready', p.priority, 0, p.max_attempts, p.lease_ms, \
-             $5, $5, CASE WHEN p.task_type = 'for_each' THEN 'worker' ELSE p.task_type END, p.queue, p.concurrency_key, p.concurrency_limit, p.run_keyed, p.rate_key, \
-             p.rate_limit, p.rate_per_ms, p.task_name, v.idx, v.item \
+             $5, $5, CASE WHEN p.task_type = 'for_each' THEN 'worker' ELSE p.task_type END, p.queue, \
+             p.map_item->>'ck', COALESCE((p.map_item->>'cl')::int, 0), p.run_keyed, p.map_item->>'rk', \
+             COALESCE((p.map_item->>'rl')::int, 0), COALESCE((p.map_item->>'rp')::bigint, 0), p.task_name, v.idx, v.item \
              FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS v(id, name, idx, item) \
              JOIN task_runs p ON p.id = $6",
         )

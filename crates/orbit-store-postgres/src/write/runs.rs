@@ -98,11 +98,11 @@ async fn insert_tasks(
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
          max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit, run_keyed, \
-         rate_key, rate_limit, rate_per_ms) \
-         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17, rk, rl, rp FROM UNNEST($4::uuid[], \
+         rate_key, rate_limit, rate_per_ms, map_item) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17, rk, rl, rp, mi FROM UNNEST($4::uuid[], \
          $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], \
-         $14::timestamptz[], $15::text[], $16::int[], $18::text[], $19::int[], $20::bigint[]) \
-         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl, rk, rl, rp)",
+         $14::timestamptz[], $15::text[], $16::int[], $18::text[], $19::int[], $20::bigint[], $21::jsonb[]) \
+         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl, rk, rl, rp, mi)",
     )
     .bind(new.id)
     .bind(new.pipeline.id)
@@ -136,6 +136,7 @@ async fn insert_tasks(
             .map(|r| r.rate.as_ref().map_or(0, |x| x.2))
             .collect::<Vec<_>>(),
     )
+    .bind(rows.iter().map(|r| r.child_keys.clone()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

@@ -315,8 +315,10 @@ fn expand(conn: &Connection, f: &FinishedAttempt, items: &[Value], now: i64) -> 
             chunk.len(),
             &format!(
                 ") SELECT v.id, p.run_id, p.pipeline_id, v.name, p.seq, 'ready', p.priority, 0, p.max_attempts, \
-                 p.lease_ms, ?{at}, ?{at}, CASE WHEN p.task_type = 'for_each' THEN 'worker' ELSE p.task_type END, p.queue, p.concurrency_key, p.concurrency_limit, p.run_keyed, \
-                 p.rate_key, p.rate_limit, p.rate_per_ms, p.task_name, v.idx, v.item FROM v JOIN task_runs p ON p.id = ?{of}"
+                 p.lease_ms, ?{at}, ?{at}, CASE WHEN p.task_type = 'for_each' THEN 'worker' ELSE p.task_type END, p.queue, \
+                 json_extract(p.map_item, '$.ck'), COALESCE(json_extract(p.map_item, '$.cl'), 0), p.run_keyed, \
+                 json_extract(p.map_item, '$.rk'), COALESCE(json_extract(p.map_item, '$.rl'), 0), \
+                 COALESCE(json_extract(p.map_item, '$.rp'), 0), p.task_name, v.idx, v.item FROM v JOIN task_runs p ON p.id = ?{of}"
             ),
         );
         conn.prepare_cached(&text_of)

@@ -12,7 +12,7 @@ use orbit_store::plan::{self, Event, EventKind};
 use orbit_store::tally::Tally;
 use orbit_store::{NewRun, PurgedLetters, Result, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// `Ok(new_id)`, or `Err(existing_id)` when the idempotency key already names a run.
@@ -43,7 +43,7 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         opt_text(new.parent.as_ref().map(|p| p.1.clone())),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
-    let mut tasks = Vec::with_capacity(plan.tasks.len() * 20);
+    let mut tasks = Vec::with_capacity(plan.tasks.len() * 21);
     let run_keyed = int(i64::from(plan.concurrency.is_some()));
     for row in &plan.tasks {
         tasks.extend([
@@ -67,6 +67,7 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             opt_text(row.rate.as_ref().map(|r| r.0.clone())),
             int(row.rate.as_ref().map_or(0, |r| r.1)),
             int(row.rate.as_ref().map_or(0, |r| r.2)),
+            opt_text(row.child_keys.as_ref().map(Value::to_string)),
         ]);
     }
     let (event, tally) = (plan.event, plan.tally);
@@ -86,8 +87,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
                 t,
                 "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
                  max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
-                 run_keyed, rate_key, rate_limit, rate_per_ms)",
-                20,
+                 run_keyed, rate_key, rate_limit, rate_per_ms, map_item)",
+                21,
                 &tasks,
                 "",
             )?;

@@ -828,3 +828,53 @@ pub async fn a_child_failing_fast_cancels_its_siblings(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.run(run).await.unwrap().state, RunState::Failed);
 }
+
+pub async fn map_children_share_their_parents_rate_limit(store: &dyn Store) {
+    use orbit_core::transition::Transition;
+    let mut p = pipeline("rated-map", &[("m", &[], 0)]);
+    rated(&mut p, 0, "api", 2, 1000);
+    p.tasks[0].for_each = Some(orbit_core::pipeline::ForEach {
+        items: "{{ input.items }}".into(),
+        allow_failures: 0.0,
+        fail_fast: false,
+    });
+    let (_, run) = start(store, &p, t0()).await;
+    let got = claim(store, Some(run), 1, t0()).await;
+    assert!(
+        store
+            .rate_buckets(&["api".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "the parent's own attempt takes no token"
+    );
+    let items = (0..5).map(|i| json!(i)).collect();
+    let out = store
+        .finish_and_claim(
+            &[ended(&got[0], Transition::Expand { items }, t0())],
+            Some(&ClaimRequest::any("w", 10)),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&out.claimed),
+        ["m[0]", "m[1]"],
+        "a full bucket: two at once"
+    );
+    let keys: Vec<Option<String>> = store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.rate_key)
+        .collect();
+    assert_eq!(
+        keys[0], None,
+        "the parent holds its children's keys, not its own"
+    );
+    assert!(
+        keys[1..].iter().all(|k| k.as_deref() == Some("api")),
+        "{keys:?}"
+    );
+}
