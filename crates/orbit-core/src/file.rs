@@ -461,13 +461,13 @@ impl Checker {
         let Some(t) = field else {
             self.at(
                 raw,
-                format!("task `{name}` has no `type` (one of: shell, http, sleep, script, worker)"),
+                format!("task `{name}` has no `type` (one of: shell, http, sleep, script, worker, pipeline)"),
             );
             return None;
         };
         let parsed = t.value.as_str().and_then(TaskType::parse);
         if parsed.is_none() {
-            self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script, worker)", short(&t.value)));
+            self.at(t, format!("task `{name}` has unknown type {} (expected one of: shell, http, sleep, script, worker, pipeline)", short(&t.value)));
         }
         parsed
     }
