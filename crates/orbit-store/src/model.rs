@@ -367,6 +367,20 @@ pub struct RateBucket {
 }
 
 impl RateBucket {
+    /// A `rate_buckets` row: key, tokens, capacity, period (ms), time (µs since the epoch).
+    pub fn from_row(
+        (key, tokens, capacity, per_ms, at): (String, f64, f64, f64, i64),
+    ) -> crate::Result<RateBucket> {
+        Ok(RateBucket {
+            key,
+            tokens,
+            capacity,
+            per_ms,
+            updated_at: DateTime::from_timestamp_micros(at)
+                .ok_or_else(|| crate::StoreError::Corrupt(format!("rate bucket time {at}")))?,
+        })
+    }
+
     /// The tokens it holds at `now`.
     pub fn tokens_at(&self, now: DateTime<Utc>) -> f64 {
         let elapsed_ms = (now - self.updated_at)

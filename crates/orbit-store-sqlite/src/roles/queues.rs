@@ -116,16 +116,7 @@ impl orbit_store::Queues for SqliteStore {
             .await
             .map_err(unavailable)?
             .into_iter()
-            .map(|(key, tokens, capacity, per_ms, at)| {
-                Ok(RateBucket {
-                    key,
-                    tokens,
-                    capacity,
-                    per_ms,
-                    updated_at: DateTime::from_timestamp_micros(at)
-                        .ok_or_else(|| StoreError::Corrupt(format!("rate bucket time {at}")))?,
-                })
-            })
+            .map(RateBucket::from_row)
             .collect()
     }
 }
