@@ -58,6 +58,15 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Why a run's tasks are not running: one line for each task that waits, and what for
+    Why {
+        /// Run id, or a unique prefix of it
+        run: String,
+        /// Only this task
+        task: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Create a run for a server or workers to execute (does not execute it here)
     Trigger(TriggerArgs),
     /// List the servers and workers sharing the store, with their last heartbeat
@@ -180,6 +189,7 @@ impl Command {
             Command::Runs(a) => Some(&mut a.remote),
             Command::Trigger(a) => Some(&mut a.remote),
             Command::Status { remote, .. }
+            | Command::Why { remote, .. }
             | Command::Services { remote }
             | Command::List { remote }
             | Command::Apply { remote, .. }

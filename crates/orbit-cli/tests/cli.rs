@@ -1567,3 +1567,52 @@ fn retrying_a_parent_retries_its_failed_sub_run() {
     assert_eq!(subs[0]["state"], "succeeded");
     assert_eq!(env.json(&["status", &gallery])["run"]["state"], "succeeded");
 }
+
+#[test]
+fn why_says_what_each_waiting_task_waits_for() {
+    let env = setup();
+    env.file(
+        "why.yaml",
+        "name: why\ntasks:\n  - { name: slow, type: sleep, duration: 30s }\n  - { name: after, type: sleep, duration: 0s, needs: [slow] }\n  - name: flaky\n    type: shell\n    command: [sh, -c, 'exit 1']\n    retry: { max_attempts: 3, initial: 60s, jitter: false }\n",
+    );
+    let mut running = env.spawn(&["run", "why.yaml"], false);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let id = loop {
+        let runs = env.json(&["runs"]);
+        if let Some(id) = runs[0]["id"].as_str() {
+            let why = env.json(&["why", id]);
+            if why.as_array().is_some_and(|w| w.len() == 2) {
+                break id.to_owned();
+            }
+        }
+        assert!(std::time::Instant::now() < end, "the run never got going");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = env.orbit().args(["why", &id]).output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("after  waiting: waiting on `slow` (running on "),
+        "{text}"
+    );
+    assert!(
+        text.contains("flaky  ready: backing off until ")
+            && text.contains("after attempt 1 failed: `sh` exited with status 1"),
+        "{text}"
+    );
+    let one = env.orbit().args(["why", &id, "after"]).output().unwrap();
+    let lines: Vec<String> = stdout(&one)
+        .lines()
+        .filter(|l| !l.starts_with("store: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let none = env.orbit().args(["why", &id, "nope"]).output().unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        stderr(&none).contains("has no task `nope`"),
+        "{}",
+        stderr(&none)
+    );
+    env.orbit().args(["cancel", &id]).output().unwrap();
+    running.wait().unwrap();
+}

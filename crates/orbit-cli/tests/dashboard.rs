@@ -995,6 +995,12 @@ async fn a_10000_element_map_is_one_node_with_live_counts_and_a_paged_list() {
     )
     .await;
     assert_ne!(first, later);
+    wait_js(
+        &c,
+        "why the run's tasks wait",
+        "const l = [...document.querySelectorAll('#why-lines li')].map((x) => x.textContent); return l.some((t) => t.includes('each') && t.includes('waiting for its children')) && l.some((t) => t.includes('report') && t.includes('waiting on `each`'))",
+    )
+    .await;
     c.execute(
         "document.querySelector('#dag .node[data-task=\"each\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))",
         vec![],

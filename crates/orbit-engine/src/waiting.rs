@@ -147,6 +147,16 @@ pub async fn unclaimed(
     if tasks.iter().any(|t| t.state == TaskState::Running) {
         return Ok(Vec::new());
     }
+    unserved(store, tasks, now).await
+}
+
+/// One line per queue of `tasks`' ready ones that no live server, worker or worker service
+/// claims from, whatever else runs.
+pub async fn unserved(
+    store: &dyn Store,
+    tasks: &[TaskRunRecord],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
     let ready: Vec<&TaskRunRecord> = tasks
         .iter()
         .filter(|t| t.state == TaskState::Ready)

@@ -325,3 +325,138 @@ async fn a_run_held_by_its_pipelines_key_is_explained() {
         ["the run waits for concurrency key `tenant-7` (1/1 runs in use)"]
     );
 }
+
+/// `orbit why`'s lines, exactly, for each reason a task can wait: on a running upstream, in a
+/// backoff, asked to wait (throttled), behind a full key, behind a spent rate, for a worker of
+/// its queue, for its children.
+#[tokio::test]
+async fn why_names_each_reason_a_task_waits() {
+    use orbit_core::transition::{Failure, Outcome, Transition};
+    let (_dir, store) = store().await;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+    let mut p = pipeline(
+        "why",
+        &[
+            ("slow", &[], 9),
+            ("after", &["slow"], 0),
+            ("flaky", &[], 8),
+            ("polite", &[], 8),
+            ("k1", &[], 7),
+            ("k2", &[], 6),
+            ("r1", &[], 5),
+            ("r2", &[], 4),
+            ("gpu", &[], 0),
+            ("each", &[], 3),
+        ],
+    );
+    for (i, key) in [(4, "one"), (5, "one")] {
+        p.tasks[i].concurrency = Some(orbit_core::pipeline::Concurrency {
+            key: key.into(),
+            limit: Some(1),
+        });
+    }
+    for i in [6, 7] {
+        p.tasks[i].rate_limit = Some(orbit_core::pipeline::RateLimit {
+            key: "api".into(),
+            per: Duration::from_secs(60),
+            limit: 1,
+        });
+    }
+    p.tasks[8].queue = Some("gpu".into());
+    p.tasks[2].retry.initial = Duration::from_secs(10);
+    p.tasks[2].retry.jitter = false;
+    p.tasks[9].for_each = Some(orbit_core::pipeline::ForEach {
+        items: "{{ input.items }}".into(),
+        allow_failures: 0.0,
+        fail_fast: false,
+    });
+    let stored = store.save_pipeline(&p, None, t0).await.unwrap();
+    let run = store
+        .create_run(orbit_store::testkit::new_run(
+            &stored,
+            serde_json::json!({}),
+            t0,
+        ))
+        .await
+        .unwrap()
+        .run;
+    // One claimer on the default queue takes what it can: slow, flaky, polite, k1, r1, each.
+    let mut claim = orbit_store::ClaimRequest::any("w-3", 20);
+    claim.queues = vec!["default".into()];
+    let got = store
+        .finish_and_claim(&[], Some(&claim), t0)
+        .await
+        .unwrap()
+        .claimed;
+    let by = |n: &str| got.iter().find(|t| t.task_name == n).unwrap().clone();
+    let dag = orbit_core::dag::Dag::new(&p).unwrap();
+    let ended = |name: &str, transition: Transition| orbit_store::FinishedAttempt {
+        task: by(name),
+        worker: "w-3".into(),
+        started_at: t0,
+        finished_at: t0,
+        log: String::new(),
+        transition,
+        idempotency_key: None,
+        reused: false,
+        code_version: Some(1),
+    };
+    let fail = orbit_core::transition::on_attempt_finished(
+        &dag,
+        dag.index_of("flaky").unwrap(),
+        &p.tasks[2].retry,
+        1,
+        Outcome::Failed(Failure::error("exit 1")),
+        t0,
+        0.0,
+    );
+    let later = Transition::Retry {
+        ready_at: t0 + Span::seconds(30),
+        failure: Failure::throttled("429 from api", Duration::from_secs(30)),
+        keep_place: false,
+    };
+    let expand = Transition::Expand {
+        items: vec![
+            serde_json::json!(1),
+            serde_json::json!(2),
+            serde_json::json!(3),
+        ],
+    };
+    let ok = Transition::Succeed {
+        output: serde_json::json!(1),
+        promote: Vec::new(),
+        skip: Vec::new(),
+    };
+    store
+        .finish_and_claim(
+            &[
+                ended("flaky", fail),
+                ended("polite", later),
+                ended("each", expand),
+                ended("r1", ok),
+            ],
+            None,
+            t0,
+        )
+        .await
+        .unwrap();
+    let now = t0 + Span::seconds(2);
+    let lines: Vec<String> = orbit_engine::why::explain(store.as_ref(), &run, None, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| format!("{} {}: {}", w.task.unwrap_or_default(), w.state, w.reason))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "after waiting: waiting on `slow` (running on w-3 for 2.0s, lease until 12:00:20)",
+            "flaky ready: backing off until 12:00:10.000 after attempt 1 failed: exit 1",
+            "polite ready: asked to wait until 12:00:30.000: 429 from api",
+            "k2 ready: concurrency key `one` is full (1/1 in use)",
+            "r2 ready: rate limited by `api` until 12:01:00.000",
+            "gpu ready: ready, but no worker is claiming queue `gpu`",
+            "each waiting: waiting for its children: 0/3 done, 0 running",
+        ]
+    );
+}

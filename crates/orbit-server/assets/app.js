@@ -423,6 +423,7 @@ async function runDetail(id) {
       <span class="row"><button id="cancel" class="danger">Cancel run</button><button id="retry">Retry failed tasks</button></span></h1>
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
     <div id="waiting" class="error-box" hidden></div>
+    <div id="why" class="panel" hidden><h3>Why not running</h3><ul id="why-lines"></ul></div>
     ${big ? `<h2>Tasks</h2><div id="task-table"></div>` : `<h2>Graph</h2>${legend}<div class="dag" id="dag"></div>`}
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
     <h2>Run input</h2><div id="run-input"></div>`;
@@ -481,6 +482,9 @@ async function runDetail(id) {
     const waiting = document.getElementById("waiting");
     waiting.hidden = !(detail.waiting || []).length || settled(r.state);
     waiting.innerHTML = (detail.waiting || []).map((w) => `<p>Waiting: ${esc(w)}</p>`).join("");
+    const why = detail.why || [];
+    document.getElementById("why").hidden = !why.length;
+    document.getElementById("why-lines").innerHTML = why.map((w) => `<li><code>${esc(w.task || "(run)")}</code> ${badge(w.state)} ${esc(w.reason)}</li>`).join("");
     if (big) return taskTable();
     const states = Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state]));
     paintDag(nodes, states, selected, childTally(detail.children));

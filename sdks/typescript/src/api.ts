@@ -551,6 +551,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/runs/{id}/why": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What each task of a run that is not running waits for: its upstream tasks (and who runs
+         *     them), a backoff, a full concurrency key, a spent rate limit, or no worker for its queue.
+         */
+        get: operations["runs_why"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/services": {
         parameters: {
             query?: never;
@@ -1434,6 +1454,11 @@ export interface components {
             tasksPage: components["schemas"]["TaskPage"];
             /** @description Why ready tasks sit unclaimed, one line each (e.g. no worker claims their queue). */
             waiting: string[];
+            /**
+             * @description What each task that is not running waits for (`GET /runs/{id}/why`), for runs of at
+             *     most [`FULL_DETAIL_TASKS`] tasks of their own.
+             */
+            why: Record<string, never>[];
         };
         RunPage: {
             /** Format: int32 */
@@ -1669,6 +1694,12 @@ export interface components {
             /** @description False when the idempotency key returned an existing run. */
             created: boolean;
             run: components["schemas"]["RunRecord"];
+        };
+        /** @description Why a run's tasks are not running. */
+        WhyAnswer: {
+            run: components["schemas"]["RunRecord"];
+            /** @description One line per task that waits (and one for the run while it is pending), with what for. */
+            why: Record<string, never>[];
         };
         WorkerHealth: {
             services: components["schemas"]["Service"][];
@@ -2834,6 +2865,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRunRecord"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_why: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                /** @description Only this task's line. */
+                task: string | null;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhyAnswer"];
                 };
             };
             400: {

@@ -121,6 +121,49 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     render_status(&run, &tasks, &children, &sub_runs, &waiting, json)
 }
 
+pub async fn why(
+    store: &dyn Store,
+    id: &str,
+    task: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let run = store.find_run(id).await?;
+    if let Some(t) = task
+        && !store
+            .task_runs(run.id)
+            .await?
+            .iter()
+            .any(|tr| tr.task_name == t)
+    {
+        return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
+    }
+    let lines = orbit_engine::why::explain(store, &run, task, chrono::Utc::now()).await?;
+    render_why(&run, &lines, json)
+}
+
+/// `orbit why`, from the store or from a server.
+pub fn render_why(
+    run: &orbit_store::RunRecord,
+    lines: &[orbit_engine::why::Why],
+    json: bool,
+) -> anyhow::Result<u8> {
+    if json {
+        return output::json(&lines).map(|()| 0);
+    }
+    if lines.is_empty() {
+        println!("run {} is {}: no task is waiting", run.id, run.state);
+    }
+    for w in lines {
+        println!(
+            "{}  {}: {}",
+            w.task.as_deref().unwrap_or("(run)"),
+            w.state,
+            w.reason
+        );
+    }
+    Ok(0)
+}
+
 /// `waiting`: why ready tasks sit unclaimed (see `orbit_engine::waiting`).
 pub fn render_status(
     run: &orbit_store::RunRecord,

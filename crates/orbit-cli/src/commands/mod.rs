@@ -85,6 +85,14 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
                 inspect::status(store.as_ref(), &run, json).await
             }
         },
+        Command::Why { run, task, remote } => match &remote.url {
+            Some(server) => remote::why(server, &run, task.as_deref(), json).await,
+            None => {
+                let store = open_store(&url).await?;
+                show_store(&url, json);
+                inspect::why(store.as_ref(), &run, task.as_deref(), json).await
+            }
+        },
         Command::Trigger(args) => remote::trigger(&url, args, json).await,
         Command::Services { remote } => remote::services(&url, remote.url.as_deref(), json).await,
         Command::Tasks {

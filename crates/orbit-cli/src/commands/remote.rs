@@ -42,6 +42,36 @@ pub async fn status(server: &str, id: &str, json: bool) -> anyhow::Result<u8> {
     inspect::render_status(&d.run, &d.tasks, &d.children, &d.sub_runs, &d.waiting, json)
 }
 
+pub async fn why(server: &str, id: &str, task: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    #[derive(Deserialize)]
+    struct Answer {
+        run: RunRecord,
+        why: Vec<WhyLine>,
+    }
+    #[derive(Deserialize)]
+    struct WhyLine {
+        task: Option<String>,
+        state: String,
+        reason: String,
+    }
+    let client = Client::new(server)?;
+    let mut path = format!("/runs/{}/why", super::over_url::segment(id));
+    if let Some(t) = task {
+        path.push_str(&format!("?task={}", super::over_url::segment(t)));
+    }
+    let a: Answer = client.call(reqwest::Method::GET, &path, None).await?;
+    let lines: Vec<orbit_engine::why::Why> = a
+        .why
+        .into_iter()
+        .map(|w| orbit_engine::why::Why {
+            task: w.task,
+            state: w.state,
+            reason: w.reason,
+        })
+        .collect();
+    inspect::render_why(&a.run, &lines, json)
+}
+
 /// A run with all its task runs, read page by page (the API pages them).
 pub struct FullDetail {
     pub run: RunRecord,

@@ -36,6 +36,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::get, runs::delete))
         .routes(routes!(runs::children))
+        .routes(routes!(runs::why))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::task_run))

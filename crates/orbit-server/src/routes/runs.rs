@@ -111,6 +111,10 @@ pub struct RunDetail {
     pub children: Vec<orbit_store::ChildCount>,
     /// The runs its `type: pipeline` tasks made (each names its `parentTask`).
     pub sub_runs: Vec<RunRecord>,
+    /// What each task that is not running waits for (`GET /runs/{id}/why`), for runs of at
+    /// most [`FULL_DETAIL_TASKS`] tasks of their own.
+    #[schema(value_type = Vec<Object>)]
+    pub why: Vec<orbit_engine::why::Why>,
 }
 
 /// Up to this many tasks, a run detail also compares code versions with the previous run and
@@ -211,6 +215,11 @@ pub async fn get(
     } else {
         Vec::new()
     };
+    let why = if full && !run.state.is_terminal() {
+        orbit_engine::why::explain(s.store.as_ref(), &run, None, Utc::now()).await?
+    } else {
+        Vec::new()
+    };
     Ok(Json(RunDetail {
         run,
         tasks,
@@ -229,7 +238,55 @@ pub async fn get(
         waiting,
         children,
         sub_runs,
+        why,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WhyQuery {
+    /// Only this task's line.
+    pub task: Option<String>,
+}
+
+/// Why a run's tasks are not running.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhyAnswer {
+    pub run: RunRecord,
+    /// One line per task that waits (and one for the run while it is pending), with what for.
+    #[schema(value_type = Vec<Object>)]
+    pub why: Vec<orbit_engine::why::Why>,
+}
+
+/// What each task of a run that is not running waits for: its upstream tasks (and who runs
+/// them), a backoff, a full concurrency key, a spent rate limit, or no worker for its queue.
+#[utoipa::path(get, path = "/runs/{id}/why", tag = "runs", params(("id" = String, Path), WhyQuery),
+    responses((status = 200, body = WhyAnswer), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn why(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<WhyQuery>, QueryRejection>,
+) -> ApiResult<Json<WhyAnswer>> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let run = s.store.find_run(&id).await?;
+    if let Some(t) = &q.task
+        && !s
+            .store
+            .task_runs(run.id)
+            .await?
+            .iter()
+            .any(|tr| &tr.task_name == t)
+    {
+        return Err(ApiError::not_found(format!(
+            "run {} has no task `{t}`",
+            run.id
+        )));
+    }
+    let why =
+        orbit_engine::why::explain(s.store.as_ref(), &run, q.task.as_deref(), Utc::now()).await?;
+    Ok(Json(WhyAnswer { run, why }))
 }
 
 #[derive(Deserialize, IntoParams)]

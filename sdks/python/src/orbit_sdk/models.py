@@ -355,6 +355,7 @@ class RunDetail(TypedDict):
     tasks: list[TaskRunRecord]
     tasksPage: TaskPage
     waiting: list[str]
+    why: list[dict[str, Any]]
 
 
 class RunPage(TypedDict):
@@ -498,6 +499,12 @@ class TriggerBody(TypedDict):
 class Triggered(TypedDict):
     created: bool
     run: RunRecord
+
+
+class WhyAnswer(TypedDict):
+    """Why a run's tasks are not running."""
+    run: RunRecord
+    why: list[dict[str, Any]]
 
 
 class WorkerHealth(TypedDict):
