@@ -97,6 +97,24 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print the context one attempt of a task run had (input, upstream outputs, rendered
+    /// parameters), as JSON: what an SDK's run_local can be fed
+    Context {
+        /// Task run id, or a unique prefix of it
+        task_run: String,
+        /// That attempt (the last one by default)
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
+    /// Execute one attempt of a built-in task again on this machine, from its recorded
+    /// context, and compare its output and log with the recorded attempt (the run is not touched)
+    Replay {
+        /// Task run id, or a unique prefix of it
+        task_run: String,
+        /// That attempt (the last one by default)
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
     /// Draw a pipeline's DAG
     Graph {
         /// A pipeline file, or the name of a saved pipeline

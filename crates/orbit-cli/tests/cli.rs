@@ -1616,3 +1616,68 @@ fn why_says_what_each_waiting_task_waits_for() {
     env.orbit().args(["cancel", &id]).output().unwrap();
     running.wait().unwrap();
 }
+
+#[test]
+fn context_and_replay_rebuild_an_attempt_and_diff_it() {
+    let env = setup();
+    std::fs::write(env.dir.path().join("marker"), "one").unwrap();
+    let file = env.file(
+        "replay.yaml",
+        "name: replay\ntasks:\n  - { name: greet, type: shell, command: [echo, \"hello {{ input.name }}\"] }\n  - name: mark\n    needs: [greet]\n    type: shell\n    shell: true\n    command: 'echo \"{{ tasks.greet.output }} $(cat marker)\"'\n",
+    );
+    let out = env
+        .orbit()
+        .arg("run")
+        .arg(&file)
+        .args(["-i", r#"{"name": "ada"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let mark = env.json(&["status", &id])["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["taskName"] == "mark")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ctx = env.json(&["context", &mark]);
+    assert_eq!(
+        ctx["context"]["tasks"]["greet"]["output"], "hello ada",
+        "{ctx}"
+    );
+    assert_eq!(ctx["context"]["input"]["name"], "ada");
+    assert_eq!(ctx["attempt"], 1);
+    assert_eq!(
+        ctx["params"]["command"], "echo \"hello ada $(cat marker)\"",
+        "{ctx}"
+    );
+    let same = env.orbit().args(["replay", &mark]).output().unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&same),
+        stderr(&same)
+    );
+    assert!(
+        stdout(&same).contains("output: the same as recorded"),
+        "{}",
+        stdout(&same)
+    );
+    std::fs::write(env.dir.path().join("marker"), "two").unwrap();
+    let changed = env.orbit().args(["replay", &mark]).output().unwrap();
+    assert_eq!(changed.status.code(), Some(1), "{}", stdout(&changed));
+    let text = stdout(&changed);
+    assert!(
+        text.contains("- \"hello ada one\"") && text.contains("+ \"hello ada two\""),
+        "{text}"
+    );
+    assert_eq!(
+        env.json(&["status", &id])["tasks"][1]["output"],
+        "hello ada one",
+        "the run is untouched"
+    );
+}

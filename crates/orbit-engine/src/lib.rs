@@ -28,5 +28,5 @@ pub mod subruns;
 pub mod waiting;
 pub mod why;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed};
+pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed, Recorded, Replayed};
 pub use log::{LiveLine, LiveLogs, LogBuffer};

@@ -98,6 +98,7 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         rate_key: get(row, "rate_key")?,
         map_parent: get(row, "map_parent")?,
         map_index: get::<Option<i32>>(row, "map_index")?.and_then(|i| u32::try_from(i).ok()),
+        map_item: get(row, "map_item")?,
     })
 }
 

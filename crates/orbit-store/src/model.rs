@@ -179,6 +179,9 @@ pub struct TaskRunRecord {
     pub map_parent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map_index: Option<u32>,
+    /// A child's element (not in the API's answers: a view of a big map would carry them all).
+    #[serde(skip)]
+    pub map_item: Option<Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ mod limits;
 mod over_url;
 mod recover;
 mod remote;
+mod replay;
 pub mod run;
 mod serve;
 mod validate;
@@ -106,6 +107,14 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Server(args) => serve::server(&url, args).await,
         Command::Worker(args) => serve::worker(&url, args).await,
         Command::Db { action } => serve::db(&url, action).await,
+        Command::Context { task_run, attempt } => {
+            let store = open_store(&url).await?;
+            replay::context(&store, &task_run, attempt, json).await
+        }
+        Command::Replay { task_run, attempt } => {
+            let store = open_store(&url).await?;
+            replay::replay(&store, &task_run, attempt, json).await
+        }
         Command::Logs { run, task, remote } => match &remote.url {
             Some(server) => over_url::logs(server, &run, task.as_deref(), json).await,
             None => {

@@ -173,13 +173,13 @@ async fn stored(storage: &Storage, mut outcome: Outcome, key: &str, log: &LogBuf
 }
 
 /// What an attempt reads and writes through.
-struct Io<'a> {
-    store: &'a dyn Store,
-    storage: &'a Storage,
-    http: &'a reqwest::Client,
+pub(super) struct Io<'a> {
+    pub(super) store: &'a dyn Store,
+    pub(super) storage: &'a Storage,
+    pub(super) http: &'a reqwest::Client,
     /// Idempotency keys return outputs stored at or after this.
-    keys_since: DateTime<Utc>,
-    supervisor: Option<&'a std::path::Path>,
+    pub(super) keys_since: DateTime<Utc>,
+    pub(super) supervisor: Option<&'a std::path::Path>,
 }
 
 /// What one attempt produced.
@@ -420,7 +420,7 @@ fn gather(
     ))
 }
 
-async fn execute(
+pub(super) async fn execute(
     def: &orbit_core::TaskDef,
     ctx: &Context<'_>,
     task: &ClaimedTask,

@@ -4,9 +4,11 @@ mod attempt;
 mod context;
 mod drive;
 mod leases;
+mod replay;
 
 pub(crate) use context::{ContextIds, Keyed, hydrated, input_failure, keyed, keys_since};
 pub(crate) use leases::holder_is_gone;
+pub use replay::{Recorded, Replayed};
 
 use crate::clock::Clock;
 use crate::log::LiveLogs;
@@ -85,6 +87,9 @@ pub enum EngineError {
         orbit_core::echo::echo(key)
     )]
     IdempotencyKeyReused { key: String, run: Uuid },
+    /// An attempt cannot be replayed here (its type, or a value that cannot be read back).
+    #[error("{0}")]
+    Replay(String),
 }
 
 /// What the engine did, for progress displays. Sent after the commit that made it true.
