@@ -121,12 +121,12 @@ pub async fn status(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<u
     render_status(&run, &tasks, &children, &sub_runs, &waiting, json)
 }
 
-pub async fn why(
+/// Run `id` (or a unique prefix), which must have task `task` when one is named.
+async fn run_with_task(
     store: &dyn Store,
     id: &str,
     task: Option<&str>,
-    json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<orbit_store::RunRecord> {
     let run = store.find_run(id).await?;
     if let Some(t) = task
         && !store
@@ -137,6 +137,16 @@ pub async fn why(
     {
         return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
     }
+    Ok(run)
+}
+
+pub async fn why(
+    store: &dyn Store,
+    id: &str,
+    task: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let run = run_with_task(store, id, task).await?;
     let lines = orbit_engine::why::explain(store, &run, task, chrono::Utc::now()).await?;
     render_why(&run, &lines, json)
 }
@@ -264,16 +274,7 @@ pub async fn logs(
     task: Option<&str>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let run = store.find_run(id).await?;
-    if let Some(t) = task
-        && !store
-            .task_runs(run.id)
-            .await?
-            .iter()
-            .any(|tr| tr.task_name == t)
-    {
-        return Err(BadInput(format!("run {} has no task `{t}`", run.id)).into());
-    }
+    let run = run_with_task(store, id, task).await?;
     render_logs(&store.attempts(run.id, task).await?, json)
 }
 
