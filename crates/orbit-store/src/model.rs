@@ -278,6 +278,9 @@ pub struct BatchOutcome {
     /// The commit made tasks claimable that its own claim did not take; the store has
     /// signalled other claimers.
     pub left_work: bool,
+    /// Keys (concurrency, rate) cut a claim short: the head of the queue may hold more for the
+    /// same claimer, which claims again at once (other claimers are not woken for it).
+    pub cut_short: bool,
     /// Ready task runs wait for a rate limit's token until then; the store wakes claimers at
     /// that time.
     pub throttled_until: Option<DateTime<Utc>>,

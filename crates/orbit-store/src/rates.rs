@@ -56,6 +56,19 @@ pub fn next_token(now: &str) -> String {
     )
 }
 
+/// The earlier of a wake-up already set and the next token's time (µs, from [`next_token`]),
+/// a microsecond late rather than early: the claim then finds the token whole.
+pub fn earliest(
+    set: Option<chrono::DateTime<chrono::Utc>>,
+    next_us: Option<f64>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let next = next_us.and_then(|n| chrono::DateTime::from_timestamp_micros(n.ceil() as i64 + 1));
+    match (set, next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Claimed task runs' rate keys: each key's count, capacity and period, to spend.
 pub fn tally<'a>(
     claimed: impl IntoIterator<Item = (&'a str, i64, i64)>,

@@ -221,7 +221,8 @@ impl<'e> Drive<'e> {
         engine.report(&self.finished, &outcome);
         self.finished.clear();
         // A full claim means more may be waiting; finishing tasks will free slots for them.
-        self.claim_due = !claims.is_empty() && outcome.claimed.len() >= asked;
+        self.claim_due =
+            !claims.is_empty() && (outcome.claimed.len() >= asked || outcome.cut_short);
         self.start(outcome.claimed).await?;
         for (run, state) in outcome.settled_runs {
             self.inputs.remove(&run);

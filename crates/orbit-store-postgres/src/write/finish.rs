@@ -53,7 +53,7 @@ pub async fn finish_and_claim(
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
     flush(&mut tx, &events, &plan.tally, now).await?;
-    out.left_work |= plan.ready > 0 && all_full(claims, &each);
+    out.left_work = plan.ready > 0 && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
     }
@@ -524,11 +524,15 @@ async fn claim_ready(
     // so the running task runs it counts per key, and the tokens left, are all there are.
     // Without ready keyed task runs (the partial index answers at once) claims go side by side
     // as before.
-    let keyed: bool = sqlx::query_scalar(
-        // Exactly the partial index's predicate, so the plan is its index-only scan whatever
-        // the statistics (with `ready_at` in it, an unanalyzed table was scanned row by row).
+    // Whether any of them has a rate key (its own partial index): only then are tokens spent
+    // and the next one looked for.
+    let (keyed, rate_keyed): (bool, bool) = sqlx::query_as(
+        // Exactly the partial indexes' predicates, so the plans are their index-only scans
+        // whatever the statistics (with `ready_at` in it, an unanalyzed table was scanned row
+        // by row).
         "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
-         AND (concurrency_key IS NOT NULL OR run_keyed OR rate_key IS NOT NULL))",
+         AND (concurrency_key IS NOT NULL OR run_keyed OR rate_key IS NOT NULL)), \
+         EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND rate_key IS NOT NULL)",
     )
     .fetch_one(&mut *conn)
     .await
@@ -599,11 +603,13 @@ async fn claim_ready(
         claimed.push(((-priority, ready_at), claimed_from_row(row)?));
     }
     if keyed {
-        spend_tokens(conn, &rated, now.timestamp_micros(), out).await?;
+        if rate_keyed {
+            spend_tokens(conn, &rated, now.timestamp_micros(), out).await?;
+        }
         // Candidates are a window of the queue's head: when keys cut a claim short, the head
         // may hold more of their backlog. Claim again: the keys now full are passed over.
         if !claimed.is_empty() && claimed.len() < c.limit {
-            out.left_work = true;
+            out.cut_short = true;
         }
     }
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
@@ -663,14 +669,7 @@ async fn spend_tokens(
             .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
-    if let Some(next) = next {
-        // A microsecond late rather than early: the claim then finds the token whole.
-        let at = DateTime::from_timestamp_micros(next.ceil() as i64 + 1);
-        out.throttled_until = match (out.throttled_until, at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
+    out.throttled_until = rates::earliest(out.throttled_until, next);
     Ok(())
 }
 

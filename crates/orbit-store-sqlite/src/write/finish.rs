@@ -91,7 +91,7 @@ fn commit_round(
     flush_events(conn, &events, now)?;
     flush_tally(conn, &plan.tally)?;
     // Work these claimers may leave for others: tell them.
-    out.left_work |= plan.ready > 0 && all_full(claims, &each);
+    out.left_work = plan.ready > 0 && all_full(claims, &each);
     Ok((out, each))
 }
 
@@ -344,12 +344,15 @@ fn claim_ready(
     // Keyed task runs (a concurrency key, a keyed run, a rate key) need the claim that counts
     // per key; without any ready (the partial index answers at once, and SQLite's one writer
     // keeps it so until this commit) the plain claim reads the claim index alone.
-    let keyed = conn
+    // Whether any of them has a rate key (its own partial index): only then are tokens spent
+    // and the next one looked for.
+    let (keyed, rate_keyed) = conn
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' \
-             AND (concurrency_key IS NOT NULL OR run_keyed = 1 OR rate_key IS NOT NULL))",
+             AND (concurrency_key IS NOT NULL OR run_keyed = 1 OR rate_key IS NOT NULL)), \
+             EXISTS (SELECT 1 FROM task_runs WHERE state = 'ready' AND rate_key IS NOT NULL)",
         )
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?))))
         .map_err(sql)?;
     // ?1 the owner, ?2 the time, ?3 the limit; then the filters' values.
     let mut query = String::from(
@@ -436,11 +439,13 @@ fn claim_ready(
     drop(rows);
     drop(stmt);
     if keyed {
-        spend_tokens(conn, &rated, now, out)?;
+        if rate_keyed {
+            spend_tokens(conn, &rated, now, out)?;
+        }
         // Candidates are a window of the queue's head: when keys cut a claim short, the head
         // may hold more of their backlog. Claim again: the keys now full are passed over.
         if !indexed.is_empty() && indexed.len() < c.limit {
-            out.left_work = true;
+            out.cut_short = true;
         }
     }
     // RETURNING gives no order; hand tasks out highest priority, oldest first.
@@ -479,14 +484,7 @@ fn spend_tokens(
         .prepare_cached(&rates::next_token("?1"))
         .and_then(|mut s| s.query_row([now], |r| r.get(0)))
         .map_err(sql)?;
-    if let Some(next) = next {
-        // A microsecond late rather than early: the claim then finds the token whole.
-        let at = DateTime::from_timestamp_micros(next.ceil() as i64 + 1);
-        out.throttled_until = match (out.throttled_until, at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
+    out.throttled_until = rates::earliest(out.throttled_until, next);
     Ok(())
 }
 

@@ -504,7 +504,7 @@ pub async fn rate_limits_spend_tokens_and_refill(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(names(&first.claimed), ["r0", "r1"], "a full bucket");
-    assert!(first.left_work, "cut short by a key: claim again");
+    assert!(first.cut_short, "cut short by a key: claim again");
     assert_eq!(
         first.throttled_until.map(|t| (t - t0()).num_milliseconds()),
         Some(500),
@@ -833,6 +833,7 @@ pub async fn map_children_share_their_parents_rate_limit(store: &dyn Store) {
     use orbit_core::transition::Transition;
     let mut p = pipeline("rated-map", &[("m", &[], 0)]);
     rated(&mut p, 0, "api", 2, 1000);
+    keyed(&mut p, 0, "acct-{{ input.n }}", 5);
     p.tasks[0].for_each = Some(orbit_core::pipeline::ForEach {
         items: "{{ input.items }}".into(),
         allow_failures: 0.0,
@@ -876,5 +877,19 @@ pub async fn map_children_share_their_parents_rate_limit(store: &dyn Store) {
     assert!(
         keys[1..].iter().all(|k| k.as_deref() == Some("api")),
         "{keys:?}"
+    );
+    let slots: Vec<(Option<String>, Option<u32>)> = store
+        .task_runs(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.concurrency_key, t.concurrency_limit))
+        .collect();
+    assert_eq!(slots[0], (None, None), "nor a slot of its own");
+    assert!(
+        slots[1..]
+            .iter()
+            .all(|s| *s == (Some("acct-1".to_string()), Some(5))),
+        "the children share the rendered key: {slots:?}"
     );
 }
