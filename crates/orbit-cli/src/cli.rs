@@ -122,6 +122,38 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Send a signal: every `wait` task waiting for NAME gets the payload as its output; with
+    /// none waiting yet, it is kept (--ttl) for the first that waits
+    Signal {
+        /// The signal's name (what a wait task's `event` renders to)
+        name: String,
+        /// The payload: JSON text, or @path to a JSON file (null when absent)
+        #[arg(short = 'd', long = "data", value_name = "JSON|@FILE")]
+        data: Option<String>,
+        /// How long it is kept when no task waits for it yet
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve (or --reject) an approval task that waits for a decision
+    Approve {
+        /// Run id, or a unique prefix of it
+        run: String,
+        /// The approval task
+        task: String,
+        /// Reject instead of approving
+        #[arg(long)]
+        reject: bool,
+        /// A comment recorded with the decision
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Who decides (checked against the task's approvers); $USER by default
+        #[arg(long = "as", value_name = "NAME")]
+        by: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Stop a run: running attempts are killed, waiting tasks cancelled
     Cancel {
         /// Run id, or a unique prefix of it
@@ -214,6 +246,8 @@ impl Command {
             | Command::Logs { remote, .. }
             | Command::Graph { remote, .. }
             | Command::Cancel { remote, .. }
+            | Command::Signal { remote, .. }
+            | Command::Approve { remote, .. }
             | Command::Delete { remote, .. }
             | Command::Retry { remote, .. }
             | Command::Resume { remote, .. }

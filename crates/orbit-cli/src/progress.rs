@@ -2,6 +2,7 @@
 //! lines otherwise, JSON lines with `--json`.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orbit_core::transition::ParkKind;
 use orbit_engine::EngineEvent;
 use orbit_store::plan::EventKind;
 use orbit_store::{RunRecord, StoredPipeline};
@@ -128,6 +129,7 @@ impl View {
             EngineEvent::TaskSucceeded { task, .. }
             | EngineEvent::TaskRetrying { task, .. }
             | EngineEvent::TaskDead { task, .. }
+            | EngineEvent::TaskParked { task, .. }
             | EngineEvent::LeaseLost { task, .. } => {
                 self.running.remove(task);
             }
@@ -232,6 +234,28 @@ fn describe(ev: &EngineEvent, this: Uuid) -> Option<(Option<String>, Value, u64)
             json!({"event": EventKind::TaskExpanded.as_str(), "task": task, "children": children}),
             0,
         ),
+        EngineEvent::TaskParked { run, task, park } if *run == this => {
+            let until = park
+                .until
+                .map(|u| {
+                    format!(
+                        " until {}",
+                        u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_default();
+            let why = match (park.kind, &park.event, &park.note) {
+                (ParkKind::Signal, Some(event), _) => format!("waiting for signal `{event}`"),
+                (ParkKind::Approval, _, Some(note)) => format!("waiting for approval: {note}"),
+                (ParkKind::Approval, _, None) => "waiting for approval".to_owned(),
+                _ => "sleeping".to_owned(),
+            };
+            (
+                Some(format!("⏸ {task}  {why}{until}")),
+                json!({"event": EventKind::TaskParked.as_str(), "task": task, "kind": park.kind.as_str(), "until": park.until, "signal": park.event, "message": park.note}),
+                0,
+            )
+        }
         EngineEvent::LeaseLost { run, task, attempt } if *run == this => (
             Some(format!(
                 "! {task}  attempt {attempt}: lease lost, result discarded"

@@ -1,6 +1,7 @@
 //! Typed parameters of each task type, read from a task's (rendered) JSON parameters.
 
 use crate::pipeline::TaskType;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -84,11 +85,123 @@ impl StatusSet {
     }
 }
 
-/// `type: sleep`
+/// `type: sleep`: `duration` or `until`, one of them.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SleepParams {
-    pub duration: DurationText,
+    #[serde(default)]
+    pub duration: Option<DurationText>,
+    /// An instant: RFC 3339 text (`2026-12-01T09:00:00Z`) or Unix seconds.
+    #[serde(default)]
+    pub until: Option<Value>,
+}
+
+impl SleepParams {
+    /// When a sleep that starts at `start` ends.
+    pub fn end(&self, start: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        match (&self.duration, &self.until) {
+            (Some(d), None) => {
+                let d = d.to_duration().map_err(|e| format!("`duration`: {e}"))?;
+                Ok(start
+                    .checked_add_signed(
+                        chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+                    )
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC))
+            }
+            (None, Some(until)) => instant(until).map_err(|e| format!("`until`: {e}")),
+            (Some(_), Some(_)) => Err("give either `duration` or `until`, not both".into()),
+            (None, None) => Err("missing required parameter `duration` (or `until`)".into()),
+        }
+    }
+}
+
+/// An instant written as RFC 3339 text or a number of Unix seconds.
+pub fn instant(v: &Value) -> Result<DateTime<Utc>, String> {
+    match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                format!(
+                    "`{}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z ({e})",
+                    crate::echo::echo(s)
+                )
+            }),
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(|s| DateTime::from_timestamp_micros((s * 1e6) as i64))
+            .ok_or_else(|| format!("{n} is not a time in Unix seconds")),
+        other => Err(format!(
+            "must be an RFC 3339 time or Unix seconds, not {other}"
+        )),
+    }
+}
+
+/// What a `wait` or `approval` task does when its `timeout` passes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The task fails (not retried).
+    #[default]
+    Fail,
+    /// The task succeeds with a `null` output and the tasks that only it leads to are skipped.
+    Skip,
+}
+
+/// `type: wait`: parked until a signal named `event` arrives (its payload is the output). The
+/// task's own `timeout` is how long it waits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    pub event: String,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+/// `type: approval`: parked until someone approves or rejects it; the task's own `timeout` is
+/// how long it waits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalParams {
+    /// What the approver reads.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Who may decide (API token names or dashboard users); anyone when empty.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// With `allowed_next`: the tasks an approval runs (a name or a list).
+    #[serde(default)]
+    pub on_approve: Option<Names>,
+    /// With `allowed_next`: the tasks a rejection runs; without, a rejection fails the task.
+    #[serde(default)]
+    pub on_reject: Option<Names>,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+/// A task name or a list of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Names {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Names::One(n) => vec![n.clone()],
+            Names::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Whether `name` can be a signal's name: it is a URL path segment.
+pub fn is_valid_event(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
 }
 
 /// A duration written as text (`1.5s`) or a number of seconds.
@@ -162,6 +275,8 @@ pub enum Params {
     Shell(ShellParams),
     Http(HttpParams),
     Sleep(SleepParams),
+    Wait(WaitParams),
+    Approval(ApprovalParams),
     Script(ScriptParams),
     Worker(WorkerParams),
     Pipeline(PipelineParams),
@@ -181,6 +296,8 @@ impl Params {
             TaskType::Shell => Params::Shell(from_value(value)?),
             TaskType::Http => Params::Http(from_value(value)?),
             TaskType::Sleep => Params::Sleep(from_value(value)?),
+            TaskType::Wait => Params::Wait(from_value(value)?),
+            TaskType::Approval => Params::Approval(from_value(value)?),
             TaskType::Script => Params::Script(from_value(value)?),
             TaskType::Worker => Params::Worker(from_value(value)?),
             TaskType::Pipeline => Params::Pipeline(from_value(value)?),
@@ -217,13 +334,21 @@ impl Params {
                 }
                 Ok(())
             }
-            Params::Sleep(p) => match &p.duration {
-                DurationText::Text(t) if !settled(t) => Ok(()),
-                d => d
-                    .to_duration()
-                    .map(|_| ())
-                    .map_err(|e| format!("`duration`: {e}")),
+            Params::Sleep(p) => match (&p.duration, &p.until) {
+                (Some(DurationText::Text(t)), None) if !settled(t) => Ok(()),
+                (None, Some(Value::String(t))) if !settled(t) => Ok(()),
+                _ => p.end(Utc::now()).map(|_| ()),
             },
+            Params::Wait(p) => {
+                if settled(&p.event) && !is_valid_event(&p.event) {
+                    return Err(format!(
+                        "`event` `{}` is not a signal name (letters, digits, `-`, `_`, `.`, `:`, `@`; at most 200)",
+                        crate::echo::echo(&p.event)
+                    ));
+                }
+                Ok(())
+            }
+            Params::Approval(_) => Ok(()),
             Params::Script(p) => match (&p.source, &p.file) {
                 (Some(_), Some(_)) => Err("give either `source` or `file`, not both".into()),
                 (None, None) => {

@@ -235,8 +235,13 @@ pub enum TaskType {
     Shell,
     /// An HTTP request.
     Http,
-    /// Waits for a duration.
+    /// Waits for a duration or until a time (parked in the store when long).
     Sleep,
+    /// Parked until a signal of its `event` name arrives (its payload is the output), or its
+    /// timeout.
+    Wait,
+    /// Parked until someone approves or rejects it.
+    Approval,
     /// A program for an interpreter (`python3` by default), context on stdin, JSON on stdout.
     Script,
     /// A task registered by an SDK worker service, dispatched to it over the worker protocol.
@@ -246,20 +251,24 @@ pub enum TaskType {
 }
 
 impl TaskType {
-    pub const ALL: [TaskType; 6] = [
+    pub const ALL: [TaskType; 8] = [
         TaskType::Shell,
         TaskType::Http,
         TaskType::Sleep,
+        TaskType::Wait,
+        TaskType::Approval,
         TaskType::Script,
         TaskType::Worker,
         TaskType::Pipeline,
     ];
 
     /// The types `orbit server` and `orbit worker` execute themselves.
-    pub const BUILT_IN: [TaskType; 5] = [
+    pub const BUILT_IN: [TaskType; 7] = [
         TaskType::Shell,
         TaskType::Http,
         TaskType::Sleep,
+        TaskType::Wait,
+        TaskType::Approval,
         TaskType::Script,
         TaskType::Pipeline,
     ];
@@ -269,6 +278,8 @@ impl TaskType {
             TaskType::Shell => "shell",
             TaskType::Http => "http",
             TaskType::Sleep => "sleep",
+            TaskType::Wait => "wait",
+            TaskType::Approval => "approval",
             TaskType::Script => "script",
             TaskType::Worker => "worker",
             TaskType::Pipeline => "pipeline",

@@ -33,6 +33,9 @@ pub enum TaskState {
     /// Claimable once its `ready_at` has passed (a failed attempt with attempts left comes back
     /// here with `ready_at` set to the end of its backoff). A claim moves it to `running`.
     Ready,
+    /// Holds no worker and no process until a wake-up makes it `ready`: its time passing (a
+    /// long `sleep`, a `wait`'s timeout), a signal (`wait`) or a decision (`approval`).
+    Parked,
     /// Claimed by a worker holding a lease. Only that lease holder (matching `lease_epoch`) can
     /// finish it; the reaper takes it back when the lease expires.
     Running,
@@ -75,9 +78,10 @@ impl RunState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
         TaskState::Waiting,
         TaskState::Ready,
+        TaskState::Parked,
         TaskState::Running,
         TaskState::Succeeded,
         TaskState::Dead,
@@ -89,6 +93,7 @@ impl TaskState {
         match self {
             TaskState::Waiting => "waiting",
             TaskState::Ready => "ready",
+            TaskState::Parked => "parked",
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
             TaskState::Dead => "dead",
@@ -142,7 +147,7 @@ impl FromStr for TaskState {
             .ok_or_else(|| {
                 UnknownState(
                     s.into(),
-                    "waiting, ready, running, succeeded, dead, skipped, cancelled",
+                    "waiting, ready, parked, running, succeeded, dead, skipped, cancelled",
                 )
             })
     }

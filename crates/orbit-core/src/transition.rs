@@ -22,6 +22,45 @@ pub enum Outcome {
     Failed(Failure),
     /// A `for_each` task rendered its list: one child per element.
     Expanded(Vec<Value>),
+    /// A `sleep`, `wait` or `approval` task parks until its wake-up.
+    Parked(Park),
+}
+
+/// Why a task run parks, and until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Park {
+    pub kind: ParkKind,
+    /// Made `ready` at this instant (a sleep's end, a wait's timeout); `None`: only a signal or
+    /// a decision wakes it.
+    pub until: Option<DateTime<Utc>>,
+    /// The signal a `wait` waits for.
+    pub event: Option<String>,
+    /// What an approver reads: an approval's rendered message.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParkKind {
+    Sleep,
+    Signal,
+    Approval,
+}
+
+impl ParkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkKind::Sleep => "sleep",
+            ParkKind::Signal => "signal",
+            ParkKind::Approval => "approval",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ParkKind> {
+        [ParkKind::Sleep, ParkKind::Signal, ParkKind::Approval]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 impl Outcome {
@@ -29,7 +68,7 @@ impl Outcome {
     pub fn output_mut(&mut self) -> Option<&mut Value> {
         match self {
             Outcome::Succeeded(output) | Outcome::Routed { output, .. } => Some(output),
-            Outcome::Failed(_) | Outcome::Expanded(_) => None,
+            Outcome::Failed(_) | Outcome::Expanded(_) | Outcome::Parked(_) => None,
         }
     }
 }
@@ -142,21 +181,24 @@ pub enum Transition {
     /// run per element, and is `ready` again (to gather their outputs) once every child has
     /// succeeded or died.
     Expand { items: Vec<Value> },
+    /// `running -> parked`: holds no worker until its wake-up makes it `ready` again (its
+    /// `until` passing, a signal, a decision); the attempt that follows finishes it.
+    Park(Park),
 }
 
 impl Transition {
     /// Whether the attempt counts against the task's retries: a throttled one does not, nor
-    /// a `for_each` task's expansion (its gathering is its first try).
+    /// a `for_each` task's expansion (its gathering is its first try), nor parking.
     pub fn spends_a_try(&self) -> bool {
         match self {
-            Transition::Expand { .. } => false,
+            Transition::Expand { .. } | Transition::Park(_) => false,
             other => other.failure().is_none_or(Failure::counts),
         }
     }
 
     pub fn failure(&self) -> Option<&Failure> {
         match self {
-            Transition::Succeed { .. } | Transition::Expand { .. } => None,
+            Transition::Succeed { .. } | Transition::Expand { .. } | Transition::Park(_) => None,
             Transition::Retry { failure, .. } | Transition::Dead { failure, .. } => Some(failure),
         }
     }
@@ -196,6 +238,7 @@ pub fn on_attempt_finished(
     };
     match outcome {
         Outcome::Expanded(items) => Transition::Expand { items },
+        Outcome::Parked(park) => Transition::Park(park),
         Outcome::Succeeded(output) => Transition::Succeed {
             output,
             promote: dag

@@ -26,6 +26,7 @@ pub mod runs;
 pub mod storage;
 pub mod subruns;
 pub mod waiting;
+pub mod waits;
 pub mod why;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, Processed, Recorded, Replayed};

@@ -40,7 +40,7 @@ impl StepAnalysis {
                 TaskState::Succeeded => &mut a.completed,
                 TaskState::Dead => &mut a.failed,
                 TaskState::Running => &mut a.running,
-                TaskState::Ready | TaskState::Waiting => &mut a.pending,
+                TaskState::Ready | TaskState::Waiting | TaskState::Parked => &mut a.pending,
                 TaskState::Skipped | TaskState::Cancelled => &mut a.not_run,
             };
             bucket.push(t.task_name.clone());

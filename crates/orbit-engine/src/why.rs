@@ -91,6 +91,19 @@ pub async fn explain(
                 waiting_on(t, &needs, &by_name, &children, now)
             }
             TaskState::Ready => ready_because(store, t, &usage, &buckets, &unclaimed, now).await?,
+            TaskState::Parked => {
+                let since = store
+                    .attempts(t.run_id, Some(&t.task_name))
+                    .await?
+                    .last()
+                    .map(|a| a.finished_at);
+                let approvers = pipeline
+                    .task(&t.task_name)
+                    .and_then(|d| d.params.get("approvers"))
+                    .and_then(|a| serde_json::from_value::<Vec<String>>(a.clone()).ok())
+                    .unwrap_or_default();
+                parked_because(t, since, &approvers, now)
+            }
             _ => continue,
         };
         out.push(Why {
@@ -100,6 +113,55 @@ pub async fn explain(
         });
     }
     Ok(out)
+}
+
+/// A parked task: until when it sleeps, the signal or the decision it waits for, since when,
+/// and when it times out.
+fn parked_because(
+    t: &TaskRunRecord,
+    since: Option<DateTime<Utc>>,
+    approvers: &[String],
+    now: DateTime<Utc>,
+) -> String {
+    let Some(park) = &t.park else {
+        return "parked".to_owned();
+    };
+    let at = |when: DateTime<Utc>| {
+        let d = orbit_core::duration::display((when - now).abs().to_std().unwrap_or_default());
+        if when >= now {
+            format!("{} (in {d})", when.format("%Y-%m-%d %H:%M:%S UTC"))
+        } else {
+            format!("{} ({d} ago)", when.format("%Y-%m-%d %H:%M:%S UTC"))
+        }
+    };
+    let since = since
+        .map(|s| format!(" since {}", at(s)))
+        .unwrap_or_default();
+    let timeout = park
+        .until
+        .map(|u| format!("; times out {}", at(u)))
+        .unwrap_or_default();
+    match park.kind.as_str() {
+        "signal" => format!(
+            "waiting for signal `{}`{since}{timeout}",
+            park.event.as_deref().unwrap_or("?")
+        ),
+        "approval" => {
+            let who = if approvers.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", approvers.join(" or "))
+            };
+            format!(
+                "waiting for approval{who} ({}){since}{timeout}",
+                park.note.as_deref().unwrap_or("")
+            )
+        }
+        _ => match park.until {
+            Some(u) => format!("parked until {}", at(u)),
+            None => "parked".to_owned(),
+        },
+    }
 }
 
 /// A waiting task: the upstream tasks it still needs, each with where it is; a `for_each`

@@ -226,7 +226,7 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    fn signal(&self) {
+    fn wake_claimers(&self) {
         self.work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -527,6 +527,102 @@ mod tests {
                 .await
                 .expect("count");
         assert_eq!(left, 0, "every task ran");
+    }
+
+    /// One store parks 200 waits, each on its own signal name, while two other stores send
+    /// every name's signal at the same time: every wait is woken exactly once (by a delivery,
+    /// or by taking a signal kept just before it parked), and of each name's two signals one
+    /// is left kept. (Without the name's lock, a signal sent while its wait parks is kept where
+    /// the wait cannot see it, and the wait stays parked.)
+    #[tokio::test]
+    async fn signals_race_waits_across_servers() {
+        const N: usize = 200;
+        let (a, db) = store().await;
+        let p = orbit_store::testkit::pipeline("order", &[("pay", &[], 0)]);
+        let stored = a.save_pipeline(&p, None, Utc::now()).await.expect("save");
+        for _ in 0..N {
+            a.create_run(orbit_store::testkit::new_run(
+                &stored,
+                serde_json::json!({}),
+                Utc::now(),
+            ))
+            .await
+            .expect("run");
+        }
+        let claimed = a
+            .finish_and_claim(&[], Some(&ClaimRequest::any("a", N)), Utc::now())
+            .await
+            .expect("claim")
+            .claimed;
+        assert_eq!(claimed.len(), N);
+        let b = PgStore::connect(&db.url, 2).await.expect("connect");
+        let c = PgStore::connect(&db.url, 2).await.expect("connect");
+        // Each name's park and its two signals start together, so they meet in the act.
+        for (i, t) in claimed.iter().enumerate() {
+            let name = format!("ev-{i}");
+            let park = orbit_core::transition::Outcome::Parked(orbit_core::transition::Park {
+                kind: orbit_core::transition::ParkKind::Signal,
+                until: None,
+                event: Some(name.clone()),
+                note: None,
+            });
+            let f = orbit_store::testkit::finish(&p, t, park, Utc::now());
+            let parking = async {
+                loop {
+                    match a
+                        .finish_and_claim(std::slice::from_ref(&f), None, Utc::now())
+                        .await
+                    {
+                        Ok(out) => break assert!(out.lease_lost.is_empty()),
+                        Err(StoreError::Unavailable(_)) => continue,
+                        Err(other) => panic!("park: {other}"),
+                    }
+                }
+            };
+            let send = |store: &PgStore, s: u8| {
+                let name = name.clone();
+                let store = store.clone();
+                async move {
+                    let at = Utc::now();
+                    store
+                        .signal(
+                            &name,
+                            &serde_json::json!({"i": i, "s": s}),
+                            at + chrono::Duration::hours(1),
+                            at,
+                        )
+                        .await
+                        .expect("signal")
+                }
+            };
+            tokio::join!(parking, send(&b, 1), send(&c, 2));
+        }
+        let states: Vec<(String, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT state, wake FROM task_runs")
+                .fetch_all(&a.pool)
+                .await
+                .expect("task runs");
+        assert_eq!(states.len(), N);
+        for (state, wake) in &states {
+            assert_eq!(state, "ready", "every wait woke: {wake:?}");
+            assert_eq!(
+                wake.as_ref().map(|w| w["by"].clone()),
+                Some(serde_json::json!("signal"))
+            );
+        }
+        let kept: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, COUNT(*) FROM signals GROUP BY name")
+                .fetch_all(&a.pool)
+                .await
+                .expect("signals");
+        assert_eq!(kept.len(), N, "each name has its other signal left");
+        assert!(kept.iter().all(|(_, n)| *n == 1), "{kept:?}");
+        let woken: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'task_signalled'")
+                .fetch_one(&a.pool)
+                .await
+                .expect("events");
+        assert_eq!(woken, N as i64, "one wake-up event per wait");
     }
 
     /// Four stores claim 80 tasks sharing a rate key (10 per 200 ms) side by side, as fast as

@@ -99,6 +99,17 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         map_parent: get(row, "map_parent")?,
         map_index: get::<Option<i32>>(row, "map_index")?.and_then(|i| u32::try_from(i).ok()),
         map_item: get(row, "map_item")?,
+        park: get::<Option<String>>(row, "park_kind")?
+            .map(|kind| {
+                Ok::<_, StoreError>(orbit_store::ParkInfo {
+                    kind,
+                    until: get(row, "park_until")?,
+                    event: get(row, "park_event")?,
+                    note: get(row, "park_note")?,
+                })
+            })
+            .transpose()?,
+        wake: get(row, "wake")?,
     })
 }
 
@@ -137,6 +148,7 @@ pub fn claimed_from_row(row: &PgRow) -> Result<ClaimedTask> {
             None => get(row, "updated_at")?,
         },
         item: get(row, "map_item")?,
+        wake: get(row, "wake")?,
     })
 }
 

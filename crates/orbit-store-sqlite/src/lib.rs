@@ -261,7 +261,7 @@ impl SqliteStore {
         }
     }
 
-    fn signal(&self) {
+    fn wake_claimers(&self) {
         self.work.send_modify(|n| *n = n.wrapping_add(1));
     }
 

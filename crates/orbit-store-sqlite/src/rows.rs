@@ -127,6 +127,17 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         map_parent: get(row, "map_parent")?,
         map_index: get::<Option<i32>>(row, "map_index")?.and_then(|i| u32::try_from(i).ok()),
         map_item: json(row, "map_item")?,
+        park: get::<Option<String>>(row, "park_kind")?
+            .map(|kind| {
+                Ok::<_, StoreError>(orbit_store::ParkInfo {
+                    kind,
+                    until: opt_time(row, "park_until")?,
+                    event: get(row, "park_event")?,
+                    note: get(row, "park_note")?,
+                })
+            })
+            .transpose()?,
+        wake: json(row, "wake")?,
     })
 }
 
@@ -161,6 +172,7 @@ pub fn leased_from_row(row: &SqliteRow) -> Result<LeasedTask> {
             lease_expires_at: opt_time(row, "lease_expires_at")?.unwrap_or_default(),
             claimed_at: time(row, "claimed_at")?,
             item: None,
+            wake: None,
         },
         owner: get::<Option<String>>(row, "lease_owner")?.unwrap_or_default(),
     })

@@ -188,6 +188,8 @@ delegate! {
         outputs(run: Uuid, tasks: &[String]) -> Result<Vec<(String, Value)>>;
         cancel_run(run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
         requeue(run: Uuid, tasks: &[String], by: TriggeredBy, now: DateTime<Utc>) -> Result<Requeued>;
+        signal(name: &str, payload: &Value, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<SignalOutcome>;
+        decide(run: Uuid, task: &str, decision: &Decision, now: DateTime<Utc>) -> Result<()>;
         keyed_output(key: &str, since: DateTime<Utc>) -> Result<Option<(Uuid, Value)>>;
         task_run(id_or_prefix: &str) -> Result<TaskRunRecord>;
     }

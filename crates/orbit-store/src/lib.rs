@@ -27,6 +27,7 @@ pub mod alarm;
 pub mod faults;
 pub mod keys;
 mod model;
+pub mod parks;
 pub mod plan;
 pub mod rates;
 mod roles;

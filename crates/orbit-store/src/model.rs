@@ -182,6 +182,31 @@ pub struct TaskRunRecord {
     /// A child's element (not in the API's answers: a view of a big map would carry them all).
     #[serde(skip)]
     pub map_item: Option<Value>,
+    /// Why it parked last (kept after it woke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub park: Option<ParkInfo>,
+    /// What woke it: `{"by": "time"}`, a signal (`{"by": "signal", "signal", "payload"}`) or a
+    /// decision (`{"by": "decision", "approved", "decidedBy", "comment", "at"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<Value>,
+}
+
+/// Why a task run parked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParkInfo {
+    /// `sleep`, `signal` or `approval`.
+    pub kind: String,
+    /// When its time comes (a sleep's end, a wait's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// The signal it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// What an approver reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -249,6 +274,9 @@ pub struct ClaimedTask {
     pub claimed_at: DateTime<Utc>,
     /// A `for_each` child's element (set on claims; `None` for any other task run).
     pub item: Option<Value>,
+    /// What woke a parked task run (set on claims): `{"by": "time"}`, `{"by": "signal",
+    /// "signal", "payload"}` or `{"by": "decision", "approved", "by_name", "comment", "at"}`.
+    pub wake: Option<Value>,
 }
 
 /// An attempt that ended, with what the state machine decided.
@@ -281,9 +309,9 @@ pub struct BatchOutcome {
     /// Keys (concurrency, rate) cut a claim short: the head of the queue may hold more for the
     /// same claimer, which claims again at once (other claimers are not woken for it).
     pub cut_short: bool,
-    /// Ready task runs wait for a rate limit's token until then; the store wakes claimers at
-    /// that time.
-    pub throttled_until: Option<DateTime<Utc>>,
+    /// Work is held back until then (a rate limit's next token, a parked task run's time);
+    /// the store wakes claimers at that time.
+    pub wake_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -416,6 +444,8 @@ pub struct QueueStats {
     pub running: i64,
     /// Waiting for upstream tasks.
     pub waiting: i64,
+    /// Parked until a time, a signal or a decision.
+    pub parked: i64,
     pub completed: i64,
     /// Dead: attempts spent or a non-retryable failure.
     pub failed: i64,
@@ -607,4 +637,22 @@ pub struct EventRecord {
     pub kind: String,
     pub data: Option<Value>,
     pub at: DateTime<Utc>,
+}
+
+/// What delivering a signal did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignalOutcome {
+    /// The task runs parked waiting for it that it woke, each once: `(run, task)`.
+    pub delivered: Vec<(Uuid, String)>,
+    /// None waited: it is kept until it expires, for the first wait that parks on it.
+    pub kept: bool,
+}
+
+/// A decision on a parked approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub approved: bool,
+    /// Who decided: an API token's name or a dashboard user.
+    pub by: String,
+    pub comment: Option<String>,
 }

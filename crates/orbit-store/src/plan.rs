@@ -32,12 +32,15 @@ pub enum EventKind {
     TaskDead,
     TaskRequeued,
     TaskExpanded,
+    TaskParked,
+    TaskSignalled,
+    TaskDecided,
     PipelineSaved,
     PipelineDeleted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::RunCreated,
         EventKind::RunPending,
         EventKind::RunStarted,
@@ -52,6 +55,9 @@ impl EventKind {
         EventKind::TaskDead,
         EventKind::TaskRequeued,
         EventKind::TaskExpanded,
+        EventKind::TaskParked,
+        EventKind::TaskSignalled,
+        EventKind::TaskDecided,
         EventKind::PipelineSaved,
         EventKind::PipelineDeleted,
     ];
@@ -72,6 +78,9 @@ impl EventKind {
             EventKind::TaskDead => "task_dead",
             EventKind::TaskRequeued => "task_requeued",
             EventKind::TaskExpanded => "task_expanded",
+            EventKind::TaskParked => "task_parked",
+            EventKind::TaskSignalled => "task_signalled",
+            EventKind::TaskDecided => "task_decided",
             EventKind::PipelineSaved => "pipeline_saved",
             EventKind::PipelineDeleted => "pipeline_deleted",
         }
@@ -100,6 +109,8 @@ pub enum AttemptOutcome {
     Cancelled,
     /// A `for_each` task rendered its list and made its children.
     Expanded,
+    /// It parked until its wake-up (a time, a signal, a decision).
+    Parked,
 }
 
 impl AttemptOutcome {
@@ -107,6 +118,7 @@ impl AttemptOutcome {
         match f.transition.failure() {
             Some(failure) => AttemptOutcome::Failed(failure.kind),
             None if matches!(f.transition, Transition::Expand { .. }) => AttemptOutcome::Expanded,
+            None if matches!(f.transition, Transition::Park(_)) => AttemptOutcome::Parked,
             None if f.reused => AttemptOutcome::Reused,
             None => AttemptOutcome::Succeeded,
         }
@@ -119,6 +131,7 @@ impl AttemptOutcome {
             AttemptOutcome::Failed(kind) => kind.as_str(),
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Expanded => "expanded",
+            AttemptOutcome::Parked => "parked",
         }
     }
 }
@@ -185,6 +198,10 @@ impl Event {
                 EventKind::TaskExpanded,
                 json!({"attempt": t.attempt, "children": items.len()}),
             ),
+            Transition::Park(park) => (
+                EventKind::TaskParked,
+                json!({"attempt": t.attempt, "kind": park.kind.as_str(), "until": park.until, "event": park.event}),
+            ),
         };
         Event::task(t.run_id, &t.task_name, kind, Some(data))
     }
@@ -223,6 +240,9 @@ pub struct FinishPlan<'a> {
     /// `for_each` tasks that rendered their lists: the parent's row waits for as many children
     /// as the list has elements, each a new `ready` task run.
     pub expansions: Vec<(&'a FinishedAttempt, &'a [Value])>,
+    /// Task runs that parked: their park columns are set; a `wait` takes a signal kept for it,
+    /// if any, and is `ready` at once ([`FinishPlan::signalled`]).
+    pub parks: Vec<(&'a FinishedAttempt, &'a orbit_core::transition::Park)>,
     /// Downstream tasks one upstream fewer waits for; a pair appears once per finished upstream.
     pub promotions: Vec<(Uuid, &'a str)>,
     /// Outputs kept under their idempotency key (the last of the batch for a key).
@@ -312,6 +332,7 @@ impl<'a> FinishPlan<'a> {
                     entry.1 += 1;
                 }
                 Transition::Retry { .. } => plan.ready += 1,
+                Transition::Park(park) => plan.parks.push((f, park)),
             }
         }
         plan.results = keyed.into_iter().map(|(k, (id, o))| (k, id, o)).collect();
@@ -328,6 +349,19 @@ impl<'a> FinishPlan<'a> {
     pub fn siblings_cancelled(&mut self, run: Uuid, n: i64) {
         self.counts.entry(run).or_default().0 += n;
         self.tally.moved(TaskState::Ready, TaskState::Cancelled, n);
+    }
+
+    /// A task run of `run` that parked to wait for `signal` took the one kept for it: it is
+    /// `ready` at once.
+    pub fn signalled(&mut self, run: Uuid, task: &str, signal: &str) {
+        self.ready += 1;
+        self.tally.moved(TaskState::Parked, TaskState::Ready, 1);
+        self.events.push(Event::task(
+            run,
+            task,
+            EventKind::TaskSignalled,
+            Some(json!({"signal": signal, "kept": true})),
+        ));
     }
 
     /// Promotions made `n` waiting task runs ready.
@@ -605,6 +639,7 @@ mod tests {
                 lease_expires_at: now,
                 claimed_at: now,
                 item: None,
+                wake: None,
             },
             worker: "w".into(),
             started_at: now,

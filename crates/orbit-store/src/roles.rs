@@ -114,6 +114,29 @@ pub trait Runs: Send + Sync + 'static {
     /// woken by [`Claims::control_signal`], stops it.
     async fn cancel_run(&self, run: Uuid, now: DateTime<Utc>) -> Result<RunRecord>;
 
+    /// Delivers signal `name`: every task run parked waiting for it becomes `ready` with
+    /// `payload` as what woke it, each exactly once (on PostgreSQL too, whichever servers
+    /// deliver and park at the same time). With none waiting, it is kept until `expires_at`
+    /// for the first `wait` that parks on it.
+    async fn signal(
+        &self,
+        name: &str,
+        payload: &Value,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<SignalOutcome>;
+
+    /// Records `decision` on task `task` of `run`, parked waiting for an approval: it becomes
+    /// `ready` with the decision as what woke it. `Conflict` when it is not waiting for one
+    /// (already decided, or not an approval).
+    async fn decide(
+        &self,
+        run: Uuid,
+        task: &str,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
     /// Puts the named dead or cancelled task runs of `run` back in the queue with a fresh set of
     /// tries (`ready` when nothing upstream is missing, else `waiting`) and re-opens the run,
     /// recording `by` as what started it going again (also when `tasks` is empty: a resume).

@@ -80,6 +80,7 @@ pub fn queue_stats(
         pending: n(TaskState::Ready),
         running: n(TaskState::Running),
         waiting: n(TaskState::Waiting),
+        parked: n(TaskState::Parked),
         completed: n(TaskState::Succeeded),
         failed: n(TaskState::Dead),
         dlq,
@@ -139,6 +140,7 @@ impl Tally {
             Transition::Retry { .. } => TaskState::Ready,
             Transition::Dead { .. } => TaskState::Dead,
             Transition::Expand { .. } => TaskState::Waiting,
+            Transition::Park(_) => TaskState::Parked,
         };
         self.moved(TaskState::Running, to, 1);
         self.attempt(

@@ -13,6 +13,7 @@ mod replay;
 pub mod run;
 mod serve;
 mod validate;
+mod waits;
 
 pub use serve::redact;
 
@@ -126,6 +127,53 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
             Some(server) => over_url::graph(server, &pipeline, json).await,
             None => graph::graph(&url, &pipeline, json).await,
         },
+        Command::Signal {
+            name,
+            data,
+            ttl,
+            remote,
+        } => {
+            let payload = match data.as_deref() {
+                Some(d) => run::parse_input(Some(d))?,
+                None => serde_json::Value::Null,
+            };
+            match &remote.url {
+                Some(server) => waits::signal_over(server, &name, &payload, &ttl, json).await,
+                None => {
+                    waits::signal(
+                        open_store(&url).await?.as_ref(),
+                        &name,
+                        &payload,
+                        &ttl,
+                        json,
+                    )
+                    .await
+                }
+            }
+        }
+        Command::Approve {
+            run,
+            task,
+            reject,
+            message,
+            by,
+            remote,
+        } => {
+            let decision = waits::decision(!reject, message, by);
+            match &remote.url {
+                Some(server) => waits::decide_over(server, &run, &task, &decision, json).await,
+                None => {
+                    waits::decide(
+                        open_store(&url).await?.as_ref(),
+                        &run,
+                        &task,
+                        &decision,
+                        json,
+                    )
+                    .await
+                }
+            }
+        }
         Command::Cancel { run, remote } => match &remote.url {
             Some(server) => over_url::cancel(server, &run, json).await,
             None => control::cancel(open_store(&url).await?.as_ref(), &run, json).await,

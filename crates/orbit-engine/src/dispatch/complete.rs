@@ -279,6 +279,7 @@ fn held(claims: &TaskClaims, now: DateTime<Utc>) -> ClaimedTask {
         lease_expires_at: now,
         claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         item: None,
+        wake: None,
     }
 }
 

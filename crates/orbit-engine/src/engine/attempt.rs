@@ -62,6 +62,20 @@ impl Engine {
                         _ if done_attempt.expand.is_some() => {
                             Outcome::Expanded(done_attempt.expand.unwrap_or_default())
                         }
+                        _ if done_attempt.park.is_some() => match done_attempt.park {
+                            Some(park) => Outcome::Parked(park),
+                            None => unreachable!("matched as some"),
+                        },
+                        Ok(v) if done_attempt.skip_next => Outcome::Routed {
+                            output: v,
+                            allowed: loaded
+                                .dag
+                                .downstream(i)
+                                .iter()
+                                .map(|&d| loaded.dag.name(d).to_owned())
+                                .collect(),
+                            run_next: Vec::new(),
+                        },
                         Ok(v) if done_attempt.reused => routed(def, v),
                         Ok(v) => {
                             let key =
@@ -189,6 +203,23 @@ struct AttemptResult {
     reused: bool,
     /// A `for_each` task's list, to make its children from.
     expand: Option<Vec<Value>>,
+    /// A waiting task's park.
+    park: Option<orbit_core::transition::Park>,
+    /// Skip the tasks only this one leads to (a wait's timeout with `on_timeout: skip`).
+    skip_next: bool,
+}
+
+impl AttemptResult {
+    fn of(result: Result<Value, Failure>) -> AttemptResult {
+        AttemptResult {
+            result,
+            key: None,
+            reused: false,
+            expand: None,
+            park: None,
+            skip_next: false,
+        }
+    }
 }
 
 /// One attempt of one task: gather its context, reuse a keyed output or render its parameters
@@ -200,12 +231,7 @@ async fn attempt(
     values: &RunValues,
     log: &LogBuffer,
 ) -> AttemptResult {
-    let fail = |f: Failure| AttemptResult {
-        result: Err(f),
-        key: None,
-        reused: false,
-        expand: None,
-    };
+    let fail = |f: Failure| AttemptResult::of(Err(f));
     let Some((def, child)) = task_of(loaded, &task.task_name)
         .map(|(i, child)| (&loaded.stored.pipeline.tasks[i], child))
     else {
@@ -254,12 +280,33 @@ async fn attempt(
         if let Err(f) = &result {
             log.line(&format!("[orbit] {}", f.message));
         }
-        return AttemptResult {
-            result,
-            key: None,
-            reused: false,
-            expand: None,
-        };
+        return AttemptResult::of(result);
+    }
+    if super::park::parks(def.task_type) {
+        use super::park::Step;
+        match super::park::step(def, &ctx, task.wake.as_ref(), chrono::Utc::now()) {
+            Step::Park(park) => {
+                log.line(&park_line(&park));
+                return AttemptResult {
+                    park: Some(park),
+                    ..AttemptResult::of(Ok(Value::Null))
+                };
+            }
+            Step::Done { result, skip_next } => {
+                match &result {
+                    Err(f) => log.line(&format!("[orbit] {}", f.message)),
+                    Ok(_) if skip_next => {
+                        log.line("[orbit] timed out: the tasks after it are skipped")
+                    }
+                    Ok(_) => {}
+                }
+                return AttemptResult {
+                    skip_next,
+                    ..AttemptResult::of(result)
+                };
+            }
+            Step::InProcess => {}
+        }
     }
     let to = storage::output_key(task.run_id, &task.task_name, task.attempt);
     let key = match keyed(
@@ -279,10 +326,9 @@ async fn attempt(
         }) => {
             log.line(&line);
             return AttemptResult {
-                result: Ok(output),
                 key,
                 reused: true,
-                expand: None,
+                ..AttemptResult::of(Ok(output))
             };
         }
         Err(f) => return fail(f),
@@ -295,10 +341,30 @@ async fn attempt(
         ));
     }
     AttemptResult {
-        result,
         key,
-        reused: false,
-        expand: None,
+        ..AttemptResult::of(result)
+    }
+}
+
+/// The attempt log's line for a park.
+fn park_line(park: &orbit_core::transition::Park) -> String {
+    let until = park
+        .until
+        .map(|u| {
+            format!(
+                " until {}",
+                u.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )
+        })
+        .unwrap_or_default();
+    match (park.kind, &park.event, &park.note) {
+        (orbit_core::transition::ParkKind::Signal, Some(event), _) => {
+            format!("[orbit] parked: waiting for signal `{event}`{until}")
+        }
+        (orbit_core::transition::ParkKind::Approval, _, Some(note)) => {
+            format!("[orbit] parked: waiting for approval ({note}){until}")
+        }
+        _ => format!("[orbit] parked{until}"),
     }
 }
 
@@ -318,10 +384,8 @@ async fn map_step(
             log.line(&format!("[orbit] {}", f.message));
         }
         AttemptResult {
-            result,
-            key: None,
-            reused: false,
             expand,
+            ..AttemptResult::of(result)
         }
     };
     let children = match io.store.children(task.run_id, &def.name).await {

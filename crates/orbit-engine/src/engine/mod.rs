@@ -4,6 +4,7 @@ mod attempt;
 mod context;
 mod drive;
 mod leases;
+pub mod park;
 mod replay;
 
 pub(crate) use context::{ContextIds, Keyed, hydrated, input_failure, keyed, keys_since};
@@ -120,6 +121,12 @@ pub enum EngineEvent {
         error: String,
         cancelled: Vec<String>,
     },
+    /// A waiting task parked in the store until its wake-up.
+    TaskParked {
+        run: Uuid,
+        task: String,
+        park: orbit_core::transition::Park,
+    },
     /// A `for_each` task made one child task run per element of its list.
     TaskExpanded {
         run: Uuid,
@@ -165,7 +172,7 @@ impl Processed {
                 Transition::Succeed { .. } => self.succeeded += 1,
                 Transition::Retry { .. } => self.retrying += 1,
                 Transition::Dead { .. } => self.dead += 1,
-                Transition::Expand { .. } => {}
+                Transition::Expand { .. } | Transition::Park(_) => {}
             }
         }
     }
@@ -358,6 +365,11 @@ impl Engine {
                     run: t.run_id,
                     task: t.task_name.clone(),
                     children: items.len(),
+                },
+                Transition::Park(park) => EngineEvent::TaskParked {
+                    run: t.run_id,
+                    task: t.task_name.clone(),
+                    park: park.clone(),
                 },
             };
             let _ = self.events.send(event);

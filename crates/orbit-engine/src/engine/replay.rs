@@ -128,6 +128,7 @@ impl Engine {
             lease_expires_at: chrono::Utc::now(),
             claimed_at: chrono::Utc::now(),
             item: parts.task_run.map_item.clone(),
+            wake: parts.task_run.wake.clone(),
         };
         let log = LogBuffer::new();
         let io = Io {

@@ -41,13 +41,20 @@ pub async fn execute(params: Params, inv: &Invocation<'_>) -> Result<Value, Fail
         Params::Script(p) => script::run(p, inv).await,
         Params::Http(p) => http::run(p, inv).await,
         Params::Sleep(p) => {
-            let d = p.duration.to_duration().map_err(Failure::fatal)?;
+            let now = chrono::Utc::now();
+            let d = (p.end(now).map_err(Failure::fatal)? - now)
+                .to_std()
+                .unwrap_or_default();
             // tokio's timer ticks in milliseconds: a zero sleep would still wait for a tick.
             if !d.is_zero() {
                 tokio::time::sleep(d).await;
             }
             Ok(Value::Null)
         }
+        Params::Wait(_) | Params::Approval(_) => Err(Failure::fatal(format!(
+            "task `{}` parks in the store; the engine runs it, not an executor",
+            inv.task_name
+        ))),
         // The engine runs child runs itself (it needs the store): see `engine::subrun`.
         Params::Pipeline(p) => Err(Failure::fatal(format!(
             "pipeline task `{}` (of pipeline `{}`) is run by the engine, not an executor",

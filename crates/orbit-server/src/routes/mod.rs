@@ -7,6 +7,7 @@ pub mod pipelines;
 pub mod protocol;
 pub mod queue;
 pub mod runs;
+pub mod signals;
 pub mod storage;
 pub mod workers;
 pub mod workflows;
@@ -37,6 +38,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::get, runs::delete))
         .routes(routes!(runs::children))
         .routes(routes!(runs::why))
+        .routes(routes!(signals::signal))
+        .routes(routes!(signals::decide))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::task_run))

@@ -36,7 +36,7 @@ impl orbit_store::Claims for PgStore {
         if children > 0 {
             self.created(children as u64);
         }
-        if let Some(at) = out.throttled_until {
+        if let Some(at) = out.wake_at {
             self.alarm.set(at, now, self.work.clone());
         }
         Ok((out, each))

@@ -7,7 +7,7 @@ impl orbit_store::Runs for PgStore {
     async fn create_run(&self, new: NewRun<'_>) -> Result<CreatedRun> {
         let (id, created, same_request) = match write::create_run(&self.pool, &new).await? {
             Ok(id) => {
-                self.signal();
+                self.wake_claimers();
                 self.created(new.pipeline.pipeline.tasks.len() as u64);
                 (id, true, true)
             }
@@ -198,6 +198,32 @@ impl orbit_store::Runs for PgStore {
         self.run(run).await
     }
 
+    async fn signal(
+        &self,
+        name: &str,
+        payload: &Value,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<orbit_store::SignalOutcome> {
+        let out = write::signal(&self.pool, name, payload, expires_at, now).await?;
+        if !out.delivered.is_empty() {
+            self.wake_claimers();
+        }
+        Ok(out)
+    }
+
+    async fn decide(
+        &self,
+        run: Uuid,
+        task: &str,
+        decision: &orbit_store::Decision,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        write::decide(&self.pool, run, task, decision, now).await?;
+        self.wake_claimers();
+        Ok(())
+    }
+
     async fn requeue(
         &self,
         run: Uuid,
@@ -207,7 +233,7 @@ impl orbit_store::Runs for PgStore {
     ) -> Result<Requeued> {
         let tasks = write::requeue(&self.pool, run, tasks, by, now).await?;
         if !tasks.is_empty() {
-            self.signal();
+            self.wake_claimers();
         }
         Ok(Requeued { tasks })
     }

@@ -2,7 +2,7 @@
 //! [`FinishPlan`](orbit_store::plan::FinishPlan), and the claims that share its transaction; and
 //! lease extensions.
 
-use super::{begin, flush, lock_runs, notify};
+use super::{begin, flush, lock_runs, lock_signal, notify};
 use crate::rows::claimed_from_row;
 use crate::unavailable;
 use chrono::{DateTime, Utc};
@@ -35,6 +35,9 @@ pub async fn finish_and_claim(
     // finishing here has started: claiming more of it needs no start.
     let started: HashSet<Uuid> = kept.iter().map(|f| f.task.run_id).collect();
     let mut claimed_events = Vec::new();
+    if claims.iter().any(|c| c.limit > 0) {
+        wake_due(&mut tx, now, &mut plan.tally, &mut out).await?;
+    }
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         let claimed = if c.limit > 0 {
@@ -53,7 +56,7 @@ pub async fn finish_and_claim(
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
     flush(&mut tx, &events, &plan.tally, now).await?;
-    out.left_work = plan.ready > 0 && all_full(claims, &each);
+    out.left_work = (plan.ready > 0 || out.left_work) && all_full(claims, &each);
     if out.left_work {
         notify(&mut tx).await?;
     }
@@ -163,6 +166,8 @@ async fn apply_fenced(
             }
             // Its children are made by the plan (`expansions`), with its count of needs.
             Transition::Expand { .. } => ("waiting", None, None, None),
+            // Why and until when are set by the plan (`parks`).
+            Transition::Park(_) => ("parked", None, None, None),
         };
         ids.push(f.task.id);
         epochs.push(f.task.lease_epoch);
@@ -176,7 +181,7 @@ async fn apply_fenced(
     let rows = sqlx::query(
         "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
          ready_at = COALESCE(v.ready_at, t.ready_at), attempt_base = t.attempt_base + v.uncounted, \
-         finished_at = CASE WHEN v.state IN ('ready', 'waiting') THEN t.finished_at ELSE $7 END, updated_at = $7, \
+         finished_at = CASE WHEN v.state IN ('ready', 'waiting', 'parked') THEN t.finished_at ELSE $7 END, updated_at = $7, \
          lease_owner = NULL, lease_expires_at = NULL \
          FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[], $8::int[]) \
          AS v(id, epoch, state, output, error, ready_at, uncounted) \
@@ -284,10 +289,114 @@ async fn apply_plan(
     for (f, items) in &plan.expansions {
         expand(conn, f, items, now).await?;
     }
+    park(conn, plan, now).await?;
     let promoted = promote(conn, &plan.promotions, now).await?;
     plan.promoted(promoted);
     keep_results(conn, &plan.results, now).await?;
     dead_letters(conn, &plan.dead, now).await
+}
+
+/// Sets the park columns of the task runs that parked. A `wait` takes the signal kept for it,
+/// if any, and is `ready` at once; under its name's lock (taken in name order), so a signal
+/// sent while it parks either finds it parked or is kept for it, never neither.
+async fn park(
+    conn: &mut PgConnection,
+    plan: &mut FinishPlan<'_>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let names: BTreeSet<&str> = plan
+        .parks
+        .iter()
+        .filter_map(|(_, p)| p.event.as_deref())
+        .collect();
+    for name in names {
+        lock_signal(conn, name).await?;
+    }
+    let mut signalled = Vec::new();
+    for (f, park) in &plan.parks {
+        let t = &f.task;
+        let kept: Option<Value> = match &park.event {
+            Some(name) => sqlx::query_scalar(
+                "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = $1 AND expires_at > $2 \
+                 ORDER BY id LIMIT 1) RETURNING payload",
+            )
+            .bind(name)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+            None => None,
+        };
+        let wake: Option<Value> = kept.map(|payload| {
+            serde_json::from_str(&orbit_store::parks::signal_wake(
+                park.event.as_deref().unwrap_or_default(),
+                &payload.to_string(),
+            ))
+            .unwrap_or_default()
+        });
+        sqlx::query(
+            "UPDATE task_runs SET park_kind = $1, park_until = $2, park_event = $3, wake = $4, park_note = $7, \
+             state = CASE WHEN $4::jsonb IS NULL THEN state ELSE 'ready' END, \
+             ready_at = CASE WHEN $4::jsonb IS NULL THEN ready_at ELSE $5 END WHERE id = $6",
+        )
+        .bind(park.kind.as_str())
+        .bind(park.until)
+        .bind(&park.event)
+        .bind(&wake)
+        .bind(now)
+        .bind(t.id)
+        .bind(&park.note)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        if wake.is_some() {
+            signalled.push((t.run_id, t.task_name.as_str(), park.event.as_deref()));
+        }
+    }
+    for (run, task, name) in signalled {
+        plan.signalled(run, task, name.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Makes the parked task runs whose time has come `ready` (at their time, their place in the
+/// queue), so the claims of this commit can take them; notes when the next one is due.
+async fn wake_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    tally: &mut orbit_store::tally::Tally,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    const NEXT: &str = "SELECT park_until FROM task_runs WHERE state = 'parked' AND park_until IS NOT NULL \
+                        ORDER BY park_until LIMIT 1";
+    let mut due: Option<DateTime<Utc>> = sqlx::query_scalar(NEXT)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if due.is_some_and(|d| d <= now) {
+        // SKIP LOCKED: rows another engine is waking, or a signal is waking, are its own.
+        let woken = sqlx::query(
+            "WITH due AS (SELECT id FROM task_runs WHERE state = 'parked' AND park_until IS NOT NULL \
+             AND park_until <= $1 ORDER BY park_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE task_runs t SET state = 'ready', ready_at = t.park_until, wake = $3::jsonb, updated_at = $1 \
+             FROM due WHERE t.id = due.id",
+        )
+        .bind(now)
+        .bind(orbit_store::parks::WAKE_SLICE)
+        .bind(orbit_store::parks::TIME_WAKE)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tally.moved(TaskState::Parked, TaskState::Ready, woken as i64);
+        out.left_work |= woken > 0;
+        due = sqlx::query_scalar(NEXT)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    out.wake_at = rates::earliest(out.wake_at, due.map(|d| d.timestamp_micros() as f64));
+    Ok(())
 }
 
 /// Children inserted per statement.
@@ -505,7 +614,7 @@ const CONCURRENCY_KEYS_LOCK: i64 = 0x6f72_6269_742d_636b;
 
 const CLAIMED_COLUMNS: &str = "t.id, t.run_id, t.pipeline_id, t.task_name, t.attempt, t.attempt_base, t.lease_epoch, \
      t.lease_expires_at, t.claimed_at, t.updated_at, t.priority, t.ready_at, t.rate_key, t.rate_limit, t.rate_per_ms, \
-     t.map_item";
+     t.map_item, t.wake";
 
 async fn claim_ready(
     conn: &mut PgConnection,
@@ -669,7 +778,7 @@ async fn spend_tokens(
             .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
-    out.throttled_until = rates::earliest(out.throttled_until, next);
+    out.wake_at = rates::earliest(out.wake_at, next);
     Ok(())
 }
 

@@ -9,10 +9,12 @@
 //! Every transaction writes its counter rows (`task_counts`, `attempt_cells`) last of all.
 
 mod finish;
+mod parks;
 mod registry;
 mod runs;
 
 pub use finish::*;
+pub use parks::*;
 pub use registry::*;
 pub use runs::*;
 
@@ -104,6 +106,20 @@ const SHARDS: i32 = 16;
 fn task_state(s: &str) -> Result<TaskState> {
     s.parse()
         .map_err(|e| StoreError::Corrupt(format!("task state: {e}")))
+}
+
+/// The advisory lock class of signal names ("orsg"): delivering a signal and parking a wait
+/// for it take the name's lock, so neither misses the other.
+const SIGNAL_LOCKS: i32 = 0x6f72_7367;
+
+async fn lock_signal(conn: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(SIGNAL_LOCKS)
+        .bind(name)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 async fn notify(conn: &mut PgConnection) -> Result<()> {

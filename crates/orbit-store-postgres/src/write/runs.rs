@@ -229,7 +229,8 @@ pub async fn requeue(
     let changed: Vec<(String, String, String)> = sqlx::query_as(
         "UPDATE task_runs t SET state = CASE WHEN t.pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
          ready_at = CASE WHEN t.pending_needs <= 0 THEN $1 ELSE NULL END, attempt_base = t.attempt, \
-         error = NULL, output = NULL, finished_at = NULL, updated_at = $1 FROM task_runs o \
+         error = NULL, output = NULL, finished_at = NULL, updated_at = $1, \
+         park_kind = NULL, park_until = NULL, park_event = NULL, wake = NULL FROM task_runs o \
          WHERE o.id = t.id AND t.run_id = $2 AND t.task_name = ANY($3) AND t.state = ANY($4) \
          RETURNING t.task_name, o.state, t.state",
     )

@@ -24,9 +24,9 @@ impl orbit_store::Claims for SqliteStore {
     ) -> Result<(BatchOutcome, Vec<Vec<ClaimedTask>>)> {
         let (out, each) = write::finish_and_claim(&self.writer, finished, claims, now).await?;
         if out.left_work {
-            self.signal();
+            self.wake_claimers();
         }
-        if let Some(at) = out.throttled_until {
+        if let Some(at) = out.wake_at {
             self.alarm.set(at, now, self.work.clone());
         }
         if !finished.is_empty() || each.iter().any(|c| !c.is_empty()) {

@@ -84,7 +84,7 @@ impl orbit_store::Queues for SqliteStore {
     ) -> Result<bool> {
         let existed = write::set_key_limit(&self.writer, key, limit, now).await?;
         // A raised limit may free slots: claimers look again.
-        self.signal();
+        self.wake_claimers();
         Ok(existed)
     }
 

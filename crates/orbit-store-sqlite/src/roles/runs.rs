@@ -9,7 +9,7 @@ impl orbit_store::Runs for SqliteStore {
         match id {
             Ok(id) => Ok(CreatedRun {
                 run: {
-                    self.signal();
+                    self.wake_claimers();
                     self.changed();
                     self.run_on(id).await?
                 },
@@ -220,6 +220,34 @@ impl orbit_store::Runs for SqliteStore {
         self.run_on(run).await
     }
 
+    async fn signal(
+        &self,
+        name: &str,
+        payload: &Value,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<orbit_store::SignalOutcome> {
+        let out = write::signal(&self.writer, name, payload, expires_at, now).await?;
+        if !out.delivered.is_empty() {
+            self.wake_claimers();
+            self.changed();
+        }
+        Ok(out)
+    }
+
+    async fn decide(
+        &self,
+        run: Uuid,
+        task: &str,
+        decision: &orbit_store::Decision,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        write::decide(&self.writer, run, task, decision, now).await?;
+        self.wake_claimers();
+        self.changed();
+        Ok(())
+    }
+
     async fn requeue(
         &self,
         run: Uuid,
@@ -229,7 +257,7 @@ impl orbit_store::Runs for SqliteStore {
     ) -> Result<Requeued> {
         let tasks = write::requeue(&self.writer, run, tasks, by, now).await?;
         if !tasks.is_empty() {
-            self.signal();
+            self.wake_claimers();
             self.changed();
         }
         Ok(Requeued { tasks })

@@ -77,6 +77,9 @@ fn commit_round(
     out.settled_runs = settled;
     // Claims in one commit see each other's: no task is handed out twice.
     let mut events = plan.events;
+    if claims.iter().any(|c| c.limit > 0) {
+        wake_due(conn, now, &mut plan.tally, &mut out)?;
+    }
     let mut each = Vec::with_capacity(claims.len());
     for c in claims {
         let claimed = if c.limit > 0 {
@@ -91,8 +94,45 @@ fn commit_round(
     flush_events(conn, &events, now)?;
     flush_tally(conn, &plan.tally)?;
     // Work these claimers may leave for others: tell them.
-    out.left_work = plan.ready > 0 && all_full(claims, &each);
+    out.left_work = (plan.ready > 0 || out.left_work) && all_full(claims, &each);
     Ok((out, each))
+}
+
+/// Makes the parked task runs whose time has come `ready` (at their time, their place in the
+/// queue), so the claims of this commit can take them; notes when the next one is due.
+fn wake_due(
+    conn: &Connection,
+    now: i64,
+    tally: &mut orbit_store::tally::Tally,
+    out: &mut BatchOutcome,
+) -> Result<()> {
+    let next = |conn: &Connection| -> Result<Option<i64>> {
+        conn.prepare_cached(
+            "SELECT park_until FROM task_runs WHERE state = 'parked' AND park_until IS NOT NULL \
+             ORDER BY park_until LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .map_err(sql)
+    };
+    let mut due = next(conn)?;
+    if due.is_some_and(|d| d <= now) {
+        let woken = exec(
+            conn,
+            "UPDATE task_runs SET state = 'ready', ready_at = park_until, wake = ?1, updated_at = ?2 \
+             WHERE id IN (SELECT id FROM task_runs WHERE state = 'parked' AND park_until IS NOT NULL \
+             AND park_until <= ?2 ORDER BY park_until LIMIT ?3)",
+            params![
+                orbit_store::parks::TIME_WAKE,
+                now,
+                orbit_store::parks::WAKE_SLICE
+            ],
+        )?;
+        tally.moved(TaskState::Parked, TaskState::Ready, woken as i64);
+        out.left_work |= woken > 0;
+        due = next(conn)?;
+    }
+    out.wake_at = rates::earliest(out.wake_at, due.map(|d| d as f64));
+    Ok(())
 }
 
 /// Whether every claim got all it asked for (so more may be ready); true with no claim.
@@ -131,6 +171,8 @@ fn apply_fenced(
                 }
                 // Its children are made by the plan (`expansions`), with its count of needs.
                 Transition::Expand { .. } => ("waiting", None, None, None),
+                // Why and until when are set by the plan (`parks`).
+                Transition::Park(_) => ("parked", None, None, None),
             };
             values.extend([
                 text(f.task.id.to_string()),
@@ -153,7 +195,7 @@ fn apply_fenced(
             &format!(
                 ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
                  ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
-                 attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state IN ('ready', 'waiting') THEN task_runs.finished_at ELSE ?{now} END, \
+                 attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state IN ('ready', 'waiting', 'parked') THEN task_runs.finished_at ELSE ?{now} END, \
                  updated_at = ?{now}, lease_owner = NULL, lease_expires_at = NULL FROM v \
                  WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
                  RETURNING task_runs.id, task_runs.lease_epoch",
@@ -235,6 +277,45 @@ fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<
     }
     for (f, items) in &plan.expansions {
         expand(conn, f, items, now)?;
+    }
+    let mut signalled = Vec::new();
+    for (f, park) in &plan.parks {
+        let t = &f.task;
+        // A signal that came before its wait is kept: the wait takes it as it parks.
+        let kept: Option<String> = match &park.event {
+            Some(name) => conn
+                .prepare_cached(
+                    "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = ?1 AND expires_at > ?2 \
+                     ORDER BY id LIMIT 1) RETURNING payload",
+                )
+                .and_then(|mut s| s.query_row(params![name, now], |r| r.get(0)).optional())
+                .map_err(sql)?,
+            None => None,
+        };
+        let wake = kept.as_deref().map(|payload| {
+            orbit_store::parks::signal_wake(park.event.as_deref().unwrap_or_default(), payload)
+        });
+        exec(
+            conn,
+            "UPDATE task_runs SET park_kind = ?1, park_until = ?2, park_event = ?3, wake = ?4, park_note = ?7, \
+             state = CASE WHEN ?4 IS NULL THEN state ELSE 'ready' END, \
+             ready_at = CASE WHEN ?4 IS NULL THEN ready_at ELSE ?5 END WHERE id = ?6",
+            params![
+                park.kind.as_str(),
+                park.until.map(us),
+                park.event,
+                wake,
+                now,
+                t.id.to_string(),
+                park.note
+            ],
+        )?;
+        if wake.is_some() {
+            signalled.push((t.run_id, t.task_name.as_str(), park.event.as_deref()));
+        }
+    }
+    for (run, task, name) in signalled {
+        plan.signalled(run, task, name.unwrap_or_default());
     }
     let mut promoted = 0;
     let mut promote = conn
@@ -403,7 +484,7 @@ fn claim_ready(
     query.push_str(
         " ORDER BY priority DESC, ready_at, id LIMIT ?3) \
          RETURNING id, run_id, pipeline_id, task_name, attempt, lease_epoch, lease_expires_at, priority, ready_at, attempt_base, \
-         rate_key, rate_limit, rate_per_ms, map_item",
+         rate_key, rate_limit, rate_per_ms, map_item, wake",
     );
     let claimed_at = DateTime::from_timestamp_micros(now).unwrap_or_default();
     let mut stmt = conn.prepare_cached(&query).map_err(sql)?;
@@ -433,6 +514,12 @@ fn claim_ready(
                 .map(|t| serde_json::from_str(&t))
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("map item: {e}")))?,
+            wake: row
+                .get::<_, Option<String>>(14)
+                .map_err(sql)?
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("wake: {e}")))?,
         };
         indexed.push(((-get(7)?, get(8)?), task));
     }
@@ -484,7 +571,7 @@ fn spend_tokens(
         .prepare_cached(&rates::next_token("?1"))
         .and_then(|mut s| s.query_row([now], |r| r.get(0)))
         .map_err(sql)?;
-    out.throttled_until = rates::earliest(out.throttled_until, next);
+    out.wake_at = rates::earliest(out.wake_at, next);
     Ok(())
 }
 

@@ -2,10 +2,12 @@
 //! whole on the [`Writer`]'s thread.
 
 mod finish;
+mod parks;
 mod registry;
 mod runs;
 
 pub use finish::*;
+pub use parks::*;
 pub use registry::*;
 pub use runs::*;
 

@@ -219,7 +219,8 @@ pub async fn requeue(
                     .prepare_cached(
                         "UPDATE task_runs SET state = CASE WHEN pending_needs <= 0 THEN 'ready' ELSE 'waiting' END, \
                          ready_at = CASE WHEN pending_needs <= 0 THEN ?1 ELSE NULL END, attempt_base = attempt, \
-                         error = NULL, output = NULL, finished_at = NULL, updated_at = ?1 \
+                         error = NULL, output = NULL, finished_at = NULL, updated_at = ?1, \
+                         park_kind = NULL, park_until = NULL, park_event = NULL, wake = NULL \
                          WHERE run_id = ?2 AND task_name = ?3 AND state IN (?4, ?5) RETURNING state",
                     )
                     .and_then(|mut s| {

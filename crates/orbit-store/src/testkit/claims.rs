@@ -506,7 +506,7 @@ pub async fn rate_limits_spend_tokens_and_refill(store: &dyn Store) {
     assert_eq!(names(&first.claimed), ["r0", "r1"], "a full bucket");
     assert!(first.cut_short, "cut short by a key: claim again");
     assert_eq!(
-        first.throttled_until.map(|t| (t - t0()).num_milliseconds()),
+        first.wake_at.map(|t| (t - t0()).num_milliseconds()),
         Some(500),
         "the next token comes after half a second"
     );
@@ -535,7 +535,7 @@ pub async fn rate_limits_spend_tokens_and_refill(store: &dyn Store) {
         ["r5"],
         "a bucket never holds more than its limit"
     );
-    assert_eq!(last.throttled_until, None, "no task waits for a token");
+    assert_eq!(last.wake_at, None, "no task waits for a token");
     let key = ["api-1".to_string()];
     let bucket = &store.rate_buckets(&key).await.unwrap()[0];
     assert_eq!(bucket.tokens_at(at(60_000)), 1.0, "one token spent of two");

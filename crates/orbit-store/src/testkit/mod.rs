@@ -8,11 +8,13 @@
 
 mod claims;
 mod finish;
+mod parks;
 mod registry;
 mod runs;
 
 pub use claims::*;
 pub use finish::*;
+pub use parks::*;
 pub use registry::*;
 pub use runs::*;
 
@@ -72,6 +74,11 @@ macro_rules! conformance_tests {
             settled_runs_are_deleted_with_what_hangs_off_them,
             many_claims_share_one_commit,
             a_big_run_is_deleted_in_slices,
+            parked_tasks_wake_at_their_time,
+            a_signal_wakes_every_waiting_task_once,
+            a_signal_sent_before_its_wait_is_kept,
+            a_wait_times_out_once,
+            a_decision_is_recorded_once,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -110,6 +117,7 @@ pub async fn counts_match_rows(store: &dyn Store) {
     assert_eq!(
         (
             stats.waiting,
+            stats.parked,
             stats.pending,
             stats.running,
             stats.completed,
@@ -117,6 +125,7 @@ pub async fn counts_match_rows(store: &dyn Store) {
         ),
         (
             row("waiting"),
+            row("parked"),
             row("ready"),
             row("running"),
             row("succeeded"),

@@ -1,0 +1,24 @@
+-- Durable waits: a parked task run (a long sleep, a wait for a signal, an approval) holds no
+-- worker; it records why it parked and until when, and what woke it. The partial indexes find
+-- the parks that are due and the waits of a signal without reading any other row.
+ALTER TABLE task_runs ADD COLUMN park_kind TEXT;
+ALTER TABLE task_runs ADD COLUMN park_until INTEGER;
+ALTER TABLE task_runs ADD COLUMN park_event TEXT;
+-- What an approver reads (an approval's rendered message).
+ALTER TABLE task_runs ADD COLUMN park_note TEXT;
+ALTER TABLE task_runs ADD COLUMN wake TEXT;
+CREATE INDEX task_runs_parked_until ON task_runs (park_until)
+    WHERE state = 'parked' AND park_until IS NOT NULL;
+CREATE INDEX task_runs_parked_event ON task_runs (park_event)
+    WHERE state = 'parked' AND park_event IS NOT NULL;
+
+-- Signals that arrived before any wait: kept until they expire, taken by the first wait.
+CREATE TABLE signals (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX signals_by_name ON signals (name, id);
+CREATE INDEX signals_by_expiry ON signals (expires_at);
