@@ -472,6 +472,7 @@ fn bench_run(stored: &orbit_store::StoredPipeline) -> NewRun<'_> {
         request_hash: None,
         triggered_by: orbit_store::TriggeredBy::Cli,
         parent: None,
+        rerun: None,
         now: Utc::now(),
     }
 }

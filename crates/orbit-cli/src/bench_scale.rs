@@ -187,6 +187,7 @@ pub(crate) fn new_run(stored: &StoredPipeline, priority: i32) -> NewRun<'_> {
         request_hash: None,
         triggered_by: orbit_store::TriggeredBy::Cli,
         parent: None,
+        rerun: None,
         now: Utc::now(),
     }
 }

@@ -179,6 +179,28 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Run a run again from one of its tasks: a new run of the same pipeline version that keeps
+    /// the recorded outputs of every task not downstream of --from, and runs --from and
+    /// everything after it (optionally with another input or other upstream outputs)
+    Rerun {
+        /// Run id, or a unique prefix of it (any state)
+        run: String,
+        /// The task to run again, with everything downstream of it
+        #[arg(long, value_name = "TASK")]
+        from: String,
+        /// Another run input: JSON text, or @path to a JSON file
+        #[arg(short, long, value_name = "JSON|@FILE", conflicts_with = "edit")]
+        input: Option<String>,
+        /// Open the input and the outputs of --from's upstream tasks in $EDITOR (as one JSON
+        /// document) and use what you save
+        #[arg(long)]
+        edit: bool,
+        /// Only create the run; do not execute it here
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List runs that nobody is executing any more
     CheckInterrupted {
         /// How long a run without a live worker must be idle to count as interrupted
@@ -250,6 +272,7 @@ impl Command {
             | Command::Approve { remote, .. }
             | Command::Delete { remote, .. }
             | Command::Retry { remote, .. }
+            | Command::Rerun { remote, .. }
             | Command::Resume { remote, .. }
             | Command::Dlq { remote, .. }
             | Command::Limits { remote, .. } => Some(remote),

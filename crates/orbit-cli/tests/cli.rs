@@ -999,7 +999,7 @@ fn an_interrupted_run_with_a_dead_step_is_taken_by_retry() {
     let env = setup();
     env.file(
         "half.yaml",
-        "name: half\ntasks:\n  - name: flaky\n    type: shell\n    shell: true\n    retry: {max_attempts: 1}\n    command: 'test -f marker || { touch marker; exit 1; }'\n  - {name: slow, type: sleep, duration: 30s}\n",
+        "name: half\ntasks:\n  - name: flaky\n    type: shell\n    shell: true\n    retry: {max_attempts: 1}\n    command: 'test -f marker || { touch marker; exit 1; }'\n  - {name: slow, type: shell, command: [sleep, '30']}\n",
     );
     let mut child = env.spawn(&["run", "half.yaml"], false);
     // Wait until `flaky` is dead while `slow` still runs, then kill the engine.
@@ -1573,7 +1573,7 @@ fn why_says_what_each_waiting_task_waits_for() {
     let env = setup();
     env.file(
         "why.yaml",
-        "name: why\ntasks:\n  - { name: slow, type: sleep, duration: 30s }\n  - { name: after, type: sleep, duration: 0s, needs: [slow] }\n  - name: flaky\n    type: shell\n    command: [sh, -c, 'exit 1']\n    retry: { max_attempts: 3, initial: 60s, jitter: false }\n",
+        "name: why\ntasks:\n  - { name: slow, type: shell, command: [sleep, '30'] }\n  - { name: after, type: sleep, duration: 0s, needs: [slow] }\n  - name: flaky\n    type: shell\n    command: [sh, -c, 'exit 1']\n    retry: { max_attempts: 3, initial: 60s, jitter: false }\n",
     );
     let mut running = env.spawn(&["run", "why.yaml"], false);
     let end = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -805,7 +805,7 @@ async fn the_api_client_triggers_follows_cancels_and_retries_runs() {
     let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
     let s = start(dir.path(), &db);
     let api = Api::new(&s);
-    let pipeline = "name: nap\ntasks:\n  - {name: quick, type: sleep, duration: 10ms}\n  - {name: long, type: sleep, duration: 60s, needs: quick}\n";
+    let pipeline = "name: nap\ntasks:\n  - {name: quick, type: sleep, duration: 10ms}\n  - {name: long, type: shell, command: [sleep, '60'], needs: quick}\n";
     save_yaml(&api, pipeline).await;
     let client = orbit_sdk::Client::new(&s.base);
     let run = client

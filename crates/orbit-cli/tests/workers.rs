@@ -77,6 +77,7 @@ async fn start_run(store: &PgStore, tasks: Vec<TaskDef>) -> Uuid {
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         })
         .await
@@ -272,11 +273,14 @@ async fn shutdown_hands_unfinished_leases_back_at_once() {
     let db = TestDb::create().await;
     let store = migrated(&db).await;
     // A 20 s lease: were the lease not handed back, the task would wait 20 s for the reaper.
-    let run = start_run(
-        &store,
-        vec![sleep_task("long".into(), 3_000, Duration::from_secs(10))],
-    )
-    .await;
+    // A process, so the attempt holds its lease the whole time (a long sleep would park).
+    let mut long = sleep_task("long".into(), 0, Duration::from_secs(10));
+    long.task_type = TaskType::Shell;
+    long.params = json!({"command": ["sleep", "3"]})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let run = start_run(&store, vec![long]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = worker(dir.path(), &db.url, &["--grace", "200ms"]);
     let end = Instant::now() + Duration::from_secs(20);

@@ -138,3 +138,115 @@ pub fn dlq_retention(env: Option<String>) -> Result<chrono::Duration, String> {
     };
     Ok(chrono::Duration::days(days.max(0)))
 }
+
+/// What a re-run changes from the run it re-runs.
+#[derive(Clone, Debug, Default)]
+pub struct RerunEdits {
+    /// A new run input; the old run's when `None`.
+    pub input: Option<serde_json::Value>,
+    /// New outputs for upstream tasks of the task re-run from (each one of its needs, reused).
+    pub upstream: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Re-runs `run` from task `from`: a new run of the same pipeline version in which every task
+/// not downstream of `from` that succeeded (or was skipped) keeps its recorded output (each
+/// task run names its origin), and `from` and everything after it run afresh; with `edits`,
+/// another input or other outputs for `from`'s upstream tasks. Outputs kept in object storage
+/// are copied under the new run, so deleting the old run takes nothing from it. Works for runs
+/// in any state.
+pub async fn rerun(
+    store: &dyn orbit_store::Store,
+    storage: &Storage,
+    run: Uuid,
+    from: &str,
+    edits: RerunEdits,
+    now: DateTime<Utc>,
+) -> Result<CreatedRun, EngineError> {
+    use orbit_core::TaskState;
+    let old = store.run(run).await?;
+    let stored = store.pipeline_version(old.pipeline_id).await?;
+    let p = &stored.pipeline;
+    let dag = orbit_core::dag::Dag::new(p).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+    let Some(at) = dag.index_of(from) else {
+        return Err(EngineError::BadRequest(format!(
+            "pipeline `{}` version {} has no task `{from}`",
+            p.name, stored.version
+        )));
+    };
+    let mut fresh: std::collections::HashSet<usize> = dag.descendants(at).into_iter().collect();
+    fresh.insert(at);
+    let needs = &p.tasks[at].needs;
+    for name in edits.upstream.keys() {
+        if !needs.contains(name) {
+            return Err(EngineError::BadRequest(format!(
+                "`{name}` is not an upstream task of `{from}` (its needs: {})",
+                if needs.is_empty() { "none".to_owned() } else { needs.join(", ") }
+            )));
+        }
+    }
+    let id = Uuid::now_v7();
+    let old_tasks = store.task_runs(run).await?;
+    let mut reused = Vec::new();
+    for (i, def) in p.tasks.iter().enumerate() {
+        if fresh.contains(&i) {
+            continue;
+        }
+        let Some(tr) = old_tasks.iter().find(|t| t.task_name == def.name) else {
+            continue;
+        };
+        let output = match (tr.state, edits.upstream.get(&def.name)) {
+            (TaskState::Succeeded, Some(edited)) => Some(edited.clone()),
+            (TaskState::Succeeded, None) => Some(match tr.output.as_ref().and_then(ObjectRef::of) {
+                Some(r) => storage
+                    .copy(&r, &storage::output_key(id, &def.name, 1))
+                    .await?
+                    .to_value(),
+                None => tr.output.clone().unwrap_or(serde_json::Value::Null),
+            }),
+            (TaskState::Skipped, _) => None,
+            (state, Some(_)) => {
+                return Err(EngineError::BadRequest(format!(
+                    "`{}` has no output to change: it is {state} in run {run}",
+                    def.name
+                )));
+            }
+            // Not finished there: it runs again here.
+            _ => continue,
+        };
+        reused.push(orbit_store::ReusedTask {
+            name: def.name.clone(),
+            origin: tr.id,
+            state: tr.state,
+            output,
+        });
+    }
+    let input = match edits.input {
+        Some(input) => input,
+        None => match ObjectRef::of(&old.input) {
+            Some(r) => storage.copy(&r, &storage::input_key(id)).await?.to_value(),
+            None => old.input.clone(),
+        },
+    };
+    create_run(
+        store,
+        storage,
+        NewRun {
+            id,
+            pipeline: &stored,
+            input,
+            priority: old.priority,
+            idempotency_key: None,
+            idempotency_ttl: std::time::Duration::ZERO,
+            triggered_by: orbit_store::TriggeredBy::Rerun,
+            parent: None,
+            rerun: Some(orbit_store::Rerun {
+                of: run,
+                from: from.to_owned(),
+                reused,
+            }),
+            request_hash: None,
+            now,
+        },
+    )
+    .await
+}

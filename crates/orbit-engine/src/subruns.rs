@@ -125,6 +125,7 @@ pub(crate) async fn run_child(
             request_hash: Some(key),
             triggered_by: TriggeredBy::Pipeline,
             parent: Some((run, def.name.clone())),
+            rerun: None,
             now: Utc::now(),
         })
         .await

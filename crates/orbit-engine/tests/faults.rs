@@ -38,6 +38,7 @@ async fn start(store: &dyn Store, p: &orbit_core::Pipeline) -> uuid::Uuid {
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         })
         .await
@@ -96,7 +97,9 @@ async fn an_unavailable_store_makes_the_engine_retry_the_same_batch() {
 async fn an_attempt_that_cannot_renew_its_lease_for_half_of_it_is_stopped() {
     let (_dir, store, storage) = setup().await;
     let mut p = pipeline("lease", &[("long", &[], 0)]);
-    p.tasks[0].params = serde_json::json!({"duration": "30s"})
+    // A process, so the attempt holds its lease the whole time (a long sleep would park).
+    p.tasks[0].task_type = orbit_core::TaskType::Shell;
+    p.tasks[0].params = serde_json::json!({"command": ["sleep", "30"]})
         .as_object()
         .cloned()
         .unwrap();
@@ -159,7 +162,8 @@ async fn timed_work_keeps_its_pace_under_load() {
         t.heartbeat_interval = Duration::from_millis(100);
         t.retry.max_attempts = 5;
     }
-    p.tasks[1].params = serde_json::json!({"duration": "1500ms"})
+    p.tasks[1].task_type = orbit_core::TaskType::Shell;
+    p.tasks[1].params = serde_json::json!({"command": ["sleep", "1.5"]})
         .as_object()
         .cloned()
         .unwrap();

@@ -108,6 +108,7 @@ async fn failed_run(store: &dyn Store, died_at: chrono::DateTime<Utc>) -> uuid::
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: died_at,
         })
         .await

@@ -66,6 +66,7 @@ impl Setup {
                 request_hash: None,
                 triggered_by: orbit_store::TriggeredBy::Cli,
                 parent: None,
+                rerun: None,
                 now,
             })
             .await

@@ -196,6 +196,11 @@ function follow(query) {
 
 // Lays the pipeline's tasks out with dagre and draws them as SVG; returns the node elements by
 // task name so states can be recoloured without a new layout.
+const timelineLegend = `<div class="legend">${[
+  ["queued", "var(--wait)"], ["attempt", "var(--run)"], ["succeeded", "var(--ok)"], ["failed", "var(--bad)"],
+  ["backoff", "var(--warn)"], ["parked", "var(--park)"], ["◆ critical path", "var(--bad)"],
+].map(([l, c]) => `<span style="--c:${c}">${l}</span>`).join("")}</div>`;
+
 function drawDag(container, tasks, onPick) {
   const g = new dagre.graphlib.Graph();
   g.setGraph({ rankdir: "LR", nodesep: 24, ranksep: 60, marginx: 16, marginy: 16 });
@@ -263,13 +268,34 @@ function childTally(children) {
   return out;
 }
 
+/// A task panel's lines about parking: why it parked (or waits now) and what woke it.
+function parkLine(t) {
+  const p = t.park;
+  const w = t.wake;
+  let out = "";
+  if (p) {
+    const until = p.until ? ` until ${when(p.until)}` : "";
+    const what = p.kind === "signal" ? `waits for signal <code>${esc(p.event)}</code>${p.until ? `, times out ${when(p.until)}` : ""}`
+      : p.kind === "approval" ? `waits for approval: ${esc(p.note || "")}${p.until ? `, times out ${when(p.until)}` : ""}`
+      : `sleeps${until}`;
+    out += `<dt>${t.state === "parked" ? "Parked" : "Was parked"}</dt><dd>${what}</dd>`;
+  }
+  if (w && t.state !== "parked") {
+    const by = w.by === "signal" ? `signal <code>${esc(w.signal)}</code>`
+      : w.by === "decision" ? `${w.approved ? "approved" : "rejected"} by <b>${esc(w.decidedBy)}</b> ${when(w.at)}${w.comment ? `: “${esc(w.comment)}”` : ""}`
+      : "its time";
+    out += `<dt>Woken by</dt><dd class="wake">${by}</dd>`;
+  }
+  return out;
+}
+
 function childLine(k) {
   const n = (x) => x.toLocaleString("en");
   return `${n(k.done)}/${n(k.total)} done${k.running ? ` · ${n(k.running)} running` : ""}${k.failed ? ` · ${n(k.failed)} failed` : ""}`;
 }
 
 const legend = `<div class="legend">${[
-  ["succeeded", "var(--ok)"], ["running", "var(--run)"], ["pending", "var(--warn)"],
+  ["succeeded", "var(--ok)"], ["running", "var(--run)"], ["pending", "var(--warn)"], ["parked", "var(--park)"],
   ["failed / dead", "var(--bad)"], ["waiting", "var(--wait)"], ["skipped / cancelled", "var(--wait)"],
 ].map(([l, c]) => `<span style="--c:${c}">${l}</span>`).join("")}</div>`;
 
@@ -424,7 +450,9 @@ async function runDetail(id) {
     <div class="panel"><dl class="kv" id="run-facts"></dl></div>
     <div id="waiting" class="error-box" hidden></div>
     <div id="why" class="panel" hidden><h3>Why not running</h3><ul id="why-lines"></ul></div>
+    <div id="approvals"></div>
     ${big ? `<h2>Tasks</h2><div id="task-table"></div>` : `<h2>Graph</h2>${legend}<div class="dag" id="dag"></div>`}
+    ${big ? "" : `<h2>Timeline</h2>${timelineLegend}<div class="panel timeline" id="timeline"></div>`}
     <div id="task"><p class="muted">Select a task in the graph to see its attempts, logs, input and output.</p></div>
     <h2>Run input</h2><div id="run-input"></div>`;
   const nodes = big ? null : drawDag(document.getElementById("dag"), detail.pipeline.definition.tasks, (name) => pick(name));
@@ -471,6 +499,7 @@ async function runDetail(id) {
       <dt>Created</dt><dd>${when(r.createdAt)}</dd><dt>Took</dt><dd>${took(r.startedAt, r.finishedAt)}${settled(r.state) ? "" : " so far"}</dd>
       ${r.idempotencyKey ? `<dt>Idempotency key</dt><dd><code>${esc(r.idempotencyKey)}</code></dd>` : ""}
       ${r.triggeredBy ? `<dt>Triggered by</dt><dd>${esc(r.triggeredBy)}</dd>` : ""}
+      ${r.rerunOf ? `<dt>Re-run of</dt><dd><a id="rerun-of" href="/runs/${esc(r.rerunOf)}">${short(r.rerunOf)}</a> from <code>${esc(r.rerunFrom || "")}</code></dd>` : ""}
       ${r.parentRunId ? `<dt>Parent run</dt><dd><a id="parent-run" href="/runs/${esc(r.parentRunId)}">${short(r.parentRunId)}</a> (task <code>${esc(r.parentTask || "")}</code>)</dd>` : ""}
       ${(detail.subRuns || []).length ? `<dt>Sub-runs</dt><dd id="sub-runs">${detail.subRuns.map((c) => `<a href="/runs/${esc(c.id)}">${short(c.id)}</a> ${badge(c.state)} <span class="muted">${esc(c.pipelineName)} for <code>${esc(c.parentTask || "")}</code></span>`).join("<br>")}</dd>` : ""}
       <dt>Changed since last run</dt><dd id="changed">${big ? `<span class="muted">not compared for runs of over 1000 tasks</span>` : detail.changedSincePreviousRun.length ? detail.changedSincePreviousRun.map((t) => `<span class="badge s-changed">${esc(t)}</span>`).join(" ") : "nothing"}</dd>`;
@@ -485,10 +514,72 @@ async function runDetail(id) {
     const why = detail.why || [];
     document.getElementById("why").hidden = !why.length;
     document.getElementById("why-lines").innerHTML = why.map((w) => `<li><code>${esc(w.task || "(run)")}</code> ${badge(w.state)} ${esc(w.reason)}</li>`).join("");
+    approvals();
     if (big) return taskTable();
     const states = Object.fromEntries(detail.tasks.map((t) => [t.taskName, t.state]));
     paintDag(nodes, states, selected, childTally(detail.children));
+    drawTimeline();
   };
+  // Approvals waiting for a decision: rebuilt only when that set changes, so a comment being
+  // typed survives live updates.
+  let approvalKeys = "";
+  const approvals = () => {
+    const box = document.getElementById("approvals");
+    const waiting = detail.tasks.filter((t) => t.state === "parked" && t.park && t.park.kind === "approval");
+    const keys = waiting.map((t) => t.id).join(",");
+    if (keys === approvalKeys) return;
+    approvalKeys = keys;
+    const defs = detail.pipeline ? detail.pipeline.definition.tasks : [];
+    box.innerHTML = waiting.map((t) => {
+      const def = defs.find((d) => d.name === t.taskName);
+      const who = def && def.params && Array.isArray(def.params.approvers) ? def.params.approvers : [];
+      return `<div class="panel approval" data-task="${esc(t.taskName)}"><h3>Approval needed: <code>${esc(t.taskName)}</code></h3>
+        <p>${esc(t.park.note || "")}</p>${who.length ? `<p class="muted">Approvers: ${who.map(esc).join(", ")}</p>` : ""}
+        <div class="row"><input class="approver" placeholder="your name" value="${esc(localStorage.getItem("orbit_user") || "")}">
+          <input class="comment" placeholder="comment (optional)">
+          <button class="approve">Approve</button><button class="reject danger">Reject</button></div></div>`;
+    }).join("");
+    for (const el of box.querySelectorAll(".approval")) {
+      const decide = (decision) => async (ev) => {
+        const by = el.querySelector(".approver").value.trim();
+        if (!by) return toast("Say who decides (your name)", true);
+        localStorage.setItem("orbit_user", by);
+        const comment = el.querySelector(".comment").value.trim() || null;
+        ev.target.disabled = true;
+        try {
+          await api("POST", `/runs/${runId}/tasks/${encodeURIComponent(el.dataset.task)}/decision`, { decision, comment, by });
+          toast(decision === "approve" ? "Approved" : "Rejected");
+          refresh();
+        } catch (e) {
+          ev.target.disabled = false;
+          showError(e);
+        }
+      };
+      el.querySelector(".approve").addEventListener("click", decide("approve"));
+      el.querySelector(".reject").addEventListener("click", decide("reject"));
+    }
+  };
+  let timelineBusy = false;
+  async function drawTimeline() {
+    const box = document.getElementById("timeline");
+    if (!box || timelineBusy) return;
+    timelineBusy = true;
+    try {
+      const tl = await api("GET", `/runs/${runId}/timeline`);
+      const t0 = Date.parse(tl.start);
+      const span = Math.max(1, Date.parse(tl.end) - t0);
+      const at = (t) => ((Date.parse(t) - t0) / span) * 100;
+      const tip = (s) => `${s.kind}${s.attempt ? ` · attempt ${s.attempt}` : ""}${s.outcome ? ` · ${s.outcome}` : ""} · ${took(s.from, s.to)}`;
+      box.innerHTML = `<div class="tl-axis"><span>0 s</span><span>${took(tl.start, tl.end)}</span></div>` + tl.lanes.map((l) =>
+        `<div class="tl-lane${l.critical ? " critical" : ""}" data-task="${esc(l.task)}"><span class="tl-name" title="${esc(l.task)}">${esc(l.task)}${l.reused ? ` <span class="muted">(kept)</span>` : ""}</span><span class="tl-track">${
+          l.segments.map((s) => `<span class="tl-seg k-${esc(s.kind)}${s.outcome ? ` o-${esc(s.outcome)}` : ""}" style="left:${at(s.from).toFixed(3)}%;width:${Math.max(0, at(s.to) - at(s.from)).toFixed(3)}%" title="${esc(tip(s))}"></span>`).join("")
+        }</span></div>`).join("");
+    } catch (e) {
+      box.innerHTML = `<p class="muted">${esc(e.message || e)}</p>`;
+    } finally {
+      timelineBusy = false;
+    }
+  }
   facts();
   document.getElementById("cancel").addEventListener("click", (ev) =>
     act(ev.target, `Cancel run ${short(runId)}? Running attempts are stopped and nothing else starts.`, "Cancel run",
@@ -567,7 +658,9 @@ async function runDetail(id) {
         ${t.progress != null ? `<dt>Progress</dt><dd><div class="progress"><div style="width:${Math.round(t.progress * 100)}%"></div></div>${esc(t.progressMessage || "")}</dd>` : ""}
         ${t.error ? `<dt>Error</dt><dd class="err">${esc(t.error)}</dd>` : ""}
         <dt>Took</dt><dd>${took(t.startedAt, t.finishedAt)}</dd>
-      </dl></div>
+        ${parkLine(t)}
+        ${t.origin ? `<dt>Kept from</dt><dd>run <a href="/runs/${esc(detail.run.rerunOf)}">${short(detail.run.rerunOf)}</a> (its output, not run again)</dd>` : ""}
+      </dl>${t.mapParent ? "" : `<p><button id="rerun-here">Re-run from here</button></p>`}</div>
       <div class="panel"><h3>Input</h3><pre>${json({ params: d.definition ? d.definition.params : null })}</pre>
       ${Object.entries(d.upstream || {}).map(([name, v], i) => `<h4>Output of ${esc(name)}</h4>${valueHtml(v, `upstream-${i}`)}`).join("")}
       <h3>Output</h3>${valueHtml(t.output, "task-output")}</div></div>
@@ -578,6 +671,10 @@ async function runDetail(id) {
       ${(detail.subRuns || []).filter((c) => c.parentTask === t.taskName).map((c) => `<p class="sub-run">Runs pipeline <a href="/pipelines/${encodeURIComponent(c.pipelineName)}">${esc(c.pipelineName)}</a> as run <a href="/runs/${esc(c.id)}">${short(c.id)}</a> ${badge(c.state)}</p>`).join("")}
       ${d.definition && d.definition.for_each ? `<h3>Children <span class="muted">(one per element of <code>${esc(d.definition.for_each.items)}</code>)</span></h3><div id="children"></div>` : ""}`;
     fillObjects(box);
+    const rerunButton = document.getElementById("rerun-here");
+    if (rerunButton) rerunButton.addEventListener("click", (ev) =>
+      act(ev.target, `Run this run again from ${t.taskName}? A new run keeps the outputs of the tasks before it and runs ${t.taskName} and everything after it.`, "Re-run",
+        () => api("POST", `/runs/${runId}/rerun`, { from: t.taskName }), (r) => { toast(`Re-run ${short(r.run.id)} created`); go(`/runs/${r.run.id}`); }));
     if (d.definition && d.definition.for_each) {
       const slot = document.getElementById("children");
       if (kept && kept.dataset.task === t.taskName) slot.replaceWith(kept);

@@ -54,6 +54,7 @@ async fn env(token: Option<&str>) -> Env {
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         })
         .await

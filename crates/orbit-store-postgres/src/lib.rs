@@ -365,7 +365,7 @@ async fn listen(pool: PgPool, signals: Signals) {
 
 const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
      tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at, concurrency_key, concurrency_limit, \
-     parent_run_id, parent_task";
+     parent_run_id, parent_task, rerun_of, rerun_from";
 
 /// Test databases on the server `ORBIT_TEST_PG_URL` names.
 pub mod testing;
@@ -416,6 +416,7 @@ mod tests {
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         })
         .await

@@ -68,6 +68,8 @@ pub fn run_from_row(row: &PgRow) -> Result<RunRecord> {
         concurrency_limit: concurrency_limit(row)?,
         parent_run_id: get(row, "parent_run_id")?,
         parent_task: get(row, "parent_task")?,
+        rerun_of: get(row, "rerun_of")?,
+        rerun_from: get(row, "rerun_from")?,
     })
 }
 
@@ -88,6 +90,7 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
         lease_expires_at: get(row, "lease_expires_at")?,
         ready_at: get(row, "ready_at")?,
         started_at: get(row, "started_at")?,
+        claimed_at: get(row, "claimed_at")?,
         finished_at: get(row, "finished_at")?,
         output: get(row, "output")?,
         error: get(row, "error")?,
@@ -110,6 +113,7 @@ pub fn task_run_from_row(row: &PgRow) -> Result<TaskRunRecord> {
             })
             .transpose()?,
         wake: get(row, "wake")?,
+        origin: get(row, "origin")?,
     })
 }
 

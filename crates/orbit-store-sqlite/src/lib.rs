@@ -203,7 +203,7 @@ impl SqliteStore {
 
 const RUN_COLUMNS: &str = "id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, triggered_by, \
      tasks_total, tasks_pending, tasks_dead, created_at, started_at, finished_at, updated_at, concurrency_key, concurrency_limit, \
-     parent_run_id, parent_task";
+     parent_run_id, parent_task, rerun_of, rerun_from";
 
 impl SqliteStore {
     /// The one row whose UUID key starts with `id_or_prefix`; `sql` selects at most two rows

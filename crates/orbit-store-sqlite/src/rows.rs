@@ -96,7 +96,17 @@ pub fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
             })
             .transpose()?,
         parent_task: get(row, "parent_task")?,
+        rerun_of: opt_uuid(row, "rerun_of")?,
+        rerun_from: get(row, "rerun_from")?,
     })
+}
+
+fn opt_uuid(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
+    get::<Option<String>>(row, col)?
+        .map(|id| {
+            Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("{col} `{id}`: {e}")))
+        })
+        .transpose()
 }
 
 pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
@@ -116,6 +126,7 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
         lease_expires_at: opt_time(row, "lease_expires_at")?,
         ready_at: opt_time(row, "ready_at")?,
         started_at: opt_time(row, "started_at")?,
+        claimed_at: opt_time(row, "claimed_at")?,
         finished_at: opt_time(row, "finished_at")?,
         output: json(row, "output")?,
         error: get(row, "error")?,
@@ -138,6 +149,7 @@ pub fn task_run_from_row(row: &SqliteRow) -> Result<TaskRunRecord> {
             })
             .transpose()?,
         wake: json(row, "wake")?,
+        origin: opt_uuid(row, "origin")?,
     })
 }
 

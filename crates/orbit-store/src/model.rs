@@ -37,6 +37,8 @@ pub struct NewRun<'a> {
     pub triggered_by: TriggeredBy,
     /// The run and task (`type: pipeline`) that made it, for a sub-run.
     pub parent: Option<(Uuid, String)>,
+    /// A re-run of an earlier run from one of its tasks.
+    pub rerun: Option<Rerun>,
     /// What an idempotency key's reuse is compared by ([`orbit_core::pipeline::request_hash`] of
     /// the pipeline and the input as given, before a large input went to object storage).
     /// `None`: computed from `pipeline` and `input` here.
@@ -53,6 +55,26 @@ impl NewRun<'_> {
     }
 }
 
+/// A re-run of run `of` from task `from`: the `reused` task runs are created settled, with
+/// the outputs (or skips) the earlier run recorded; every other task runs afresh.
+#[derive(Clone, Debug)]
+pub struct Rerun {
+    pub of: Uuid,
+    pub from: String,
+    pub reused: Vec<ReusedTask>,
+}
+
+/// A task run a re-run takes over from the run it re-runs.
+#[derive(Clone, Debug)]
+pub struct ReusedTask {
+    pub name: String,
+    /// The task run it comes from.
+    pub origin: Uuid,
+    /// `Succeeded` (with `output`) or `Skipped`.
+    pub state: TaskState,
+    pub output: Option<Value>,
+}
+
 /// Who or what started a run going: created it (`cli`, `api`, `cron`) or, later, re-opened it
 /// (`retry`, `recover`, `dlq`). The seeds' `triggeredBy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +89,8 @@ pub enum TriggeredBy {
     Dlq,
     /// A `type: pipeline` task of another run.
     Pipeline,
+    /// `orbit rerun` (or the API's, the dashboard's): an earlier run again from one of its tasks.
+    Rerun,
 }
 
 impl TriggeredBy {
@@ -79,6 +103,7 @@ impl TriggeredBy {
             TriggeredBy::Recover => "recover",
             TriggeredBy::Dlq => "dlq",
             TriggeredBy::Pipeline => "pipeline",
+            TriggeredBy::Rerun => "rerun",
         }
     }
 }
@@ -129,6 +154,11 @@ pub struct RunRecord {
     pub parent_run_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task: Option<String>,
+    /// A re-run: the run it re-runs, and the task it re-ran from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,6 +184,9 @@ pub struct TaskRunRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub ready_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// When its latest attempt was claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -185,6 +218,9 @@ pub struct TaskRunRecord {
     /// Why it parked last (kept after it woke).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub park: Option<ParkInfo>,
+    /// A re-run's task run taken over from the run it re-runs: the task run it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Uuid>,
     /// What woke it: `{"by": "time"}`, a signal (`{"by": "signal", "signal", "payload"}`) or a
     /// decision (`{"by": "decision", "approved", "decidedBy", "comment", "at"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

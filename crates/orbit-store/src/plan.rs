@@ -437,6 +437,9 @@ pub struct NewTaskRow<'a> {
     /// "rl", "rp"}`, kept in its `map_item` column, unused by a parent): its own attempts, which
     /// make and gather the children, take no slot and no token.
     pub child_keys: Option<Value>,
+    /// A re-run's task run taken over settled: the task run it comes from and its output.
+    pub origin: Option<Uuid>,
+    pub output: Option<&'a Value>,
 }
 
 /// What creating `new` writes besides its run row: the task runs, the `run_created` event,
@@ -450,6 +453,8 @@ pub struct CreatePlan<'a> {
     pub tally: Tally,
     /// The pipeline's rendered concurrency key and its limit (0: the named limit decides).
     pub concurrency: Option<(String, i32)>,
+    /// Task runs still to settle (all but a re-run's reused ones).
+    pub pending: i64,
 }
 
 /// Fails when a concurrency key (the pipeline's or a task's) cannot be rendered from the run's
@@ -470,12 +475,25 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
         .as_ref()
         .map(|c| rendered(c, "the pipeline"))
         .transpose()?;
+    let reused: BTreeMap<&str, &crate::ReusedTask> = new
+        .rerun
+        .iter()
+        .flat_map(|r| &r.reused)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     let tasks = p
         .tasks
         .iter()
         .enumerate()
         .map(|(seq, task)| {
-            let ready = task.needs.is_empty();
+            let reused_row = reused.get(task.name.as_str());
+            // A need a re-run took over (succeeded or skipped) is met already.
+            let needs = task
+                .needs
+                .iter()
+                .filter(|n| !reused.contains_key(n.as_str()))
+                .count();
+            let ready = reused_row.is_none() && needs == 0;
             let concurrency = task
                 .concurrency
                 .as_ref()
@@ -501,13 +519,17 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                 task_type: task.run_type(),
                 queue: task.queue(),
                 seq: i32::try_from(seq).unwrap_or(i32::MAX),
-                state: if ready {
-                    TaskState::Ready
-                } else {
-                    TaskState::Waiting
+                state: match reused_row {
+                    Some(r) => r.state,
+                    None if ready => TaskState::Ready,
+                    None => TaskState::Waiting,
                 },
                 priority: task.priority.saturating_add(new.priority),
-                pending_needs: i32::try_from(task.needs.len()).unwrap_or(i32::MAX),
+                pending_needs: if reused_row.is_some() {
+                    0
+                } else {
+                    i32::try_from(needs).unwrap_or(i32::MAX)
+                },
                 max_attempts: i32::try_from(task.retry.max_attempts).unwrap_or(i32::MAX),
                 lease_ms: task.lease().as_millis() as i64,
                 ready_at: ready.then_some(new.now),
@@ -526,6 +548,8 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
                     concurrency
                 },
                 rate: if task.for_each.is_some() { None } else { rate },
+                origin: reused_row.map(|r| r.origin),
+                output: reused_row.and_then(|r| r.output.as_ref()),
             })
         })
         .collect::<crate::Result<Vec<NewTaskRow<'a>>>>()?;
@@ -537,12 +561,17 @@ pub fn create<'a>(new: &'a NewRun<'_>) -> crate::Result<CreatePlan<'a>> {
     for t in &tasks {
         tally.entered(t.state, 1);
     }
+    let mut data = json!({"pipeline": p.name, "version": new.pipeline.version});
+    if let Some(r) = &new.rerun {
+        data["rerunOf"] = json!(r.of);
+        data["rerunFrom"] = json!(r.from);
+    }
     Ok(CreatePlan {
         any_ready: tasks.iter().any(|t| t.state == TaskState::Ready),
+        pending: (tasks.len() - reused.len()) as i64,
         tasks,
         tally,
-        event: Event::run(new.id, EventKind::RunCreated)
-            .with_data(json!({"pipeline": p.name, "version": new.pipeline.version})),
+        event: Event::run(new.id, EventKind::RunCreated).with_data(data),
         key_expired_before,
         concurrency,
     })

@@ -10,6 +10,7 @@ mod over_url;
 mod recover;
 mod remote;
 mod replay;
+mod rerun;
 pub mod run;
 mod serve;
 mod validate;
@@ -190,6 +191,25 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
             Some(server) => over_url::retry(server, &run, json).await,
             None => control::retry(&open_store(&url).await?, &run, no_wait, json).await,
         },
+        Command::Rerun {
+            run,
+            from,
+            input,
+            edit,
+            no_wait,
+            remote,
+        } => {
+            let ask = rerun::Ask {
+                run,
+                from,
+                input: input.as_deref().map(|i| run::parse_input(Some(i))).transpose()?,
+                edit,
+            };
+            match &remote.url {
+                Some(server) => rerun::over_url(server, ask, json).await,
+                None => rerun::local(&open_store(&url).await?, ask, no_wait, json).await,
+            }
+        }
         Command::CheckInterrupted { idle } => {
             recover::check_interrupted(open_store(&url).await?.as_ref(), idle_for(idle)?, json)
                 .await

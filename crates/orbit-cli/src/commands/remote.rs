@@ -193,6 +193,7 @@ pub async fn trigger(database: &str, args: TriggerArgs, json: bool) -> anyhow::R
                     request_hash: None,
                     triggered_by: orbit_store::TriggeredBy::Cli,
                     parent: None,
+                    rerun: None,
                     now: Utc::now(),
                 },
             )

@@ -45,6 +45,7 @@ pub async fn run(store: &Arc<dyn Store>, args: RunArgs, json: bool) -> anyhow::R
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         },
     )

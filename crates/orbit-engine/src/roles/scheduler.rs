@@ -60,6 +60,7 @@ async fn fire(
                 request_hash: None,
                 triggered_by: orbit_store::TriggeredBy::Cron,
                 parent: None,
+                rerun: None,
                 now,
             })
             .await?;

@@ -258,6 +258,7 @@ pub(crate) async fn trigger_run(
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         },
     )

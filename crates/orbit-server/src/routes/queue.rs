@@ -93,6 +93,7 @@ async fn enqueue(s: &AppState, t: QueueTask, pipeline: &Pipeline) -> ApiResult<Q
             request_hash: None,
             triggered_by: orbit_store::TriggeredBy::Api,
             parent: None,
+            rerun: None,
             now: Utc::now(),
         },
     )

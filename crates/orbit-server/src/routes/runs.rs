@@ -529,3 +529,141 @@ pub async fn task_run(
         live_log,
     }))
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunBody {
+    /// The task to run again, with everything downstream of it.
+    pub from: String,
+    /// Another run input; the old run's when absent.
+    #[schema(value_type = Object)]
+    pub input: Option<serde_json::Value>,
+    /// Other outputs for `from`'s upstream tasks, by task name.
+    #[schema(value_type = Object)]
+    pub upstream: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rerun {
+    /// The new run (its `rerunOf` names the old one).
+    pub run: RunRecord,
+    /// The tasks it took over from the old run (their task runs name their `origin`).
+    pub reused: Vec<String>,
+}
+
+/// Run a run again from one of its tasks: a new run of the same pipeline version that keeps
+/// the recorded outputs of every task not downstream of `from` and runs `from` and everything
+/// after it, optionally with another input or other outputs for `from`'s upstream tasks. Any
+/// run, settled or not.
+#[utoipa::path(post, path = "/runs/{id}/rerun", tag = "runs", params(("id" = String, Path)), request_body = RerunBody,
+    responses((status = 201, body = Rerun), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn rerun(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<RerunBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Rerun>)> {
+    let Path(id) = id?;
+    let Json(body) = body?;
+    let run = s.store.find_run(&id).await?;
+    let created = orbit_engine::runs::rerun(
+        s.store.as_ref(),
+        s.engine.storage(),
+        run.id,
+        &body.from,
+        orbit_engine::runs::RerunEdits {
+            input: body.input,
+            upstream: body.upstream.unwrap_or_default(),
+        },
+        Utc::now(),
+    )
+    .await?;
+    let reused = s
+        .store
+        .task_runs(created.run.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.origin.is_some())
+        .map(|t| t.task_name)
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(Rerun {
+            run: created.run,
+            reused,
+        }),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RerunQuery {
+    /// The task a re-run would start from.
+    pub from: String,
+}
+
+/// What a re-run from `from` would start with, to edit: the run's input and the outputs of
+/// `from`'s upstream tasks (read back from object storage when kept there).
+#[derive(Serialize, ToSchema)]
+pub struct RerunContext {
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub upstream: serde_json::Map<String, serde_json::Value>,
+}
+
+#[utoipa::path(get, path = "/runs/{id}/rerun", tag = "runs", params(("id" = String, Path), RerunQuery),
+    responses((status = 200, body = RerunContext), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn rerun_context(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<RerunQuery>, QueryRejection>,
+) -> ApiResult<Json<RerunContext>> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let run = s.store.find_run(&id).await?;
+    let stored = s.store.pipeline_version(run.pipeline_id).await?;
+    let needs = stored
+        .pipeline
+        .task(&q.from)
+        .map(|t| t.needs.clone())
+        .ok_or_else(|| ApiError::not_found(format!("run {} has no task `{}`", run.id, q.from)))?;
+    let storage = s.engine.storage();
+    let input = storage.hydrate(run.input).await.map_err(orbit_engine::EngineError::from)?;
+    let mut upstream = serde_json::Map::new();
+    for (name, output) in s.store.outputs(run.id, &needs).await? {
+        upstream.insert(
+            name,
+            storage.hydrate(output).await.map_err(orbit_engine::EngineError::from)?,
+        );
+    }
+    Ok(Json(RerunContext { input, upstream }))
+}
+
+/// A run's timeline: each task's queue wait, attempts, backoffs, parks and children as
+/// segments on one time axis, the critical path marked.
+#[utoipa::path(get, path = "/runs/{id}/timeline", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = orbit_engine::timeline::Timeline), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn timeline(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<orbit_engine::timeline::Timeline>> {
+    let Path(id) = id?;
+    let run = s.store.find_run(&id).await?;
+    if run.tasks_total > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "run {} has {} task runs; a timeline is drawn for runs of up to 1000",
+            run.id, run.tasks_total
+        )));
+    }
+    let stored = s.store.pipeline_version(run.pipeline_id).await?;
+    let tasks = s.store.task_runs(run.id).await?;
+    let attempts = s.store.attempts(run.id, None).await?;
+    Ok(Json(orbit_engine::timeline::build(
+        &run,
+        &stored.pipeline,
+        &tasks,
+        &attempts,
+        Utc::now(),
+    )))
+}

@@ -26,7 +26,7 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
         .await
         .map_err(unavailable)?;
     }
-    if let Some(existing) = insert_run(&mut tx, new, plan.concurrency.as_ref()).await? {
+    if let Some(existing) = insert_run(&mut tx, new, plan.concurrency.as_ref(), plan.pending).await? {
         return Ok(Err(existing));
     }
     insert_tasks(&mut tx, new, &plan.tasks, plan.concurrency.is_some()).await?;
@@ -44,13 +44,14 @@ async fn insert_run(
     tx: &mut Tx,
     new: &NewRun<'_>,
     concurrency: Option<&(String, i32)>,
+    pending: i64,
 ) -> Result<Option<(Uuid, bool)>> {
     let p = &new.pipeline.pipeline;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
          tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit, \
-         parent_run_id, parent_task) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8, $9, $9, $10, $11, $12, $13, $14, $15) \
+         parent_run_id, parent_task, rerun_of, rerun_from) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $16, $9, $9, $10, $11, $12, $13, $14, $15, $17, $18) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(new.id)
@@ -68,6 +69,9 @@ async fn insert_run(
     .bind(concurrency.map_or(0, |c| c.1))
     .bind(new.parent.as_ref().map(|p| p.0))
     .bind(new.parent.as_ref().map(|p| p.1.as_str()))
+    .bind(pending)
+    .bind(new.rerun.as_ref().map(|r| r.of))
+    .bind(new.rerun.as_ref().map(|r| r.from.as_str()))
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
@@ -98,11 +102,12 @@ async fn insert_tasks(
     sqlx::query(
         "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, task_type, queue, seq, state, priority, pending_needs, \
          max_attempts, lease_ms, ready_at, updated_at, concurrency_key, concurrency_limit, run_keyed, \
-         rate_key, rate_limit, rate_per_ms, map_item) \
-         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17, rk, rl, rp, mi FROM UNNEST($4::uuid[], \
+         rate_key, rate_limit, rate_per_ms, map_item, output, origin, finished_at) \
+         SELECT id, $1, $2, name, ty, q, seq, st, pr, nd, mx, ls, ra, $3, ck, cl, $17, rk, rl, rp, mi, o, og, \
+         CASE WHEN og IS NULL THEN NULL ELSE $3 END FROM UNNEST($4::uuid[], \
          $5::text[], $6::text[], $7::text[], $8::int[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bigint[], \
-         $14::timestamptz[], $15::text[], $16::int[], $18::text[], $19::int[], $20::bigint[], $21::jsonb[]) \
-         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl, rk, rl, rp, mi)",
+         $14::timestamptz[], $15::text[], $16::int[], $18::text[], $19::int[], $20::bigint[], $21::jsonb[], $22::jsonb[], $23::uuid[]) \
+         AS v(id, name, ty, q, seq, st, pr, nd, mx, ls, ra, ck, cl, rk, rl, rp, mi, o, og)",
     )
     .bind(new.id)
     .bind(new.pipeline.id)
@@ -137,6 +142,8 @@ async fn insert_tasks(
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|r| r.child_keys.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.output).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.origin).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;

@@ -41,9 +41,12 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
         int(plan.concurrency.as_ref().map_or(0, |c| c.1)),
         opt_text(new.parent.as_ref().map(|p| p.0.to_string())),
         opt_text(new.parent.as_ref().map(|p| p.1.clone())),
+        int(plan.pending),
+        opt_text(new.rerun.as_ref().map(|r| r.of.to_string())),
+        opt_text(new.rerun.as_ref().map(|r| r.from.clone())),
     ];
     let (run_id, pipeline_id) = (text(id.to_string()), text(new.pipeline.id.to_string()));
-    let mut tasks = Vec::with_capacity(plan.tasks.len() * 21);
+    let mut tasks = Vec::with_capacity(plan.tasks.len() * 24);
     let run_keyed = int(i64::from(plan.concurrency.is_some()));
     for row in &plan.tasks {
         tasks.extend([
@@ -68,6 +71,9 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
             int(row.rate.as_ref().map_or(0, |r| r.1)),
             int(row.rate.as_ref().map_or(0, |r| r.2)),
             opt_text(row.child_keys.as_ref().map(Value::to_string)),
+            opt_text(row.output.map(Value::to_string)),
+            opt_text(row.origin.map(|o| o.to_string())),
+            opt_int(row.origin.map(|_| now)),
         ]);
     }
     let (event, tally) = (plan.event, plan.tally);
@@ -87,8 +93,8 @@ pub async fn create_run(writer: &Writer, new: &NewRun<'_>) -> Result<Result<Uuid
                 t,
                 "INSERT INTO task_runs (id, run_id, pipeline_id, task_name, seq, state, priority, pending_needs, \
                  max_attempts, lease_ms, ready_at, updated_at, task_type, queue, concurrency_key, concurrency_limit, \
-                 run_keyed, rate_key, rate_limit, rate_per_ms, map_item)",
-                21,
+                 run_keyed, rate_key, rate_limit, rate_per_ms, map_item, output, origin, finished_at)",
+                24,
                 &tasks,
                 "",
             )?;
@@ -111,8 +117,8 @@ fn insert_run(
         conn,
         "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, state, input, priority, idempotency_key, \
          tasks_total, tasks_pending, created_at, updated_at, request_hash, triggered_by, concurrency_key, concurrency_limit, \
-         parent_run_id, parent_task) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         parent_run_id, parent_task, rerun_of, rerun_from) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?16, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18) \
          ON CONFLICT (idempotency_key) DO NOTHING",
         rusqlite::params_from_iter(run),
     )?;

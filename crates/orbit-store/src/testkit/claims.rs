@@ -358,6 +358,7 @@ pub async fn a_key_that_cannot_be_rendered_refuses_the_run(store: &dyn Store) {
             request_hash: None,
             triggered_by: crate::TriggeredBy::Cli,
             parent: None,
+            rerun: None,
             now: t0(),
         })
         .await

@@ -188,6 +188,7 @@ pub fn new_run(stored: &StoredPipeline, input: Value, at: DateTime<Utc>) -> NewR
         request_hash: None,
         triggered_by: crate::TriggeredBy::Cli,
         parent: None,
+        rerun: None,
         now: at,
     }
 }

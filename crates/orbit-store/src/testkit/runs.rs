@@ -52,6 +52,7 @@ pub async fn idempotency_key_returns_existing_run(store: &dyn Store) {
         request_hash: None,
         triggered_by: crate::TriggeredBy::Cli,
         parent: None,
+        rerun: None,
         now: t0(),
     };
     let first = store.create_run(new("order-1")).await.unwrap();

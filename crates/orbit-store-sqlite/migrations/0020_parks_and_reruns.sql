@@ -1,3 +1,5 @@
+-- Durable waits and re-runs.
+--
 -- Durable waits: a parked task run (a long sleep, a wait for a signal, an approval) holds no
 -- worker; it records why it parked and until when, and what woke it. The partial indexes find
 -- the parks that are due and the waits of a signal without reading any other row.
@@ -22,3 +24,9 @@ CREATE TABLE signals (
 );
 CREATE INDEX signals_by_name ON signals (name, id);
 CREATE INDEX signals_by_expiry ON signals (expires_at);
+
+-- Re-runs: a run made from an earlier one (from one of its tasks) names it; the task runs it
+-- took over name the task run each comes from.
+ALTER TABLE runs ADD COLUMN rerun_of TEXT;
+ALTER TABLE runs ADD COLUMN rerun_from TEXT;
+ALTER TABLE task_runs ADD COLUMN origin TEXT;
