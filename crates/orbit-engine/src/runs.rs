@@ -180,7 +180,11 @@ pub async fn rerun(
         if !needs.contains(name) {
             return Err(EngineError::BadRequest(format!(
                 "`{name}` is not an upstream task of `{from}` (its needs: {})",
-                if needs.is_empty() { "none".to_owned() } else { needs.join(", ") }
+                if needs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    needs.join(", ")
+                }
             )));
         }
     }
@@ -196,13 +200,15 @@ pub async fn rerun(
         };
         let output = match (tr.state, edits.upstream.get(&def.name)) {
             (TaskState::Succeeded, Some(edited)) => Some(edited.clone()),
-            (TaskState::Succeeded, None) => Some(match tr.output.as_ref().and_then(ObjectRef::of) {
-                Some(r) => storage
-                    .copy(&r, &storage::output_key(id, &def.name, 1))
-                    .await?
-                    .to_value(),
-                None => tr.output.clone().unwrap_or(serde_json::Value::Null),
-            }),
+            (TaskState::Succeeded, None) => {
+                Some(match tr.output.as_ref().and_then(ObjectRef::of) {
+                    Some(r) => storage
+                        .copy(&r, &storage::output_key(id, &def.name, 1))
+                        .await?
+                        .to_value(),
+                    None => tr.output.clone().unwrap_or(serde_json::Value::Null),
+                })
+            }
             (TaskState::Skipped, _) => None,
             (state, Some(_)) => {
                 return Err(EngineError::BadRequest(format!(

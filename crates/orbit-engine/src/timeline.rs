@@ -65,10 +65,8 @@ pub fn build(
         let Some(tr) = by_name.get(def.name.as_str()) else {
             continue;
         };
-        let mine: Vec<&AttemptRecord> = attempts
-            .iter()
-            .filter(|a| a.task_run_id == tr.id)
-            .collect();
+        let mine: Vec<&AttemptRecord> =
+            attempts.iter().filter(|a| a.task_run_id == tr.id).collect();
         // It could start once its last upstream finished (the run's creation for a root).
         let ready = def
             .needs
@@ -108,17 +106,18 @@ fn segments_of(
     if tr.origin.is_some() {
         return out;
     }
-    let gap = |kind: &'static str, from: DateTime<Utc>, to: DateTime<Utc>, out: &mut Vec<Segment>| {
-        if to > from {
-            out.push(Segment {
-                kind,
-                from,
-                to,
-                attempt: None,
-                outcome: None,
-            });
-        }
-    };
+    let gap =
+        |kind: &'static str, from: DateTime<Utc>, to: DateTime<Utc>, out: &mut Vec<Segment>| {
+            if to > from {
+                out.push(Segment {
+                    kind,
+                    from,
+                    to,
+                    attempt: None,
+                    outcome: None,
+                });
+            }
+        };
     let mut at = ready;
     let mut next_gap = "queued";
     for a in attempts {

@@ -94,6 +94,32 @@ pub struct RunFilter {
     pub limit: Option<u32>,
 }
 
+/// What a signal did.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signalled {
+    pub name: String,
+    /// The `wait` tasks it woke, each once.
+    pub delivered: Vec<Woken>,
+    /// None waited: it is kept for the first that does.
+    pub kept: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Woken {
+    pub run_id: String,
+    pub task: String,
+}
+
+/// One line of `why`: a task (or the run) and what it waits for.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WhyLine {
+    pub task: Option<String>,
+    pub state: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
@@ -183,6 +209,89 @@ impl Client {
         }
         let answer: Retried = self.send(reqwest::Method::POST, &path, None, &[]).await?;
         Ok(answer.requeued)
+    }
+
+    /// Sends signal `name`: every `wait` task waiting for it gets `payload` as its output; with
+    /// none waiting yet, it is kept (`ttl`, e.g. `10m`; 24 h when `None`) for the first that
+    /// waits.
+    pub async fn signal(
+        &self,
+        name: &str,
+        payload: Value,
+        ttl: Option<&str>,
+    ) -> Result<Signalled, SdkError> {
+        let query: Vec<(&str, String)> = ttl.map(|t| ("ttl", t.to_owned())).into_iter().collect();
+        let path = format!("/signals/{}", segment(name));
+        self.send(reqwest::Method::POST, &path, Some(payload), &query)
+            .await
+    }
+
+    /// Approves (`approved`) or rejects an `approval` task of run `run` that waits for a
+    /// decision, as `by`, with `comment`.
+    pub async fn decide(
+        &self,
+        run: &str,
+        task: &str,
+        approved: bool,
+        by: Option<&str>,
+        comment: Option<&str>,
+    ) -> Result<TaskRun, SdkError> {
+        let body = json!({
+            "decision": if approved { "approve" } else { "reject" },
+            "by": by,
+            "comment": comment,
+        });
+        let path = format!("/runs/{}/tasks/{}/decision", segment(run), segment(task));
+        self.send(reqwest::Method::POST, &path, Some(body), &[])
+            .await
+    }
+
+    /// Runs run `run` again from task `from`: a new run that keeps the outputs of the tasks not
+    /// downstream of it (with `input`, another run input; with `upstream`, other outputs for
+    /// `from`'s upstream tasks). The new run.
+    pub async fn rerun(
+        &self,
+        run: &str,
+        from: &str,
+        input: Option<Value>,
+        upstream: Option<Map<String, Value>>,
+    ) -> Result<Run, SdkError> {
+        let mut body = json!({ "from": from });
+        if let Some(i) = input {
+            body["input"] = i;
+        }
+        if let Some(u) = upstream {
+            body["upstream"] = Value::Object(u);
+        }
+        #[derive(Deserialize)]
+        struct Rerun {
+            run: Run,
+        }
+        let path = format!("/runs/{}/rerun", segment(run));
+        let r: Rerun = self
+            .send(reqwest::Method::POST, &path, Some(body), &[])
+            .await?;
+        Ok(r.run)
+    }
+
+    /// Why each task of run `run` that is not running waits (`orbit why`): one line each.
+    pub async fn why(&self, run: &str, task: Option<&str>) -> Result<Vec<WhyLine>, SdkError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            why: Vec<WhyLine>,
+        }
+        let query: Vec<(&str, String)> = task.map(|t| ("task", t.to_owned())).into_iter().collect();
+        let a: Answer = self
+            .send(reqwest::Method::GET, &format!("/runs/{}/why", segment(run)), None, &query)
+            .await?;
+        Ok(a.why)
+    }
+
+    /// Run `run`'s timeline (queue waits, attempts, backoffs, parks; the critical path), as the
+    /// API's JSON.
+    pub async fn timeline(&self, run: &str) -> Result<Value, SdkError> {
+        let path = format!("/runs/{}/timeline", segment(run));
+        self.send(reqwest::Method::GET, &path, None, &[]).await
     }
 
     /// Every named limit of a concurrency key (`orbit limits`).

@@ -36,7 +36,7 @@ mod objects;
 mod protocol;
 mod worker;
 
-pub use client::{Client, KeyLimit, Run, RunDetail, RunFilter, TaskRun};
+pub use client::{Client, KeyLimit, Run, RunDetail, RunFilter, Signalled, TaskRun, WhyLine, Woken};
 pub use handler::{Context, Handler, HandlerFuture, Logger, TaskError, TaskResult};
 pub use orbit_sdk_macros::task;
 pub use worker::{SdkError, TaskOptions, Worker, WorkerBuilder};

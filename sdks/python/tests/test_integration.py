@@ -295,6 +295,61 @@ async def test_a_pipeline_in_code_is_saved_when_its_worker_starts_and_the_client
     assert (await api.get("/api/v1/pipelines/coded"))["version"] == stored["version"]
 
 
+@pytest.mark.anyio
+async def test_the_client_signals_approves_reruns_explains_and_draws_the_timeline(server: Server) -> None:
+    api = Api(server.base)
+    w = make(server, "gate")
+    gate = Pipeline("gate")
+    gate.add("pay", "wait", event="paid.{{ input.id }}")
+    gate.add("review", "approval", message="Ship {{ input.id }}?", approvers=["ann"], needs="pay")
+
+    @gate.task(needs=["pay", "review"])
+    def ship(ctx: Context) -> str:
+        return f"shipped {ctx.upstream('pay')['amount']} for {ctx.upstream('review')['decidedBy']}"
+
+    gate.attach(w)
+    async with running(w):
+        await api.until("/api/v1/pipelines/gate", lambda b: True)
+        async with AsyncClient(server.base) as client:
+            run = (await client.trigger("gate", {"id": "p-1"}))["run"]["id"]
+
+            async def parked(name: str) -> None:
+                for _ in range(300):
+                    if task(await client.get_run(run), name)["state"] == "parked":
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"{name} never parked")
+
+            await parked("pay")
+            why = await client.why(run, "pay")
+            assert "waiting for signal `paid.p-1`" in why["why"][0]["reason"]
+            sent = await client.signal("paid.p-1", {"amount": 5})
+            assert sent["delivered"] == [{"runId": run, "task": "pay"}]
+            assert (await client.signal("paid.p-1", {"amount": 1}, ttl="1m"))["kept"]
+            await parked("review")
+            with pytest.raises(OrbitError) as refused:
+                await client.approve(run, "review", by="bob")
+            assert refused.value.status == 403
+            decided = await client.approve(run, "review", by="ann", comment="ok")
+            assert decided["wake"]["decidedBy"] == "ann"
+            done = await client.wait_for_run(run, timeout=30, interval=0.05)
+            assert done["run"]["state"] == "succeeded"
+            assert task(done, "ship")["output"] == "shipped 5 for ann"
+            timeline = await client.timeline(run)
+            assert [lane["task"] for lane in timeline["lanes"]] == ["pay", "review", "ship"]
+            assert any(seg["kind"] == "parked" for seg in timeline["lanes"][1]["segments"])
+            again = await client.rerun(run, "ship")
+            assert again["reused"] == ["pay", "review"] and again["run"]["rerunOf"] == run
+            redone = await client.wait_for_run(again["run"]["id"], timeout=30, interval=0.05)
+            assert task(redone, "ship")["output"] == "shipped 5 for ann"
+    with Client(server.base) as sync:
+        kept = sync.signal("nobody.waits", None, ttl="5m")
+        assert kept["kept"] and kept["delivered"] == []
+        with pytest.raises(OrbitError) as missing:
+            sync.reject(run, "review", by="ann")
+        assert missing.value.status == 409
+
+
 def test_the_sync_client(server: Server) -> None:
     server.save({"name": "client-sync", "tasks": [{"name": "nap", "type": "sleep", "duration": "5s"}]})
     with Client(server.base) as client:

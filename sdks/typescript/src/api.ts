@@ -496,6 +496,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/runs/{id}/rerun": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["runs_rerun_context"];
+        put?: never;
+        /**
+         * Run a run again from one of its tasks: a new run of the same pipeline version that keeps
+         *     the recorded outputs of every task not downstream of `from` and runs `from` and everything
+         *     after it, optionally with another input or other outputs for `from`'s upstream tasks. Any
+         *     run, settled or not.
+         */
+        post: operations["runs_rerun"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/runs/{id}/resume": {
         parameters: {
             query?: never;
@@ -543,6 +565,46 @@ export interface paths {
         };
         /** A page of the children of a `for_each` task of a run, in the order of its list. */
         get: operations["runs_children"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/runs/{id}/tasks/{task}/decision": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approve or reject an `approval` task that waits for a decision; it is recorded with who,
+         *     when and the comment, and routes the run like a `run_next` choice.
+         */
+        post: operations["runs_decide"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/runs/{id}/timeline": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A run's timeline: each task's queue wait, attempts, backoffs, parks and children as
+         *     segments on one time axis, the critical path marked.
+         */
+        get: operations["runs_timeline"];
         put?: never;
         post?: never;
         delete?: never;
@@ -619,6 +681,27 @@ export interface paths {
         get: operations["workers_service_tasks"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/signals/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send signal `name`: every `wait` task waiting for it gets the body (any JSON; `null` when
+         *     empty) as its output, each exactly once; when none waits yet, the signal is kept (`ttl`) for
+         *     the first that does.
+         */
+        post: operations["runs_signal"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1080,6 +1163,16 @@ export interface components {
             input: unknown;
             pipeline: string;
         };
+        DecisionBody: {
+            /**
+             * @description Who decides (checked against the task's `approvers`); `api` when absent. With one
+             *     shared API token this is the caller's word, not an identity the server proved.
+             */
+            by?: string | null;
+            /** @description Recorded with the decision. */
+            comment?: string | null;
+            decision: components["schemas"]["Verdict"];
+        };
         Deleted: {
             /** @description Objects removed from object storage (a large input, large outputs). */
             objects: number;
@@ -1208,6 +1301,16 @@ export interface components {
              */
             runsRunning?: number;
         };
+        /** @description One task's row. */
+        Lane: {
+            /** @description On the critical path. */
+            critical: boolean;
+            /** @description Taken over from the run this one re-runs. */
+            reused: boolean;
+            segments: components["schemas"]["Segment"][];
+            state: components["schemas"]["TaskState"];
+            task: string;
+        };
         /** @description A running `orbit server` or `orbit worker` process, as it announces itself. */
         NodeInfo: {
             /** Format: int32 */
@@ -1268,6 +1371,20 @@ export interface components {
             reference: components["schemas"]["ObjectRef"];
             /** @description Absolute (pre-signed) or relative to the orchestrator. */
             url: string;
+        };
+        /** @description Why a task run parked. */
+        ParkInfo: {
+            /** @description The signal it waits for. */
+            event?: string | null;
+            /** @description `sleep`, `signal` or `approval`. */
+            kind: string;
+            /** @description What an approver reads. */
+            note?: string | null;
+            /**
+             * Format: date-time
+             * @description When its time comes (a sleep's end, a wait's timeout).
+             */
+            until?: string | null;
         };
         /** @description A pipeline as the API shows it. */
         PipelineView: {
@@ -1347,6 +1464,11 @@ export interface components {
             oldestPending?: string | null;
             /**
              * Format: int64
+             * @description Parked until a time, a signal or a decision.
+             */
+            parked: number;
+            /**
+             * Format: int64
              * @description Ready to be claimed.
              */
             pending: number;
@@ -1406,6 +1528,28 @@ export interface components {
         Requeued: {
             /** @description Task runs put back to `ready` or `waiting`. */
             tasks: string[];
+        };
+        Rerun: {
+            /** @description The tasks it took over from the old run (their task runs name their `origin`). */
+            reused: string[];
+            /** @description The new run (its `rerunOf` names the old one). */
+            run: components["schemas"]["RunRecord"];
+        };
+        RerunBody: {
+            /** @description The task to run again, with everything downstream of it. */
+            from: string;
+            /** @description Another run input; the old run's when absent. */
+            input: Record<string, never>;
+            /** @description Other outputs for `from`'s upstream tasks, by task name. */
+            upstream: Record<string, never>;
+        };
+        /**
+         * @description What a re-run from `from` would start with, to edit: the run's input and the outputs of
+         *     `from`'s upstream tasks (read back from object storage when kept there).
+         */
+        RerunContext: {
+            input: Record<string, never>;
+            upstream: Record<string, never>;
         };
         /** @description What dead-letter retention removed. */
         Retention: {
@@ -1496,6 +1640,12 @@ export interface components {
             pipelineVersion: number;
             /** Format: int32 */
             priority: number;
+            rerunFrom?: string | null;
+            /**
+             * Format: uuid
+             * @description A re-run: the run it re-runs, and the task it re-ran from.
+             */
+            rerunOf?: string | null;
             /** Format: date-time */
             startedAt?: string | null;
             state: components["schemas"]["RunState"];
@@ -1521,6 +1671,21 @@ export interface components {
          * @enum {string}
          */
         RunState: "pending" | "running" | "succeeded" | "failed" | "cancelled";
+        Segment: {
+            /** Format: int32 */
+            attempt?: number | null;
+            /** Format: date-time */
+            from: string;
+            /**
+             * @description `queued` (ready, not yet claimed), `running` (an attempt), `backoff` (after a failed
+             *     attempt), `parked` (a sleep, a wait, an approval), `children` (a `for_each` task's).
+             */
+            kind: string;
+            /** @description A finished attempt's outcome; `None` while it runs. */
+            outcome?: string | null;
+            /** Format: date-time */
+            to: string;
+        };
         Service: components["schemas"]["NodeRecord"] & {
             /** @description `healthy`, `unhealthy` (missed three heartbeats) or `stopped`. */
             status: string;
@@ -1543,6 +1708,15 @@ export interface components {
              * @description At most so many task runs with this key run at once (1 to 1000000).
              */
             limit: number;
+        };
+        Signalled: {
+            /** @description The `wait` tasks it woke, each once. */
+            delivered: components["schemas"]["Woken"][];
+            /** Format: date-time */
+            expiresAt?: string | null;
+            /** @description No task waited: it is kept for the first one that waits for it, until `expiresAt`. */
+            kept: boolean;
+            name: string;
         };
         Stats: {
             /** @description The last hour. */
@@ -1622,6 +1796,11 @@ export interface components {
              */
             attempt: number;
             /**
+             * Format: date-time
+             * @description When its latest attempt was claimed.
+             */
+            claimedAt?: string | null;
+            /**
              * @description Its rendered concurrency key: at most `concurrencyLimit` task runs with this key run at
              *     once.
              */
@@ -1644,7 +1823,13 @@ export interface components {
             mapParent?: string | null;
             /** Format: int32 */
             maxAttempts: number;
+            /**
+             * Format: uuid
+             * @description A re-run's task run taken over from the run it re-runs: the task run it comes from.
+             */
+            origin?: string | null;
             output?: unknown;
+            park?: components["schemas"]["ParkInfo"] | null;
             /** Format: int32 */
             priority: number;
             /**
@@ -1673,12 +1858,27 @@ export interface components {
              * @description Attempts started since it was last re-queued by a retry: what `max_attempts` limits.
              */
             tries: number;
+            /**
+             * @description What woke it: `{"by": "time"}`, a signal (`{"by": "signal", "signal", "payload"}`) or a
+             *     decision (`{"by": "decision", "approved", "decidedBy", "comment", "at"}`).
+             */
+            wake?: unknown;
         };
         /**
          * @description The state of one task inside one run (a "step").
          * @enum {string}
          */
-        TaskState: "waiting" | "ready" | "running" | "succeeded" | "dead" | "skipped" | "cancelled";
+        TaskState: "waiting" | "ready" | "parked" | "running" | "succeeded" | "dead" | "skipped" | "cancelled";
+        Timeline: {
+            /**
+             * Format: date-time
+             * @description The run's end, or now while it runs.
+             */
+            end: string;
+            lanes: components["schemas"]["Lane"][];
+            /** Format: date-time */
+            start: string;
+        };
         TriggerBody: {
             /** @description A run with this key made within IDEMPOTENCY_TTL_SECONDS is returned instead of a new one. */
             idempotencyKey?: string | null;
@@ -1695,11 +1895,19 @@ export interface components {
             created: boolean;
             run: components["schemas"]["RunRecord"];
         };
+        /** @enum {string} */
+        Verdict: "approve" | "reject";
         /** @description Why a run's tasks are not running. */
         WhyAnswer: {
             run: components["schemas"]["RunRecord"];
             /** @description One line per task that waits (and one for the run while it is pending), with what for. */
             why: Record<string, never>[];
+        };
+        /** @description A task run a signal woke. */
+        Woken: {
+            /** Format: uuid */
+            runId: string;
+            task: string;
         };
         WorkerHealth: {
             services: components["schemas"]["Service"][];
@@ -2768,6 +2976,86 @@ export interface operations {
             };
         };
     };
+    runs_rerun_context: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                /** @description The task a re-run would start from. */
+                from: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RerunContext"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_rerun: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RerunBody"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rerun"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     runs_resume: {
         parameters: {
             query?: never;
@@ -2873,6 +3161,93 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_decide: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                task: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DecisionBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskRunRecord"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_timeline: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Timeline"];
                 };
             };
             404: {
@@ -2995,6 +3370,45 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    runs_signal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                /**
+                 * @description How long the signal is kept when no task waits for it yet (`10m`, `2h`; default 24h,
+                 *     at most 30 days).
+                 */
+                ttl: string | null;
+            };
+            cookie?: never;
+        };
+        /** @description The payload: any JSON */
+        requestBody: {
+            content: {
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Signalled"];
+                };
+            };
+            400: {
                 headers: {
                     [name: string]: unknown;
                 };

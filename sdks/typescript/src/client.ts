@@ -9,6 +9,25 @@ export type RunPage = Schemas["RunPage"];
 export type Triggered = Schemas["Triggered"];
 export type Retried = Schemas["Retried"];
 export type KeyUsage = Schemas["KeyUsage"];
+export type Signalled = Schemas["Signalled"];
+export type TaskRunRecord = Schemas["TaskRunRecord"];
+export type Rerun = Schemas["Rerun"];
+export type WhyAnswer = Schemas["WhyAnswer"];
+export type Timeline = Schemas["Timeline"];
+
+export interface DecisionOptions {
+  /** Recorded with the decision. */
+  comment?: string;
+  /** Who decides (checked against the task's `approvers`). */
+  by?: string;
+}
+
+export interface RerunOptions {
+  /** Another run input (the old run's when absent). */
+  input?: unknown;
+  /** Other outputs for the upstream tasks of `from`, by task name. */
+  upstream?: Record<string, unknown>;
+}
 
 export interface ClientOptions {
   /** Where `orbit server` listens (ORBIT_URL when absent). */
@@ -54,6 +73,43 @@ export class OrbitClient {
 
   retry(id: string): Promise<Retried> {
     return this.request("POST", `/runs/${encodeURIComponent(id)}/retry`);
+  }
+
+  /**
+   * Sends signal `name`: every `wait` task waiting for it gets `payload` as its output; with
+   * none waiting yet, it is kept (`ttl`, e.g. "10m"; 24h by default) for the first that waits.
+   */
+  signal(name: string, payload: unknown = null, options: { ttl?: string } = {}): Promise<Signalled> {
+    return this.request("POST", `/signals/${encodeURIComponent(name)}${query(options)}`, payload);
+  }
+
+  /** Approves an `approval` task that waits for a decision. */
+  approve(run: string, task: string, options: DecisionOptions = {}): Promise<TaskRunRecord> {
+    return this.decide(run, task, "approve", options);
+  }
+
+  /** Rejects an `approval` task that waits for a decision. */
+  reject(run: string, task: string, options: DecisionOptions = {}): Promise<TaskRunRecord> {
+    return this.decide(run, task, "reject", options);
+  }
+
+  /** Runs a run again from task `from`, keeping the outputs of the tasks not downstream of it. */
+  rerun(run: string, from: string, options: RerunOptions = {}): Promise<Rerun> {
+    return this.request("POST", `/runs/${encodeURIComponent(run)}/rerun`, { from, ...options });
+  }
+
+  /** Why each task of a run that is not running waits (`orbit why`). */
+  why(run: string, task?: string): Promise<WhyAnswer> {
+    return this.request("GET", `/runs/${encodeURIComponent(run)}/why${query({ task })}`);
+  }
+
+  /** A run's timeline: each task's queue wait, attempts, backoffs and parks, critical path marked. */
+  timeline(run: string): Promise<Timeline> {
+    return this.request("GET", `/runs/${encodeURIComponent(run)}/timeline`);
+  }
+
+  private decide(run: string, task: string, decision: "approve" | "reject", options: DecisionOptions): Promise<TaskRunRecord> {
+    return this.request("POST", `/runs/${encodeURIComponent(run)}/tasks/${encodeURIComponent(task)}/decision`, { decision, ...options });
   }
 
   /** Every named limit of a concurrency key (`orbit limits`). */

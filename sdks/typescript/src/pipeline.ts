@@ -21,7 +21,7 @@ export interface PipelineTask {
   options?: TaskOptions;
   /** A built-in type; `pipeline` runs another pipeline as a sub-run
    * (`params: { pipeline: "resize", input: {...} }`) and outputs what it outputs. */
-  type?: "shell" | "http" | "sleep" | "script" | "worker" | "pipeline";
+  type?: "shell" | "http" | "sleep" | "wait" | "approval" | "script" | "worker" | "pipeline";
   params?: Record<string, unknown>;
   retry?: RetryPolicy;
   timeout?: string;

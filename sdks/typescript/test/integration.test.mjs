@@ -275,6 +275,58 @@ describe("workers in this process", () => {
     await assert.rejects(client.deleteLimit("api/eu west"), /404/);
   });
 
+  test("the client signals a wait, approves an approval, re-runs from a step, explains and draws the timeline", async () => {
+    const w = make("gate");
+    definePipeline({
+      name: "gate",
+      steps: [
+        { name: "pay", type: "wait", params: { event: "paid.{{ input.id }}" } },
+        { name: "review", type: "approval", params: { message: "Ship {{ input.id }}?", approvers: ["ann"] } },
+        { name: "ship", handler: async (ctx) => `shipped ${ctx.upstream.pay.amount} for ${ctx.upstream.review.decidedBy}` },
+      ],
+    }).attach(w);
+    const running = w.start();
+    const client = new OrbitClient({ url: s.base });
+    for (let i = 0; i < 100; i++) {
+      if ((await api(s.base, "GET", "/api/v1/pipelines/gate")).status === 200) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const { run } = await client.trigger("gate", { id: "t-1" });
+    const until = async (what, check) => {
+      for (let i = 0; i < 300; i++) {
+        const d = await client.getRun(run.id);
+        if (check(d)) return d;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`never: ${what}`);
+    };
+    const parked = (name) => (d) => d.tasks.find((t) => t.taskName === name)?.state === "parked";
+    await until("pay parked", parked("pay"));
+    const why = await client.why(run.id, "pay");
+    assert.match(why.why[0].reason, /waiting for signal `paid\.t-1`/);
+    const sent = await client.signal("paid.t-1", { amount: 9 });
+    assert.deepEqual(sent.delivered, [{ runId: run.id, task: "pay" }]);
+    assert.equal((await client.signal("paid.t-1", { amount: 1 }, { ttl: "1m" })).kept, true, "a second signal finds no waiter");
+    await until("review parked", parked("review"));
+    await assert.rejects(client.approve(run.id, "review", { by: "bob" }), /403/);
+    const decided = await client.approve(run.id, "review", { by: "ann", comment: "ok" });
+    assert.equal(decided.wake.decidedBy, "ann");
+    const done = await client.waitForRun(run.id, { timeoutMs: 30_000, intervalMs: 50 });
+    assert.equal(done.run.state, "succeeded");
+    assert.equal(task(done, "ship").output, "shipped 9 for ann");
+    const timeline = await client.timeline(run.id);
+    assert.deepEqual(timeline.lanes.map((l) => l.task), ["pay", "review", "ship"]);
+    assert.ok(timeline.lanes.find((l) => l.task === "review").segments.some((x) => x.kind === "parked"));
+    assert.ok(timeline.lanes.every((l) => l.critical), "a chain is all critical");
+    const again = await client.rerun(run.id, "ship");
+    assert.deepEqual(again.reused, ["pay", "review"]);
+    assert.equal(again.run.rerunOf, run.id);
+    const redone = await client.waitForRun(again.run.id, { timeoutMs: 30_000, intervalMs: 50 });
+    assert.equal(task(redone, "ship").output, "shipped 9 for ann", "the kept outputs reached the step run again");
+    await w.stop();
+    await running;
+  });
+
   test("a fatal error thrown as FatalError is not retried", async () => {
     const w = make("fatal");
     w.register("fatal", async () => {

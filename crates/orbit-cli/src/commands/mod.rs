@@ -202,7 +202,10 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
             let ask = rerun::Ask {
                 run,
                 from,
-                input: input.as_deref().map(|i| run::parse_input(Some(i))).transpose()?,
+                input: input
+                    .as_deref()
+                    .map(|i| run::parse_input(Some(i)))
+                    .transpose()?,
                 edit,
             };
             match &remote.url {

@@ -4,8 +4,8 @@
 use super::client::Client;
 use super::over_url::segment;
 use crate::{BadInput, output};
-use orbit_engine::runs::RerunEdits;
 use orbit_core::RunState;
+use orbit_engine::runs::RerunEdits;
 use orbit_store::Store;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
@@ -19,7 +19,12 @@ pub struct Ask {
     pub edit: bool,
 }
 
-pub async fn local(store: &Arc<dyn Store>, ask: Ask, no_wait: bool, json: bool) -> anyhow::Result<u8> {
+pub async fn local(
+    store: &Arc<dyn Store>,
+    ask: Ask,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
     let old = store.find_run(&ask.run).await?;
     let pipeline = store.pipeline_version(old.pipeline_id).await?;
     let needs = pipeline
@@ -77,7 +82,11 @@ pub async fn local(store: &Arc<dyn Store>, ask: Ask, no_wait: bool, json: bool) 
             run.id,
             old.id,
             ask.from,
-            if kept.is_empty() { "nothing".to_owned() } else { kept.join(", ") }
+            if kept.is_empty() {
+                "nothing".to_owned()
+            } else {
+                kept.join(", ")
+            }
         );
     }
     if no_wait {
@@ -90,7 +99,11 @@ pub async fn local(store: &Arc<dyn Store>, ask: Ask, no_wait: bool, json: bool) 
             None => println!("run {} interrupted; it can be resumed", run.id),
         }
     }
-    Ok(if state == Some(RunState::Succeeded) { 0 } else { 1 })
+    Ok(if state == Some(RunState::Succeeded) {
+        0
+    } else {
+        1
+    })
 }
 
 pub async fn over_url(server: &str, ask: Ask, json: bool) -> anyhow::Result<u8> {
@@ -100,7 +113,11 @@ pub async fn over_url(server: &str, ask: Ask, json: bool) -> anyhow::Result<u8> 
         let ctx: Value = client
             .call(
                 Method::GET,
-                &format!("/runs/{}/rerun?from={}", segment(&ask.run), segment(&ask.from)),
+                &format!(
+                    "/runs/{}/rerun?from={}",
+                    segment(&ask.run),
+                    segment(&ask.from)
+                ),
                 None,
             )
             .await?;
@@ -112,7 +129,11 @@ pub async fn over_url(server: &str, ask: Ask, json: bool) -> anyhow::Result<u8> 
         body["input"] = input;
     }
     let r: Value = client
-        .call(Method::POST, &format!("/runs/{}/rerun", segment(&ask.run)), Some(body))
+        .call(
+            Method::POST,
+            &format!("/runs/{}/rerun", segment(&ask.run)),
+            Some(body),
+        )
         .await?;
     if json {
         output::json(&r)?;
@@ -124,7 +145,11 @@ pub async fn over_url(server: &str, ask: Ask, json: bool) -> anyhow::Result<u8> 
             ask.from,
             r["reused"]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "nothing".into())
         );
@@ -152,18 +177,26 @@ fn edited(input: Value, upstream: Map<String, Value>) -> anyhow::Result<RerunEdi
     let saved = std::fs::read_to_string(&path);
     let _ = std::fs::remove_file(&path);
     if !status.success() {
-        return Err(BadInput(format!("the editor `{editor}` failed ({status}); nothing was re-run")).into());
+        return Err(BadInput(format!(
+            "the editor `{editor}` failed ({status}); nothing was re-run"
+        ))
+        .into());
     }
     let saved: Value = serde_json::from_str(&saved?)
         .map_err(|e| BadInput(format!("the edited document is not valid JSON: {e}")))?;
     let Value::Object(mut saved) = saved else {
-        return Err(BadInput("the edited document must stay an object with `input` and `upstream`".into()).into());
+        return Err(BadInput(
+            "the edited document must stay an object with `input` and `upstream`".into(),
+        )
+        .into());
     };
     let new_input = saved.remove("input").unwrap_or(Value::Null);
     let new_upstream = match saved.remove("upstream") {
         Some(Value::Object(m)) => m,
         None => Map::new(),
-        Some(_) => return Err(BadInput("`upstream` must stay an object of task outputs".into()).into()),
+        Some(_) => {
+            return Err(BadInput("`upstream` must stay an object of task outputs".into()).into());
+        }
     };
     Ok(RerunEdits {
         input: (new_input != input).then_some(new_input),

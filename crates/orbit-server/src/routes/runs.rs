@@ -629,12 +629,18 @@ pub async fn rerun_context(
         .map(|t| t.needs.clone())
         .ok_or_else(|| ApiError::not_found(format!("run {} has no task `{}`", run.id, q.from)))?;
     let storage = s.engine.storage();
-    let input = storage.hydrate(run.input).await.map_err(orbit_engine::EngineError::from)?;
+    let input = storage
+        .hydrate(run.input)
+        .await
+        .map_err(orbit_engine::EngineError::from)?;
     let mut upstream = serde_json::Map::new();
     for (name, output) in s.store.outputs(run.id, &needs).await? {
         upstream.insert(
             name,
-            storage.hydrate(output).await.map_err(orbit_engine::EngineError::from)?,
+            storage
+                .hydrate(output)
+                .await
+                .map_err(orbit_engine::EngineError::from)?,
         );
     }
     Ok(Json(RerunContext { input, upstream }))

@@ -26,7 +26,9 @@ pub async fn create_run(pool: &PgPool, new: &NewRun<'_>) -> Result<Result<Uuid, 
         .await
         .map_err(unavailable)?;
     }
-    if let Some(existing) = insert_run(&mut tx, new, plan.concurrency.as_ref(), plan.pending).await? {
+    if let Some(existing) =
+        insert_run(&mut tx, new, plan.concurrency.as_ref(), plan.pending).await?
+    {
         return Ok(Err(existing));
     }
     insert_tasks(&mut tx, new, &plan.tasks, plan.concurrency.is_some()).await?;

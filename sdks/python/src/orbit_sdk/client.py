@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .models import KeyUsage, Retried, RunDetail, RunPage, RunRecord, Triggered
+from .models import KeyUsage, Rerun, Retried, RunDetail, RunPage, RunRecord, Signalled, TaskRunRecord, Timeline, Triggered, WhyAnswer
 from .worker import answer
 
 _SETTLED = ("succeeded", "failed", "cancelled")
@@ -40,6 +40,19 @@ def _answer(method: str, path: str, response: httpx.Response) -> Any:
 
 def _id(run: str) -> str:
     return quote(run, safe="")
+
+
+def _decision(decision: str, comment: str | None, by: str | None) -> dict[str, Any]:
+    return {"decision": decision, **_query(comment=comment, by=by)}
+
+
+def _rerun_body(from_task: str, input: Any, upstream: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"from": from_task}
+    if input is not None:
+        body["input"] = input
+    if upstream:
+        body["upstream"] = upstream
+    return body
 
 
 class Client:
@@ -82,6 +95,30 @@ class Client:
     def retry(self, run: str) -> Retried:
         """Puts a failed run's dead and cancelled tasks back in the queue."""
         return cast(Retried, self._request("POST", f"/runs/{_id(run)}/retry"))
+
+    def signal(self, name: str, payload: Any = None, *, ttl: str | None = None) -> Signalled:
+        """Sends signal `name`: every `wait` task waiting for it gets `payload` as its output; with none waiting yet, it is kept (`ttl`, e.g. "10m"; 24h by default) for the first that waits."""
+        return cast(Signalled, self._request("POST", f"/signals/{_id(name)}", payload, params=_query(ttl=ttl)))
+
+    def approve(self, run: str, task: str, *, comment: str | None = None, by: str | None = None) -> TaskRunRecord:
+        """Approves an `approval` task that waits for a decision."""
+        return cast(TaskRunRecord, self._request("POST", f"/runs/{_id(run)}/tasks/{_id(task)}/decision", _decision("approve", comment, by)))
+
+    def reject(self, run: str, task: str, *, comment: str | None = None, by: str | None = None) -> TaskRunRecord:
+        """Rejects an `approval` task that waits for a decision."""
+        return cast(TaskRunRecord, self._request("POST", f"/runs/{_id(run)}/tasks/{_id(task)}/decision", _decision("reject", comment, by)))
+
+    def rerun(self, run: str, from_task: str, *, input: Any = None, upstream: dict[str, Any] | None = None) -> Rerun:
+        """Runs a run again from task `from_task`, keeping the outputs of the tasks not downstream of it."""
+        return cast(Rerun, self._request("POST", f"/runs/{_id(run)}/rerun", _rerun_body(from_task, input, upstream)))
+
+    def why(self, run: str, task: str | None = None) -> WhyAnswer:
+        """Why each task of a run that is not running waits (`orbit why`)."""
+        return cast(WhyAnswer, self._request("GET", f"/runs/{_id(run)}/why", params=_query(task=task)))
+
+    def timeline(self, run: str) -> Timeline:
+        """A run's timeline: each task's queue wait, attempts, backoffs and parks, critical path marked."""
+        return cast(Timeline, self._request("GET", f"/runs/{_id(run)}/timeline"))
 
     def limits(self) -> list[KeyUsage]:
         """Every named limit of a concurrency key (`orbit limits`)."""
@@ -142,6 +179,30 @@ class AsyncClient:
 
     async def retry(self, run: str) -> Retried:
         return cast(Retried, await self._request("POST", f"/runs/{_id(run)}/retry"))
+
+    async def signal(self, name: str, payload: Any = None, *, ttl: str | None = None) -> Signalled:
+        """Sends signal `name`: every `wait` task waiting for it gets `payload` as its output; with none waiting yet, it is kept (`ttl`, e.g. "10m"; 24h by default) for the first that waits."""
+        return cast(Signalled, await self._request("POST", f"/signals/{_id(name)}", payload, params=_query(ttl=ttl)))
+
+    async def approve(self, run: str, task: str, *, comment: str | None = None, by: str | None = None) -> TaskRunRecord:
+        """Approves an `approval` task that waits for a decision."""
+        return cast(TaskRunRecord, await self._request("POST", f"/runs/{_id(run)}/tasks/{_id(task)}/decision", _decision("approve", comment, by)))
+
+    async def reject(self, run: str, task: str, *, comment: str | None = None, by: str | None = None) -> TaskRunRecord:
+        """Rejects an `approval` task that waits for a decision."""
+        return cast(TaskRunRecord, await self._request("POST", f"/runs/{_id(run)}/tasks/{_id(task)}/decision", _decision("reject", comment, by)))
+
+    async def rerun(self, run: str, from_task: str, *, input: Any = None, upstream: dict[str, Any] | None = None) -> Rerun:
+        """Runs a run again from task `from_task`, keeping the outputs of the tasks not downstream of it."""
+        return cast(Rerun, await self._request("POST", f"/runs/{_id(run)}/rerun", _rerun_body(from_task, input, upstream)))
+
+    async def why(self, run: str, task: str | None = None) -> WhyAnswer:
+        """Why each task of a run that is not running waits (`orbit why`)."""
+        return cast(WhyAnswer, await self._request("GET", f"/runs/{_id(run)}/why", params=_query(task=task)))
+
+    async def timeline(self, run: str) -> Timeline:
+        """A run's timeline: each task's queue wait, attempts, backoffs and parks, critical path marked."""
+        return cast(Timeline, await self._request("GET", f"/runs/{_id(run)}/timeline"))
 
     async def limits(self) -> list[KeyUsage]:
         return cast(list[KeyUsage], await self._request("GET", "/limits"))

@@ -118,6 +118,12 @@ class DeadLetterDetail(TypedDict):
     pipeline: str
 
 
+class DecisionBody(TypedDict):
+    by: NotRequired[str | None]
+    comment: NotRequired[str | None]
+    decision: Verdict
+
+
 class Deleted(TypedDict):
     objects: int
     run: str
@@ -199,6 +205,15 @@ class KeyUsage(TypedDict):
     runsRunning: NotRequired[int]
 
 
+class Lane(TypedDict):
+    """One task's row."""
+    critical: bool
+    reused: bool
+    segments: list[Segment]
+    state: TaskState
+    task: str
+
+
 class NodeInfo(TypedDict):
     """A running `orbit server` or `orbit worker` process, as it announces itself."""
     concurrency: int
@@ -231,6 +246,14 @@ class OutputGrant(TypedDict):
     expiresAtMs: int
     reference: ObjectRef
     url: str
+
+
+class ParkInfo(TypedDict):
+    """Why a task run parked."""
+    event: NotRequired[str | None]
+    kind: str
+    note: NotRequired[str | None]
+    until: NotRequired[str | None]
 
 
 class PipelineView(TypedDict):
@@ -285,6 +308,7 @@ class QueueStats(TypedDict):
     dlq: int
     failed: int
     oldestPending: NotRequired[str | None]
+    parked: int
     pending: int
     running: int
     waiting: int
@@ -330,6 +354,23 @@ class Registration(TypedDict):
 class Requeued(TypedDict):
     """What re-queuing did."""
     tasks: list[str]
+
+
+class Rerun(TypedDict):
+    reused: list[str]
+    run: RunRecord
+
+
+class RerunBody(TypedDict):
+    from: str
+    input: dict[str, Any]
+    upstream: dict[str, Any]
+
+
+class RerunContext(TypedDict):
+    """What a re-run from `from` would start with, to edit: the run's input and the outputs of"""
+    input: dict[str, Any]
+    upstream: dict[str, Any]
 
 
 class Retention(TypedDict):
@@ -378,6 +419,8 @@ class RunRecord(TypedDict):
     pipelineName: str
     pipelineVersion: int
     priority: int
+    rerunFrom: NotRequired[str | None]
+    rerunOf: NotRequired[str | None]
     startedAt: NotRequired[str | None]
     state: RunState
     tasksDead: int
@@ -388,6 +431,14 @@ class RunRecord(TypedDict):
 
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class Segment(TypedDict):
+    attempt: NotRequired[int | None]
+    from: str
+    kind: str
+    outcome: NotRequired[str | None]
+    to: str
 
 
 class Service(NodeRecord):
@@ -406,6 +457,13 @@ class ServiceTask(TypedDict):
 
 class SetLimit(TypedDict):
     limit: int
+
+
+class Signalled(TypedDict):
+    delivered: list[Woken]
+    expiresAt: NotRequired[str | None]
+    kept: bool
+    name: str
 
 
 class Stats(TypedDict):
@@ -461,6 +519,7 @@ class TaskRunDetail(TypedDict):
 
 class TaskRunRecord(TypedDict):
     attempt: int
+    claimedAt: NotRequired[str | None]
     concurrencyKey: NotRequired[str | None]
     concurrencyLimit: NotRequired[int | None]
     error: NotRequired[str | None]
@@ -472,7 +531,9 @@ class TaskRunRecord(TypedDict):
     mapIndex: NotRequired[int | None]
     mapParent: NotRequired[str | None]
     maxAttempts: int
+    origin: NotRequired[str | None]
     output: NotRequired[Any]
+    park: NotRequired[ParkInfo | None]
     priority: int
     progress: NotRequired[float | None]
     progressMessage: NotRequired[str | None]
@@ -485,9 +546,16 @@ class TaskRunRecord(TypedDict):
     taskName: str
     taskType: str
     tries: int
+    wake: NotRequired[Any]
 
 
-TaskState = Literal["waiting", "ready", "running", "succeeded", "dead", "skipped", "cancelled"]
+TaskState = Literal["waiting", "ready", "parked", "running", "succeeded", "dead", "skipped", "cancelled"]
+
+
+class Timeline(TypedDict):
+    end: str
+    lanes: list[Lane]
+    start: str
 
 
 class TriggerBody(TypedDict):
@@ -501,10 +569,19 @@ class Triggered(TypedDict):
     run: RunRecord
 
 
+Verdict = Literal["approve", "reject"]
+
+
 class WhyAnswer(TypedDict):
     """Why a run's tasks are not running."""
     run: RunRecord
     why: list[dict[str, Any]]
+
+
+class Woken(TypedDict):
+    """A task run a signal woke."""
+    runId: str
+    task: str
 
 
 class WorkerHealth(TypedDict):

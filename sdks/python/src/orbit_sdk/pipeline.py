@@ -58,7 +58,8 @@ class _Task:
 
 class Pipeline:
     """A pipeline defined in Python: `@pipeline.task(needs=[...])` handlers run by the worker it is
-    attached to, and built-in tasks (`shell`, `http`, `sleep`, `script`, `worker`) by `add`."""
+    attached to, and built-in tasks (`shell`, `http`, `sleep`, `wait`, `approval`, `script`, `worker`,
+    `pipeline`) by `add`."""
 
     def __init__(self, name: str, *, schedule: str | None = None, description: str | None = None, concurrency: Concurrency | None = None, output: Any = None) -> None:
         """`concurrency` caps the runs with the same rendered key running at once; the others

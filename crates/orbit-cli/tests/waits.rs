@@ -1,0 +1,287 @@
+//! Durable waits, signals, approvals and re-runs through the `orbit` binary: real processes,
+//! a real SQLite database, a restart in between.
+
+mod support;
+
+use assert_cmd::Command;
+use orbit_store::prelude::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::{Proc, eventually, worker};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("orbit.db").display())
+    }
+
+    fn orbit(&self) -> Command {
+        let mut cmd = Command::cargo_bin("orbit").expect("orbit binary");
+        cmd.current_dir(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ORBIT_URL")
+            .env("ORBIT_DATABASE_URL", self.db());
+        cmd
+    }
+
+    fn file(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join(name), text).expect("write fixture");
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.orbit().args(args).output().expect("run orbit");
+        assert!(
+            out.status.success(),
+            "orbit {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Proc {
+        let child = std::process::Command::new(support::orbit_bin())
+            .current_dir(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ORBIT_URL")
+            .env("ORBIT_DATABASE_URL", self.db())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("orbit");
+        Proc { child }
+    }
+
+    fn state_of(&self, run: &str, task: &str) -> String {
+        let s = self.json(&["status", run]);
+        s["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["taskName"] == task))
+            .and_then(|t| t["state"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// 10,000 children of a map sleep until one instant. Their engine is killed with -9 once they
+/// are all parked and another starts: every one runs within 1 s of the instant, and the
+/// engine that held them parked had nothing of them in memory to lose.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_sleepers_wake_together_after_a_restart() {
+    const N: usize = 10_000;
+    let env = Env::new();
+    env.file(
+        "nap.yaml",
+        "name: nap\ntasks:\n  - name: sleepers\n    type: sleep\n    for_each: \"{{ range(input.n) | list }}\"\n    until: \"{{ input.at }}\"\n",
+    );
+    env.ok(&["apply", "nap.yaml"]);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(25);
+    let input = json!({"n": N, "at": at.to_rfc3339()});
+    env.file("input.json", &input.to_string());
+    env.ok(&["trigger", "nap", "-i", "@input.json"]);
+    let run = env.json(&["runs"])[0]["id"]
+        .as_str()
+        .expect("run")
+        .to_owned();
+    let mut first = worker(env.dir.path(), &env.db(), &["--concurrency", "500"]);
+    let parked = |s: &Value| {
+        s["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["state"] == "parked"))
+            .and_then(|c| c["count"].as_u64())
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(20), "10,000 parked children", || {
+        (parked(&env.json(&["status", &run])) == N as u64).then_some(())
+    });
+    assert!(
+        chrono::Utc::now() < at,
+        "parking 10,000 took too long for the test's instant"
+    );
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5));
+    let _second = worker(env.dir.path(), &env.db(), &["--concurrency", "500"]);
+    eventually(Duration::from_secs(60), "the run to succeed", || {
+        (env.json(&["status", &run])["run"]["state"] == "succeeded").then_some(())
+    });
+    let store =
+        orbit_store_sqlite::SqliteStore::open(&env.db(), orbit_store_sqlite::Durability::Full)
+            .await
+            .expect("open store");
+    let attempts = store
+        .attempts(run.parse().expect("run id"), None)
+        .await
+        .expect("attempts");
+    let woken: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.task_name.starts_with("sleepers[") && a.outcome == "succeeded")
+        .collect();
+    assert_eq!(woken.len(), N, "each child finished once");
+    let late = woken.iter().map(|a| a.started_at - at).max().expect("some");
+    let early = woken.iter().map(|a| a.started_at - at).min().expect("some");
+    println!(
+        "10,000 sleepers: first woken {} ms after the instant, last {} ms",
+        early.num_milliseconds(),
+        late.num_milliseconds()
+    );
+    assert!(
+        early >= chrono::Duration::zero(),
+        "none ran before its time: {early}"
+    );
+    assert!(
+        late < chrono::Duration::seconds(1),
+        "all ran within 1 s of the instant: the last {late}"
+    );
+    let parks = attempts
+        .iter()
+        .filter(|a| a.task_name.starts_with("sleepers[") && a.outcome == "parked")
+        .count();
+    assert_eq!(parks, N, "each child parked once");
+}
+
+/// A wait for a signal, an approval and a re-run, by hand as a user would: the signal comes
+/// before the wait and is kept; the approval is refused to a stranger and taken from an
+/// approver; the run is then re-run from its last task with the earlier outputs kept.
+#[test]
+fn a_signal_an_approval_and_a_rerun_from_the_command_line() {
+    let env = Env::new();
+    env.file(
+        "order.yaml",
+        "name: order\ntasks:\n  - name: pay\n    type: wait\n    event: \"payment.{{ input.orderId }}\"\n    timeout: 1h\n  - name: review\n    type: approval\n    message: \"Ship order {{ input.orderId }}?\"\n    approvers: [alice]\n    needs: pay\n  - name: ship\n    type: shell\n    command: \"echo shipped {{ tasks.review.output.decidedBy }}\"\n    needs: review\n",
+    );
+    // Kept: no task waits for it yet.
+    let sent = env.json(&["signal", "payment.o-7", "-d", r#"{"amount": 42}"#]);
+    assert_eq!(sent["kept"], true, "{sent}");
+    let mut running = env.spawn(&["run", "order.yaml", "-i", r#"{"orderId": "o-7"}"#]);
+    let run = eventually(Duration::from_secs(20), "the approval to wait", || {
+        let runs = env.json(&["runs"]);
+        let id = runs[0]["id"].as_str()?.to_owned();
+        (env.state_of(&id, "review") == "parked").then_some(id)
+    });
+    assert_eq!(
+        env.state_of(&run, "pay"),
+        "succeeded",
+        "the kept signal woke it"
+    );
+    let why = env.ok(&["why", &run, "review"]);
+    assert!(
+        why.contains("waiting for approval by alice (Ship order o-7?)"),
+        "{why}"
+    );
+    let stranger = env
+        .orbit()
+        .args(["approve", &run, "review", "--as", "mallory"])
+        .output()
+        .expect("approve");
+    assert_eq!(stranger.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("approvers are: alice"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    env.ok(&["approve", &run, "review", "--as", "alice", "-m", "fine"]);
+    let again = env
+        .orbit()
+        .args(["approve", &run, "review", "--as", "alice"])
+        .output()
+        .expect("approve");
+    assert_eq!(again.status.code(), Some(2), "a decision is taken once");
+    assert!(
+        running
+            .wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    let status = env.json(&["status", &run]);
+    let task = |n: &str| {
+        status["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["taskName"] == n))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(task("pay")["output"], json!({"amount": 42}));
+    assert_eq!(task("review")["output"]["approved"], true);
+    assert_eq!(task("review")["output"]["decidedBy"], "alice");
+    assert_eq!(task("review")["output"]["comment"], "fine");
+    assert_eq!(task("ship")["output"], "shipped alice");
+
+    // Re-run from `ship`: `pay` and `review` are kept (no new signal or decision needed).
+    let started = Instant::now();
+    let out = env.ok(&["rerun", &run, "--from", "ship"]);
+    assert!(out.contains("kept from it: pay, review"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let new = env.json(&["runs"])[0].clone();
+    let new_id = new["id"].as_str().expect("id");
+    assert_ne!(new_id, run);
+    assert_eq!(new["rerunOf"], run.as_str());
+    assert_eq!(new["rerunFrom"], "ship");
+    assert_eq!(new["state"], "succeeded");
+    let detail = env.json(&["status", new_id]);
+    let old_ids: std::collections::HashMap<String, String> = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| {
+            (
+                t["taskName"].as_str().unwrap_or_default().to_owned(),
+                t["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for t in detail["tasks"].as_array().expect("tasks") {
+        let name = t["taskName"].as_str().unwrap_or_default();
+        if name == "ship" {
+            assert!(t.get("origin").is_none(), "ship ran again: {t}");
+            assert_eq!(t["attempt"], 1);
+        } else {
+            assert_eq!(
+                t["origin"].as_str(),
+                old_ids.get(name).map(String::as_str),
+                "{t}"
+            );
+            assert_eq!(t["attempt"], 0, "{name} did not run again");
+        }
+        assert_eq!(t["output"], task(name)["output"], "{name}");
+    }
+    // From the start, with another input: the wait waits again.
+    let mut fresh = env.spawn(&[
+        "rerun",
+        &run,
+        "--from",
+        "pay",
+        "-i",
+        r#"{"orderId": "o-8"}"#,
+    ]);
+    let third = eventually(Duration::from_secs(20), "the new wait", || {
+        let id = env.json(&["runs"])[0]["id"].as_str()?.to_owned();
+        (id != new_id && id != run && env.state_of(&id, "pay") == "parked").then_some(id)
+    });
+    let delivered = env.json(&["signal", "payment.o-8", "-d", "7"]);
+    assert_eq!(delivered["delivered"][0]["task"], "pay", "{delivered}");
+    eventually(Duration::from_secs(20), "the next approval", || {
+        (env.state_of(&third, "review") == "parked").then_some(())
+    });
+    env.ok(&[
+        "approve", &third, "review", "--reject", "--as", "alice", "-m", "no",
+    ]);
+    let status = fresh.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success(), "a rejection fails the run");
+    assert_eq!(env.state_of(&third, "review"), "dead");
+    assert_eq!(env.state_of(&third, "ship"), "cancelled");
+}
