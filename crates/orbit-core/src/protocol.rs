@@ -223,6 +223,23 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// `POST /api/v1/worker/signal` with a task token: a handler sends a signal (`ctx.send_signal`),
+/// as `POST /api/v1/signals/{name}` does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignalRequest {
+    pub task_run_id: Uuid,
+    pub name: String,
+    /// What the waiting tasks get as their output.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+    /// How long it is kept when no task waits yet (`10m`; 24h when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
 /// `POST /api/v1/callback/{runId}` with a task token: how the attempt ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

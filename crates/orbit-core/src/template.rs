@@ -71,6 +71,9 @@ pub fn render_str<S: Serialize>(template: &str, ctx: &S) -> Result<String, Strin
         })
 }
 
+/// minijinja's global functions: names a template may call without them being in its context.
+const GLOBAL_FUNCTIONS: [&str; 4] = ["range", "dict", "namespace", "debug"];
+
 /// The top-level names `template` uses that are not among `allowed` (`input`, `tasks`, ...);
 /// an error names them, or the template's syntax error.
 pub fn check_names(template: &str, allowed: &[&str]) -> Result<(), String> {
@@ -80,7 +83,9 @@ pub fn check_names(template: &str, allowed: &[&str]) -> Result<(), String> {
     let mut unknown: Vec<String> = parsed
         .undeclared_variables(false)
         .into_iter()
-        .filter(|name| !allowed.contains(&name.as_str()))
+        .filter(|name| {
+            !allowed.contains(&name.as_str()) && !GLOBAL_FUNCTIONS.contains(&name.as_str())
+        })
         .collect();
     if unknown.is_empty() {
         return Ok(());
@@ -189,5 +194,18 @@ mod tests {
         assert!(err.contains("input.orderID"), "{err}");
         let err = render_str("v{{ input.nope }}", &ctx(&input, &out)).unwrap_err();
         assert!(err.contains("undefined"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::check_names;
+
+    #[test]
+    fn global_functions_are_not_unknown_names() {
+        assert!(check_names("{{ range(input.n) | list }}", &["input"]).is_ok());
+        assert!(check_names("{{ dict(a=input.x) }}", &["input"]).is_ok());
+        let err = check_names("{{ tasks.a.output }}", &["input"]).unwrap_err();
+        assert!(err.contains("uses tasks"), "{err}");
     }
 }

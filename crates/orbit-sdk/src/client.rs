@@ -282,7 +282,12 @@ impl Client {
         }
         let query: Vec<(&str, String)> = task.map(|t| ("task", t.to_owned())).into_iter().collect();
         let a: Answer = self
-            .send(reqwest::Method::GET, &format!("/runs/{}/why", segment(run)), None, &query)
+            .send(
+                reqwest::Method::GET,
+                &format!("/runs/{}/why", segment(run)),
+                None,
+                &query,
+            )
             .await?;
         Ok(a.why)
     }

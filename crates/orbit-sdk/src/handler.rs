@@ -147,6 +147,18 @@ impl From<reqwest::Error> for TaskError {
 pub(crate) type ProgressSink =
     Arc<dyn Fn(f64, Option<String>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Sends a signal: to the orchestrator, or to stderr under `run_local`. Gives what sending it
+/// did (`{"delivered", "kept"}`) or why it could not.
+pub(crate) type SignalSink = Arc<
+    dyn Fn(
+            String,
+            Value,
+            Option<String>,
+        ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// One attempt's view of its task.
 #[derive(Clone)]
 pub struct Context {
@@ -162,6 +174,7 @@ pub struct Context {
     pub(crate) effect_key: String,
     pub log: Logger,
     pub(crate) progress: ProgressSink,
+    pub(crate) signals: SignalSink,
 }
 
 impl fmt::Debug for Context {
@@ -185,6 +198,21 @@ impl Context {
     /// external systems the handler calls, so a retry does not charge a card twice.
     pub fn effect_key(&self) -> &str {
         &self.effect_key
+    }
+
+    /// Sends Orbit signal `name` (what `orbit signal` and `POST /signals/{name}` send): every
+    /// `wait` task parked on it gets `payload` as its output; with none waiting yet, it is kept
+    /// (`ttl` such as `"10m"`, 24 h when `None`) for the first that waits. Gives
+    /// `{"delivered": [{"runId", "task"}], "kept"}`; a failure to send is a retryable error.
+    pub async fn send_signal(
+        &self,
+        name: &str,
+        payload: Value,
+        ttl: Option<&str>,
+    ) -> Result<Value, TaskError> {
+        (self.signals)(name.to_owned(), payload, ttl.map(str::to_owned))
+            .await
+            .map_err(|e| TaskError::retry(format!("signal `{name}` not sent: {e}")))
     }
 
     /// Reports progress (0.0 to 1.0) with a message; it also keeps the attempt's lease.

@@ -85,6 +85,13 @@ pub async fn run_local_with(
                 );
             })
         }),
+        // No orchestrator here: the signal is shown, and nothing waits for it.
+        signals: Arc::new(|name, payload, _ttl| {
+            Box::pin(async move {
+                eprintln!("[signal {name}] {payload}");
+                Ok(serde_json::json!({"delivered": [], "kept": false}))
+            })
+        }),
     };
     let result = registered.handler.call(ctx).await;
     for line in log.lines() {

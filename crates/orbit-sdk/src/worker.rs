@@ -349,6 +349,7 @@ impl Worker {
             effect_key: a.effect_key.clone(),
             log: log.clone(),
             progress: progress_sink(client, &a),
+            signals: signal_sink(client, &a),
         };
         let lost = CancellationToken::new();
         let beats = tokio::spawn(heartbeats(
@@ -377,6 +378,26 @@ impl Worker {
             tracing::warn!(error = %e, task = %a.task, "callback not recorded");
         }
     }
+}
+
+/// What `ctx.send_signal` sends, with the attempt's task token.
+fn signal_sink(client: &Client, a: &Assignment) -> crate::handler::SignalSink {
+    let (client, a) = (client.clone(), a.clone());
+    Arc::new(move |name, payload, ttl| {
+        let (client, a) = (client.clone(), a.clone());
+        Box::pin(async move {
+            let req = orbit_core::protocol::SignalRequest {
+                task_run_id: a.task_run_id,
+                name,
+                payload,
+                ttl,
+            };
+            client
+                .task_request("/api/v1/worker/signal", &a.token, &req)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// What `ctx.progress` sends: the attempt's progress, recorded by the orchestrator.

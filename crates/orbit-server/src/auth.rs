@@ -76,6 +76,7 @@ fn is_worker_protocol(path: &str) -> bool {
             | "/api/v1/worker/poll"
             | "/api/v1/heartbeat"
             | "/api/v1/progress"
+            | "/api/v1/worker/signal"
             | "/api/v1/grant"
     ) || path.starts_with("/api/v1/callback/")
 }

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from orbit_sdk import AsyncClient, Client, Context, Fatal, OrbitError, Pipeline, RetryAfter, Worker
+from orbit_sdk.context import _Done
 from support import KEY, ROOT, Api, Server, start_postgres, start_server, task
 
 EXAMPLE = ROOT / "examples" / "worker-py"
@@ -308,7 +309,17 @@ async def test_the_client_signals_approves_reruns_explains_and_draws_the_timelin
         return f"shipped {ctx.upstream('pay')['amount']} for {ctx.upstream('review')['decidedBy']}"
 
     gate.attach(w)
+    notifier = Pipeline("notifier")
+
+    @notifier.task()
+    def notify(ctx: Context) -> bool:
+        sent = ctx.send_signal(f"paid.{ctx.input['id']}", {"amount": 3})
+        assert isinstance(sent, _Done)
+        return bool(sent.value["kept"])
+
+    notifier.attach(w)
     async with running(w):
+        await api.until("/api/v1/pipelines/notifier", lambda b: True)
         await api.until("/api/v1/pipelines/gate", lambda b: True)
         async with AsyncClient(server.base) as client:
             run = (await client.trigger("gate", {"id": "p-1"}))["run"]["id"]
@@ -342,6 +353,15 @@ async def test_the_client_signals_approves_reruns_explains_and_draws_the_timelin
             assert again["reused"] == ["pay", "review"] and again["run"]["rerunOf"] == run
             redone = await client.wait_for_run(again["run"]["id"], timeout=30, interval=0.05)
             assert task(redone, "ship")["output"] == "shipped 5 for ann"
+            # A handler sends a signal before anything waits for it: the next wait takes it.
+            sender = (await client.trigger("notifier", {"id": "p-2"}))["run"]["id"]
+            assert task(await client.wait_for_run(sender, timeout=30, interval=0.05), "notify")["output"] is True
+            second = (await client.trigger("gate", {"id": "p-2"}))["run"]["id"]
+            run = second
+            await parked("review")
+            await client.approve(second, "review", by="ann")
+            paid = await client.wait_for_run(second, timeout=30, interval=0.05)
+            assert task(paid, "ship")["output"] == "shipped 3 for ann"
     with Client(server.base) as sync:
         kept = sync.signal("nobody.waits", None, ttl="5m")
         assert kept["kept"] and kept["delivered"] == []

@@ -35,6 +35,11 @@ export async function runLocal<O = any>(worker: Worker, task: string, run: Local
       progress: async (fraction, message) => {
         process.stderr.write(`[progress ${Math.round(fraction * 100)}%] ${message ?? ""}\n`);
       },
+      // No orchestrator here: the signal is shown, and nothing waits for it.
+      sendSignal: async (name, payload = null) => {
+        process.stderr.write(`[signal ${name}] ${JSON.stringify(payload)}\n`);
+        return { delivered: [], kept: false };
+      },
       signal: abort.signal,
     }),
   );

@@ -46,8 +46,23 @@ export interface TaskContext<I = any> {
   log: Logger;
   /** Records progress (0..1) and renews the lease. */
   progress(fraction: number, message?: string): Promise<void>;
+  /**
+   * Sends Orbit signal `name` (what `orbit signal` and `POST /signals/{name}` send): every `wait`
+   * task parked on it gets `payload` as its output; with none waiting yet, it is kept (`ttl`,
+   * 24h by default) for the first that waits. (`signal` is the attempt's AbortSignal, as Node
+   * APIs name it.)
+   */
+  sendSignal(name: string, payload?: unknown, options?: { ttl?: string }): Promise<SignalSent>;
   /** Aborted when the attempt's lease is lost or it times out: stop, nothing you send counts. */
   signal: AbortSignal;
+}
+
+/** What sending a signal did. */
+export interface SignalSent {
+  /** The `wait` tasks it woke, each once. */
+  delivered: { runId: string; task: string }[];
+  /** None waited: it is kept for the first that does. */
+  kept: boolean;
 }
 
 /** A result that also chooses which of the task's `allowedNext` run. */

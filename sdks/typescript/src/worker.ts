@@ -7,7 +7,7 @@ import { codeHash } from "./hash.js";
 import { keyTemplate } from "./idempotency.js";
 import { sign, verify } from "./jwt.js";
 import { hydrate, storeOutput } from "./objects.js";
-import { FatalError, RetryAfterError, type Assignment, type Handler, type Json, type Logger, type TaskContext, type TaskOptions, type TaskResult } from "./types.js";
+import { FatalError, RetryAfterError, type Assignment, type Handler, type Json, type Logger, type SignalSent, type TaskContext, type TaskOptions, type TaskResult } from "./types.js";
 
 export interface WorkerOptions {
   /** Where `orbit server` listens, e.g. `http://127.0.0.1:3000` (PIPEWEAVE_ORCHESTRATOR_URL / ORBIT_URL when absent). */
@@ -293,6 +293,8 @@ export class Worker {
         progress: async (fraction, message) => {
           await this.call("/api/v1/progress", a.token, { taskRunId: a.taskRunId, progress: fraction, message }).catch(leaseLost);
         },
+        sendSignal: async (name, payload = null, options = {}) =>
+          (await this.call("/api/v1/worker/signal", a.token, { taskRunId: a.taskRunId, name, payload, ...options })) as SignalSent,
         signal: abort.signal,
       };
       const stopped = new Promise<never>((_, reject) => {

@@ -285,10 +285,14 @@ describe("workers in this process", () => {
         { name: "ship", handler: async (ctx) => `shipped ${ctx.upstream.pay.amount} for ${ctx.upstream.review.decidedBy}` },
       ],
     }).attach(w);
+    definePipeline({
+      name: "notifier",
+      steps: [{ name: "notify", handler: async (ctx) => (await ctx.sendSignal(`paid.${ctx.input.id}`, { amount: 3 })).kept }],
+    }).attach(w);
     const running = w.start();
     const client = new OrbitClient({ url: s.base });
     for (let i = 0; i < 100; i++) {
-      if ((await api(s.base, "GET", "/api/v1/pipelines/gate")).status === 200) break;
+      if ((await api(s.base, "GET", "/api/v1/pipelines/notifier")).status === 200) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     const { run } = await client.trigger("gate", { id: "t-1" });
@@ -323,6 +327,17 @@ describe("workers in this process", () => {
     assert.equal(again.run.rerunOf, run.id);
     const redone = await client.waitForRun(again.run.id, { timeoutMs: 30_000, intervalMs: 50 });
     assert.equal(task(redone, "ship").output, "shipped 9 for ann", "the kept outputs reached the step run again");
+    // A handler sends a signal before anything waits for it: the wait that comes next takes it.
+    const sender = await client.waitForRun((await client.trigger("notifier", { id: "t-2" })).run.id, { timeoutMs: 30_000, intervalMs: 50 });
+    assert.equal(task(sender, "notify").output, true, "kept");
+    const second = (await client.trigger("gate", { id: "t-2" })).run.id;
+    for (let i = 0; i < 300; i++) {
+      if ((await client.getRun(second)).tasks.find((t) => t.taskName === "review")?.state === "parked") break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await client.approve(second, "review", { by: "ann" });
+    const paid = await client.waitForRun(second, { timeoutMs: 30_000, intervalMs: 50 });
+    assert.equal(task(paid, "ship").output, "shipped 3 for ann");
     await w.stop();
     await running;
   });

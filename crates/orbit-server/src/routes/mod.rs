@@ -68,6 +68,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(protocol::poll))
         .routes(routes!(protocol::heartbeat))
         .routes(routes!(protocol::progress))
+        .routes(routes!(protocol::signal))
         .routes(routes!(protocol::callback))
         .routes(routes!(storage::grant))
         .routes(routes!(protocol::service_tasks))

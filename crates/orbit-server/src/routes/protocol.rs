@@ -314,6 +314,23 @@ pub async fn progress(
         .await?)
 }
 
+/// A handler's `ctx.send_signal`: sends a signal as `POST /signals/{name}` does, with its
+/// attempt's task token.
+#[utoipa::path(post, path = "/worker/signal", tag = "worker protocol",
+    request_body = orbit_core::protocol::SignalRequest,
+    responses((status = 200, body = crate::routes::signals::Signalled), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn signal(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<orbit_core::protocol::SignalRequest>, JsonRejection>,
+) -> ApiResult<Json<crate::routes::signals::Signalled>> {
+    let Json(req) = body?;
+    task(&s, &headers, req.task_run_id)?;
+    crate::routes::signals::send(&s, req.name, req.payload, req.ttl.as_deref())
+        .await
+        .map(Json)
+}
+
 /// How the attempt ended: output (and `runNext`) or error. 409 when the lease was lost; the
 /// result is then not kept.
 #[utoipa::path(post, path = "/callback/{run_id}", tag = "worker protocol",

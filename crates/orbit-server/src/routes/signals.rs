@@ -60,13 +60,25 @@ pub async fn signal(
 ) -> ApiResult<Json<Signalled>> {
     let Path(name) = name?;
     let Query(q) = q?;
+    send(&s, name, payload.unwrap_or(Value::Null), q.ttl.as_deref())
+        .await
+        .map(Json)
+}
+
+/// Sends a signal: the API's route, and a worker's `ctx.send_signal`.
+pub async fn send(
+    s: &AppState,
+    name: String,
+    payload: Value,
+    ttl: Option<&str>,
+) -> ApiResult<Signalled> {
     if !orbit_core::params::is_valid_event(&name) {
         return Err(ApiError::bad_request(format!(
             "`{}` is not a signal name (letters, digits, `-`, `_`, `.`, `:`, `@`; at most 200)",
             orbit_core::echo::echo(&name)
         )));
     }
-    let ttl = match q.ttl.as_deref() {
+    let ttl = match ttl {
         None => parks::DEFAULT_SIGNAL_TTL,
         Some(t) => orbit_core::duration::parse(t)
             .map_err(|e| ApiError::bad_request(format!("`ttl`: {e}")))?,
@@ -78,11 +90,8 @@ pub async fn signal(
     }
     let now = Utc::now();
     let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or_default();
-    let out = s
-        .store
-        .signal(&name, &payload.unwrap_or(Value::Null), expires_at, now)
-        .await?;
-    Ok(Json(Signalled {
+    let out = s.store.signal(&name, &payload, expires_at, now).await?;
+    Ok(Signalled {
         name,
         delivered: out
             .delivered
@@ -91,7 +100,7 @@ pub async fn signal(
             .collect(),
         kept: out.kept,
         expires_at: out.kept.then_some(expires_at),
-    }))
+    })
 }
 
 #[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]

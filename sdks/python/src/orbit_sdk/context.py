@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 Report = Callable[[float, "str | None"], Coroutine[Any, Any, None]]
+Send = Callable[[str, Any, "str | None"], Coroutine[Any, Any, dict[str, Any]]]
 
 _MISSING: Any = object()
 
@@ -42,11 +43,23 @@ def attempt_logger(task: str, lines: list[str]) -> logging.Logger:
 
 
 class _Done:
-    """The result of a progress report a `def` handler already waited for: awaiting it is a no-op."""
+    """The result of a call a `def` handler already waited for: awaiting it gives the value."""
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
         yield
+
+
+async def _shown(name: str, payload: Any, _ttl: str | None) -> dict[str, Any]:
+    """`send_signal` with no orchestrator (`run_local`): shown on stderr; nothing waits for it."""
+    import json
+    import sys
+
+    print(f"[signal {name}] {json.dumps(payload)}", file=sys.stderr)
+    return {"delivered": [], "kept": False}
 
 
 class Context:
@@ -66,6 +79,7 @@ class Context:
         effect_key: str,
         loop: asyncio.AbstractEventLoop,
         report: Report,
+        send: Send = _shown,
     ) -> None:
         self.input = input
         self.upstreams = upstream
@@ -82,6 +96,7 @@ class Context:
         handler should check it in long loops (an `async def` one is cancelled instead)."""
         self._loop = loop
         self._report = report
+        self._send = send
         self._log: logging.Logger | None = None
 
     def upstream(self, task: str, default: Any = _MISSING) -> Any:
@@ -98,6 +113,19 @@ class Context:
         if self._log is None:
             self._log = attempt_logger(self.task, self.lines)
         return self._log
+
+    def send_signal(self, name: str, payload: Any = None, *, ttl: str | None = None) -> Awaitable[dict[str, Any]]:
+        """Sends Orbit signal `name` (what `orbit signal` and `POST /signals/{name}` send): every
+        `wait` task parked on it gets `payload` as its output; with none waiting yet, it is kept
+        (`ttl`, 24h by default) for the first that waits. Gives `{"delivered", "kept"}`; await it
+        in an `async def` handler, a `def` handler's call returns it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return asyncio.ensure_future(self._send(name, payload, ttl))
+        return _Done(asyncio.run_coroutine_threadsafe(self._send(name, payload, ttl), self._loop).result())
 
     def progress(self, fraction: float, message: str | None = None) -> Awaitable[None]:
         """Records progress (0..1) and renews the lease. Await it in an `async def` handler; a

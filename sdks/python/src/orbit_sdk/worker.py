@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import jwt
@@ -437,6 +437,11 @@ class Worker:
                     raise LeaseLost("the attempt's lease was lost") from error
                 raise
 
+        async def send(name: str, payload: Any, ttl: str | None) -> dict[str, Any]:
+            body = _compact({"taskRunId": a["taskRunId"], "name": name, "ttl": ttl})
+            body["payload"] = payload
+            return cast(dict[str, Any], await self.call("/api/v1/worker/signal", a["token"], body))
+
         return Context(
             input=input,
             upstream=upstream,
@@ -449,6 +454,7 @@ class Worker:
             effect_key=a["effectKey"],
             loop=asyncio.get_running_loop(),
             report=report,
+            send=send,
         )
 
     def _lost(self, state: _Attempt) -> None:
