@@ -586,7 +586,7 @@ pub struct CancelPlan {
     pub outcome: AttemptOutcome,
     pub error: &'static str,
     pub log: &'static str,
-    pub unfinished: [&'static str; 3],
+    pub unfinished: [&'static str; 4],
     pub event: Event,
 }
 
@@ -601,7 +601,7 @@ pub fn cancel(run: Uuid, state: RunState) -> crate::Result<CancelPlan> {
         outcome: AttemptOutcome::Cancelled,
         error: "cancelled by user",
         log: "[orbit] attempt cancelled by user",
-        unfinished: ["waiting", "ready", "running"],
+        unfinished: ["waiting", "ready", "parked", "running"],
         event: Event::run(run, EventKind::RunCancelled),
     })
 }

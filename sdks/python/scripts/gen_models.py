@@ -9,6 +9,7 @@ cannot drift.
 from __future__ import annotations
 
 import json
+import keyword
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,13 @@ def typed_dict(name: str, schema: dict[str, Any]) -> str:
                 bases.append(ref_name(part["$ref"]))
             else:
                 parts.append(part)
+    props = [(key, prop, set(part.get("required", []))) for part in parts for key, prop in sorted((part.get("properties") or {}).items())]
+    if not bases and any(keyword.iskeyword(key) or not key.isidentifier() for key, _, _ in props):
+        # A field named like a Python keyword (`from`) needs the functional form.
+        doc = (schema.get("description") or "").strip().splitlines()
+        fields = ", ".join(f"{json.dumps(key)}: {annotation(prop) if key in required else f'NotRequired[{annotation(prop)}]'}" for key, prop, required in props)
+        comment = [f"# {doc[0]}"] if doc else []
+        return "\n".join([*comment, f"{name} = TypedDict({json.dumps(name)}, {{{fields}}})"])
     lines = [f"class {name}({', '.join(bases) or 'TypedDict'}):"]
     doc = (schema.get("description") or "").strip().splitlines()
     if doc:

@@ -818,6 +818,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/worker/signal": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A handler's `ctx.send_signal`: sends a signal as `POST /signals/{name}` does, with its
+         *     attempt's task token.
+         */
+        post: operations["worker_protocol_signal"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workers/health": {
         parameters: {
             query?: never;
@@ -1539,9 +1559,9 @@ export interface components {
             /** @description The task to run again, with everything downstream of it. */
             from: string;
             /** @description Another run input; the old run's when absent. */
-            input: Record<string, never>;
+            input?: Record<string, never>;
             /** @description Other outputs for `from`'s upstream tasks, by task name. */
-            upstream: Record<string, never>;
+            upstream?: Record<string, never>;
         };
         /**
          * @description What a re-run from `from` would start with, to edit: the run's input and the outputs of
@@ -1708,6 +1728,19 @@ export interface components {
              * @description At most so many task runs with this key run at once (1 to 1000000).
              */
             limit: number;
+        };
+        /**
+         * @description `POST /api/v1/worker/signal` with a task token: a handler sends a signal (`ctx.send_signal`),
+         *     as `POST /api/v1/signals/{name}` does.
+         */
+        SignalRequest: {
+            name: string;
+            /** @description What the waiting tasks get as their output. */
+            payload?: Record<string, never>;
+            /** Format: uuid */
+            taskRunId: string;
+            /** @description How long it is kept when no task waits yet (`10m`; 24h when absent). */
+            ttl?: string | null;
         };
         Signalled: {
             /** @description The `wait` tasks it woke, each once. */
@@ -3644,6 +3677,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PollResponse"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    worker_protocol_signal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignalRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Signalled"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {

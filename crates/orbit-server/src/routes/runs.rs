@@ -536,9 +536,11 @@ pub struct RerunBody {
     /// The task to run again, with everything downstream of it.
     pub from: String,
     /// Another run input; the old run's when absent.
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub input: Option<serde_json::Value>,
     /// Other outputs for `from`'s upstream tasks, by task name.
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub upstream: Option<serde_json::Map<String, serde_json::Value>>,
 }

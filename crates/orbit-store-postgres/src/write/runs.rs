@@ -196,14 +196,12 @@ pub async fn cancel_run(pool: &PgPool, run: Uuid, now: DateTime<Utc>) -> Result<
         .map_err(unavailable)?;
     sqlx::query(
         "UPDATE task_runs SET state = 'cancelled', error = $3, finished_at = $1, updated_at = $1, \
-         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state IN ($4, $5, $6)",
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_id = $2 AND state = ANY($4)",
     )
     .bind(now)
     .bind(run)
     .bind(cancel.error)
-    .bind(cancel.unfinished[0])
-    .bind(cancel.unfinished[1])
-    .bind(cancel.unfinished[2])
+    .bind(&cancel.unfinished[..])
     .execute(&mut *tx)
     .await
     .map_err(unavailable)?;

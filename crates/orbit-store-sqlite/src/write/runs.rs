@@ -175,14 +175,15 @@ pub async fn cancel_run(writer: &Writer, run: Uuid, now: DateTime<Utc>) -> Resul
             exec(
                 t,
                 "UPDATE task_runs SET state = 'cancelled', error = ?3, finished_at = ?1, updated_at = ?1, \
-                 lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN (?4, ?5, ?6)",
+                 lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?2 AND state IN (?4, ?5, ?6, ?7)",
                 params![
                     now,
                     run.to_string(),
                     cancel.error,
                     cancel.unfinished[0],
                     cancel.unfinished[1],
-                    cancel.unfinished[2]
+                    cancel.unfinished[2],
+                    cancel.unfinished[3]
                 ],
             )?;
             exec(

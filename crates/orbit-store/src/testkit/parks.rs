@@ -256,4 +256,9 @@ pub async fn a_decision_is_recorded_once(store: &dyn Store) {
         store.decide(other, "review", &yes, t0()).await,
         Err(StoreError::Conflict(_))
     ));
+    // Cancelling a run cancels its parked task runs too (and none wakes later).
+    store.cancel_run(other, t0()).await.unwrap();
+    assert_eq!(states(store, other).await[0].1, TaskState::Cancelled);
+    let later = claim(store, None, 10, t0() + secs(120)).await;
+    assert!(later.is_empty(), "{later:?}");
 }

@@ -361,10 +361,7 @@ class Rerun(TypedDict):
     run: RunRecord
 
 
-class RerunBody(TypedDict):
-    from: str
-    input: dict[str, Any]
-    upstream: dict[str, Any]
+RerunBody = TypedDict("RerunBody", {"from": str, "input": NotRequired[dict[str, Any]], "upstream": NotRequired[dict[str, Any]]})
 
 
 class RerunContext(TypedDict):
@@ -433,12 +430,7 @@ class RunRecord(TypedDict):
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
-class Segment(TypedDict):
-    attempt: NotRequired[int | None]
-    from: str
-    kind: str
-    outcome: NotRequired[str | None]
-    to: str
+Segment = TypedDict("Segment", {"attempt": NotRequired[int | None], "from": str, "kind": str, "outcome": NotRequired[str | None], "to": str})
 
 
 class Service(NodeRecord):
@@ -457,6 +449,14 @@ class ServiceTask(TypedDict):
 
 class SetLimit(TypedDict):
     limit: int
+
+
+class SignalRequest(TypedDict):
+    """`POST /api/v1/worker/signal` with a task token: a handler sends a signal (`ctx.send_signal`),"""
+    name: str
+    payload: NotRequired[dict[str, Any]]
+    taskRunId: str
+    ttl: NotRequired[str | None]
 
 
 class Signalled(TypedDict):
