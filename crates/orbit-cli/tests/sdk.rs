@@ -974,3 +974,124 @@ async fn a_rust_handler_mapped_over_a_list_gets_one_element_each() {
     let doubled: Vec<i64> = numbers.iter().map(|n| n * 2).collect();
     assert_eq!(task(&done, "double")["output"], json!(doubled));
 }
+
+/// The Rust SDK's side of waits: a handler's `ctx.send_signal` wakes a `wait` of another run;
+/// the client explains it, approves the approval that follows (refused to a stranger), draws
+/// the timeline and re-runs the run from its last task.
+#[tokio::test]
+async fn a_rust_handler_signals_and_the_client_approves_and_reruns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = start(dir.path(), &db);
+    let api = Api::new(&s);
+    let mut worker = rust_worker(&s, "notifier");
+    worker.register("notify", |ctx: orbit_sdk::Context| async move {
+        let id = ctx.input["id"].as_str().unwrap_or_default().to_owned();
+        let sent = ctx
+            .send_signal(&format!("paid.{id}"), json!({"amount": 4}), Some("10m"))
+            .await?;
+        Ok(sent)
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    save_yaml(
+        &api,
+        "name: gate\ntasks:\n  - {name: pay, type: wait, event: \"paid.{{ input.id }}\"}\n  - {name: review, type: approval, approvers: [ann], needs: pay}\n  - {name: ship, type: shell, command: \"echo {{ tasks.pay.output.amount }}\", needs: [pay, review]}\n",
+    )
+    .await;
+    save_yaml(
+        &api,
+        "name: notify\ntasks:\n  - {name: notify, type: worker}\n",
+    )
+    .await;
+    let client = orbit_sdk::Client::new(&s.base);
+    let gate = client
+        .trigger("gate", json!({"id": "r-1"}), None)
+        .await
+        .expect("trigger");
+    let end = Instant::now() + Duration::from_secs(20);
+    while client
+        .get_run(&gate.id)
+        .await
+        .expect("run")
+        .task("pay")
+        .map(|t| t.state.as_str())
+        != Some("parked")
+    {
+        assert!(Instant::now() < end, "pay never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let why = client.why(&gate.id, Some("pay")).await.expect("why");
+    assert!(
+        why[0].reason.contains("waiting for signal `paid.r-1`"),
+        "{why:?}"
+    );
+    let sender = client
+        .trigger("notify", json!({"id": "r-1"}), None)
+        .await
+        .expect("trigger");
+    let sent = client
+        .wait_for_run(
+            &sender.id,
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("notify");
+    let out = &sent.task("notify").expect("notify").output;
+    assert_eq!(out["delivered"][0]["task"], "pay", "{out}");
+    assert_eq!(out["kept"], false);
+    while client
+        .get_run(&gate.id)
+        .await
+        .expect("run")
+        .task("review")
+        .map(|t| t.state.as_str())
+        != Some("parked")
+    {
+        assert!(Instant::now() < end, "review never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = client
+        .decide(&gate.id, "review", true, Some("bob"), None)
+        .await
+        .expect_err("bob is no approver");
+    assert!(
+        matches!(refused, orbit_sdk::SdkError::Refused { status: 403, .. }),
+        "{refused}"
+    );
+    let decided = client
+        .decide(&gate.id, "review", true, Some("ann"), Some("go"))
+        .await
+        .expect("approve");
+    assert_eq!(decided.extra["wake"]["decidedBy"], "ann");
+    let done = client
+        .wait_for_run(&gate.id, Duration::from_secs(20), Duration::from_millis(50))
+        .await
+        .expect("done");
+    assert_eq!(done.run.state, "succeeded");
+    assert_eq!(done.task("ship").expect("ship").output, json!("4"));
+    let timeline = client.timeline(&gate.id).await.expect("timeline");
+    assert_eq!(timeline["lanes"].as_array().map(Vec::len), Some(3));
+    let again = client
+        .rerun(&gate.id, "ship", None, None)
+        .await
+        .expect("rerun");
+    assert_eq!(again.extra["rerunOf"], gate.id.as_str());
+    let redone = client
+        .wait_for_run(
+            &again.id,
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("redone");
+    assert_eq!(redone.task("ship").expect("ship").output, json!("4"));
+    let kept = client
+        .signal("nobody.waits", json!(null), None)
+        .await
+        .expect("signal");
+    assert!(kept.kept && kept.delivered.is_empty());
+    stop.cancel();
+    let _ = running.await;
+}
