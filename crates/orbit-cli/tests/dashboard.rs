@@ -1119,3 +1119,185 @@ async fn a_sub_run_and_its_parent_link_to_each_other() {
     no_errors(&c, "a sub-run").await;
     c.close().await.expect("close");
 }
+
+/// A run that waits for an approval: the page shows it with its message and approvers; a
+/// stranger's rejection is refused, the approver's approval is recorded (who, comment) and the
+/// run goes on; the timeline draws each task with the park and marks the critical path; "Re-run
+/// from here" makes a new run that keeps the earlier outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_a_timeline_and_a_rerun_from_the_run_page() {
+    let driver = chromedriver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("orbit.db").display());
+    let s = server(dir.path(), &db, &["--workers", "4"], &[]);
+    let api = Api {
+        base: s.base.clone(),
+        http: reqwest::Client::new(),
+    };
+    api.post(
+        "/api/v1/pipelines",
+        json!({"name": "release", "tasks": [
+            {"name": "build", "type": "shell", "command": ["sh", "-c", "sleep 0.3; echo built"]},
+            {"name": "test", "type": "shell", "command": ["sh", "-c", "sleep 0.2; echo ok"]},
+            {"name": "review", "type": "approval", "message": "Ship {{ input.version }}?", "approvers": ["ann"], "needs": ["build", "test"]},
+            {"name": "ship", "type": "shell", "command": "echo shipped {{ input.version }}", "needs": ["review"]}
+        ]}),
+    )
+    .await;
+    let run = api
+        .post(
+            "/api/v1/pipelines/release/trigger",
+            json!({"input": {"version": "1.4"}}),
+        )
+        .await;
+    let run = run["run"]["id"].as_str().expect("id").to_owned();
+
+    let profile = tempfile::tempdir().expect("profile");
+    let c = browser(&driver, profile.path(), &[]).await;
+    let base = s.base.trim_end_matches('/').to_owned();
+    open(&c, &base, &format!("/runs/{run}"), "#dag").await;
+    wait_js(
+        &c,
+        "the pending approval",
+        "const p = document.querySelector('#approvals .approval'); return p && p.textContent.includes('Ship 1.4?') && p.textContent.includes('ann')",
+    )
+    .await;
+    wait_js(
+        &c,
+        "the timeline's lanes",
+        "return document.querySelectorAll('#timeline .tl-lane').length === 4 && document.querySelector('#timeline .tl-lane[data-task=\"review\"] .k-parked')",
+    )
+    .await;
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    std::fs::write(
+        shots.join("approval.png"),
+        c.screenshot().await.expect("screenshot"),
+    )
+    .expect("write screenshot");
+    // A stranger: refused, and the approval stays.
+    c.execute(
+        "const p = document.querySelector('#approvals .approval'); p.querySelector('.approver').value = 'mallory'; p.querySelector('.reject').click();",
+        vec![],
+    )
+    .await
+    .expect("reject as mallory");
+    wait_js(
+        &c,
+        "the refusal",
+        "const t = document.getElementById('toast'); return t.textContent.includes('Reject failed') && t.textContent.includes('approvers are: ann')",
+    )
+    .await;
+    assert_eq!(api.run_state(&run).await, "running");
+    // The refused request is the only error the page saw so far.
+    let log = c.issue_cmd(BrowserLog).await.expect("browser log");
+    let severe: Vec<&Value> = log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(
+        severe.iter().all(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("decision") && m.contains("403"))),
+        "{severe:#?}"
+    );
+    c.execute(
+        "const p = document.querySelector('#approvals .approval'); p.querySelector('.approver').value = 'ann'; p.querySelector('.comment').value = 'tests are green'; p.querySelector('.approve').click();",
+        vec![],
+    )
+    .await
+    .expect("approve as ann");
+    api.wait_state(&run, "succeeded").await;
+    wait_js(
+        &c,
+        "the approval to go",
+        "return !document.querySelector('#approvals .approval')",
+    )
+    .await;
+    let detail = api.get(&format!("/api/v1/runs/{run}?taskLimit=10")).await;
+    let review = detail["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["taskName"] == "review"))
+        .cloned()
+        .expect("review");
+    assert_eq!(review["output"]["decidedBy"], "ann");
+    assert_eq!(review["output"]["comment"], "tests are green");
+    // The timeline of the finished run: the critical path goes through the slower of the two
+    // roots (build), the approval and ship.
+    let critical = wait_js(
+        &c,
+        "the critical path",
+        "const l = [...document.querySelectorAll('#timeline .tl-lane.critical')].map((e) => e.dataset.task); return l.length === 3 && l.join(',')",
+    )
+    .await;
+    assert_eq!(critical, json!("build,review,ship"));
+    c.execute(
+        "document.querySelector('#dag .node[data-task=\"review\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+        vec![],
+    )
+    .await
+    .expect("open review");
+    wait_js(
+        &c,
+        "who approved",
+        "const w = document.querySelector('#task .wake'); return w && w.textContent.includes('approved by ann') && w.textContent.includes('tests are green')",
+    )
+    .await;
+    std::fs::write(
+        shots.join("timeline.png"),
+        c.screenshot().await.expect("screenshot"),
+    )
+    .expect("write screenshot");
+    // Re-run from ship: a new run keeps build, test and review.
+    c.execute(
+        "document.querySelector('#dag .node[data-task=\"ship\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+        vec![],
+    )
+    .await
+    .expect("open ship");
+    // The panel is redrawn as events arrive: click in the page, not through a held element.
+    wait_js(
+        &c,
+        "the re-run button",
+        "const b = document.getElementById('rerun-here'); const h = document.querySelector('#task h2'); if (!b || !h || !h.textContent.includes('ship')) return false; b.click(); return true",
+    )
+    .await;
+    confirm(&c).await;
+    let rerun_of = wait_js(
+        &c,
+        "the new run's page",
+        "const a = document.getElementById('rerun-of'); return a && a.getAttribute('href')",
+    )
+    .await;
+    assert_eq!(rerun_of, json!(format!("/runs/{run}")));
+    let new_id = wait_js(
+        &c,
+        "the new run's id",
+        "return location.pathname.split('/').pop()",
+    )
+    .await;
+    let new_id = new_id.as_str().expect("id").to_owned();
+    assert_ne!(new_id, run);
+    api.wait_state(&new_id, "succeeded").await;
+    let kept = api
+        .get(&format!("/api/v1/runs/{new_id}?taskLimit=10"))
+        .await;
+    for t in kept["tasks"].as_array().expect("tasks") {
+        assert_eq!(t.get("origin").is_some(), t["taskName"] != "ship", "{t}");
+    }
+    wait_js(
+        &c,
+        "kept lanes",
+        "const l = [...document.querySelectorAll('#timeline .tl-lane')]; return l.filter((e) => e.textContent.includes('(kept)')).length === 3 && l.filter((e) => e.classList.contains('critical')).map((e) => e.dataset.task).join(',') === 'ship'",
+    )
+    .await;
+    std::fs::write(
+        shots.join("rerun.png"),
+        c.screenshot().await.expect("screenshot"),
+    )
+    .expect("write screenshot");
+    no_errors(&c, "approvals, timeline, re-run").await;
+    c.close().await.expect("close");
+}

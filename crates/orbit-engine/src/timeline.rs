@@ -158,7 +158,7 @@ fn segments_of(
 }
 
 /// Marks the chain that ended last: from the task that finished last, back through the
-/// upstream that finished last, to a root.
+/// upstream that finished last, to a root (or to a task a re-run kept).
 fn mark_critical(pipeline: &Pipeline, lanes: &mut [Lane], ends: &HashMap<&str, DateTime<Utc>>) {
     let mut at = lanes
         .iter()
@@ -166,7 +166,8 @@ fn mark_critical(pipeline: &Pipeline, lanes: &mut [Lane], ends: &HashMap<&str, D
         .max_by_key(|l| ends.get(l.task.as_str()))
         .map(|l| l.task.clone());
     while let Some(name) = at {
-        let Some(lane) = lanes.iter_mut().find(|l| l.task == name) else {
+        // A task taken over from an earlier run took no time in this one: the path ends there.
+        let Some(lane) = lanes.iter_mut().find(|l| l.task == name && !l.reused) else {
             break;
         };
         lane.critical = true;

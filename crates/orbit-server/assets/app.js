@@ -552,7 +552,8 @@ async function runDetail(id) {
           refresh();
         } catch (e) {
           ev.target.disabled = false;
-          showError(e);
+          if (e instanceof ApiError && e.status === 401) return signIn();
+          toast(`${decision === "approve" ? "Approve" : "Reject"} failed: ${e.message}`, true);
         }
       };
       el.querySelector(".approve").addEventListener("click", decide("approve"));
