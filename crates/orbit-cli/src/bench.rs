@@ -169,6 +169,21 @@ async fn one(
             map["children_per_sec"].as_f64().unwrap_or_default()
         );
     }
+    if let Some(s) = result["sleepers"].as_object() {
+        let mb = |k: &str| s[k].as_f64().unwrap_or_default() / 1_048_576.0;
+        println!(
+            "{:<10} {} parked in {:.0} ms ({:.0}/s); process RSS {:.1} MB before, {:.1} MB with all parked; woken {:.0}-{:.0} ms after their instant ({:.0}/s)",
+            "",
+            s["tasks"],
+            s["parked_in_ms"].as_f64().unwrap_or_default(),
+            s["parks_per_sec"].as_f64().unwrap_or_default(),
+            mb("rss_before_bytes"),
+            mb("rss_all_parked_bytes"),
+            s["first_woken_after_ms"].as_f64().unwrap_or_default(),
+            s["last_woken_after_ms"].as_f64().unwrap_or_default(),
+            s["woken_per_sec"].as_f64().unwrap_or_default()
+        );
+    }
     if let Some(cpu) = result["server_cpu_pct"].as_f64() {
         println!(
             "{:<10} server CPU {cpu:.0} %, workers CPU {:.0} % (of one core, while draining)",
@@ -259,6 +274,19 @@ pub(crate) fn pipeline(scenario: &Scenario, worker: bool) -> Pipeline {
                 fail_fast: false,
             });
             vec![each, noop("after".into(), vec!["each".into()], worker)]
+        }
+        Scenario::Sleepers { .. } => {
+            let mut sleepers = noop("sleepers".into(), vec![], false);
+            sleepers.params = json!({"until": "{{ input.at }}"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            sleepers.for_each = Some(orbit_core::pipeline::ForEach {
+                items: "{{ range(input.n) | list }}".into(),
+                allow_failures: 0.0,
+                fail_fast: false,
+            });
+            vec![sleepers]
         }
         Scenario::All { .. } => Vec::new(),
     };
@@ -352,11 +380,43 @@ async fn run_scenario(
         new.input = json!({ "items": (0..elements).collect::<Vec<_>>() });
         tasks += elements;
     }
+    let mut sleepers = None;
+    if let Scenario::Sleepers { tasks: n, wake_in } = *scenario {
+        anyhow::ensure!(
+            args.sdk.is_none() && args.workers == 0,
+            BadInput("bench sleepers runs in this process (no --sdk, no --workers)".into())
+        );
+        let at = Utc::now() + chrono::Duration::seconds(wake_in as i64);
+        new.input = json!({ "n": n, "at": at.to_rfc3339() });
+        tasks += n;
+        sleepers = Some((n, at));
+    }
     let run = store.create_run(new).await?.run;
     let enqueue = enqueue_started.elapsed();
     // The harness's copies of a 10k-task pipeline are not the engine's memory.
     drop((pipeline, stored));
     let started = Instant::now();
+    // While the sleepers park: when the last one did, and the process's memory then.
+    let parked_watch = sleepers.map(|(n, _)| {
+        let (store, id) = (store.clone(), run.id);
+        tokio::spawn(async move {
+            let baseline = rss_bytes();
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let parked: u64 = store
+                    .child_counts(id)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|c| c.state == orbit_core::TaskState::Parked)
+                    .map(|c| c.count)
+                    .sum();
+                if parked >= n as u64 {
+                    return (started.elapsed(), baseline, rss_bytes());
+                }
+            }
+        })
+    });
     let (state, elapsed, peak_rss) = if args.workers > 0 {
         let state = loop {
             let r = store.run(run.id).await?;
@@ -388,6 +448,29 @@ async fn run_scenario(
         Scenario::Map { elements } => map_figures(*elements, &attempts),
         _ => serde_json::Value::Null,
     };
+    let sleepers = match (sleepers, parked_watch) {
+        (Some((n, at)), Some(watch)) => {
+            let (parked_in, rss_before, rss_parked) = watch.await?;
+            let woken: Vec<&orbit_store::AttemptRecord> = attempts
+                .iter()
+                .filter(|a| a.task_name.starts_with("sleepers[") && a.outcome == "succeeded")
+                .collect();
+            let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            let first = woken.iter().map(|a| a.started_at).min().unwrap_or(at);
+            let last = woken.iter().map(|a| a.started_at).max().unwrap_or(at);
+            json!({
+                "tasks": n,
+                "parked_in_ms": parked_in.as_secs_f64() * 1000.0,
+                "parks_per_sec": n as f64 / parked_in.as_secs_f64(),
+                "rss_before_bytes": rss_before,
+                "rss_all_parked_bytes": rss_parked,
+                "first_woken_after_ms": ms(first - at),
+                "last_woken_after_ms": ms(last - at),
+                "woken_per_sec": n as f64 / (ms(last - first).max(1.0) / 1000.0),
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
     let (latency, samples) = latency(scenario, &attempts, &task_runs);
     let pct = |p: f64| percentile(&samples, p);
     let keys = match *scenario {
@@ -413,6 +496,7 @@ async fn run_scenario(
         "p99_ms": pct(0.99),
         "peak_rss_bytes": peak_rss,
         "map": map,
+        "sleepers": sleepers,
     }))
 }
 
@@ -485,6 +569,7 @@ pub(crate) fn scenario_name(scenario: &Scenario) -> &'static str {
         Scenario::Scale { .. } => "scale",
         Scenario::Retention { .. } => "retention",
         Scenario::Map { .. } => "map",
+        Scenario::Sleepers { .. } => "sleepers",
         Scenario::All { .. } => "all",
     }
 }

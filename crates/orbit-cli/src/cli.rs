@@ -466,6 +466,15 @@ pub enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         elements: usize,
     },
+    /// N tasks (a `for_each` of sleeps) parked until one instant --wake-in seconds ahead: how
+    /// fast they park, the process's memory while they sleep, and how close to the instant
+    /// they all run
+    Sleepers {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 30)]
+        wake_in: u64,
+    },
     /// Costs with big tables: drains --drain tasks on an empty store, then again with --runs x
     /// --tasks and one run of --big tasks queued; times the API's main views in-process
     Scale {
