@@ -158,7 +158,7 @@ fn parked_because(
             )
         }
         _ => match park.until {
-            Some(u) => format!("parked until {}", at(u)),
+            Some(u) => format!("sleeping until {}", at(u)),
             None => "parked".to_owned(),
         },
     }

@@ -329,7 +329,7 @@ async fn a_run_held_by_its_pipelines_key_is_explained() {
 
 /// `orbit why`'s lines, exactly, for each reason a task can wait: on a running upstream, in a
 /// backoff, asked to wait (throttled), behind a full key, behind a spent rate, for a worker of
-/// its queue, for its children.
+/// its queue, for its children; parked asleep, for a signal, for an approval.
 #[tokio::test]
 async fn why_names_each_reason_a_task_waits() {
     use orbit_core::transition::{Failure, Outcome, Transition};
@@ -348,8 +348,15 @@ async fn why_names_each_reason_a_task_waits() {
             ("r2", &[], 4),
             ("gpu", &[], 0),
             ("each", &[], 3),
+            ("nap", &[], 2),
+            ("pay", &[], 2),
+            ("review", &[], 2),
         ],
     );
+    p.tasks[12].params = serde_json::json!({"approvers": ["ann", "bob"]})
+        .as_object()
+        .cloned()
+        .unwrap();
     for (i, key) in [(4, "one"), (5, "one")] {
         p.tasks[i].concurrency = Some(orbit_core::pipeline::Concurrency {
             key: key.into(),
@@ -428,6 +435,15 @@ async fn why_names_each_reason_a_task_waits() {
         promote: Vec::new(),
         skip: Vec::new(),
     };
+    use orbit_core::transition::{Park, ParkKind};
+    let park = |kind, until: Option<i64>, event: Option<&str>, note: Option<&str>| {
+        Transition::Park(Park {
+            kind,
+            until: until.map(|s| t0 + Span::seconds(s)),
+            event: event.map(str::to_owned),
+            note: note.map(str::to_owned),
+        })
+    };
     store
         .finish_and_claim(
             &[
@@ -435,6 +451,9 @@ async fn why_names_each_reason_a_task_waits() {
                 ended("polite", later),
                 ended("each", expand),
                 ended("r1", ok),
+                ended("nap", park(ParkKind::Sleep, Some(3600), None, None)),
+                ended("pay", park(ParkKind::Signal, Some(1800), Some("paid.o-1"), None)),
+                ended("review", park(ParkKind::Approval, None, None, Some("Ship it?"))),
             ],
             None,
             t0,
@@ -458,6 +477,9 @@ async fn why_names_each_reason_a_task_waits() {
             "r2 ready: rate limited by `api` until 12:01:00.000",
             "gpu ready: ready, but no worker is claiming queue `gpu`",
             "each waiting: waiting for its children: 0/3 done, 0 running",
+            "nap parked: sleeping until 2026-11-26 13:00:00 UTC (in 59m58s)",
+            "pay parked: waiting for signal `paid.o-1` since 2026-11-26 12:00:00 UTC (2.0s ago); times out 2026-11-26 12:30:00 UTC (in 29m58s)",
+            "review parked: waiting for approval by ann or bob (Ship it?) since 2026-11-26 12:00:00 UTC (2.0s ago)",
         ]
     );
 }

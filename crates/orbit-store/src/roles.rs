@@ -304,9 +304,9 @@ pub trait Retention: Send + Sync + 'static {
     /// at most `limit`: what run retention deletes next.
     async fn settled_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<Uuid>>;
 
-    /// Forgets the attempt figures of minutes before `before`, and the rate limits' token
-    /// buckets that were full again by then (a full bucket is as good as none); how many cells
-    /// went.
+    /// Forgets the attempt figures of minutes before `before`, the rate limits' token buckets
+    /// that were full again by then (a full bucket is as good as none), and the kept signals
+    /// that had expired by then (no wait can take them); how many cells went.
     async fn forget_attempt_cells(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 

@@ -54,6 +54,11 @@ impl orbit_store::Retention for PgStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        sqlx::query("DELETE FROM signals WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         let done = sqlx::query("DELETE FROM attempt_cells WHERE minute < $1")
             .bind(before.timestamp().div_euclid(60))
             .execute(&self.pool)

@@ -246,6 +246,7 @@ pub async fn forget_attempt_cells(writer: &Writer, before: DateTime<Utc>) -> Res
                 "DELETE FROM rate_buckets WHERE updated_at + per_ms * 1000 < ?1",
                 [before],
             )?;
+            exec(t, "DELETE FROM signals WHERE expires_at < ?1", [before])?;
             exec(t, "DELETE FROM attempt_cells WHERE minute < ?1", [minute]).map(|n| n as u64)
         })
         .await

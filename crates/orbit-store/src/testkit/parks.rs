@@ -160,6 +160,13 @@ pub async fn a_signal_sent_before_its_wait_is_kept(store: &dyn Store) {
     assert_eq!(states(store, b).await[0].1, TaskState::Parked);
     let (c, _) = parked(store, &p, park(ParkKind::Signal, None, Some("stale"))).await;
     assert_eq!(states(store, c).await[0].1, TaskState::Parked);
+    // Retention forgets expired signals only: a new one still wakes `c` (it was kept before).
+    store.forget_attempt_cells(t0()).await.unwrap();
+    let out = store
+        .signal("stale", &json!("new"), t0() + secs(60), t0())
+        .await
+        .unwrap();
+    assert_eq!(out.delivered.len(), 1);
 }
 
 pub async fn a_wait_times_out_once(store: &dyn Store) {
