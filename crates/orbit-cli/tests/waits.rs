@@ -208,3 +208,39 @@ fn a_signal_an_approval_and_a_rerun_from_the_command_line() {
     assert_eq!(env.state_of(&third, "review"), "dead");
     assert_eq!(env.state_of(&third, "ship"), "cancelled");
 }
+
+/// A rejection routes like a `run_next` choice (`on_reject` runs, the other branch is skipped),
+/// and a wait's timeout with `on_timeout: skip` succeeds with `null` and skips what follows.
+#[test]
+fn a_rejection_routes_and_a_timeout_skips() {
+    let env = Env::new();
+    env.file(
+        "route.yaml",
+        "name: route\ntasks:\n  - name: gate\n    type: approval\n    allowed_next: [go, stop]\n    on_reject: stop\n  - {name: go, type: shell, command: 'echo go', needs: gate}\n  - {name: stop, type: shell, command: 'echo stop', needs: gate}\n  - name: late\n    type: wait\n    event: never.comes\n    timeout: 1s\n    on_timeout: skip\n  - {name: after_late, type: shell, command: 'echo no', needs: late}\n",
+    );
+    let mut running = env.spawn(&["run", "route.yaml"]);
+    let run = eventually(Duration::from_secs(20), "the approval to wait", || {
+        let id = env.json(&["runs"])[0]["id"].as_str()?.to_owned();
+        (env.state_of(&id, "gate") == "parked").then_some(id)
+    });
+    env.ok(&["approve", &run, "gate", "--reject", "--as", "ann", "-m", "not now"]);
+    let status = running.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "a routed rejection and a skipped timeout fail nothing");
+    let s = env.json(&["status", &run]);
+    let task = |n: &str| {
+        s["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["taskName"] == n))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(task("gate")["state"], "succeeded");
+    assert_eq!(task("gate")["output"]["approved"], false);
+    assert_eq!(task("gate")["output"]["run_next"], json!(["stop"]));
+    assert_eq!(task("go")["state"], "skipped");
+    assert_eq!(task("stop")["output"], "stop");
+    assert_eq!(task("late")["state"], "succeeded");
+    assert_eq!(task("late")["output"], Value::Null);
+    assert_eq!(task("after_late")["state"], "skipped");
+    assert_eq!(s["run"]["state"], "succeeded");
+}
