@@ -223,9 +223,14 @@ fn a_rejection_routes_and_a_timeout_skips() {
         let id = env.json(&["runs"])[0]["id"].as_str()?.to_owned();
         (env.state_of(&id, "gate") == "parked").then_some(id)
     });
-    env.ok(&["approve", &run, "gate", "--reject", "--as", "ann", "-m", "not now"]);
+    env.ok(&[
+        "approve", &run, "gate", "--reject", "--as", "ann", "-m", "not now",
+    ]);
     let status = running.wait_exit(Duration::from_secs(20)).expect("exits");
-    assert!(status.success(), "a routed rejection and a skipped timeout fail nothing");
+    assert!(
+        status.success(),
+        "a routed rejection and a skipped timeout fail nothing"
+    );
     let s = env.json(&["status", &run]);
     let task = |n: &str| {
         s["tasks"]

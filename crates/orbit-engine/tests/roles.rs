@@ -452,8 +452,14 @@ async fn why_names_each_reason_a_task_waits() {
                 ended("each", expand),
                 ended("r1", ok),
                 ended("nap", park(ParkKind::Sleep, Some(3600), None, None)),
-                ended("pay", park(ParkKind::Signal, Some(1800), Some("paid.o-1"), None)),
-                ended("review", park(ParkKind::Approval, None, None, Some("Ship it?"))),
+                ended(
+                    "pay",
+                    park(ParkKind::Signal, Some(1800), Some("paid.o-1"), None),
+                ),
+                ended(
+                    "review",
+                    park(ParkKind::Approval, None, None, Some("Ship it?")),
+                ),
             ],
             None,
             t0,

@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
             a_signal_sent_before_its_wait_is_kept,
             a_wait_times_out_once,
             a_decision_is_recorded_once,
+            a_rerun_takes_over_what_came_before_its_task,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {

@@ -269,3 +269,97 @@ pub async fn a_decision_is_recorded_once(store: &dyn Store) {
     let later = claim(store, None, 10, t0() + secs(120)).await;
     assert!(later.is_empty(), "{later:?}");
 }
+
+pub async fn a_rerun_takes_over_what_came_before_its_task(store: &dyn Store) {
+    // a -> b -> c, and x beside them: a re-run from b keeps a and x, runs b and c.
+    let p = pipeline(
+        "again",
+        &[
+            ("a", &[], 0),
+            ("b", &["a"], 0),
+            ("c", &["b"], 0),
+            ("x", &[], 0),
+        ],
+    );
+    let stored = store.save_pipeline(&p, None, t0()).await.unwrap();
+    let old = store
+        .create_run(new_run(&stored, json!({"n": 1}), t0()))
+        .await
+        .unwrap()
+        .run
+        .id;
+    let old_tasks = store.task_runs(old).await.unwrap();
+    let id_of = |n: &str| old_tasks.iter().find(|t| t.task_name == n).unwrap().id;
+    let mut new = new_run(&stored, json!({"n": 2}), t0());
+    new.triggered_by = crate::TriggeredBy::Rerun;
+    new.rerun = Some(crate::Rerun {
+        of: old,
+        from: "b".into(),
+        reused: vec![
+            crate::ReusedTask {
+                name: "a".into(),
+                origin: id_of("a"),
+                state: TaskState::Succeeded,
+                output: Some(json!({"rows": 3})),
+            },
+            crate::ReusedTask {
+                name: "x".into(),
+                origin: id_of("x"),
+                state: TaskState::Succeeded,
+                output: Some(json!("x")),
+            },
+        ],
+    });
+    let run = store.create_run(new).await.unwrap().run;
+    assert_eq!(run.rerun_of, Some(old));
+    assert_eq!(run.rerun_from.as_deref(), Some("b"));
+    assert_eq!(run.tasks_pending, 2, "b and c are left to run");
+    let tasks = store.task_runs(run.id).await.unwrap();
+    let t = |n: &str| tasks.iter().find(|t| t.task_name == n).unwrap().clone();
+    assert_eq!(
+        (
+            t("a").state,
+            t("a").origin,
+            t("a").output.clone(),
+            t("a").attempt
+        ),
+        (
+            TaskState::Succeeded,
+            Some(id_of("a")),
+            Some(json!({"rows": 3})),
+            0
+        )
+    );
+    assert_eq!(
+        (t("x").state, t("x").origin),
+        (TaskState::Succeeded, Some(id_of("x")))
+    );
+    assert_eq!(
+        (t("b").state, t("b").origin),
+        (TaskState::Ready, None),
+        "its need is met"
+    );
+    assert_eq!(t("c").state, TaskState::Waiting);
+    // Only b is claimable; its upstream output is the one taken over.
+    let got = claim(store, Some(run.id), 10, t0()).await;
+    assert_eq!(names(&got), ["b"]);
+    let outs = store.outputs(run.id, &["a".into()]).await.unwrap();
+    assert_eq!(outs, [("a".to_owned(), json!({"rows": 3}))]);
+    record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!(2)), t0()),
+    )
+    .await;
+    let got = claim(store, Some(run.id), 10, t0()).await;
+    assert_eq!(names(&got), ["c"]);
+    let out = record(
+        store,
+        finish(&p, &got[0], Outcome::Succeeded(json!(3)), t0()),
+    )
+    .await;
+    assert_eq!(
+        out.settled_runs,
+        [(run.id, orbit_core::RunState::Succeeded)],
+        "the re-run settles when what it ran is done"
+    );
+}
