@@ -3,57 +3,10 @@
 
 mod support;
 
-use assert_cmd::Command;
 use orbit_store::prelude::*;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{eventually, worker};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn db(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("orbit.db").display())
-    }
-
-    fn orbit(&self) -> Command {
-        let mut cmd = Command::cargo_bin("orbit").expect("orbit binary");
-        cmd.current_dir(self.dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("ORBIT_URL")
-            .env("ORBIT_DATABASE_URL", self.db());
-        cmd
-    }
-
-    fn file(&self, name: &str, text: &str) {
-        std::fs::write(self.dir.path().join(name), text).expect("write fixture");
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.orbit().args(args).output().expect("run orbit");
-        assert!(
-            out.status.success(),
-            "orbit {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).expect("json output")
-    }
-}
+use support::{CliEnv, eventually, worker};
 
 /// 10,000 children of a map sleep until one instant. Their engine is killed with -9 once they
 /// are all parked and another starts: every one runs within 1 s of the instant, and the
@@ -61,7 +14,7 @@ impl Env {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_sleepers_wake_together_after_a_restart() {
     const N: usize = 10_000;
-    let env = Env::new();
+    let env = CliEnv::new();
     env.file(
         "nap.yaml",
         "name: nap\ntasks:\n  - name: sleepers\n    type: sleep\n    for_each: \"{{ range(input.n) | list }}\"\n    until: \"{{ input.at }}\"\n",

@@ -3,87 +3,16 @@
 
 mod support;
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Proc, eventually};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn db(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("orbit.db").display())
-    }
-
-    fn orbit(&self) -> Command {
-        let mut cmd = Command::cargo_bin("orbit").expect("orbit binary");
-        cmd.current_dir(self.dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("ORBIT_URL")
-            .env("ORBIT_DATABASE_URL", self.db());
-        cmd
-    }
-
-    fn file(&self, name: &str, text: &str) {
-        std::fs::write(self.dir.path().join(name), text).expect("write fixture");
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.orbit().args(args).output().expect("run orbit");
-        assert!(
-            out.status.success(),
-            "orbit {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).expect("json output")
-    }
-
-    fn spawn(&self, args: &[&str]) -> Proc {
-        let child = std::process::Command::new(support::orbit_bin())
-            .current_dir(self.dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("ORBIT_URL")
-            .env("ORBIT_DATABASE_URL", self.db())
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("orbit");
-        Proc { child }
-    }
-
-    fn state_of(&self, run: &str, task: &str) -> String {
-        let s = self.json(&["status", run]);
-        s["tasks"]
-            .as_array()
-            .and_then(|t| t.iter().find(|t| t["taskName"] == task))
-            .and_then(|t| t["state"].as_str())
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
+use support::{CliEnv, eventually};
 
 /// A wait for a signal, an approval and a re-run, by hand as a user would: the signal comes
 /// before the wait and is kept; the approval is refused to a stranger and taken from an
 /// approver; the run is then re-run from its last task with the earlier outputs kept.
 #[test]
 fn a_signal_an_approval_and_a_rerun_from_the_command_line() {
-    let env = Env::new();
+    let env = CliEnv::new();
     env.file(
         "order.yaml",
         "name: order\ntasks:\n  - name: pay\n    type: wait\n    event: \"payment.{{ input.orderId }}\"\n    timeout: 1h\n  - name: review\n    type: approval\n    message: \"Ship order {{ input.orderId }}?\"\n    approvers: [alice]\n    needs: pay\n  - name: ship\n    type: shell\n    command: \"echo shipped {{ tasks.review.output.decidedBy }}\"\n    needs: review\n",
@@ -213,7 +142,7 @@ fn a_signal_an_approval_and_a_rerun_from_the_command_line() {
 /// and a wait's timeout with `on_timeout: skip` succeeds with `null` and skips what follows.
 #[test]
 fn a_rejection_routes_and_a_timeout_skips() {
-    let env = Env::new();
+    let env = CliEnv::new();
     env.file(
         "route.yaml",
         "name: route\ntasks:\n  - name: gate\n    type: approval\n    allowed_next: [go, stop]\n    on_reject: stop\n  - {name: go, type: shell, command: 'echo go', needs: gate}\n  - {name: stop, type: shell, command: 'echo stop', needs: gate}\n  - name: late\n    type: wait\n    event: never.comes\n    timeout: 1s\n    on_timeout: skip\n  - {name: after_late, type: shell, command: 'echo no', needs: late}\n",

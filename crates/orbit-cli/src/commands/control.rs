@@ -128,6 +128,16 @@ pub async fn requeue_and_drive(
         }
         return Ok(0);
     }
+    drive_to_the_end(store, run, json).await
+}
+
+/// Executes `run` here until it settles and says how it ended; exit status 0 when it
+/// succeeded.
+pub async fn drive_to_the_end(
+    store: &Arc<dyn Store>,
+    run: uuid::Uuid,
+    json: bool,
+) -> anyhow::Result<u8> {
     let run = store.run(run).await?;
     let pipeline = store.pipeline_version(run.pipeline_id).await?;
     let state = super::run::drive(store, &run, &pipeline, 10, json).await?;

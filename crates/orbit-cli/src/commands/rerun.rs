@@ -4,7 +4,6 @@
 use super::client::Client;
 use super::over_url::segment;
 use crate::{BadInput, output};
-use orbit_core::RunState;
 use orbit_engine::runs::RerunEdits;
 use orbit_store::Store;
 use reqwest::Method;
@@ -92,18 +91,7 @@ pub async fn local(
     if no_wait {
         return Ok(0);
     }
-    let state = super::run::drive(store, &run, &pipeline, 10, json).await?;
-    if !json {
-        match state {
-            Some(s) => println!("run {} {s}", run.id),
-            None => println!("run {} interrupted; it can be resumed", run.id),
-        }
-    }
-    Ok(if state == Some(RunState::Succeeded) {
-        0
-    } else {
-        1
-    })
+    super::control::drive_to_the_end(store, run.id, json).await
 }
 
 pub async fn over_url(server: &str, ask: Ask, json: bool) -> anyhow::Result<u8> {

@@ -5,7 +5,7 @@ use super::over_url::segment;
 use crate::{BadInput, output};
 use chrono::Utc;
 use orbit_engine::waits::DecideError;
-use orbit_store::{Decision, SignalOutcome, Store, StoreError};
+use orbit_store::{Decision, Store, StoreError};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -41,15 +41,7 @@ pub async fn signal(
         .iter()
         .map(|(run, task)| json!({"runId": run, "task": task}))
         .collect();
-    show_signal(
-        name,
-        &delivered,
-        &SignalOutcome {
-            kept: out.kept,
-            ..SignalOutcome::default()
-        },
-        json,
-    )
+    show_signal(name, &delivered, out.kept, json)
 }
 
 pub async fn signal_over(
@@ -68,29 +60,15 @@ pub async fn signal_over(
         )
         .await?;
     let delivered = a["delivered"].as_array().cloned().unwrap_or_default();
-    let kept = a["kept"].as_bool().unwrap_or(false);
-    show_signal(
-        name,
-        &delivered,
-        &SignalOutcome {
-            kept,
-            ..SignalOutcome::default()
-        },
-        json,
-    )
+    show_signal(name, &delivered, a["kept"].as_bool().unwrap_or(false), json)
 }
 
-fn show_signal(
-    name: &str,
-    delivered: &[Value],
-    out: &SignalOutcome,
-    json: bool,
-) -> anyhow::Result<u8> {
+fn show_signal(name: &str, delivered: &[Value], kept: bool, json: bool) -> anyhow::Result<u8> {
     if json {
-        output::json(&json!({"name": name, "delivered": delivered, "kept": out.kept}))?;
+        output::json(&json!({"name": name, "delivered": delivered, "kept": kept}))?;
         return Ok(0);
     }
-    if out.kept {
+    if kept {
         println!("signal `{name}`: no task waits for it yet; kept for the first that does");
     }
     for d in delivered {

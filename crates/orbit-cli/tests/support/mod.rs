@@ -340,3 +340,74 @@ pub fn epoch_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
 }
+
+/// A working directory with its own SQLite database, and the `orbit` binary run in it.
+pub struct CliEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl CliEnv {
+    pub fn new() -> CliEnv {
+        CliEnv {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("orbit.db").display())
+    }
+
+    pub fn orbit(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("orbit").expect("orbit binary");
+        cmd.current_dir(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ORBIT_URL")
+            .env("ORBIT_DATABASE_URL", self.db());
+        cmd
+    }
+
+    pub fn file(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join(name), text).expect("write fixture");
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.orbit().args(args).output().expect("run orbit");
+        assert!(
+            out.status.success(),
+            "orbit {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        let child = std::process::Command::new(orbit_bin())
+            .current_dir(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("ORBIT_URL")
+            .env("ORBIT_DATABASE_URL", self.db())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("orbit");
+        Proc { child }
+    }
+
+    pub fn state_of(&self, run: &str, task: &str) -> String {
+        let s = self.json(&["status", run]);
+        s["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["taskName"] == task))
+            .and_then(|t| t["state"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
