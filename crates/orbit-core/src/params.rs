@@ -94,6 +94,10 @@ pub struct SleepParams {
     /// An instant: RFC 3339 text (`2026-12-01T09:00:00Z`) or Unix seconds.
     #[serde(default)]
     pub until: Option<Value>,
+    /// Sleep inside the attempt, keeping its worker slot (and concurrency key) the whole
+    /// time, instead of parking.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 impl SleepParams {

@@ -134,7 +134,7 @@ async fn heartbeats_keep_a_long_attempt_and_a_reaper_leaves_it_alone() {
     let t = setup().await;
     let run = t
         .start(
-            "name: long\ntasks:\n  - name: work\n    type: sleep\n    duration: 90s\n    heartbeat_interval: 1s\n",
+            "name: long\ntasks:\n  - name: work\n    type: sleep\n    duration: 90s\n    hold: true\n    heartbeat_interval: 1s\n",
         )
         .await;
     let worker = t.engine("worker");

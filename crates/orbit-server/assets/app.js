@@ -564,6 +564,11 @@ async function runDetail(id) {
   async function drawTimeline() {
     const box = document.getElementById("timeline");
     if (!box || timelineBusy) return;
+    // A run with a map of thousands of children: the graph counts them, a timeline is not drawn.
+    if (detail.run.tasksTotal > 1000) {
+      box.innerHTML = `<p class="muted">A timeline is drawn for runs of up to 1000 task runs; this one has ${esc(detail.run.tasksTotal.toLocaleString("en"))}.</p>`;
+      return;
+    }
     timelineBusy = true;
     try {
       const tl = await api("GET", `/runs/${runId}/timeline`);

@@ -78,7 +78,7 @@ pub(super) fn step(
             };
             let left = (end - now).to_std().unwrap_or_default();
             // A timeout shorter than the sleep must still fire: such a sleep runs here.
-            if left < PARK_AFTER || def.timeout.is_some_and(|t| t < left) {
+            if p.hold || left < PARK_AFTER || def.timeout.is_some_and(|t| t < left) {
                 return Step::InProcess;
             }
             Step::Park(Park {
