@@ -115,6 +115,13 @@ pub enum Command {
         #[arg(long)]
         attempt: Option<u32>,
     },
+    /// Print the completion script of a shell: `orbit completions bash > /etc/bash_completion.d/orbit`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print orbit's man page (roff): `orbit man | man -l -`
+    Man,
     /// Draw a pipeline's DAG
     Graph {
         /// A pipeline file, or the name of a saved pipeline

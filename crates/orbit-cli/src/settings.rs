@@ -208,6 +208,13 @@ pub const SETTINGS: &[Setting] = &[
         false,
         "log filter for diagnostics on stderr",
     ),
+    s(
+        "ORBIT_LOG_FORMAT",
+        &[],
+        "text",
+        false,
+        "`json`: one JSON object a log line, with its spans (request id; run, task, attempt)",
+    ),
     s("NO_COLOR", &[], "", false, "set: no colour in log lines"),
 ];
 

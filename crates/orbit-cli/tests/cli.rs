@@ -1681,3 +1681,69 @@ fn context_and_replay_rebuild_an_attempt_and_diff_it() {
         "the run is untouched"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_commands() {
+    let env = setup();
+    for (shell, marker) in [
+        ("bash", "_orbit()"),
+        ("zsh", "#compdef orbit"),
+        ("fish", "complete -c orbit"),
+    ] {
+        let out = env.orbit().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains(marker), "{shell}: {text}");
+        for command in ["rerun", "signal", "approve", "why"] {
+            assert!(text.contains(command), "{shell} completes `{command}`");
+        }
+    }
+    let man = env.orbit().arg("man").output().unwrap();
+    assert!(man.status.success());
+    let page = stdout(&man);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH orbit"),
+        "{page}"
+    );
+    assert!(page.contains("rerun"), "{page}");
+    let bad = env
+        .orbit()
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// ORBIT_LOG_FORMAT=json: every line is a JSON object, and an attempt's lines carry its run,
+/// task and attempt.
+#[test]
+fn json_logs_carry_the_attempts_ids() {
+    let env = setup();
+    env.file(
+        "one.yaml",
+        "name: one\ntasks:\n  - {name: hello, type: shell, command: 'echo hi'}\n",
+    );
+    let out = env
+        .orbit()
+        .args(["run", "one.yaml"])
+        .env("ORBIT_LOG", "orbit_engine=debug")
+        .env("ORBIT_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = env.last_run()["id"].as_str().unwrap().to_owned();
+    let lines: Vec<Value> = stderr(&out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "attempt finished")
+        .unwrap_or_else(|| panic!("no attempt line in {lines:?}"));
+    assert_eq!(finished["fields"]["outcome"], "succeeded");
+    assert_eq!(finished["span"]["name"], "attempt");
+    assert_eq!(finished["span"]["run"], run.as_str());
+    assert_eq!(finished["span"]["task"], "hello");
+    assert_eq!(finished["span"]["attempt"], 1);
+}

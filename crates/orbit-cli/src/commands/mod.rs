@@ -21,6 +21,7 @@ pub use serve::redact;
 use crate::BadInput;
 use crate::cli::{Cli, Command, LimitsAction};
 use anyhow::Context as _;
+use clap::CommandFactory as _;
 use orbit_core::Pipeline;
 use orbit_core::file::parse_pipeline;
 use orbit_engine::storage::Storage;
@@ -56,7 +57,15 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
     }
     let url = database_url(cli.database_url.take());
     let json = cli.json;
-    if cli.auto_recover && !matches!(cli.command, Command::Validate { .. } | Command::Bench(_)) {
+    if cli.auto_recover
+        && !matches!(
+            cli.command,
+            Command::Validate { .. }
+                | Command::Bench(_)
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    {
         let code = recover::recover(&open_store(&url).await?, true, idle_for(None)?, json).await?;
         if code != 0 {
             eprintln!("warning: some interrupted runs could not be recovered; going on");
@@ -64,6 +73,18 @@ pub async fn dispatch(mut cli: Cli) -> anyhow::Result<u8> {
     }
     match cli.command {
         Command::Validate { file } => validate::validate(&file, json),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "orbit", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(0)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(0)
+        }
         Command::Run(args) => run::run(&open_store(&url).await?, args, json).await,
         Command::List { remote } => match &remote.url {
             Some(server) => over_url::list(server, json).await,

@@ -15,6 +15,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -38,87 +39,109 @@ impl Engine {
         let supervisor = self.config.supervisor.clone();
         let max_retry_delay = self.config.max_retry_delay;
         let clock = self.config.clock;
-        tokio::spawn(async move {
-            let started_at = clock.now();
-            let log = live.start(task.run_id, task.id, &task.task_name);
-            // Forgets the live log however the attempt ends, aborted included.
-            let _forget = Forget(&live, task.id);
-            let io = Io {
-                store: store.as_ref(),
-                storage: &storage,
-                http: &http,
-                keys_since: keys_since(started_at, ttl),
-                supervisor: supervisor.as_deref(),
-            };
-            let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
-            let mut finished_at = clock.now();
-            let transition = match task_of(&loaded, &task.task_name) {
-                Some((i, child)) => {
-                    let def = &loaded.stored.pipeline.tasks[i];
-                    let mut policy = def.retry.clone();
-                    policy.max_delay = policy.max_delay.min(max_retry_delay);
-                    let policy = &policy;
-                    let outcome = match done_attempt.result {
-                        _ if done_attempt.expand.is_some() => {
-                            Outcome::Expanded(done_attempt.expand.unwrap_or_default())
+        // At error level so that any filter keeps it: its ids are on every line the attempt
+        // logs.
+        let span = tracing::error_span!(
+            "attempt",
+            run = %task.run_id,
+            task = %task.task_name,
+            attempt = task.attempt,
+            task_run = %task.id,
+        );
+        tokio::spawn(
+            async move {
+                let started_at = clock.now();
+                let log = live.start(task.run_id, task.id, &task.task_name);
+                // Forgets the live log however the attempt ends, aborted included.
+                let _forget = Forget(&live, task.id);
+                let io = Io {
+                    store: store.as_ref(),
+                    storage: &storage,
+                    http: &http,
+                    keys_since: keys_since(started_at, ttl),
+                    supervisor: supervisor.as_deref(),
+                };
+                let done_attempt = attempt(&io, &loaded, &task, &input, &log).await;
+                let mut finished_at = clock.now();
+                let transition = match task_of(&loaded, &task.task_name) {
+                    Some((i, child)) => {
+                        let def = &loaded.stored.pipeline.tasks[i];
+                        let mut policy = def.retry.clone();
+                        policy.max_delay = policy.max_delay.min(max_retry_delay);
+                        let policy = &policy;
+                        let outcome = match done_attempt.result {
+                            _ if done_attempt.expand.is_some() => {
+                                Outcome::Expanded(done_attempt.expand.unwrap_or_default())
+                            }
+                            _ if done_attempt.park.is_some() => match done_attempt.park {
+                                Some(park) => Outcome::Parked(park),
+                                None => unreachable!("matched as some"),
+                            },
+                            Ok(v) if done_attempt.skip_next => Outcome::Routed {
+                                output: v,
+                                allowed: loaded
+                                    .dag
+                                    .downstream(i)
+                                    .iter()
+                                    .map(|&d| loaded.dag.name(d).to_owned())
+                                    .collect(),
+                                run_next: Vec::new(),
+                            },
+                            Ok(v) if done_attempt.reused => routed(def, v),
+                            Ok(v) => {
+                                let key =
+                                    storage::output_key(task.run_id, &task.task_name, task.attempt);
+                                stored(&storage, routed(def, v), &key, &log).await
+                            }
+                            Err(f) => Outcome::Failed(f),
+                        };
+                        finished_at = clock.now();
+                        let t = on_attempt_finished(
+                            &loaded.dag,
+                            i,
+                            policy,
+                            task.tries,
+                            outcome,
+                            finished_at,
+                            fastrand::f64(),
+                        );
+                        match (child, &def.for_each) {
+                            (Some(_), Some(fe)) => as_child(&loaded.dag, i, fe.fail_fast, t),
+                            _ => t,
                         }
-                        _ if done_attempt.park.is_some() => match done_attempt.park {
-                            Some(park) => Outcome::Parked(park),
-                            None => unreachable!("matched as some"),
-                        },
-                        Ok(v) if done_attempt.skip_next => Outcome::Routed {
-                            output: v,
-                            allowed: loaded
-                                .dag
-                                .downstream(i)
-                                .iter()
-                                .map(|&d| loaded.dag.name(d).to_owned())
-                                .collect(),
-                            run_next: Vec::new(),
-                        },
-                        Ok(v) if done_attempt.reused => routed(def, v),
-                        Ok(v) => {
-                            let key =
-                                storage::output_key(task.run_id, &task.task_name, task.attempt);
-                            stored(&storage, routed(def, v), &key, &log).await
-                        }
-                        Err(f) => Outcome::Failed(f),
-                    };
-                    finished_at = clock.now();
-                    let t = on_attempt_finished(
-                        &loaded.dag,
-                        i,
-                        policy,
-                        task.tries,
-                        outcome,
-                        finished_at,
-                        fastrand::f64(),
-                    );
-                    match (child, &def.for_each) {
-                        (Some(_), Some(fe)) => as_child(&loaded.dag, i, fe.fail_fast, t),
-                        _ => t,
                     }
-                }
-                None => Transition::Dead {
-                    failure: Failure::fatal(format!(
-                        "task `{}` is not in pipeline version {}",
-                        task.task_name, loaded.stored.version
-                    )),
-                    cancel: Vec::new(),
-                },
-            };
-            let _ = done.send(FinishedAttempt {
-                task,
-                worker,
-                started_at,
-                finished_at,
-                log: log.take(),
-                transition,
-                idempotency_key: done_attempt.key,
-                reused: done_attempt.reused,
-                code_version: Some(loaded.stored.version),
-            });
-        })
+                    None => Transition::Dead {
+                        failure: Failure::fatal(format!(
+                            "task `{}` is not in pipeline version {}",
+                            task.task_name, loaded.stored.version
+                        )),
+                        cancel: Vec::new(),
+                    },
+                };
+                tracing::debug!(
+                    outcome = match &transition {
+                        Transition::Succeed { .. } => "succeeded",
+                        Transition::Retry { .. } => "retrying",
+                        Transition::Dead { .. } => "dead",
+                        Transition::Expand { .. } => "expanded",
+                        Transition::Park(_) => "parked",
+                    },
+                    "attempt finished"
+                );
+                let _ = done.send(FinishedAttempt {
+                    task,
+                    worker,
+                    started_at,
+                    finished_at,
+                    log: log.take(),
+                    transition,
+                    idempotency_key: done_attempt.key,
+                    reused: done_attempt.reused,
+                    code_version: Some(loaded.stored.version),
+                });
+            }
+            .instrument(span),
+        )
         .abort_handle()
     }
 }
