@@ -357,9 +357,13 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Most tasks running at once
+    /// Most tasks running at once (in each process)
     #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 10)]
     pub concurrency: usize,
+    /// Keep this many worker processes running: one that dies is started again (after a
+    /// backoff), and SIGTERM/SIGINT stop them all gracefully
+    #[arg(long, env = "ORBIT_WORKER_PROCESSES", default_value_t = 1)]
+    pub processes: usize,
     #[command(flatten)]
     pub work: WorkOptions,
 }

@@ -13,6 +13,7 @@ mod replay;
 mod rerun;
 pub mod run;
 mod serve;
+mod supervise;
 mod validate;
 mod waits;
 

@@ -158,6 +158,12 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         return Err(BadInput("--concurrency must be at least 1".into()).into());
     }
+    if args.processes == 0 {
+        return Err(BadInput("--processes must be at least 1".into()).into());
+    }
+    if args.processes > 1 && std::env::var_os(super::supervise::SUPERVISED).is_none() {
+        return super::supervise::keep(args.processes, on_signal()).await;
+    }
     let Connected { store, kind } = connect(url, false).await?;
     let config = engine_config(args.concurrency, &args.work)?;
     let (host, pid) = config
@@ -176,6 +182,9 @@ pub async fn worker(url: &str, args: WorkerArgs) -> anyhow::Result<u8> {
         service: None,
     };
     let shutdown = on_signal();
+    if std::env::var_os(super::supervise::SUPERVISED).is_some() {
+        super::supervise::watch_supervisor(shutdown.clone());
+    }
     let beat = Arc::new(NodeHeartbeat::new(
         store.clone(),
         node.clone(),
