@@ -117,11 +117,14 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
             });
             parts.push((from..finished.len(), claim));
         }
-        match store
+        let started = std::time::Instant::now();
+        let committed = store
             .finish_and_claim_many(&finished, &claims, clock.now())
-            .await
-        {
+            .await;
+        match committed {
             Ok((outcome, mut each)) => {
+                crate::telemetry::commit(finished.len(), started.elapsed());
+                crate::telemetry::leases_lost(outcome.lease_lost.len());
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let lease_lost = finished[range]
                         .iter()
@@ -139,6 +142,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
             }
             // One request's failure must not fail the others: each alone, to find out whose.
             Err(e) if jobs.len() > 1 => {
+                crate::telemetry::store_error(&e);
                 tracing::debug!(error = %e, requests = jobs.len(), "group commit failed; committing one by one");
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let claim: Vec<ClaimRequest> =
@@ -154,6 +158,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
                 }
             }
             Err(e) => {
+                crate::telemetry::store_error(&e);
                 if let Some(job) = jobs.pop() {
                     let _ = job.reply.send(Err(e));
                 }

@@ -25,6 +25,7 @@ pub mod roles;
 pub mod runs;
 pub mod storage;
 pub mod subruns;
+pub mod telemetry;
 pub mod timeline;
 pub mod waiting;
 pub mod waits;

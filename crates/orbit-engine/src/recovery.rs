@@ -275,6 +275,8 @@ pub async fn resume_run(
         .iter()
         .filter(|a| a.started_at >= started && a.outcome != "worker_lost")
         .count();
+    metrics::counter!("orbit_recovery_runs_resumed_total").increment(1);
+    metrics::counter!("orbit_recovery_steps_executed_total").increment(steps_executed as u64);
     Ok(Resumed {
         run,
         state,

@@ -15,17 +15,18 @@ mod extract;
 pub mod guard;
 mod request_id;
 mod routes;
+mod telemetry;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use orbit_engine::dispatch::{Dispatcher, SecretKey};
 use orbit_engine::roles;
 use orbit_engine::storage::Storage;
 use orbit_engine::{Engine, EngineConfig};
 use orbit_store::{NodeInfo, Store};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -100,20 +101,6 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-/// The process-wide Prometheus recorder (one per process, whatever the number of routers).
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only when another recorder is installed; metrics then go there.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
@@ -143,7 +130,7 @@ impl AppState {
             dispatcher,
             config: Arc::new(config),
             started: Instant::now(),
-            metrics: prometheus(),
+            metrics: telemetry::prometheus(),
             shutdown: CancellationToken::new(),
             pipelines_saved: Arc::default(),
         })
@@ -237,6 +224,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             request_id::panicked,
         ))
+        .layer(axum::middleware::from_fn(telemetry::requests))
         .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }

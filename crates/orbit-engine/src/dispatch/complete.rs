@@ -249,6 +249,7 @@ impl Dispatcher {
             reused: false,
             code_version: Some(claims.code_version),
         };
+        crate::telemetry::attempt(&stored.name, &finished);
         // The worker's slot is free before the commit signals new work: freed after it, a push
         // round woken by that signal could still count the slot as taken and then sleep a
         // second with work ready (seen as 1 s stalls in push benchmarks).

@@ -118,17 +118,7 @@ impl Engine {
                         cancel: Vec::new(),
                     },
                 };
-                tracing::debug!(
-                    outcome = match &transition {
-                        Transition::Succeed { .. } => "succeeded",
-                        Transition::Retry { .. } => "retrying",
-                        Transition::Dead { .. } => "dead",
-                        Transition::Expand { .. } => "expanded",
-                        Transition::Park(_) => "parked",
-                    },
-                    "attempt finished"
-                );
-                let _ = done.send(FinishedAttempt {
+                let finished = FinishedAttempt {
                     task,
                     worker,
                     started_at,
@@ -138,7 +128,13 @@ impl Engine {
                     idempotency_key: done_attempt.key,
                     reused: done_attempt.reused,
                     code_version: Some(loaded.stored.version),
-                });
+                };
+                tracing::debug!(
+                    outcome = orbit_store::plan::AttemptOutcome::of(&finished).as_str(),
+                    "attempt finished"
+                );
+                crate::telemetry::attempt(&loaded.stored.name, &finished);
+                let _ = done.send(finished);
             }
             .instrument(span),
         )

@@ -177,6 +177,7 @@ impl<'e> Drive<'e> {
             return Ok(None);
         }
         let asked: usize = claims.iter().map(|c| c.limit).sum();
+        let commit_started = std::time::Instant::now();
         let committed = if claims.len() > 1 {
             engine
                 .store
@@ -192,9 +193,14 @@ impl<'e> Drive<'e> {
                 .finish_and_claim(&self.finished, claims.first(), engine.config.clock.now())
                 .await
         };
+        if let Err(e) = &committed {
+            crate::telemetry::store_error(e);
+        }
         let outcome = match committed {
             Ok(o) => {
                 self.store_down = 0;
+                crate::telemetry::commit(self.finished.len(), commit_started.elapsed());
+                crate::telemetry::leases_lost(o.lease_lost.len());
                 o
             }
             // A database restart or a deadlock victim: the commit did not happen, so try the

@@ -226,6 +226,7 @@ pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
             ("pending", q.pending),
             ("running", q.running),
             ("waiting", q.waiting),
+            ("parked", q.parked),
             ("completed", q.completed),
             ("failed", q.failed),
         ] {
