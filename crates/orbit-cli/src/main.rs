@@ -44,6 +44,10 @@ fn main() -> ExitCode {
     }
     // Before clap reads `env = …` defaults, and before any thread starts.
     settings::load_dotenv();
+    if let Err(e) = settings::load_toml() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));

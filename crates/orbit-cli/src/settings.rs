@@ -1,7 +1,7 @@
 //! Every setting Orbit reads from its environment, with its default, the seeds' names for it,
 //! and whether it is a secret: what `orbit config` shows, what `.env.example` lists (a test
-//! keeps the two the same), and where a `.env` in the working directory comes in (the real
-//! environment wins over it).
+//! keeps the two the same). Layers, each over the one before: defaults < `orbit.toml` (or the
+//! file `ORBIT_CONFIG` names) < `.env` < the environment < command-line flags.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -242,6 +242,107 @@ pub fn load_dotenv() {
     let _ = FROM_DOTENV.set(loaded);
 }
 
+/// The names `orbit.toml` set (those neither in the environment nor in `.env`).
+static FROM_TOML: OnceLock<HashSet<String>> = OnceLock::new();
+
+/// Loads `orbit.toml` (or `$ORBIT_CONFIG`) from the working directory, under `.env` and the
+/// environment: each key is a setting, by its name (`ORBIT_SQLITE_SYNCHRONOUS`) or in lower
+/// case without `ORBIT_` (`sqlite_synchronous`). Must run after [`load_dotenv`] and before any
+/// thread starts. A malformed file or an unknown key is bad input (exit 2), naming the file and
+/// the line.
+pub fn load_toml() -> Result<(), crate::BadInput> {
+    let named = std::env::var_os("ORBIT_CONFIG");
+    let path = named.clone().map_or_else(
+        || std::path::PathBuf::from("orbit.toml"),
+        std::path::PathBuf::from,
+    );
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named.is_none() => {
+            let _ = FROM_TOML.set(HashSet::new());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(crate::BadInput(format!("{}: {e}", path.display())));
+        }
+    };
+    let doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        crate::BadInput(format!("{}: {}", path.display(), e.to_string().trim_end()))
+    })?;
+    let mut lines = String::new();
+    let mut loaded = HashSet::new();
+    for (key, item) in doc.iter() {
+        // The key's own line (top-level keys only: tables are refused below).
+        let line = text
+            .lines()
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map_or(1, |i| i + 1);
+        let Some(setting) = SETTINGS.iter().find(|s| {
+            s.name == key
+                || s.name.eq_ignore_ascii_case(key)
+                || s.name
+                    .strip_prefix("ORBIT_")
+                    .is_some_and(|n| n.eq_ignore_ascii_case(key))
+        }) else {
+            return Err(crate::BadInput(format!(
+                "{}:{line}: `{key}` is not a setting (`orbit config` lists them)",
+                path.display()
+            )));
+        };
+        let value = match item.as_value() {
+            Some(toml_edit::Value::String(s)) => s.value().clone(),
+            Some(toml_edit::Value::Integer(i)) => i.value().to_string(),
+            Some(toml_edit::Value::Float(f)) => f.value().to_string(),
+            Some(toml_edit::Value::Boolean(b)) => b.value().to_string(),
+            _ => {
+                return Err(crate::BadInput(format!(
+                    "{}:{line}: `{key}` must be a string, a number or a boolean",
+                    path.display()
+                )));
+            }
+        };
+        if std::env::var_os(setting.name).is_some() {
+            continue;
+        }
+        // dotenvy's single quotes keep the value as it is; a quote inside cannot be written so.
+        if value.contains('\'') || value.contains('\n') {
+            return Err(crate::BadInput(format!(
+                "{}:{line}: `{key}` holds a quote or a line break, which settings cannot",
+                path.display()
+            )));
+        }
+        lines.push_str(&format!("{}='{value}'\n", setting.name));
+        loaded.insert(setting.name.to_owned());
+    }
+    dotenvy::from_read(lines.as_bytes())
+        .map_err(|e| crate::BadInput(format!("{}: {e}", path.display())))?;
+    let _ = FROM_TOML.set(loaded);
+    Ok(())
+}
+
+/// Where a setting's value comes from: `environment`, `.env`, `orbit.toml`, or `default`.
+pub fn source(name: &str) -> &'static str {
+    match lookup(name) {
+        None => "default",
+        Some((_, from)) if FROM_TOML.get().is_some_and(|t| t.contains(from)) => "orbit.toml",
+        Some((_, from)) if FROM_DOTENV.get().is_some_and(|d| d.contains(from)) => ".env",
+        Some(_) => "environment",
+    }
+}
+
+/// A setting whose value cannot be used: bad input naming the setting, its value and where it
+/// came from.
+pub fn invalid(name: &str, value: &str, problem: &str) -> crate::BadInput {
+    crate::BadInput(format!(
+        "{name} `{value}` (from {}): {problem}",
+        source(name)
+    ))
+}
+
 /// A setting's value: its own variable, else the first of its seed aliases that is set.
 pub fn var(name: &str) -> Option<String> {
     lookup(name).map(|(v, _)| v)
@@ -272,7 +373,9 @@ pub fn show(json: bool) -> anyhow::Result<u8> {
         .map(|s| {
             let (value, source) = match lookup(s.name) {
                 Some((v, from)) => {
-                    let place = if dotenv.is_some_and(|d| d.contains(from)) {
+                    let place = if FROM_TOML.get().is_some_and(|t| t.contains(from)) {
+                        "orbit.toml"
+                    } else if dotenv.is_some_and(|d| d.contains(from)) {
                         ".env"
                     } else {
                         "environment"

@@ -1747,3 +1747,80 @@ fn json_logs_carry_the_attempts_ids() {
     assert_eq!(finished["span"]["task"], "hello");
     assert_eq!(finished["span"]["attempt"], 1);
 }
+
+/// Each layer over the one before: defaults < orbit.toml < .env < the environment; `orbit
+/// config` names where each value came from; a bad value or file is exit 2 naming the setting
+/// (or the line) and where it came from.
+#[test]
+fn configuration_comes_in_layers_and_says_where_from() {
+    let env = setup();
+    env.file(
+        "orbit.toml",
+        "# settings\nsqlite_synchronous = \"normal\"\nMAX_RETRY_DELAY_MS = 5000\nDLQ_RETENTION_DAYS = 7\n",
+    );
+    env.file(".env", "MAX_RETRY_DELAY_MS=6000\n");
+    let config = |extra: &[(&str, &str)]| -> Vec<Value> {
+        let mut cmd = env.orbit();
+        cmd.args(["config", "--json"]);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let of = |rows: &[Value], name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .map(|r| (r["value"].clone(), r["source"].clone()))
+            .unwrap()
+    };
+    let rows = config(&[]);
+    assert_eq!(
+        of(&rows, "ORBIT_SQLITE_SYNCHRONOUS"),
+        (json!("normal"), json!("orbit.toml"))
+    );
+    assert_eq!(
+        of(&rows, "DLQ_RETENTION_DAYS"),
+        (json!("7"), json!("orbit.toml"))
+    );
+    assert_eq!(
+        of(&rows, "MAX_RETRY_DELAY_MS"),
+        (json!("6000"), json!(".env"))
+    );
+    assert_eq!(
+        of(&rows, "POLL_INTERVAL_MS"),
+        (json!("1000"), json!("default"))
+    );
+    let rows = config(&[("MAX_RETRY_DELAY_MS", "7000")]);
+    assert_eq!(
+        of(&rows, "MAX_RETRY_DELAY_MS"),
+        (json!("7000"), json!("environment"))
+    );
+    // A bad value names the setting and its source.
+    env.file("orbit.toml", "sqlite_synchronous = \"sometimes\"\n");
+    let out = env.orbit().args(["runs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("ORBIT_SQLITE_SYNCHRONOUS `sometimes` (from orbit.toml)"),
+        "{}",
+        stderr(&out)
+    );
+    // A malformed file, and an unknown key, name the file and the line.
+    env.file("orbit.toml", "# ok\nbind = [\n");
+    let out = env.orbit().args(["config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("orbit.toml"), "{}", stderr(&out));
+    env.file("orbit.toml", "# ok\n\nno_such_setting = 1\n");
+    let out = env.orbit().args(["config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("orbit.toml:3: `no_such_setting` is not a setting"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -281,9 +281,11 @@ fn idle_for(flag: Option<std::time::Duration>) -> anyhow::Result<std::time::Dura
             .filter(|m| m.is_finite() && *m >= 0.0)
             .map(|m| std::time::Duration::from_secs_f64(m * 60.0))
             .ok_or_else(|| {
-                BadInput(format!(
-                    "INTERRUPTED_RUN_THRESHOLD_MINUTES `{v}` is not a number of minutes"
-                ))
+                crate::settings::invalid(
+                    "INTERRUPTED_RUN_THRESHOLD_MINUTES",
+                    &v,
+                    "not a number of minutes",
+                )
                 .into()
             }),
     }
@@ -337,9 +339,9 @@ pub fn store_line(url: &str) -> Option<String> {
 /// SQLite durability: `ORBIT_SQLITE_SYNCHRONOUS=normal` opts out of `FULL`.
 pub fn durability() -> anyhow::Result<Durability> {
     match std::env::var("ORBIT_SQLITE_SYNCHRONOUS") {
-        Ok(v) => v
-            .parse()
-            .map_err(|e: String| BadInput(format!("ORBIT_SQLITE_SYNCHRONOUS: {e}")).into()),
+        Ok(v) => v.parse().map_err(|e: String| {
+            crate::settings::invalid("ORBIT_SQLITE_SYNCHRONOUS", &v, &e).into()
+        }),
         Err(_) => Ok(Durability::Full),
     }
 }

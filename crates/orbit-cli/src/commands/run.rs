@@ -270,9 +270,11 @@ pub fn max_retry_delay() -> anyhow::Result<Duration> {
             .parse::<u64>()
             .map(Duration::from_millis)
             .map_err(|_| {
-                BadInput(format!(
-                    "MAX_RETRY_DELAY_MS `{v}` is not a whole number of milliseconds"
-                ))
+                crate::settings::invalid(
+                    "MAX_RETRY_DELAY_MS",
+                    &v,
+                    "not a whole number of milliseconds",
+                )
                 .into()
             }),
     }
@@ -286,9 +288,11 @@ pub fn idempotency_ttl() -> anyhow::Result<Duration> {
             .parse::<u64>()
             .map(Duration::from_secs)
             .map_err(|_| {
-                BadInput(format!(
-                    "IDEMPOTENCY_TTL_SECONDS `{v}` is not a whole number of seconds"
-                ))
+                crate::settings::invalid(
+                    "IDEMPOTENCY_TTL_SECONDS",
+                    &v,
+                    "not a whole number of seconds",
+                )
                 .into()
             }),
         Err(_) => Ok(Duration::from_secs(24 * 3600)),
