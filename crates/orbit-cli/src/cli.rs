@@ -340,8 +340,8 @@ pub struct ServerArgs {
     #[arg(long, env = "ORBIT_WORKERS")]
     pub workers: Option<usize>,
     /// standalone (background work) or serverless (work only on POST /api/v1/process)
-    #[arg(long, env = "MODE", default_value = "standalone")]
-    pub mode: String,
+    #[arg(long, env = "MODE", value_enum, ignore_case = true, default_value_t = ServerMode::Standalone)]
+    pub mode: ServerMode,
     /// Do not apply database migrations on start
     #[arg(long)]
     pub no_migrate: bool,
@@ -353,6 +353,15 @@ pub struct ServerArgs {
     pub process_batch: usize,
     #[command(flatten)]
     pub work: WorkOptions,
+}
+
+/// What a server runs in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerMode {
+    /// Embedded workers, the reaper and cron
+    Standalone,
+    /// Nothing: work happens only on POST /api/v1/process
+    Serverless,
 }
 
 #[derive(Debug, Args)]

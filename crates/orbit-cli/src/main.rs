@@ -25,7 +25,6 @@ mod output;
 mod progress;
 mod settings;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 /// An error in what the user gave us (a file, an id, an input): exit status 2.
@@ -51,7 +50,14 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error ({info}); please report it");
     }));
-    let cli = cli::Cli::parse();
+    // `--help` ends with every setting and its variable, from the same table as `orbit config`.
+    let cli = {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = cli::Cli::command()
+            .after_long_help(settings::help())
+            .get_matches();
+        cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("ORBIT_LOG").unwrap_or_else(|_| "warn".into());
     if std::env::var("ORBIT_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {

@@ -365,6 +365,30 @@ fn lookup(name: &str) -> Option<(String, &'static str)> {
     None
 }
 
+/// The settings as `--help` lists them.
+pub fn help() -> String {
+    let mut out = String::from(
+        "Settings (defaults < orbit.toml < .env < environment < flags; `orbit config` shows each value and its source):\n",
+    );
+    for s in SETTINGS {
+        let aliases = if s.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" (or {})", s.aliases.join(", "))
+        };
+        let default = if s.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", s.default)
+        };
+        out.push_str(&format!(
+            "  {}{aliases}\n          {}{default}\n",
+            s.name, s.about
+        ));
+    }
+    out
+}
+
 /// `orbit config`: every setting, its effective value (secrets masked) and where it came from.
 pub fn show(json: bool) -> anyhow::Result<u8> {
     let dotenv = FROM_DOTENV.get();

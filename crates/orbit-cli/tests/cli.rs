@@ -1824,3 +1824,27 @@ fn configuration_comes_in_layers_and_says_where_from() {
         stderr(&out)
     );
 }
+
+#[test]
+fn help_lists_every_setting_and_modes_are_checked() {
+    let env = setup();
+    let out = env.orbit().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for name in [
+        "ORBIT_DATABASE_URL",
+        "ORBIT_SQLITE_SYNCHRONOUS",
+        "ORBIT_LOG_FORMAT",
+        "MAX_RETRY_DELAY_MS",
+    ] {
+        assert!(text.contains(name), "--help names {name}: {text}");
+    }
+    let bad = env
+        .orbit()
+        .args(["server", "--bind", "127.0.0.1:0"])
+        .env("MODE", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("standalone"), "{}", stderr(&bad));
+}

@@ -66,14 +66,9 @@ fn engine_config(concurrency: usize, work: &WorkOptions) -> anyhow::Result<Engin
 }
 
 pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
-    let mode = match args.mode.to_ascii_lowercase().as_str() {
-        "standalone" => Mode::Standalone,
-        "serverless" => Mode::Serverless,
-        other => {
-            return Err(
-                BadInput(format!("MODE `{other}`: expected standalone or serverless")).into(),
-            );
-        }
+    let mode = match args.mode {
+        crate::cli::ServerMode::Standalone => Mode::Standalone,
+        crate::cli::ServerMode::Serverless => Mode::Serverless,
     };
     let api_token = std::env::var("ORBIT_API_TOKEN")
         .ok()
@@ -135,7 +130,11 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
     // Tests and scripts read this line to learn the port when binding to port 0.
     println!(
         "orbit server listening on http://{local} ({kind}, {}, {} embedded worker slots, {auth}, {protocol})",
-        args.mode.to_ascii_lowercase(),
+        if mode == Mode::Serverless {
+            "serverless"
+        } else {
+            "standalone"
+        },
         if mode == Mode::Serverless { 0 } else { workers }
     );
     if mode == Mode::Standalone && workers == 0 {
