@@ -1848,3 +1848,21 @@ fn help_lists_every_setting_and_modes_are_checked() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("standalone"), "{}", stderr(&bad));
 }
+
+/// A program task gets the run's trace context: one trace per run, a span per attempt.
+#[test]
+fn a_program_gets_the_runs_traceparent() {
+    let env = setup();
+    env.file(
+        "tp.yaml",
+        "name: tp\ntasks:\n  - {name: show, type: shell, command: [sh, -c, 'echo $TRACEPARENT']}\n",
+    );
+    let out = env.orbit().args(["run", "tp.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.last_run()["id"].as_str().unwrap().to_owned();
+    let run = id.replace('-', "");
+    let status = env.json(&["status", &id]);
+    let tp = status["tasks"][0]["output"].as_str().unwrap().to_owned();
+    assert!(tp.starts_with(&format!("00-{run}-")), "{tp}");
+    assert!(tp.ends_with("-01") && tp.len() == 55, "{tp}");
+}

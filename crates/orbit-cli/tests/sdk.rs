@@ -987,9 +987,11 @@ async fn a_rust_handler_signals_and_the_client_approves_and_reruns() {
     let mut worker = rust_worker(&s, "notifier");
     worker.register("notify", |ctx: orbit_sdk::Context| async move {
         let id = ctx.input["id"].as_str().unwrap_or_default().to_owned();
-        let sent = ctx
+        let mut sent = ctx
             .send_signal(&format!("paid.{id}"), json!({"amount": 4}), Some("10m"))
             .await?;
+        sent["traceparent"] = json!(ctx.traceparent);
+        sent["runId"] = json!(ctx.run_id.simple().to_string());
         Ok(sent)
     });
     let stop = CancellationToken::new();
@@ -1041,6 +1043,14 @@ async fn a_rust_handler_signals_and_the_client_approves_and_reruns() {
     let out = &sent.task("notify").expect("notify").output;
     assert_eq!(out["delivered"][0]["task"], "pay", "{out}");
     assert_eq!(out["kept"], false);
+    let tp = out["traceparent"].as_str().expect("a traceparent");
+    assert!(
+        tp.starts_with(&format!(
+            "00-{}-",
+            out["runId"].as_str().unwrap_or_default()
+        )),
+        "{tp}"
+    );
     while client
         .get_run(&gate.id)
         .await

@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod retry;
 pub mod state;
 pub mod template;
+pub mod trace;
 pub mod transition;
 
 pub use pipeline::{Pipeline, TaskDef, TaskType};

@@ -187,6 +187,9 @@ pub struct Assignment {
     pub timeout_ms: Option<u64>,
     /// The task token: bearer for this attempt's heartbeat, progress and callback.
     pub token: String,
+    /// The attempt's W3C trace context: continue the run's trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

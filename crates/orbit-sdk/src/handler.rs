@@ -172,6 +172,8 @@ pub struct Context {
     pub attempt: u32,
     pub code_version: i64,
     pub(crate) effect_key: String,
+    /// The attempt's W3C `traceparent` (the run's trace): pass it on to continue the trace.
+    pub traceparent: Option<String>,
     pub log: Logger,
     pub(crate) progress: ProgressSink,
     pub(crate) signals: SignalSink,

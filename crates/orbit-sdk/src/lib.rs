@@ -75,6 +75,7 @@ pub async fn run_local_with(
         attempt: 1,
         code_version: 0,
         effect_key: format!("local-{task}"),
+        traceparent: None,
         log: log.clone(),
         progress: Arc::new(|fraction, message| {
             Box::pin(async move {

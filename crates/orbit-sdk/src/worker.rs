@@ -347,6 +347,7 @@ impl Worker {
             attempt: a.attempt,
             code_version: a.code_version,
             effect_key: a.effect_key.clone(),
+            traceparent: a.traceparent.clone(),
             log: log.clone(),
             progress: progress_sink(client, &a),
             signals: signal_sink(client, &a),

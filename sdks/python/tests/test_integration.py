@@ -315,7 +315,9 @@ async def test_the_client_signals_approves_reruns_explains_and_draws_the_timelin
     def notify(ctx: Context) -> bool:
         sent = ctx.send_signal(f"paid.{ctx.input['id']}", {"amount": 3})
         assert isinstance(sent, _Done)
-        return bool(sent.value["kept"])
+        # Kept, and the attempt carries the run's trace.
+        traced = (ctx.traceparent or "").startswith(f"00-{ctx.run_id.replace('-', '')}-")
+        return bool(sent.value["kept"]) and traced
 
     notifier.attach(w)
     async with running(w):

@@ -1048,6 +1048,8 @@ export interface components {
             timeoutMs?: number | null;
             /** @description The task token: bearer for this attempt's heartbeat, progress and callback. */
             token: string;
+            /** @description The attempt's W3C trace context: continue the run's trace from it. */
+            traceparent?: string | null;
             /** @description Outputs of the upstream tasks, by task name. */
             upstream: {
                 [key: string]: unknown;

@@ -19,6 +19,8 @@ export interface Assignment {
   heartbeatIntervalMs: number;
   timeoutMs?: number;
   token: string;
+  /** The attempt's W3C trace context. */
+  traceparent?: string;
 }
 
 export interface Logger {
@@ -42,6 +44,8 @@ export interface TaskContext<I = any> {
   codeVersion: number;
   /** The same for every attempt of this task run: pass it on as an idempotency key. */
   effectKey: string;
+  /** The attempt's W3C `traceparent` (the run's trace): pass it on to continue the trace. */
+  traceparent?: string;
   /** Lines reach the attempt's log (`orbit logs`, the dashboard). */
   log: Logger;
   /** Records progress (0..1) and renews the lease. */

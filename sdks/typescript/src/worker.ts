@@ -289,6 +289,7 @@ export class Worker {
         attempt: a.attempt,
         codeVersion: a.codeVersion,
         effectKey: a.effectKey,
+        traceparent: a.traceparent,
         log: logger(lines),
         progress: async (fraction, message) => {
           await this.call("/api/v1/progress", a.token, { taskRunId: a.taskRunId, progress: fraction, message }).catch(leaseLost);

@@ -287,7 +287,15 @@ describe("workers in this process", () => {
     }).attach(w);
     definePipeline({
       name: "notifier",
-      steps: [{ name: "notify", handler: async (ctx) => (await ctx.sendSignal(`paid.${ctx.input.id}`, { amount: 3 })).kept }],
+      steps: [
+        {
+          name: "notify",
+          // Kept, and the attempt carries the run's trace.
+          handler: async (ctx) =>
+            (await ctx.sendSignal(`paid.${ctx.input.id}`, { amount: 3 })).kept &&
+            ctx.traceparent.startsWith(`00-${ctx.runId.replaceAll("-", "")}-`),
+        },
+      ],
     }).attach(w);
     const running = w.start();
     const client = new OrbitClient({ url: s.base });

@@ -172,6 +172,11 @@ impl Dispatcher {
             heartbeat_interval_ms: def.heartbeat_interval.as_millis() as u64,
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
             token,
+            traceparent: Some(orbit_core::trace::traceparent(
+                task.run_id,
+                task.id,
+                task.attempt,
+            )),
         })))
     }
 

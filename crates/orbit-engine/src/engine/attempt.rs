@@ -515,6 +515,7 @@ pub(super) async fn execute(
     let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
     let params = Params::from_json(def.task_type, &rendered, true)
         .map_err(|e| Failure::fatal(format!("parameters after rendering: {e}")))?;
+    let traceparent = orbit_core::trace::traceparent(task.run_id, task.id, task.attempt);
     let inv = Invocation {
         context: ctx,
         run_id,
@@ -522,6 +523,7 @@ pub(super) async fn execute(
         task_name: &def.name,
         attempt: task.attempt,
         effect_key,
+        traceparent: &traceparent,
         timeout: def.timeout,
         log,
         http: io.http,

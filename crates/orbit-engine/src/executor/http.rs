@@ -17,7 +17,8 @@ pub async fn run(p: HttpParams, inv: &Invocation<'_>) -> Result<Value, Failure> 
         .http
         .request(method.clone(), &p.url)
         .timeout(inv.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT))
-        .header("Idempotency-Key", inv.effect_key);
+        .header("Idempotency-Key", inv.effect_key)
+        .header("traceparent", inv.traceparent);
     for (k, v) in &p.headers {
         req = req.header(k.as_str(), v.to_text());
     }

@@ -26,6 +26,8 @@ pub struct Invocation<'a> {
     pub task_name: &'a str,
     pub attempt: u32,
     pub effect_key: &'a str,
+    /// The attempt's W3C `traceparent` (see [`orbit_core::trace`]).
+    pub traceparent: &'a str,
     pub timeout: Option<Duration>,
     pub log: &'a LogBuffer,
     pub http: &'a reqwest::Client,

@@ -247,5 +247,6 @@ pub fn orbit_env(inv: &Invocation<'_>) -> Vec<(String, String)> {
         ("ORBIT_TASK".into(), inv.task_name.into()),
         ("ORBIT_ATTEMPT".into(), inv.attempt.to_string()),
         ("ORBIT_EFFECT_KEY".into(), inv.effect_key.into()),
+        ("TRACEPARENT".into(), inv.traceparent.into()),
     ]
 }

@@ -90,6 +90,8 @@ class Context:
         self.attempt = attempt
         self.code_version = code_version
         self.effect_key = effect_key
+        self.traceparent: str | None = None
+        """The attempt's W3C `traceparent` (the run's trace): pass it on to continue the trace."""
         self.lines: list[str] = []
         self.cancelled = threading.Event()
         """Set when the attempt's lease is lost, it times out or the worker hands it back: a `def`

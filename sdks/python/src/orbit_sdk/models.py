@@ -29,6 +29,7 @@ class Assignment(TypedDict):
     taskRunId: str
     timeoutMs: NotRequired[int | None]
     token: str
+    traceparent: NotRequired[str | None]
     upstream: dict[str, Any]
 
 

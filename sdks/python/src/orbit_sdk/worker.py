@@ -442,7 +442,7 @@ class Worker:
             body["payload"] = payload
             return cast(dict[str, Any], await self.call("/api/v1/worker/signal", a["token"], body))
 
-        return Context(
+        ctx = Context(
             input=input,
             upstream=upstream,
             run_id=a["runId"],
@@ -456,6 +456,8 @@ class Worker:
             report=report,
             send=send,
         )
+        ctx.traceparent = a.get("traceparent")
+        return ctx
 
     def _lost(self, state: _Attempt) -> None:
         state.lost = True
