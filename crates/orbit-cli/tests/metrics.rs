@@ -159,6 +159,11 @@ async fn metrics_count_a_known_workload_by_the_conventions() {
         Some(2.0)
     );
     assert_eq!(
+        e.value("orbit_queue_wait_seconds_count", &[]),
+        Some(8.0),
+        "every claim's wait: ok, the expansion, 3 children, the gathering, bad twice"
+    );
+    assert_eq!(
         e.value("orbit_task_runs", &[("state", "failed")]),
         Some(1.0)
     );

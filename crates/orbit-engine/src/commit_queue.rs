@@ -124,6 +124,9 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
         match committed {
             Ok((outcome, mut each)) => {
                 crate::telemetry::commit(finished.len(), started.elapsed());
+                for claimed in &each {
+                    crate::telemetry::claimed(claimed);
+                }
                 crate::telemetry::leases_lost(outcome.lease_lost.len());
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let lease_lost = finished[range]

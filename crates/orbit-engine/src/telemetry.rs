@@ -20,6 +20,11 @@ pub fn describe() {
         Unit::Seconds,
         "How long attempts ran, from their claim to their end, by pipeline and task"
     );
+    describe_histogram!(
+        "orbit_queue_wait_seconds",
+        Unit::Seconds,
+        "How long claimed task runs waited in the queue, from ready to claimed"
+    );
     describe_counter!(
         "orbit_leases_lost_total",
         Unit::Count,
@@ -87,4 +92,14 @@ pub fn leases_lost(n: usize) {
 /// A store call that failed.
 pub fn store_error(e: &orbit_store::StoreError) {
     counter!("orbit_store_errors_total", "kind" => e.code()).increment(1);
+}
+
+/// Task runs just claimed: how long each waited in the queue.
+pub fn claimed(tasks: &[orbit_store::ClaimedTask]) {
+    for t in tasks {
+        if let Some(ready) = t.ready_at {
+            let waited = (t.claimed_at - ready).to_std().unwrap_or_default();
+            histogram!("orbit_queue_wait_seconds").record(waited.as_secs_f64());
+        }
+    }
 }

@@ -153,6 +153,7 @@ pub fn claimed_from_row(row: &PgRow) -> Result<ClaimedTask> {
         },
         item: get(row, "map_item")?,
         wake: get(row, "wake")?,
+        ready_at: get(row, "ready_at")?,
     })
 }
 

@@ -185,6 +185,7 @@ pub fn leased_from_row(row: &SqliteRow) -> Result<LeasedTask> {
             claimed_at: time(row, "claimed_at")?,
             item: None,
             wake: None,
+            ready_at: None,
         },
         owner: get::<Option<String>>(row, "lease_owner")?.unwrap_or_default(),
     })

@@ -311,8 +311,10 @@ pub struct ClaimedTask {
     /// A `for_each` child's element (set on claims; `None` for any other task run).
     pub item: Option<Value>,
     /// What woke a parked task run (set on claims): `{"by": "time"}`, `{"by": "signal",
-    /// "signal", "payload"}` or `{"by": "decision", "approved", "by_name", "comment", "at"}`.
+    /// "signal", "payload"}` or `{"by": "decision", "approved", "decidedBy", "comment", "at"}`.
     pub wake: Option<Value>,
+    /// When it became claimable (set on claims): its wait in the queue ends at `claimed_at`.
+    pub ready_at: Option<DateTime<Utc>>,
 }
 
 /// An attempt that ended, with what the state machine decided.

@@ -669,6 +669,7 @@ mod tests {
                 claimed_at: now,
                 item: None,
                 wake: None,
+                ready_at: None,
             },
             worker: "w".into(),
             started_at: now,

@@ -281,6 +281,7 @@ fn held(claims: &TaskClaims, now: DateTime<Utc>) -> ClaimedTask {
         claimed_at: DateTime::from_timestamp_millis(claims.claimed_ms).unwrap_or_default(),
         item: None,
         wake: None,
+        ready_at: None,
     }
 }
 

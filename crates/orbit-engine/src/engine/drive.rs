@@ -200,6 +200,7 @@ impl<'e> Drive<'e> {
             Ok(o) => {
                 self.store_down = 0;
                 crate::telemetry::commit(self.finished.len(), commit_started.elapsed());
+                crate::telemetry::claimed(&o.claimed);
                 crate::telemetry::leases_lost(o.lease_lost.len());
                 o
             }

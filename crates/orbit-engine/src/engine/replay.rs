@@ -129,6 +129,7 @@ impl Engine {
             claimed_at: chrono::Utc::now(),
             item: parts.task_run.map_item.clone(),
             wake: parts.task_run.wake.clone(),
+            ready_at: None,
         };
         let log = LogBuffer::new();
         let io = Io {

@@ -520,6 +520,7 @@ fn claim_ready(
                 .map(|t| serde_json::from_str(&t))
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("wake: {e}")))?,
+            ready_at: DateTime::from_timestamp_micros(get(8)?),
         };
         indexed.push(((-get(7)?, get(8)?), task));
     }
