@@ -342,6 +342,10 @@ pub struct ServerArgs {
     /// standalone (background work) or serverless (work only on POST /api/v1/process)
     #[arg(long, env = "MODE", value_enum, ignore_case = true, default_value_t = ServerMode::Standalone)]
     pub mode: ServerMode,
+    /// Also keep this many `orbit worker` processes running beside the server (each with
+    /// --concurrency of MAX_CONCURRENCY), restarted when one dies, stopped with the server
+    #[arg(long, env = "ORBIT_WORKER_PROCESSES_WITH_SERVER", default_value_t = 0)]
+    pub workers_processes: usize,
     /// Do not apply database migrations on start
     #[arg(long)]
     pub no_migrate: bool,

@@ -117,3 +117,47 @@ fn a_killed_worker_process_is_replaced_and_its_attempt_retried() {
         workers.iter().all(|p| !alive(*p)).then_some(())
     });
 }
+
+/// `orbit server --workers-processes 2`: the server keeps two worker processes beside it, which
+/// execute the runs it is given, and stops them when it stops.
+#[test]
+fn a_server_keeps_worker_processes_beside_it() {
+    let env = CliEnv::new();
+    let mut s = support::server(
+        env.dir.path(),
+        &env.db(),
+        &["--workers", "0", "--workers-processes", "2"],
+        &[],
+    );
+    let workers = eventually(Duration::from_secs(10), "two worker processes", || {
+        let c = children_of(s.proc.pid());
+        if c.len() != 2 {
+            eprintln!("{}", std::fs::read_to_string(&s.stderr).unwrap_or_default());
+        }
+        (c.len() == 2).then_some(c)
+    });
+    env.file(
+        "one.yaml",
+        "name: one\ntasks:\n  - {name: hello, type: shell, command: [echo, hi]}\n",
+    );
+    env.ok(&["apply", "one.yaml"]);
+    env.ok(&["trigger", "one"]);
+    let run = env.json(&["runs"])[0]["id"]
+        .as_str()
+        .expect("run")
+        .to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "a worker process to run it",
+        || (env.json(&["status", &run])["run"]["state"] == "succeeded").then_some(()),
+    );
+    s.proc.signal("TERM");
+    assert!(
+        s.proc
+            .wait_exit(Duration::from_secs(15))
+            .is_some_and(|st| st.success())
+    );
+    eventually(Duration::from_secs(10), "the workers to stop", || {
+        workers.iter().all(|p| !alive(*p)).then_some(())
+    });
+}

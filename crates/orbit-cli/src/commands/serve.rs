@@ -148,7 +148,22 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         );
     }
     let state = AppState::new(store, storage, config)?;
-    orbit_server::serve(state, listener, on_signal()).await?;
+    let shutdown = on_signal();
+    let n = args.workers_processes;
+    let supervised = (n > 0).then(|| {
+        let envs = vec![("ORBIT_DATABASE_URL".to_owned(), url.to_owned())];
+        tokio::spawn(super::supervise::keep_running(
+            n,
+            vec!["worker".into()],
+            envs,
+            shutdown.clone(),
+        ))
+    });
+    orbit_server::serve(state, listener, shutdown.clone()).await?;
+    shutdown.cancel();
+    if let Some(s) = supervised {
+        let _ = s.await;
+    }
     eprintln!("server stopped");
     Ok(0)
 }

@@ -16,13 +16,30 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn keep(processes: usize, shutdown: CancellationToken) -> anyhow::Result<u8> {
+    keep_running(
+        processes,
+        worker_args(std::env::args_os().skip(1)),
+        Vec::new(),
+        shutdown,
+    )
+    .await
+}
+
+/// Keeps `processes` processes of `orbit ARGS` (with `envs` added to their environment: a
+/// database URL stays out of `ps`) running until `shutdown`.
+pub async fn keep_running(
+    processes: usize,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(String, String)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<u8> {
     let exe = super::run::supervisor();
-    let args = worker_args(std::env::args_os().skip(1));
-    eprintln!("orbit worker: keeping {processes} worker processes running");
+    eprintln!("orbit: keeping {processes} worker processes running");
     let slots: Vec<_> = (0..processes)
         .map(|slot| {
-            let (exe, args, stop) = (exe.clone(), args.clone(), shutdown.clone());
-            tokio::spawn(async move { run_slot(slot, &exe, &args, stop).await })
+            let (exe, args, envs, stop) =
+                (exe.clone(), args.clone(), envs.clone(), shutdown.clone());
+            tokio::spawn(async move { run_slot(slot, &exe, &args, &envs, stop).await })
         })
         .collect();
     let mut failed = false;
@@ -72,6 +89,7 @@ async fn run_slot(
     slot: usize,
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
+    envs: &[(String, String)],
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = FIRST_BACKOFF;
@@ -80,12 +98,17 @@ async fn run_slot(
         let mut cmd = Command::new(exe);
         // The worker's stdin is a pipe only this process writes to: when it dies, even by -9,
         // the worker reads its end and stops (see `watch_supervisor`).
+        // Its stdout is not ours to share (a server's says where it listens; a reader that has
+        // gone would end the worker): the supervisor says what started; stderr is shared.
         cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .env(SUPERVISED, slot.to_string())
-            .stdin(std::process::Stdio::piped());
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
         let mut child = cmd.spawn()?;
         let _lifeline = child.stdin.take();
         let pid = child.id().unwrap_or_default();
+        eprintln!("orbit: worker process {pid} (slot {slot}) started");
         let status = tokio::select! {
             s = child.wait() => s?,
             () = stop.cancelled() => {
