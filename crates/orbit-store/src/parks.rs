@@ -2,6 +2,7 @@
 //! kept in its `wake` column as JSON and handed to the attempt that follows.
 
 use crate::Decision;
+use crate::plan::{Event, EventKind};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -15,10 +16,30 @@ pub const WAKE_SLICE: i64 = 5000;
 /// How long a signal no wait took is kept when its sender does not say.
 pub const DEFAULT_SIGNAL_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// The wake-up of a wait that took signal `name` (its payload as stored JSON text).
-pub fn signal_wake(name: &str, payload: &str) -> String {
+/// The wake-up of a wait that took signal `name` with `payload`.
+pub fn signal_wake(name: &str, payload: &Value) -> Value {
+    json!({"by": "signal", "signal": name, "payload": payload})
+}
+
+/// The wake-up of a wait that took a kept signal, its payload as SQLite stores it (text).
+pub fn signal_wake_text(name: &str, payload: &str) -> String {
     let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-    json!({"by": "signal", "signal": name, "payload": payload}).to_string()
+    signal_wake(name, &payload).to_string()
+}
+
+/// The events of a signal delivered to `delivered` (run, task).
+pub fn delivered_events(name: &str, delivered: &[(uuid::Uuid, String)]) -> Vec<Event> {
+    delivered
+        .iter()
+        .map(|(run, task)| {
+            Event::task(
+                *run,
+                task,
+                EventKind::TaskSignalled,
+                Some(json!({"signal": name})),
+            )
+        })
+        .collect()
 }
 
 /// The wake-up of an approval that got `decision` at `at`.

@@ -36,8 +36,8 @@ pub async fn local(
                 pipeline.name, pipeline.version, ask.from
             ))
         })?;
+    let storage = super::storage()?;
     let edits = if ask.edit {
-        let storage = super::storage()?;
         let input = storage.hydrate(old.input.clone()).await?;
         let mut upstream = Map::new();
         for (name, output) in store.outputs(old.id, &needs).await? {
@@ -50,7 +50,6 @@ pub async fn local(
             ..RerunEdits::default()
         }
     };
-    let storage = super::storage()?;
     let created = orbit_engine::runs::rerun(
         store.as_ref(),
         &storage,

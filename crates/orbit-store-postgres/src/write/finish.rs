@@ -328,11 +328,7 @@ async fn park(
             None => None,
         };
         let wake: Option<Value> = kept.map(|payload| {
-            serde_json::from_str(&orbit_store::parks::signal_wake(
-                park.event.as_deref().unwrap_or_default(),
-                &payload.to_string(),
-            ))
-            .unwrap_or_default()
+            orbit_store::parks::signal_wake(park.event.as_deref().unwrap_or_default(), &payload)
         });
         sqlx::query(
             "UPDATE task_runs SET park_kind = $1, park_until = $2, park_event = $3, wake = $4, park_note = $7, \

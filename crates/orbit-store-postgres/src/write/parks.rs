@@ -7,7 +7,7 @@ use orbit_core::TaskState;
 use orbit_store::plan::{Event, EventKind};
 use orbit_store::tally::Tally;
 use orbit_store::{Decision, Result, SignalOutcome, StoreError, parks};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -22,8 +22,7 @@ pub async fn signal(
     // The name's lock: a wait parking on it now has either committed (and is found here) or
     // will find what this keeps.
     lock_signal(&mut tx, name).await?;
-    let wake: Value =
-        serde_json::from_str(&parks::signal_wake(name, &payload.to_string())).unwrap_or_default();
+    let wake = parks::signal_wake(name, payload);
     let delivered: Vec<(Uuid, String)> = sqlx::query_as(
         "UPDATE task_runs SET state = 'ready', ready_at = $1, wake = $2, updated_at = $1 \
          WHERE state = 'parked' AND park_event = $3 RETURNING run_id, task_name",
@@ -51,18 +50,7 @@ pub async fn signal(
         .map_err(unavailable)?;
         out.kept = true;
     } else {
-        let events: Vec<Event> = out
-            .delivered
-            .iter()
-            .map(|(run, task)| {
-                Event::task(
-                    *run,
-                    task,
-                    EventKind::TaskSignalled,
-                    Some(json!({"signal": name})),
-                )
-            })
-            .collect();
+        let events = parks::delivered_events(name, &out.delivered);
         let mut tally = Tally::default();
         tally.moved(
             TaskState::Parked,

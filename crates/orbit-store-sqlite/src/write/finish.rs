@@ -293,7 +293,7 @@ fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<
             None => None,
         };
         let wake = kept.as_deref().map(|payload| {
-            orbit_store::parks::signal_wake(park.event.as_deref().unwrap_or_default(), payload)
+            orbit_store::parks::signal_wake_text(park.event.as_deref().unwrap_or_default(), payload)
         });
         exec(
             conn,

@@ -9,7 +9,7 @@ use orbit_store::plan::{Event, EventKind};
 use orbit_store::tally::Tally;
 use orbit_store::{Decision, Result, SignalOutcome, StoreError, parks};
 use rusqlite::params;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 pub async fn signal(
@@ -23,7 +23,7 @@ pub async fn signal(
     let (expires_at, now) = (us(expires_at), us(now));
     writer
         .transaction(move |t| {
-            let wake = parks::signal_wake(&name, &payload);
+            let wake = parks::signal_wake_text(&name, &payload);
             let mut stmt = t
                 .prepare_cached(
                     "UPDATE task_runs SET state = 'ready', ready_at = ?1, wake = ?2, updated_at = ?1 \
@@ -47,14 +47,7 @@ pub async fn signal(
                 out.kept = true;
                 return Ok(out);
             }
-            let events: Vec<Event> = out
-                .delivered
-                .iter()
-                .map(|(run, task)| {
-                    Event::task(*run, task, EventKind::TaskSignalled, Some(json!({"signal": name})))
-                })
-                .collect();
-            flush_events(t, &events, now)?;
+            flush_events(t, &parks::delivered_events(&name, &out.delivered), now)?;
             let mut tally = Tally::default();
             tally.moved(TaskState::Parked, TaskState::Ready, out.delivered.len() as i64);
             flush_tally(t, &tally)?;
