@@ -147,7 +147,22 @@ async fn apply_fenced(
     let mut errors = Vec::with_capacity(n);
     let mut ready_ats = Vec::with_capacity(n);
     let mut uncounted = Vec::with_capacity(n);
+    // A park's why and until when, written with its state.
+    let (mut kinds, mut untils, mut events, mut notes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for f in finished {
+        let park = match &f.transition {
+            Transition::Park(p) => Some(p),
+            _ => None,
+        };
+        kinds.push(park.map(|p| p.kind.as_str()));
+        untils.push(park.and_then(|p| p.until));
+        events.push(park.and_then(|p| p.event.as_deref()));
+        notes.push(park.and_then(|p| p.note.as_deref()));
         let (state, output, error, ready_at) = match &f.transition {
             Transition::Succeed { output, .. } => ("succeeded", Some(output), None, None),
             Transition::Retry {
@@ -182,9 +197,14 @@ async fn apply_fenced(
         "UPDATE task_runs t SET state = v.state, output = v.output, error = v.error, \
          ready_at = COALESCE(v.ready_at, t.ready_at), attempt_base = t.attempt_base + v.uncounted, \
          finished_at = CASE WHEN v.state IN ('ready', 'waiting', 'parked') THEN t.finished_at ELSE $7 END, updated_at = $7, \
-         lease_owner = NULL, lease_expires_at = NULL \
-         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[], $8::int[]) \
-         AS v(id, epoch, state, output, error, ready_at, uncounted) \
+         lease_owner = NULL, lease_expires_at = NULL, park_kind = COALESCE(v.pk, t.park_kind), \
+         park_until = CASE WHEN v.pk IS NULL THEN t.park_until ELSE v.pu END, \
+         park_event = CASE WHEN v.pk IS NULL THEN t.park_event ELSE v.pe END, \
+         park_note = CASE WHEN v.pk IS NULL THEN t.park_note ELSE v.pn END, \
+         wake = CASE WHEN v.pk IS NULL THEN t.wake ELSE NULL END \
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[], $8::int[], \
+         $9::text[], $10::timestamptz[], $11::text[], $12::text[]) \
+         AS v(id, epoch, state, output, error, ready_at, uncounted, pk, pu, pe, pn) \
          WHERE t.id = v.id AND t.state = 'running' AND t.lease_epoch = v.epoch RETURNING t.id, t.lease_epoch",
     )
     .bind(&ids)
@@ -195,6 +215,10 @@ async fn apply_fenced(
     .bind(&ready_ats)
     .bind(now)
     .bind(&uncounted)
+    .bind(&kinds)
+    .bind(&untils)
+    .bind(&events)
+    .bind(&notes)
     .fetch_all(conn)
     .await
     .map_err(unavailable)?;
@@ -312,45 +336,32 @@ async fn park(
     for name in names {
         lock_signal(conn, name).await?;
     }
+    // The parks themselves were written with their state; a wait takes a signal that came
+    // before it, if one is kept, and is ready at once.
     let mut signalled = Vec::new();
     for (f, park) in &plan.parks {
-        let t = &f.task;
-        let kept: Option<Value> = match &park.event {
-            Some(name) => sqlx::query_scalar(
-                "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = $1 AND expires_at > $2 \
-                 ORDER BY id LIMIT 1) RETURNING payload",
-            )
-            .bind(name)
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?,
-            None => None,
-        };
-        let wake: Option<Value> = kept.map(|payload| {
-            orbit_store::parks::signal_wake(park.event.as_deref().unwrap_or_default(), &payload)
-        });
-        sqlx::query(
-            "UPDATE task_runs SET park_kind = $1, park_until = $2, park_event = $3, wake = $4, park_note = $7, \
-             state = CASE WHEN $4::jsonb IS NULL THEN state ELSE 'ready' END, \
-             ready_at = CASE WHEN $4::jsonb IS NULL THEN ready_at ELSE $5 END WHERE id = $6",
+        let Some(name) = &park.event else { continue };
+        let kept: Option<Value> = sqlx::query_scalar(
+            "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = $1 AND expires_at > $2 \
+             ORDER BY id LIMIT 1) RETURNING payload",
         )
-        .bind(park.kind.as_str())
-        .bind(park.until)
-        .bind(&park.event)
-        .bind(&wake)
+        .bind(name)
         .bind(now)
-        .bind(t.id)
-        .bind(&park.note)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(unavailable)?;
-        if wake.is_some() {
-            signalled.push((t.run_id, t.task_name.as_str(), park.event.as_deref()));
-        }
+        let Some(payload) = kept else { continue };
+        sqlx::query("UPDATE task_runs SET state = 'ready', ready_at = $1, wake = $2 WHERE id = $3")
+            .bind(now)
+            .bind(orbit_store::parks::signal_wake(name, &payload))
+            .bind(f.task.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        signalled.push((f.task.run_id, f.task.task_name.as_str(), name.as_str()));
     }
     for (run, task, name) in signalled {
-        plan.signalled(run, task, name.unwrap_or_default());
+        plan.signalled(run, task, name);
     }
     Ok(())
 }

@@ -149,7 +149,7 @@ fn apply_fenced(
 ) -> Result<HashSet<(Uuid, i64)>> {
     let mut accepted = HashSet::with_capacity(finished.len());
     for chunk in finished.chunks(CHUNK) {
-        let mut values = Vec::with_capacity(chunk.len() * 7 + 1);
+        let mut values = Vec::with_capacity(chunk.len() * 11 + 1);
         for f in chunk {
             let (state, output, error, ready_at) = match &f.transition {
                 Transition::Succeed { output, .. } => {
@@ -185,16 +185,32 @@ fn apply_fenced(
                 // many left.
                 int(i64::from(!f.transition.spends_a_try())),
             ]);
+            // A park's why and until when, in the same statement as its state.
+            let park = match &f.transition {
+                Transition::Park(p) => Some(p),
+                _ => None,
+            };
+            values.extend([
+                opt_text(park.map(|p| p.kind.as_str())),
+                opt_int(park.and_then(|p| p.until).map(us)),
+                opt_text(park.and_then(|p| p.event.clone())),
+                opt_text(park.and_then(|p| p.note.clone())),
+            ]);
         }
         // The time is the last value, after the rows'.
         values.push(int(now));
         let text = values_sql(
-            "WITH v (id, epoch, state, output, error, ready_at, uncounted) AS (",
-            7,
+            "WITH v (id, epoch, state, output, error, ready_at, uncounted, pk, pu, pe, pn) AS (",
+            11,
             chunk.len(),
             &format!(
                 ") UPDATE task_runs SET state = v.state, output = v.output, error = v.error, \
                  ready_at = COALESCE(v.ready_at, task_runs.ready_at), \
+                 park_kind = COALESCE(v.pk, task_runs.park_kind), \
+                 park_until = CASE WHEN v.pk IS NULL THEN task_runs.park_until ELSE v.pu END, \
+                 park_event = CASE WHEN v.pk IS NULL THEN task_runs.park_event ELSE v.pe END, \
+                 park_note = CASE WHEN v.pk IS NULL THEN task_runs.park_note ELSE v.pn END, \
+                 wake = CASE WHEN v.pk IS NULL THEN task_runs.wake ELSE NULL END, \
                  attempt_base = task_runs.attempt_base + v.uncounted, finished_at = CASE WHEN v.state IN ('ready', 'waiting', 'parked') THEN task_runs.finished_at ELSE ?{now} END, \
                  updated_at = ?{now}, lease_owner = NULL, lease_expires_at = NULL FROM v \
                  WHERE task_runs.id = v.id AND task_runs.state = 'running' AND task_runs.lease_epoch = v.epoch \
@@ -278,44 +294,32 @@ fn apply_plan(conn: &Connection, plan: &mut FinishPlan<'_>, now: i64) -> Result<
     for (f, items) in &plan.expansions {
         expand(conn, f, items, now)?;
     }
+    // The parks themselves were written with their state; a wait takes a signal that came
+    // before it, if one is kept, and is ready at once.
     let mut signalled = Vec::new();
     for (f, park) in &plan.parks {
-        let t = &f.task;
-        // A signal that came before its wait is kept: the wait takes it as it parks.
-        let kept: Option<String> = match &park.event {
-            Some(name) => conn
-                .prepare_cached(
-                    "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = ?1 AND expires_at > ?2 \
-                     ORDER BY id LIMIT 1) RETURNING payload",
-                )
-                .and_then(|mut s| s.query_row(params![name, now], |r| r.get(0)).optional())
-                .map_err(sql)?,
-            None => None,
-        };
-        let wake = kept.as_deref().map(|payload| {
-            orbit_store::parks::signal_wake_text(park.event.as_deref().unwrap_or_default(), payload)
-        });
+        let Some(name) = &park.event else { continue };
+        let kept: Option<String> = conn
+            .prepare_cached(
+                "DELETE FROM signals WHERE id = (SELECT id FROM signals WHERE name = ?1 AND expires_at > ?2 \
+                 ORDER BY id LIMIT 1) RETURNING payload",
+            )
+            .and_then(|mut s| s.query_row(params![name, now], |r| r.get(0)).optional())
+            .map_err(sql)?;
+        let Some(payload) = kept else { continue };
         exec(
             conn,
-            "UPDATE task_runs SET park_kind = ?1, park_until = ?2, park_event = ?3, wake = ?4, park_note = ?7, \
-             state = CASE WHEN ?4 IS NULL THEN state ELSE 'ready' END, \
-             ready_at = CASE WHEN ?4 IS NULL THEN ready_at ELSE ?5 END WHERE id = ?6",
+            "UPDATE task_runs SET state = 'ready', ready_at = ?1, wake = ?2 WHERE id = ?3",
             params![
-                park.kind.as_str(),
-                park.until.map(us),
-                park.event,
-                wake,
                 now,
-                t.id.to_string(),
-                park.note
+                orbit_store::parks::signal_wake_text(name, &payload),
+                f.task.id.to_string()
             ],
         )?;
-        if wake.is_some() {
-            signalled.push((t.run_id, t.task_name.as_str(), park.event.as_deref()));
-        }
+        signalled.push((f.task.run_id, f.task.task_name.as_str(), name.as_str()));
     }
     for (run, task, name) in signalled {
-        plan.signalled(run, task, name.unwrap_or_default());
+        plan.signalled(run, task, name);
     }
     let mut promoted = 0;
     let mut promote = conn
