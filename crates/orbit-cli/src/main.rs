@@ -21,6 +21,7 @@ mod bench_scale;
 mod bench_sdk;
 mod cli;
 mod commands;
+mod otel;
 mod output;
 mod progress;
 mod settings;
@@ -91,7 +92,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let traces = match runtime.block_on(async { otel::install() }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(exit_code(&e));
+        }
+    };
+    let result = runtime.block_on(commands::dispatch(cli));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");

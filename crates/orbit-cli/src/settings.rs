@@ -216,6 +216,48 @@ pub const SETTINGS: &[Setting] = &[
         "`json`: one JSON object a log line, with its spans (request id; run, task, attempt)",
     ),
     s("NO_COLOR", &[], "", false, "set: no colour in log lines"),
+    s(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &[],
+        "",
+        false,
+        "OpenTelemetry collector (OTLP/HTTP, e.g. http://localhost:4318): runs' traces are exported when set",
+    ),
+    s(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        &[],
+        "",
+        false,
+        "the full URL for traces, over OTEL_EXPORTER_OTLP_ENDPOINT (…/v1/traces)",
+    ),
+    s(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        &[],
+        "http/protobuf",
+        false,
+        "only http/protobuf (no gRPC)",
+    ),
+    s(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        &[],
+        "",
+        true,
+        "headers for the collector: key1=value1,key2=value2 (a vendor's API key)",
+    ),
+    s(
+        "OTEL_SERVICE_NAME",
+        &[],
+        "orbit",
+        false,
+        "the service name on exported spans",
+    ),
+    s(
+        "OTEL_TRACES_EXPORTER",
+        &[],
+        "otlp",
+        false,
+        "`none`: export no traces even with an endpoint set",
+    ),
 ];
 
 /// The names a `.env` file set (those not already in the environment).

@@ -4,7 +4,7 @@
 //! that holds it is durable.
 
 use crate::clock::Clock;
-use orbit_store::{ClaimRequest, ClaimedTask, Claims, FinishedAttempt, StoreError};
+use orbit_store::{ClaimRequest, ClaimedTask, FinishedAttempt, Store, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -37,10 +37,10 @@ pub struct CommitQueue {
 }
 
 /// The writer's half, until the first request starts it.
-type Idle = (mpsc::UnboundedReceiver<Job>, Arc<dyn Claims>, Clock);
+type Idle = (mpsc::UnboundedReceiver<Job>, Arc<dyn Store>, Clock);
 
 impl CommitQueue {
-    pub fn new(store: Arc<dyn Claims>, clock: Clock) -> CommitQueue {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> CommitQueue {
         let (tx, rx) = mpsc::unbounded_channel();
         CommitQueue {
             tx,
@@ -76,7 +76,7 @@ impl CommitQueue {
 /// that arrive meanwhile form the next group. Two reports on one task run (a stale worker and
 /// the current one) never share a commit: the later waits for the next, so the store's answer
 /// per task run is unambiguous.
-async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, clock: Clock) {
+async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>, clock: Clock) {
     let mut pending: Vec<Job> = Vec::with_capacity(64);
     let mut jobs: Vec<Job> = Vec::with_capacity(64);
     let mut ids: HashSet<Uuid> = HashSet::new();
@@ -118,6 +118,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
             parts.push((from..finished.len(), claim));
         }
         let started = std::time::Instant::now();
+        let began = chrono::Utc::now();
         let committed = store
             .finish_and_claim_many(&finished, &claims, clock.now())
             .await;
@@ -128,6 +129,15 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
                     crate::telemetry::claimed(claimed);
                 }
                 crate::telemetry::leases_lost(outcome.lease_lost.len());
+                for claimed in &each {
+                    crate::traces::claimed(claimed);
+                }
+                crate::traces::committed(
+                    &finished,
+                    &outcome.lease_lost,
+                    (began, chrono::Utc::now()),
+                );
+                crate::traces::settled(&store, &outcome.settled_runs);
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let lease_lost = finished[range]
                         .iter()
@@ -150,12 +160,20 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Claims>, cl
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let claim: Vec<ClaimRequest> =
                         claim.map(|i| claims[i].clone()).into_iter().collect();
+                    let began = chrono::Utc::now();
                     let result = store
-                        .finish_and_claim_many(&finished[range], &claim, clock.now())
+                        .finish_and_claim_many(&finished[range.clone()], &claim, clock.now())
                         .await
-                        .map(|(outcome, mut each)| Committed {
-                            claimed: each.pop().unwrap_or_default(),
-                            lease_lost: outcome.lease_lost,
+                        .map(|(outcome, mut each)| {
+                            let claimed = each.pop().unwrap_or_default();
+                            crate::traces::claimed(&claimed);
+                            let commit = (began, chrono::Utc::now());
+                            crate::traces::committed(&finished[range], &outcome.lease_lost, commit);
+                            crate::traces::settled(&store, &outcome.settled_runs);
+                            Committed {
+                                claimed,
+                                lease_lost: outcome.lease_lost,
+                            }
                         });
                     let _ = job.reply.send(result);
                 }

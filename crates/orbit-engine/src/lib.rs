@@ -27,6 +27,7 @@ pub mod storage;
 pub mod subruns;
 pub mod telemetry;
 pub mod timeline;
+pub mod traces;
 pub mod waiting;
 pub mod waits;
 pub mod why;

@@ -1,9 +1,11 @@
 //! Every request gets an id: in the `x-request-id` response header, on every log line written
 //! while it is served, and in the body of a 5xx answer. A 5xx body says only that something
 //! failed and names that id; the details (database, storage or file system text) go to the log
-//! line that carries the same id, never to the client.
+//! line that carries the same id, never to the client. A request that carries a W3C
+//! `traceparent` (an SDK worker reporting on its attempt) is a span of that trace, whose id is
+//! the request id.
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +25,24 @@ pub async fn tag(request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %orbit_core::echo::echo(request.uri().path()),
     );
+    let traced = orbit_engine::traces::enabled()
+        .then(|| {
+            let parent = request.headers().get("traceparent")?.to_str().ok()?;
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            Some((
+                orbit_core::trace::parse(parent)?,
+                format!("{} {route}", request.method()),
+                std::time::SystemTime::now(),
+            ))
+        })
+        .flatten();
     let mut response = next.run(request).instrument(span).await;
+    if let Some(traced) = traced {
+        record_span(&id, traced, response.status());
+    }
     if response.status().is_server_error() {
         let status = response.status();
         let code = response
@@ -47,6 +66,36 @@ pub async fn tag(request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+fn record_span(
+    id: &str,
+    ((trace, parent), name, start): ((u128, u64), String, std::time::SystemTime),
+    status: StatusCode,
+) {
+    use orbit_engine::traces::{Attr, SpanRecord};
+    let (method, route) = name.split_once(' ').unwrap_or((&name, ""));
+    let attributes = vec![
+        ("http.request.method", Attr::Str(method.to_owned())),
+        ("http.route", Attr::Str(route.to_owned())),
+        (
+            "http.response.status_code",
+            Attr::Int(status.as_u16().into()),
+        ),
+        ("orbit.request_id", Attr::Str(id.to_owned())),
+    ];
+    orbit_engine::traces::record(SpanRecord {
+        trace,
+        id: u64::from_str_radix(id, 16).unwrap_or(1).max(1),
+        parent: Some(parent),
+        error: status.is_server_error().then(|| status.to_string()),
+        name: name.into(),
+        server: true,
+        start,
+        end: std::time::SystemTime::now(),
+        attributes,
+        link: None,
+    });
 }
 
 /// A handler that panicked: a 500 like any other (the rewrite above gives it its body), and

@@ -178,6 +178,7 @@ impl<'e> Drive<'e> {
         }
         let asked: usize = claims.iter().map(|c| c.limit).sum();
         let commit_started = std::time::Instant::now();
+        let commit_began = chrono::Utc::now();
         let committed = if claims.len() > 1 {
             engine
                 .store
@@ -202,6 +203,13 @@ impl<'e> Drive<'e> {
                 crate::telemetry::commit(self.finished.len(), commit_started.elapsed());
                 crate::telemetry::claimed(&o.claimed);
                 crate::telemetry::leases_lost(o.lease_lost.len());
+                crate::traces::claimed(&o.claimed);
+                crate::traces::committed(
+                    &self.finished,
+                    &o.lease_lost,
+                    (commit_began, chrono::Utc::now()),
+                );
+                crate::traces::settled(&engine.store, &o.settled_runs);
                 o
             }
             // A database restart or a deadlock victim: the commit did not happen, so try the
