@@ -11,7 +11,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use std::sync::{Arc, Mutex};
-use support::CliEnv;
+use std::time::Duration;
+use support::{CliEnv, server};
 
 /// A collector's OTLP/HTTP endpoint keeping every span it is sent, and the service name of each.
 struct Receiver {
@@ -191,4 +192,76 @@ fn grpc_is_refused_by_name() {
             && err.contains("http/protobuf"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_worker_continues_the_trace_in_its_calls() {
+    const KEY: &str = "test-secret-key-0123456789abcdef";
+    let otlp = receiver().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = server(
+        dir.path(),
+        "sqlite://orbit.db",
+        &["--workers", "2"],
+        &[
+            ("ORBIT_SECRET_KEY", KEY),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.url),
+        ],
+    );
+    let worker = orbit_example_worker::service(&s.base, KEY).expect("worker");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let http = reqwest::Client::new();
+    let pipeline = include_str!("../../../examples/worker/pipeline.yaml");
+    let r = http
+        .post(format!("{}/api/v1/pipelines", s.base))
+        .json(&serde_json::json!({ "yaml": pipeline }))
+        .send()
+        .await
+        .expect("save");
+    assert!(r.status().is_success());
+    let r: serde_json::Value = http
+        .post(format!("{}/api/v1/pipelines/checkout/trigger", s.base))
+        .json(&serde_json::json!({"input": {"orderId": "o-1", "amount": 12.5, "fast": true}}))
+        .send()
+        .await
+        .expect("trigger")
+        .json()
+        .await
+        .expect("json");
+    let run = r["run"]["id"].as_str().expect("run id").to_owned();
+    support::eventually(Duration::from_secs(30), "the run to succeed", || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("{}/api/v1/runs/{run}", s.base)])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["run"]["state"] == "succeeded").then_some(())
+    });
+    stop.cancel();
+    running.await.expect("join").expect("worker ran");
+    // A graceful stop sends what the exporter still holds.
+    s.proc.signal("TERM");
+    assert!(s.proc.wait_exit(Duration::from_secs(20)).is_some());
+    let spans = otlp.trace(&run);
+    named(&spans, "run checkout");
+    for task in ["route", "express", "payment", "report"] {
+        let attempt = named(&spans, &format!("attempt {task}"));
+        let calls: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == attempt.span_id)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            calls.contains(&"POST /api/v1/callback/{run_id}"),
+            "{task}: the worker's callback is in the attempt's trace: {calls:?}"
+        );
+        assert!(calls.contains(&"commit"), "{task}: {calls:?}");
+    }
+    let callback = spans
+        .iter()
+        .find(|s| s.name.starts_with("POST /api/v1/callback"))
+        .expect("a callback span");
+    assert_eq!(callback.kind, 2, "a server span");
+    assert!(attr(callback, "orbit.request_id").is_some());
 }

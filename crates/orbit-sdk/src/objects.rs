@@ -68,7 +68,7 @@ pub(crate) async fn store_output(
     let grant: OutputGrant = client
         .task_request(
             "/api/v1/grant",
-            &a.token,
+            a,
             &GrantRequest {
                 task_run_id: a.task_run_id,
             },

@@ -62,16 +62,19 @@ impl Client {
     pub(crate) async fn send<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        token: &str,
+        (token, traceparent): (&str, Option<&str>),
         body: &T,
         what: &'static str,
         timeout: Duration,
     ) -> Result<R, SdkError> {
         let url = format!("{}{path}", self.url);
-        let r = self
-            .http
-            .post(&url)
-            .bearer_auth(token)
+        let mut request = self.http.post(&url).bearer_auth(token);
+        // A call about an attempt continues the run's trace: the orchestrator's span for it
+        // is a child of the attempt's.
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        let r = request
             .json(body)
             .timeout(timeout)
             .send()
@@ -99,7 +102,7 @@ impl Client {
         let token = self.service_token()?;
         self.send(
             "/api/v1/services/register",
-            &token,
+            (&token, None),
             reg,
             "the registration",
             Duration::from_secs(30),
@@ -111,7 +114,7 @@ impl Client {
         let token = self.service_token()?;
         let wait = Duration::from_millis(req.wait_ms) + Duration::from_secs(15);
         let r: PollResponse = self
-            .send("/api/v1/worker/poll", &token, req, "the poll", wait)
+            .send("/api/v1/worker/poll", (&token, None), req, "the poll", wait)
             .await?;
         Ok(r.tasks)
     }
@@ -124,7 +127,7 @@ impl Client {
         let token = self.service_token()?;
         self.send::<_, Value>(
             path,
-            &token,
+            (&token, None),
             body,
             "a worker heartbeat",
             Duration::from_secs(10),
@@ -146,24 +149,27 @@ impl Client {
         }
     }
 
-    /// A task-token call whose answer matters.
+    /// A call about attempt `a` (with its task token) whose answer matters.
     pub(crate) async fn task_request<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-        token: &str,
+        a: &Assignment,
         body: &T,
     ) -> Result<R, SdkError> {
-        self.send(path, token, body, "a task call", Duration::from_secs(30))
+        let auth = (a.token.as_str(), a.traceparent.as_deref());
+        self.send(path, auth, body, "a task call", Duration::from_secs(30))
             .await
     }
 
+    /// A call about attempt `a`.
     pub(crate) async fn task_call<T: serde::Serialize>(
         &self,
         path: &str,
-        token: &str,
+        a: &Assignment,
         body: &T,
     ) -> Result<(), SdkError> {
-        self.send::<_, Value>(path, token, body, "a task call", Duration::from_secs(10))
+        let auth = (a.token.as_str(), a.traceparent.as_deref());
+        self.send::<_, Value>(path, auth, body, "a task call", Duration::from_secs(10))
             .await
             .map(|_| ())
     }
@@ -175,7 +181,7 @@ impl Client {
         let mut wait = Duration::from_millis(200);
         let mut last = None;
         for _ in 0..5 {
-            match self.task_call(&path, &a.token, cb).await {
+            match self.task_call(&path, a, cb).await {
                 Ok(()) => return Ok(()),
                 Err(e @ SdkError::Refused { status, .. }) if status < 500 => return Err(e),
                 Err(e) => last = Some(e),

@@ -394,7 +394,7 @@ fn signal_sink(client: &Client, a: &Assignment) -> crate::handler::SignalSink {
                 ttl,
             };
             client
-                .task_request("/api/v1/worker/signal", &a.token, &req)
+                .task_request("/api/v1/worker/signal", &a, &req)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -412,7 +412,7 @@ fn progress_sink(client: &Client, a: &Assignment) -> ProgressSink {
                 progress: fraction,
                 message,
             };
-            if let Err(e) = client.task_call("/api/v1/progress", &a.token, &p).await {
+            if let Err(e) = client.task_call("/api/v1/progress", &a, &p).await {
                 tracing::warn!(error = %e, "progress not recorded");
             }
         })
@@ -427,7 +427,7 @@ async fn heartbeats(client: Client, a: Assignment, interval: Duration, lost: Can
         let beat = TaskHeartbeat {
             task_run_id: a.task_run_id,
         };
-        match client.task_call("/api/v1/heartbeat", &a.token, &beat).await {
+        match client.task_call("/api/v1/heartbeat", &a, &beat).await {
             Err(SdkError::Refused { status: 409, .. }) => {
                 lost.cancel();
                 return;
