@@ -266,3 +266,46 @@ def test_push_requests_need_this_secrets_task_token() -> None:
 def test_the_package_is_typed() -> None:
     package = Path(__import__("orbit_sdk").__file__).parent
     assert (package / "py.typed").exists()
+
+
+def test_calls_about_an_attempt_carry_its_traceparent() -> None:
+    """The orchestrator's spans for a worker's calls join the run's trace."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    class Orchestrator(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append((self.path, self.headers.get("traceparent"), self.headers.get("authorization")))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Orchestrator)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    w = Worker(f"http://127.0.0.1:{server.server_address[1]}", "unit", SECRET)
+
+    async def calls() -> None:
+        w._bind()  # what start() does first: the worker's HTTP session, in this loop
+        try:
+            a: Any = {"token": "task-token", "traceparent": traceparent, "taskRunId": "t"}
+            await w.task_call("/api/v1/heartbeat", a, {"taskRunId": "t"})
+            await w.call("/api/v1/worker/heartbeat", "service-token", {})
+        finally:
+            await w.http.close()
+
+    try:
+        asyncio.run(calls())
+    finally:
+        server.shutdown()
+    assert seen == [
+        ("/api/v1/heartbeat", traceparent, "Bearer task-token"),
+        ("/api/v1/worker/heartbeat", None, "Bearer service-token"),
+    ]

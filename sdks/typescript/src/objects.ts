@@ -42,7 +42,7 @@ export async function storeOutput(worker: Worker, a: Assignment, output: Json): 
   if (a.outputThreshold === undefined) return output;
   const body = JSON.stringify(output ?? null);
   if (Buffer.byteLength(body) <= a.outputThreshold && !reference(output)) return output;
-  const grant = (await worker.call("/api/v1/grant", a.token, { taskRunId: a.taskRunId })) as {
+  const grant = (await worker.taskCall("/api/v1/grant", a, { taskRunId: a.taskRunId })) as {
     url: string;
     reference: ObjectRef;
   };

@@ -270,7 +270,7 @@ export class Worker {
         }
       };
       beat = setInterval(() => {
-        this.call("/api/v1/heartbeat", a.token, { taskRunId: a.taskRunId }).catch(leaseLost);
+        this.taskCall("/api/v1/heartbeat", a, { taskRunId: a.taskRunId }).catch(leaseLost);
       }, every);
       const timeoutMs = minDefined(a.timeoutMs, task.options.timeoutMs);
       let input: Json, upstream: Record<string, Json>;
@@ -292,10 +292,10 @@ export class Worker {
         traceparent: a.traceparent,
         log: logger(lines),
         progress: async (fraction, message) => {
-          await this.call("/api/v1/progress", a.token, { taskRunId: a.taskRunId, progress: fraction, message }).catch(leaseLost);
+          await this.taskCall("/api/v1/progress", a, { taskRunId: a.taskRunId, progress: fraction, message }).catch(leaseLost);
         },
         sendSignal: async (name, payload = null, options = {}) =>
-          (await this.call("/api/v1/worker/signal", a.token, { taskRunId: a.taskRunId, name, payload, ...options })) as SignalSent,
+          (await this.taskCall("/api/v1/worker/signal", a, { taskRunId: a.taskRunId, name, payload, ...options })) as SignalSent,
         signal: abort.signal,
       };
       const stopped = new Promise<never>((_, reject) => {
@@ -343,7 +343,7 @@ export class Worker {
   }
 
   private callback(a: Assignment, body: Record<string, unknown>) {
-    return this.call(`/api/v1/callback/${a.runId}`, a.token, { taskRunId: a.taskRunId, output: null, ...body });
+    return this.taskCall(`/api/v1/callback/${a.runId}`, a, { taskRunId: a.taskRunId, output: null, ...body });
   }
 
   private workerHeartbeat() {
@@ -365,11 +365,21 @@ export class Worker {
     return /^https?:\/\//.test(url) ? url : `${this.orchestratorUrl}${url}`;
   }
 
+  /**
+   * A call about attempt `a`, with its task token and its `traceparent`: the orchestrator's
+   * span for the call joins the run's trace, under the attempt's.
+   */
+  taskCall(path: string, a: Assignment, body: unknown): Promise<unknown> {
+    return this.call(path, a.token, body, undefined, a.traceparent);
+  }
+
   /** POSTs JSON with a bearer token; the parsed answer, or an OrbitError. */
-  async call(path: string, token: string, body: unknown, signal?: AbortSignal): Promise<unknown> {
+  async call(path: string, token: string, body: unknown, signal?: AbortSignal, traceparent?: string): Promise<unknown> {
+    const headers: Record<string, string> = { "content-type": "application/json", authorization: `Bearer ${token}` };
+    if (traceparent) headers.traceparent = traceparent;
     const res = await fetch(this.resolve(path), {
       method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      headers,
       body: JSON.stringify(body),
       signal,
     });

@@ -158,3 +158,27 @@ test("the CommonJS build exports the same API", () => {
   assert.equal(typeof cjs.OrbitClient, "function");
   assert.ok(new OrbitClient({ url: "http://127.0.0.1:1/" }).url.endsWith(":1"));
 });
+
+test("calls about an attempt carry its traceparent (the orchestrator's spans join the run's trace)", async () => {
+  const { createServer } = await import("node:http");
+  const seen = [];
+  const server = createServer((req, res) => {
+    seen.push({ url: req.url, traceparent: req.headers.traceparent, authorization: req.headers.authorization });
+    res.setHeader("content-type", "application/json");
+    res.end("{}");
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  const w = createWorker({ orchestratorUrl: url, serviceId: "unit", secretKey: "unit-test-key-0123456789" });
+  const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  try {
+    await w.taskCall("/api/v1/heartbeat", { token: "task-token", traceparent, taskRunId: "t" }, { taskRunId: "t" });
+    await w.call("/api/v1/worker/heartbeat", "service-token", {});
+  } finally {
+    server.close();
+  }
+  assert.deepEqual(seen, [
+    { url: "/api/v1/heartbeat", traceparent, authorization: "Bearer task-token" },
+    { url: "/api/v1/worker/heartbeat", traceparent: undefined, authorization: "Bearer service-token" },
+  ]);
+});

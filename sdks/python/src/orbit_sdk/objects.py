@@ -46,7 +46,7 @@ async def hydrate(worker: Worker, a: Assignment) -> tuple[Any, dict[str, Any]]:
 
 async def store(worker: Worker, a: Assignment, body: bytes) -> dict[str, Any]:
     """Uploads an output's JSON to this attempt's granted object; the reference to call back with."""
-    grant = await worker.call("/api/v1/grant", a["token"], {"taskRunId": a["taskRunId"]})
+    grant = await worker.task_call("/api/v1/grant", a, {"taskRunId": a["taskRunId"]})
     async with worker.http.put(worker.resolve(grant["url"]), data=body, headers={"content-type": "application/json"}) as response:
         if response.status >= 300:
             raise RuntimeError(f"storing the output was refused: {response.status} {await response.text()}")

@@ -430,7 +430,7 @@ class Worker:
     def _context(self, a: Assignment, input: Any, upstream: dict[str, Any], state: _Attempt) -> Context:
         async def report(fraction: float, message: str | None) -> None:
             try:
-                await self.call("/api/v1/progress", a["token"], _compact({"taskRunId": a["taskRunId"], "progress": fraction, "message": message}))
+                await self.task_call("/api/v1/progress", a, _compact({"taskRunId": a["taskRunId"], "progress": fraction, "message": message}))
             except OrbitError as error:
                 if error.status == 409:
                     self._lost(state)
@@ -440,7 +440,7 @@ class Worker:
         async def send(name: str, payload: Any, ttl: str | None) -> dict[str, Any]:
             body = _compact({"taskRunId": a["taskRunId"], "name": name, "ttl": ttl})
             body["payload"] = payload
-            return cast(dict[str, Any], await self.call("/api/v1/worker/signal", a["token"], body))
+            return cast(dict[str, Any], await self.task_call("/api/v1/worker/signal", a, body))
 
         ctx = Context(
             input=input,
@@ -472,7 +472,7 @@ class Worker:
 
         async def send() -> None:
             try:
-                await self.call("/api/v1/heartbeat", a["token"], {"taskRunId": a["taskRunId"]})
+                await self.task_call("/api/v1/heartbeat", a, {"taskRunId": a["taskRunId"]})
             except OrbitError as error:
                 if error.status == 409:
                     self._lost(state)
@@ -495,7 +495,7 @@ class Worker:
                 output = await objects.store(self, a, body)
         payload = _compact({"taskRunId": a["taskRunId"], "status": status, "runNext": run_next, "error": error, "retryAfterMs": retry_after_ms})
         payload.update(output=output, retryable=retryable, logs=logs or [])
-        await self.call(f"/api/v1/callback/{a['runId']}", a["token"], payload)
+        await self.task_call(f"/api/v1/callback/{a['runId']}", a, payload)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -550,10 +550,17 @@ class Worker:
         """`url` as the orchestrator gave it: absolute (pre-signed) or relative to it."""
         return url if url.startswith(("http://", "https://")) else f"{self.orchestrator_url}{url}"
 
-    async def call(self, path: str, token: str, body: Any) -> Any:
+    async def task_call(self, path: str, a: Assignment, body: Any) -> Any:
+        """A call about attempt `a`, with its task token and its `traceparent`: the
+        orchestrator's span for the call joins the run's trace, under the attempt's."""
+        return await self.call(path, a["token"], body, a.get("traceparent"))
+
+    async def call(self, path: str, token: str, body: Any, traceparent: str | None = None) -> Any:
         """POSTs JSON with a bearer token; the parsed answer, or an OrbitError."""
         data = json.dumps(body, separators=(",", ":")).encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+        if traceparent:
+            headers["traceparent"] = traceparent
         async with self.http.post(self.resolve(path), data=data, headers=headers) as response:
             return answer(path, response.status, await response.read())
 
