@@ -124,7 +124,7 @@ pub struct WhyLine {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<secrecy::SecretString>,
 }
 
 impl Client {
@@ -139,7 +139,7 @@ impl Client {
 
     /// The server's ORBIT_API_TOKEN, when it has one.
     pub fn with_token(mut self, token: impl Into<String>) -> Client {
-        self.token = Some(token.into());
+        self.token = Some(token.into().into());
         self
     }
 
@@ -363,7 +363,7 @@ impl Client {
         let url = address.to_string();
         let mut req = self.http.request(method, address);
         if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
+            req = req.bearer_auth(secrecy::ExposeSecret::expose_secret(token));
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -401,4 +401,15 @@ fn segment(key: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_client_never_prints_its_token() {
+        let client = super::Client::new("http://127.0.0.1:9").with_token("tok-0123456789-secret");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("tok-0123456789-secret"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
+    }
 }

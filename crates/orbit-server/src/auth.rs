@@ -16,7 +16,12 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.config.api_token.as_deref() else {
+    let Some(expected) = state
+        .config
+        .api_token
+        .as_ref()
+        .map(secrecy::ExposeSecret::expose_secret)
+    else {
         return Ok(next.run(request).await);
     };
     // The seeds' paths (`/api/...`, `/health`) are the same routes as `/api/v1/...`.

@@ -52,7 +52,7 @@ pub struct ServerConfig {
     pub workers: usize,
     pub engine: EngineConfig,
     /// Every API call must carry it as a bearer token.
-    pub api_token: Option<String>,
+    pub api_token: Option<secrecy::SecretString>,
     /// Leave `/api/v1/health` and `/metrics` open when a token is set.
     pub public_health: bool,
     /// Most tasks one `POST /api/v1/process` claims.

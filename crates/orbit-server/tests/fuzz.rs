@@ -65,7 +65,7 @@ async fn env(token: Option<&str>) -> Env {
         mode: Mode::Serverless,
         workers: 0,
         engine: EngineConfig::default(),
-        api_token: token.map(str::to_owned),
+        api_token: token.map(Into::into),
         public_health: false,
         process_batch: 5,
         store_kind: "sqlite",

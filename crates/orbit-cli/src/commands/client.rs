@@ -8,7 +8,7 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     http: reqwest::Client,
-    token: Option<String>,
+    token: Option<secrecy::SecretString>,
 }
 
 impl Client {
@@ -21,9 +21,7 @@ impl Client {
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .build()?,
-            token: std::env::var("ORBIT_API_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
+            token: crate::settings::var("ORBIT_API_TOKEN").map(Into::into),
         })
     }
 
@@ -46,7 +44,7 @@ impl Client {
         let url = format!("{}/api/v1{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+            req = req.bearer_auth(secrecy::ExposeSecret::expose_secret(t));
         }
         if let Some(b) = body {
             req = req.json(&b);

@@ -70,9 +70,8 @@ pub async fn server(url: &str, args: ServerArgs) -> anyhow::Result<u8> {
         crate::cli::ServerMode::Standalone => Mode::Standalone,
         crate::cli::ServerMode::Serverless => Mode::Serverless,
     };
-    let api_token = std::env::var("ORBIT_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let api_token: Option<secrecy::SecretString> =
+        crate::settings::var("ORBIT_API_TOKEN").map(Into::into);
     let secret_key = match crate::settings::var("ORBIT_SECRET_KEY") {
         Some(k) => Some(orbit_engine::dispatch::SecretKey::new(&k).map_err(BadInput)?),
         None => None,
