@@ -151,6 +151,26 @@ fn a_server_keeps_worker_processes_beside_it() {
         "a worker process to run it",
         || (env.json(&["status", &run])["run"]["state"] == "succeeded").then_some(()),
     );
+    // One killed: replaced, and counted on the server's /metrics.
+    let victim = *workers.iter().next().expect("a worker");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    let restarts = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("{}/metrics", s.base)])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("orbit_worker_process_restarts_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let workers = eventually(Duration::from_secs(10), "a replacement", || {
+        let c = children_of(s.proc.pid());
+        (c.len() == 2 && !c.contains(&victim)).then_some(c)
+    });
+    assert_eq!(restarts(), Some(1.0));
     s.proc.signal("TERM");
     assert!(
         s.proc

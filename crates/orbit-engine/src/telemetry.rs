@@ -51,6 +51,11 @@ pub fn describe() {
         "Store calls of the engine that failed, by kind (unavailable, conflict, ...)"
     );
     describe_counter!(
+        "orbit_worker_process_restarts_total",
+        Unit::Count,
+        "Supervised worker processes that exited and were started again (orbit server --workers-processes)"
+    );
+    describe_counter!(
         "orbit_recovery_runs_resumed_total",
         Unit::Count,
         "Interrupted runs resumed by recovery"
@@ -87,6 +92,11 @@ pub fn leases_lost(n: usize) {
     if n > 0 {
         counter!("orbit_leases_lost_total").increment(n as u64);
     }
+}
+
+/// A supervised worker process exited and is started again.
+pub fn worker_process_restarted() {
+    counter!("orbit_worker_process_restarts_total").increment(1);
 }
 
 /// A store call that failed.

@@ -130,6 +130,7 @@ async fn run_slot(
         if started.elapsed() >= HEALTHY_AFTER {
             backoff = FIRST_BACKOFF;
         }
+        orbit_engine::telemetry::worker_process_restarted();
         tracing::warn!(slot, pid, %status, restart_in_ms = backoff.as_millis() as u64, "worker process exited; starting another");
         eprintln!(
             "orbit worker: process {pid} (slot {slot}) exited ({status}); starting another in {}",
