@@ -168,6 +168,14 @@ async fn metrics_count_a_known_workload_by_the_conventions() {
         Some(1.0)
     );
     assert_eq!(e.value("orbit_dlq_entries", &[]), Some(1.0));
+    assert_eq!(
+        e.value(
+            "orbit_queue_task_runs",
+            &[("queue", "default"), ("state", "ready")]
+        ),
+        Some(0.0),
+        "the queue has drained"
+    );
     assert_eq!(e.value("orbit_runs_triggered_total", &[]), Some(1.0));
     assert!(
         e.value("orbit_commits_total", &[])

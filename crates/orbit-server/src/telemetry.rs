@@ -45,6 +45,11 @@ fn describe() {
         "Task runs by state (pending = ready, waiting, parked, running, completed, failed), counted by the store's commits"
     );
     describe_gauge!(
+        "orbit_queue_task_runs",
+        Unit::Count,
+        "Task runs ready, running and parked, by queue"
+    );
+    describe_gauge!(
         "orbit_dlq_entries",
         Unit::Count,
         "Entries in the dead-letter queue"

@@ -209,6 +209,7 @@ delegate! {
 delegate! {
     Queues {
         queue_stats() -> Result<QueueStats>;
+        queue_depths() -> Result<Vec<(String, orbit_core::TaskState, i64)>>;
         queue_items(filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
         attempt_cells(since: DateTime<Utc>) -> Result<Vec<(CellKey, Cell)>>;
         key_usage(keys: &[String]) -> Result<Vec<KeyUsage>>;

@@ -217,6 +217,10 @@ pub trait Claims: Send + Sync + 'static {
 pub trait Queues: Send + Sync + 'static {
     async fn queue_stats(&self) -> Result<QueueStats>;
 
+    /// Task runs ready, running and parked, by queue: `(queue, state, n)`. Read from the
+    /// partial indexes of those states, so it costs what is unsettled, not the table.
+    async fn queue_depths(&self) -> Result<Vec<(String, TaskState, i64)>>;
+
     /// Task runs in the queue, highest priority and oldest first.
     async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>>;
 

@@ -63,6 +63,19 @@ pub const DLQ_AND_OLDEST_READY: &str = "WITH RECURSIVE p (v) AS ( \
      SELECT (SELECT COUNT(*) FROM dead_letters), \
      (SELECT MIN((SELECT MIN(ready_at) FROM task_runs WHERE state = 'ready' AND priority = p.v)) FROM p WHERE p.v IS NOT NULL)";
 
+/// Task runs ready, running and parked by queue (one partial index each). The same SQL on
+/// SQLite and PostgreSQL.
+pub const DEPTH_BY_QUEUE: &str = "SELECT queue, 'ready', COUNT(*) FROM task_runs WHERE state = 'ready' GROUP BY queue \
+     UNION ALL SELECT queue, 'running', COUNT(*) FROM task_runs WHERE state = 'running' GROUP BY queue \
+     UNION ALL SELECT queue, 'parked', COUNT(*) FROM task_runs WHERE state = 'parked' GROUP BY queue";
+
+/// [`DEPTH_BY_QUEUE`]'s rows, typed.
+pub fn depths(rows: Vec<(String, String, i64)>) -> Vec<(String, TaskState, i64)> {
+    rows.into_iter()
+        .filter_map(|(queue, state, n)| Some((queue, state.parse().ok()?, n)))
+        .collect()
+}
+
 /// Queue status from the per-state counters (`(state, n)` rows), the dead-letter queue's size
 /// and the oldest ready task run.
 pub fn queue_stats(

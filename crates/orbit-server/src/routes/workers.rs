@@ -218,6 +218,31 @@ pub async fn series(
     ))
 }
 
+/// Sets `orbit_queue_task_runs` for the default queue, those nodes claim from, and every queue
+/// seen since the process started: one that has drained reads 0 rather than its last value.
+fn queue_gauges(
+    depths: Vec<(String, orbit_core::TaskState, i64)>,
+    named: impl Iterator<Item = String>,
+) {
+    use orbit_core::TaskState;
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let Ok(mut seen) = SEEN.lock() else { return };
+    seen.insert("default".to_owned());
+    seen.extend(named);
+    seen.extend(depths.iter().map(|(q, _, _)| q.clone()));
+    for queue in seen.iter() {
+        for state in [TaskState::Ready, TaskState::Running, TaskState::Parked] {
+            let n = depths
+                .iter()
+                .find(|(q, s, _)| q == queue && *s == state)
+                .map_or(0, |(_, _, n)| *n);
+            metrics::gauge!("orbit_queue_task_runs", "queue" => queue.clone(), "state" => state.as_str())
+                .set(n as f64);
+        }
+    }
+}
+
 /// `/metrics`: Prometheus text format. Gauges are read from the store at scrape time; counters
 /// and histograms come from this process.
 pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
@@ -238,7 +263,15 @@ pub async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
         });
         metrics::gauge!("orbit_oldest_pending_seconds").set(age);
     }
-    if let Ok(nodes) = s.store.nodes(200).await {
+    let nodes = s.store.nodes(200).await;
+    if let Ok(depths) = s.store.queue_depths().await {
+        let named = nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| n.info.queues.iter().cloned());
+        queue_gauges(depths, named);
+    }
+    if let Ok(nodes) = nodes {
         let now = Utc::now();
         for status in ["healthy", "unhealthy", "stopped"] {
             let n = nodes.iter().filter(|n| n.status(now) == status).count();

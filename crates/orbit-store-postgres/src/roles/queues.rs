@@ -21,6 +21,14 @@ impl orbit_store::Queues for PgStore {
         ))
     }
 
+    async fn queue_depths(&self) -> Result<Vec<(String, TaskState, i64)>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(orbit_store::tally::DEPTH_BY_QUEUE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(orbit_store::tally::depths(rows))
+    }
+
     async fn queue_items(&self, filter: &QueueFilter) -> Result<Vec<TaskRunRecord>> {
         let states: Vec<&str> = match filter.state {
             Some(s) => vec![s.as_str()],

@@ -293,6 +293,16 @@ pub async fn queue_stats_count_task_runs_by_state(store: &dyn Store) {
     let a = claim(store, Some(run), 1, t0()).await;
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.pending, stats.running, stats.waiting), (1, 1, 1));
+    let mut depths = store.queue_depths().await.unwrap();
+    depths.sort_by_key(|(q, s, _)| (q.clone(), s.as_str()));
+    assert_eq!(
+        depths,
+        [
+            ("default".to_owned(), TaskState::Ready, 1),
+            ("default".to_owned(), TaskState::Running, 1)
+        ],
+        "waiting task runs are in no queue yet"
+    );
     let fatal = Outcome::Failed(Failure::fatal("boom"));
     record(store, finish(&p, &a[0], fatal, t0())).await;
     let stats = store.queue_stats().await.unwrap();
