@@ -1,5 +1,5 @@
 //! A run's trace, for OpenTelemetry: its root span (creation to end), the trigger (creation to
-//! start), and per attempt its wait in the queue, the attempt and the commit that recorded its
+//! its first claim), and per attempt its wait in the queue, the attempt and the commit that recorded its
 //! end. Spans are written from store facts when they are final (a claim, a commit, a run
 //! settling), by whichever process saw them, with ids derived from what they stand for
 //! ([`orbit_core::trace::span_id`]): a run that outlives its engine, or whose attempts ran in
