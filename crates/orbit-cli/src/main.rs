@@ -101,6 +101,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(commands::dispatch(cli));
     if let Some(traces) = traces {
+        runtime.block_on(orbit_engine::traces::drain(std::time::Duration::from_secs(
+            2,
+        )));
         traces.shutdown();
     }
     match result {

@@ -486,6 +486,24 @@ fn errors_say_nothing_internal() {
     let a = raw.send("GET", &format!("/api/v1/pipelines/{long}"), &[], b"");
     assert_eq!(a.status, 404);
     assert!(a.body.len() < 1024);
+    // A 4xx names its request too, as the header does.
+    let id = a.json()["error"]["requestId"]
+        .as_str()
+        .expect("a request id in a 404")
+        .to_owned();
+    assert!(
+        a.headers.contains(&format!("x-request-id: {id}")),
+        "{}",
+        a.headers
+    );
+    let a = raw.send(
+        "POST",
+        "/api/v1/pipelines",
+        &[("Content-Type", "application/json")],
+        b"{not json",
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.json()["error"]["requestId"].is_string(), "{}", a.body);
     // Control and bidi characters come back escaped.
     let a = raw.send("GET", "/api/v1/pipelines/ab%E2%80%AEcd%1B", &[], b"");
     assert_eq!(a.status, 404);

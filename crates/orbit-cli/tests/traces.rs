@@ -265,3 +265,34 @@ async fn an_sdk_worker_continues_the_trace_in_its_calls() {
     assert_eq!(callback.kind, 2, "a server span");
     assert!(attr(callback, "orbit.request_id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_has_its_root_span() {
+    let otlp = receiver().await;
+    let env = CliEnv::new();
+    env.file(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - {name: nap, type: shell, command: ['sleep', '60']}\n",
+    );
+    env.ok(&["apply", "slow.yaml"]);
+    env.ok(&["trigger", "slow"]);
+    let run = env.json(&["runs", "--limit", "1"])[0]["id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    let out = env
+        .orbit()
+        .args(["cancel", &run])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.url)
+        .output()
+        .expect("orbit cancel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = otlp.trace(&run);
+    let root = named(&spans, "run slow");
+    assert_eq!(attr(root, "orbit.state"), Some("cancelled"));
+    assert_eq!(named(&spans, "trigger").parent_span_id, root.span_id);
+}

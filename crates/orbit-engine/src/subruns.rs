@@ -69,12 +69,14 @@ pub async fn cancel_tree(
     now: chrono::DateTime<Utc>,
 ) -> Result<RunRecord, StoreError> {
     let cancelled = store.cancel_run(run, now).await?;
+    crate::traces::run_settled(&cancelled);
     let mut below = store.child_runs(run).await?;
     while let Some(child) = below.pop() {
         if !child.state.is_terminal() {
             match store.cancel_run(child.id, now).await {
+                Ok(r) => crate::traces::run_settled(&r),
                 // Settled in the meantime: nothing to stop.
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
         }

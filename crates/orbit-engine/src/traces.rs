@@ -13,8 +13,9 @@ use orbit_core::transition::Transition;
 use orbit_store::plan::AttemptOutcome;
 use orbit_store::{ClaimedTask, FinishedAttempt, Store};
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, SystemTime};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// One finished span.
@@ -45,6 +46,9 @@ type Sink = Box<dyn Fn(SpanRecord) + Send + Sync>;
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+/// The reads of settled runs still under way, for [`drain`].
+static READS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
 /// Sends every span from now on to `sink` (once per process; later calls are ignored).
 pub fn install(sink: impl Fn(SpanRecord) + Send + Sync + 'static) {
     let _ = SINK.set(Box::new(sink));
@@ -53,6 +57,13 @@ pub fn install(sink: impl Fn(SpanRecord) + Send + Sync + 'static) {
 /// Whether spans are recorded at all: what they are built from is not gathered otherwise.
 pub fn enabled() -> bool {
     SINK.get().is_some()
+}
+
+/// Waits (up to `within`) for the spans of runs settled so far to be recorded: before a
+/// command that has just finished a run exits.
+pub async fn drain(within: Duration) {
+    READS.close();
+    let _ = tokio::time::timeout(within, READS.wait()).await;
 }
 
 /// Records `span`, if a sink is installed.
@@ -167,7 +178,7 @@ pub(crate) fn settled(store: &Arc<dyn Store>, runs: &[(Uuid, RunState)]) {
     }
     let store = store.clone();
     let runs: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
-    tokio::spawn(async move {
+    READS.spawn(async move {
         for id in runs {
             match store.run(id).await {
                 Ok(run) => run_spans(&run),
@@ -175,6 +186,13 @@ pub(crate) fn settled(store: &Arc<dyn Store>, runs: &[(Uuid, RunState)]) {
             }
         }
     });
+}
+
+/// A run settled outside a commit (cancelled): its root span and trigger.
+pub(crate) fn run_settled(run: &orbit_store::RunRecord) {
+    if enabled() {
+        run_spans(run);
+    }
 }
 
 fn run_spans(run: &orbit_store::RunRecord) {

@@ -36,6 +36,10 @@ pub struct ErrorDetail {
     #[schema(value_type = Object)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
+    /// The request's id (also in the `x-request-id` header and on the server's log lines
+    /// about it): quote it when reporting a problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {

@@ -1,5 +1,5 @@
 //! Every request gets an id: in the `x-request-id` response header, on every log line written
-//! while it is served, and in the body of a 5xx answer. A 5xx body says only that something
+//! while it is served, and in every error body (`error.requestId`). A 5xx body says only that something
 //! failed and names that id; the details (database, storage or file system text) go to the log
 //! line that carries the same id, never to the client. A request that carries a W3C
 //! `traceparent` (an SDK worker reporting on its attempt) is a span of that trace, whose id is
@@ -61,11 +61,38 @@ pub async fn tag(request: Request, next: Next) -> Response {
             axum::Json(json!({"error": {"code": code, "message": message, "requestId": id}})),
         )
             .into_response();
+    } else if response.status().is_client_error() {
+        response = with_request_id(response, &id).await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// A 4xx answer with `requestId` in its JSON error (whoever wrote it: a handler, an extractor's
+/// rejection, the auth or host guard). Error bodies are small; anything else passes as it is.
+async fn with_request_id(response: Response, id: &str) -> Response {
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
+    };
+    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    if let Some(error) = value.get_mut("error").and_then(|e| e.as_object_mut()) {
+        error.insert("requestId".into(), id.into());
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(value.to_string()))
 }
 
 fn record_span(

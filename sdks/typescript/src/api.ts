@@ -1223,6 +1223,11 @@ export interface components {
             details?: Record<string, never>;
             /** @description For people: what was wrong and what to do. */
             message: string;
+            /**
+             * @description The request's id (also in the `x-request-id` header and on the server's log lines
+             *     about it): quote it when reporting a problem.
+             */
+            requestId?: string | null;
         };
         /** @description An execution in Orbit-Py's shape: a run, its status, and its tasks' states. */
         Execution: {

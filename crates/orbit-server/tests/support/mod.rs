@@ -130,7 +130,14 @@ pub fn stable(value: Value) -> Value {
         }
         Value::String(s) => json!(without_ids(&s)),
         Value::Array(items) => Value::Array(items.into_iter().map(stable).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, stable(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    "requestId" if v.is_string() => (k, json!("[request id]")),
+                    _ => (k, stable(v)),
+                })
+                .collect(),
+        ),
         other => other,
     }
 }

@@ -147,6 +147,7 @@ class ErrorDetail(TypedDict):
     code: str
     details: NotRequired[dict[str, Any]]
     message: str
+    requestId: NotRequired[str | None]
 
 
 class Execution(TypedDict):
