@@ -92,7 +92,8 @@ fn internal(
         server: false,
         start: start.into(),
         end: end.max(start).into(),
-        attributes: vec![("orbit.run_id", str(run.to_string()))],
+        // The run's id is the trace's: only the root repeats it, for searches by attribute.
+        attributes: Vec::with_capacity(4),
         error: None,
         link: None,
     }
@@ -207,6 +208,7 @@ fn run_spans(run: &orbit_store::RunRecord) {
     );
     span.parent = None;
     span.attributes.extend([
+        ("orbit.run_id", str(run.id.to_string())),
         ("orbit.pipeline", str(&run.pipeline_name)),
         ("orbit.pipeline_version", Attr::Int(run.pipeline_version)),
         ("orbit.state", str(run.state.as_str())),
