@@ -244,10 +244,16 @@ fn describe(ev: &EngineEvent, this: Uuid) -> Option<(Option<String>, Value, u64)
                     )
                 })
                 .unwrap_or_default();
+            let until = if park.kind == ParkKind::Run {
+                String::new()
+            } else {
+                until
+            };
             let why = match (park.kind, &park.event, &park.note) {
                 (ParkKind::Signal, Some(event), _) => format!("waiting for signal `{event}`"),
                 (ParkKind::Approval, _, Some(note)) => format!("waiting for approval: {note}"),
                 (ParkKind::Approval, _, None) => "waiting for approval".to_owned(),
+                (ParkKind::Run, _, Some(note)) => format!("waiting for {note}"),
                 _ => "sleeping".to_owned(),
             };
             (

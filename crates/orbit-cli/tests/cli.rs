@@ -1441,6 +1441,76 @@ fn a_sub_pipeline_runs_as_a_child_run_and_gives_its_output() {
     assert_eq!(status["subRuns"][0]["id"], sub["id"], "{status}");
 }
 
+/// A parent task waits for its sub-run parked, holding no worker slot: one slot runs three
+/// sub-pipelines side by side (a parent holding its slot would leave none for its child).
+#[test]
+fn sub_pipelines_wait_without_holding_a_slot() {
+    let env = setup();
+    let child = env.file("resize.yaml", RESIZE);
+    assert!(
+        env.orbit()
+            .arg("apply")
+            .arg(&child)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let parent = env.file(
+        "album.yaml",
+        "name: album\ntasks:\n  - name: thumbs\n    type: pipeline\n    pipeline: resize\n    for_each: \"{{ input.files }}\"\n    input: { file: \"{{ item }}\", nap: 2s }\n",
+    );
+    let mut running = env.spawn(
+        &[
+            "run",
+            parent.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "-i",
+            r#"{"files": ["a.png", "b.png", "c.png"]}"#,
+        ],
+        false,
+    );
+    // While the children sleep, each parent task is parked on its child.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let album = loop {
+        if let Some(id) = runs_of(&env, "album")
+            .first()
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+        {
+            let out = env.orbit().args(["status", &id]).output().unwrap();
+            if stdout(&out).contains("3 parked") {
+                break id;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the parent tasks never all parked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = running.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > end {
+            let _ = running.kill();
+            panic!("the run never finished: its parents held the only slot");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "one slot ran them all");
+    let out = env.json(&["status", &album]);
+    assert_eq!(out["run"]["state"], "succeeded");
+    assert_eq!(out["subRuns"].as_array().map(Vec::len), Some(3));
+    // Side by side: every child started before any finished its 2 s nap.
+    let subs = runs_of(&env, "resize");
+    let last_start = subs.iter().filter_map(|r| r["createdAt"].as_str()).max();
+    let first_end = subs.iter().filter_map(|r| r["finishedAt"].as_str()).min();
+    assert!(last_start < first_end, "{subs:?}");
+}
+
 #[test]
 fn pipelines_that_run_each_other_are_refused_when_saved() {
     let env = setup();

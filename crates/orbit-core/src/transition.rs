@@ -45,6 +45,9 @@ pub enum ParkKind {
     Sleep,
     Signal,
     Approval,
+    /// A `pipeline` task waiting for its sub-run to settle (its event is the sub-run's
+    /// `settled` signal; its time, a check in case that signal was lost).
+    Run,
 }
 
 impl ParkKind {
@@ -53,13 +56,19 @@ impl ParkKind {
             ParkKind::Sleep => "sleep",
             ParkKind::Signal => "signal",
             ParkKind::Approval => "approval",
+            ParkKind::Run => "run",
         }
     }
 
     pub fn parse(s: &str) -> Option<ParkKind> {
-        [ParkKind::Sleep, ParkKind::Signal, ParkKind::Approval]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            ParkKind::Sleep,
+            ParkKind::Signal,
+            ParkKind::Approval,
+            ParkKind::Run,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

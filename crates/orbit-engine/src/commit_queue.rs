@@ -138,6 +138,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>, clo
                     (began, chrono::Utc::now()),
                 );
                 crate::traces::settled(&store, &outcome.settled_runs);
+                crate::subruns::notify_parents(&store, &outcome.settled_subruns);
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let lease_lost = finished[range]
                         .iter()
@@ -170,6 +171,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>, clo
                             let commit = (began, chrono::Utc::now());
                             crate::traces::committed(&finished[range], &outcome.lease_lost, commit);
                             crate::traces::settled(&store, &outcome.settled_runs);
+                            crate::subruns::notify_parents(&store, &outcome.settled_subruns);
                             Committed {
                                 claimed,
                                 lease_lost: outcome.lease_lost,

@@ -1,12 +1,16 @@
 //! Sub-pipelines: a `type: pipeline` task runs another pipeline as a child run and outputs what
 //! that run outputs. The child is made once per task run (its idempotency key is the task
 //! run's id, so a retried or recovered attempt finds the same run), linked to its parent, and
-//! cancelled and retried with it.
+//! cancelled and retried with it. While the child runs, the parent's task is parked, holding
+//! no worker slot (a slot held by a waiting parent could be the one its child needs): the
+//! commit that settles the child reports it, and whoever made that commit signals the parent
+//! ([`notify_parents`]); a parked parent also looks again after a while, in case that signal
+//! was lost with a crash.
 
 use chrono::Utc;
 use orbit_core::params::Params;
 use orbit_core::template::{self, Context};
-use orbit_core::transition::Failure;
+use orbit_core::transition::{Failure, Park, ParkKind};
 use orbit_core::{Pipeline, RunState, TaskDef, TaskState, TaskType};
 use orbit_store::{NewRun, RunRecord, Store, StoreError, TriggeredBy};
 use serde_json::{Map, Value, json};
@@ -17,8 +21,44 @@ use uuid::Uuid;
 /// stops here rather than run forever.
 const MAX_DEPTH: usize = 16;
 
-/// How often a parent attempt looks at its child run.
-const POLL: Duration = Duration::from_millis(100);
+/// A parked parent looks at its child again after this, doubling each time up to
+/// [`LOOK_AGAIN_MAX`]: only a signal lost with a crash makes it wait that long.
+const LOOK_AGAIN: Duration = Duration::from_secs(30);
+const LOOK_AGAIN_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// How long a settled child's signal is kept for a parent that has not parked yet.
+const SIGNAL_KEPT: chrono::Duration = chrono::Duration::days(1);
+
+/// The signal a settled sub-run sends the task of its parent that waits for it.
+pub fn settled_signal(child: Uuid) -> String {
+    format!("orbit.run.{child}.settled")
+}
+
+/// Signals the parents of sub-runs that just settled (in the background: the commit's callers
+/// do not wait for it).
+pub(crate) fn notify_parents(store: &std::sync::Arc<dyn Store>, settled: &[Uuid]) {
+    if settled.is_empty() {
+        return;
+    }
+    let (store, settled) = (store.clone(), settled.to_vec());
+    tokio::spawn(async move {
+        for child in settled {
+            let now = Utc::now();
+            let name = settled_signal(child);
+            let payload = json!({ "run": child });
+            if let Err(e) = store.signal(&name, &payload, now + SIGNAL_KEPT, now).await {
+                tracing::warn!(run = %child, error = %e, "a settled sub-run's parent was not signalled; it looks again later");
+            }
+        }
+    });
+}
+
+/// What an attempt of a `pipeline` task comes to.
+pub(crate) enum Step {
+    Done(Result<Value, Failure>),
+    /// The child has not settled: park until it does.
+    Park(Park),
+}
 
 /// The pipelines `p`'s tasks run as sub-pipelines, where the name is plain text.
 fn runs_of(p: &Pipeline) -> Vec<String> {
@@ -85,17 +125,30 @@ pub async fn cancel_tree(
     Ok(cancelled)
 }
 
-/// One attempt of `def` (`type: pipeline`) of task run `task_run` in run `run`: makes (or
-/// finds) its child run, retries it when an earlier attempt saw it fail, follows it until it
-/// settles, and gives its output.
+/// One attempt of `def` (`type: pipeline`), task run `task`: makes (or finds) its child run,
+/// retries it when an earlier attempt saw it fail, and gives its output once it has settled,
+/// parking until then.
 pub(crate) async fn run_child(
     store: &dyn Store,
     def: &TaskDef,
     ctx: &Context<'_>,
-    run: Uuid,
-    task_run: Uuid,
+    task: &orbit_store::ClaimedTask,
     log: &impl Fn(&str),
-) -> Result<Value, Failure> {
+) -> Step {
+    match child_step(store, def, ctx, task, log).await {
+        Ok(step) => step,
+        Err(f) => Step::Done(Err(f)),
+    }
+}
+
+async fn child_step(
+    store: &dyn Store,
+    def: &TaskDef,
+    ctx: &Context<'_>,
+    task: &orbit_store::ClaimedTask,
+    log: &impl Fn(&str),
+) -> Result<Step, Failure> {
+    let (run, task_run) = (task.run_id, task.id);
     let unavailable = |e: StoreError| Failure::error(format!("sub-pipeline: {e}"));
     let rendered = template::render_params(&def.params, ctx).map_err(Failure::fatal)?;
     let Params::Pipeline(p) = Params::from_json(TaskType::Pipeline, &rendered, true)
@@ -141,6 +194,9 @@ pub(crate) async fn run_child(
             "[orbit] started run {} of pipeline `{}` v{}",
             child.id, child.pipeline_name, child.pipeline_version
         ));
+    } else if task.wake.is_some() {
+        // Woken from its park: the child settled (or it is time to look again).
+        log(&format!("[orbit] run {} is {}", child.id, child.state));
     } else if matches!(child.state, RunState::Failed | RunState::Cancelled) {
         // An earlier attempt saw it fail: retrying this task retries the child.
         let again: Vec<String> = store
@@ -164,9 +220,19 @@ pub(crate) async fn run_child(
     } else {
         log(&format!("[orbit] following run {} again", child.id));
     }
-    while !child.state.is_terminal() {
-        tokio::time::sleep(POLL).await;
-        child = store.run(child.id).await.map_err(unavailable)?;
+    if !child.state.is_terminal() {
+        let again = LOOK_AGAIN
+            .saturating_mul(1 << task.attempt.saturating_sub(1).min(10))
+            .min(LOOK_AGAIN_MAX);
+        return Ok(Step::Park(Park {
+            kind: ParkKind::Run,
+            until: Some(Utc::now() + chrono::Duration::from_std(again).unwrap_or_default()),
+            event: Some(settled_signal(child.id)),
+            note: Some(format!(
+                "run {} of pipeline `{}`",
+                child.id, child.pipeline_name
+            )),
+        }));
     }
     if child.state != RunState::Succeeded {
         return Err(Failure::error(format!(
@@ -175,10 +241,11 @@ pub(crate) async fn run_child(
         )));
     }
     log(&format!("[orbit] run {} succeeded", child.id));
-    output(store, &child).await.map_err(|e| match e {
+    let output = output(store, &child).await.map_err(|e| match e {
         StoreError::Invalid(m) => Failure::fatal(m),
         other => unavailable(other),
-    })
+    })?;
+    Ok(Step::Done(Ok(output)))
 }
 
 /// Refuses to nest `pipeline` under `run` when it already runs above it, or too deep.

@@ -157,6 +157,10 @@ fn parked_because(
                 park.note.as_deref().unwrap_or("")
             )
         }
+        "run" => format!(
+            "waiting for {}{since}, holding no worker",
+            park.note.as_deref().unwrap_or("its sub-run")
+        ),
         _ => match park.until {
             Some(u) => format!("sleeping until {}", at(u)),
             None => "parked".to_owned(),

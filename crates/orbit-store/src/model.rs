@@ -341,6 +341,8 @@ pub struct BatchOutcome {
     pub lease_lost: Vec<Uuid>,
     /// Runs that reached a terminal state in this commit.
     pub settled_runs: Vec<(Uuid, RunState)>,
+    /// Those of them that are sub-runs: their parents' tasks wait for them.
+    pub settled_subruns: Vec<Uuid>,
     /// The commit made tasks claimable that its own claim did not take; the store has
     /// signalled other claimers.
     pub left_work: bool,

@@ -294,8 +294,16 @@ async fn attempt(
     }
     if def.task_type == orbit_core::TaskType::Pipeline {
         let line = |l: &str| log.line(l);
-        let result =
-            crate::subruns::run_child(io.store, def, &ctx, task.run_id, task.id, &line).await;
+        let result = match crate::subruns::run_child(io.store, def, &ctx, task, &line).await {
+            crate::subruns::Step::Park(park) => {
+                log.line(&park_line(&park));
+                return AttemptResult {
+                    park: Some(park),
+                    ..AttemptResult::of(Ok(Value::Null))
+                };
+            }
+            crate::subruns::Step::Done(result) => result,
+        };
         if let Err(f) = &result {
             log.line(&format!("[orbit] {}", f.message));
         }
@@ -382,6 +390,9 @@ fn park_line(park: &orbit_core::transition::Park) -> String {
         }
         (orbit_core::transition::ParkKind::Approval, _, Some(note)) => {
             format!("[orbit] parked: waiting for approval ({note}){until}")
+        }
+        (orbit_core::transition::ParkKind::Run, _, Some(note)) => {
+            format!("[orbit] parked: waiting for {note}, holding no worker")
         }
         _ => format!("[orbit] parked{until}"),
     }

@@ -50,6 +50,13 @@ pub(super) struct Drive<'e> {
     /// alongside it, since no other engine may be running (`orbit run`).
     nests: bool,
     sub_runs: Vec<Uuid>,
+    /// Which of the runs claimed from goes first this round.
+    turn: usize,
+    /// Rounds in a row that claimed nothing while runs were left out for want of slots.
+    idle_turns: usize,
+    /// Runs left out of the last round may have work for the slots still free: claim again
+    /// at once.
+    next_turn: bool,
 }
 
 impl<'e> Drive<'e> {
@@ -75,6 +82,9 @@ impl<'e> Drive<'e> {
             store_down: 0,
             nests: false,
             sub_runs: Vec::new(),
+            turn: 0,
+            idle_turns: 0,
+            next_turn: false,
         }
     }
 
@@ -114,6 +124,9 @@ impl<'e> Drive<'e> {
             self.engine
                 .running
                 .store(self.inflight.len(), std::sync::atomic::Ordering::Relaxed);
+            if std::mem::take(&mut self.next_turn) {
+                continue;
+            }
             self.wait(&shutdown).await;
             // Timed work is checked on every round, not only when the timer wins the wait:
             // under load finished attempts arrive without pause, and neither heartbeats nor
@@ -151,17 +164,24 @@ impl<'e> Drive<'e> {
         if claiming && self.nests {
             self.sub_runs = self.open_sub_runs().await?;
         }
-        // The scoped run's claim, and one per sub-run, sharing the free slots (sub-runs first:
-        // their parents wait for them).
+        // The scoped run's claim, and one per sub-run, sharing the free slots. Parents park
+        // while their sub-runs work, so none has to go first: they take turns, and a parent's
+        // next sub-pipeline starts while the first one's tasks still run.
         let mut claims = Vec::new();
+        // Runs left out of this round's claims (fewer free slots than runs).
+        let mut left_out = 0;
         if claiming {
-            let runs: Vec<Option<Uuid>> = self
+            let mut runs: Vec<Option<Uuid>> = self
                 .sub_runs
                 .iter()
                 .map(|r| Some(*r))
                 .chain([self.scope.run])
-                .take(free)
                 .collect();
+            let first = self.turn % runs.len();
+            runs.rotate_left(first);
+            self.turn = self.turn.wrapping_add(1);
+            left_out = runs.len().saturating_sub(free);
+            runs.truncate(free);
             let share = free / runs.len();
             for (i, run) in runs.iter().enumerate() {
                 claims.push(ClaimRequest {
@@ -210,6 +230,7 @@ impl<'e> Drive<'e> {
                     (commit_began, chrono::Utc::now()),
                 );
                 crate::traces::settled(&engine.store, &o.settled_runs);
+                crate::subruns::notify_parents(&engine.store, &o.settled_subruns);
                 o
             }
             // A database restart or a deadlock victim: the commit did not happen, so try the
@@ -238,6 +259,19 @@ impl<'e> Drive<'e> {
         // A full claim means more may be waiting; finishing tasks will free slots for them.
         self.claim_due =
             !claims.is_empty() && (outcome.claimed.len() >= asked || outcome.cut_short);
+        // Slots still free, and runs not asked: their turn comes now, not at the next wake-up,
+        // until a whole round of turns has found nothing.
+        if left_out > 0 && outcome.claimed.len() < asked {
+            self.idle_turns = if outcome.claimed.is_empty() {
+                self.idle_turns + 1
+            } else {
+                0
+            };
+            self.next_turn = self.idle_turns <= left_out;
+            self.claim_due |= self.next_turn;
+        } else {
+            self.idle_turns = 0;
+        }
         self.start(outcome.claimed).await?;
         for (run, state) in outcome.settled_runs {
             self.inputs.remove(&run);

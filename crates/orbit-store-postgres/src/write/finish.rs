@@ -52,7 +52,7 @@ pub async fn finish_and_claim(
     // The run rows last: a run's counters are one row that every worker finishing its tasks
     // changes, so its lock is taken at the end and held only through the commit, not for the
     // whole transaction (workers on one run would otherwise commit one after another).
-    out.settled_runs = count_and_settle(&mut tx, &mut plan, now).await?;
+    (out.settled_runs, out.settled_subruns) = count_and_settle(&mut tx, &mut plan, now).await?;
     let mut events = std::mem::take(&mut plan.events);
     events.append(&mut claimed_events);
     flush(&mut tx, &events, &plan.tally, now).await?;
@@ -66,13 +66,16 @@ pub async fn finish_and_claim(
 
 /// Moves the counters of the runs the batch finished tasks of (their rows locked in id order,
 /// so two batches never wait for each other in a cycle) and settles those with nothing left.
+/// Runs settled, and which of them are sub-runs.
+type Settled = (Vec<(Uuid, orbit_core::RunState)>, Vec<Uuid>);
+
 async fn count_and_settle(
     conn: &mut PgConnection,
     plan: &mut FinishPlan<'_>,
     now: DateTime<Utc>,
-) -> Result<Vec<(Uuid, orbit_core::RunState)>> {
+) -> Result<Settled> {
     if plan.counts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     // One run (a chain's step, most batches) needs no order: its UPDATE takes the one lock.
     if plan.counts.len() > 1 {
@@ -107,21 +110,26 @@ async fn count_and_settle(
         });
     }
     let (settled, _running) = plan.settle(counters);
+    let mut subruns = Vec::new();
     if !settled.is_empty() {
         let ids: Vec<Uuid> = settled.iter().map(|(run, _)| *run).collect();
         let states: Vec<&str> = settled.iter().map(|(_, state)| state.as_str()).collect();
-        sqlx::query(
+        subruns = sqlx::query_scalar::<_, Option<Uuid>>(
             "UPDATE runs r SET state = v.state, finished_at = $3, updated_at = $3 \
-             FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id",
+             FROM UNNEST($1::uuid[], $2::text[]) AS v(id, state) WHERE r.id = v.id \
+             RETURNING CASE WHEN r.parent_run_id IS NULL THEN NULL ELSE r.id END",
         )
         .bind(&ids)
         .bind(&states)
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)?
+        .into_iter()
+        .flatten()
+        .collect();
     }
-    Ok(settled)
+    Ok((settled, subruns))
 }
 
 /// Whether every claim got all it asked for (so more may be ready); true with no claim.

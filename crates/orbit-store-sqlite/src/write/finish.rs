@@ -68,11 +68,18 @@ fn commit_round(
     }
     let (settled, running) = plan.settle(counters);
     for (run, state) in &settled {
-        exec(
-            conn,
-            "UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3",
-            params![state.as_str(), now, run.to_string()],
-        )?;
+        let parent: Option<String> = conn
+            .prepare_cached(
+                "UPDATE runs SET state = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3 \
+                 RETURNING parent_run_id",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![state.as_str(), now, run.to_string()], |r| r.get(0))
+            })
+            .map_err(sql)?;
+        if parent.is_some() {
+            out.settled_subruns.push(*run);
+        }
     }
     out.settled_runs = settled;
     // Claims in one commit see each other's: no task is handed out twice.

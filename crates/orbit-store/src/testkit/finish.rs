@@ -79,9 +79,33 @@ pub async fn success_promotes_when_all_needs_succeeded(store: &dyn Store) {
     )
     .await;
     assert_eq!(out.settled_runs, vec![(run, RunState::Succeeded)]);
+    assert!(out.settled_subruns.is_empty(), "a run of its own");
     let r = store.run(run).await.unwrap();
     assert_eq!((r.state, r.tasks_pending), (RunState::Succeeded, 0));
     assert!(r.finished_at.is_some());
+}
+
+/// The commit that settles a sub-run says so: its parent's task waits for it.
+pub async fn a_settled_sub_run_is_reported(store: &dyn Store) {
+    let p = pipeline("child", &[("a", &[], 0)]);
+    let (stored, parent) = start(store, &p, t0()).await;
+    let child = store
+        .create_run(NewRun {
+            parent: Some((parent, "call".into())),
+            ..new_run(&stored, json!({}), t0())
+        })
+        .await
+        .unwrap()
+        .run
+        .id;
+    let got = claim(store, Some(child), 1, t0()).await;
+    let out = record(
+        store,
+        finish(&p, &got[0], Outcome::Failed(Failure::fatal("no")), t0()),
+    )
+    .await;
+    assert_eq!(out.settled_runs, vec![(child, RunState::Failed)]);
+    assert_eq!(out.settled_subruns, vec![child]);
 }
 
 pub async fn retries_become_claimable_after_backoff(store: &dyn Store) {

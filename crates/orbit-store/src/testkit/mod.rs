@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             map_children_are_made_once_and_gathered,
             a_child_failing_fast_cancels_its_siblings,
             sub_runs_name_their_parent,
+            a_settled_sub_run_is_reported,
             map_children_share_their_parents_rate_limit,
             a_key_that_cannot_be_rendered_refuses_the_run,
             named_key_limits_decide_what_runs,
