@@ -34,6 +34,18 @@ pub fn settled_signal(child: Uuid) -> String {
     format!("orbit.run.{child}.settled")
 }
 
+/// The sub-run a parked `pipeline` task waits for.
+pub(crate) fn waited_for(park: &Park) -> Option<Uuid> {
+    if park.kind != ParkKind::Run {
+        return None;
+    }
+    let name = park.event.as_deref()?;
+    name.strip_prefix("orbit.run.")?
+        .strip_suffix(".settled")?
+        .parse()
+        .ok()
+}
+
 /// Signals the parents of sub-runs that just settled (in the background: the commit's callers
 /// do not wait for it).
 pub(crate) fn notify_parents(store: &std::sync::Arc<dyn Store>, settled: &[Uuid]) {

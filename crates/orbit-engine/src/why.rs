@@ -189,7 +189,11 @@ fn waiting_on(
         let total: u64 = by_state.values().sum();
         let done = by_state.get("succeeded").copied().unwrap_or(0);
         let running = by_state.get("running").copied().unwrap_or(0);
-        return format!("waiting for its children: {done}/{total} done, {running} running");
+        let parked = match by_state.get("parked").copied().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(", {n} parked"),
+        };
+        return format!("waiting for its children: {done}/{total} done, {running} running{parked}");
     }
     let pending: Vec<String> = needs
         .iter()

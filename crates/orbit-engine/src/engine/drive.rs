@@ -47,9 +47,11 @@ pub(super) struct Drive<'e> {
     /// Commits in a row that failed because the store was unavailable.
     store_down: u32,
     /// A scoped run that runs other pipelines: its sub-runs (not settled yet), claimed from
-    /// alongside it, since no other engine may be running (`orbit run`).
+    /// alongside it, since no other engine may be running (`orbit run`). Read from the store
+    /// once; then each parent task that parks names its child, and each settled run leaves.
     nests: bool,
     sub_runs: Vec<Uuid>,
+    sub_runs_read: bool,
     /// Which of the runs claimed from goes first this round.
     turn: usize,
     /// Rounds in a row that claimed nothing while runs were left out for want of slots.
@@ -82,6 +84,7 @@ impl<'e> Drive<'e> {
             store_down: 0,
             nests: false,
             sub_runs: Vec::new(),
+            sub_runs_read: false,
             turn: 0,
             idle_turns: 0,
             next_turn: false,
@@ -161,8 +164,19 @@ impl<'e> Drive<'e> {
     ) -> Result<Option<RunState>, EngineError> {
         let engine = self.engine;
         let claiming = self.claim_due && !self.stopping && free > 0;
-        if claiming && self.nests {
+        if claiming && self.nests && !self.sub_runs_read {
             self.sub_runs = self.open_sub_runs().await?;
+            self.sub_runs_read = true;
+        }
+        for f in &self.finished {
+            if let Transition::Park(park) = &f.transition
+                && let Some(child) = crate::subruns::waited_for(park)
+                && self.scope.run.is_some()
+                && !self.sub_runs.contains(&child)
+            {
+                self.nests = true;
+                self.sub_runs.push(child);
+            }
         }
         // The scoped run's claim, and one per sub-run, sharing the free slots. Parents park
         // while their sub-runs work, so none has to go first: they take turns, and a parent's
@@ -275,6 +289,7 @@ impl<'e> Drive<'e> {
         self.start(outcome.claimed).await?;
         for (run, state) in outcome.settled_runs {
             self.inputs.remove(&run);
+            self.sub_runs.retain(|r| *r != run);
             if self.scope.run == Some(run) {
                 return Ok(Some(state));
             }
