@@ -277,6 +277,7 @@ function parkLine(t) {
     const until = p.until ? ` until ${when(p.until)}` : "";
     const what = p.kind === "signal" ? `waits for signal <code>${esc(p.event)}</code>${p.until ? `, times out ${when(p.until)}` : ""}`
       : p.kind === "approval" ? `waits for approval: ${esc(p.note || "")}${p.until ? `, times out ${when(p.until)}` : ""}`
+      : p.kind === "run" ? `waits for ${esc(p.note || "its sub-run")}, holding no worker`
       : `sleeps${until}`;
     out += `<dt>${t.state === "parked" ? "Parked" : "Was parked"}</dt><dd>${what}</dd>`;
   }
