@@ -1264,7 +1264,39 @@ async fn an_approval_a_timeline_and_a_rerun_from_the_run_page() {
         "const b = document.getElementById('rerun-here'); const h = document.querySelector('#task h2'); if (!b || !h || !h.textContent.includes('ship')) return false; b.click(); return true",
     )
     .await;
-    confirm(&c).await;
+    // The dialog offers the run's input to edit; bad JSON is refused in place.
+    let offered = wait_js(
+        &c,
+        "the re-run dialog",
+        "const d = document.getElementById('rerun'); return d.open && JSON.parse(document.getElementById('rerun-input').value)",
+    )
+    .await;
+    assert_eq!(offered, json!({"version": "1.4"}));
+    c.execute(
+        "document.getElementById('rerun-input').value = '{\"version\": '",
+        vec![],
+    )
+    .await
+    .expect("type bad JSON");
+    click(&c, "#rerun-ok").await;
+    wait_js(
+        &c,
+        "the JSON error",
+        "const e = document.getElementById('rerun-error'); return document.getElementById('rerun').open && e.textContent.startsWith('run input:')",
+    )
+    .await;
+    std::fs::write(
+        shots.join("rerun-dialog.png"),
+        c.screenshot().await.expect("screenshot"),
+    )
+    .expect("write screenshot");
+    c.execute(
+        "document.getElementById('rerun-input').value = '{\"version\": \"1.5\"}'",
+        vec![],
+    )
+    .await
+    .expect("type the new input");
+    click(&c, "#rerun-ok").await;
     let rerun_of = wait_js(
         &c,
         "the new run's page",
@@ -1284,6 +1316,11 @@ async fn an_approval_a_timeline_and_a_rerun_from_the_run_page() {
     let kept = api
         .get(&format!("/api/v1/runs/{new_id}?taskLimit=10"))
         .await;
+    assert_eq!(
+        kept["run"]["input"],
+        json!({"version": "1.5"}),
+        "the edited input"
+    );
     for t in kept["tasks"].as_array().expect("tasks") {
         assert_eq!(t.get("origin").is_some(), t["taskName"] != "ship", "{t}");
     }

@@ -116,6 +116,55 @@ function confirmAction(text, label) {
   return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
 }
 
+// Asks what a re-run from `task` should start with: the run's input and the outputs of the
+// tasks before it, as they were, to edit. Resolves to the request's body, or null.
+function rerunDialog(task, input, upstream) {
+  const dialog = document.getElementById("rerun");
+  const show = (v) => JSON.stringify(v ?? null, null, 2);
+  const was = { input: show(input), upstream: show(upstream || {}) };
+  document.getElementById("rerun-text").textContent = `Run this run again from ${task}: a new run keeps the outputs of the tasks before it and runs ${task} and everything after it.`;
+  const inputBox = document.getElementById("rerun-input");
+  const upstreamBox = document.getElementById("rerun-upstream");
+  const error = document.getElementById("rerun-error");
+  inputBox.value = was.input;
+  upstreamBox.value = was.upstream;
+  document.getElementById("rerun-upstream-box").hidden = !Object.keys(upstream || {}).length;
+  error.textContent = "";
+  const form = document.getElementById("rerun-form");
+  let body = null;
+  // Bad JSON keeps the dialog open and says where; nothing is sent.
+  const check = (ev) => {
+    if (ev.submitter && ev.submitter.value !== "ok") return;
+    const parse = (what, box) => {
+      try {
+        return JSON.parse(box.value);
+      } catch (e) {
+        throw new Error(`${what}: ${e.message}`);
+      }
+    };
+    try {
+      body = { from: task };
+      if (inputBox.value.trim() !== was.input) body.input = parse("run input", inputBox);
+      if (upstreamBox.value.trim() !== was.upstream) {
+        const u = parse("outputs", upstreamBox);
+        if (u === null || typeof u !== "object" || Array.isArray(u)) throw new Error("outputs: a JSON object, by task name");
+        body.upstream = u;
+      }
+    } catch (e) {
+      ev.preventDefault();
+      body = null;
+      error.textContent = e.message;
+    }
+  };
+  form.addEventListener("submit", check);
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => dialog.addEventListener("close", () => {
+    form.removeEventListener("submit", check);
+    resolve(dialog.returnValue === "ok" ? body : null);
+  }, { once: true }));
+}
+
 // Runs an action button: asks first, shows the API's error when one comes back.
 async function act(button, question, label, call, done) {
   if (!(await confirmAction(question, label))) return;
@@ -679,9 +728,23 @@ async function runDetail(id) {
       ${d.definition && d.definition.for_each ? `<h3>Children <span class="muted">(one per element of <code>${esc(d.definition.for_each.items)}</code>)</span></h3><div id="children"></div>` : ""}`;
     fillObjects(box);
     const rerunButton = document.getElementById("rerun-here");
-    if (rerunButton) rerunButton.addEventListener("click", (ev) =>
-      act(ev.target, `Run this run again from ${t.taskName}? A new run keeps the outputs of the tasks before it and runs ${t.taskName} and everything after it.`, "Re-run",
-        () => api("POST", `/runs/${runId}/rerun`, { from: t.taskName }), (r) => { toast(`Re-run ${short(r.run.id)} created`); go(`/runs/${r.run.id}`); }));
+    if (rerunButton) rerunButton.addEventListener("click", async (ev) => {
+      const button = ev.target;
+      button.disabled = true;
+      try {
+        // What a re-run starts from, read back from object storage where it is kept there.
+        const start = await api("GET", `/runs/${runId}/rerun?from=${encodeURIComponent(t.taskName)}`);
+        const body = await rerunDialog(t.taskName, start.input, start.upstream);
+        if (!body) return;
+        const r = await api("POST", `/runs/${runId}/rerun`, body);
+        toast(`Re-run ${short(r.run.id)} created`);
+        go(`/runs/${r.run.id}`);
+      } catch (e) {
+        toast(`Re-run failed: ${e.message}`, true);
+      } finally {
+        button.disabled = false;
+      }
+    });
     if (d.definition && d.definition.for_each) {
       const slot = document.getElementById("children");
       if (kept && kept.dataset.task === t.taskName) slot.replaceWith(kept);
