@@ -117,28 +117,13 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>, clo
             });
             parts.push((from..finished.len(), claim));
         }
-        let started = std::time::Instant::now();
-        let began = chrono::Utc::now();
+        let began = crate::committed::Began::now();
         let committed = store
             .finish_and_claim_many(&finished, &claims, clock.now())
             .await;
         match committed {
             Ok((outcome, mut each)) => {
-                crate::telemetry::commit(finished.len(), started.elapsed());
-                for claimed in &each {
-                    crate::telemetry::claimed(claimed);
-                }
-                crate::telemetry::leases_lost(outcome.lease_lost.len());
-                for claimed in &each {
-                    crate::traces::claimed(claimed);
-                }
-                crate::traces::committed(
-                    &finished,
-                    &outcome.lease_lost,
-                    (began, chrono::Utc::now()),
-                );
-                crate::traces::settled(&store, &outcome.settled_runs);
-                crate::subruns::notify_parents(&store, &outcome.settled_subruns);
+                crate::committed::after(&store, &began, &finished, &each, &outcome);
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let lease_lost = finished[range]
                         .iter()
@@ -161,19 +146,15 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<Job>, store: Arc<dyn Store>, clo
                 for (job, (range, claim)) in jobs.drain(..).zip(parts) {
                     let claim: Vec<ClaimRequest> =
                         claim.map(|i| claims[i].clone()).into_iter().collect();
-                    let began = chrono::Utc::now();
+                    let began = crate::committed::Began::now();
+                    let finished = &finished[range];
                     let result = store
-                        .finish_and_claim_many(&finished[range.clone()], &claim, clock.now())
+                        .finish_and_claim_many(finished, &claim, clock.now())
                         .await
                         .map(|(outcome, mut each)| {
-                            let claimed = each.pop().unwrap_or_default();
-                            crate::traces::claimed(&claimed);
-                            let commit = (began, chrono::Utc::now());
-                            crate::traces::committed(&finished[range], &outcome.lease_lost, commit);
-                            crate::traces::settled(&store, &outcome.settled_runs);
-                            crate::subruns::notify_parents(&store, &outcome.settled_subruns);
+                            crate::committed::after(&store, &began, finished, &each, &outcome);
                             Committed {
-                                claimed,
+                                claimed: each.pop().unwrap_or_default(),
                                 lease_lost: outcome.lease_lost,
                             }
                         });

@@ -16,6 +16,7 @@
 
 pub mod clock;
 mod commit_queue;
+mod committed;
 pub mod dispatch;
 mod engine;
 pub mod executor;

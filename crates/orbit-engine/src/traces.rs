@@ -80,14 +80,14 @@ fn str(v: impl Into<String>) -> Attr {
 fn internal(
     run: Uuid,
     id: u64,
-    parent: u64,
+    parent: Option<u64>,
     name: String,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
 ) -> SpanRecord {
     SpanRecord {
         trace: run.as_u128(),
         id,
-        parent: Some(parent),
+        parent,
         name: name.into(),
         server: false,
         start: start.into(),
@@ -109,7 +109,7 @@ pub(crate) fn claimed(tasks: &[ClaimedTask]) {
         let mut span = internal(
             t.run_id,
             span_id(t.id, Span::Queue(t.attempt)),
-            span_id(t.run_id, Span::Run),
+            Some(span_id(t.run_id, Span::Run)),
             format!("queue {}", t.task_name),
             (ready, t.claimed_at),
         );
@@ -140,7 +140,7 @@ pub(crate) fn committed(
         let mut span = internal(
             t.run_id,
             attempt,
-            span_id(t.run_id, Span::Run),
+            Some(span_id(t.run_id, Span::Run)),
             format!("attempt {}", t.task_name),
             (f.started_at, f.finished_at),
         );
@@ -160,7 +160,7 @@ pub(crate) fn committed(
         let mut commit = internal(
             t.run_id,
             span_id(t.id, Span::Commit(t.attempt)),
-            attempt,
+            Some(attempt),
             "commit".to_owned(),
             commit,
         );
@@ -202,11 +202,10 @@ fn run_spans(run: &orbit_store::RunRecord) {
     let mut span = internal(
         run.id,
         root,
-        0,
+        None,
         format!("run {}", run.pipeline_name),
         (run.created_at, end),
     );
-    span.parent = None;
     span.attributes.extend([
         ("orbit.run_id", str(run.id.to_string())),
         ("orbit.pipeline", str(&run.pipeline_name)),
@@ -227,7 +226,7 @@ fn run_spans(run: &orbit_store::RunRecord) {
     let mut trigger = internal(
         run.id,
         span_id(run.id, Span::Trigger),
-        root,
+        Some(root),
         "trigger".to_owned(),
         (run.created_at, run.started_at.unwrap_or(run.created_at)),
     );

@@ -26,18 +26,7 @@ pub async fn tag(request: Request, next: Next) -> Response {
         path = %orbit_core::echo::echo(request.uri().path()),
     );
     let traced = orbit_engine::traces::enabled()
-        .then(|| {
-            let parent = request.headers().get("traceparent")?.to_str().ok()?;
-            let route = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", |p| p.as_str());
-            Some((
-                orbit_core::trace::parse(parent)?,
-                format!("{} {route}", request.method()),
-                std::time::SystemTime::now(),
-            ))
-        })
+        .then(|| Traced::of(&request))
         .flatten();
     let mut response = next.run(request).instrument(span).await;
     if let Some(traced) = traced {
@@ -95,32 +84,54 @@ async fn with_request_id(response: Response, id: &str) -> Response {
     Response::from_parts(parts, axum::body::Body::from(value.to_string()))
 }
 
-fn record_span(
-    id: &str,
-    ((trace, parent), name, start): ((u128, u64), String, std::time::SystemTime),
-    status: StatusCode,
-) {
+/// A request that continues a trace (its `traceparent`), as it began.
+struct Traced {
+    trace: u128,
+    parent: u64,
+    method: String,
+    route: String,
+    start: std::time::SystemTime,
+}
+
+impl Traced {
+    fn of(request: &Request) -> Option<Traced> {
+        let header = request.headers().get("traceparent")?.to_str().ok()?;
+        let (trace, parent) = orbit_core::trace::parse(header)?;
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str());
+        Some(Traced {
+            trace,
+            parent,
+            method: request.method().to_string(),
+            route: route.to_owned(),
+            start: std::time::SystemTime::now(),
+        })
+    }
+}
+
+/// The server span of request `id` (the span's id too), answered with `status`.
+fn record_span(id: &str, t: Traced, status: StatusCode) {
     use orbit_engine::traces::{Attr, SpanRecord};
-    let (method, route) = name.split_once(' ').unwrap_or((&name, ""));
-    let attributes = vec![
-        ("http.request.method", Attr::Str(method.to_owned())),
-        ("http.route", Attr::Str(route.to_owned())),
-        (
-            "http.response.status_code",
-            Attr::Int(status.as_u16().into()),
-        ),
-        ("orbit.request_id", Attr::Str(id.to_owned())),
-    ];
     orbit_engine::traces::record(SpanRecord {
-        trace,
+        trace: t.trace,
         id: u64::from_str_radix(id, 16).unwrap_or(1).max(1),
-        parent: Some(parent),
+        parent: Some(t.parent),
         error: status.is_server_error().then(|| status.to_string()),
-        name: name.into(),
+        name: format!("{} {}", t.method, t.route).into(),
         server: true,
-        start,
+        start: t.start,
         end: std::time::SystemTime::now(),
-        attributes,
+        attributes: vec![
+            ("http.request.method", Attr::Str(t.method)),
+            ("http.route", Attr::Str(t.route)),
+            (
+                "http.response.status_code",
+                Attr::Int(status.as_u16().into()),
+            ),
+            ("orbit.request_id", Attr::Str(id.to_owned())),
+        ],
         link: None,
     });
 }

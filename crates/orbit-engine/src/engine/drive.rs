@@ -168,14 +168,15 @@ impl<'e> Drive<'e> {
             self.sub_runs = self.open_sub_runs().await?;
             self.sub_runs_read = true;
         }
-        for f in &self.finished {
-            if let Transition::Park(park) = &f.transition
-                && let Some(child) = crate::subruns::waited_for(park)
-                && self.scope.run.is_some()
-                && !self.sub_runs.contains(&child)
-            {
-                self.nests = true;
-                self.sub_runs.push(child);
+        if self.scope.run.is_some() {
+            for f in &self.finished {
+                if let Transition::Park(park) = &f.transition
+                    && let Some(child) = crate::subruns::waited_for(park)
+                    && !self.sub_runs.contains(&child)
+                {
+                    self.nests = true;
+                    self.sub_runs.push(child);
+                }
             }
         }
         // The scoped run's claim, and one per sub-run, sharing the free slots. Parents park
@@ -211,8 +212,7 @@ impl<'e> Drive<'e> {
             return Ok(None);
         }
         let asked: usize = claims.iter().map(|c| c.limit).sum();
-        let commit_started = std::time::Instant::now();
-        let commit_began = chrono::Utc::now();
+        let began = crate::committed::Began::now();
         let committed = if claims.len() > 1 {
             engine
                 .store
@@ -234,17 +234,8 @@ impl<'e> Drive<'e> {
         let outcome = match committed {
             Ok(o) => {
                 self.store_down = 0;
-                crate::telemetry::commit(self.finished.len(), commit_started.elapsed());
-                crate::telemetry::claimed(&o.claimed);
-                crate::telemetry::leases_lost(o.lease_lost.len());
-                crate::traces::claimed(&o.claimed);
-                crate::traces::committed(
-                    &self.finished,
-                    &o.lease_lost,
-                    (commit_began, chrono::Utc::now()),
-                );
-                crate::traces::settled(&engine.store, &o.settled_runs);
-                crate::subruns::notify_parents(&engine.store, &o.settled_subruns);
+                let claimed = std::slice::from_ref(&o.claimed);
+                crate::committed::after(&engine.store, &began, &self.finished, claimed, &o);
                 o
             }
             // A database restart or a deadlock victim: the commit did not happen, so try the
